@@ -1,0 +1,34 @@
+"""Request-scoped identity: the request id *is* the current trace id.
+
+Correlation reads the span context's validity, not ``is_recording()``: a request that arrived
+with ``sampled=0`` still has a real trace id, and its logs must still carry it.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+
+from opentelemetry import trace
+
+__all__ = ["client_request_id", "current_ids", "get_request_id"]
+
+client_request_id: ContextVar[str | None] = ContextVar("kiki_client_request_id", default=None)
+"""A client's own (allowlisted) X-Request-ID, kept beside ours for their log searches."""
+
+
+def current_ids() -> tuple[str, str] | None:
+    """``(trace_id, span_id)`` of the current span as lowercase hex, or None outside a trace."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
+
+
+def get_request_id() -> str | None:
+    """The current request id: the 32-hex trace id, or None outside any trace.
+
+    Works wherever the OTel context flows: endpoints, dependencies, background tasks,
+    ``asyncio.to_thread`` and ``run_in_threadpool`` (they copy context variables).
+    """
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None

@@ -1,0 +1,287 @@
+"""HTTP server instrumentation as one outermost pure-ASGI middleware.
+
+Per request it makes exactly one SERVER span (no per-message send/receive spans), records the
+stable-semconv HTTP metrics, writes one access-log line inside the span, and answers the
+request id (= trace id) in ``X-Request-ID`` and W3C ``traceresponse`` on *every* response:
+it sits outside Starlette's ``ServerErrorMiddleware``, so unhandled-exception 500s get them
+too. Pure ASGI (not ``BaseHTTPMiddleware``) so context variables flow into the app.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
+from opentelemetry.trace.span import Span
+
+from ._context import client_request_id
+from ._logging import get_logger
+from ._ratelimit import RateLimitedLog
+from ._settings import Settings
+
+__all__ = ["ServerTelemetry"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_KNOWN_METHODS = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"}
+)
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]+")
+_SENSITIVE_QUERY = frozenset(
+    {"sig", "signature", "token", "access_token", "api_key", "apikey", "password", "secret",
+     "x-amz-signature", "x-amz-credential", "x-amz-security-token", "x-goog-signature"}
+)
+_INTERNAL_ERROR = b"Internal Server Error"
+
+
+def _redact_query(query: str) -> str:
+    parts = []
+    for pair in query.split("&"):
+        key, sep, _value = pair.partition("=")
+        parts.append(f"{key}=REDACTED" if sep and key.lower() in _SENSITIVE_QUERY else pair)
+    return "&".join(parts)
+
+
+def _route_of(scope: Scope) -> str | None:
+    """The matched route template (``/plans/{plan_id}``), which Starlette leaves in the scope."""
+    route = scope.get("route")
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if path is None:
+        return None
+    prefix = scope.get("root_path", "") if scope.get("app_root_path") is None else ""
+    return f"{prefix}{path}" if prefix and not path.startswith(prefix) else str(path)
+
+
+class _Request:
+    """Per-request state shared between the send wrapper and the finally block."""
+
+    __slots__ = ("status", "started")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.started = False
+
+
+class ServerTelemetry:
+    """The outermost middleware: server span, request id headers, HTTP metrics, access log."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings,
+        tracer_provider: trace.TracerProvider,
+        meter_provider: metrics.MeterProvider,
+    ) -> None:
+        self.app = app
+        self._excluded = settings.excluded_paths()
+        self._tracer = tracer_provider.get_tracer("kiki_otel.http.server")
+        meter = meter_provider.get_meter("kiki_otel.http.server")
+        self._duration = meter.create_histogram(
+            "http.server.request.duration", unit="s", description="Duration of HTTP server requests."
+        )
+        self._active = meter.create_up_down_counter(
+            "http.server.active_requests", unit="{request}",
+            description="Number of active HTTP server requests.",
+        )
+        http = settings.http
+        self._id_header = http.request_id_header.lower().encode("latin-1")
+        self._traceresponse = http.traceresponse
+        self._server_timing = http.server_timing
+        self._accept_client_id = http.accept_client_request_id
+        self._client_id_max = http.client_request_id_max_length
+        self._access_log = get_logger("kiki_otel.access") if http.access_log else None
+        self._warn = RateLimitedLog(get_logger("kiki_otel.http"), interval=10.0)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self._excluded:
+            await self.app(scope, receive, send)
+            return
+        await self._traced(scope, receive, send)
+
+    def _read_headers(self, scope: Scope) -> tuple[dict[str, str], str | None]:
+        """Carrier for the propagators, with a duplicated traceparent dropped (new trace)."""
+        carrier: dict[str, str] = {}
+        traceparents = 0
+        client_ids: list[bytes] = []
+        for raw_name, raw_value in scope["headers"]:
+            if raw_name == self._id_header:
+                client_ids.append(raw_value)
+                continue
+            name = raw_name.decode("latin-1")
+            if name == "traceparent":
+                traceparents += 1
+            value = raw_value.decode("latin-1")
+            carrier[name] = f"{carrier[name]},{value}" if name in carrier else value
+        if traceparents > 1:
+            carrier.pop("traceparent", None)
+            carrier.pop("tracestate", None)
+            self._warn.warning("http.traceparent.duplicate", count=traceparents)
+        return carrier, self._client_id(client_ids)
+
+    def _client_id(self, values: list[bytes]) -> str | None:
+        if not values or not self._accept_client_id:
+            return None
+        raw = values[0]
+        if (
+            len(values) == 1
+            and 0 < len(raw) <= self._client_id_max
+            and _CLIENT_ID.fullmatch(raw.decode("latin-1"))
+        ):
+            return raw.decode("ascii")
+        # Escaped and truncated: a hostile header must not forge log lines or flood them.
+        shown = repr(b"".join(values[:2])[:64])
+        self._warn.warning(
+            "http.client_request_id.rejected", value=shown, count=len(values), length=len(raw)
+        )
+        return None
+
+    def _start_span(
+        self, scope: Scope, method: str, carrier: dict[str, str], client_id: str | None
+    ) -> tuple[Span, otel_context.Context]:
+        parent = propagate.extract(carrier)
+        attributes: dict[str, Any] = {
+            "http.request.method": method,
+            "url.scheme": scope.get("scheme", "http"),
+            "url.path": scope["path"],
+            "network.protocol.version": scope.get("http_version", "1.1"),
+        }
+        if method == "_OTHER":
+            attributes["http.request.method_original"] = scope.get("method", "")
+        query = scope.get("query_string", b"")
+        if query:
+            attributes["url.query"] = _redact_query(query.decode("latin-1"))
+        host = carrier.get("host")
+        if host:
+            address, _, port = host.rpartition(":") if host.rfind(":") > host.rfind("]") else (host, "", "")
+            attributes["server.address"] = address or host
+            if port.isdigit():
+                attributes["server.port"] = int(port)
+        client = scope.get("client")
+        if client:
+            attributes["client.address"] = client[0]
+        agent = carrier.get("user-agent")
+        if agent:
+            attributes["user_agent.original"] = agent
+        if client_id is not None:
+            attributes["http.request.header.x-request-id"] = (client_id,)
+        span = self._tracer.start_span(
+            "HTTP" if method == "_OTHER" else method, context=parent,
+            kind=SpanKind.SERVER, attributes=attributes,
+        )
+        if not span.get_span_context().is_valid:
+            # No SDK (OTEL_SDK_DISABLED): still give the request an id, W3C-shaped.
+            span = NonRecordingSpan(_random_span_context())
+        return span, trace.set_span_in_context(span, parent)
+
+    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        carrier, client_id = self._read_headers(scope)
+        method = scope.get("method", "GET")
+        method = method if method in _KNOWN_METHODS else "_OTHER"
+        span, ctx = self._start_span(scope, method, carrier, client_id)
+        span_context = span.get_span_context()
+        trace_id = format(span_context.trace_id, "032x")
+        extra_headers = self._response_headers(trace_id, span_context)
+        token = otel_context.attach(ctx)
+        client_token = client_request_id.set(client_id)
+        active_attrs = {"http.request.method": method, "url.scheme": scope.get("scheme", "http")}
+        self._active.add(1, active_attrs)
+        state = _Request()
+        id_header = self._id_header
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state.status = message["status"]
+                state.started = True
+                headers = [h for h in message.get("headers", ()) if h[0].lower() != id_header]
+                headers.extend(extra_headers)
+                message["headers"] = headers
+            await send(message)
+
+        error: BaseException | None = None
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except BaseException as exc:
+            error = exc
+            if not state.started and isinstance(exc, Exception):
+                await self._send_500(send_wrapper)
+            raise
+        finally:
+            self._finish(scope, span, state, error, start, active_attrs)
+            client_request_id.reset(client_token)
+            otel_context.detach(token)
+
+    def _response_headers(self, trace_id: str, span_context: SpanContext) -> list[tuple[bytes, bytes]]:
+        headers = [(self._id_header, trace_id.encode())]
+        if self._traceresponse or self._server_timing:
+            flags = "01" if span_context.trace_flags.sampled else "00"
+            value = f"00-{trace_id}-{span_context.span_id:016x}-{flags}"
+            if self._traceresponse:
+                headers.append((b"traceresponse", value.encode()))
+            if self._server_timing:
+                headers.append((b"server-timing", f'traceparent;desc="{value}"'.encode()))
+        return headers
+
+    @staticmethod
+    async def _send_500(send: Send) -> None:
+        await send({
+            "type": "http.response.start", "status": 500,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                        (b"content-length", str(len(_INTERNAL_ERROR)).encode())],
+        })
+        await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
+
+    def _finish(
+        self, scope: Scope, span: Span, state: _Request, error: BaseException | None,
+        start: float, active_attrs: dict[str, Any],
+    ) -> None:
+        duration = time.perf_counter() - start
+        status = state.status or (500 if error is not None else 0)
+        route = _route_of(scope)
+        metric_attrs = dict(active_attrs)
+        metric_attrs["network.protocol.version"] = scope.get("http_version", "1.1")
+        if route is not None:
+            metric_attrs["http.route"] = route
+            method = active_attrs["http.request.method"]
+            span.update_name(f"{'HTTP' if method == '_OTHER' else method} {route}")
+            span.set_attribute("http.route", route)
+        if status:
+            metric_attrs["http.response.status_code"] = status
+            span.set_attribute("http.response.status_code", status)
+        if error is not None and isinstance(error, Exception):
+            error_type = type(error).__qualname__
+            span.record_exception(error)
+            span.set_status(StatusCode.ERROR, error_type)
+            metric_attrs["error.type"] = span_error = error_type
+            span.set_attribute("error.type", span_error)
+        elif status >= 500:
+            metric_attrs["error.type"] = str(status)
+            span.set_attribute("error.type", str(status))
+            span.set_status(StatusCode.ERROR)
+        if self._access_log is not None:
+            log = self._access_log.error if status >= 500 else self._access_log.info
+            log(
+                "http.request", method=scope.get("method"), path=scope["path"], route=route,
+                status=status, duration_ms=round(duration * 1000.0, 3),
+            )
+        self._duration.record(duration, metric_attrs)
+        self._active.add(-1, active_attrs)
+        span.end()
+
+
+def _random_span_context() -> SpanContext:
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    ids = RandomIdGenerator()
+    return SpanContext(ids.generate_trace_id(), ids.generate_span_id(), is_remote=False,
+                       trace_flags=TraceFlags(0))

@@ -1,0 +1,273 @@
+"""One structlog processor chain, two outputs: a JSON (or console) line on stdout and an OTel
+log record with the same fields as attributes.
+
+stdlib logging (uvicorn, httpx, libraries) is bridged into the *same* chain by a handler on
+the root logger, so there is one format and one correlation rule for every line. The OTel
+emitter never re-enters itself and never forwards the SDK's own exporter logs, so a dead
+collector cannot cause a log storm or a recursion.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+import traceback
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import orjson
+import structlog
+from opentelemetry._logs import LoggerProvider, SeverityNumber
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
+
+from ._context import client_request_id, current_ids
+from ._settings import Settings
+
+__all__ = ["BRIDGE_MARK", "configure_logging", "get_logger", "reset_logging"]
+
+BRIDGE_MARK = "_kiki_otel_bridge"
+
+_SEVERITY = {
+    "debug": (SeverityNumber.DEBUG, "DEBUG"),
+    "info": (SeverityNumber.INFO, "INFO"),
+    "warning": (SeverityNumber.WARN, "WARN"),
+    "warn": (SeverityNumber.WARN, "WARN"),
+    "error": (SeverityNumber.ERROR, "ERROR"),
+    "exception": (SeverityNumber.ERROR, "ERROR"),
+    "critical": (SeverityNumber.FATAL, "FATAL"),
+}
+# Fields that are the record's own parts, not attributes, when sent as an OTel log record.
+_RECORD_FIELDS = frozenset({"event", "timestamp", "level", "trace_id", "span_id"})
+_STDLIB_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# The exporters' own chatter (and anything logged on their worker threads) stays on stdout only.
+_NO_EXPORT_PREFIXES = ("opentelemetry", "grpc", "urllib3", "kiki_otel._export")
+
+
+def add_correlation(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Add ``trace_id``, ``span_id`` and ``request_id`` (= trace id) of the current span."""
+    ids = current_ids()
+    if ids is not None:
+        event_dict["trace_id"] = event_dict["request_id"] = ids[0]
+        event_dict["span_id"] = ids[1]
+    client_id = client_request_id.get()
+    if client_id is not None:
+        event_dict.setdefault("client_request_id", client_id)
+    return event_dict
+
+
+class AddService:
+    """Stamp ``service`` on every line, so a shared log store can tell services apart."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    def __call__(self, _logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+        event_dict.setdefault("service", self._service)
+        return event_dict
+
+
+def structure_exception(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Turn ``exc_info`` into ``exception: {type, message, stacktrace}`` (semconv's fields)."""
+    exc_info = event_dict.pop("exc_info", None)
+    if not exc_info:
+        return event_dict
+    if isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    elif not isinstance(exc_info, tuple):
+        exc_info = sys.exc_info()
+    if exc_info[0] is None:
+        return event_dict
+    event_dict["exception"] = {
+        "type": exc_info[0].__qualname__,
+        "message": str(exc_info[1]),
+        "stacktrace": "".join(traceback.format_exception(*exc_info)),
+    }
+    return event_dict
+
+
+def _attribute(value: Any) -> Any:
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, str | bool | int | float) for v in value):
+        return list(value)
+    return orjson.dumps(value, default=str).decode()
+
+
+class OTelEmitter:
+    """Send each event as an OTel log record with the same fields as structured attributes."""
+
+    def __init__(self, provider: LoggerProvider) -> None:
+        self._provider = provider
+        self._local = threading.local()
+
+    def __call__(self, _logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+        name = str(event_dict.get("logger", ""))
+        if getattr(self._local, "busy", False) or name.startswith(_NO_EXPORT_PREFIXES):
+            return event_dict
+        if threading.current_thread().name.startswith("Otel"):
+            return event_dict  # an SDK worker thread: exporting its logs could loop
+        self._local.busy = True
+        try:
+            self._emit(method, event_dict, name)
+        except Exception:  # telemetry must never break logging
+            pass
+        finally:
+            self._local.busy = False
+        return event_dict
+
+    def _emit(self, method: str, event_dict: EventDict, name: str) -> None:
+        level = str(event_dict.get("level", method))
+        severity, text = _SEVERITY.get(level, (SeverityNumber.INFO, "INFO"))
+        attributes: dict[str, Any] = {}
+        for key, value in event_dict.items():
+            if key in _RECORD_FIELDS:
+                continue
+            if key == "exception" and isinstance(value, dict):
+                for part, text_value in value.items():
+                    attributes[f"exception.{part}"] = text_value
+            else:
+                attributes[key] = _attribute(value)
+        self._provider.get_logger(name or "kiki_otel").emit(
+            timestamp=time.time_ns(),
+            severity_number=severity,
+            severity_text=text,
+            body=str(event_dict.get("event", "")),
+            attributes=attributes,
+        )
+
+
+class _Output:
+    """Writes rendered lines; JSON bytes go straight to the binary stream (no str round trip)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._text = stream
+        self._binary = getattr(stream, "buffer", None)
+        self._lock = threading.Lock()
+
+    def write(self, line: str | bytes) -> None:
+        with self._lock:
+            if isinstance(line, bytes) and self._binary is not None:
+                self._binary.write(line + b"\n")
+                self._binary.flush()
+            else:
+                text = line.decode() if isinstance(line, bytes) else line
+                self._text.write(text + "\n")
+                self._text.flush()
+
+
+class _OutputLogger:
+    """The structlog "wrapped logger": every level method writes the rendered line."""
+
+    def __init__(self, output: _Output) -> None:
+        self._output = output
+
+    def msg(self, line: str | bytes) -> None:
+        self._output.write(line)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+class StdlibBridge(logging.Handler):
+    """Routes stdlib records into the same processor chain and output as structlog events."""
+
+    def __init__(self, processors: list[Processor], output: _Output) -> None:
+        super().__init__()
+        self._processors = processors
+        self._output = output
+        setattr(self, BRIDGE_MARK, True)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = record.levelname.lower()
+            event_dict: MutableMapping[str, Any] = {
+                "event": record.getMessage(),
+                "level": level,
+                "logger": record.name,
+                "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            }
+            for key, value in vars(record).items():
+                if key not in _STDLIB_ATTRS and not key.startswith("_"):
+                    event_dict[key] = value
+            if record.exc_info and record.exc_info[0] is not None:
+                event_dict["exc_info"] = record.exc_info
+            result: Any = event_dict
+            for processor in self._processors:
+                result = processor(None, level, result)
+            self._output.write(result)
+        except Exception:
+            self.handleError(record)
+
+
+def _renderer(settings: Settings) -> Processor:
+    if settings.log_format == "console":
+        colors = bool(getattr(sys.stdout, "isatty", lambda: False)())
+        return structlog.dev.ConsoleRenderer(colors=colors)
+    return structlog.processors.JSONRenderer(serializer=orjson.dumps)
+
+
+def _route_stdlib(bridge: StdlibBridge, settings: Settings) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)  # one output: basicConfig/uvicorn handlers would duplicate
+    root.addHandler(bridge)
+    root.setLevel(settings.log_level)
+    # uvicorn/gunicorn install their own handlers before importing the app: send their
+    # records through the root chain instead, and drop uvicorn's access log (ours replaces it).
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error", "gunicorn.access"):
+        named = logging.getLogger(name)
+        named.handlers.clear()
+        named.propagate = True
+    if settings.http.access_log:
+        logging.getLogger("uvicorn.access").disabled = True
+        logging.getLogger("gunicorn.access").disabled = True
+
+
+def configure_logging(
+    settings: Settings, service: str, logger_provider: LoggerProvider | None
+) -> None:
+    """Install the chain for structlog and stdlib; idempotent (re-running replaces, never adds)."""
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        add_correlation,
+        AddService(service),
+        structure_exception,
+    ]
+    if logger_provider is not None and settings.log_to_otel and settings.logs_exporter != "none":
+        shared.append(OTelEmitter(logger_provider))
+    shared.append(_renderer(settings))
+    output = _Output(sys.stdout)
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *shared,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[settings.log_level]
+        ),
+        logger_factory=lambda *_args: _OutputLogger(output),
+        cache_logger_on_first_use=True,
+    )
+    _route_stdlib(StdlibBridge(shared, output), settings)
+
+
+def reset_logging() -> None:
+    """Undo :func:`configure_logging` (for tests): structlog defaults, no bridge on root."""
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, BRIDGE_MARK, False):
+            root.removeHandler(handler)
+    logging.getLogger("uvicorn.access").disabled = False
+    logging.getLogger("gunicorn.access").disabled = False
+
+
+def get_logger(name: str | None = None) -> FilteringBoundLogger:
+    """A structlog logger; safe to call at import time, before :func:`kiki_otel.configure`."""
+    if name is None:
+        return cast(FilteringBoundLogger, structlog.get_logger())
+    return cast(FilteringBoundLogger, structlog.get_logger(logger=name))
+

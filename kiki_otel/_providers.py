@@ -1,0 +1,170 @@
+"""One builder per signal: provider, exporter, processor; then set it globally (or join).
+
+OpenTelemetry lets a global provider be set once per process. If something else (another
+distro, ``opentelemetry-instrument``, the app itself) set an SDK provider first, we *join*
+it: use it as is and say so, rather than replacing it or adding a second exporter to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+from opentelemetry import _logs, metrics, trace
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import (
+    BatchLogRecordProcessor,
+    ConsoleLogRecordExporter,
+    LogRecordExporter,
+)
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+)
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
+
+from ._exporters import log_exporter, metric_exporter, span_exporter
+from ._settings import Settings
+
+__all__ = ["DURATION_BUCKETS", "Providers", "build_providers"]
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+"""Seconds buckets for request/check durations (the HTTP semconv's advice)."""
+
+_DURATION_INSTRUMENTS = (
+    "http.server.request.duration",
+    "http.client.request.duration",
+    "kiki.health.check.duration",
+)
+
+log = structlog.get_logger("kiki_otel")
+
+
+@dataclass
+class Providers:
+    """What the pipeline built. ``owned`` ones are ours to flush and shut down."""
+
+    tracer_provider: trace.TracerProvider
+    meter_provider: metrics.MeterProvider
+    logger_provider: _logs.LoggerProvider
+    owned: list[Any] = field(default_factory=list)
+    joined: list[str] = field(default_factory=list)
+
+
+def build_sampler(settings: Settings) -> Sampler:
+    """The sampler named by OTEL_TRACES_SAMPLER/_ARG (default: parent-based, always on)."""
+    ratio = 1.0 if settings.traces_sampler_arg is None else settings.traces_sampler_arg
+    root: Sampler = {
+        "always_on": ALWAYS_ON,
+        "always_off": ALWAYS_OFF,
+        "traceidratio": TraceIdRatioBased(ratio),
+    }.get(settings.traces_sampler.removeprefix("parentbased_"), ALWAYS_ON)
+    if settings.traces_sampler.startswith("parentbased_"):
+        return ParentBased(root)
+    return root
+
+
+E = TypeVar("E")
+
+
+def _console_or_otlp(
+    settings: Settings, choice: str, console: Callable[[], E], otlp: Callable[[Settings], E]
+) -> E | None:
+    if choice == "none":
+        return None
+    return console() if choice == "console" else otlp(settings)
+
+
+def _build_tracing(settings: Settings, resource: Resource) -> TracerProvider:
+    # The provider exists even with no exporter: spans then are non-recording but still
+    # carry valid ids, which is what request ids and log correlation need.
+    provider = TracerProvider(resource=resource, sampler=build_sampler(settings), shutdown_on_exit=False)
+    exporter: SpanExporter | None = _console_or_otlp(
+        settings, settings.traces_exporter, ConsoleSpanExporter, span_exporter
+    )
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def _build_metrics(settings: Settings, resource: Resource) -> MeterProvider:
+    exporter: MetricExporter | None = _console_or_otlp(
+        settings, settings.metrics_exporter, ConsoleMetricExporter, metric_exporter
+    )
+    readers: list[MetricReader] = []
+    if exporter is not None:
+        readers.append(
+            PeriodicExportingMetricReader(
+                exporter, export_interval_millis=settings.metric_export_interval
+            )
+        )
+    views = [
+        View(
+            instrument_name=name,
+            aggregation=ExplicitBucketHistogramAggregation(boundaries=DURATION_BUCKETS),
+        )
+        for name in _DURATION_INSTRUMENTS
+    ]
+    return MeterProvider(
+        resource=resource, metric_readers=readers, views=views, shutdown_on_exit=False
+    )
+
+
+def _build_logs(settings: Settings, resource: Resource) -> LoggerProvider:
+    provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
+    exporter: LogRecordExporter | None = _console_or_otlp(
+        settings, settings.logs_exporter, ConsoleLogRecordExporter, log_exporter
+    )
+    if exporter is not None and settings.log_to_otel:
+        provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    return provider
+
+
+def _is_sdk(provider: object) -> bool:
+    return isinstance(provider, TracerProvider | MeterProvider | LoggerProvider)
+
+
+def build_providers(settings: Settings, resource: Resource) -> Providers:
+    """Build the three providers and install them globally, joining SDK providers already set."""
+    current_tracer = trace.get_tracer_provider()
+    current_meter = metrics.get_meter_provider()
+    current_logger = _logs.get_logger_provider()
+    built = Providers(current_tracer, current_meter, current_logger)
+    if _is_sdk(current_tracer):
+        built.joined.append("traces")
+    else:
+        built.tracer_provider = _build_tracing(settings, resource)
+        trace.set_tracer_provider(built.tracer_provider)
+        built.owned.append(built.tracer_provider)
+    if _is_sdk(current_meter):
+        built.joined.append("metrics")
+    else:
+        built.meter_provider = _build_metrics(settings, resource)
+        metrics.set_meter_provider(built.meter_provider)
+        built.owned.append(built.meter_provider)
+    if _is_sdk(current_logger):
+        built.joined.append("logs")
+    else:
+        built.logger_provider = _build_logs(settings, resource)
+        _logs.set_logger_provider(built.logger_provider)
+        built.owned.append(built.logger_provider)
+    return built

@@ -1,0 +1,60 @@
+"""The OTel resource: who is emitting (service, deployment, this process, this host).
+
+Built by hand rather than with the SDK's process detector, which records the whole command
+line: that often carries secrets (``--password=...``) and should not be shipped by default.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+import uuid
+
+from opentelemetry.sdk.resources import Resource
+
+from ._settings import Settings
+
+__all__ = ["build_resource", "service_name_of"]
+
+_DEFAULT_SERVICE_NAME = "unknown_service"
+
+
+def _process_attributes() -> dict[str, str | int]:
+    return {
+        "process.pid": os.getpid(),
+        "process.runtime.name": sys.implementation.name,
+        "process.runtime.version": platform.python_version(),
+        "process.executable.name": os.path.basename(sys.executable or "python"),
+        "host.name": socket.gethostname(),
+        "host.arch": platform.machine().lower(),
+        "os.type": sys.platform,
+    }
+
+
+def build_resource(settings: Settings) -> Resource:
+    """Merge, lowest precedence first: detected process/host, OTEL_RESOURCE_ATTRIBUTES, settings.
+
+    ``service.instance.id`` is a fresh UUID per call, so each process (and each prefork
+    worker, which calls this after the fork) is a distinct instance, as the semconv asks.
+    """
+    attributes: dict[str, str | int] = _process_attributes()
+    attributes["telemetry.sdk.language"] = "python"
+    attributes["telemetry.distro.name"] = "kiki-otel"
+    attributes.update(settings.resource_attributes)
+    if settings.service_name != _DEFAULT_SERVICE_NAME or "service.name" not in attributes:
+        attributes["service.name"] = settings.service_name
+    optional = {
+        "service.version": settings.service_version,
+        "service.namespace": settings.service_namespace,
+        "deployment.environment.name": settings.environment,
+    }
+    attributes.update({key: value for key, value in optional.items() if value})
+    attributes["service.instance.id"] = str(uuid.uuid4())
+    return Resource.create(attributes)
+
+
+def service_name_of(resource: Resource) -> str:
+    """The resolved ``service.name`` (settings, else OTEL_RESOURCE_ATTRIBUTES, else default)."""
+    return str(resource.attributes.get("service.name", _DEFAULT_SERVICE_NAME))

@@ -1,0 +1,316 @@
+"""Typed settings: every value is resolved once, here (keyword > env > ``.env`` > default).
+
+The standard ``OTEL_*`` variables keep their specified meaning and units (the OTLP timeout
+and metric interval are milliseconds there); our own knobs live under ``KIKI_OTEL_*`` with
+``__`` between nested groups (``KIKI_OTEL_HEALTH__TIMEOUT=0.3``). Defaults live only here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import unquote
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = [
+    "ConfigurationError",
+    "HealthSettings",
+    "HttpSettings",
+    "ServiceSettings",
+    "Settings",
+    "ShutdownSettings",
+    "load_settings",
+]
+
+Protocol = Literal["grpc", "http/protobuf"]
+SignalExporter = Literal["otlp", "console", "none"]
+SamplerName = Literal[
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class ConfigurationError(ValueError):
+    """A setting has a value we cannot use; the message names the variable to fix."""
+
+
+def _env(*names: str) -> AliasChoices:
+    """Accept a field from any of these variables (first found wins) or by its field name."""
+    return AliasChoices(*names)
+
+
+def parse_key_values(raw: str, *, variable: str) -> dict[str, str]:
+    """Parse the W3C-baggage-like ``k1=v1,k2=v2`` list used by OTEL_RESOURCE_ATTRIBUTES/HEADERS.
+
+    Values are percent-decoded as the spec says. A malformed entry is an error rather than
+    being skipped, because a silently missing auth header or resource attribute is worse.
+    """
+    result: dict[str, str] = {}
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"{variable}: expected key=value pairs separated by commas")
+        result[unquote(key)] = unquote(value.strip())
+    return result
+
+
+class HttpSettings(BaseModel):
+    """HTTP server and client instrumentation (``KIKI_OTEL_HTTP__*``)."""
+
+    request_id_header: str = "X-Request-ID"
+    """Response header carrying the request id (= the 32-hex trace id)."""
+    traceresponse: bool = True
+    """Also answer the W3C ``traceresponse`` header, so clients can find the trace."""
+    server_timing: bool = False
+    """Also answer ``Server-Timing: traceparent;desc=...`` (readable by browser JS)."""
+    accept_client_request_id: bool = True
+    """Record a client's own X-Request-ID (allowlisted) as ``client_request_id``."""
+    client_request_id_max_length: int = Field(default=128, ge=1, le=1024)
+    propagate_request_id: bool = False
+    """Add X-Request-ID to outgoing httpx calls, for legacy services that read it."""
+    access_log: bool = True
+    """One JSON access-log line per request, written inside the server span."""
+    excluded_paths: Annotated[tuple[str, ...], NoDecode] = ("/metrics", "/favicon.ico")
+    """Paths (exact) that produce no span, metric or access-log line; health paths are added."""
+    instrument_httpx: bool = True
+
+    @field_validator("excluded_paths", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(p.strip() for p in value.split(",") if p.strip())
+        return value
+
+
+class HealthSettings(BaseModel):
+    """Health endpoints and checks (``KIKI_OTEL_HEALTH__*``)."""
+
+    enabled: bool = True
+    path: str = "/health"
+    live_path: str = "/health/live"
+    ready_path: str = "/health/ready"
+    timeout: float = Field(default=0.5, gt=0, le=60)
+    """Per-check timeout in seconds: well under a typical 1 s probe timeout."""
+    cache_ttl: float = Field(default=2.0, ge=0, le=3600)
+    """Seconds a check result is reused, so probes never hammer a dependency."""
+    background_interval: float | None = Field(default=None, gt=0)
+    """If set, checks run on this interval in the background and probes read the snapshot."""
+    max_staleness: float = Field(default=30.0, gt=0)
+    """Background mode: a snapshot older than this reports the check as unhealthy (stale)."""
+    sync_workers: int = Field(default=4, ge=1, le=64)
+    """Threads for synchronous checks (bounded, so a hung check cannot eat the pool)."""
+
+
+class ShutdownSettings(BaseModel):
+    """Graceful shutdown (``KIKI_OTEL_SHUTDOWN__*``)."""
+
+    timeout: float = Field(default=5.0, gt=0, le=300)
+    """Overall deadline in seconds for cleanups plus flushing every exporter."""
+    drain_delay: float = Field(default=0.0, ge=0, le=300)
+    """Seconds to keep serving after readiness turns 503, before cleanups start."""
+    cleanup_timeout: float = Field(default=2.0, gt=0, le=300)
+    """Bound for each ``on_shutdown`` callback (also bounded by the overall deadline)."""
+
+
+class Settings(BaseSettings):
+    """kiki-otel's settings.
+
+    Every field can be given as a keyword to :func:`kiki_otel.configure`, as an environment
+    variable, or in ``.env``. Standard OpenTelemetry variables are honoured under their
+    standard names; the rest use the ``KIKI_OTEL_`` prefix.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="KIKI_OTEL_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+        validate_default=True,
+    )
+
+    service_name: str = Field(
+        default="unknown_service", validation_alias=_env("OTEL_SERVICE_NAME", "KIKI_OTEL_SERVICE_NAME")
+    )
+    service_version: str | None = None
+    service_namespace: str | None = None
+    environment: str | None = Field(
+        default=None, validation_alias=_env("KIKI_OTEL_ENVIRONMENT", "DEPLOYMENT_ENVIRONMENT")
+    )
+    resource_attributes: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, validation_alias=_env("OTEL_RESOURCE_ATTRIBUTES")
+    )
+
+    sdk_disabled: bool = Field(default=False, validation_alias=_env("OTEL_SDK_DISABLED"))
+    exporter_otlp_endpoint: str | None = Field(
+        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+    """Base URL; per-signal paths (``/v1/traces``...) are appended for http/protobuf."""
+    exporter_otlp_protocol: Protocol = Field(
+        default="http/protobuf", validation_alias=_env("OTEL_EXPORTER_OTLP_PROTOCOL")
+    )
+    exporter_otlp_headers: SecretStr | None = Field(
+        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_HEADERS")
+    )
+    """``k=v,k2=v2``; a secret, so it never shows in reprs or logs."""
+    exporter_otlp_timeout: int = Field(
+        default=10_000, ge=1, validation_alias=_env("OTEL_EXPORTER_OTLP_TIMEOUT")
+    )
+    """Milliseconds, as the OpenTelemetry spec defines it."""
+    exporter_otlp_compression: Literal["gzip", "none"] = Field(
+        default="none", validation_alias=_env("OTEL_EXPORTER_OTLP_COMPRESSION")
+    )
+    traces_exporter: SignalExporter = Field(
+        default="otlp", validation_alias=_env("OTEL_TRACES_EXPORTER")
+    )
+    metrics_exporter: SignalExporter = Field(
+        default="otlp", validation_alias=_env("OTEL_METRICS_EXPORTER")
+    )
+    logs_exporter: SignalExporter = Field(default="otlp", validation_alias=_env("OTEL_LOGS_EXPORTER"))
+    traces_sampler: SamplerName = Field(
+        default="parentbased_always_on", validation_alias=_env("OTEL_TRACES_SAMPLER")
+    )
+    traces_sampler_arg: float | None = Field(
+        default=None, ge=0.0, le=1.0, validation_alias=_env("OTEL_TRACES_SAMPLER_ARG")
+    )
+    metric_export_interval: int = Field(
+        default=60_000, ge=100, validation_alias=_env("OTEL_METRIC_EXPORT_INTERVAL")
+    )
+    """Milliseconds between metric exports, as the OpenTelemetry spec defines it."""
+    semconv_stability_opt_in: str = Field(
+        default="http", validation_alias=_env("OTEL_SEMCONV_STABILITY_OPT_IN")
+    )
+    """We always emit the stable HTTP conventions; this is handed to contrib instrumentations."""
+
+    log_level: LogLevel = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    log_to_otel: bool = True
+    """Also send every log line as an OTel log record (when the logs exporter is on)."""
+
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
+
+    @field_validator("resource_attributes", mode="before")
+    @classmethod
+    def _parse_resource_attributes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_key_values(value, variable="OTEL_RESOURCE_ATTRIBUTES")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().upper()
+            return "WARNING" if value == "WARN" else value
+        return value
+
+    @field_validator(
+        "exporter_otlp_protocol",
+        "traces_exporter",
+        "metrics_exporter",
+        "logs_exporter",
+        "traces_sampler",
+        "exporter_otlp_compression",
+        mode="before",
+    )
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("exporter_otlp_endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an absolute http:// or https:// URL")
+        return value.rstrip("/")
+
+    def otlp_headers(self) -> dict[str, str]:
+        """The parsed OTLP headers (kept secret everywhere else)."""
+        if self.exporter_otlp_headers is None:
+            return {}
+        return parse_key_values(
+            self.exporter_otlp_headers.get_secret_value(), variable="OTEL_EXPORTER_OTLP_HEADERS"
+        )
+
+    def otlp_endpoint(self) -> str:
+        """The OTLP base endpoint, defaulting per protocol as the spec says."""
+        if self.exporter_otlp_endpoint:
+            return self.exporter_otlp_endpoint
+        return "http://localhost:4317" if self.exporter_otlp_protocol == "grpc" else "http://localhost:4318"
+
+    def excluded_paths(self) -> frozenset[str]:
+        """Paths that produce no telemetry: configured ones plus the health endpoints."""
+        paths = set(self.http.excluded_paths)
+        if self.health.enabled:
+            paths.update((self.health.path, self.health.live_path, self.health.ready_path))
+        return frozenset(paths)
+
+
+class ServiceSettings(BaseSettings):
+    """Base class for a service's own typed configuration.
+
+    Subclass it and declare fields; they are read from the environment and ``.env``
+    (no prefix unless you set ``model_config["env_prefix"]``). Use ``SecretStr`` for
+    secrets: they never show in reprs or logs. Errors name the variable, as for
+    :class:`Settings`; call :meth:`load` to get that message instead of pydantic's.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Any:
+        """Build the settings, turning validation errors into a :class:`ConfigurationError`."""
+        return load_settings(cls, overrides)
+
+
+def _env_names(model: type[BaseSettings], loc: tuple[int | str, ...]) -> tuple[str, str]:
+    """The environment variable(s) and keyword path a validation error location comes from."""
+    config = model.model_config
+    prefix = str(config.get("env_prefix") or "")
+    delimiter = str(config.get("env_nested_delimiter") or "__")
+    for name, field in model.model_fields.items():
+        alias = field.validation_alias
+        choices = [str(c) for c in alias.choices] if isinstance(alias, AliasChoices) else []
+        if loc and (loc[0] == name or str(loc[0]) in choices):
+            keyword = ".".join([name, *(str(part) for part in loc[1:])])
+            if choices and len(loc) == 1:
+                return " or ".join(choices), keyword
+            return (prefix + delimiter.join(keyword.split("."))).upper(), keyword
+    joined = ".".join(str(part) for part in loc)
+    return (prefix + joined.replace(".", delimiter)).upper(), joined
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(model: type[S], overrides: Mapping[str, Any]) -> S:
+    """Build ``model`` from keyword overrides, env and ``.env``; fail with a message naming variables."""
+    try:
+        return model(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            loc = tuple(part for part in error["loc"] if part != "__root__")
+            names, keyword = _env_names(model, loc)
+            value = error.get("input")
+            shown = "<hidden>" if "headers" in names.lower() or "secret" in names.lower() else repr(value)
+            lines.append(f"  {names} (keyword {keyword!r}): {error['msg']} (got {shown})")
+        raise ConfigurationError(
+            f"invalid {model.__name__} ({len(lines)} error(s)):\n" + "\n".join(lines)
+        ) from None
