@@ -1,0 +1,26 @@
+"""kiki-otel: one call gives a FastAPI/ASGI service traces, metrics and logs over OTLP.
+
+``configure(app)`` sets up OpenTelemetry with the request id equal to the trace id, JSON logs
+correlated with it, health endpoints exported as metrics, and a graceful shutdown that flushes
+every exporter within a deadline.
+"""
+
+from ._configure import configure
+from ._context import get_request_id
+from ._health import HealthStatus
+from ._logging import get_logger
+from ._settings import ConfigurationError, ServiceSettings, Settings
+from ._telemetry import Telemetry
+
+__all__ = [
+    "ConfigurationError",
+    "HealthStatus",
+    "ServiceSettings",
+    "Settings",
+    "Telemetry",
+    "configure",
+    "get_logger",
+    "get_request_id",
+]
+
+__version__ = "0.1.0"

@@ -21,6 +21,7 @@ from opentelemetry.trace.span import Span
 
 from ._context import client_request_id
 from ._logging import get_logger
+from ._providers import DURATION_BUCKETS
 from ._ratelimit import RateLimitedLog
 from ._settings import Settings
 
@@ -87,7 +88,10 @@ class ServerTelemetry:
         self._tracer = tracer_provider.get_tracer("kiki_otel.http.server")
         meter = meter_provider.get_meter("kiki_otel.http.server")
         self._duration = meter.create_histogram(
-            "http.server.request.duration", unit="s", description="Duration of HTTP server requests."
+            "http.server.request.duration", unit="s",
+            description="Duration of HTTP server requests.",
+            # Advisory too, so seconds buckets hold even in a provider we joined (no views).
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self._active = meter.create_up_down_counter(
             "http.server.active_requests", unit="{request}",

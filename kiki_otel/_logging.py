@@ -41,9 +41,18 @@ _SEVERITY = {
 }
 # Fields that are the record's own parts, not attributes, when sent as an OTel log record.
 _RECORD_FIELDS = frozenset({"event", "timestamp", "level", "trace_id", "span_id"})
+_ISO_UTC = "%Y-%m-%dT%H:%M:%S.%fZ"  # the same shape as structlog's TimeStamper(utc=True)
 _STDLIB_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 # The exporters' own chatter (and anything logged on their worker threads) stays on stdout only.
 _NO_EXPORT_PREFIXES = ("opentelemetry", "grpc", "urllib3", "kiki_otel._export")
+
+
+def add_logger_name(logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """``logger``: the name given to ``get_logger(name)`` (stdlib records bring their own)."""
+    name = getattr(logger, "name", None)
+    if name is not None:
+        event_dict.setdefault("logger", name)
+    return event_dict
 
 
 def add_correlation(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
@@ -140,29 +149,32 @@ class OTelEmitter:
 
 
 class _Output:
-    """Writes rendered lines; JSON bytes go straight to the binary stream (no str round trip)."""
+    """Writes rendered lines to the *current* ``sys.stdout`` (so redirection and capture work);
+    JSON bytes go straight to its binary buffer, skipping a str round trip."""
 
-    def __init__(self, stream: Any) -> None:
-        self._text = stream
-        self._binary = getattr(stream, "buffer", None)
+    def __init__(self) -> None:
         self._lock = threading.Lock()
 
     def write(self, line: str | bytes) -> None:
+        stream = sys.stdout
+        binary = getattr(stream, "buffer", None)
         with self._lock:
-            if isinstance(line, bytes) and self._binary is not None:
-                self._binary.write(line + b"\n")
-                self._binary.flush()
+            if isinstance(line, bytes) and binary is not None:
+                stream.flush()  # keep order with anything written to the text layer
+                binary.write(line + b"\n")
+                binary.flush()
             else:
                 text = line.decode() if isinstance(line, bytes) else line
-                self._text.write(text + "\n")
-                self._text.flush()
+                stream.write(text + "\n")
+                stream.flush()
 
 
 class _OutputLogger:
     """The structlog "wrapped logger": every level method writes the rendered line."""
 
-    def __init__(self, output: _Output) -> None:
+    def __init__(self, output: _Output, name: str | None) -> None:
         self._output = output
+        self.name = name
 
     def msg(self, line: str | bytes) -> None:
         self._output.write(line)
@@ -186,7 +198,7 @@ class StdlibBridge(logging.Handler):
                 "event": record.getMessage(),
                 "level": level,
                 "logger": record.name,
-                "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
+                "timestamp": datetime.fromtimestamp(record.created, UTC).strftime(_ISO_UTC),
             }
             for key, value in vars(record).items():
                 if key not in _STDLIB_ATTRS and not key.startswith("_"):
@@ -238,9 +250,10 @@ def configure_logging(
     if logger_provider is not None and settings.log_to_otel and settings.logs_exporter != "none":
         shared.append(OTelEmitter(logger_provider))
     shared.append(_renderer(settings))
-    output = _Output(sys.stdout)
+    output = _Output()
     structlog.configure(
         processors=[
+            add_logger_name,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             *shared,
@@ -248,7 +261,7 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[settings.log_level]
         ),
-        logger_factory=lambda *_args: _OutputLogger(output),
+        logger_factory=lambda *args: _OutputLogger(output, args[0] if args else None),
         cache_logger_on_first_use=True,
     )
     _route_stdlib(StdlibBridge(shared, output), settings)
@@ -267,7 +280,7 @@ def reset_logging() -> None:
 
 def get_logger(name: str | None = None) -> FilteringBoundLogger:
     """A structlog logger; safe to call at import time, before :func:`kiki_otel.configure`."""
-    if name is None:
-        return cast(FilteringBoundLogger, structlog.get_logger())
-    return cast(FilteringBoundLogger, structlog.get_logger(logger=name))
+    # The name goes to the logger factory (like stdlib's), and ``add_logger_name`` reads it.
+    args = () if name is None else (name,)
+    return cast(FilteringBoundLogger, structlog.get_logger(*args))
 

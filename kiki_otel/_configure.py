@@ -1,0 +1,114 @@
+"""``configure()``: settings -> resource -> providers -> logging -> HTTP client -> health ->
+lifecycle, then the app. Each step is a small function; this module only calls them in order.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from typing import Any
+
+from opentelemetry import _logs, metrics, trace
+
+from ._health import HealthRegistry
+from ._http_client import instrument_httpx
+from ._lifecycle import Lifecycle
+from ._logging import configure_logging, get_logger
+from ._providers import Providers, build_providers
+from ._resource import build_resource, service_name_of
+from ._settings import Settings, load_settings
+from ._shutdown import ShutdownCoordinator
+from ._telemetry import Telemetry
+
+__all__ = ["configure", "current"]
+
+log = get_logger("kiki_otel")
+_lock = threading.RLock()
+_telemetry: Telemetry | None = None
+
+
+def _resolve(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
+    if settings is None:
+        return load_settings(Settings, overrides)
+    if overrides:
+        return load_settings(Settings, {**settings.model_dump(), **overrides})
+    return settings
+
+
+def _noop_providers() -> Providers:
+    # OTEL_SDK_DISABLED: the API's no-op providers; logging and request ids still work.
+    return Providers(trace.NoOpTracerProvider(), metrics.NoOpMeterProvider(), _logs.NoOpLoggerProvider())
+
+
+def _build(settings: Settings) -> Telemetry:
+    resource = build_resource(settings)
+    providers = _noop_providers() if settings.sdk_disabled else build_providers(settings, resource)
+    configure_logging(settings, service_name_of(resource), providers.logger_provider)
+    if providers.joined:
+        log.info("kiki_otel.joined_existing_providers", signals=providers.joined)
+    if not settings.sdk_disabled:
+        instrument_httpx(settings)
+    lifecycle = Lifecycle()
+    health = HealthRegistry(
+        settings=settings.health,
+        service_name=service_name_of(resource),
+        service_version=settings.service_version,
+        meter_provider=providers.meter_provider,
+        lifecycle=lifecycle,
+    )
+    owned = dict(zip(("traces", "metrics", "logs"), (
+        providers.tracer_provider, providers.meter_provider, providers.logger_provider
+    ), strict=True))
+    shutdown = ShutdownCoordinator(
+        settings.shutdown,
+        lifecycle,
+        {name: provider for name, provider in owned.items() if provider in providers.owned},
+    )
+    shutdown.on_shutdown(health.aclose)  # registered first, so it runs after user cleanups
+    return Telemetry(settings, resource, providers, lifecycle, health, shutdown)
+
+
+def configure(app: Any = None, *, settings: Settings | None = None, **overrides: Any) -> Telemetry:
+    """Set up traces, metrics and logs over OTLP, JSON logging, health and graceful shutdown.
+
+    Settings come from ``settings`` or the environment/``.env``; keyword ``overrides`` win.
+    Calling it again returns the same :class:`Telemetry` (OpenTelemetry providers can be
+    set once per process), installing into a new ``app`` if one is given; changed settings
+    in a later call are reported in a log line, not applied. Without ``app`` (workers,
+    scripts) everything but the HTTP parts is set up and ready at once.
+    """
+    global _telemetry
+    with _lock:
+        if _telemetry is None:
+            _telemetry = _build(_resolve(settings, overrides))
+            log.info(
+                "kiki_otel.configured",
+                service=service_name_of(_telemetry.resource),
+                endpoint=_telemetry.settings.otlp_endpoint(),
+                protocol=_telemetry.settings.exporter_otlp_protocol,
+                sdk_disabled=_telemetry.settings.sdk_disabled,
+            )
+            atexit.register(_telemetry.shutdown)  # scripts; ASGI servers flush in lifespan
+        elif settings is not None or overrides:
+            wanted = _resolve(settings, overrides)
+            if wanted != _telemetry.settings:
+                log.warning("kiki_otel.reconfigure_ignored",
+                            hint="providers are set once per process; restart to apply")
+        telemetry = _telemetry
+    if app is not None:
+        telemetry.instrument_app(app)
+    else:
+        telemetry.lifecycle.mark_ready()
+    return telemetry
+
+
+def current() -> Telemetry | None:
+    """The configured telemetry, if ``configure()`` ran (used by tests and integrations)."""
+    return _telemetry
+
+
+def _forget() -> None:
+    """Drop the handle (tests only; see :mod:`kiki_otel.testing`)."""
+    global _telemetry
+    with _lock:
+        _telemetry = None

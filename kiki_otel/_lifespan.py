@@ -1,0 +1,82 @@
+"""Hooks shutdown into the ASGI lifespan, keeping the app's own startup/shutdown.
+
+Under uvicorn, SIGTERM ends the process right after lifespan shutdown without running
+atexit handlers, so the flush must happen here, before ``lifespan.shutdown.complete`` is
+passed on. We never install signal handlers; we only warn when someone displaced the
+server's own, because then uvicorn's drain never runs.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from ._http_server import ASGIApp, Message, Receive, Scope, Send
+from ._lifecycle import Lifecycle
+from ._logging import get_logger
+from ._shutdown import ShutdownCoordinator
+
+__all__ = ["LifespanHooks", "foreign_signal_handlers"]
+
+log = get_logger("kiki_otel.lifecycle")
+_SERVER_MODULES = ("uvicorn", "gunicorn", "uvicorn_worker", "hypercorn", "granian")
+
+
+def _owner(handler: Any) -> str:
+    owner = getattr(handler, "__self__", None)
+    module = type(owner).__module__ if owner is not None else getattr(handler, "__module__", "")
+    return str(module or "")
+
+
+def foreign_signal_handlers() -> dict[str, str]:
+    """SIGTERM/SIGINT handlers that belong to neither the server nor Python's defaults."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    foreign = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(sig)
+        if handler in (signal.SIG_DFL, signal.SIG_IGN, None, signal.default_int_handler):
+            continue
+        owner = _owner(handler)
+        if not owner.startswith(_SERVER_MODULES):
+            foreign[sig.name] = f"{owner}.{getattr(handler, '__qualname__', handler)!s}"
+    return foreign
+
+
+class LifespanHooks:
+    """Outermost ASGI wrapper: marks ready after startup, runs shutdown before it completes."""
+
+    def __init__(self, app: ASGIApp, *, lifecycle: Lifecycle, shutdown: ShutdownCoordinator) -> None:
+        self.app = app
+        self._lifecycle = lifecycle
+        self._shutdown = shutdown
+        self._lifespan_seen = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            if not self._lifespan_seen and self._lifecycle.state == "starting":
+                self._lifecycle.mark_ready()  # server runs without lifespan: serving = started
+            await self.app(scope, receive, send)
+            return
+        self._lifespan_seen = True
+
+        async def receive_hooked() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self._shutdown.begin()
+            return message
+
+        async def send_hooked(message: Message) -> None:
+            kind = message["type"]
+            if kind == "lifespan.startup.complete":
+                self._lifecycle.mark_ready()
+                foreign = foreign_signal_handlers()
+                if foreign:
+                    log.warning("lifecycle.signal_handlers_displaced", handlers=foreign,
+                                hint="the server's graceful drain will not run on SIGTERM")
+            elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await self._shutdown.run()
+            await send(message)
+
+        await self.app(scope, receive_hooked, send_hooked)

@@ -1,0 +1,80 @@
+"""Test isolation: no inherited OTEL_*/KIKI_OTEL_* variables, no stray ``.env``, and a fresh
+``configure()`` for every test (OpenTelemetry globals are set-once per process otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kiki_otel import testing
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Each test starts with a clean environment and cwd, and ends with kiki-otel reset."""
+    for name in list(os.environ):
+        if name.startswith(("OTEL_", "KIKI_OTEL_", "DEMO_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    yield
+    testing.reset(timeout=1.0)
+
+
+class Memory:
+    """In-memory SDK pipelines installed as the global providers, for fast unit tests.
+
+    ``configure()`` joins providers that are already set, so tests can inspect exactly what
+    kiki-otel emits; the real OTLP path is proven by the integration tests.
+    """
+
+    def __init__(self) -> None:
+        from opentelemetry import _logs, metrics, trace
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import (
+            InMemoryLogRecordExporter,
+            SimpleLogRecordProcessor,
+        )
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        self.span_exporter = InMemorySpanExporter()
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(self.span_exporter))
+        trace.set_tracer_provider(tracer_provider)
+        self.reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[self.reader]))
+        self.log_exporter = InMemoryLogRecordExporter()
+        logger_provider = LoggerProvider()
+        logger_provider.add_log_record_processor(SimpleLogRecordProcessor(self.log_exporter))
+        _logs.set_logger_provider(logger_provider)
+
+    def spans(self) -> list:  # type: ignore[type-arg]
+        return list(self.span_exporter.get_finished_spans())
+
+    def logs(self) -> list:  # type: ignore[type-arg]
+        return [data.log_record for data in self.log_exporter.get_finished_logs()]
+
+    def metric_points(self, name: str) -> list:  # type: ignore[type-arg]
+        data = self.reader.get_metrics_data()
+        points = []
+        for resource_metrics in data.resource_metrics if data else []:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    if metric.name == name:
+                        points.extend(metric.data.data_points)
+        return points
+
+
+@pytest.fixture
+def memory() -> Memory:
+    """Global in-memory trace/metric/log pipelines that ``configure()`` will join."""
+    return Memory()

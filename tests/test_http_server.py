@@ -1,0 +1,359 @@
+"""Server instrumentation: one span per request, request id = trace id on every response,
+strict handling of incoming traceparent / X-Request-ID, stable HTTP metrics, access log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+from opentelemetry.trace import SpanKind, StatusCode
+
+import kiki_otel
+from tests.conftest import Memory
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+PARENT = "b7ad6b7169203331"
+
+
+def make_app() -> FastAPI:
+    app = FastAPI()
+    seen: dict[str, Any] = {}
+    app.state.seen = seen
+
+    class Teapot(Exception):
+        pass
+
+    @app.exception_handler(Teapot)
+    async def teapot_handler(_request: Any, _exc: Teapot) -> JSONResponse:
+        return JSONResponse({"teapot": True}, status_code=418)
+
+    def dependency() -> str | None:
+        seen["dependency"] = kiki_otel.get_request_id()
+        return seen["dependency"]
+
+    def in_background() -> None:
+        seen["background"] = kiki_otel.get_request_id()
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int, background: BackgroundTasks, dep: str | None = Depends(dependency)) -> dict[str, Any]:
+        seen["endpoint"] = kiki_otel.get_request_id()
+        seen["thread"] = await asyncio.to_thread(kiki_otel.get_request_id)
+        background.add_task(in_background)
+        kiki_otel.get_logger("test.app").info("item.loaded", item_id=item_id)
+        return {"request_id": kiki_otel.get_request_id()}
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("kaboom")
+
+    @app.get("/teapot")
+    async def teapot() -> None:
+        raise Teapot
+
+    @app.get("/forbidden")
+    async def forbidden() -> None:
+        raise HTTPException(403)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> str:
+        return "excluded"
+
+    return app
+
+
+@pytest.fixture
+def app(memory: Memory) -> FastAPI:
+    app = make_app()
+    kiki_otel.configure(app, service_name="svc-test", metrics_exporter="none")
+    return app
+
+
+def client(app: FastAPI) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
+def server_spans(memory: Memory) -> list[Any]:
+    return [s for s in memory.spans() if s.kind == SpanKind.SERVER]
+
+
+def log_lines(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+async def test_request_id_is_the_trace_id_everywhere(app: FastAPI, memory: Memory) -> None:
+    """X-Request-ID == server span trace id == get_request_id() in endpoint, dependency,
+    background task and to_thread."""
+    async with client(app) as c:
+        response = await c.get("/items/7")
+    request_id = response.headers["x-request-id"]
+    (span,) = server_spans(memory)
+    assert request_id == format(span.context.trace_id, "032x")
+    assert response.json()["request_id"] == request_id
+    seen = app.state.seen
+    assert seen["endpoint"] == seen["dependency"] == seen["thread"] == seen["background"] == request_id
+    traceresponse = response.headers["traceresponse"]
+    assert traceresponse == f"00-{request_id}-{span.context.span_id:016x}-01"
+
+
+async def test_exactly_one_server_span_named_by_route(app: FastAPI, memory: Memory) -> None:
+    """FastAPI's native telemetry is off: one SERVER span, no per-operation or send/receive spans."""
+    async with client(app) as c:
+        await c.get("/items/1")
+    spans = memory.spans()
+    assert len(spans) == 1, [s.name for s in spans]
+    span = spans[0]
+    assert span.kind == SpanKind.SERVER
+    assert span.name == "GET /items/{item_id}"
+    attrs = dict(span.attributes or {})
+    assert attrs["http.route"] == "/items/{item_id}"
+    assert attrs["http.request.method"] == "GET"
+    assert attrs["http.response.status_code"] == 200
+    assert attrs["url.path"] == "/items/1"
+    assert attrs["url.scheme"] == "http"
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/nope", 404), ("/items/not-an-int", 422), ("/boom", 500), ("/teapot", 418), ("/forbidden", 403)],
+)
+async def test_every_response_carries_the_request_id(
+    app: FastAPI, memory: Memory, path: str, status: int
+) -> None:
+    """404, 422, unhandled 500 and exception-handler responses all answer X-Request-ID."""
+    async with client(app) as c:
+        response = await c.get(path)
+    assert response.status_code == status
+    (span,) = server_spans(memory)
+    assert response.headers["x-request-id"] == format(span.context.trace_id, "032x")
+
+
+async def test_unhandled_exception_marks_span_error(app: FastAPI, memory: Memory) -> None:
+    """A 500 from an exception sets span status ERROR, error.type and an exception event."""
+    async with client(app) as c:
+        await c.get("/boom")
+    (span,) = server_spans(memory)
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.attributes["error.type"] == "RuntimeError"
+    assert any(event.name == "exception" for event in span.events)
+
+
+async def test_valid_traceparent_continues_the_trace(app: FastAPI, memory: Memory) -> None:
+    """A valid incoming traceparent: same trace id, our span is its child."""
+    async with client(app) as c:
+        response = await c.get("/items/1", headers={"traceparent": f"00-{TRACE}-{PARENT}-01"})
+    (span,) = server_spans(memory)
+    assert response.headers["x-request-id"] == TRACE
+    assert format(span.parent.span_id, "016x") == PARENT
+
+
+async def test_unsampled_parent_still_gets_ids_in_logs(
+    app: FastAPI, memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """sampled=0: no span is exported, but the request id and log correlation still work."""
+    async with client(app) as c:
+        response = await c.get("/items/1", headers={"traceparent": f"00-{TRACE}-{PARENT}-00"})
+    assert response.headers["x-request-id"] == TRACE
+    assert server_spans(memory) == []
+    lines = [l for l in log_lines(capsys.readouterr().out) if l["event"] == "item.loaded"]
+    assert lines and lines[0]["trace_id"] == TRACE and lines[0]["request_id"] == TRACE
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("traceparent", "00-xyz-123-01")],
+        [("traceparent", f"00-{'0' * 32}-{PARENT}-01")],
+        [("traceparent", f"00-{TRACE}-{PARENT}-01"), ("traceparent", f"00-{'1' * 32}-{PARENT}-01")],
+    ],
+    ids=["malformed", "zero-trace-id", "duplicate"],
+)
+async def test_bad_traceparent_starts_a_new_trace(
+    app: FastAPI, memory: Memory, headers: list[tuple[str, str]]
+) -> None:
+    """Malformed, invalid or duplicated traceparent: a fresh trace, never the client's id."""
+    async with client(app) as c:
+        response = await c.get("/items/1", headers=headers)
+    (span,) = server_spans(memory)
+    assert span.parent is None
+    assert response.headers["x-request-id"] not in (TRACE, "1" * 32, "0" * 32)
+    assert response.headers["x-request-id"] == format(span.context.trace_id, "032x")
+
+
+async def test_valid_client_request_id_is_recorded_not_used(
+    app: FastAPI, memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An allowlisted X-Request-ID goes on the span and logs as client_request_id only."""
+    async with client(app) as c:
+        response = await c.get("/items/1", headers={"X-Request-ID": "legacy-abc.123:x"})
+    (span,) = server_spans(memory)
+    assert response.headers["x-request-id"] == format(span.context.trace_id, "032x")
+    assert response.headers.get_list("x-request-id") == [response.headers["x-request-id"]]
+    assert span.attributes["http.request.header.x-request-id"] == ("legacy-abc.123:x",)
+    line = next(l for l in log_lines(capsys.readouterr().out) if l["event"] == "item.loaded")
+    assert line["client_request_id"] == "legacy-abc.123:x"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"abc\r\nx-evil: 1", b"abc\x00def", b"\x1b[31mred\x1b[0m", b"a" * 1_000_000, b"has space", b""],
+    ids=["crlf", "nul", "ansi", "1mb", "space", "empty"],
+)
+async def test_hostile_client_request_id_is_dropped_and_escaped(
+    app: FastAPI, memory: Memory, capsys: pytest.CaptureFixture[str], value: bytes
+) -> None:
+    """A client id outside the allowlist is dropped; the warning shows it escaped and short."""
+    raw_app = app
+
+    async def send_raw() -> tuple[int, dict[bytes, bytes]]:
+        # httpx refuses to send CRLF/NUL; talk ASGI directly as a hostile proxy could.
+        messages: list[dict[str, Any]] = []
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+            "scheme": "http", "path": "/items/1", "raw_path": b"/items/1", "query_string": b"",
+            "root_path": "", "headers": [(b"host", b"t"), (b"x-request-id", value)],
+            "client": ("127.0.0.1", 1), "server": ("t", 80),
+        }
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            messages.append(message)
+
+        await raw_app(scope, receive, send)
+        start = messages[0]
+        return start["status"], dict(start["headers"])
+
+    status, headers = await send_raw()
+    assert status == 200
+    (span,) = server_spans(memory)
+    assert "http.request.header.x-request-id" not in (span.attributes or {})
+    assert headers[b"x-request-id"] == format(span.context.trace_id, "032x").encode()
+    out = capsys.readouterr().out
+    warnings = [l for l in log_lines(out) if l["event"] == "http.client_request_id.rejected"]
+    assert len(warnings) == 1
+    assert len(warnings[0]["value"]) < 100
+    assert "\r" not in out and "\x00" not in out and "\x1b" not in out
+    assert not any(l.get("client_request_id") for l in log_lines(out))
+
+
+async def test_rejection_warnings_are_rate_limited(
+    app: FastAPI, memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A flood of bad ids logs one warning per interval, not one per request."""
+    async with client(app) as c:
+        for _ in range(20):
+            await c.get("/items/1", headers={"X-Request-ID": "bad id with spaces"})
+    warnings = [l for l in log_lines(capsys.readouterr().out) if l["event"] == "http.client_request_id.rejected"]
+    assert len(warnings) == 1
+
+
+async def test_duplicate_client_request_ids_are_rejected(app: FastAPI, memory: Memory) -> None:
+    """Two X-Request-ID headers are ambiguous: neither is recorded."""
+    async with client(app) as c:
+        await c.get("/items/1", headers=[("X-Request-ID", "a1"), ("X-Request-ID", "b2")])
+    (span,) = server_spans(memory)
+    assert "http.request.header.x-request-id" not in (span.attributes or {})
+
+
+async def test_excluded_paths_produce_no_telemetry(
+    app: FastAPI, memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/metrics (and the health paths) make no span, metric point or access-log line."""
+    async with client(app) as c:
+        response = await c.get("/metrics")
+    assert response.status_code == 200
+    assert memory.spans() == []
+    assert memory.metric_points("http.server.request.duration") == []
+    assert not [l for l in log_lines(capsys.readouterr().out) if l["event"] == "http.request"]
+
+
+async def test_stable_http_metrics(app: FastAPI, memory: Memory) -> None:
+    """http.server.request.duration (s) with semconv attributes; active requests back to 0."""
+    async with client(app) as c:
+        await c.get("/items/1")
+        await c.get("/boom")
+    points = memory.metric_points("http.server.request.duration")
+    by_route = {p.attributes["http.route"]: p for p in points}
+    ok = by_route["/items/{item_id}"]
+    assert ok.attributes["http.response.status_code"] == 200
+    assert ok.attributes["http.request.method"] == "GET"
+    assert ok.count == 1 and 0 < ok.sum < 10
+    assert by_route["/boom"].attributes["error.type"] == "RuntimeError"
+    assert 0.005 in ok.explicit_bounds or 0.005 in tuple(ok.explicit_bounds)
+    active = memory.metric_points("http.server.active_requests")
+    assert active and all(p.value == 0 for p in active)
+
+
+async def test_access_log_line_inside_the_span(
+    app: FastAPI, memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One access-log line per request, with route, status, duration and the span's ids."""
+    async with client(app) as c:
+        response = await c.get("/items/3")
+    (span,) = server_spans(memory)
+    access = [l for l in log_lines(capsys.readouterr().out) if l["event"] == "http.request"]
+    assert len(access) == 1
+    line = access[0]
+    assert line["route"] == "/items/{item_id}" and line["status"] == 200
+    assert line["method"] == "GET" and line["duration_ms"] >= 0
+    assert line["request_id"] == response.headers["x-request-id"]
+    assert line["span_id"] == format(span.context.span_id, "016x")
+
+
+async def test_configure_twice_does_not_duplicate(memory: Memory) -> None:
+    """A second configure(app) adds no second middleware, span or access-log line."""
+    app = make_app()
+    first = kiki_otel.configure(app, metrics_exporter="none")
+    second = kiki_otel.configure(app)
+    assert first is second
+    async with client(app) as c:
+        await c.get("/items/1")
+    assert len(server_spans(memory)) == 1
+
+
+async def test_outgoing_httpx_carries_one_traceparent(memory: Memory) -> None:
+    """httpx calls inside a request carry exactly one traceparent of the same trace, even when
+    the caller passed a stale one, and make one CLIENT span."""
+    seen: list[list[str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get_all("traceparent") or [])
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/echo"
+    app = FastAPI()
+
+    @app.get("/call")
+    async def call() -> dict[str, str]:
+        stale = "00-" + "f" * 32 + "-" + "f" * 16 + "-01"
+        async with httpx.AsyncClient() as out:
+            await out.get(url, headers={"traceparent": stale})
+        return {}
+
+    try:
+        kiki_otel.configure(app, metrics_exporter="none")
+        async with client(app) as c:
+            response = await c.get("/call")
+    finally:
+        server.shutdown()
+    request_id = response.headers["x-request-id"]
+    (values,) = seen
+    assert len(values) == 1 and values[0].split("-")[1] == request_id
+    kinds = sorted(s.kind.name for s in memory.spans())
+    assert kinds == ["CLIENT", "SERVER"]
