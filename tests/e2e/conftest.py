@@ -1,0 +1,158 @@
+"""Fixtures for the stack tests: build the binaries (cached), run the collector, Jaeger and Prometheus
+on free 127.0.0.1 ports with the repo's config files, a stand-in for Loki, the two demo services and
+their traffic. Everything is session-scoped: started once, torn down at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ._stack import REPO, Proc, Stack, build_stack, clean_env, free_port, start_stack, stop_all, wait_until
+
+if str(REPO) not in sys.path:  # `tests.support` is imported as a package of the repo root
+    sys.path.insert(0, str(REPO))
+
+from tests.support.otlp_receiver import OTLPReceiver  # noqa: E402
+
+# Sent by the traffic generator on every request; must never show up in Jaeger.
+SECRET_BEARER = "Bearer e2e-s3cr3t-t0ken-do-not-leak"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e is an e2e test."""
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def stack_bin() -> Path:
+    """The bin dir with otelcol-kiki, jaeger, prometheus, promtool (stack/build.sh, cached)."""
+    try:
+        return build_stack()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def loki_standin() -> Iterator[OTLPReceiver]:
+    """An OTLP receiver where the collector's Loki exporter sends the logs."""
+    with OTLPReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def stack(
+    stack_bin: Path, loki_standin: OTLPReceiver, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """Prometheus, Jaeger and the collector, running and ready."""
+    work = tmp_path_factory.mktemp("stack")
+    # The collector's otlp_http exporter appends /v1/logs to the endpoint.
+    running = start_stack(stack_bin, work, loki_standin.http_endpoint)
+    yield running
+    stop_all(running.procs)
+
+
+@dataclass
+class Demo:
+    """The two demo services: A (upstream, calls B) and B."""
+
+    a_url: str
+    b_url: str
+    a_name: str = "e2e-plans-api"
+    b_name: str = "e2e-value-api"
+    procs: list[Proc] = field(default_factory=list)
+
+
+@pytest.fixture(scope="session")
+def demo(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    """examples/demo/app.py twice under uvicorn, exporting to the collector."""
+    app = REPO / "examples" / "demo" / "app.py"
+    if not app.exists():
+        pytest.fail(f"{app} does not exist: the live stack test runs the demo service")
+    work = tmp_path_factory.mktemp("demo")
+    a_port, b_port = free_port(), free_port()
+    running = Demo(a_url=f"http://127.0.0.1:{a_port}", b_url=f"http://127.0.0.1:{b_port}")
+
+    def start(name: str, port: int, extra: dict[str, str]) -> Proc:
+        env = clean_env({
+            "OTEL_SERVICE_NAME": name,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": stack.collector_otlp_http,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=e2e",
+            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_BLRP_SCHEDULE_DELAY": "200",
+            **extra,
+        })
+        proc = Proc.start(name, [sys.executable, "-m", "uvicorn", "examples.demo.app:app",
+                                 "--host", "127.0.0.1", "--port", str(port)], env=env, log_dir=work)
+        running.procs.append(proc)
+        wait_until(f"{name} /health/live", lambda: httpx.get(
+            f"http://127.0.0.1:{port}/health/live", timeout=2).status_code == 200, timeout=60, proc=proc)
+        return proc
+
+    try:
+        start(running.b_name, b_port, {})
+        start(running.a_name, a_port, {"DEMO_DOWNSTREAM_URL": running.b_url})
+    except BaseException:
+        stop_all(running.procs)
+        raise
+    yield running
+    stop_all(running.procs)
+
+
+@dataclass
+class Traffic:
+    """What the traffic generator sent and got back (X-Request-ID = trace id)."""
+
+    plan_ids: list[str] = field(default_factory=list)
+    checkout_ids: list[str] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+def _send(client: httpx.Client, demo: Demo, n: int, traffic: Traffic) -> None:
+    headers = {"Authorization": SECRET_BEARER}
+    if n % 10 == 5:
+        response = client.post(f"{demo.a_url}/checkout", headers=headers)
+        traffic.checkout_ids.append(response.headers.get("x-request-id", ""))
+    elif n % 25 == 7:
+        response = client.get(f"{demo.a_url}/boom", headers=headers)
+    else:
+        response = client.get(f"{demo.a_url}/plans/{n % 7}", headers=headers)
+        traffic.plan_ids.append(response.headers.get("x-request-id", ""))
+    traffic.statuses[response.status_code] = traffic.statuses.get(response.status_code, 0) + 1
+
+
+@pytest.fixture(scope="session")
+def traffic(demo: Demo) -> Iterator[Traffic]:
+    """~10 requests/s to service A in a background thread for the whole session (at most 10 min)."""
+    sent = Traffic()
+
+    def run() -> None:
+        deadline = time.monotonic() + 600
+        with httpx.Client(timeout=10) as client:
+            n = 0
+            while not sent.stop.is_set() and time.monotonic() < deadline:
+                try:
+                    _send(client, demo, n, sent)
+                except httpx.HTTPError:
+                    sent.statuses[-1] = sent.statuses.get(-1, 0) + 1
+                n += 1
+                sent.stop.wait(0.1)
+
+    thread = threading.Thread(target=run, name="e2e-traffic", daemon=True)
+    thread.start()
+    wait_until("first traced requests", lambda: sent.plan_ids and sent.checkout_ids, timeout=30)
+    yield sent
+    sent.stop.set()
+    thread.join(15)
