@@ -26,7 +26,9 @@ __all__ = ["BuiltCheck", "CheckFailed", "http_check", "redis_check", "scrub", "s
 
 _SAFE_REASON = re.compile(r"[^A-Za-z0-9_.:-]")
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@")
-_KEY_VALUE_SECRET = re.compile(r"(?i)\b(password|passwd|pwd|secret|token)\s*=\s*('[^']*'|\"[^\"]*\"|\S+)")
+_KEY_VALUE_SECRET = re.compile(
+    r"(?i)\b(password|passwd|pwd|secret|token)\s*=\s*('[^']*'|\"[^\"]*\"|\S+)"
+)
 
 
 class CheckFailed(Exception):
@@ -129,7 +131,7 @@ def _import_sqlalchemy() -> Any:
 
 
 def _own_engine(engine_or_dsn: AsyncEngine | str, timeout: float) -> AsyncEngine:
-    """An engine with a pool of its own, so the probe never queues behind a saturated app pool.
+    """Build an engine with a pool of its own: the probe never queues behind the app's pool.
 
     For a user engine we recreate its pool (same driver, creator and ``connect_args``, none of
     its connections). A plain ``postgresql://`` DSN gets asyncpg, the ``[sql]`` extra's driver.

@@ -1,0 +1,546 @@
+"""The health registry: dependency checks, their status model, and health as an OTel signal.
+
+Probes must be cheap and must never hurt the dependency they look at, so every check runs
+concurrently with the others, bounded by its own timeout, single-flight (however many probes
+arrive, one run per check is in flight) and cached for its TTL. Synchronous checks run on a
+small bounded executor. In background mode a loop refreshes every check on an interval and
+probes only read the snapshot, which turns unhealthy (``stale``) past ``max_staleness``.
+
+Nothing a check raises reaches the output: the body names the exception *class* only, the
+detail (credentials scrubbed) goes to the log on status changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import inspect
+import re
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+
+from ._health_checks import BuiltCheck, CheckFailed, http_check, redis_check, scrub, sql_check
+from ._lifecycle import Lifecycle
+from ._logging import get_logger
+from ._settings import HealthSettings
+
+if TYPE_CHECKING:
+    import redis.asyncio
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["CheckFailed", "CheckResult", "HealthRegistry", "HealthReport", "HealthStatus"]
+
+log = get_logger("kiki_otel.health")
+
+_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,64}")
+# Checks must not produce spans or propagate trace headers: health endpoints are excluded
+# from traces, so their children would be orphan root spans on every probe.
+_SUPPRESS = otel_context._SUPPRESS_INSTRUMENTATION_KEY
+
+
+class HealthStatus(enum.StrEnum):
+    """A dependency's or the service's health. Ordered: healthy < degraded < unhealthy."""
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNHEALTHY = "unhealthy"
+
+
+_RANK = {HealthStatus.HEALTHY: 0, HealthStatus.DEGRADED: 1, HealthStatus.UNHEALTHY: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One run of one check. ``reason`` is safe to show: a fixed word or an exception class."""
+
+    name: str
+    status: HealthStatus
+    critical: bool
+    component_type: str
+    duration: float
+    """Seconds the run took."""
+    checked_at: float
+    """Wall-clock epoch seconds, for display."""
+    finished: float
+    """``time.monotonic()`` at the end of the run, for TTL and staleness."""
+    reason: str | None = None
+
+
+def overall_status(results: Iterable[CheckResult]) -> HealthStatus:
+    """Critical down -> unhealthy; anything else not healthy -> degraded."""
+    worst = HealthStatus.HEALTHY
+    for result in results:
+        if result.status is HealthStatus.HEALTHY:
+            continue
+        is_down = result.critical and result.status is HealthStatus.UNHEALTHY
+        status = HealthStatus.UNHEALTHY if is_down else HealthStatus.DEGRADED
+        worst = max(worst, status, key=_RANK.__getitem__)
+    return worst
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """What a probe sees: the service, its lifecycle state and each dependency's last result."""
+
+    service: str
+    version: str | None
+    status: HealthStatus
+    lifecycle: str
+    uptime_seconds: float
+    timestamp: float
+    dependencies: tuple[CheckResult, ...]
+
+    @property
+    def ready(self) -> bool:
+        """Serving (not starting, not shutting down) and no critical dependency down."""
+        return self.lifecycle == "ready" and not any(
+            d.critical and d.status is HealthStatus.UNHEALTHY for d in self.dependencies
+        )
+
+
+@dataclass(eq=False)
+class _Check:
+    """A registered check and its mutable state (last result, the run in flight)."""
+
+    name: str
+    built: BuiltCheck
+    critical: bool
+    timeout: float
+    ttl: float
+    is_async: bool
+    last: CheckResult | None = None
+    inflight: asyncio.Task[CheckResult] | None = None
+    thread: Future[object] | None = None
+    """A synchronous call still running in its worker; never start a second one."""
+
+
+def _is_async(fn: Callable[[], object]) -> bool:
+    call = getattr(fn, "__call__", None)  # noqa: B004 - async __call__ on a callable object
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+
+
+def _interpret(value: object) -> tuple[HealthStatus, str | None]:
+    """Map a return value: a HealthStatus or ``False`` is honoured, anything else is healthy."""
+    if isinstance(value, HealthStatus):
+        return value, None if value is HealthStatus.HEALTHY else "reported"
+    if value is False:
+        return HealthStatus.UNHEALTHY, "reported"
+    return HealthStatus.HEALTHY, None
+
+
+def _discard(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log "never retrieved"
+
+
+class HealthRegistry:
+    """The checks of one service; the core builds it in ``configure()`` and mounts endpoints."""
+
+    def __init__(
+        self,
+        *,
+        settings: HealthSettings,
+        service_name: str,
+        service_version: str | None,
+        meter_provider: MeterProvider,
+        lifecycle: Lifecycle,
+    ) -> None:
+        self._settings = settings
+        self._service = service_name
+        self._version = service_version
+        self.lifecycle = lifecycle
+        self._checks: dict[str, _Check] = {}
+        self._started = time.monotonic()
+        self._executor: ThreadPoolExecutor | None = None
+        self._background: asyncio.Task[None] | None = None
+        self._pending_close: list[Callable[[], Awaitable[None]]] = []
+        self._last_overall: HealthStatus | None = None
+        self._closed = False
+        self._metrics = _HealthMetrics.install(meter_provider, self)
+
+    # -- registration -------------------------------------------------------------------
+
+    def add_http(
+        self,
+        name: str,
+        url: str,
+        *,
+        critical: bool = True,
+        timeout: float | None = None,
+        ttl: float | None = None,
+        expected_status: range = range(200, 400),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Check an HTTP dependency: ``GET url`` must answer a status in ``expected_status``."""
+        bound = self._timeout(timeout)
+        built = http_check(url, timeout=bound, expected_status=expected_status, headers=headers)
+        self._add(name, built, critical=critical, timeout=bound, ttl=ttl, is_async=True)
+
+    def add_redis(
+        self,
+        name: str,
+        url_or_client: str | redis.asyncio.Redis,
+        *,
+        critical: bool = True,
+        timeout: float | None = None,
+        ttl: float | None = None,
+    ) -> None:
+        """Check Redis with PING (a URL gets a client we own and close in :meth:`aclose`)."""
+        bound = self._timeout(timeout)
+        built = redis_check(url_or_client, timeout=bound)
+        self._add(name, built, critical=critical, timeout=bound, ttl=ttl, is_async=True)
+
+    def add_sql(
+        self,
+        name: str,
+        engine_or_dsn: AsyncEngine | str,
+        *,
+        critical: bool = True,
+        timeout: float | None = None,
+        ttl: float | None = None,
+    ) -> None:
+        """Check a database with ``SELECT 1`` on a small pool of our own, never the app's pool."""
+        bound = self._timeout(timeout)
+        built = sql_check(engine_or_dsn, timeout=bound)
+        self._add(name, built, critical=critical, timeout=bound, ttl=ttl, is_async=True)
+
+    def add_check(
+        self,
+        name: str,
+        check: Callable[[], Awaitable[object]] | Callable[[], object],
+        *,
+        critical: bool = True,
+        timeout: float | None = None,
+        ttl: float | None = None,
+    ) -> None:
+        """Add any check: returning is healthy, a HealthStatus/bool is honoured, raising fails.
+
+        A synchronous function runs on the registry's small thread pool, never on the loop.
+        """
+        built = BuiltCheck(check, "component")  # type: ignore[arg-type]
+        bound = self._timeout(timeout)
+        self._add(name, built, critical=critical, timeout=bound, ttl=ttl, is_async=_is_async(check))
+
+    def remove(self, name: str) -> None:
+        """Forget a check (its gauges disappear); resources it owns are closed."""
+        check = self._checks.pop(name, None)
+        if check is not None:
+            self._release(check)
+
+    def _timeout(self, timeout: float | None) -> float:
+        value = self._settings.timeout if timeout is None else timeout
+        if value <= 0:
+            raise ValueError("health check timeout must be > 0 seconds")
+        return value
+
+    def _add(
+        self, name: str, built: BuiltCheck, *, critical: bool, timeout: float,
+        ttl: float | None, is_async: bool,
+    ) -> None:
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"health check name must match {_NAME.pattern}, got {name!r}")
+        ttl = self._settings.cache_ttl if ttl is None else ttl
+        if ttl < 0:
+            raise ValueError("health check ttl must be >= 0 seconds")
+        self.remove(name)  # adding a name again replaces it (a reloaded module re-adds)
+        self._checks[name] = _Check(name, built, critical, timeout, ttl, is_async)
+
+    def _release(self, check: _Check) -> None:
+        if check.built.aclose is None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._pending_close.append(check.built.aclose)
+            return
+        task = asyncio.ensure_future(check.built.aclose())
+        task.add_done_callback(_discard)
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start background refreshing if ``background_interval`` is set (idempotent)."""
+        self._ensure_background()
+
+    async def report(self, *, critical_only: bool = False) -> HealthReport:
+        """Run (or reuse) the checks concurrently and build the report."""
+        checks = self._selected(critical_only)
+        if self._closed:
+            return self.snapshot(critical_only=critical_only)
+        self._ensure_background()
+        results = await asyncio.gather(*(self._result(c) for c in checks))
+        return self._build(results)
+
+    def snapshot(self, *, critical_only: bool = False) -> HealthReport:
+        """Report the last known results without running anything (metrics, fast paths)."""
+        results = [self._current(c) for c in self._selected(critical_only)]
+        return self._build([r for r in results if r is not None])
+
+    def _selected(self, critical_only: bool) -> list[_Check]:
+        return [c for c in self._checks.values() if c.critical or not critical_only]
+
+    def _build(self, results: list[CheckResult]) -> HealthReport:
+        return HealthReport(
+            service=self._service,
+            version=self._version,
+            status=overall_status(results),
+            lifecycle=self.lifecycle.state,
+            uptime_seconds=self.uptime(),
+            timestamp=time.time(),
+            dependencies=tuple(results),
+        )
+
+    def observed(self) -> bool:
+        """Tell whether the overall status means something: no checks, or one has run."""
+        return not self._checks or any(c.last is not None for c in self._checks.values())
+
+    def uptime(self) -> float:
+        """Seconds since the registry (i.e. ``configure()``) was created."""
+        return time.monotonic() - self._started
+
+    def _current(self, check: _Check) -> CheckResult | None:
+        """Return the last result, marked ``stale`` if background refreshing fell behind."""
+        last = check.last
+        if last is None or self._settings.background_interval is None:
+            return last
+        if time.monotonic() - last.finished > self._settings.max_staleness:
+            return replace(last, status=HealthStatus.UNHEALTHY, reason="stale")
+        return last
+
+    async def _result(self, check: _Check) -> CheckResult:
+        current = self._current(check)
+        if current is not None and self._settings.background_interval is not None:
+            return current  # background mode: probes never run checks once a snapshot exists
+        if current is not None and time.monotonic() - current.finished < check.ttl:
+            return current
+        return await self._shared_run(check)
+
+    async def _shared_run(self, check: _Check) -> CheckResult:
+        """Join the run in flight or start one; shielded so a gone client cannot cancel it."""
+        loop = asyncio.get_running_loop()
+        task = check.inflight
+        if task is None or task.done() or task.get_loop() is not loop:
+            task = loop.create_task(self._run(check), name=f"kiki-health:{check.name}")
+            check.inflight = task
+        return await asyncio.shield(task)
+
+    # -- running ------------------------------------------------------------------------
+
+    async def _run(self, check: _Check) -> CheckResult:
+        checked_at, started = time.time(), time.perf_counter()
+        status, reason, detail = await self._call(check)
+        duration = time.perf_counter() - started
+        result = CheckResult(
+            check.name, status, check.critical, check.built.component_type,
+            duration, checked_at, time.monotonic(), reason,
+        )
+        previous = check.last
+        check.last = result
+        if self._checks.get(check.name) is check:  # removed meanwhile: record nothing
+            self._metrics.record(result)
+            self._note_change(previous, result, detail)
+        return result
+
+    async def _call(self, check: _Check) -> tuple[HealthStatus, str | None, str | None]:
+        """Run the check within its timeout; map every outcome to (status, reason, detail)."""
+        token = otel_context.attach(otel_context.set_value(_SUPPRESS, True))
+        try:
+            inner = asyncio.ensure_future(self._invoke(check))
+        finally:
+            otel_context.detach(token)
+        done, _ = await asyncio.wait({inner}, timeout=check.timeout)
+        if not done:
+            inner.cancel()  # not awaited: a check that ignores cancellation cannot hold us
+            inner.add_done_callback(_discard)
+            return HealthStatus.UNHEALTHY, "timeout", f"no answer within {check.timeout}s"
+        exc = inner.exception()
+        if exc is None:
+            status, reason = _interpret(inner.result())
+            return status, reason, None
+        if isinstance(exc, CheckFailed):
+            return HealthStatus.UNHEALTHY, exc.reason, scrub(str(exc))
+        reason = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+        return HealthStatus.UNHEALTHY, reason, scrub(f"{type(exc).__name__}: {exc}")
+
+    async def _invoke(self, check: _Check) -> object:
+        if check.is_async:
+            return await check.built.probe()
+        value = await self._in_thread(check)
+        return await value if inspect.isawaitable(value) else value
+
+    async def _in_thread(self, check: _Check) -> object:
+        if check.thread is not None and not check.thread.done():
+            raise TimeoutError("the previous call is still running")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._settings.sync_workers, thread_name_prefix="kiki-health"
+            )
+        context = otel_context.get_current()
+        fn: Callable[[], object] = check.built.probe
+        check.thread = self._executor.submit(_call_in_context, context, fn)
+        return await asyncio.wrap_future(check.thread)
+
+    # -- changes ------------------------------------------------------------------------
+
+    def _note_change(
+        self, previous: CheckResult | None, result: CheckResult, detail: str | None
+    ) -> None:
+        old = None if previous is None else previous.status
+        if old is not result.status:
+            _announce(result.name, old, result.status, result.reason, detail)
+        overall = overall_status(r for r in map(self._current, self._checks.values()) if r)
+        if overall is not self._last_overall:
+            _announce(None, self._last_overall, overall, None, None)
+            self._last_overall = overall
+
+    # -- background ---------------------------------------------------------------------
+
+    def _ensure_background(self) -> None:
+        if self._settings.background_interval is None or self._closed:
+            return
+        task = self._background
+        loop = asyncio.get_running_loop()
+        if task is None or task.done() or task.get_loop() is not loop:
+            self._background = loop.create_task(self._refresh_forever(), name="kiki-health:bg")
+
+    async def _refresh_forever(self) -> None:
+        interval = self._settings.background_interval or 1.0
+        while not self._closed:
+            await asyncio.gather(*(self._shared_run(c) for c in list(self._checks.values())))
+            await asyncio.sleep(interval)
+
+    # -- closing ------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop background work and close clients/pools/threads we created (not the user's)."""
+        self._closed = True
+        tasks = [t for t in (self._background, *(c.inflight for c in self._checks.values())) if t]
+        for task in tasks:
+            task.cancel()
+        closers = [*self._pending_close]
+        closers += [c.built.aclose for c in self._checks.values() if c.built.aclose]
+        self._pending_close.clear()
+        for close in closers:
+            with contextlib.suppress(Exception):  # closing must not stop the other closes
+                await asyncio.wait_for(close(), timeout=self._settings.timeout * 4)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._metrics.detach(self)
+
+
+class _HealthMetrics:
+    """The health instruments of one meter provider, reading whichever registry is current.
+
+    The SDK keeps the *first* registration of an instrument name on a meter (a second one,
+    with new callbacks, is dropped with a warning). So instruments are made once per provider
+    and the callbacks follow a weak reference to the current registry: a second
+    ``configure()`` swaps the registry instead of duplicating or freezing the series.
+    """
+
+    _by_provider: ClassVar[weakref.WeakKeyDictionary[MeterProvider, _HealthMetrics]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, provider: MeterProvider) -> None:
+        meter = provider.get_meter("kiki_otel.health")
+        self._registry: Callable[[], HealthRegistry | None] = lambda: None
+        meter.create_observable_gauge(
+            "kiki.health.dependency.status", [self._dependency_states],
+            description="1 for the dependency's current state (healthy|degraded|unhealthy), else 0",
+        )
+        meter.create_observable_gauge(
+            "kiki.health.status", [self._service_states],
+            description="1 for the service's overall health state, else 0",
+        )
+        meter.create_observable_gauge(
+            "process.uptime", [self._uptime], unit="s", description="Seconds since configure()"
+        )
+        self._duration = meter.create_histogram(
+            "kiki.health.check.duration", unit="s", description="Duration of one check run"
+        )
+        self._failures = meter.create_counter(
+            "kiki.health.check.failures", description="Check runs that were not healthy"
+        )
+
+    @classmethod
+    def install(cls, provider: MeterProvider, registry: HealthRegistry) -> _HealthMetrics:
+        """Return the provider's instruments, now reporting ``registry``."""
+        metrics = cls._by_provider.get(provider)
+        if metrics is None:
+            metrics = cls._by_provider[provider] = cls(provider)
+        metrics._registry = weakref.ref(registry)
+        return metrics
+
+    def detach(self, registry: HealthRegistry) -> None:
+        """Stop observing ``registry`` (closed), unless another one replaced it already."""
+        if self._registry() is registry:
+            self._registry = lambda: None
+
+    def record(self, result: CheckResult) -> None:
+        """Per run: its duration, and a failure with its reason if it was not healthy."""
+        self._duration.record(result.duration, {"dependency": result.name})
+        if result.status is not HealthStatus.HEALTHY:
+            attrs = {"dependency": result.name, "reason": result.reason or "unknown"}
+            self._failures.add(1, attrs)
+
+    def _dependency_states(self, _options: CallbackOptions) -> Iterable[Observation]:
+        registry = self._registry()
+        deps = () if registry is None else registry.snapshot().dependencies
+        return [
+            Observation(int(dep.status is state), {**_dep_attrs(dep), "state": state.value})
+            for dep in deps
+            for state in HealthStatus
+        ]
+
+    def _service_states(self, _options: CallbackOptions) -> Iterable[Observation]:
+        registry = self._registry()
+        if registry is None or not registry.observed():
+            return []
+        status = registry.snapshot().status
+        return [Observation(int(status is s), {"state": s.value}) for s in HealthStatus]
+
+    def _uptime(self, _options: CallbackOptions) -> Iterable[Observation]:
+        registry = self._registry()
+        return [] if registry is None else [Observation(registry.uptime())]
+
+
+def _dep_attrs(dep: CheckResult) -> dict[str, str]:
+    return {"dependency": dep.name, "critical": "true" if dep.critical else "false"}
+
+
+def _call_in_context(context: otel_context.Context, fn: Callable[[], object]) -> object:
+    token = otel_context.attach(context)
+    try:
+        return fn()
+    finally:
+        otel_context.detach(token)
+
+
+def _announce(
+    dependency: str | None, old: HealthStatus | None, new: HealthStatus,
+    reason: str | None, detail: str | None,
+) -> None:
+    """One log event (and span event, if a span is current) per status change."""
+    fields: dict[str, Any] = {
+        "dependency": dependency,
+        "from": None if old is None else old.value,
+        "to": new.value,
+        "reason": reason,
+    }
+    level = log.info if new is HealthStatus.HEALTHY else log.warning
+    level("health.status_changed", **fields, **({"error": detail} if detail else {}))
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(
+            "health.status_changed",
+            {k: v for k, v in fields.items() if v is not None} | {"dependency": dependency or "*"},
+        )
