@@ -1,5 +1,7 @@
-"""``configure()``: settings -> resource -> providers -> logging -> HTTP client -> health ->
-lifecycle, then the app. Each step is a small function; this module only calls them in order.
+"""``configure()``: the pipeline that builds everything, in order.
+
+settings -> resource -> providers -> logging -> HTTP client -> health -> lifecycle, then the
+app. Each step is a small function of its own module; this one only calls them in order.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def _resolve(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
 
 def _noop_providers() -> Providers:
     # OTEL_SDK_DISABLED: the API's no-op providers; logging and request ids still work.
-    return Providers(trace.NoOpTracerProvider(), metrics.NoOpMeterProvider(), _logs.NoOpLoggerProvider())
+    return Providers(
+        trace.NoOpTracerProvider(), metrics.NoOpMeterProvider(), _logs.NoOpLoggerProvider()
+    )
 
 
 def _build(settings: Settings) -> Telemetry:
@@ -56,9 +60,13 @@ def _build(settings: Settings) -> Telemetry:
         meter_provider=providers.meter_provider,
         lifecycle=lifecycle,
     )
-    owned = dict(zip(("traces", "metrics", "logs"), (
-        providers.tracer_provider, providers.meter_provider, providers.logger_provider
-    ), strict=True))
+    owned = dict(
+        zip(
+            ("traces", "metrics", "logs"),
+            (providers.tracer_provider, providers.meter_provider, providers.logger_provider),
+            strict=True,
+        )
+    )
     shutdown = ShutdownCoordinator(
         settings.shutdown,
         lifecycle,
@@ -92,8 +100,10 @@ def configure(app: Any = None, *, settings: Settings | None = None, **overrides:
         elif settings is not None or overrides:
             wanted = _resolve(settings, overrides)
             if wanted != _telemetry.settings:
-                log.warning("kiki_otel.reconfigure_ignored",
-                            hint="providers are set once per process; restart to apply")
+                log.warning(
+                    "kiki_otel.reconfigure_ignored",
+                    hint="providers are set once per process; restart to apply",
+                )
         telemetry = _telemetry
     if app is not None:
         telemetry.instrument_app(app)

@@ -1,5 +1,6 @@
-"""Outgoing HTTP (httpx): one client span per call and exactly one ``traceparent`` of the
-current trace, via the contrib httpx instrumentation (it replaces, never appends, the header).
+"""Outgoing HTTP (httpx): one client span per call, one ``traceparent`` of the current trace.
+
+The contrib httpx instrumentation does the work (it replaces, never appends, the header).
 
 Optionally also ``X-Request-ID`` for legacy services that read only that.
 """
@@ -12,7 +13,7 @@ from typing import Any
 from ._context import get_request_id
 from ._settings import Settings
 
-__all__ = ["instrument_httpx"]
+__all__ = ["instrument_httpx", "uninstrument_httpx"]
 
 
 def _request_id_hook(header: str) -> tuple[Any, Any]:
@@ -46,3 +47,12 @@ def instrument_httpx(settings: Settings) -> bool:
         )
     instrumentor.instrument(**hooks)
     return True
+
+
+def uninstrument_httpx() -> None:
+    """Undo :func:`instrument_httpx` (tests: its tracer is bound to the provider of the time)."""
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    instrumentor = HTTPXClientInstrumentor()
+    if instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.uninstrument()

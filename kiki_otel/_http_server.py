@@ -38,8 +38,20 @@ _KNOWN_METHODS = frozenset(
 )
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]+")
 _SENSITIVE_QUERY = frozenset(
-    {"sig", "signature", "token", "access_token", "api_key", "apikey", "password", "secret",
-     "x-amz-signature", "x-amz-credential", "x-amz-security-token", "x-goog-signature"}
+    {
+        "sig",
+        "signature",
+        "token",
+        "access_token",
+        "api_key",
+        "apikey",
+        "password",
+        "secret",
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+        "x-goog-signature",
+    }
 )
 _INTERNAL_ERROR = b"Internal Server Error"
 
@@ -65,7 +77,7 @@ def _route_of(scope: Scope) -> str | None:
 class _Request:
     """Per-request state shared between the send wrapper and the finally block."""
 
-    __slots__ = ("status", "started")
+    __slots__ = ("started", "status")
 
     def __init__(self) -> None:
         self.status = 0
@@ -88,13 +100,15 @@ class ServerTelemetry:
         self._tracer = tracer_provider.get_tracer("kiki_otel.http.server")
         meter = meter_provider.get_meter("kiki_otel.http.server")
         self._duration = meter.create_histogram(
-            "http.server.request.duration", unit="s",
+            "http.server.request.duration",
+            unit="s",
             description="Duration of HTTP server requests.",
             # Advisory too, so seconds buckets hold even in a provider we joined (no views).
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self._active = meter.create_up_down_counter(
-            "http.server.active_requests", unit="{request}",
+            "http.server.active_requests",
+            unit="{request}",
             description="Number of active HTTP server requests.",
         )
         http = settings.http
@@ -166,7 +180,9 @@ class ServerTelemetry:
             attributes["url.query"] = _redact_query(query.decode("latin-1"))
         host = carrier.get("host")
         if host:
-            address, _, port = host.rpartition(":") if host.rfind(":") > host.rfind("]") else (host, "", "")
+            address, _, port = (
+                host.rpartition(":") if host.rfind(":") > host.rfind("]") else (host, "", "")
+            )
             attributes["server.address"] = address or host
             if port.isdigit():
                 attributes["server.port"] = int(port)
@@ -179,8 +195,10 @@ class ServerTelemetry:
         if client_id is not None:
             attributes["http.request.header.x-request-id"] = (client_id,)
         span = self._tracer.start_span(
-            "HTTP" if method == "_OTHER" else method, context=parent,
-            kind=SpanKind.SERVER, attributes=attributes,
+            "HTTP" if method == "_OTHER" else method,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes=attributes,
         )
         if not span.get_span_context().is_valid:
             # No SDK (OTEL_SDK_DISABLED): still give the request an id, W3C-shaped.
@@ -225,7 +243,9 @@ class ServerTelemetry:
             client_request_id.reset(client_token)
             otel_context.detach(token)
 
-    def _response_headers(self, trace_id: str, span_context: SpanContext) -> list[tuple[bytes, bytes]]:
+    def _response_headers(
+        self, trace_id: str, span_context: SpanContext
+    ) -> list[tuple[bytes, bytes]]:
         headers = [(self._id_header, trace_id.encode())]
         if self._traceresponse or self._server_timing:
             flags = "01" if span_context.trace_flags.sampled else "00"
@@ -238,16 +258,26 @@ class ServerTelemetry:
 
     @staticmethod
     async def _send_500(send: Send) -> None:
-        await send({
-            "type": "http.response.start", "status": 500,
-            "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                        (b"content-length", str(len(_INTERNAL_ERROR)).encode())],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(_INTERNAL_ERROR)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
 
     def _finish(
-        self, scope: Scope, span: Span, state: _Request, error: BaseException | None,
-        start: float, active_attrs: dict[str, Any],
+        self,
+        scope: Scope,
+        span: Span,
+        state: _Request,
+        error: BaseException | None,
+        start: float,
+        active_attrs: dict[str, Any],
     ) -> None:
         duration = time.perf_counter() - start
         status = state.status or (500 if error is not None else 0)
@@ -275,8 +305,12 @@ class ServerTelemetry:
         if self._access_log is not None:
             log = self._access_log.error if status >= 500 else self._access_log.info
             log(
-                "http.request", method=scope.get("method"), path=scope["path"], route=route,
-                status=status, duration_ms=round(duration * 1000.0, 3),
+                "http.request",
+                method=scope.get("method"),
+                path=scope["path"],
+                route=route,
+                status=status,
+                duration_ms=round(duration * 1000.0, 3),
             )
         self._duration.record(duration, metric_attrs)
         self._active.add(-1, active_attrs)
@@ -287,5 +321,6 @@ def _random_span_context() -> SpanContext:
     from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
     ids = RandomIdGenerator()
-    return SpanContext(ids.generate_trace_id(), ids.generate_span_id(), is_remote=False,
-                       trace_flags=TraceFlags(0))
+    return SpanContext(
+        ids.generate_trace_id(), ids.generate_span_id(), is_remote=False, trace_flags=TraceFlags(0)
+    )

@@ -47,7 +47,9 @@ def foreign_signal_handlers() -> dict[str, str]:
 class LifespanHooks:
     """Outermost ASGI wrapper: marks ready after startup, runs shutdown before it completes."""
 
-    def __init__(self, app: ASGIApp, *, lifecycle: Lifecycle, shutdown: ShutdownCoordinator) -> None:
+    def __init__(
+        self, app: ASGIApp, *, lifecycle: Lifecycle, shutdown: ShutdownCoordinator
+    ) -> None:
         self.app = app
         self._lifecycle = lifecycle
         self._shutdown = shutdown
@@ -73,8 +75,11 @@ class LifespanHooks:
                 self._lifecycle.mark_ready()
                 foreign = foreign_signal_handlers()
                 if foreign:
-                    log.warning("lifecycle.signal_handlers_displaced", handlers=foreign,
-                                hint="the server's graceful drain will not run on SIGTERM")
+                    log.warning(
+                        "lifecycle.signal_handlers_displaced",
+                        handlers=foreign,
+                        hint="the server's graceful drain will not run on SIGTERM",
+                    )
             elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 await self._shutdown.run()
             await send(message)

@@ -1,5 +1,6 @@
-"""One structlog processor chain, two outputs: a JSON (or console) line on stdout and an OTel
-log record with the same fields as attributes.
+"""One structlog processor chain, two outputs: a line on stdout and an OTel log record.
+
+The JSON (or console) line and the OTel record carry the same fields (as attributes).
 
 stdlib logging (uvicorn, httpx, libraries) is bridged into the *same* chain by a handler on
 the root logger, so there is one format and one correlation rule for every line. The OTel
@@ -100,7 +101,9 @@ def structure_exception(_logger: WrappedLogger, _method: str, event_dict: EventD
 def _attribute(value: Any) -> Any:
     if value is None or isinstance(value, str | bool | int | float):
         return value
-    if isinstance(value, list | tuple) and all(isinstance(v, str | bool | int | float) for v in value):
+    if isinstance(value, list | tuple) and all(
+        isinstance(v, str | bool | int | float) for v in value
+    ):
         return list(value)
     return orjson.dumps(value, default=str).decode()
 
@@ -121,7 +124,7 @@ class OTelEmitter:
         self._local.busy = True
         try:
             self._emit(method, event_dict, name)
-        except Exception:  # telemetry must never break logging
+        except Exception:  # noqa: S110 - telemetry must never break logging, nor log about itself
             pass
         finally:
             self._local.busy = False
@@ -149,8 +152,10 @@ class OTelEmitter:
 
 
 class _Output:
-    """Writes rendered lines to the *current* ``sys.stdout`` (so redirection and capture work);
-    JSON bytes go straight to its binary buffer, skipping a str round trip."""
+    """Writes rendered lines to the *current* ``sys.stdout``, so redirection and capture work.
+
+    JSON bytes go straight to its binary buffer, skipping a str round trip.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -283,4 +288,3 @@ def get_logger(name: str | None = None) -> FilteringBoundLogger:
     # The name goes to the logger factory (like stdlib's), and ``add_logger_name`` reads it.
     args = () if name is None else (name,)
     return cast(FilteringBoundLogger, structlog.get_logger(*args))
-

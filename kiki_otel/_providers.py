@@ -97,7 +97,9 @@ def _console_or_otlp(
 def _build_tracing(settings: Settings, resource: Resource) -> TracerProvider:
     # The provider exists even with no exporter: spans then are non-recording but still
     # carry valid ids, which is what request ids and log correlation need.
-    provider = TracerProvider(resource=resource, sampler=build_sampler(settings), shutdown_on_exit=False)
+    provider = TracerProvider(
+        resource=resource, sampler=build_sampler(settings), shutdown_on_exit=False
+    )
     exporter: SpanExporter | None = _console_or_otlp(
         settings, settings.traces_exporter, ConsoleSpanExporter, span_exporter
     )

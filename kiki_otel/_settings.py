@@ -141,7 +141,8 @@ class Settings(BaseSettings):
     )
 
     service_name: str = Field(
-        default="unknown_service", validation_alias=_env("OTEL_SERVICE_NAME", "KIKI_OTEL_SERVICE_NAME")
+        default="unknown_service",
+        validation_alias=_env("OTEL_SERVICE_NAME", "KIKI_OTEL_SERVICE_NAME"),
     )
     service_version: str | None = None
     service_namespace: str | None = None
@@ -177,7 +178,9 @@ class Settings(BaseSettings):
     metrics_exporter: SignalExporter = Field(
         default="otlp", validation_alias=_env("OTEL_METRICS_EXPORTER")
     )
-    logs_exporter: SignalExporter = Field(default="otlp", validation_alias=_env("OTEL_LOGS_EXPORTER"))
+    logs_exporter: SignalExporter = Field(
+        default="otlp", validation_alias=_env("OTEL_LOGS_EXPORTER")
+    )
     traces_sampler: SamplerName = Field(
         default="parentbased_always_on", validation_alias=_env("OTEL_TRACES_SAMPLER")
     )
@@ -252,7 +255,11 @@ class Settings(BaseSettings):
         """The OTLP base endpoint, defaulting per protocol as the spec says."""
         if self.exporter_otlp_endpoint:
             return self.exporter_otlp_endpoint
-        return "http://localhost:4317" if self.exporter_otlp_protocol == "grpc" else "http://localhost:4318"
+        return (
+            "http://localhost:4317"
+            if self.exporter_otlp_protocol == "grpc"
+            else "http://localhost:4318"
+        )
 
     def excluded_paths(self) -> frozenset[str]:
         """Paths that produce no telemetry: configured ones plus the health endpoints."""
@@ -300,7 +307,10 @@ S = TypeVar("S", bound=BaseSettings)
 
 
 def load_settings(model: type[S], overrides: Mapping[str, Any]) -> S:
-    """Build ``model`` from keyword overrides, env and ``.env``; fail with a message naming variables."""
+    """Build ``model`` from keyword overrides, env and ``.env``.
+
+    Fails with a :class:`ConfigurationError` whose message names each bad variable.
+    """
     try:
         return model(**overrides)
     except ValidationError as exc:
@@ -309,7 +319,11 @@ def load_settings(model: type[S], overrides: Mapping[str, Any]) -> S:
             loc = tuple(part for part in error["loc"] if part != "__root__")
             names, keyword = _env_names(model, loc)
             value = error.get("input")
-            shown = "<hidden>" if "headers" in names.lower() or "secret" in names.lower() else repr(value)
+            shown = (
+                "<hidden>"
+                if "headers" in names.lower() or "secret" in names.lower()
+                else repr(value)
+            )
             lines.append(f"  {names} (keyword {keyword!r}): {error['msg']} (got {shown})")
         raise ConfigurationError(
             f"invalid {model.__name__} ({len(lines)} error(s)):\n" + "\n".join(lines)

@@ -132,15 +132,19 @@ class ShutdownCoordinator:
                 log.exception("shutdown.cleanup_failed", cleanup=_name(fn))
 
     def _flush(self, report: ShutdownReport, deadline: float, flush_start: float) -> None:
-        logs = self._providers.get("logs")
-        remaining_ms = lambda: max(1, int((deadline - time.monotonic()) * 1000))  # noqa: E731
+        logs: Any = self._providers.get("logs")
+
+        def flush_logs() -> object:
+            remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            return logs.force_flush(remaining_ms)
+
         first = {
             name: _flush_in_thread(name, provider.shutdown)
             for name, provider in self._providers.items()
             if name != "logs"
         }
         if logs is not None:  # flush what is queued now; the final report line goes after
-            first["logs"] = _flush_in_thread("logs", lambda: logs.force_flush(remaining_ms()))
+            first["logs"] = _flush_in_thread("logs", flush_logs)
         report.abandoned = _join_until(first, deadline)
         report.flush_s = time.monotonic() - flush_start
         event = log.info if report.clean else log.warning

@@ -77,7 +77,10 @@ class Telemetry:
         return LifespanHooks(inner, lifecycle=self.lifecycle, shutdown=self._shutdown)
 
     def instrument_app(self, app: Any) -> None:
-        """Install into a Starlette/FastAPI app in place, outside its error middleware; once per app."""
+        """Install into a Starlette/FastAPI app in place, outside its error middleware.
+
+        Idempotent per app.
+        """
         if getattr(app, _INSTALLED, False):
             return
         build = getattr(app, "build_middleware_stack", None)

@@ -10,6 +10,7 @@ from opentelemetry import _logs, metrics, trace
 from opentelemetry.util._once import Once
 
 from . import _configure
+from ._http_client import uninstrument_httpx
 from ._logging import reset_logging
 
 __all__ = ["reset"]
@@ -31,5 +32,6 @@ def reset(timeout: float = 2.0) -> None:
     if telemetry is not None:
         telemetry.shutdown(timeout)
     _configure._forget()
+    uninstrument_httpx()
     reset_logging()
     _clear_globals()

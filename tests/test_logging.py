@@ -1,0 +1,146 @@
+"""The log chain: one processor chain for structlog and stdlib, JSON to stdout and OTel records
+with the same fields, correlation by span-context validity, no recursion from exporters."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+import kiki_otel
+from tests.conftest import Memory
+
+
+def lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    return [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+
+
+def test_json_line_fields(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+    """A structlog event renders as one JSON line with ISO-8601 UTC time, level, logger,
+    service and the bound fields."""
+    kiki_otel.configure(service_name="svc-log")
+    capsys.readouterr()
+    kiki_otel.get_logger("orders").info("order.placed", order_id=42, tags=["a", "b"])
+    (line,) = lines(capsys)
+    assert line["event"] == "order.placed" and line["order_id"] == 42
+    assert line["level"] == "info" and line["logger"] == "orders"
+    assert line["service"] == "svc-log"
+    assert line["timestamp"].endswith("Z") and "T" in line["timestamp"]
+
+
+def test_get_logger_before_configure_is_safe(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+    """A module-level ``log = get_logger()`` made before configure() uses the final chain."""
+    log = kiki_otel.get_logger("early")
+    kiki_otel.configure(service_name="svc-early")
+    capsys.readouterr()
+    log.info("hello")
+    (line,) = lines(capsys)
+    assert line["service"] == "svc-early" and line["logger"] == "early"
+
+
+def test_correlation_uses_validity_not_sampling(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+    """A non-recording span (sampled=0) still puts its ids on the line."""
+    kiki_otel.configure()
+    capsys.readouterr()
+    ctx = SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(0))
+    with trace.use_span(NonRecordingSpan(ctx)):
+        kiki_otel.get_logger().info("inside")
+    kiki_otel.get_logger().info("outside")
+    inside, outside = lines(capsys)
+    assert inside["trace_id"] == f"{0xABC:032x}" == inside["request_id"]
+    assert inside["span_id"] == f"{0xDEF:016x}"
+    assert "trace_id" not in outside
+
+
+def test_stdlib_logs_share_the_chain_and_outputs(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+    """logging.getLogger(...) records get the same JSON shape, extras and OTel export."""
+    kiki_otel.configure(service_name="svc-std")
+    capsys.readouterr()
+    tracer = trace.get_tracer("t")
+    with tracer.start_as_current_span("work") as span:
+        logging.getLogger("legacy.module").warning("disk %s%% full", 91, extra={"disk": "/var"})
+    (line,) = lines(capsys)
+    assert line["event"] == "disk 91% full" and line["level"] == "warning"
+    assert line["logger"] == "legacy.module" and line["disk"] == "/var"
+    assert line["trace_id"] == format(span.get_span_context().trace_id, "032x")
+    (record,) = [r for r in memory.logs() if r.body == "disk 91% full"]
+    assert record.severity_text == "WARN"
+    assert record.attributes["disk"] == "/var"
+    assert record.trace_id == span.get_span_context().trace_id
+
+
+def test_otel_record_carries_structured_attributes(memory: Memory) -> None:
+    """The OTel log record has the event as body and the fields as typed attributes."""
+    kiki_otel.configure()
+    kiki_otel.get_logger("pay").info("charge", amount=12.5, ok=True, items=[1, 2], meta={"k": "v"})
+    (record,) = [r for r in memory.logs() if r.body == "charge"]
+    attrs = dict(record.attributes)
+    assert attrs["amount"] == 12.5 and attrs["ok"] is True
+    assert list(attrs["items"]) == [1, 2]
+    assert json.loads(attrs["meta"]) == {"k": "v"}
+    assert attrs["logger"] == "pay"
+
+
+def test_exception_is_structured(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+    """log.exception() gives exception.type/message/stacktrace in JSON and OTel semconv keys."""
+    kiki_otel.configure()
+    capsys.readouterr()
+    try:
+        raise ValueError("bad plan")
+    except ValueError:
+        kiki_otel.get_logger().exception("plan.failed")
+    (line,) = lines(capsys)
+    assert line["exception"]["type"] == "ValueError"
+    assert line["exception"]["message"] == "bad plan"
+    assert "Traceback" in line["exception"]["stacktrace"]
+    (record,) = [r for r in memory.logs() if r.body == "plan.failed"]
+    assert record.attributes["exception.type"] == "ValueError"
+    assert record.severity_text == "ERROR"
+
+
+def test_exporter_logs_never_reenter_otel(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+    """The SDK's own loggers (and SDK worker threads) print to stdout but are not exported."""
+    kiki_otel.configure()
+    capsys.readouterr()
+    logging.getLogger("opentelemetry.exporter.otlp").warning("collector unreachable")
+    assert lines(capsys)[0]["event"] == "collector unreachable"
+    assert not [r for r in memory.logs() if r.body == "collector unreachable"]
+
+
+def test_level_filters_both_paths(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+    """KIKI_OTEL_LOG_LEVEL filters structlog and stdlib alike."""
+    kiki_otel.configure(log_level="WARNING")
+    capsys.readouterr()
+    kiki_otel.get_logger().info("quiet")
+    logging.getLogger("x").info("quiet too")
+    kiki_otel.get_logger().warning("loud")
+    assert [l["event"] for l in lines(capsys)] == ["loud"]
+
+
+def test_uvicorn_handlers_are_routed_not_duplicated(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+    """uvicorn's own handlers are removed (it installs them before importing the app), its
+    records flow through our chain once, and its access log is off (ours replaces it)."""
+    error_logger = logging.getLogger("uvicorn.error")
+    error_logger.addHandler(logging.StreamHandler())
+    error_logger.propagate = False
+    kiki_otel.configure()
+    capsys.readouterr()
+    error_logger.info("Started server process")
+    logging.getLogger("uvicorn.access").info("GET / 200")
+    out = lines(capsys)
+    assert [l["event"] for l in out] == ["Started server process"]
+
+
+def test_console_format_for_developers(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+    """log_format=console renders human-readable lines, still with ids."""
+    kiki_otel.configure(log_format="console")
+    capsys.readouterr()
+    with trace.get_tracer("t").start_as_current_span("s"):
+        kiki_otel.get_logger().info("hello.console", user="ann")
+    out = capsys.readouterr().out
+    assert "hello.console" in out and "user" in out and "trace_id" in out
+    assert not out.startswith("{")
