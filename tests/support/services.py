@@ -161,8 +161,7 @@ class PostgresServer:
     def _connects(self) -> bool:
         import psycopg
 
-        dsn = f"host=127.0.0.1 port={self.port} user={PG_USER} password={PG_PASSWORD} dbname=postgres"
-        with psycopg.connect(dsn, connect_timeout=1) as conn:
+        with psycopg.connect(self.dsn("x").replace("+x", ""), connect_timeout=1) as conn:
             return conn.execute("SELECT 1").fetchone() == (1,)
 
     def kill(self) -> None:

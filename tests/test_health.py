@@ -1,0 +1,387 @@
+"""The health registry: status model, timeouts, single-flight, caching, background mode,
+status-change events and the health metrics (in memory and over real OTLP)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import structlog
+from opentelemetry.metrics import MeterProvider as APIMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+
+from kiki_otel._health import CheckFailed, HealthRegistry, HealthStatus
+from kiki_otel._lifecycle import Lifecycle
+from kiki_otel._settings import HealthSettings
+
+Factory = Callable[..., HealthRegistry]
+
+
+class Counting:
+    """An async check that counts its calls and can be held open on an event."""
+
+    def __init__(self, result: object = None) -> None:
+        self.calls = 0
+        self.result = result
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(self) -> object:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if isinstance(self.result, BaseException):
+            raise self.result
+        return self.result
+
+
+@pytest.fixture
+def reader() -> InMemoryMetricReader:
+    return InMemoryMetricReader()
+
+
+@pytest.fixture
+async def make(reader: InMemoryMetricReader) -> AsyncIterator[Factory]:
+    """Build registries on an in-memory meter provider; close them after the test."""
+    made: list[HealthRegistry] = []
+    provider = MeterProvider(metric_readers=[reader])
+
+    def factory(meter_provider: APIMeterProvider | None = None, **settings: Any) -> HealthRegistry:
+        lifecycle = Lifecycle()
+        lifecycle.mark_ready()
+        registry = HealthRegistry(
+            settings=HealthSettings(**settings), service_name="checkout", service_version="1.2.3",
+            meter_provider=meter_provider or provider, lifecycle=lifecycle,
+        )
+        made.append(registry)
+        return registry
+
+    yield factory
+    for registry in made:
+        await registry.aclose()
+    provider.shutdown()
+
+
+def points(reader: InMemoryMetricReader, name: str) -> list[Any]:
+    data = reader.get_metrics_data()
+    found = []
+    for rm in data.resource_metrics if data else []:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == name:
+                    found.extend(metric.data.data_points)
+    return found
+
+
+def observed_dependencies(reader: InMemoryMetricReader) -> set[str]:
+    return {p.attributes["dependency"] for p in points(reader, "kiki.health.dependency.status")}
+
+
+def by_name(report: Any) -> dict[str, Any]:
+    return {d.name: d for d in report.dependencies}
+
+
+async def test_outcomes_map_to_status_and_safe_reasons(make: Factory) -> None:
+    """Returning is healthy; returned HealthStatus/False are honoured; raising is unhealthy with
+    the exception class (or CheckFailed's reason) as the reason, never the message."""
+    registry = make()
+    registry.add_check("ok", Counting())
+    registry.add_check("degraded", Counting(HealthStatus.DEGRADED), critical=False)
+    registry.add_check("false", Counting(False), critical=False)
+    registry.add_check("raises", Counting(ConnectionError("postgres://u:pw@db.internal")))
+    registry.add_check("failed", Counting(CheckFailed("queue full!")), critical=False)
+    deps = by_name(await registry.report())
+    assert (deps["ok"].status, deps["ok"].reason) == (HealthStatus.HEALTHY, None)
+    assert (deps["degraded"].status, deps["degraded"].reason) == (HealthStatus.DEGRADED, "reported")
+    assert (deps["false"].status, deps["false"].reason) == (HealthStatus.UNHEALTHY, "reported")
+    assert deps["raises"].status is HealthStatus.UNHEALTHY
+    assert deps["raises"].reason == "ConnectionError"
+    assert deps["failed"].reason == "queue_full_"
+
+
+@pytest.mark.parametrize(
+    ("critical", "check_result", "expected"),
+    [
+        (True, False, HealthStatus.UNHEALTHY),
+        (False, False, HealthStatus.DEGRADED),
+        (True, HealthStatus.DEGRADED, HealthStatus.DEGRADED),
+        (True, None, HealthStatus.HEALTHY),
+    ],
+)
+async def test_critical_down_is_unhealthy_non_critical_down_is_degraded(
+    make: Factory, critical: bool, check_result: object, expected: HealthStatus
+) -> None:
+    """The overall status: a critical dependency down makes the service unhealthy (and not
+    ready); a non-critical one down, or a critical one degraded, makes it degraded."""
+    registry = make()
+    registry.add_check("a", Counting())
+    registry.add_check("b", Counting(check_result), critical=critical)
+    report = await registry.report()
+    assert report.status is expected
+    assert report.ready is (expected is not HealthStatus.UNHEALTHY)
+
+
+async def test_thousand_concurrent_probes_call_the_dependency_once(make: Factory) -> None:
+    """1,000 concurrent reports while a run is in flight share that one run (single-flight),
+    and reports within the TTL reuse its result: one dependency call per TTL."""
+    registry = make(cache_ttl=3600)
+    check = Counting()
+    check.gate = asyncio.Event()
+    registry.add_check("dep", check)
+    probes = [asyncio.create_task(registry.report()) for _ in range(1000)]
+    await asyncio.sleep(0)
+    check.gate.set()
+    reports = await asyncio.gather(*probes)
+    assert check.calls == 1
+    assert len({r.dependencies[0].checked_at for r in reports}) == 1  # all saw the same run
+    await asyncio.gather(*(registry.report() for _ in range(1000)))
+    assert check.calls == 1
+
+
+async def test_expired_ttl_runs_the_check_again(make: Factory) -> None:
+    """After the TTL has passed the next probe runs the check again (a zero TTL still
+    coalesces concurrent probes onto the run in flight)."""
+    registry = make()
+    check = Counting()
+    registry.add_check("dep", check, ttl=0.01)
+    await registry.report()
+    await asyncio.sleep(0.05)  # longer than the TTL: the result has expired
+    await asyncio.gather(*(registry.report() for _ in range(50)))
+    assert check.calls == 2
+
+
+async def test_timeout_marks_unhealthy_and_the_report_returns(make: Factory) -> None:
+    """A check that never finishes (even one that swallows cancellation) is reported unhealthy
+    with reason ``timeout``; the report still returns and other checks are unaffected."""
+    registry = make()
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue  # ignores cancellation on purpose
+
+    hang = Counting()
+    hang.gate = asyncio.Event()
+    registry.add_check("hangs", hang, timeout=0.05)
+    registry.add_check("stubborn", stubborn, timeout=0.05)
+    registry.add_check("ok", Counting())
+    deps = by_name(await registry.report())
+    assert deps["hangs"].reason == deps["stubborn"].reason == "timeout"
+    assert deps["ok"].status is HealthStatus.HEALTHY
+    release.set()
+    hang.gate.set()
+
+
+async def test_sync_checks_run_on_the_bounded_pool_and_never_pile_up(make: Factory) -> None:
+    """A synchronous check runs on a ``kiki-health`` worker thread, not the event loop; while
+    a hung call still occupies its thread, later runs report ``timeout`` instead of taking
+    another thread."""
+    registry = make(cache_ttl=0)
+    names: list[str] = []
+    stuck = threading.Event()
+    hung_calls = 0
+
+    def sync_ok() -> bool:
+        names.append(threading.current_thread().name)
+        return True
+
+    def hung() -> None:
+        nonlocal hung_calls
+        hung_calls += 1
+        stuck.wait(5)
+
+    registry.add_check("sync", sync_ok)
+    registry.add_check("hung", hung, timeout=0.05)
+    for _ in range(3):
+        deps = by_name(await registry.report())
+        assert deps["hung"].reason == "timeout"
+    assert deps["sync"].status is HealthStatus.HEALTHY
+    assert all(name.startswith("kiki-health") for name in names)
+    assert hung_calls == 1
+    stuck.set()
+
+
+async def test_checks_can_be_added_replaced_and_removed_at_runtime(make: Factory) -> None:
+    """Checks come and go while the service runs; re-adding a name replaces the check."""
+    registry = make()
+    registry.add_check("a", Counting(False))
+    assert (await registry.report()).status is HealthStatus.UNHEALTHY
+    registry.add_check("a", Counting())
+    assert (await registry.report()).status is HealthStatus.HEALTHY
+    registry.add_check("b", Counting())
+    registry.remove("a")
+    registry.remove("missing")  # harmless
+    assert [d.name for d in (await registry.report()).dependencies] == ["b"]
+
+
+def test_invalid_names_and_bounds_fail_fast(make: Factory) -> None:
+    """Names become metric attributes and IETF keys, so odd ones are refused at add time,
+    as are non-positive timeouts and negative TTLs."""
+    registry = make()
+    for bad in ("", "a:b", "x" * 65, "with space"):
+        with pytest.raises(ValueError, match="name"):
+            registry.add_check(bad, Counting())
+    with pytest.raises(ValueError, match="timeout"):
+        registry.add_check("t", Counting(), timeout=0)
+    with pytest.raises(ValueError, match="ttl"):
+        registry.add_check("t", Counting(), ttl=-1)
+
+
+async def test_status_changes_are_logged_once_per_change(make: Factory) -> None:
+    """``health.status_changed`` (dependency, from, to, reason) is logged when a status
+    changes, not on every check; the error detail is in the log with credentials scrubbed."""
+    registry = make(cache_ttl=0)
+    check = Counting()
+    registry.add_check("db", check)
+    with structlog.testing.capture_logs() as logs:
+        await registry.report()
+        await registry.report()
+        check.result = OSError("connect to postgresql://app:hunter2@db:5432/x failed")
+        await registry.report()
+        await registry.report()
+        check.result = None
+        await registry.report()
+    changes = [e for e in logs if e["event"] == "health.status_changed" and e["dependency"]]
+    assert [(e["from"], e["to"]) for e in changes] == [
+        (None, "healthy"), ("healthy", "unhealthy"), ("unhealthy", "healthy")
+    ]
+    assert changes[1]["reason"] == "OSError"
+    assert "hunter2" not in changes[1]["error"]
+    assert "***@db" in changes[1]["error"]
+    service = [e for e in logs if e["event"] == "health.status_changed" and not e["dependency"]]
+    assert [e["to"] for e in service] == ["healthy", "unhealthy", "healthy"]
+
+
+async def test_status_change_adds_a_span_event_to_the_current_span(make: Factory) -> None:
+    """Where a span is current, a status change also becomes a span event on it."""
+    tracer = TracerProvider().get_tracer("test")
+    registry = make()
+    registry.add_check("cache", Counting(False), critical=False)
+    with tracer.start_as_current_span("work") as span:
+        await registry.report()
+    events = [e for e in span.events if e.name == "health.status_changed"]  # type: ignore[attr-defined]
+    assert {"dependency": "cache", "to": "unhealthy", "reason": "reported"}.items() <= dict(
+        events[0].attributes
+    ).items()
+
+
+async def test_background_mode_probes_read_the_snapshot(make: Factory) -> None:
+    """With ``background_interval`` the checks run in the background; probes only read the
+    snapshot (1,000 probes, still one call), and a snapshot older than ``max_staleness``
+    reads as unhealthy with reason ``stale``."""
+    registry = make(background_interval=3600, max_staleness=0.05)
+    check = Counting()
+    registry.add_check("dep", check)
+    await registry.start()
+    for _ in range(100):
+        if check.calls:
+            break
+        await asyncio.sleep(0.01)
+    reports = await asyncio.gather(*(registry.report() for _ in range(1000)))
+    assert check.calls == 1
+    assert reports[0].status is HealthStatus.HEALTHY
+    await asyncio.sleep(0.1)  # longer than max_staleness; the next refresh is an hour away
+    stale = (await registry.report()).dependencies[0]
+    assert (stale.status, stale.reason) == (HealthStatus.UNHEALTHY, "stale")
+    assert check.calls == 1
+
+
+async def test_health_metrics_have_the_documented_names_and_values(
+    make: Factory, reader: InMemoryMetricReader
+) -> None:
+    """State-set gauges (1 for the current state, 0 for the others), the overall status, the
+    check duration histogram (s), failures by reason, and process.uptime (s)."""
+    registry = make()
+    registry.add_check("postgres", Counting())
+    registry.add_check("cache", Counting(ConnectionError()), critical=False)
+    await registry.report()
+    deps = {
+        (p.attributes["dependency"], p.attributes["critical"], p.attributes["state"]): p.value
+        for p in points(reader, "kiki.health.dependency.status")
+    }
+    assert deps == {
+        ("postgres", "true", "healthy"): 1, ("postgres", "true", "degraded"): 0,
+        ("postgres", "true", "unhealthy"): 0, ("cache", "false", "healthy"): 0,
+        ("cache", "false", "degraded"): 0, ("cache", "false", "unhealthy"): 1,
+    }
+    overall = {p.attributes["state"]: p.value for p in points(reader, "kiki.health.status")}
+    assert overall == {"healthy": 0, "degraded": 1, "unhealthy": 0}
+    durations = {
+        p.attributes["dependency"]: p.count for p in points(reader, "kiki.health.check.duration")
+    }
+    assert durations == {"postgres": 1, "cache": 1}
+    failures = [(dict(p.attributes), p.value) for p in points(reader, "kiki.health.check.failures")]
+    assert failures == [({"dependency": "cache", "reason": "ConnectionError"}, 1)]
+    [uptime] = points(reader, "process.uptime")
+    assert uptime.value > 0
+
+
+async def test_removed_check_and_closed_registry_stop_reporting_metrics(
+    make: Factory, reader: InMemoryMetricReader
+) -> None:
+    """A removed check's gauges disappear; after ``aclose()`` the registry reports nothing, and
+    a new registry on the same provider (a second configure()) takes the gauges over."""
+    first = make()
+    first.add_check("a", Counting())
+    first.add_check("b", Counting())
+    await first.report()
+    first.remove("b")
+    assert observed_dependencies(reader) == {"a"}
+    await first.aclose()
+    assert points(reader, "kiki.health.dependency.status") == []
+    second = make()
+    second.add_check("c", Counting())
+    await second.report()
+    assert observed_dependencies(reader) == {"c"}
+
+
+def test_health_metrics_arrive_over_real_otlp() -> None:
+    """A real SDK MeterProvider exporting OTLP/HTTP to a real receiver delivers the health
+    metrics with the documented names, units, attributes and values."""
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    from tests.support.otlp_receiver import OTLPReceiver
+
+    with OTLPReceiver() as rx:
+        exporter = OTLPMetricExporter(endpoint=rx.http_url("metrics"))
+        reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+        provider = MeterProvider(metric_readers=[reader])
+        registry = HealthRegistry(
+            settings=HealthSettings(), service_name="checkout", service_version=None,
+            meter_provider=provider, lifecycle=Lifecycle(),
+        )
+        registry.add_check("postgres", lambda: True)
+        registry.add_check("cache", lambda: False, critical=False)
+        asyncio.run(registry.report())
+        provider.force_flush()
+        asyncio.run(registry.aclose())
+        provider.shutdown()
+
+        rx.wait_for_metrics("kiki.health.status", 3)
+
+        def latest(name: str, **attrs: str) -> Any:
+            point = rx.latest_metric(name, attrs)
+            assert point is not None, (name, attrs)
+            return point
+
+        cache = latest("kiki.health.dependency.status", dependency="cache", state="unhealthy")
+        assert (cache.kind, cache.value, cache.attributes["critical"]) == ("gauge", 1, "false")
+        postgres = latest("kiki.health.dependency.status", dependency="postgres", state="healthy")
+        assert postgres.value == 1
+        assert latest("kiki.health.status", state="degraded").value == 1
+        failures = latest("kiki.health.check.failures", dependency="cache", reason="reported")
+        assert (failures.value, failures.is_monotonic) == (1, True)
+        duration = latest("kiki.health.check.duration", dependency="postgres")
+        assert (duration.unit, duration.count) == ("s", 1)
+        uptime = latest("process.uptime")
+        assert uptime.unit == "s"
+        assert uptime.value > 0
+        assert {m.scope_name for m in rx.metrics()} == {"kiki_otel.health"}
