@@ -83,13 +83,13 @@ class Telemetry:
         """
         if getattr(app, _INSTALLED, False):
             return
-        build = getattr(app, "build_middleware_stack", None)
-        if build is None:
+        if not hasattr(app, "build_middleware_stack"):
             raise TypeError(
                 f"configure(app) needs a Starlette or FastAPI app, got {type(app).__name__}; "
                 "for another ASGI app use `app = kiki_otel.configure().wrap(app)`"
             )
-        _disable_other_server_instrumentation(app)
+        _disable_other_server_instrumentation(app)  # first: contrib patches the builder
+        build = app.build_middleware_stack
 
         def build_middleware_stack() -> ASGIApp:
             return self.wrap(build())

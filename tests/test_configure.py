@@ -1,0 +1,147 @@
+"""configure(): the public surface, idempotence, joining other SDK setups, SDK-disabled mode,
+the resource, and coexistence with other server instrumentations."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind
+
+import kiki_otel
+from kiki_otel import ConfigurationError
+from tests.conftest import Memory
+
+
+def json_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    return [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+
+
+def test_public_api_is_pinned() -> None:
+    """The public surface only grows on purpose."""
+    assert sorted(kiki_otel.__all__) == [
+        "ConfigurationError",
+        "HealthStatus",
+        "ServiceSettings",
+        "Settings",
+        "Telemetry",
+        "configure",
+        "get_logger",
+        "get_request_id",
+    ]
+
+
+def test_configure_without_app_sets_global_providers() -> None:
+    """Scripts and workers: providers are global, the handle is ready, ids work in spans."""
+    telemetry = kiki_otel.configure(service_name="worker", metrics_exporter="none")
+    assert trace.get_tracer_provider() is telemetry.providers.tracer_provider
+    assert isinstance(telemetry.providers.tracer_provider, TracerProvider)
+    assert telemetry.lifecycle.ready
+    with telemetry.tracer("job").start_as_current_span("step") as span:
+        assert kiki_otel.get_request_id() == format(span.get_span_context().trace_id, "032x")
+    assert kiki_otel.get_request_id() is None
+
+
+def test_second_configure_returns_same_handle_and_reports_ignored_changes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """configure() twice: same handle; changed settings are logged as not applied."""
+    first = kiki_otel.configure(service_name="one", metrics_exporter="none")
+    second = kiki_otel.configure(service_name="two")
+    assert first is second and second.settings.service_name == "one"
+    assert "kiki_otel.reconfigure_ignored" in [l["event"] for l in json_lines(capsys)]
+
+
+def test_joins_an_existing_sdk_setup(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+    """Providers set by someone else are used as they are, and a log line says so."""
+    telemetry = kiki_otel.configure()
+    assert telemetry.providers.owned == []
+    assert sorted(telemetry.providers.joined) == ["logs", "metrics", "traces"]
+    joined = [l for l in json_lines(capsys) if l["event"] == "kiki_otel.joined_existing_providers"]
+    assert joined and joined[0]["signals"] == ["traces", "metrics", "logs"]
+
+
+def test_resource_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """service.*, deployment.environment.name, a unique instance id, process/host attributes,
+    merged with OTEL_RESOURCE_ATTRIBUTES (settings win); no command line (may hold secrets)."""
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "team=growth,service.name=from-attrs")
+    telemetry = kiki_otel.configure(
+        service_version="1.2.3", service_namespace="kiki", environment="staging",
+        metrics_exporter="none",
+    )
+    attrs = dict(telemetry.resource.attributes)
+    assert attrs["service.name"] == "from-attrs"  # no explicit name: the attribute is used
+    assert attrs["team"] == "growth"
+    assert attrs["service.version"] == "1.2.3" and attrs["service.namespace"] == "kiki"
+    assert attrs["deployment.environment.name"] == "staging"
+    assert len(str(attrs["service.instance.id"])) == 36
+    assert {"process.pid", "host.name", "process.runtime.version"} <= set(attrs)
+    assert "process.command_line" not in attrs and "process.command_args" not in attrs
+
+
+def test_sdk_disabled_still_logs_and_gives_request_ids(capsys: pytest.CaptureFixture[str]) -> None:
+    """OTEL_SDK_DISABLED=true: no-op providers, but JSON logs and X-Request-ID keep working."""
+    app = FastAPI()
+
+    @app.get("/")
+    async def root() -> dict[str, str | None]:
+        kiki_otel.get_logger().info("hit")
+        return {"id": kiki_otel.get_request_id()}
+
+    telemetry = kiki_otel.configure(app, sdk_disabled=True)
+    assert not isinstance(telemetry.providers.tracer_provider, TracerProvider)
+    import asyncio
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return await c.get("/")
+
+    response = asyncio.run(call())
+    assert len(response.headers["x-request-id"]) == 32
+    hit = [l for l in json_lines(capsys) if l["event"] == "hit"]
+    assert hit and hit[0]["request_id"] == response.headers["x-request-id"]
+
+
+def test_bad_setting_fails_configure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad value fails configure() itself, before anything is installed."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "lots")
+    with pytest.raises(ConfigurationError, match="OTEL_TRACES_SAMPLER_ARG"):
+        kiki_otel.configure()
+
+
+async def test_contrib_fastapi_instrumentation_is_replaced(memory: Memory) -> None:
+    """An app already instrumented by opentelemetry-instrumentation-fastapi still produces
+    exactly one server span: ours."""
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    app = FastAPI()
+
+    @app.get("/x")
+    async def x() -> dict[str, bool]:
+        return {"ok": True}
+
+    FastAPIInstrumentor.instrument_app(app)
+    kiki_otel.configure(app)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/x")
+    spans = memory.spans()
+    assert [s.kind for s in spans] == [SpanKind.SERVER], [s.name for s in spans]
+    assert spans[0].instrumentation_scope.name == "kiki_otel.http.server"
+    assert response.headers["x-request-id"] == format(spans[0].context.trace_id, "032x")
+
+
+def test_plain_asgi_app_is_refused_with_a_hint() -> None:
+    """configure(app) on a non-Starlette ASGI callable says to use telemetry.wrap(app)."""
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    with pytest.raises(TypeError, match=r"wrap\(app\)"):
+        kiki_otel.configure(asgi, metrics_exporter="none")
