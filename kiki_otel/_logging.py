@@ -43,8 +43,14 @@ _SEVERITY = {
 # Fields that are the record's own parts, not attributes, when sent as an OTel log record.
 _RECORD_FIELDS = frozenset({"event", "timestamp", "level", "trace_id", "span_id"})
 _ISO_UTC = "%Y-%m-%dT%H:%M:%S.%fZ"  # the same shape as structlog's TimeStamper(utc=True)
-_STDLIB_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_STDLIB_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",  # uvicorn's ANSI-coloured duplicate of the message
+}
 # The exporters' own chatter (and anything logged on their worker threads) stays on stdout only.
+_NOISY_PREFIXES = ("opentelemetry.exporter", "opentelemetry.sdk")
 _NO_EXPORT_PREFIXES = ("opentelemetry", "grpc", "urllib3", "kiki_otel._export")
 
 
@@ -194,6 +200,7 @@ class StdlibBridge(logging.Handler):
         super().__init__()
         self._processors = processors
         self._output = output
+        self.addFilter(ExporterNoiseFilter())
         setattr(self, BRIDGE_MARK, True)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -216,6 +223,33 @@ class StdlibBridge(logging.Handler):
             self._output.write(result)
         except Exception:
             self.handleError(record)
+
+
+class ExporterNoiseFilter(logging.Filter):
+    """At most one record per ``interval`` seconds per OTel SDK/exporter logger.
+
+    A dead collector makes every exporter warn on every retry of every batch; one line per
+    half minute per signal says the same, with the count of what was held back.
+    """
+
+    def __init__(self, interval: float = 30.0) -> None:
+        super().__init__()
+        self._interval = interval
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(_NOISY_PREFIXES):
+            return True
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next.get(record.name, 0.0):
+                self._held[record.name] = self._held.get(record.name, 0) + 1
+                return False
+            self._next[record.name] = now + self._interval
+            record.suppressed = self._held.pop(record.name, 0)
+        return True
 
 
 def _renderer(settings: Settings) -> Processor:

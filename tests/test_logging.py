@@ -144,3 +144,28 @@ def test_console_format_for_developers(memory: Memory, capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert "hello.console" in out and "user" in out and "trace_id" in out
     assert not out.startswith("{")
+
+
+def test_exporter_retry_warnings_are_rate_limited(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+    """A dead collector's retry warnings print once per interval per logger, not per retry;
+    other loggers are never held back."""
+    kiki_otel.configure()
+    capsys.readouterr()
+    exporter = logging.getLogger("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    for i in range(50):
+        exporter.warning("Transient error, retrying %d", i)
+        logging.getLogger("app").warning("app warning %d", i)
+    out = lines(capsys)
+    assert [l["event"] for l in out if l["logger"].startswith("opentelemetry")] == [
+        "Transient error, retrying 0"
+    ]
+    assert len([l for l in out if l["logger"] == "app"]) == 50
+
+
+def test_uvicorn_color_message_is_dropped(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+    """uvicorn's ANSI-coloured duplicate (extra color_message) never reaches the JSON line."""
+    kiki_otel.configure()
+    capsys.readouterr()
+    logging.getLogger("uvicorn.error").info("Started %s", "x", extra={"color_message": "\x1b[36mx"})
+    (line,) = lines(capsys)
+    assert "color_message" not in line and line["event"] == "Started x"
