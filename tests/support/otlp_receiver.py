@@ -51,9 +51,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any, BinaryIO, Final, Literal, Self, TypeAlias, TypeVar, Union, cast, get_args
 
-import grpc  # type: ignore[import-untyped]  # grpcio ships no type information
-from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
-from google.rpc import status_pb2  # type: ignore[import-untyped]
+import grpc  # type: ignore[import-untyped, unused-ignore]  # grpcio ships no type information
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped, unused-ignore]
+from google.rpc import status_pb2  # type: ignore[import-untyped, unused-ignore]
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
@@ -605,6 +605,7 @@ class OTLPReceiver:
         self._on_records = on_records
 
         self._cond = threading.Condition(threading.RLock())
+        self._generation = 0  # bumped on every change, so wait_for never misses a wakeup
         self._spans: list[ReceivedSpan] = []
         self._logs: list[ReceivedLog] = []
         self._metrics: list[ReceivedMetric] = []
@@ -756,6 +757,7 @@ class OTLPReceiver:
         self._check_mode(value)
         with self._cond:
             self._mode = value
+            self._generation += 1
             self._cond.notify_all()
 
     @property
@@ -903,19 +905,24 @@ class OTLPReceiver:
         """Return ``predicate()``'s first truthy result; AssertionError with a summary on timeout.
 
         Wakes immediately when data arrives (and polls every 50 ms for predicates that
-        look at something else). Exceptions raised by the predicate propagate.
+        look at something else). The predicate runs *without* the receiver's lock, so it
+        may do anything - even drive the code under test, which exports into this
+        receiver - without deadlocking the server threads. Exceptions it raises propagate.
         """
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                result = predicate()
-                if result:
-                    return result
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(min(remaining, 0.05))
-            summary = self.summary()
+        while True:
+            with self._cond:
+                generation = self._generation
+            result = predicate()
+            if result:
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with self._cond:
+                if self._generation == generation:  # nothing new since the predicate ran
+                    self._cond.wait(min(remaining, 0.05))
+        summary = self.summary()
         what = f": {message}" if message else ""
         raise AssertionError(
             f"OTLPReceiver.wait_for timed out after {timeout:.1f}s{what}\n{summary}"
@@ -991,6 +998,7 @@ class OTLPReceiver:
     def _record_outcome(self, protocol: Protocol, signal: Signal, outcome: Outcome) -> None:
         with self._cond:
             self._outcomes[(protocol, signal, outcome)] += 1
+            self._generation += 1
             self._cond.notify_all()
 
     def _process(
@@ -1020,6 +1028,7 @@ class OTLPReceiver:
                         received_at=time.monotonic(),
                     )
                 )
+            self._generation += 1
             self._cond.notify_all()
 
         mode = self._mode
@@ -1050,6 +1059,7 @@ class OTLPReceiver:
                 else:
                     self._metrics.append(rec)
             self._outcomes[(protocol, signal, "ok")] += 1
+            self._generation += 1
             self._cond.notify_all()
         if self._on_records is not None:
             self._on_records(protocol, signal, records)

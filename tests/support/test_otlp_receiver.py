@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-import grpc  # type: ignore[import-untyped]
+import grpc  # type: ignore[import-untyped, unused-ignore]
 import httpx
 import pytest
 from opentelemetry._logs import SeverityNumber
@@ -567,7 +567,10 @@ def test_given_ports_are_used_and_busy_ports_fail() -> None:
 
 
 def test_cli_prints_endpoints_records_and_counts() -> None:
-    """The CLI announces its endpoints, prints records with --print, counts on SIGTERM."""
+    """The CLI announces its endpoints, prints records with --print, counts on SIGTERM.
+
+    (A stderr pipe is only read at the end; the CLI writes nothing there unless it breaks.)
+    """
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -581,6 +584,7 @@ def test_cli_prints_endpoints_records_and_counts() -> None:
         ],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -597,12 +601,13 @@ def test_cli_prints_endpoints_records_and_counts() -> None:
         exporter_grpc.shutdown()
         assert "from-cli-test" in proc.stdout.readline()
         proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=10)
+        rest, errors = proc.communicate(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0
+    assert "Warning" not in errors  # e.g. runpy's "found in sys.modules" double-import warning
     counts = json.loads(rest.strip().splitlines()[-1])
     assert counts["requests"]["http"]["traces"] == 1
     assert counts["requests"]["grpc"]["traces"] == 1
