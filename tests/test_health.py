@@ -272,22 +272,33 @@ async def test_status_change_adds_a_span_event_to_the_current_span(make: Factory
     ).items()
 
 
-async def test_background_mode_probes_read_the_snapshot(make: Factory) -> None:
-    """With ``background_interval`` the checks run in the background; probes only read the
-    snapshot (1,000 probes, still one call), and a snapshot older than ``max_staleness``
-    reads as unhealthy with reason ``stale``."""
-    registry = make(background_interval=3600, max_staleness=0.05)
-    check = Counting()
+async def started_in_background(registry: HealthRegistry, check: Counting) -> None:
     registry.add_check("dep", check)
     await registry.start()
-    for _ in range(100):
+    for _ in range(500):
         if check.calls:
-            break
+            return
         await asyncio.sleep(0.01)
+
+
+async def test_background_mode_probes_read_the_snapshot(make: Factory) -> None:
+    """With ``background_interval`` the checks run in the background and probes only read the
+    snapshot: 1,000 probes, still one dependency call."""
+    registry = make(background_interval=3600)
+    check = Counting()
+    await started_in_background(registry, check)
     reports = await asyncio.gather(*(registry.report() for _ in range(1000)))
     assert check.calls == 1
-    assert reports[0].status is HealthStatus.HEALTHY
-    await asyncio.sleep(0.1)  # longer than max_staleness; the next refresh is an hour away
+    assert {r.status for r in reports} == {HealthStatus.HEALTHY}
+
+
+async def test_background_snapshot_older_than_max_staleness_is_unhealthy(make: Factory) -> None:
+    """A background snapshot older than ``max_staleness`` reads as unhealthy, reason ``stale``
+    (the refresher is stuck or dead), and the probe still runs nothing itself."""
+    registry = make(background_interval=3600, max_staleness=0.01)
+    check = Counting()
+    await started_in_background(registry, check)
+    await asyncio.sleep(0.05)  # longer than max_staleness; the next refresh is an hour away
     stale = (await registry.report()).dependencies[0]
     assert (stale.status, stale.reason) == (HealthStatus.UNHEALTHY, "stale")
     assert check.calls == 1
