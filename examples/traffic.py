@@ -1,6 +1,6 @@
 """A small traffic generator so dashboards fill on their own (compose stack and manual runs).
 
-    TARGET_URL=http://localhost:8000 RPS=5 python examples/traffic.py
+TARGET_URL=http://localhost:8000 RPS=5 python examples/traffic.py
 """
 
 from __future__ import annotations

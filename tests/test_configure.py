@@ -71,7 +71,9 @@ def test_resource_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
     merged with OTEL_RESOURCE_ATTRIBUTES (settings win); no command line (may hold secrets)."""
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "team=growth,service.name=from-attrs")
     telemetry = kiki_otel.configure(
-        service_version="1.2.3", service_namespace="kiki", environment="staging",
+        service_version="1.2.3",
+        service_namespace="kiki",
+        environment="staging",
         metrics_exporter="none",
     )
     attrs = dict(telemetry.resource.attributes)

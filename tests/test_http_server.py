@@ -42,7 +42,9 @@ def make_app() -> FastAPI:
         seen["background"] = kiki_otel.get_request_id()
 
     @app.get("/items/{item_id}")
-    async def item(item_id: int, background: BackgroundTasks, dep: str | None = Depends(dependency)) -> dict[str, Any]:
+    async def item(
+        item_id: int, background: BackgroundTasks, dep: str | None = Depends(dependency)
+    ) -> dict[str, Any]:
         seen["endpoint"] = kiki_otel.get_request_id()
         seen["thread"] = await asyncio.to_thread(kiki_otel.get_request_id)
         background.add_task(in_background)
@@ -98,13 +100,15 @@ async def test_request_id_is_the_trace_id_everywhere(app: FastAPI, memory: Memor
     assert request_id == format(span.context.trace_id, "032x")
     assert response.json()["request_id"] == request_id
     seen = app.state.seen
-    assert seen["endpoint"] == seen["dependency"] == seen["thread"] == seen["background"] == request_id
+    assert (
+        seen["endpoint"] == seen["dependency"] == seen["thread"] == seen["background"] == request_id
+    )
     traceresponse = response.headers["traceresponse"]
     assert traceresponse == f"00-{request_id}-{span.context.span_id:016x}-01"
 
 
 async def test_exactly_one_server_span_named_by_route(app: FastAPI, memory: Memory) -> None:
-    """FastAPI's native telemetry is off: one SERVER span, no per-operation or send/receive spans."""
+    """Native telemetry is off: one SERVER span, no per-operation or send/receive spans."""
     async with client(app) as c:
         await c.get("/items/1")
     spans = memory.spans()
@@ -122,7 +126,13 @@ async def test_exactly_one_server_span_named_by_route(app: FastAPI, memory: Memo
 
 @pytest.mark.parametrize(
     ("path", "status"),
-    [("/nope", 404), ("/items/not-an-int", 422), ("/boom", 500), ("/teapot", 418), ("/forbidden", 403)],
+    [
+        ("/nope", 404),
+        ("/items/not-an-int", 422),
+        ("/boom", 500),
+        ("/teapot", 418),
+        ("/forbidden", 403),
+    ],
 )
 async def test_every_response_carries_the_request_id(
     app: FastAPI, memory: Memory, path: str, status: int
@@ -203,7 +213,14 @@ async def test_valid_client_request_id_is_recorded_not_used(
 
 @pytest.mark.parametrize(
     "value",
-    [b"abc\r\nx-evil: 1", b"abc\x00def", b"\x1b[31mred\x1b[0m", b"a" * 1_000_000, b"has space", b""],
+    [
+        b"abc\r\nx-evil: 1",
+        b"abc\x00def",
+        b"\x1b[31mred\x1b[0m",
+        b"a" * 1_000_000,
+        b"has space",
+        b"",
+    ],
     ids=["crlf", "nul", "ansi", "1mb", "space", "empty"],
 )
 async def test_hostile_client_request_id_is_dropped_and_escaped(
@@ -216,10 +233,18 @@ async def test_hostile_client_request_id_is_dropped_and_escaped(
         # httpx refuses to send CRLF/NUL; talk ASGI directly as a hostile proxy could.
         messages: list[dict[str, Any]] = []
         scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-            "scheme": "http", "path": "/items/1", "raw_path": b"/items/1", "query_string": b"",
-            "root_path": "", "headers": [(b"host", b"t"), (b"x-request-id", value)],
-            "client": ("127.0.0.1", 1), "server": ("t", 80),
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/items/1",
+            "raw_path": b"/items/1",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"t"), (b"x-request-id", value)],
+            "client": ("127.0.0.1", 1),
+            "server": ("t", 80),
         }
 
         async def receive() -> dict[str, Any]:
@@ -252,7 +277,11 @@ async def test_rejection_warnings_are_rate_limited(
     async with client(app) as c:
         for _ in range(20):
             await c.get("/items/1", headers={"X-Request-ID": "bad id with spaces"})
-    warnings = [l for l in log_lines(capsys.readouterr().out) if l["event"] == "http.client_request_id.rejected"]
+    warnings = [
+        l
+        for l in log_lines(capsys.readouterr().out)
+        if l["event"] == "http.client_request_id.rejected"
+    ]
     assert len(warnings) == 1
 
 

@@ -32,7 +32,9 @@ def test_json_line_fields(memory: Memory, capsys: pytest.CaptureFixture[str]) ->
     assert line["timestamp"].endswith("Z") and "T" in line["timestamp"]
 
 
-def test_get_logger_before_configure_is_safe(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+def test_get_logger_before_configure_is_safe(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A module-level ``log = get_logger()`` made before configure() uses the final chain."""
     log = kiki_otel.get_logger("early")
     kiki_otel.configure(service_name="svc-early")
@@ -42,7 +44,9 @@ def test_get_logger_before_configure_is_safe(memory: Memory, capsys: pytest.Capt
     assert line["service"] == "svc-early" and line["logger"] == "early"
 
 
-def test_correlation_uses_validity_not_sampling(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+def test_correlation_uses_validity_not_sampling(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A non-recording span (sampled=0) still puts its ids on the line."""
     kiki_otel.configure()
     capsys.readouterr()
@@ -56,7 +60,9 @@ def test_correlation_uses_validity_not_sampling(memory: Memory, capsys: pytest.C
     assert "trace_id" not in outside
 
 
-def test_stdlib_logs_share_the_chain_and_outputs(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stdlib_logs_share_the_chain_and_outputs(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
     """logging.getLogger(...) records get the same JSON shape, extras and OTel export."""
     kiki_otel.configure(service_name="svc-std")
     capsys.readouterr()
@@ -102,7 +108,9 @@ def test_exception_is_structured(memory: Memory, capsys: pytest.CaptureFixture[s
     assert record.severity_text == "ERROR"
 
 
-def test_exporter_logs_never_reenter_otel(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+def test_exporter_logs_never_reenter_otel(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The SDK's own loggers (and SDK worker threads) print to stdout but are not exported."""
     kiki_otel.configure()
     capsys.readouterr()
@@ -121,7 +129,9 @@ def test_level_filters_both_paths(memory: Memory, capsys: pytest.CaptureFixture[
     assert [l["event"] for l in lines(capsys)] == ["loud"]
 
 
-def test_uvicorn_handlers_are_routed_not_duplicated(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+def test_uvicorn_handlers_are_routed_not_duplicated(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
     """uvicorn's own handlers are removed (it installs them before importing the app), its
     records flow through our chain once, and its access log is off (ours replaces it)."""
     error_logger = logging.getLogger("uvicorn.error")
@@ -146,7 +156,9 @@ def test_console_format_for_developers(memory: Memory, capsys: pytest.CaptureFix
     assert not out.startswith("{")
 
 
-def test_exporter_retry_warnings_are_rate_limited(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+def test_exporter_retry_warnings_are_rate_limited(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A dead collector's retry warnings print once per interval per logger, not per retry;
     other loggers are never held back."""
     kiki_otel.configure()
@@ -162,7 +174,9 @@ def test_exporter_retry_warnings_are_rate_limited(memory: Memory, capsys: pytest
     assert len([l for l in out if l["logger"] == "app"]) == 50
 
 
-def test_uvicorn_color_message_is_dropped(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
+def test_uvicorn_color_message_is_dropped(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
     """uvicorn's ANSI-coloured duplicate (extra color_message) never reaches the JSON line."""
     kiki_otel.configure()
     capsys.readouterr()

@@ -46,7 +46,9 @@ class OkProvider:
         return True
 
 
-def coordinator(providers: dict[str, Any] | None = None, **settings: float) -> tuple[ShutdownCoordinator, Lifecycle]:
+def coordinator(
+    providers: dict[str, Any] | None = None, **settings: float
+) -> tuple[ShutdownCoordinator, Lifecycle]:
     lifecycle = Lifecycle("ready")
     return ShutdownCoordinator(ShutdownSettings(**settings), lifecycle, providers or {}), lifecycle
 
@@ -130,7 +132,9 @@ def test_sync_shutdown_for_scripts(memory: Memory, capsys: pytest.CaptureFixture
     report = telemetry.shutdown()
     assert closed == [True] and report.clean
     assert telemetry.shutdown() is report
-    events = [json.loads(l)["event"] for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+    events = [
+        json.loads(l)["event"] for l in capsys.readouterr().out.splitlines() if l.startswith("{")
+    ]
     assert "shutdown.completed" in events
 
 

@@ -1,6 +1,8 @@
-"""The demo's own typed configuration: the pattern that replaces the seed's per-service classes
-(SyncBrainConfig, SyncValueConfig, ...). kiki-otel's own settings (OTEL_*, KIKI_OTEL_*) are
-separate; a service declares only what is its own.
+"""The demo's own typed configuration.
+
+This is the pattern that replaces the seed's per-service classes (SyncBrainConfig,
+SyncValueConfig, ...). kiki-otel's own settings (OTEL_*, KIKI_OTEL_*) are separate; a
+service declares only what is its own.
 """
 
 from __future__ import annotations

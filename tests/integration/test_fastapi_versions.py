@@ -29,8 +29,19 @@ def old_fastapi_dir() -> Path:
     target = cache / "kiki-otel" / "pydeps" / "-".join(p.replace("==", "-") for p in OLD)
     if not (target / "fastapi").is_dir():
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), *OLD],
-            check=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--target",
+                str(target),
+                *OLD,
+            ],
+            check=True,
+            timeout=300,
         )
     return target
 
@@ -40,9 +51,15 @@ def test_old_fastapi_without_native_telemetry() -> None:
     X-Request-ID = its trace id, stable metrics, 500 path still answered with the id."""
     target = old_fastapi_dir()
     probe = subprocess.run(
-        [sys.executable, "-c", "import fastapi, importlib.util as u; "
-         "print(fastapi.__version__, u.find_spec('fastapi.telemetry') is None)"],
-        env={**os.environ, "PYTHONPATH": f"{target}:{REPO}"}, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import fastapi, importlib.util as u; "
+            "print(fastapi.__version__, u.find_spec('fastapi.telemetry') is None)",
+        ],
+        env={**os.environ, "PYTHONPATH": f"{target}:{REPO}"},
+        capture_output=True,
+        text=True,
         check=True,
     )
     assert probe.stdout.split() == ["0.115.14", "True"]
@@ -65,6 +82,9 @@ def test_old_fastapi_without_native_telemetry() -> None:
                 assert [s.kind for s in spans] == ["SERVER"]
                 assert spans[0].name == f"GET {route}"
             assert rx.wait_for(
-                lambda: [m for m in rx.metrics("http.server.request.duration")
-                         if m.attributes.get("http.route") == "/plans/{plan_id}"]
+                lambda: [
+                    m
+                    for m in rx.metrics("http.server.request.duration")
+                    if m.attributes.get("http.route") == "/plans/{plan_id}"
+                ]
             )

@@ -76,7 +76,8 @@ def test_request_id_span_logs_and_metrics_agree(receiver: OTLPReceiver, protocol
 
         points = receiver.wait_for(
             lambda: [
-                m for m in receiver.metrics("http.server.request.duration")
+                m
+                for m in receiver.metrics("http.server.request.duration")
                 if m.resource.get("service.name") == service
                 and m.attributes.get("http.route") == "/plans/{plan_id}"
             ]
@@ -84,8 +85,11 @@ def test_request_id_span_logs_and_metrics_agree(receiver: OTLPReceiver, protocol
         assert points[-1].unit == "s" and points[-1].kind == "histogram"
         assert points[-1].explicit_bounds[0] == 0.005
         assert receiver.wait_for(
-            lambda: [m for m in receiver.metrics("http.server.active_requests")
-                     if m.resource.get("service.name") == service]
+            lambda: [
+                m
+                for m in receiver.metrics("http.server.active_requests")
+                if m.resource.get("service.name") == service
+            ]
         )
 
 
@@ -129,8 +133,11 @@ def test_unhandled_error_is_a_500_with_id_error_span_and_log(receiver: OTLPRecei
         records = receiver.wait_for_logs(1, trace_id=request_id)
         access = [r for r in records if r.body == "http.request"]
         assert access and access[0].severity_text == "ERROR"
-        errors = [l for l in server.json_lines() if l.get("logger", "").startswith("uvicorn")
-                  and l.get("level") == "error"]
+        errors = [
+            l
+            for l in server.json_lines()
+            if l.get("logger", "").startswith("uvicorn") and l.get("level") == "error"
+        ]
         assert errors and errors[-1]["exception"]["type"] == "RuntimeError"
 
 
@@ -141,7 +148,9 @@ def test_bad_incoming_headers_over_real_http(receiver: OTLPReceiver) -> None:
         server.wait_ready()
         bad = httpx.get(server.url + "/plans/1", headers={"traceparent": "00-zz-1-01"})
         assert bad.status_code == 200 and len(bad.headers["x-request-id"]) == 32
-        hostile = httpx.get(server.url + "/plans/1", headers={"X-Request-ID": "<script>alert(1)</script>"})
+        hostile = httpx.get(
+            server.url + "/plans/1", headers={"X-Request-ID": "<script>alert(1)</script>"}
+        )
         legacy = httpx.get(server.url + "/plans/1", headers={"X-Request-ID": "legacy-42"})
         receiver.wait_for_spans(1, trace_id=legacy.headers["x-request-id"])
         lines = server.json_lines()
@@ -149,8 +158,12 @@ def test_bad_incoming_headers_over_real_http(receiver: OTLPReceiver) -> None:
         assert len(rejected) == 1 and "<script>" in rejected[0]["value"]
         hostile_lines = [l for l in lines if l.get("trace_id") == hostile.headers["x-request-id"]]
         assert hostile_lines and not any("client_request_id" in l for l in hostile_lines)
-        legacy_lines = [l for l in lines if l.get("event") == "plan.loaded"
-                        and l.get("trace_id") == legacy.headers["x-request-id"]]
+        legacy_lines = [
+            l
+            for l in lines
+            if l.get("event") == "plan.loaded"
+            and l.get("trace_id") == legacy.headers["x-request-id"]
+        ]
         assert legacy_lines[0]["client_request_id"] == "legacy-42"
 
 
@@ -161,7 +174,9 @@ def test_raw_hostile_header_bytes_do_not_break_the_server(receiver: OTLPReceiver
         server.wait_ready()
         for value in (b"a\x00b", b"x" * 1_000_000):
             with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-                sock.sendall(b"GET /plans/1 HTTP/1.1\r\nHost: x\r\nX-Request-ID: " + value + b"\r\n\r\n")
+                sock.sendall(
+                    b"GET /plans/1 HTTP/1.1\r\nHost: x\r\nX-Request-ID: " + value + b"\r\n\r\n"
+                )
                 reply = sock.recv(200)
             assert reply.startswith(b"HTTP/1.1 4") or reply == b""
         assert len(httpx.get(server.url + "/plans/1").headers["x-request-id"]) == 32
