@@ -121,6 +121,8 @@ def _pg_bin(name: str) -> str:
 class PostgresServer:
     """A real PostgreSQL cluster (initdb'd per session) with password (scram) auth over TCP."""
 
+    password = PG_PASSWORD
+
     def __init__(self) -> None:
         self.port = free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="kiki-pg-"))
