@@ -147,3 +147,21 @@ def test_plain_asgi_app_is_refused_with_a_hint() -> None:
 
     with pytest.raises(TypeError, match=r"wrap\(app\)"):
         kiki_otel.configure(asgi, metrics_exporter="none")
+
+
+async def test_wrap_instruments_any_asgi_app(memory: Memory) -> None:
+    """telemetry.wrap(app) gives a bare ASGI app the server span, ids and health endpoints."""
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"hi"})
+
+    wrapped = kiki_otel.configure(metrics_exporter="none").wrap(asgi)
+    transport = httpx.ASGITransport(app=wrapped)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/anything")
+        live = await client.get("/health/live")
+    (span,) = memory.spans()
+    assert response.text == "hi"
+    assert response.headers["x-request-id"] == format(span.context.trace_id, "032x")
+    assert live.status_code == 200
