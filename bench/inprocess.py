@@ -1,0 +1,84 @@
+"""In-process cost per request: drive the ASGI app directly, no server, no sockets.
+
+``python -m bench.inprocess SCENARIO N`` (``BENCH_SCENARIO`` semantics as in ``bench.app``)
+sends N GET requests through the app on one event loop, then flushes every exporter, and
+prints one JSON line: process CPU seconds (all threads: exporters included) and wall time.
+The difference to ``bare`` is what telemetry costs per request, free of server and network
+noise. Run by ``bench/run.py``; stdout of the app (JSON log lines) goes to /dev/null there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+
+
+def _scope(path: bytes) -> dict[str, object]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path.decode(),
+        "raw_path": path,
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"user-agent", b"wrk"),
+            (b"accept", b"*/*"),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+
+
+async def _drive(app: object, n: int) -> None:
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        return None
+
+    for i in range(n):
+        await app(_scope(b"/items/%d" % (i % 100)), receive, send)  # type: ignore[operator]
+
+
+def _flush() -> None:
+    from opentelemetry import _logs, metrics, trace
+
+    for provider in (
+        trace.get_tracer_provider(),
+        metrics.get_meter_provider(),
+        _logs.get_logger_provider(),
+    ):
+        flush = getattr(provider, "force_flush", None)
+        if flush is not None:
+            flush()
+
+
+def main() -> None:
+    scenario, n = sys.argv[1], int(sys.argv[2])
+    os.environ["BENCH_SCENARIO"] = scenario
+    from bench.app import build
+
+    app = build()
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(_drive(app, 2000))  # warm up: caches, first-use paths
+    _flush()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    loop.run_until_complete(_drive(app, n))
+    _flush()
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    sys.__stderr__.write(json.dumps({"scenario": scenario, "n": n, "cpu": cpu, "wall": wall}) + "\n")
+    sys.__stderr__.flush()
+    os._exit(0)  # everything is flushed; skip atexit shutdown hooks (not what we measure)
+
+
+if __name__ == "__main__":
+    main()
