@@ -277,8 +277,13 @@ class HealthRegistry:
         if self._closed:
             return self.snapshot(critical_only=critical_only)
         self._ensure_background()
-        results = await asyncio.gather(*(self._result(c) for c in checks))
-        return self._build(results)
+        results = [self._usable(c) for c in checks]
+        stale = [i for i, result in enumerate(results) if result is None]
+        if stale:  # only expired checks cost a task; a fully cached probe never awaits
+            ran = await asyncio.gather(*(self._shared_run(checks[i]) for i in stale))
+            for i, result in zip(stale, ran, strict=True):
+                results[i] = result
+        return self._build([r for r in results if r is not None])
 
     def snapshot(self, *, critical_only: bool = False) -> HealthReport:
         """Report the last known results without running anything (metrics, fast paths)."""
@@ -316,13 +321,14 @@ class HealthRegistry:
             return replace(last, status=HealthStatus.UNHEALTHY, reason="stale")
         return last
 
-    async def _result(self, check: _Check) -> CheckResult:
+    def _usable(self, check: _Check) -> CheckResult | None:
+        """Return the result a probe may reuse, or None if the check must run (again)."""
         current = self._current(check)
         if current is not None and self._settings.background_interval is not None:
             return current  # background mode: probes never run checks once a snapshot exists
         if current is not None and time.monotonic() - current.finished < check.ttl:
             return current
-        return await self._shared_run(check)
+        return None
 
     async def _shared_run(self, check: _Check) -> CheckResult:
         """Join the run in flight or start one; shielded so a gone client cannot cancel it."""
