@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 from typing import Literal
 
+from ._fork import after_fork_in_child
+
 __all__ = ["Lifecycle", "State"]
 
 State = Literal["starting", "ready", "stopping", "stopped"]
@@ -21,6 +23,10 @@ class Lifecycle:
     def __init__(self, state: State = "starting") -> None:
         self._state: State = state
         self._lock = threading.Lock()
+        after_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()  # another thread of the parent may have held it
 
     @property
     def state(self) -> State:

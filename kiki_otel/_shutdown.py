@@ -2,20 +2,26 @@
 
 The SDK's own ``shutdown()`` has no reliable deadline (a hung collector can hold it for the
 exporter timeout times its retries), so each provider is flushed on its own daemon thread,
-concurrently, and abandoned at our deadline. Logs about the shutdown itself are written
-after traces and metrics are flushed and are flushed last.
+concurrently, and abandoned at our deadline. Logs about the shutdown itself (the report
+line included) are flushed last, in a slice of the deadline kept for them.
+
+Work leaves the event loop on plain daemon threads, never ``asyncio.to_thread``: the
+atexit fallback runs after the interpreter has closed the default executor, and a cleanup
+that hangs must not keep the process alive.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from ._fork import after_fork_in_child, drop_inherited_connections, new_identity
 from ._lifecycle import Lifecycle
 from ._logging import get_logger
 from ._settings import ShutdownSettings
@@ -23,7 +29,13 @@ from ._settings import ShutdownSettings
 __all__ = ["Cleanup", "ShutdownCoordinator", "ShutdownReport"]
 
 Cleanup = Callable[[], Awaitable[object]] | Callable[[], object]
+T = TypeVar("T")
 log = get_logger("kiki_otel.shutdown")
+
+_FINAL_LOGS_SHARE = 0.1
+"""Share of the deadline kept for flushing the shutdown's own log lines last..."""
+_FINAL_LOGS_MAX_S = 0.5
+"""...but never more than this many seconds."""
 
 
 @dataclass
@@ -36,7 +48,7 @@ class ShutdownReport:
     failed_cleanups: list[str] = field(default_factory=list)
     timed_out_cleanups: list[str] = field(default_factory=list)
     abandoned: list[str] = field(default_factory=list)
-    """Providers still flushing at the deadline: what they held may be lost."""
+    """Signals whose provider was still flushing at the deadline: what they held may be lost."""
 
     @property
     def clean(self) -> bool:
@@ -46,6 +58,33 @@ class ShutdownReport:
 
 def _name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+async def _in_thread(fn: Callable[[], T], name: str) -> T:
+    """Run ``fn`` on a new daemon thread and await its result (no executor needed)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():  # cancelled: the caller gave up waiting
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting coroutine
+            error = exc
+        with contextlib.suppress(RuntimeError):  # loop closed: an abandoned cleanup ended late
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name=f"kiki-otel-{name}", daemon=True).start()
+    return await future
 
 
 def _flush_in_thread(name: str, work: Callable[[], object]) -> threading.Thread:
@@ -66,8 +105,17 @@ def _join_until(threads: dict[str, threading.Thread], deadline: float) -> list[s
     return [name for name, thread in threads.items() if thread.is_alive()]
 
 
+async def _wait_event(event: threading.Event, timeout: float) -> None:
+    if not event.is_set():  # set from whichever thread or loop runs the first call
+        await _in_thread(lambda: event.wait(timeout), "wait")
+
+
 class ShutdownCoordinator:
-    """Runs the shutdown sequence once; later calls return the first call's report."""
+    """Runs the shutdown sequence once; later or concurrent calls get the first call's report.
+
+    In a child forked after ``configure()`` (gunicorn ``--preload``) it gives the providers
+    a new identity and drops inherited collector connections (see :mod:`._fork`).
+    """
 
     def __init__(
         self, settings: ShutdownSettings, lifecycle: Lifecycle, providers: dict[str, Any]
@@ -76,9 +124,24 @@ class ShutdownCoordinator:
         self._lifecycle = lifecycle
         self._providers = providers  # {"traces": TracerProvider, ...}: only the ones we own
         self._cleanups: list[Cleanup] = []
-        self._report: ShutdownReport | None = None
-        self._started = 0.0
+        self._init_state()
+        after_fork_in_child(self._after_fork)
+
+    def _init_state(self) -> None:
         self._lock = threading.Lock()
+        self._begun = False
+        self._drain_s = 0.0
+        self._drained = threading.Event()
+        self._report: ShutdownReport | None = None
+        self._done = threading.Event()
+
+    def _after_fork(self) -> None:
+        self._init_state()
+        # Never break the child: at worst it exports as the parent would. No logging here,
+        # the fork may have happened while another thread held the output's lock.
+        with contextlib.suppress(Exception):
+            new_identity(self._providers.values())
+            drop_inherited_connections(self._providers.values())
 
     def on_shutdown(self, fn: Cleanup) -> Cleanup:
         """Register a cleanup (sync or async); they run in reverse order of registration."""
@@ -86,29 +149,47 @@ class ShutdownCoordinator:
         return fn
 
     async def begin(self) -> float:
-        """Flip readiness to 503 and wait the drain delay; returns the seconds drained."""
-        if not self._lifecycle.begin_shutdown():
-            return 0.0
-        self._started = time.monotonic()
-        log.info("shutdown.started", drain_delay_s=self._settings.drain_delay)
-        if self._settings.drain_delay:
-            await asyncio.sleep(self._settings.drain_delay)
-        return time.monotonic() - self._started
+        """Flip readiness to 503 and wait the drain delay; returns the seconds drained.
+
+        A second call waits for the first one's drain to end.
+        """
+        with self._lock:
+            first, self._begun = not self._begun, True
+        if not first:
+            await _wait_event(self._drained, self._settings.drain_delay + 1.0)
+            return self._drain_s
+        started = time.monotonic()
+        try:
+            self._lifecycle.begin_shutdown()
+            log.info("shutdown.started", drain_delay_s=self._settings.drain_delay)
+            if self._settings.drain_delay:
+                await asyncio.sleep(self._settings.drain_delay)
+        finally:
+            self._drain_s = time.monotonic() - started
+            self._drained.set()
+        return self._drain_s
 
     async def run(self, timeout: float | None = None) -> ShutdownReport:
         """The whole sequence on the running loop (ASGI lifespan or ``ashutdown``)."""
-        drained = await self.begin()
+        budget = timeout or self._settings.timeout
         with self._lock:
-            if self._report is not None:
-                return self._report
-            self._report = report = ShutdownReport(drain_s=drained)
-        deadline = time.monotonic() + (timeout or self._settings.timeout)
-        start = time.monotonic()
-        await self._run_cleanups(report, deadline)
-        report.cleanups_s = time.monotonic() - start
-        flush_start = time.monotonic()
-        await asyncio.to_thread(self._flush, report, deadline, flush_start)
-        self._lifecycle.mark_stopped()
+            report, first = self._report, self._report is None
+            if report is None:
+                self._report = report = ShutdownReport()
+        if not first:
+            await _wait_event(self._done, self._settings.drain_delay + budget + 1.0)
+            return report
+        try:
+            report.drain_s = await self.begin()
+            deadline = time.monotonic() + budget
+            start = time.monotonic()
+            await self._run_cleanups(report, deadline)
+            report.cleanups_s = time.monotonic() - start
+            reserve = min(_FINAL_LOGS_MAX_S, _FINAL_LOGS_SHARE * budget)
+            await _in_thread(lambda: self._flush(report, deadline, reserve), "flush")
+            self._lifecycle.mark_stopped()
+        finally:
+            self._done.set()
         return report
 
     async def _run_cleanups(self, report: ShutdownReport, deadline: float) -> None:
@@ -121,7 +202,7 @@ class ShutdownCoordinator:
                 if inspect.iscoroutinefunction(fn):
                     await asyncio.wait_for(fn(), budget)
                 else:
-                    result = await asyncio.wait_for(asyncio.to_thread(fn), budget)
+                    result = await asyncio.wait_for(_in_thread(fn, "cleanup"), budget)
                     if inspect.isawaitable(result):
                         await asyncio.wait_for(result, max(0.0, deadline - time.monotonic()))
             except TimeoutError:
@@ -131,11 +212,14 @@ class ShutdownCoordinator:
                 report.failed_cleanups.append(_name(fn))
                 log.exception("shutdown.cleanup_failed", cleanup=_name(fn))
 
-    def _flush(self, report: ShutdownReport, deadline: float, flush_start: float) -> None:
+    def _flush(self, report: ShutdownReport, deadline: float, reserve: float) -> None:
+        """Traces and metrics shut down, queued logs flushed; then the report; then logs."""
+        flush_start = time.monotonic()
         logs: Any = self._providers.get("logs")
+        first_deadline = deadline - reserve if logs is not None else deadline
 
         def flush_logs() -> object:
-            remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            remaining_ms = max(1, int((first_deadline - time.monotonic()) * 1000))
             return logs.force_flush(remaining_ms)
 
         first = {
@@ -145,7 +229,7 @@ class ShutdownCoordinator:
         }
         if logs is not None:  # flush what is queued now; the final report line goes after
             first["logs"] = _flush_in_thread("logs", flush_logs)
-        report.abandoned = _join_until(first, deadline)
+        report.abandoned = _join_until(first, first_deadline)
         report.flush_s = time.monotonic() - flush_start
         event = log.info if report.clean else log.warning
         event(
@@ -159,7 +243,9 @@ class ShutdownCoordinator:
         )
         if logs is not None and "logs" not in report.abandoned:
             last = _join_until({"logs": _flush_in_thread("logs", logs.shutdown)}, deadline)
-            report.abandoned.extend(last)
+            if last:  # only stdout still hears this: the report line may not be exported
+                report.abandoned.extend(last)
+                log.warning("shutdown.final_logs_abandoned", abandoned=last)
 
     def run_sync(self, timeout: float | None = None) -> ShutdownReport:
         """For programs without an event loop (workers, scripts) and the atexit fallback.
@@ -167,12 +253,14 @@ class ShutdownCoordinator:
         Async cleanups run on a private loop in a helper thread, so this is safe to call
         from inside a running loop too (though ``await telemetry.ashutdown()`` is better there).
         """
-        if self._report is not None:
+        if self._done.is_set() and self._report is not None:
             return self._report
         result: list[ShutdownReport] = []
         thread = threading.Thread(
-            target=lambda: result.append(asyncio.run(self.run(timeout))), name="kiki-otel-shutdown"
+            target=lambda: result.append(asyncio.run(self.run(timeout))),
+            name="kiki-otel-shutdown",
+            daemon=True,
         )
         thread.start()
-        thread.join((timeout or self._settings.timeout) + 1.0)
+        thread.join(self._settings.drain_delay + (timeout or self._settings.timeout) + 1.0)
         return result[0] if result else (self._report or ShutdownReport(abandoned=["shutdown"]))

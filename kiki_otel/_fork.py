@@ -1,0 +1,104 @@
+"""After a fork without exec (gunicorn ``--preload``): a new identity, no shared connections.
+
+With ``--preload`` gunicorn imports the app, so ``configure()`` runs in the master, and
+then forks the workers. Measured with SDK 1.45 (tests/integration/test_prefork.py):
+
+- the SDK restarts its batch and metric-reader threads in the child, clears the inherited
+  queues, and refreshes ``service.instance.id``; a gRPC channel keeps working;
+- but ``process.pid`` stays the master's, and the OTLP/HTTP exporters' ``requests``
+  pools hold the master's keep-alive connection to the collector, so the master and
+  every worker write to one TCP stream.
+
+So in the child we merge a fresh ``service.instance.id`` and ``process.pid`` into each
+provider's resource (the SDK's own after-fork path, ``_update_resource``, which also
+updates tracers and loggers already handed out) and give every ``requests`` adapter found
+under our providers a new, empty pool. Nothing here takes a lock another thread of the
+parent could have held at the fork, and nothing logs.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from opentelemetry.sdk.resources import Resource
+
+__all__ = ["after_fork_in_child", "drop_inherited_connections", "new_identity"]
+
+_WALK_LIMIT = 20_000
+"""Objects visited at most when looking for HTTP sessions under a provider."""
+
+
+def after_fork_in_child(method: Callable[[], object]) -> None:
+    """Call the bound ``method`` in every forked child, for as long as its object lives."""
+    if not hasattr(os, "register_at_fork"):  # pragma: no cover - Windows
+        return
+    ref = weakref.WeakMethod(method)
+
+    def in_child() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    os.register_at_fork(after_in_child=in_child)
+
+
+def new_identity(providers: Iterable[Any]) -> Resource:
+    """Merge a new ``service.instance.id`` and this ``process.pid`` into each provider."""
+    identity = Resource({"service.instance.id": str(uuid.uuid4()), "process.pid": os.getpid()})
+    for provider in providers:
+        update = getattr(provider, "_update_resource", None)
+        if update is not None:
+            update(identity)
+    return identity
+
+
+def _reachable_sessions(roots: Iterable[Any]) -> list[Any]:
+    """``requests.Session`` objects reachable through OpenTelemetry objects (breadth first)."""
+    try:
+        from requests import Session
+    except ImportError:  # pragma: no cover - only the gRPC exporters installed
+        return []
+    found: list[Any] = []
+    seen: set[int] = set()
+    queue = list(roots)
+    while queue and len(seen) < _WALK_LIMIT:
+        obj = queue.pop(0)
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Session):
+            found.append(obj)
+        elif isinstance(obj, list | tuple | set | frozenset):
+            queue.extend(obj)
+        elif isinstance(obj, dict):
+            queue.extend(obj.values())
+        elif type(obj).__module__.startswith("opentelemetry"):
+            queue.extend(getattr(obj, "__dict__", {}).values())
+    return found
+
+
+def drop_inherited_connections(providers: Iterable[Any]) -> int:
+    """Give every HTTP adapter under ``providers`` a fresh pool; returns the sessions reset.
+
+    The old pools are dropped, not closed: closing takes the pool's lock, which an export
+    thread of the parent may have held at the moment of the fork.
+    """
+    sessions = _reachable_sessions(providers)
+    if not sessions:
+        return 0
+    from requests.adapters import HTTPAdapter
+
+    for session in sessions:
+        for adapter in session.adapters.values():
+            if isinstance(adapter, HTTPAdapter):
+                adapter.init_poolmanager(
+                    adapter._pool_connections,
+                    adapter._pool_maxsize,
+                    block=adapter._pool_block,
+                )
+                adapter.proxy_manager = {}
+    return len(sessions)
