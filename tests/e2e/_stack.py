@@ -72,7 +72,7 @@ class Proc:
     ) -> Proc:
         log_path = log_dir / f"{name}.log"
         log = log_path.open("wb")
-        popen = subprocess.Popen(  # noqa: S603  (our own binaries and python)
+        popen = subprocess.Popen(
             argv, cwd=cwd, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         return cls(name, popen, log_path, log)

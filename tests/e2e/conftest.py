@@ -5,6 +5,7 @@ their traffic. Everything is session-scoped: started once, torn down at the end.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 import time
@@ -15,22 +16,45 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ._stack import REPO, Proc, Stack, build_stack, clean_env, free_port, start_stack, stop_all, wait_until
+from ._stack import (
+    REPO,
+    Proc,
+    Stack,
+    build_stack,
+    clean_env,
+    free_port,
+    start_stack,
+    stop_all,
+    wait_until,
+)
 
 if str(REPO) not in sys.path:  # `tests.support` is imported as a package of the repo root
     sys.path.insert(0, str(REPO))
 
-from tests.support.otlp_receiver import OTLPReceiver  # noqa: E402
+from tests.support.otlp_receiver import OTLPReceiver
+
+STACK_BINARIES = ("otelcol-kiki", "jaeger", "prometheus", "promtool")
+COLD_BUILD_TIMEOUT_S = 2400
 
 # Sent by the traffic generator on every request; must never show up in Jaeger.
 SECRET_BEARER = "Bearer e2e-s3cr3t-t0ken-do-not-leak"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Everything under tests/e2e is an e2e test."""
-    for item in items:
-        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
-            item.add_marker(pytest.mark.e2e)
+def _stack_is_built() -> bool:
+    bin_dir = subprocess.run(["bash", str(REPO / "stack" / "build.sh"), "--print-dir"],
+                             capture_output=True, text=True, check=False).stdout.strip()
+    return bool(bin_dir) and all((Path(bin_dir) / name).is_file() for name in STACK_BINARIES)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e is an e2e test; a cold stack build (~10 min on 2 cores) happens in
+    the first one's setup, so it gets a longer timeout then."""
+    ours = [item for item in items if Path(str(item.fspath)).is_relative_to(Path(__file__).parent)]
+    cold = bool(ours) and config.pluginmanager.hasplugin("timeout") and not _stack_is_built()
+    for item in ours:
+        item.add_marker(pytest.mark.e2e)
+        if cold:
+            item.add_marker(pytest.mark.timeout(COLD_BUILD_TIMEOUT_S))
 
 
 @pytest.fixture(scope="session")
@@ -91,6 +115,9 @@ def demo(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dem
             "OTEL_METRIC_EXPORT_INTERVAL": "1000",
             "OTEL_BSP_SCHEDULE_DELAY": "200",
             "OTEL_BLRP_SCHEDULE_DELAY": "200",
+            # as in docker-compose.yml: checks refresh in the background, so the health metrics exist
+            # even for dependencies that no readiness probe checks (non-critical ones)
+            "KIKI_OTEL_HEALTH__BACKGROUND_INTERVAL": "2",
             **extra,
         })
         proc = Proc.start(name, [sys.executable, "-m", "uvicorn", "examples.demo.app:app",
@@ -122,6 +149,9 @@ class Traffic:
 
 def _send(client: httpx.Client, demo: Demo, n: int, traffic: Traffic) -> None:
     headers = {"Authorization": SECRET_BEARER}
+    if n % 20 == 3:  # what an orchestrator's readiness probe does: runs the health checks
+        for url in (demo.a_url, demo.b_url):
+            client.get(f"{url}/health/ready")
     if n % 10 == 5:
         response = client.post(f"{demo.a_url}/checkout", headers=headers)
         traffic.checkout_ids.append(response.headers.get("x-request-id", ""))
