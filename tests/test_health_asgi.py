@@ -228,7 +228,8 @@ def served() -> Iterator[tuple[str, Setup]]:
     s.lifecycle.mark_ready()
     s.registry.add_check("db", Calls())
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(s.app, port=port, log_level="warning", lifespan="off"))
+    config = uvicorn.Config(s.app, port=port, log_config=None, lifespan="off")  # no dictConfig
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, what="uvicorn")
