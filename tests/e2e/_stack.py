@@ -73,7 +73,12 @@ class Proc:
         log_path = log_dir / f"{name}.log"
         log = log_path.open("wb")
         popen = subprocess.Popen(
-            argv, cwd=cwd, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            cwd=cwd,
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         return cls(name, popen, log_path, log)
 
@@ -103,7 +108,9 @@ def wait_until(
     last_error: BaseException | None = None
     while time.monotonic() < deadline:
         if proc is not None and not proc.alive():
-            raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}) while waiting for {what}:\n{proc.tail()}")
+            raise RuntimeError(
+                f"{proc.name} exited ({proc.popen.returncode}) waiting for {what}:\n{proc.tail()}"
+            )
         try:
             result = check()
         except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
@@ -136,79 +143,136 @@ class Stack:
         for proc in self.procs:
             assert proc.alive(), f"{proc.name} died:\n{proc.tail()}"
 
-    def prom_query(self, expr: str, *, instant: bool = True, window_s: int = 120) -> list[dict[str, Any]]:
+    def prom_query(
+        self, expr: str, *, instant: bool = True, window_s: int = 120
+    ) -> list[dict[str, Any]]:
         """Run a PromQL query; raise on a query error, return the (maybe empty) result."""
         now = time.time()
         if instant:
             url, params = "/api/v1/query", {"query": expr, "time": f"{now:.3f}"}
         else:
             url = "/api/v1/query_range"
-            params = {"query": expr, "start": f"{now - window_s:.3f}", "end": f"{now:.3f}", "step": "15"}
+            params = {
+                "query": expr,
+                "start": f"{now - window_s:.3f}",
+                "end": f"{now:.3f}",
+                "step": "15",
+            }
         response = httpx.post(self.prometheus_url + url, data=params, timeout=15.0)
         body = response.json()
         if body.get("status") != "success":
-            raise AssertionError(f"PromQL error for {expr!r}: {body.get('errorType')}: {body.get('error')}")
+            raise AssertionError(
+                f"PromQL error for {expr!r}: {body.get('errorType')}: {body.get('error')}"
+            )
         return list(body["data"]["result"])
 
 
 def start_stack(bin_dir: Path, work: Path, logs_otlp_endpoint: str) -> Stack:
     """Start Prometheus, Jaeger and the collector with the repo's config files; wait until ready."""
-    ports = {name: free_port() for name in (
-        "prom", "j_grpc", "j_http", "j_query", "j_query_grpc", "j_health", "j_metrics",
-        "c_grpc", "c_http", "c_health", "c_metrics")}
+    ports = {
+        name: free_port()
+        for name in (
+            "prom",
+            "j_grpc",
+            "j_http",
+            "j_query",
+            "j_query_grpc",
+            "j_health",
+            "j_metrics",
+            "c_grpc",
+            "c_http",
+            "c_health",
+            "c_metrics",
+        )
+    }
     prom_url = f"http://127.0.0.1:{ports['prom']}"
     jaeger_url = f"http://127.0.0.1:{ports['j_query']}"
     procs: list[Proc] = []
     try:
-        prom = Proc.start("prometheus", [
-            str(bin_dir / "prometheus"),
-            f"--config.file={REPO / 'prometheus' / 'prometheus.yml'}",
-            f"--storage.tsdb.path={work / 'prometheus-data'}",
-            f"--web.listen-address=127.0.0.1:{ports['prom']}",
-            "--web.enable-otlp-receiver",
-            "--enable-feature=exemplar-storage",
-        ], env=clean_env({}), log_dir=work)
+        prom = Proc.start(
+            "prometheus",
+            [
+                str(bin_dir / "prometheus"),
+                f"--config.file={REPO / 'prometheus' / 'prometheus.yml'}",
+                f"--storage.tsdb.path={work / 'prometheus-data'}",
+                f"--web.listen-address=127.0.0.1:{ports['prom']}",
+                "--web.enable-otlp-receiver",
+                "--enable-feature=exemplar-storage",
+            ],
+            env=clean_env({}),
+            log_dir=work,
+        )
         procs.append(prom)
-        wait_until("Prometheus /-/ready", lambda: http_ok(prom_url + "/-/ready"), timeout=60, proc=prom)
+        wait_until(
+            "Prometheus /-/ready", lambda: http_ok(prom_url + "/-/ready"), timeout=60, proc=prom
+        )
 
-        jaeger = Proc.start("jaeger", [str(bin_dir / "jaeger"), f"--config={REPO / 'jaeger' / 'config.yaml'}"],
-                            env=clean_env({
-                                "JAEGER_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports['j_grpc']}",
-                                "JAEGER_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports['j_http']}",
-                                "JAEGER_QUERY_HTTP_ENDPOINT": f"127.0.0.1:{ports['j_query']}",
-                                "JAEGER_QUERY_GRPC_ENDPOINT": f"127.0.0.1:{ports['j_query_grpc']}",
-                                "JAEGER_HEALTH_ENDPOINT": f"127.0.0.1:{ports['j_health']}",
-                                "JAEGER_METRICS_HOST": "127.0.0.1",
-                                "JAEGER_METRICS_PORT": str(ports["j_metrics"]),
-                                "JAEGER_PROMETHEUS_URL": prom_url,
-                            }), log_dir=work)
+        jaeger = Proc.start(
+            "jaeger",
+            [str(bin_dir / "jaeger"), f"--config={REPO / 'jaeger' / 'config.yaml'}"],
+            env=clean_env(
+                {
+                    "JAEGER_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports['j_grpc']}",
+                    "JAEGER_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports['j_http']}",
+                    "JAEGER_QUERY_HTTP_ENDPOINT": f"127.0.0.1:{ports['j_query']}",
+                    "JAEGER_QUERY_GRPC_ENDPOINT": f"127.0.0.1:{ports['j_query_grpc']}",
+                    "JAEGER_HEALTH_ENDPOINT": f"127.0.0.1:{ports['j_health']}",
+                    "JAEGER_METRICS_HOST": "127.0.0.1",
+                    "JAEGER_METRICS_PORT": str(ports["j_metrics"]),
+                    "JAEGER_PROMETHEUS_URL": prom_url,
+                }
+            ),
+            log_dir=work,
+        )
         procs.append(jaeger)
-        wait_until("Jaeger query /api/services", lambda: http_ok(jaeger_url + "/api/services"),
-                   timeout=60, proc=jaeger)
+        wait_until(
+            "Jaeger query /api/services",
+            lambda: http_ok(jaeger_url + "/api/services"),
+            timeout=60,
+            proc=jaeger,
+        )
 
-        collector = Proc.start("collector", [
-            str(bin_dir / "otelcol-kiki"), f"--config={REPO / 'collector-config' / 'config.yaml'}",
-        ], env=clean_env({
-            "OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports['c_grpc']}",
-            "OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports['c_http']}",
-            "HEALTH_CHECK_ENDPOINT": f"127.0.0.1:{ports['c_health']}",
-            "OTELCOL_METRICS_HOST": "127.0.0.1",
-            "OTELCOL_METRICS_PORT": str(ports["c_metrics"]),
-            "JAEGER_OTLP_ENDPOINT": f"127.0.0.1:{ports['j_grpc']}",
-            "PROMETHEUS_OTLP_ENDPOINT": f"{prom_url}/api/v1/otlp",
-            "LOKI_OTLP_ENDPOINT": logs_otlp_endpoint,
-            # flush span metrics often so Jaeger's Monitor tab has data within seconds
-            "SPANMETRICS_FLUSH_INTERVAL": "2s",
-        }), log_dir=work)
+        collector = Proc.start(
+            "collector",
+            [
+                str(bin_dir / "otelcol-kiki"),
+                f"--config={REPO / 'collector-config' / 'config.yaml'}",
+            ],
+            env=clean_env(
+                {
+                    "OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports['c_grpc']}",
+                    "OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports['c_http']}",
+                    "HEALTH_CHECK_ENDPOINT": f"127.0.0.1:{ports['c_health']}",
+                    "OTELCOL_METRICS_HOST": "127.0.0.1",
+                    "OTELCOL_METRICS_PORT": str(ports["c_metrics"]),
+                    "JAEGER_OTLP_ENDPOINT": f"127.0.0.1:{ports['j_grpc']}",
+                    "PROMETHEUS_OTLP_ENDPOINT": f"{prom_url}/api/v1/otlp",
+                    "LOKI_OTLP_ENDPOINT": logs_otlp_endpoint,
+                    # flush span metrics often so Jaeger's Monitor tab has data within seconds
+                    "SPANMETRICS_FLUSH_INTERVAL": "2s",
+                }
+            ),
+            log_dir=work,
+        )
         procs.append(collector)
-        wait_until("collector health_check", lambda: http_ok(f"http://127.0.0.1:{ports['c_health']}/"),
-                   timeout=60, proc=collector)
+        wait_until(
+            "collector health_check",
+            lambda: http_ok(f"http://127.0.0.1:{ports['c_health']}/"),
+            timeout=60,
+            proc=collector,
+        )
     except BaseException:
         for proc in reversed(procs):
             proc.stop()
         raise
-    return Stack(bin_dir, prom_url, jaeger_url, f"http://127.0.0.1:{ports['c_http']}",
-                 f"http://127.0.0.1:{ports['c_grpc']}", procs)
+    return Stack(
+        bin_dir,
+        prom_url,
+        jaeger_url,
+        f"http://127.0.0.1:{ports['c_http']}",
+        f"http://127.0.0.1:{ports['c_grpc']}",
+        procs,
+    )
 
 
 def stop_all(procs: list[Proc]) -> None:

@@ -1,6 +1,6 @@
-"""Fixtures for the stack tests: build the binaries (cached), run the collector, Jaeger and Prometheus
-on free 127.0.0.1 ports with the repo's config files, a stand-in for Loki, the two demo services and
-their traffic. Everything is session-scoped: started once, torn down at the end.
+"""Fixtures for the stack tests: build the binaries (cached), run the collector, Jaeger and
+Prometheus on free 127.0.0.1 ports with the repo's config files, a stand-in for Loki, the two demo
+services and their traffic. Everything is session-scoped: started once, torn down at the end.
 """
 
 from __future__ import annotations
@@ -41,8 +41,12 @@ SECRET_BEARER = "Bearer e2e-s3cr3t-t0ken-do-not-leak"
 
 
 def _stack_is_built() -> bool:
-    bin_dir = subprocess.run(["bash", str(REPO / "stack" / "build.sh"), "--print-dir"],
-                             capture_output=True, text=True, check=False).stdout.strip()
+    bin_dir = subprocess.run(
+        ["bash", str(REPO / "stack" / "build.sh"), "--print-dir"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     return bool(bin_dir) and all((Path(bin_dir) / name).is_file() for name in STACK_BINARIES)
 
 
@@ -107,24 +111,43 @@ def demo(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dem
     running = Demo(a_url=f"http://127.0.0.1:{a_port}", b_url=f"http://127.0.0.1:{b_port}")
 
     def start(name: str, port: int, extra: dict[str, str]) -> Proc:
-        env = clean_env({
-            "OTEL_SERVICE_NAME": name,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": stack.collector_otlp_http,
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=e2e",
-            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
-            "OTEL_BSP_SCHEDULE_DELAY": "200",
-            "OTEL_BLRP_SCHEDULE_DELAY": "200",
-            # as in docker-compose.yml: checks refresh in the background, so the health metrics exist
-            # even for dependencies that no readiness probe checks (non-critical ones)
-            "KIKI_OTEL_HEALTH__BACKGROUND_INTERVAL": "2",
-            **extra,
-        })
-        proc = Proc.start(name, [sys.executable, "-m", "uvicorn", "examples.demo.app:app",
-                                 "--host", "127.0.0.1", "--port", str(port)], env=env, log_dir=work)
+        env = clean_env(
+            {
+                "OTEL_SERVICE_NAME": name,
+                "OTEL_EXPORTER_OTLP_ENDPOINT": stack.collector_otlp_http,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=e2e",
+                "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+                "OTEL_BSP_SCHEDULE_DELAY": "200",
+                "OTEL_BLRP_SCHEDULE_DELAY": "200",
+                # as in docker-compose.yml: checks refresh in the background, so health metrics
+                # exist even for dependencies no readiness probe checks (non-critical ones)
+                "KIKI_OTEL_HEALTH__BACKGROUND_INTERVAL": "2",
+                **extra,
+            }
+        )
+        proc = Proc.start(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "examples.demo.app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            log_dir=work,
+        )
         running.procs.append(proc)
-        wait_until(f"{name} /health/live", lambda: httpx.get(
-            f"http://127.0.0.1:{port}/health/live", timeout=2).status_code == 200, timeout=60, proc=proc)
+        wait_until(
+            f"{name} /health/live",
+            lambda: httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2).status_code == 200,
+            timeout=60,
+            proc=proc,
+        )
         return proc
 
     try:

@@ -1,5 +1,5 @@
 """Static checks of the stack's files: configs validate with the real binaries, the compose file is
-valid and consistent with .env and the repo, dashboards and datasources reference each other correctly.
+valid and consistent with .env and the repo, dashboards and datasources reference each other.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]  # no types-jsonschema in the dev extra
 import pytest
 import yaml
 
@@ -25,7 +25,17 @@ DATASOURCES = REPO / "dashboards" / "provisioning" / "datasources" / "datasource
 PROVIDER = REPO / "dashboards" / "provisioning" / "dashboards" / "kiki-otel.yaml"
 RULE_FILES = sorted((REPO / "prometheus" / "rules").glob("*.yml"))
 RULE_TESTS = sorted((REPO / "prometheus" / "rules" / "tests").glob("*.yml"))
-MODERN_PANELS = {"timeseries", "stat", "gauge", "state-timeline", "table", "logs", "bargauge", "text", "row"}
+MODERN_PANELS = {
+    "timeseries",
+    "stat",
+    "gauge",
+    "state-timeline",
+    "table",
+    "logs",
+    "bargauge",
+    "text",
+    "row",
+}
 PUBLISHED_PORTS = {"3000", "4317", "4318", "8000", "9090", "16686"}  # UIs, OTLP and the demo API
 
 
@@ -34,8 +44,11 @@ def load_yaml(path: Path) -> Any:
 
 
 def dot_env() -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in (REPO / ".env").read_text().splitlines()
-             if line.strip() and not line.lstrip().startswith("#"))
+    pairs = (
+        line.split("=", 1)
+        for line in (REPO / ".env").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
     return {key.strip(): value.strip() for key, value in pairs}
 
 
@@ -70,15 +83,25 @@ def test_manifest_modules_are_at_the_pinned_collector_release() -> None:
     env = dot_env()
     manifest = load_yaml(MANIFEST)
     allowed = {f"v{env['OTELCOL_VERSION']}", env["OTELCOL_STABLE_GO_VERSION"]}
-    modules = [m["gomod"] for kind in ("receivers", "processors", "exporters", "connectors", "extensions",
-                                       "providers") for m in manifest.get(kind, [])]
+    modules = [
+        m["gomod"]
+        for kind in (
+            "receivers",
+            "processors",
+            "exporters",
+            "connectors",
+            "extensions",
+            "providers",
+        )
+        for m in manifest.get(kind, [])
+    ]
     assert modules
     assert {gomod.split()[1] for gomod in modules} <= allowed
     assert manifest["dist"]["version"] == env["OTELCOL_VERSION"]
 
 
 def test_prometheus_go_version_matches_image_tag() -> None:
-    """Prometheus v3.X.Y is served as Go module v0.3XX.Y: the two pins must name the same release."""
+    """Prometheus v3.X.Y is Go module v0.3XX.Y: the two pins must name the same release."""
     env = dot_env()
     major, minor, patch = env["PROMETHEUS_VERSION"].removeprefix("v").split(".")
     assert env["PROMETHEUS_GO_VERSION"] == f"v0.{int(major) * 100 + int(minor)}.{patch}"
@@ -100,7 +123,9 @@ def used_components(*configs: Path) -> set[tuple[str, str]]:
 def test_collector_config_validates(stack_bin: Path) -> None:
     """otelcol-kiki accepts config.yaml alone and with the debug overlay."""
     for extra in ([], [f"--config={COLLECTOR_DEBUG}"]):
-        result = run([str(stack_bin / "otelcol-kiki"), "validate", f"--config={COLLECTOR_CONFIG}", *extra])
+        result = run(
+            [str(stack_bin / "otelcol-kiki"), "validate", f"--config={COLLECTOR_CONFIG}", *extra]
+        )
         assert result.returncode == 0, result.stderr
 
 
@@ -109,8 +134,11 @@ def test_collector_build_has_exactly_the_components_the_configs_use(stack_bin: P
     result = run([str(stack_bin / "otelcol-kiki"), "components"])
     assert result.returncode == 0, result.stderr
     built = yaml.safe_load(result.stdout)
-    provided = {(kind, c["name"]) for kind in ("receivers", "processors", "exporters", "connectors",
-                                                "extensions") for c in built.get(kind) or []}
+    provided = {
+        (kind, c["name"])
+        for kind in ("receivers", "processors", "exporters", "connectors", "extensions")
+        for c in built.get(kind) or []
+    }
     assert provided == used_components(COLLECTOR_CONFIG, COLLECTOR_DEBUG)
 
 
@@ -132,6 +160,14 @@ def test_memory_limiter_comes_first_and_redaction_before_any_exporter() -> None:
 def test_redaction_never_reports_attribute_names_or_values() -> None:
     """summary `debug` would list masked keys on every span: only counts (`info`) or nothing."""
     assert load_yaml(COLLECTOR_CONFIG)["processors"]["redaction"]["summary"] in {"info", "silent"}
+
+
+def test_jaeger_config_validates(stack_bin: Path) -> None:
+    """The Jaeger v2 binary of the pinned release accepts jaeger/config.yaml."""
+    result = run(
+        [str(stack_bin / "jaeger"), "validate", f"--config={REPO / 'jaeger' / 'config.yaml'}"]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # ----------------------------------------------------------------------------- prometheus
@@ -158,14 +194,21 @@ def test_promtool_test_rules(stack_bin: Path) -> None:
 
 def test_every_rule_file_has_unit_tests() -> None:
     """Each rules/*.yml is loaded by at least one promtool test file."""
-    tested = {(path.parent / f).resolve() for path in RULE_TESTS for f in load_yaml(path)["rule_files"]}
+    tested = {
+        (path.parent / f).resolve() for path in RULE_TESTS for f in load_yaml(path)["rule_files"]
+    }
     assert set(RULE_FILES) <= tested
 
 
 def test_every_alert_has_severity_and_summary() -> None:
     """Alerts carry what routing and humans need."""
-    alerts = [rule for path in RULE_FILES for group in load_yaml(path)["groups"]
-              for rule in group["rules"] if "alert" in rule]
+    alerts = [
+        rule
+        for path in RULE_FILES
+        for group in load_yaml(path)["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
     assert alerts
     for rule in alerts:
         assert rule["labels"]["severity"] in {"page", "ticket"}, rule["alert"]
@@ -178,8 +221,10 @@ def test_every_alert_has_severity_and_summary() -> None:
 def test_compose_file_matches_the_compose_spec_schema() -> None:
     """docker-compose.yml validates against the Compose Specification JSON schema."""
     schema = json.loads((Path(__file__).parent / "schemas" / "compose-spec.json").read_text())
-    errors = [f"{list(e.path)}: {e.message}" for e in
-              jsonschema.Draft201909Validator(schema).iter_errors(load_yaml(COMPOSE))]
+    errors = [
+        f"{list(e.path)}: {e.message}"
+        for e in jsonschema.Draft201909Validator(schema).iter_errors(load_yaml(COMPOSE))
+    ]
     assert errors == []
 
 
@@ -205,8 +250,11 @@ def test_compose_mounts_and_build_files_exist() -> None:
             build = service["build"]
             if not (REPO / build["context"] / build.get("dockerfile", "Dockerfile")).exists():
                 missing.append(f"{name}: {build.get('dockerfile')}")
-            missing += [f"{name}: {module}" for module in python_modules(service["command"])
-                        if not (REPO / (module.replace(".", "/") + ".py")).exists()]
+            missing += [
+                f"{name}: {module}"
+                for module in python_modules(service["command"])
+                if not (REPO / (module.replace(".", "/") + ".py")).exists()
+            ]
     assert missing == []
 
 
@@ -218,7 +266,7 @@ def test_compose_publishes_only_ui_and_otlp_ports() -> None:
 
 
 def test_compose_services_have_memory_limits_and_known_dependencies() -> None:
-    """Each service is memory-limited; depends_on names services with a healthcheck when it waits for one."""
+    """Each service has a memory limit; it waits for `service_healthy` only of checked ones."""
     services = load_yaml(COMPOSE)["services"]
     for name, service in services.items():
         assert service["deploy"]["resources"]["limits"]["memory"], name
@@ -256,11 +304,15 @@ def datasource_uids_in(node: Any) -> set[str]:
 
 
 def test_datasources_have_fixed_unique_uids_and_link_to_each_other() -> None:
-    """prometheus, jaeger, loki are provisioned with fixed uids; every cross-link names one of them."""
+    """prometheus, jaeger, loki have fixed uids; every cross-link names one of them."""
     datasources = load_yaml(DATASOURCES)["datasources"]
     uids = [ds["uid"] for ds in datasources]
     assert sorted(uids) == ["jaeger", "loki", "prometheus"]
-    assert datasource_uids_in([ds.get("jsonData", {}) for ds in datasources]) == {"jaeger", "loki", "prometheus"}
+    assert datasource_uids_in([ds.get("jsonData", {}) for ds in datasources]) == {
+        "jaeger",
+        "loki",
+        "prometheus",
+    }
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=[p.stem for p in DASHBOARDS])
