@@ -226,3 +226,26 @@ def test_missing_sync_driver_fails_at_add_time(make: Factory) -> None:
     registry = make()
     with pytest.raises(Exception, match="async"):
         registry.add_sql("db", "sqlite:///x.db")
+
+
+async def test_checks_make_no_spans_under_configure(
+    memory: Any, http_dependency: HttpDependency
+) -> None:
+    """Under configure() (httpx instrumented, /health excluded from traces) an HTTP check
+    produces no client span: checks run with instrumentation suppressed, so probes do not
+    litter the trace store with orphan root spans."""
+    from fastapi import FastAPI
+
+    import kiki_otel
+
+    app = FastAPI()
+    telemetry = kiki_otel.configure(app, service_name="checkout")
+    telemetry.health.add_http("syncvalue", f"{http_dependency.base_url}/healthz")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+        response = await client.get("/health")
+    assert response.json()["dependencies"][0]["status"] == "healthy"
+    assert http_dependency.calls() == 1
+    urls = [str(s.attributes.get("url.full")) for s in memory.spans()]
+    assert any("/control/count" in url for url in urls)  # httpx IS instrumented (our calls())
+    assert not any("/healthz" in url for url in urls)  # but the check made no span
