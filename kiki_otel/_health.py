@@ -291,7 +291,8 @@ class HealthRegistry:
         return self._build([r for r in results if r is not None])
 
     def _selected(self, critical_only: bool) -> list[_Check]:
-        return [c for c in self._checks.values() if c.critical or not critical_only]
+        # tuple() copies atomically: metric callbacks read this from the exporter's thread
+        return [c for c in tuple(self._checks.values()) if c.critical or not critical_only]
 
     def _build(self, results: list[CheckResult]) -> HealthReport:
         return HealthReport(
@@ -306,7 +307,8 @@ class HealthRegistry:
 
     def observed(self) -> bool:
         """Tell whether the overall status means something: no checks, or one has run."""
-        return not self._checks or any(c.last is not None for c in self._checks.values())
+        checks = tuple(self._checks.values())
+        return not checks or any(c.last is not None for c in checks)
 
     def uptime(self) -> float:
         """Seconds since the registry (i.e. ``configure()``) was created."""
@@ -403,7 +405,7 @@ class HealthRegistry:
         old = None if previous is None else previous.status
         if old is not result.status:
             _announce(result.name, old, result.status, result.reason, detail)
-        overall = overall_status(r for r in map(self._current, self._checks.values()) if r)
+        overall = overall_status(r for r in map(self._current, self._selected(False)) if r)
         if overall is not self._last_overall:
             _announce(None, self._last_overall, overall, None, None)
             self._last_overall = overall
@@ -421,7 +423,9 @@ class HealthRegistry:
     async def _refresh_forever(self) -> None:
         interval = self._settings.background_interval or 1.0
         while not self._closed:
-            await asyncio.gather(*(self._shared_run(c) for c in list(self._checks.values())))
+            checks = tuple(self._checks.values())
+            # return_exceptions: one broken run must not end refreshing for every check
+            await asyncio.gather(*(self._shared_run(c) for c in checks), return_exceptions=True)
             await asyncio.sleep(interval)
 
     # -- closing ------------------------------------------------------------------------
