@@ -340,3 +340,34 @@ def test_dashboard_uids_are_unique() -> None:
     uids = [json.loads(path.read_text())["uid"] for path in DASHBOARDS]
     assert len(uids) == 4
     assert len(set(uids)) == len(uids)
+
+
+def loki_targets() -> list[tuple[str, str, dict[str, str]]]:
+    """(dashboard uid, expr, {variable: allValue}) of every Loki query."""
+    found = []
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        all_values = {v["name"]: v.get("allValue") or "" for v in dashboard["templating"]["list"]}
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                if target["datasource"]["uid"] == "loki":
+                    found.append((dashboard["uid"], target["expr"], all_values))
+    return found
+
+
+def expand(text: str, variables: dict[str, str]) -> str:
+    return re.sub(r"\$(\w+)", lambda match: variables[match.group(1)], text)
+
+
+def test_loki_queries_select_streams_by_otlp_index_labels() -> None:
+    """Loki's OTLP ingestion indexes service_name; each Loki query selects on it, and with the
+    variables at All the selector still has a matcher that cannot match "" (Loki rejects that)."""
+    targets = loki_targets()
+    assert targets
+    for uid, expr, all_values in targets:
+        selector = re.search(r"\{([^}]*)\}", expr)
+        assert selector, (uid, expr)
+        matchers = re.findall(r'(\w+)\s*(=~|=|!=|!~)\s*"([^"]*)"', selector.group(1))
+        assert {label for label, _, _ in matchers} <= {"service_name", "service_namespace"}, expr
+        values = [expand(v, all_values) for _, _, v in matchers]
+        assert any(re.fullmatch(v, "") is None for v in values), f"{uid}: {expr} matches empty"
