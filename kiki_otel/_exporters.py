@@ -45,8 +45,39 @@ def _common(settings: Settings, signal: str) -> dict[str, Any]:
     return kwargs
 
 
+def _fast_url(settings: Settings, signal: str) -> str | None:
+    """The URL for kiki's fast OTLP/HTTP exporter, or None when only the official one fits."""
+    if settings.exporter != "fast" or settings.exporter_otlp_protocol == "grpc":
+        return None
+    prefix = f"OTEL_EXPORTER_OTLP_{signal.upper()}_"
+    for name, value in os.environ.items():
+        if not value or not name.startswith("OTEL_EXPORTER_OTLP_"):
+            continue
+        if "CERTIFICATE" in name or "CLIENT_KEY" in name:
+            return None  # mTLS / custom CAs: the official exporter handles them
+        if name.startswith(prefix) and name != f"{prefix}ENDPOINT":
+            return None  # per-signal headers/timeout/compression: leave them to it too
+    return os.environ.get(f"{prefix}ENDPOINT") or f"{settings.otlp_endpoint()}/v1/{signal}"
+
+
+def _fast_client(settings: Settings, url: str) -> Any:
+    from ._otlp_http import OTLPHttpClient
+
+    return OTLPHttpClient(
+        url,
+        headers=settings.otlp_headers(),
+        timeout=settings.exporter_otlp_timeout / 1000.0,
+        compression=settings.exporter_otlp_compression,
+    )
+
+
 def span_exporter(settings: Settings) -> SpanExporter:
     """The OTLP span exporter for the configured protocol."""
+    url = _fast_url(settings, "traces")
+    if url is not None:
+        from ._otlp_http import FastSpanExporter
+
+        return FastSpanExporter(_fast_client(settings, url))
     if settings.exporter_otlp_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
@@ -73,6 +104,11 @@ def metric_exporter(settings: Settings) -> MetricExporter:
 
 def log_exporter(settings: Settings) -> LogRecordExporter:
     """The OTLP log record exporter for the configured protocol."""
+    url = _fast_url(settings, "logs")
+    if url is not None:
+        from ._otlp_http import FastLogExporter
+
+        return FastLogExporter(_fast_client(settings, url))
     if settings.exporter_otlp_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 

@@ -187,6 +187,10 @@ class Settings(BaseSettings):
     traces_sampler_arg: float | None = Field(
         default=None, ge=0.0, le=1.0, validation_alias=_env("OTEL_TRACES_SAMPLER_ARG")
     )
+    exporter: Literal["fast", "official"] = "fast"
+    """``KIKI_OTEL_EXPORTER``: ``fast`` sends spans and logs over OTLP/HTTP with kiki's direct
+    wire encoder; ``official`` uses opentelemetry-exporter-otlp's. gRPC, client certificates
+    and per-signal header/timeout/compression variables always use the official ones."""
     metric_export_interval: int = Field(
         default=60_000, ge=100, validation_alias=_env("OTEL_METRIC_EXPORT_INTERVAL")
     )
@@ -227,6 +231,7 @@ class Settings(BaseSettings):
         "logs_exporter",
         "traces_sampler",
         "exporter_otlp_compression",
+        "exporter",
         mode="before",
     )
     @classmethod

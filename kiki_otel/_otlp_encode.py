@@ -1,0 +1,298 @@
+"""OTLP protobuf wire format for spans and log records, written directly (no protobuf objects).
+
+It produces the same bytes as ``opentelemetry-exporter-otlp-proto-common``'s encoders
+followed by ``SerializeToString()`` (fields in field-number order, proto3 defaults left out,
+``oneof`` and sub-message fields present when the official encoder sets them), which the
+tests prove byte for byte. It is faster because it builds ``bytes`` with no intermediate
+message objects, encodes a resource and a scope once per batch, and caches encoded
+attributes that repeat (method, route, status code, host...) across spans and batches.
+
+Field numbers are from opentelemetry-proto (``trace/v1/trace.proto``, ``logs/v1/logs.proto``,
+``common/v1/common.proto``, ``resource/v1/resource.proto``).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["encode_logs", "encode_spans"]
+
+_logger = logging.getLogger(__name__)
+
+_pack_fixed64 = struct.Struct("<Q").pack
+_pack_fixed32 = struct.Struct("<I").pack
+_pack_double = struct.Struct("<d").pack
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_SMALL = [bytes((n,)) for n in range(128)]
+
+_MISSING = object()
+_CACHE_MAX = 8192
+_kv_cache: dict[tuple[Any, ...], bytes] = {}
+"""(key, type, value) -> encoded ``KeyValue`` body, for scalar attribute values."""
+
+
+def _varint(value: int) -> bytes:
+    if value < 128:
+        return _SMALL[value] if value >= 0 else _varint(value & 0xFFFFFFFFFFFFFFFF)
+    out = bytearray()
+    while value > 127:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _ld(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field: tag, length, payload."""
+    size = len(payload)
+    return tag + (_SMALL[size] if size < 128 else _varint(size)) + payload
+
+
+def _any_value(value: Any) -> bytes:
+    """The body of an ``AnyValue`` (fields: 1 string, 2 bool, 3 int, 4 double, 5 array,
+    6 kvlist, 7 bytes); ``None`` is the empty message. Raises on a value protobuf rejects."""
+    if value is None:
+        return b""
+    if value is True:
+        return b"\x10\x01"
+    if value is False:
+        return b"\x10\x00"
+    if isinstance(value, str):
+        return _ld(b"\x0a", value.encode())
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise ValueError(f"Value out of range: {value}")
+        return b"\x18" + _varint(value)
+    if isinstance(value, float):
+        return b"\x21" + _pack_double(value)
+    if isinstance(value, bytes):
+        return _ld(b"\x3a", value)
+    if isinstance(value, Sequence):
+        return _ld(b"\x2a", b"".join([_ld(b"\x0a", _any_value(v)) for v in value]))
+    if isinstance(value, Mapping):
+        items = [_ld(b"\x0a", _key_value(str(k), v)) for k, v in value.items()]
+        return _ld(b"\x32", b"".join(items))
+    raise TypeError(f"Invalid type {type(value)} of value {value}")
+
+
+def _key_value(key: str, value: Any) -> bytes:
+    """The body of a ``KeyValue`` (1 key, 2 value; the value is always present)."""
+    head = _ld(b"\x0a", key.encode()) if key else b""
+    return head + _ld(b"\x12", _any_value(value))
+
+
+def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
+    """Repeated ``KeyValue`` fields; a value protobuf would reject is logged and skipped."""
+    if not attributes:
+        return b""
+    # BoundedAttributes' Mapping methods go through the ABC per item: read its dict directly.
+    inner = getattr(attributes, "_dict", None)
+    items = inner.items() if type(inner) is dict else attributes.items()
+    out = []
+    cache = _kv_cache
+    for key, value in items:
+        cacheable = value is None or type(value) in (str, int, bool, float)
+        if cacheable:
+            ckey = (key, type(value), value)
+            body = cache.get(ckey)
+            if body is None:
+                try:
+                    body = _key_value(key, value)
+                except Exception as error:
+                    _logger.exception("Failed to encode key %s: %s", key, error)
+                    continue
+                if len(cache) >= _CACHE_MAX:
+                    cache.clear()
+                cache[ckey] = body
+        else:
+            try:
+                body = _key_value(key, value)
+            except Exception as error:
+                _logger.exception("Failed to encode key %s: %s", key, error)
+                continue
+        out.append(tag)
+        size = len(body)
+        out.append(_SMALL[size] if size < 128 else _varint(size))
+        out.append(body)
+    return b"".join(out)
+
+
+def _resource(resource: Any) -> bytes:
+    """A ``Resource`` (1 attributes), as the field 1 of ResourceSpans/ResourceLogs."""
+    return _ld(b"\x0a", _attributes(b"\x0a", resource.attributes))
+
+
+def _scope(scope: Any) -> bytes:
+    """An ``InstrumentationScope`` (1 name, 2 version, 3 attributes) as field 1 of
+    ScopeSpans/ScopeLogs; always present (empty when there is no scope)."""
+    if scope is None:
+        return b"\x0a\x00"
+    body = b""
+    if scope.name:
+        body += _ld(b"\x0a", scope.name.encode())
+    if scope.version:
+        body += _ld(b"\x12", scope.version.encode())
+    body += _attributes(b"\x1a", scope.attributes)
+    return _ld(b"\x0a", body)
+
+
+def _group(items: Sequence[Any]) -> list[tuple[Any, list[tuple[Any, list[Any]]]]]:
+    """Items grouped by resource, then scope, in first-seen order (as the official encoder).
+
+    Grouped by identity first (SDK objects are shared), then equal ones are merged.
+    """
+    by_id: dict[tuple[int, int], list[Any]] = {}
+    firsts: dict[tuple[int, int], Any] = {}
+    for item in items:
+        scope = item.instrumentation_scope or None
+        key = (id(item.resource), id(scope))
+        bucket = by_id.get(key)
+        if bucket is None:
+            by_id[key] = bucket = []
+            firsts[key] = item
+        bucket.append(item)
+    resources: dict[Any, dict[Any, list[Any]]] = {}
+    for key, bucket in by_id.items():
+        first = firsts[key]
+        scopes = resources.setdefault(first.resource, {})
+        scopes.setdefault(first.instrumentation_scope or None, []).extend(bucket)
+    return [(resource, list(scopes.items())) for resource, scopes in resources.items()]
+
+
+# ----------------------------------------------------------------------------- spans
+
+
+def _span_flags(parent: Any) -> bytes:
+    # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK (0x100), | IS_REMOTE (0x200) for a remote parent.
+    return b"\x00\x03\x00\x00" if parent is not None and parent.is_remote else b"\x00\x01\x00\x00"
+
+
+def _span(span: Any) -> bytes:
+    context = span.context
+    parts = [
+        b"\x0a\x10",
+        context.trace_id.to_bytes(16, "big"),
+        b"\x12\x08",
+        context.span_id.to_bytes(8, "big"),
+    ]
+    state = context.trace_state
+    if state:
+        parts.append(_ld(b"\x1a", ",".join(f"{k}={v}" for k, v in state.items()).encode()))
+    parent = span.parent
+    if parent:
+        parts.append(b"\x22\x08")
+        parts.append(parent.span_id.to_bytes(8, "big"))
+    if span.name:
+        parts.append(_ld(b"\x2a", span.name.encode()))
+    parts.append(b"\x30")
+    parts.append(_SMALL[span.kind.value + 1])  # SDK SpanKind is the proto enum minus one
+    if span.start_time:
+        parts.append(b"\x39" + _pack_fixed64(span.start_time))
+    if span.end_time:
+        parts.append(b"\x41" + _pack_fixed64(span.end_time))
+    # The SDK's ReadableSpan wraps its attributes in a fresh MappingProxyType per access.
+    attributes = getattr(span, "_attributes", _MISSING)
+    parts.append(_attributes(b"\x4a", span.attributes if attributes is _MISSING else attributes))
+    if span.dropped_attributes:
+        parts.append(b"\x50" + _varint(span.dropped_attributes))
+    for event in span.events:
+        body = b"\x09" + _pack_fixed64(event.timestamp) if event.timestamp else b""
+        if event.name:
+            body += _ld(b"\x12", event.name.encode())
+        body += _attributes(b"\x1a", event.attributes)
+        if event.dropped_attributes:
+            body += b"\x20" + _varint(event.dropped_attributes)
+        parts.append(_ld(b"\x5a", body))
+    if span.dropped_events:
+        parts.append(b"\x60" + _varint(span.dropped_events))
+    for link in span.links:
+        body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big")
+        body += b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
+        body += _attributes(b"\x22", link.attributes)
+        if link.dropped_attributes:
+            body += b"\x28" + _varint(link.dropped_attributes)
+        body += b"\x35" + _span_flags(link.context)
+        parts.append(_ld(b"\x6a", body))
+    if span.dropped_links:
+        parts.append(b"\x70" + _varint(span.dropped_links))
+    parts.append(_status(span.status))
+    parts.append(b"\x85\x01")  # field 16 (flags), fixed32
+    parts.append(_span_flags(parent))
+    return b"".join(parts)
+
+
+def _status(status: Any) -> bytes:
+    if status is None:
+        return b""
+    body = b""
+    if status.description:
+        body += _ld(b"\x12", status.description.encode())
+    if status.status_code.value:
+        body += b"\x18" + _SMALL[status.status_code.value]
+    return _ld(b"\x7a", body)
+
+
+def encode_spans(spans: Sequence[Any]) -> bytes:
+    """An ``ExportTraceServiceRequest`` for these SDK ``ReadableSpan`` objects."""
+    out = []
+    for resource, scopes in _group(spans):
+        body = [_resource(resource)]
+        for scope, scope_spans in scopes:
+            scope_body = _scope(scope) + b"".join([_ld(b"\x12", _span(s)) for s in scope_spans])
+            if scope is not None and scope.schema_url:
+                scope_body += _ld(b"\x1a", scope.schema_url.encode())
+            body.append(_ld(b"\x12", scope_body))
+        if resource.schema_url:
+            body.append(_ld(b"\x1a", resource.schema_url.encode()))
+        out.append(_ld(b"\x0a", b"".join(body)))
+    return b"".join(out)
+
+
+# ----------------------------------------------------------------------------- logs
+
+
+def _log(readable: Any) -> bytes:
+    record = readable.log_record
+    parts = []
+    if record.timestamp:
+        parts.append(b"\x09" + _pack_fixed64(record.timestamp))
+    severity = getattr(record.severity_number, "value", None)
+    if severity:
+        parts.append(b"\x10" + _varint(severity))
+    if record.severity_text:
+        parts.append(_ld(b"\x1a", record.severity_text.encode()))
+    parts.append(_ld(b"\x2a", _any_value(record.body)))
+    parts.append(_attributes(b"\x32", record.attributes))
+    if readable.dropped_attributes:
+        parts.append(b"\x38" + _varint(readable.dropped_attributes))
+    flags = int(record.trace_flags) if record.trace_flags is not None else 0
+    if flags:
+        parts.append(b"\x45" + _pack_fixed32(flags))
+    if record.trace_id:
+        parts.append(b"\x4a\x10" + record.trace_id.to_bytes(16, "big"))
+    if record.span_id:
+        parts.append(b"\x52\x08" + record.span_id.to_bytes(8, "big"))
+    if record.observed_timestamp:
+        parts.append(b"\x59" + _pack_fixed64(record.observed_timestamp))
+    if record.event_name:
+        parts.append(_ld(b"\x62", record.event_name.encode()))
+    return b"".join(parts)
+
+
+def encode_logs(batch: Sequence[Any]) -> bytes:
+    """An ``ExportLogsServiceRequest`` for these SDK ``ReadableLogRecord`` objects."""
+    out = []
+    for resource, scopes in _group(batch):
+        body = [_resource(resource)]
+        for scope, records in scopes:
+            scope_body = _scope(scope) + b"".join([_ld(b"\x12", _log(r)) for r in records])
+            if scope is not None and scope.schema_url:
+                scope_body += _ld(b"\x1a", scope.schema_url.encode())
+            body.append(_ld(b"\x12", scope_body))
+        if resource.schema_url:
+            body.append(_ld(b"\x1a", resource.schema_url.encode()))
+        out.append(_ld(b"\x0a", b"".join(body)))
+    return b"".join(out)

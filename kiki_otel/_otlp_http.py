@@ -1,0 +1,194 @@
+"""A lean OTLP/HTTP exporter for spans and log records (``KIKI_OTEL_EXPORTER=fast``).
+
+It plugs into the SDK's own ``BatchSpanProcessor`` / ``BatchLogRecordProcessor`` (queueing,
+batching, fork handling and shutdown stay the SDK's), and replaces what was slow per batch:
+encoding goes through :mod:`kiki_otel._otlp_encode` (the official bytes, ~5x faster), and
+the POST goes over one keep-alive ``http.client`` connection instead of ``requests``.
+
+Behaviour follows the OTLP/HTTP spec and the official exporter: ``application/x-protobuf``,
+optional gzip, the configured headers, retry with exponential backoff and jitter on 429, 502,
+503, 504 and connection errors until the export timeout, then the batch is dropped (and that
+is logged at most once per failure streak). Shutdown interrupts a backoff at once.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from opentelemetry.sdk._logs import ReadableLogRecord
+from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from ._otlp_encode import encode_logs, encode_spans
+
+__all__ = ["FastLogExporter", "FastSpanExporter", "OTLPHttpClient"]
+
+# Named so the OTel emitter never exports it (see ``_NO_EXPORT_PREFIXES`` in _logging).
+_logger = logging.getLogger("kiki_otel._export")
+_RETRYABLE = frozenset({429, 502, 503, 504})
+_USER_AGENT = "kiki-otel OTLP/HTTP exporter"
+
+
+class OTLPHttpClient:
+    """POSTs protobuf bodies to one OTLP/HTTP URL over a reused connection."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+        compression: str = "none",
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"OTLP/HTTP endpoint must be an http(s) URL, got {url!r}")
+        self.url = url
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._https else 80)
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._timeout = timeout
+        self._gzip = compression == "gzip"
+        self._headers = {
+            "Content-Type": "application/x-protobuf",
+            "User-Agent": _USER_AGENT,
+            **(headers or {}),
+        }
+        if self._gzip:
+            self._headers["Content-Encoding"] = "gzip"
+        self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._failing = False
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self._conn is None:
+            if self._https:
+                self._conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=timeout, context=ssl.create_default_context()
+                )
+            else:
+                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        else:
+            self._conn.timeout = timeout
+            if self._conn.sock is not None:
+                self._conn.sock.settimeout(timeout)
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _post_once(self, body: bytes, timeout: float) -> tuple[int, bytes]:
+        conn = self._connection(timeout)
+        try:
+            conn.request("POST", self._path, body=body, headers=self._headers)
+            response = conn.getresponse()
+            data = response.read()
+        except BaseException:
+            self._drop_connection()
+            raise
+        if response.will_close:
+            self._drop_connection()
+        return response.status, data
+
+    def post(self, body: bytes) -> bool:
+        """Send one request, retrying transient failures until the timeout; True on 2xx."""
+        if self._closed.is_set():
+            return False
+        if self._gzip:
+            body = gzip.compress(body, compresslevel=6)
+        deadline = time.monotonic() + self._timeout
+        reason = "export timeout"
+        with self._lock:
+            for attempt in range(64):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed.is_set():
+                    break
+                try:
+                    status, data = self._post_once(body, remaining)
+                except (OSError, http.client.HTTPException) as error:
+                    reason = f"{type(error).__name__}: {error}"
+                    retry = True
+                else:
+                    if 200 <= status < 300:
+                        if self._failing:
+                            _logger.info("OTLP export to %s recovered", self.url)
+                        self._failing = False
+                        return True
+                    reason = f"HTTP {status}: {data[:200]!r}"
+                    retry = status in _RETRYABLE
+                backoff = (2**attempt) * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
+                if not retry or time.monotonic() + backoff > deadline:
+                    break
+                if self._closed.wait(backoff):
+                    break
+            else:  # pragma: no cover - 64 attempts cannot fit in any sane timeout
+                reason = "too many attempts"
+        if not self._failing:
+            _logger.warning("OTLP export to %s failed, batch dropped (%s)", self.url, reason)
+        self._failing = True
+        return False
+
+    def close(self) -> None:
+        """Stop retrying and close the connection (waits for an export in flight)."""
+        self._closed.set()
+        with self._lock:
+            self._drop_connection()
+
+
+class _Exporter:
+    def __init__(self, client: OTLPHttpClient, encode: Callable[[Sequence[Any]], bytes]) -> None:
+        self._client = client
+        self._encode = encode
+
+    def _export(self, batch: Sequence[Any]) -> bool:
+        if not batch:
+            return True
+        try:
+            body = self._encode(batch)
+        except Exception:
+            _logger.exception("OTLP encoding failed, batch dropped")
+            return False
+        return self._client.post(body)
+
+    def shutdown(self) -> None:
+        self._client.close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True  # nothing buffered here: the batch processor holds the queue
+
+
+class FastSpanExporter(_Exporter, SpanExporter):
+    """Spans over OTLP/HTTP with the direct wire encoder."""
+
+    def __init__(self, client: OTLPHttpClient) -> None:
+        super().__init__(client, encode_spans)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Encode and send one batch (called by the batch processor's worker thread)."""
+        return SpanExportResult.SUCCESS if self._export(spans) else SpanExportResult.FAILURE
+
+
+class FastLogExporter(_Exporter, LogRecordExporter):
+    """Log records over OTLP/HTTP with the direct wire encoder."""
+
+    def __init__(self, client: OTLPHttpClient) -> None:
+        super().__init__(client, encode_logs)
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        """Encode and send one batch (called by the batch processor's worker thread)."""
+        ok = self._export(batch)
+        return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE

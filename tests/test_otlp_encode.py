@@ -1,0 +1,200 @@
+"""The hand-written OTLP encoder produces exactly the official encoder's bytes.
+
+Spans and log records come from the real SDK (in-memory exporters); each batch is encoded by
+``kiki_otel._otlp_encode`` and by ``opentelemetry-exporter-otlp-proto-common`` followed by
+``SerializeToString()``. Bytes must be equal, and decoding ours with opentelemetry-proto must
+give the official message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs as official_logs
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as official_spans
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
+
+from kiki_otel import _otlp_encode
+from kiki_otel._otlp_encode import encode_logs, encode_spans
+
+RESOURCE = Resource.create(
+    {"service.name": "svc", "service.version": "1.2.3", "host.cores": 2, "ratio": 0.5},
+    schema_url="https://opentelemetry.io/schemas/1.26.0",
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> Iterator[None]:
+    _otlp_encode._kv_cache.clear()
+    yield
+    _otlp_encode._kv_cache.clear()
+
+
+def _spans(resource: Resource = RESOURCE) -> list[Any]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("kiki_otel.http.server", "0.1", schema_url="https://x/1")
+    other = provider.get_tracer("other", attributes={"scope.attr": "v", "n": 3})
+    remote = SpanContext(
+        0x0AF7651916CD43DD8448EB211C80319C,
+        0xB7AD6B7169203331,
+        is_remote=True,
+        trace_flags=TraceFlags(1),
+        trace_state=TraceState([("vendor", "x1"), ("other", "y2")]),
+    )
+    attrs = {
+        "http.request.method": "GET",
+        "url.path": "/items/42",
+        "server.port": 8000,
+        "negative": -5,
+        "big": (1 << 63) - 1,
+        "min": -(1 << 63),
+        "float": 1.5,
+        "zero": 0,
+        "false": False,
+        "true": True,
+        "empty": "",
+        "unicode": "grüße ✓ 🚀",
+        "long": "x" * 300,
+        "strs": ("a", "b"),
+        "ints": [1, 2, 3],
+        "floats": (0.25, -1.0),
+        "bools": [True, False],
+        "empty_list": (),
+    }
+    with tracer.start_as_current_span(
+        "GET /items/{id}",
+        context=set_span_in_context(NonRecordingSpan(remote)),
+        kind=SpanKind.SERVER,
+        attributes=attrs,
+        links=[Link(remote, {"link.attr": 1}), Link(remote)],
+    ) as server:
+        server.add_event("started", {"k": "v"})
+        server.add_event("no-attrs")
+        with other.start_as_current_span("child", kind=SpanKind.CLIENT) as child:
+            child.set_status(StatusCode.ERROR, "boom")
+            child.record_exception(ValueError("bad value"))
+        with tracer.start_as_current_span("internal") as internal:
+            internal.set_status(StatusCode.OK)
+        tracer.start_span("producer", kind=SpanKind.PRODUCER).end()
+        tracer.start_span("consumer", kind=SpanKind.CONSUMER).end()
+    tracer.start_span("root-no-parent").end()
+    tracer.start_span("").end()
+    return list(exporter.get_finished_spans())
+
+
+def _logs(resource: Resource = RESOURCE) -> list[Any]:
+    exporter = InMemoryLogRecordExporter()
+    provider = LoggerProvider(resource=resource)
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    logger = provider.get_logger("kiki_otel.access", "1.0", schema_url="https://x/1")
+    other = provider.get_logger("other", attributes={"scope.attr": True})
+    span_provider = TracerProvider(resource=resource)
+    tracer = span_provider.get_tracer("t")
+    logger.emit(body="plain", severity_number=SeverityNumber.INFO, severity_text="INFO")
+    with tracer.start_as_current_span("s"):
+        logger.emit(
+            timestamp=1_700_000_000_123_456_789,
+            body="http.request",
+            severity_number=SeverityNumber.ERROR,
+            severity_text="ERROR",
+            attributes={"status": 500, "route": "/items/{id}", "duration_ms": 1.25, "x": None},
+        )
+    logger.emit(body={"nested": {"a": [1, "b", None]}, "n": 1}, attributes={"k": ("a", "b")})
+    logger.emit(body=["a", 1, 2.5, True], event_name="my.event")
+    logger.emit(body=None)
+    logger.emit(body=b"\x00\x01raw")
+    other.emit(body="other scope", severity_number=SeverityNumber.WARN)
+    unsampled = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(0))
+    with tracer.start_as_current_span("u", context=set_span_in_context(NonRecordingSpan(unsampled))):
+        logger.emit(body="unsampled parent")
+    return list(exporter.get_finished_logs())
+
+
+def test_spans_encode_to_the_official_bytes() -> None:
+    """Every span shape (kinds, remote parent, trace state, events, links, status, every
+    attribute type, several scopes) encodes to exactly the official encoder's bytes."""
+    spans = _spans()
+    expected = official_spans(spans).SerializeToString()
+    assert encode_spans(spans) == expected
+    # and again from the attribute cache
+    assert encode_spans(spans) == expected
+
+
+def test_spans_decode_with_opentelemetry_proto() -> None:
+    """opentelemetry-proto parses our bytes into the message the official encoder builds."""
+    spans = _spans()
+    decoded = ExportTraceServiceRequest.FromString(encode_spans(spans))
+    assert decoded == official_spans(spans)
+    server = next(
+        s for rs in decoded.resource_spans for ss in rs.scope_spans for s in ss.spans
+        if s.name == "GET /items/{id}"
+    )
+    assert server.trace_state == "vendor=x1,other=y2"
+    assert server.flags == 0x300
+
+
+def test_one_span_and_empty_batch() -> None:
+    """A batch of one span and an empty batch match the official encoding too."""
+    spans = _spans()
+    for batch in ([spans[0]], [spans[-1]], []):
+        assert encode_spans(batch) == official_spans(batch).SerializeToString()
+
+
+def test_several_resources_are_grouped_like_the_official_encoder() -> None:
+    """Spans from two resources (and equal resources in distinct objects) group the same way."""
+    a = _spans(RESOURCE)
+    b = _spans(Resource.create({"service.name": "other"}))
+    c = _spans(Resource.create(dict(RESOURCE.attributes), schema_url=RESOURCE.schema_url))
+    batch = [a[0], b[0], a[1], c[2], b[1]]
+    assert encode_spans(batch) == official_spans(batch).SerializeToString()
+
+
+def test_logs_encode_to_the_official_bytes() -> None:
+    """Log records (bodies of every type, trace context, event name, scopes, None values)
+    encode to exactly the official encoder's bytes, and decode to the official message."""
+    logs = _logs()
+    expected = official_logs(logs)
+    assert encode_logs(logs) == expected.SerializeToString()
+    assert encode_logs(logs) == expected.SerializeToString()
+    assert ExportLogsServiceRequest.FromString(encode_logs(logs)) == expected
+
+
+def test_an_unencodable_attribute_is_skipped_like_the_official_encoder() -> None:
+    """An int beyond int64 is dropped (and logged) by both encoders; the rest is kept."""
+    logs = _logs()
+    record = logs[0]
+    record.log_record.attributes = {"ok": "yes", "huge": 1 << 70, "after": 1}
+    assert encode_logs([record]) == official_logs([record]).SerializeToString()
+
+
+def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attribute cache never grows past its bound (varying values evict, not leak)."""
+    monkeypatch.setattr(_otlp_encode, "_CACHE_MAX", 10)
+    spans = _spans()
+    for i in range(50):
+        spans[0].attributes  # noqa: B018 - the real spans are immutable; encode fresh dicts
+        _otlp_encode._attributes(b"\x4a", {"k": i})
+    assert len(_otlp_encode._kv_cache) <= 10
+    assert encode_spans(spans) == official_spans(spans).SerializeToString()
