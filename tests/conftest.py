@@ -14,6 +14,9 @@ from kiki_otel import testing
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Real Redis, PostgreSQL and HTTP dependencies (started on demand, on free ports).
+pytest_plugins = ["tests.support.services"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:

@@ -23,7 +23,6 @@ from kiki_otel._settings import HealthSettings
 if TYPE_CHECKING:
     from tests.support.services import HttpDependency, PostgresServer, RedisServer
 
-pytest_plugins = ["tests.support.services"]  # redis_server, postgres_server, http_dependency...
 pytestmark = pytest.mark.integration
 
 Factory = Callable[..., HealthRegistry]
