@@ -65,11 +65,14 @@ class Traffic:
         return fast | {r.request_id for r in self.slow if isinstance(r, SlowReply)}
 
 
-def _fast_requests(url: str, count: int, clients: int = 4) -> list[httpx.Response]:
+def _fast_requests(
+    url: str, count: int, clients: int = 4, keepalive: bool = True
+) -> list[httpx.Response]:
     results: list[list[httpx.Response]] = [[] for _ in range(clients)]
+    limits = httpx.Limits(max_keepalive_connections=None if keepalive else 0)
 
     def worker(index: int) -> None:
-        with httpx.Client(timeout=10) as client:  # keep-alive: one connection per worker
+        with httpx.Client(timeout=10, limits=limits) as client:
             for i in range(index, count, clients):
                 results[index].append(client.get(f"{url}/plans/{i}"))
 
@@ -120,10 +123,11 @@ def traffic_then_signals(
     slow: int = 10,
     between: float = 0.2,
     before_second: str | None = None,
+    keepalive: bool = True,
 ) -> Traffic:
     """Send ``fast`` requests, then ``slow`` /slow requests (fully sent before the signal,
     on raw sockets), then the signals while the slow ones are in flight."""
-    traffic = Traffic(fast=_fast_requests(server.url, fast))
+    traffic = Traffic(fast=_fast_requests(server.url, fast, keepalive=keepalive))
     sockets = [_send_slow(server.port) for _ in range(slow)]
     replies: list[SlowReply | Exception] = [ConnectionError("no reply")] * slow
 
