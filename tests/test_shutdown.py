@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -186,3 +187,119 @@ def test_deadline_holds_with_dead_collector(capsys: pytest.CaptureFixture[str]) 
     report = telemetry.shutdown()
     assert report.flush_s <= 1.0 + 0.5  # allowed: the deadline is the behaviour under test
     assert time.monotonic() - started < 3.0  # allowed: bound, not a benchmark
+
+
+async def test_drain_is_reported_when_lifespan_began_it() -> None:
+    """begin() (lifespan.shutdown received) then run() (before shutdown.complete): the
+    report carries the drain that begin() waited, not zero."""
+    shutdown, lifecycle = coordinator(drain_delay=0.05)
+    await shutdown.begin()
+    assert lifecycle.state == "stopping"
+    report = await shutdown.run()
+    assert report.drain_s >= 0.05
+
+
+async def test_concurrent_runs_share_one_sequence_and_wait_for_it() -> None:
+    """Two runs at once: the cleanups run once and both callers get the finished report."""
+    calls: list[int] = []
+    shutdown, _ = coordinator(drain_delay=0.05)
+
+    async def slow_cleanup() -> None:
+        calls.append(1)
+        await asyncio.sleep(0.05)
+
+    shutdown.on_shutdown(slow_cleanup)
+    first, second = await asyncio.gather(shutdown.run(), shutdown.run())
+    assert first is second and calls == [1]
+    assert first.cleanups_s > 0 and first.drain_s >= 0.05
+
+
+def test_run_sync_while_a_loop_shutdown_is_running_waits_for_it() -> None:
+    """telemetry.shutdown() from another thread during an ASGI shutdown returns the same,
+    finished report instead of a half-filled one."""
+    shutdown, _ = coordinator()
+    release = threading.Event()
+    shutdown.on_shutdown(lambda: release.wait(5))
+    reports: list[Any] = []
+    runner = threading.Thread(target=lambda: reports.append(asyncio.run(shutdown.run())))
+    runner.start()
+    time.sleep(0.05)
+    threading.Timer(0.1, release.set).start()
+    late = shutdown.run_sync()
+    runner.join(5)
+    assert late is reports[0] and late.cleanups_s >= 0.1
+
+
+async def test_shutdown_report_logs_are_flushed_last_even_when_traces_hang() -> None:
+    """Traces stuck until the deadline: the logs provider still gets its final flush
+    (shutdown) in the slice of the deadline kept for it, after the report line."""
+    stuck, logs = StuckProvider(), OkProvider()
+    shutdown, _ = coordinator({"traces": stuck, "logs": logs}, timeout=0.5)
+    try:
+        report = await shutdown.run()
+    finally:
+        stuck.release.set()
+    assert report.abandoned == ["traces"]
+    assert logs.calls == ["flush", "shutdown"]
+
+
+async def test_a_sync_cleanup_that_blocks_does_not_hold_the_deadline() -> None:
+    """A blocking sync cleanup is abandoned on its daemon thread at cleanup_timeout."""
+    shutdown, _ = coordinator(cleanup_timeout=0.1)
+    release = threading.Event()
+    shutdown.on_shutdown(lambda: release.wait(30))
+    try:
+        report = await shutdown.run()
+    finally:
+        release.set()
+    assert len(report.timed_out_cleanups) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_gets_its_own_identity_and_connections() -> None:
+    """After a fork, a child of a configured process has a new service.instance.id and its
+    own process.pid on every provider, and its HTTP connection to the collector is closed
+    (in the child only), so it never writes into the parent's stream."""
+    import http.client
+    import socket
+
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    class Holder:  # stands in for an exporter holding a keep-alive connection
+        __module__ = "kiki_otel.test_exporter"
+
+        def __init__(self, conn: http.client.HTTPConnection) -> None:
+            self.conn = conn
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        conn = http.client.HTTPConnection("127.0.0.1", listener.getsockname()[1])
+        conn.connect()
+        resource = Resource({"service.instance.id": "parent", "process.pid": os.getpid()})
+        traces, logs = TracerProvider(resource=resource), LoggerProvider(resource=resource)
+        traces._kiki_holder = Holder(conn)  # type: ignore[attr-defined]
+        shutdown = ShutdownCoordinator(
+            ShutdownSettings(), Lifecycle("ready"), {"traces": traces, "logs": logs}
+        )
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report what it sees, then leave without cleanup
+            seen = {
+                "ids": [p.resource.attributes["service.instance.id"] for p in (traces, logs)],
+                "pids": [p.resource.attributes["process.pid"] for p in (traces, logs)],
+                "pid": os.getpid(),
+                "closed": conn.sock is None,
+            }
+            os.write(write, json.dumps(seen).encode())
+            os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        with os.fdopen(read) as pipe:
+            child = json.loads(pipe.read())
+        assert child["ids"][0] == child["ids"][1] != "parent"
+        assert child["pids"] == [child["pid"], child["pid"]] != [os.getpid()] * 2
+        assert child["closed"] and conn.sock is not None  # the parent's stays open
+        assert traces.resource.attributes["service.instance.id"] == "parent"
+        conn.close()
+        del shutdown
