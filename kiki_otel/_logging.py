@@ -120,6 +120,7 @@ class OTelEmitter:
     def __init__(self, provider: LoggerProvider) -> None:
         self._provider = provider
         self._local = threading.local()
+        self._loggers: dict[str, Any] = {}  # the SDK's get_logger takes a lock per call
 
     def __call__(self, _logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
         name = str(event_dict.get("logger", ""))
@@ -148,7 +149,11 @@ class OTelEmitter:
                     attributes[f"exception.{part}"] = text_value
             else:
                 attributes[key] = _attribute(value)
-        self._provider.get_logger(name or "kiki_otel").emit(
+        name = name or "kiki_otel"
+        logger = self._loggers.get(name)
+        if logger is None:
+            logger = self._loggers[name] = self._provider.get_logger(name)
+        logger.emit(
             timestamp=time.time_ns(),
             severity_number=severity,
             severity_text=text,

@@ -52,8 +52,11 @@ def _ld(tag: bytes, payload: bytes) -> bytes:
 
 
 def _any_value(value: Any) -> bytes:
-    """The body of an ``AnyValue`` (fields: 1 string, 2 bool, 3 int, 4 double, 5 array,
-    6 kvlist, 7 bytes); ``None`` is the empty message. Raises on a value protobuf rejects."""
+    """The body of an ``AnyValue``; ``None`` is the empty message.
+
+    Fields: 1 string, 2 bool, 3 int, 4 double, 5 array, 6 kvlist, 7 bytes. Raises on a value
+    protobuf would reject (an int beyond int64, an unknown type).
+    """
     if value is None:
         return b""
     if value is True:
@@ -126,8 +129,10 @@ def _resource(resource: Any) -> bytes:
 
 
 def _scope(scope: Any) -> bytes:
-    """An ``InstrumentationScope`` (1 name, 2 version, 3 attributes) as field 1 of
-    ScopeSpans/ScopeLogs; always present (empty when there is no scope)."""
+    """An ``InstrumentationScope`` (1 name, 2 version, 3 attributes), as field 1.
+
+    Always present in ScopeSpans/ScopeLogs (empty when there is no scope).
+    """
     if scope is None:
         return b"\x0a\x00"
     body = b""
@@ -194,8 +199,10 @@ def _span(span: Any) -> bytes:
     if span.end_time:
         parts.append(b"\x41" + _pack_fixed64(span.end_time))
     # The SDK's ReadableSpan wraps its attributes in a fresh MappingProxyType per access.
-    attributes = getattr(span, "_attributes", _MISSING)
-    parts.append(_attributes(b"\x4a", span.attributes if attributes is _MISSING else attributes))
+    attributes: Any = getattr(span, "_attributes", _MISSING)
+    if attributes is _MISSING:
+        attributes = span.attributes
+    parts.append(_attributes(b"\x4a", attributes))
     if span.dropped_attributes:
         parts.append(b"\x50" + _varint(span.dropped_attributes))
     for event in span.events:

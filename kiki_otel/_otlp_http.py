@@ -13,13 +13,16 @@ is logged at most once per failure streak). Shutdown interrupts a backoff at onc
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.client
 import logging
+import os
 import random
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -71,6 +74,21 @@ class OTLPHttpClient:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._failing = False
+        if hasattr(os, "register_at_fork"):
+            reinit = weakref.WeakMethod(self._after_fork_in_child)
+            os.register_at_fork(after_in_child=lambda: (m := reinit()) and m())
+
+    def _after_fork_in_child(self) -> None:
+        """Forget the parent's keep-alive connection in a forked worker.
+
+        Only our copy of the socket is closed (the parent's stays open, no TLS close_notify
+        on its session), and the lock starts fresh.
+        """
+        self._lock = threading.Lock()
+        if self._conn is not None and self._conn.sock is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._conn.sock.detach())
+        self._conn = None
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         if self._conn is None:

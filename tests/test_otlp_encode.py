@@ -127,7 +127,9 @@ def _logs(resource: Resource = RESOURCE) -> list[Any]:
     logger.emit(body=b"\x00\x01raw")
     other.emit(body="other scope", severity_number=SeverityNumber.WARN)
     unsampled = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(0))
-    with tracer.start_as_current_span("u", context=set_span_in_context(NonRecordingSpan(unsampled))):
+    with tracer.start_as_current_span(
+        "u", context=set_span_in_context(NonRecordingSpan(unsampled))
+    ):
         logger.emit(body="unsampled parent")
     return list(exporter.get_finished_logs())
 
@@ -148,7 +150,10 @@ def test_spans_decode_with_opentelemetry_proto() -> None:
     decoded = ExportTraceServiceRequest.FromString(encode_spans(spans))
     assert decoded == official_spans(spans)
     server = next(
-        s for rs in decoded.resource_spans for ss in rs.scope_spans for s in ss.spans
+        s
+        for rs in decoded.resource_spans
+        for ss in rs.scope_spans
+        for s in ss.spans
         if s.name == "GET /items/{id}"
     )
     assert server.trace_state == "vendor=x1,other=y2"
