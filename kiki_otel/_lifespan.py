@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._http_server import ASGIApp, Message, Receive, Scope, Send
@@ -48,11 +49,17 @@ class LifespanHooks:
     """Outermost ASGI wrapper: marks ready after startup, runs shutdown before it completes."""
 
     def __init__(
-        self, app: ASGIApp, *, lifecycle: Lifecycle, shutdown: ShutdownCoordinator
+        self,
+        app: ASGIApp,
+        *,
+        lifecycle: Lifecycle,
+        shutdown: ShutdownCoordinator,
+        on_started: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.app = app
         self._lifecycle = lifecycle
         self._shutdown = shutdown
+        self._on_started = on_started  # e.g. health's background refresh, on the server's loop
         self._lifespan_seen = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -72,6 +79,8 @@ class LifespanHooks:
         async def send_hooked(message: Message) -> None:
             kind = message["type"]
             if kind == "lifespan.startup.complete":
+                if self._on_started is not None:
+                    await self._on_started()
                 self._lifecycle.mark_ready()
                 foreign = foreign_signal_handlers()
                 if foreign:

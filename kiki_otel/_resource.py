@@ -36,8 +36,9 @@ def _process_attributes() -> dict[str, str | int]:
 def build_resource(settings: Settings) -> Resource:
     """Merge, lowest precedence first: detected process/host, OTEL_RESOURCE_ATTRIBUTES, settings.
 
-    ``service.instance.id`` is a fresh UUID per call, so each process (and each prefork
-    worker, which calls this after the fork) is a distinct instance, as the semconv asks.
+    ``service.instance.id`` is a fresh UUID per call, so each process is a distinct instance,
+    as the semconv asks; a child forked after ``configure()`` (gunicorn ``--preload``) gets a
+    new id and pid from :mod:`kiki_otel._fork`.
     """
     attributes: dict[str, str | int] = _process_attributes()
     attributes["telemetry.sdk.language"] = "python"

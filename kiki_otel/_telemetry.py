@@ -30,11 +30,17 @@ class Telemetry:
     """Everything ``configure()`` set up. One per process; ``configure()`` returns the same one."""
 
     settings: Settings
-    resource: Resource
+    _resource: Resource = field(repr=False)
     providers: Providers
     lifecycle: Lifecycle
     health: HealthRegistry
     _shutdown: ShutdownCoordinator = field(repr=False)
+
+    @property
+    def resource(self) -> Resource:
+        """The resource telemetry is exported with (a prefork child's own, after a fork)."""
+        current = getattr(self.providers.tracer_provider, "resource", None)
+        return current if isinstance(current, Resource) else self._resource
 
     def tracer(self, name: str, version: str | None = None) -> trace.Tracer:
         """A tracer from this telemetry's provider (the global one, or the one we joined)."""
@@ -74,7 +80,9 @@ class Telemetry:
             tracer_provider=self.providers.tracer_provider,
             meter_provider=self.providers.meter_provider,
         )
-        return LifespanHooks(inner, lifecycle=self.lifecycle, shutdown=self._shutdown)
+        return LifespanHooks(
+            inner, lifecycle=self.lifecycle, shutdown=self._shutdown, on_started=self.health.start
+        )
 
     def instrument_app(self, app: Any) -> None:
         """Install into a Starlette/FastAPI app in place, outside its error middleware.

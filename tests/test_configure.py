@@ -165,3 +165,30 @@ async def test_wrap_instruments_any_asgi_app(memory: Memory) -> None:
     assert response.text == "hi"
     assert response.headers["x-request-id"] == format(span.context.trace_id, "032x")
     assert live.status_code == 200
+
+
+async def test_background_health_starts_with_the_lifespan(memory: Memory) -> None:
+    """With health.background_interval set, checks run from lifespan startup on, before any
+    probe, so the health metrics move on their own."""
+    import asyncio
+
+    calls: list[int] = []
+    app = FastAPI()
+    telemetry = kiki_otel.configure(app, health={"background_interval": 0.05})
+    telemetry.health.add_check("counted", lambda: calls.append(1))
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await queue.put({"type": "lifespan.startup"})
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "lifespan.startup.complete":
+            await asyncio.sleep(0.3)
+            await queue.put({"type": "lifespan.shutdown"})
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, queue.get, send)
+    assert len(calls) >= 2
+
+
+def test_resource_property_follows_the_provider() -> None:
+    """telemetry.resource is the resource the providers export with (refreshed after fork)."""
+    telemetry = kiki_otel.configure(metrics_exporter="none")
+    assert telemetry.resource is telemetry.providers.tracer_provider.resource  # type: ignore[attr-defined]
