@@ -95,6 +95,12 @@ if [[ $PRINT_DIR == 1 ]]; then
 fi
 
 mkdir -p "$BIN" "$STACK_DIR/work"
+# One build per cache dir at a time (parallel test runs or CI jobs on the same machine).
+exec 9>"$STACK_DIR/.lock"
+if ! flock -n 9; then
+  log "another stack/build.sh is building $STACK_DIR: waiting for it ..."
+  flock 9
+fi
 export GOFLAGS="${GOFLAGS:+$GOFLAGS }-trimpath"
 export CGO_ENABLED=0
 LDFLAGS="-s -w"
