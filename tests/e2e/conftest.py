@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.otlp_receiver import OTLPReceiver
+
 from ._stack import (
     REPO,
     Proc,
@@ -27,11 +29,6 @@ from ._stack import (
     stop_all,
     wait_until,
 )
-
-if str(REPO) not in sys.path:  # `tests.support` is imported as a package of the repo root
-    sys.path.insert(0, str(REPO))
-
-from tests.support.otlp_receiver import OTLPReceiver
 
 STACK_BINARIES = ("otelcol-kiki", "jaeger", "prometheus", "promtool")
 COLD_BUILD_TIMEOUT_S = 2400
