@@ -386,3 +386,13 @@ async def test_outgoing_httpx_carries_one_traceparent(memory: Memory) -> None:
     assert len(values) == 1 and values[0].split("-")[1] == request_id
     kinds = sorted(s.kind.name for s in memory.spans())
     assert kinds == ["CLIENT", "SERVER"]
+
+
+async def test_duration_buckets_include_the_latency_slo_threshold(
+    app: FastAPI, memory: Memory
+) -> None:
+    """0.2 s is a bucket boundary, so 'p95 < 200 ms' is counted exactly by the SLO rules."""
+    async with client(app) as c:
+        await c.get("/items/1")
+    (point,) = memory.metric_points("http.server.request.duration")
+    assert 0.2 in point.explicit_bounds and 0.1 in point.explicit_bounds
