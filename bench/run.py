@@ -97,12 +97,22 @@ class Result:
 
 
 def run_wrk(cpu: str, url: str, seconds: float, connections: int) -> tuple[Result, str]:
-    cmd = ["taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url]
+    cmd = [
+        "taskset",
+        "-c",
+        cpu,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        url,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     requests = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out)[1])  # type: ignore[index]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out)[1])  # type: ignore[index]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M)[1])  # type: ignore[index]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M)[1])  # type: ignore[index]
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = int(m[1]) if m else 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
@@ -156,7 +166,12 @@ def run_inprocess(name: str, endpoints: dict[str, str], args: argparse.Namespace
     cmd = ["taskset", "-c", args.server_cpu, PY, "-m", "bench.inprocess", scenario]
     cmd.append(str(args.inprocess_requests))
     proc = subprocess.run(
-        cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cmd,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         check=True,
     )
     line = proc.stderr.strip().splitlines()[-1]
@@ -176,7 +191,7 @@ def start_receiver(mode: str, cpu: str) -> tuple[subprocess.Popen[str], str]:
 
 def fmt_table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
 
@@ -223,23 +238,31 @@ def main() -> None:
                         f"round {rnd + 1} {server:8} {name:14} {res.rps:8.0f} req/s "
                         f"p50 {res.p50:6.2f} ms p99 {res.p99:6.2f} ms "
                         f"cpu {res.cpu_us:6.0f} us/req errors {res.errors}",
-                        file=sys.stderr, flush=True,
+                        file=sys.stderr,
+                        flush=True,
                     )
                 for name, res in this_round.items():
                     ratios[(server, name)].append(res.rps / this_round["bare"].rps)
-            for name in inproc_names[rnd % len(inproc_names):] + inproc_names[: rnd % len(inproc_names)]:
+            for name in (
+                inproc_names[rnd % len(inproc_names) :] + inproc_names[: rnd % len(inproc_names)]
+            ):
                 us = run_inprocess(name, endpoints, args)
                 inproc[name].append(us)
-                print(f"round {rnd + 1} in-process {name:14} {us:7.1f} us/req", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"round {rnd + 1} in-process {name:14} {us:7.1f} us/req",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         for proc in (ok_rx, hung_rx):
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=10)
 
     med = statistics.median
-    print(f"\n## Through uvicorn (1 core), median of {args.rounds} rounds, "
-          f"wrk -t1 -c{args.connections} -d{args.duration:g}s\n")
+    print(
+        f"\n## Through uvicorn (1 core), median of {args.rounds} rounds, "
+        f"wrk -t1 -c{args.connections} -d{args.duration:g}s\n"
+    )
     rows = []
     for server in servers if not args.no_server else []:
         bare = results[(server, "bare")]
@@ -247,18 +270,43 @@ def main() -> None:
             rs = results[(server, name)]
             p99_ratio = med(r.p99 for r in rs) / med(r.p99 for r in bare)
             cpu_over = med(r.cpu_us for r in rs) - med(r.cpu_us for r in bare)
-            rows.append([
-                server, name, f"{med(r.rps for r in rs):.0f}", f"{med(r.p50 for r in rs):.2f}",
-                f"{med(r.p99 for r in rs):.2f}", f"{p99_ratio:.2f}x",
-                f"{med(r.cpu_us for r in rs):.0f}", f"{cpu_over:+.0f}",
-                f"{med(ratios[(server, name)]):.0%}", str(sum(r.errors for r in rs)),
-            ])
+            rows.append(
+                [
+                    server,
+                    name,
+                    f"{med(r.rps for r in rs):.0f}",
+                    f"{med(r.p50 for r in rs):.2f}",
+                    f"{med(r.p99 for r in rs):.2f}",
+                    f"{p99_ratio:.2f}x",
+                    f"{med(r.cpu_us for r in rs):.0f}",
+                    f"{cpu_over:+.0f}",
+                    f"{med(ratios[(server, name)]):.0%}",
+                    str(sum(r.errors for r in rs)),
+                ]
+            )
     if rows:
-        print(fmt_table(rows, ["server", "scenario", "req/s", "p50 ms", "p99 ms", "p99/bare",
-                               "CPU us/req", "over bare", "ratio to bare", "errors"]))
+        print(
+            fmt_table(
+                rows,
+                [
+                    "server",
+                    "scenario",
+                    "req/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "p99/bare",
+                    "CPU us/req",
+                    "over bare",
+                    "ratio to bare",
+                    "errors",
+                ],
+            )
+        )
     if inproc:
-        print(f"\n## In-process (ASGI app driven directly, exporters flushed), median of "
-              f"{args.rounds} rounds x {args.inprocess_requests} requests\n")
+        print(
+            f"\n## In-process (ASGI app driven directly, exporters flushed), median of "
+            f"{args.rounds} rounds x {args.inprocess_requests} requests\n"
+        )
         bare_us = med(inproc["bare"]) if inproc.get("bare") else 0.0
         rows = [[n, f"{med(v):.1f}", f"{med(v) - bare_us:+.1f}"] for n, v in inproc.items()]
         print(fmt_table(rows, ["scenario", "CPU us/req", "over bare"]))

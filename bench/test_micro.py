@@ -1,0 +1,124 @@
+"""pytest-benchmark micro-benchmarks (not collected by the main run: ``testpaths = ["tests"]``).
+
+``.venv/bin/pytest bench/test_micro.py --benchmark-only`` (add ``--benchmark-columns=min,median``).
+They time the pieces the budget is made of: span encoding (ours vs official), the JSON log
+chain (stdout only, and with the OTel record), one request through the server middleware,
+and ``configure()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as official
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+import kiki_otel
+from kiki_otel import testing
+from kiki_otel._otlp_encode import encode_spans
+
+
+@pytest.fixture(scope="module")
+def server_spans() -> list[Any]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("kiki_otel.http.server")
+    for i in range(512):
+        span = tracer.start_span(
+            "GET",
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": "GET",
+                "url.scheme": "http",
+                "url.path": f"/items/{i % 100}",
+                "network.protocol.version": "1.1",
+                "server.address": "127.0.0.1",
+                "server.port": 8000,
+                "client.address": "127.0.0.1",
+                "user_agent.original": "wrk",
+            },
+        )
+        span.update_name("GET /items/{item_id}")
+        span.set_attribute("http.route", "/items/{item_id}")
+        span.set_attribute("http.response.status_code", 200)
+        span.end()
+    return list(exporter.get_finished_spans())
+
+
+def test_encode_512_spans_kiki(benchmark: Any, server_spans: list[Any]) -> None:
+    benchmark(encode_spans, server_spans)
+
+
+def test_encode_512_spans_official(benchmark: Any, server_spans: list[Any]) -> None:
+    benchmark(lambda: official(server_spans).SerializeToString())
+
+
+@pytest.fixture
+def quiet_stdout(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    sink = io.TextIOWrapper(io.BytesIO(), write_through=True)
+    monkeypatch.setattr(sys, "stdout", sink)
+    yield
+    testing.reset(timeout=1.0)
+
+
+@pytest.mark.parametrize("otel", [False, True], ids=["stdout-only", "with-otel-record"])
+def test_log_line_in_a_span(benchmark: Any, quiet_stdout: None, otel: bool) -> None:
+    """One correlated JSON log line (inside a span); with its OTel log record or without."""
+    telemetry = kiki_otel.configure(
+        service_name="bench",
+        log_to_otel=otel,
+        exporter_otlp_endpoint="http://127.0.0.1:9",  # never reached within the benchmark
+    )
+    log = kiki_otel.get_logger("bench")
+    with telemetry.tracer("bench").start_as_current_span("s"):
+        benchmark(log.info, "plan.loaded", plan_id=5, user="u1")
+
+
+def test_request_through_server_middleware(benchmark: Any, quiet_stdout: None) -> None:
+    """One GET through ServerTelemetry (span, metrics, access log, request id) to a tiny app."""
+    from bench.inprocess import _scope
+
+    async def tiny(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    telemetry = kiki_otel.configure(
+        service_name="bench", exporter_otlp_endpoint="http://127.0.0.1:9"
+    )
+    app = telemetry.wrap(tiny)
+    loop = asyncio.new_event_loop()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        return None
+
+    scope = _scope(b"/items/1")
+    benchmark(lambda: loop.run_until_complete(app(dict(scope), receive, send)))
+    loop.close()
+
+
+def test_configure(benchmark: Any, quiet_stdout: None) -> None:
+    """configure() from scratch (imports already done), reset between rounds."""
+
+    def setup() -> None:
+        testing.reset(timeout=1.0)
+
+    benchmark.pedantic(
+        lambda: kiki_otel.configure(
+            service_name="bench", exporter_otlp_endpoint="http://127.0.0.1:9"
+        ),
+        setup=setup,
+        rounds=20,
+    )
