@@ -75,7 +75,9 @@ def main() -> None:
     loop.run_until_complete(_drive(app, n))
     _flush()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    sys.__stderr__.write(json.dumps({"scenario": scenario, "n": n, "cpu": cpu, "wall": wall}) + "\n")
+    sys.__stderr__.write(
+        json.dumps({"scenario": scenario, "n": n, "cpu": cpu, "wall": wall}) + "\n"
+    )
     sys.__stderr__.flush()
     os._exit(0)  # everything is flushed; skip atexit shutdown hooks (not what we measure)
 

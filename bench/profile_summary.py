@@ -33,7 +33,9 @@ def main() -> None:
     selfs: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in open(args.path):
+    with open(args.path) as fh:
+        lines = fh.readlines()
+    for line in lines:
         stack, _, count_s = line.rstrip("\n").rpartition(" ")
         if not stack:
             continue
