@@ -114,7 +114,8 @@ class ServerTelemetry:
         self._server_timing = http.server_timing
         self._accept_client_id = http.accept_client_request_id
         self._client_id_max = http.client_request_id_max_length
-        self._access_log = get_logger("kiki_otel.access") if http.access_log else None
+        # Bound now (after configure_logging): the hot path skips the lazy proxy's rebuild.
+        self._access_log = get_logger("kiki_otel.access").bind() if http.access_log else None
         self._warn = RateLimitedLog(get_logger("kiki_otel.http"), interval=10.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -183,3 +183,22 @@ def test_uvicorn_color_message_is_dropped(
     logging.getLogger("uvicorn.error").info("Started %s", "x", extra={"color_message": "\x1b[36mx"})
     (line,) = lines(capsys)
     assert "color_message" not in line and line["event"] == "Started x"
+
+
+def test_logger_used_before_configure_follows_later_config(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A module logger that logged before configure() (import-time line) still uses our chain
+    afterwards, and structlog.testing.capture_logs() still sees it after configure()."""
+    import structlog
+
+    log = kiki_otel.get_logger("import.time")
+    log.info("before.configure")
+    kiki_otel.configure(service_name="svc-late")
+    capsys.readouterr()
+    log.info("after.configure")
+    (line,) = lines(capsys)
+    assert line["service"] == "svc-late"
+    with structlog.testing.capture_logs() as captured:
+        log.info("captured")
+    assert [e["event"] for e in captured] == ["captured"]
