@@ -55,6 +55,7 @@ _SENSITIVE_QUERY = frozenset(
     }
 )
 _INTERNAL_ERROR = b"Internal Server Error"
+_FASTAPI_NATIVE_KEY = "fastapi.telemetry"
 
 
 def _redact_query(query: str) -> str:
@@ -66,13 +67,20 @@ def _redact_query(query: str) -> str:
 
 
 def _route_of(scope: Scope) -> str | None:
-    """The matched route template (``/plans/{plan_id}``), which Starlette leaves in the scope."""
+    """The matched route template (``/sub/plans/{plan_id}``), which Starlette leaves in the scope.
+
+    Inside a mount the route is relative to it; the mount prefix is what the mount added to
+    ``root_path`` beyond the server's own (``app_root_path``, e.g. uvicorn ``--root-path``).
+    """
     route = scope.get("route")
-    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    path = getattr(route, "path", None)
     if path is None:
         return None
-    prefix = scope.get("root_path", "") if scope.get("app_root_path") is None else ""
-    return f"{prefix}{path}" if prefix and not path.startswith(prefix) else str(path)
+    root_path: str = scope.get("root_path", "")
+    app_root_path: str = scope.get("app_root_path", root_path)
+    if root_path != app_root_path and root_path.startswith(app_root_path):
+        return root_path[len(app_root_path) :] + str(path)
+    return str(path)
 
 
 class _Request:
@@ -119,6 +127,10 @@ class ServerTelemetry:
         self._warn = RateLimitedLog(get_logger("kiki_otel.http"), interval=10.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            # FastAPI's own nested-app guard: with this key present, no FastAPI below us (a
+            # mounted sub-app, say) starts native telemetry, so there is one server span.
+            scope.setdefault(_FASTAPI_NATIVE_KEY, None)
         if scope["type"] != "http" or scope["path"] in self._excluded:
             await self.app(scope, receive, send)
             return

@@ -396,3 +396,20 @@ async def test_duration_buckets_include_the_latency_slo_threshold(
         await c.get("/items/1")
     (point,) = memory.metric_points("http.server.request.duration")
     assert 0.2 in point.explicit_bounds and 0.1 in point.explicit_bounds
+
+
+async def test_mounted_sub_app_route_keeps_the_mount_prefix(memory: Memory) -> None:
+    """A route inside app.mount('/sub', sub_app) is reported as '/sub/items/{i}'."""
+    app, sub_app = FastAPI(), FastAPI()
+
+    @sub_app.get("/items/{i}")
+    async def items(i: int) -> dict[str, int]:
+        return {"i": i}
+
+    app.mount("/sub", sub_app)
+    kiki_otel.configure(app, metrics_exporter="none")
+    async with client(app) as c:
+        assert (await c.get("/sub/items/3")).status_code == 200
+    (span,) = server_spans(memory)
+    assert span.name == "GET /sub/items/{i}"
+    assert span.attributes["http.route"] == "/sub/items/{i}"
