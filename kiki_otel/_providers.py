@@ -148,28 +148,55 @@ def _is_sdk(provider: object) -> bool:
     return isinstance(provider, TracerProvider | MeterProvider | LoggerProvider)
 
 
+def _install(
+    signal: str,
+    current: Any,
+    build: Callable[[Settings, Resource], Any],
+    set_global: Callable[[Any], None],
+    settings: Settings,
+    resource: Resource,
+    built: Providers,
+) -> Any:
+    """Join ``current`` if it is an SDK provider; else build ours and set it globally."""
+    if _is_sdk(current):
+        built.joined.append(signal)
+        return current
+    provider = build(settings, resource)
+    set_global(provider)
+    built.owned.append(provider)
+    return provider
+
+
 def build_providers(settings: Settings, resource: Resource) -> Providers:
     """Build the three providers and install them globally, joining SDK providers already set."""
-    current_tracer = trace.get_tracer_provider()
-    current_meter = metrics.get_meter_provider()
-    current_logger = _logs.get_logger_provider()
-    built = Providers(current_tracer, current_meter, current_logger)
-    if _is_sdk(current_tracer):
-        built.joined.append("traces")
-    else:
-        built.tracer_provider = _build_tracing(settings, resource)
-        trace.set_tracer_provider(built.tracer_provider)
-        built.owned.append(built.tracer_provider)
-    if _is_sdk(current_meter):
-        built.joined.append("metrics")
-    else:
-        built.meter_provider = _build_metrics(settings, resource)
-        metrics.set_meter_provider(built.meter_provider)
-        built.owned.append(built.meter_provider)
-    if _is_sdk(current_logger):
-        built.joined.append("logs")
-    else:
-        built.logger_provider = _build_logs(settings, resource)
-        _logs.set_logger_provider(built.logger_provider)
-        built.owned.append(built.logger_provider)
+    built = Providers(
+        trace.get_tracer_provider(), metrics.get_meter_provider(), _logs.get_logger_provider()
+    )
+    built.tracer_provider = _install(
+        "traces",
+        built.tracer_provider,
+        _build_tracing,
+        trace.set_tracer_provider,
+        settings,
+        resource,
+        built,
+    )
+    built.meter_provider = _install(
+        "metrics",
+        built.meter_provider,
+        _build_metrics,
+        metrics.set_meter_provider,
+        settings,
+        resource,
+        built,
+    )
+    built.logger_provider = _install(
+        "logs",
+        built.logger_provider,
+        _build_logs,
+        _logs.set_logger_provider,
+        settings,
+        resource,
+        built,
+    )
     return built
