@@ -25,6 +25,7 @@ from opentelemetry._logs import LoggerProvider, SeverityNumber
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 from ._context import client_request_id, current_ids
+from ._otlp_http import DirectLogs, direct_logs
 from ._settings import Settings
 
 __all__ = ["BRIDGE_MARK", "configure_logging", "get_logger", "reset_logging"]
@@ -120,7 +121,9 @@ class OTelEmitter:
     def __init__(self, provider: LoggerProvider) -> None:
         self._provider = provider
         self._local = threading.local()
-        self._loggers: dict[str, Any] = {}  # the SDK's get_logger takes a lock per call
+        # name -> (SDK logger, its direct path to the fast exporter or None); the SDK's
+        # get_logger takes a lock per call.
+        self._loggers: dict[str, tuple[Any, DirectLogs | None]] = {}
 
     def __call__(self, _logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
         name = str(event_dict.get("logger", ""))
@@ -141,23 +144,32 @@ class OTelEmitter:
         level = str(event_dict.get("level", method))
         severity, text = _SEVERITY.get(level, (SeverityNumber.INFO, "INFO"))
         attributes: dict[str, Any] = {}
+        clean = True  # valid as is: non-empty str keys (values are, from _attribute)
         for key, value in event_dict.items():
             if key in _RECORD_FIELDS:
                 continue
             if key == "exception" and isinstance(value, dict):
                 for part, text_value in value.items():
                     attributes[f"exception.{part}"] = text_value
+                    clean = clean and type(text_value) is str
             else:
                 attributes[key] = _attribute(value)
+                clean = clean and type(key) is str and key != ""
         name = name or "kiki_otel"
-        logger = self._loggers.get(name)
-        if logger is None:
-            logger = self._loggers[name] = self._provider.get_logger(name)
+        entry = self._loggers.get(name)
+        if entry is None:
+            logger = self._provider.get_logger(name)
+            entry = self._loggers[name] = (logger, direct_logs(self._provider, logger))
+        logger, direct = entry
+        body = str(event_dict.get("event", ""))
+        if direct is not None and clean and direct.usable(len(attributes)):
+            direct.emit(time.time_ns(), severity, text, body, attributes)
+            return
         logger.emit(
             timestamp=time.time_ns(),
             severity_number=severity,
             severity_text=text,
-            body=str(event_dict.get("event", "")),
+            body=body,
             attributes=attributes,
         )
 

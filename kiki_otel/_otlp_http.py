@@ -27,14 +27,24 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from opentelemetry.sdk._logs import ReadableLogRecord
-from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
+from opentelemetry import trace
+from opentelemetry.sdk._logs import Logger as SDKLogger
+from opentelemetry.sdk._logs import (
+    LoggerProvider,
+    ReadableLogRecord,
+    SynchronousMultiLogRecordProcessor,
+)
+from opentelemetry.sdk._logs.export import (
+    BatchLogRecordProcessor,
+    LogRecordExporter,
+    LogRecordExportResult,
+)
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from ._otlp_encode import encode_logs, encode_spans
+from ._otlp_encode import DirectLogRecord, encode_logs, encode_spans
 
-__all__ = ["FastLogExporter", "FastSpanExporter", "OTLPHttpClient"]
+__all__ = ["DirectLogs", "FastLogExporter", "FastSpanExporter", "OTLPHttpClient", "direct_logs"]
 
 # Named so the OTel emitter never exports it (see ``_NO_EXPORT_PREFIXES`` in _logging).
 _logger = logging.getLogger("kiki_otel._export")
@@ -210,3 +220,91 @@ class FastLogExporter(_Exporter, LogRecordExporter):
         """Encode and send one batch (called by the batch processor's worker thread)."""
         ok = self._export(batch)
         return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
+
+
+class DirectLogs:
+    """Log records for one SDK logger, straight into the fast exporter's batch queue.
+
+    The SDK's ``Logger.emit`` builds a ``LogRecord``, a ``ReadWriteLogRecord`` (re-cleaning
+    the attributes into ``BoundedAttributes``), then ``BatchLogRecordProcessor`` copies it
+    into a ``ReadableLogRecord``: ~20 us a record. When the provider's only processor is
+    that batch processor feeding our :class:`FastLogExporter`, the record it would produce
+    is fully known, so :meth:`emit` queues a :class:`DirectLogRecord` with the same fields
+    (timestamps, severity, body, attributes, trace/span ids and flags of the current span,
+    the logger's resource and scope) in the same queue. Queueing, batching, fork handling,
+    flush and shutdown stay the SDK's batch processor's.
+
+    :meth:`usable` is checked per record: a processor added later, a logger disabled by
+    the SDK's configurator, or attributes the SDK would trim (over the count limit) send
+    the record the SDK way instead.
+    """
+
+    __slots__ = ("_batch", "_limit", "_logger", "_metrics", "_multi", "_processors")
+
+    def __init__(
+        self,
+        logger: SDKLogger,
+        multi: SynchronousMultiLogRecordProcessor,
+        batch: BatchLogRecordProcessor,
+        limit: int | None,
+    ) -> None:
+        self._logger = logger
+        self._multi = multi
+        self._processors = multi._log_record_processors
+        self._batch: Any = batch._batch_processor  # its queue takes any record object
+        self._metrics = logger._logger_metrics
+        self._limit = limit
+
+    def usable(self, attribute_count: int) -> bool:
+        """True when :meth:`emit` gives exactly what the SDK's ``Logger.emit`` would."""
+        return (
+            self._multi._log_record_processors is self._processors
+            and self._logger._logger_config.is_enabled
+            and (self._limit is None or attribute_count <= self._limit)
+        )
+
+    def emit(
+        self, timestamp: int, severity: Any, text: str, body: str, attributes: dict[str, Any]
+    ) -> None:
+        """Queue one record; ``attributes`` must hold valid values under non-empty str keys."""
+        span_context = trace.get_current_span().get_span_context()
+        logger = self._logger
+        self._metrics.emit_log()
+        self._batch.emit(
+            DirectLogRecord(
+                timestamp,
+                severity,
+                text,
+                body,
+                attributes,
+                span_context.trace_id,
+                span_context.span_id,
+                span_context.trace_flags,
+                logger._resource,
+                logger._instrumentation_scope,
+            )
+        )
+
+
+def direct_logs(provider: object, logger: object) -> DirectLogs | None:
+    """A :class:`DirectLogs` for ``logger`` when it can be used for it, else None.
+
+    Only for an SDK ``LoggerProvider`` whose single processor is a plain
+    ``BatchLogRecordProcessor`` over a :class:`FastLogExporter`, with no attribute value
+    length limit (values would need truncating) - anything else keeps the SDK path.
+    """
+    if type(provider) is not LoggerProvider or type(logger) is not SDKLogger:
+        return None
+    multi = provider._multi_log_record_processor
+    if type(multi) is not SynchronousMultiLogRecordProcessor:
+        return None
+    processors = multi._log_record_processors
+    if len(processors) != 1 or type(processors[0]) is not BatchLogRecordProcessor:
+        return None
+    batch = processors[0]
+    if not isinstance(getattr(batch._batch_processor, "_exporter", None), FastLogExporter):
+        return None
+    limits = logger._log_record_limits
+    if limits.max_log_record_attribute_length is not None:
+        return None
+    return DirectLogs(logger, multi, batch, limits.max_log_record_attributes)

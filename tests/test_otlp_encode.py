@@ -203,3 +203,32 @@ def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         _otlp_encode._attributes(b"\x4a", {"k": i})
     assert len(_otlp_encode._kv_cache) <= 10
     assert encode_spans(spans) == official_spans(spans).SerializeToString()
+
+
+def test_direct_log_records_encode_like_the_sdk_records() -> None:
+    """A ``DirectLogRecord`` (the emitter's shortcut past the SDK's record objects) gives
+    exactly the bytes of the SDK record with the same fields, in and out of a span."""
+    from kiki_otel._otlp_encode import DirectLogRecord
+
+    sdk_logs = [r for r in _logs() if r.log_record.event_name is None]
+    direct = []
+    for readable in sdk_logs:
+        record = readable.log_record
+        direct.append(
+            DirectLogRecord(
+                record.timestamp or record.observed_timestamp,
+                record.severity_number,
+                record.severity_text,
+                record.body,
+                dict(record.attributes or {}),
+                record.trace_id,
+                record.span_id,
+                record.trace_flags,
+                readable.resource,
+                readable.instrumentation_scope,
+            )
+        )
+        direct[-1].timestamp = record.timestamp
+        direct[-1].observed_timestamp = record.observed_timestamp
+    assert len(direct) == len(sdk_logs) > 5
+    assert encode_logs(direct) == official_logs(sdk_logs).SerializeToString()

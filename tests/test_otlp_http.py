@@ -9,20 +9,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk._logs.export import LogRecordExportResult
+from opentelemetry.sdk._logs import LoggerProvider, LogRecordLimits
+from opentelemetry.sdk._logs.export import (
+    BatchLogRecordProcessor,
+    InMemoryLogRecordExporter,
+    LogRecordExportResult,
+    SimpleLogRecordProcessor,
+)
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from kiki_otel._exporters import log_exporter, span_exporter
+from kiki_otel._logging import OTelEmitter
 from kiki_otel._otlp_encode import encode_logs, encode_spans
-from kiki_otel._otlp_http import FastLogExporter, FastSpanExporter, OTLPHttpClient
+from kiki_otel._otlp_http import FastLogExporter, FastSpanExporter, OTLPHttpClient, direct_logs
 from kiki_otel._settings import Settings
 from tests.support.otlp_receiver import OTLPReceiver
 from tests.support.server_process import free_port
-from tests.test_otlp_encode import _logs, _spans
+from tests.test_otlp_encode import RESOURCE, _logs, _spans
 
 
 @pytest.fixture
@@ -120,3 +129,137 @@ def test_bad_exporter_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("KIKI_OTEL_EXPORTER", "turbo")
     with pytest.raises(ConfigurationError, match="KIKI_OTEL_EXPORTER"):
         load_settings(Settings, {})
+
+
+def _emitter_setup(
+    receiver: OTLPReceiver, processor: type[BatchLogRecordProcessor] = BatchLogRecordProcessor
+) -> tuple[LoggerProvider, OTelEmitter]:
+    provider = LoggerProvider(resource=RESOURCE, shutdown_on_exit=False)
+    exporter = FastLogExporter(OTLPHttpClient(receiver.http_url("logs")))
+    provider.add_log_record_processor(processor(exporter))
+    return provider, OTelEmitter(provider)
+
+
+class _UserBatchProcessor(BatchLogRecordProcessor):
+    """A subclass: not provably the SDK's plain batch processor, so the SDK path is kept."""
+
+
+def _event() -> dict[str, Any]:
+    return {
+        "event": "http.request",
+        "level": "error",
+        "logger": "kiki_otel.access",
+        "timestamp": "2026-01-01T00:00:00.000000Z",
+        "trace_id": "ignored: the record's own field",
+        "service": "svc",
+        "status": 500,
+        "duration_ms": 1.25,
+        "route": None,
+        "ok": False,
+        "tags": ["a", "b"],
+        "extra": {"nested": [1, 2]},
+        "exception": {"type": "ValueError", "message": "boom", "stacktrace": "Traceback..."},
+    }
+
+
+def test_direct_log_path_matches_the_sdk_path_on_the_wire(receiver: OTLPReceiver) -> None:
+    """The emitter's direct path into the fast exporter's queue delivers the same record as
+    the SDK's ``Logger.emit`` path: body, severity, attributes, trace/span ids, flags,
+    resource and scope (only the timestamps differ, being taken at different times)."""
+    tracer = TracerProvider(resource=RESOURCE).get_tracer("t")
+    got = {}
+    for label, processor in (("direct", BatchLogRecordProcessor), ("sdk", _UserBatchProcessor)):
+        provider, emitter = _emitter_setup(receiver, processor)
+        with tracer.start_as_current_span("request") as span:
+            emitter(None, "error", _event())
+            ids = (
+                f"{span.get_span_context().trace_id:032x}",
+                f"{span.get_span_context().span_id:016x}",
+            )
+        emitter(None, "info", {"event": "outside", "level": "info", "logger": "kiki_otel.x"})
+        uses_direct = emitter._loggers["kiki_otel.access"][1] is not None
+        assert uses_direct is (label == "direct")
+        provider.force_flush()
+        records = receiver.wait_for_logs(2)
+        receiver.clear()
+        in_span = next(r for r in records if r.body == "http.request")
+        outside = next(r for r in records if r.body == "outside")
+        assert (in_span.trace_id, in_span.span_id) == ids
+        assert in_span.flags & 1  # sampled (the SDK may also set W3C's random bit)
+        assert (outside.trace_id, outside.span_id, outside.flags) == ("", "", 0)
+        assert in_span.time_unix_nano > 0 and in_span.observed_time_unix_nano > 0
+        got[label] = [
+            (
+                r.trace_id != "",
+                r.severity_number,
+                r.severity_text,
+                r.body,
+                r.attributes,
+                r.event_name,
+                r.flags,
+                r.resource,
+                r.scope_name,
+            )
+            for r in (in_span, outside)
+        ]
+        provider.shutdown()
+    assert got["direct"] == got["sdk"]
+    attributes = got["direct"][0][4]
+    assert attributes["exception.type"] == "ValueError"
+    assert attributes["route"] is None and attributes["tags"] == ["a", "b"]
+    assert attributes["extra"] == '{"nested":[1,2]}'
+    assert "trace_id" not in attributes and "event" not in attributes
+    assert got["direct"][0][1:3] == (17, "ERROR")
+    assert got["direct"][0][8] == "kiki_otel.access"
+
+
+def test_direct_log_path_steps_aside_for_user_processors_and_limits(
+    receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A processor added after the first record, a key the SDK would drop, or more
+    attributes than the count limit: those records take the SDK path (and reach every
+    processor), so nothing a user configured is bypassed."""
+    provider, emitter = _emitter_setup(receiver)
+    queue = provider._multi_log_record_processor._log_record_processors[0]._batch_processor._queue
+    emitter(None, "info", {"event": "first", "level": "info", "logger": "app"})
+    assert type(queue[0]).__name__ == "DirectLogRecord"
+    emitter(None, "info", {"event": "bad key", "level": "info", "logger": "app", "": 1})
+    assert type(queue[0]).__name__ == "ReadableLogRecord"
+    many = {f"k{i}": i for i in range(200)}
+    emitter(None, "info", {"event": "many", "level": "info", "logger": "app", **many})
+    assert type(queue[0]).__name__ == "ReadableLogRecord"
+    assert queue[0].dropped_attributes > 0
+    memory = InMemoryLogRecordExporter()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
+    emitter(None, "info", {"event": "after", "level": "info", "logger": "app"})
+    assert type(queue[0]).__name__ == "ReadableLogRecord"
+    assert [r.log_record.body for r in memory.get_finished_logs()] == ["after"]
+    provider.force_flush()
+    assert {str(r.body) for r in receiver.wait_for_logs(4)} == {"first", "bad key", "many", "after"}
+    provider.shutdown()
+
+
+def test_direct_log_path_only_for_a_plain_batch_over_the_fast_exporter() -> None:
+    """The official exporter, a simple processor, or a value length limit: no direct path."""
+    client = OTLPHttpClient("http://127.0.0.1:9/v1/logs")
+    cases: list[tuple[LoggerProvider, bool]] = []
+    plain = LoggerProvider(shutdown_on_exit=False)
+    plain.add_log_record_processor(BatchLogRecordProcessor(FastLogExporter(client)))
+    cases.append((plain, True))
+    official = LoggerProvider(shutdown_on_exit=False)
+    official.add_log_record_processor(
+        BatchLogRecordProcessor(OTLPLogExporter(endpoint="http://127.0.0.1:9/v1/logs"))
+    )
+    cases.append((official, False))
+    simple = LoggerProvider(shutdown_on_exit=False)
+    simple.add_log_record_processor(SimpleLogRecordProcessor(FastLogExporter(client)))
+    cases.append((simple, False))
+    limited = LoggerProvider(
+        shutdown_on_exit=False,
+        log_record_limits=LogRecordLimits(max_log_record_attribute_length=10),
+    )
+    limited.add_log_record_processor(BatchLogRecordProcessor(FastLogExporter(client)))
+    cases.append((limited, False))
+    for provider, expected in cases:
+        assert (direct_logs(provider, provider.get_logger("x")) is not None) is expected
+        provider.shutdown()
