@@ -13,6 +13,7 @@ from typing import Any
 from opentelemetry import _logs, metrics, trace
 
 from ._health import HealthRegistry
+from ._health_checks import scrub
 from ._http_client import instrument_httpx
 from ._lifecycle import Lifecycle
 from ._logging import configure_logging, get_logger
@@ -92,7 +93,7 @@ def configure(app: Any = None, *, settings: Settings | None = None, **overrides:
             log.info(
                 "kiki_otel.configured",
                 service=service_name_of(_telemetry.resource),
-                endpoint=_telemetry.settings.otlp_endpoint(),
+                endpoint=scrub(_telemetry.settings.otlp_endpoint()),  # no user:pass@ in logs
                 protocol=_telemetry.settings.exporter_otlp_protocol,
                 sdk_disabled=_telemetry.settings.sdk_disabled,
             )

@@ -192,3 +192,49 @@ def test_resource_property_follows_the_provider() -> None:
     """telemetry.resource is the resource the providers export with (refreshed after fork)."""
     telemetry = kiki_otel.configure(metrics_exporter="none")
     assert telemetry.resource is telemetry.providers.tracer_provider.resource  # type: ignore[attr-defined]
+
+
+def test_endpoint_credentials_never_reach_the_logs(capsys: pytest.CaptureFixture[str]) -> None:
+    """An endpoint URL with user:password is logged with the credentials masked."""
+    kiki_otel.configure(
+        exporter_otlp_endpoint="https://tenant:s3cr3t@otlp.example.invalid", metrics_exporter="none"
+    )
+    out = capsys.readouterr().out
+    assert "s3cr3t" not in out and "tenant" not in out
+    assert "https://***@otlp.example.invalid" in out
+
+
+async def test_request_id_header_propagates_when_enabled(memory: Memory) -> None:
+    """KIKI_OTEL_HTTP__PROPAGATE_REQUEST_ID: outgoing httpx calls also carry X-Request-ID."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("x-request-id"))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    app = FastAPI()
+
+    @app.get("/call")
+    async def call() -> dict[str, str]:
+        async with httpx.AsyncClient() as out:
+            await out.get(f"http://127.0.0.1:{server.server_address[1]}/")
+        return {}
+
+    try:
+        kiki_otel.configure(app, metrics_exporter="none", http={"propagate_request_id": True})
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.get("/call")
+    finally:
+        server.shutdown()
+    assert seen == [response.headers["x-request-id"]]
