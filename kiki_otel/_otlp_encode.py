@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,8 @@ _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _SMALL = [bytes((n,)) for n in range(128)]
 
 _MISSING = object()
+_SLICE = 32
+"""Items encoded between two GIL hand-overs (see :func:`_encode_each`)."""
 _CACHE_MAX = 8192
 _kv_cache: dict[tuple[Any, ...], bytes] = {}
 """(key, type, value) -> encoded ``KeyValue`` body, for scalar attribute values."""
@@ -43,6 +46,22 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def _encode_each(items: Sequence[Any], encode: Any, tag: bytes) -> bytes:
+    """``encode`` each item as a ``tag`` field, letting other threads run every few items.
+
+    Encoding runs on an exporter thread; a 512-span batch is ~8 ms of pure Python that
+    would otherwise hold the GIL for whole switch intervals (5 ms), stalling the event loop
+    (that is where the p99 went). ``time.sleep(0)`` releases the GIL, so a waiting
+    request handler gets it within ~``_SLICE`` items instead.
+    """
+    out = []
+    for start in range(0, len(items), _SLICE):
+        if start:
+            time.sleep(0)
+        out.extend([_ld(tag, encode(item)) for item in items[start : start + _SLICE]])
+    return b"".join(out)
 
 
 def _ld(tag: bytes, payload: bytes) -> bytes:
@@ -248,7 +267,7 @@ def encode_spans(spans: Sequence[Any]) -> bytes:
     for resource, scopes in _group(spans):
         body = [_resource(resource)]
         for scope, scope_spans in scopes:
-            scope_body = _scope(scope) + b"".join([_ld(b"\x12", _span(s)) for s in scope_spans])
+            scope_body = _scope(scope) + _encode_each(scope_spans, _span, b"\x12")
             if scope is not None and scope.schema_url:
                 scope_body += _ld(b"\x1a", scope.schema_url.encode())
             body.append(_ld(b"\x12", scope_body))
@@ -349,7 +368,7 @@ def encode_logs(batch: Sequence[Any]) -> bytes:
     for resource, scopes in _group(batch):
         body = [_resource(resource)]
         for scope, records in scopes:
-            scope_body = _scope(scope) + b"".join([_ld(b"\x12", _log(r)) for r in records])
+            scope_body = _scope(scope) + _encode_each(records, _log, b"\x12")
             if scope is not None and scope.schema_url:
                 scope_body += _ld(b"\x1a", scope.schema_url.encode())
             body.append(_ld(b"\x12", scope_body))
