@@ -1,4 +1,4 @@
-"""The health registry: dependency checks, their status model, and health as an OTel signal.
+"""The health registry: dependency checks run concurrently, single-flight and cached.
 
 Probes must be cheap and must never hurt the dependency they look at, so every check runs
 concurrently with the others, bounded by its own timeout, single-flight (however many probes
@@ -14,21 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import inspect
 import re
 import time
-import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+from opentelemetry.metrics import MeterProvider
 
 from ._health_checks import BuiltCheck, CheckFailed, http_check, redis_check, scrub, sql_check
+from ._health_metrics import HealthMetrics
+from ._health_model import CheckResult, HealthReport, HealthStatus, overall_status
 from ._lifecycle import Lifecycle
 from ._logging import get_logger
 from ._settings import HealthSettings
@@ -45,66 +45,6 @@ _NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,64}")
 # Checks must not produce spans or propagate trace headers: health endpoints are excluded
 # from traces, so their children would be orphan root spans on every probe.
 _SUPPRESS = otel_context._SUPPRESS_INSTRUMENTATION_KEY
-
-
-class HealthStatus(enum.StrEnum):
-    """A dependency's or the service's health. Ordered: healthy < degraded < unhealthy."""
-
-    HEALTHY = "healthy"
-    DEGRADED = "degraded"
-    UNHEALTHY = "unhealthy"
-
-
-_RANK = {HealthStatus.HEALTHY: 0, HealthStatus.DEGRADED: 1, HealthStatus.UNHEALTHY: 2}
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    """One run of one check. ``reason`` is safe to show: a fixed word or an exception class."""
-
-    name: str
-    status: HealthStatus
-    critical: bool
-    component_type: str
-    duration: float
-    """Seconds the run took."""
-    checked_at: float
-    """Wall-clock epoch seconds, for display."""
-    finished: float
-    """``time.monotonic()`` at the end of the run, for TTL and staleness."""
-    reason: str | None = None
-
-
-def overall_status(results: Iterable[CheckResult]) -> HealthStatus:
-    """Critical down -> unhealthy; anything else not healthy -> degraded."""
-    worst = HealthStatus.HEALTHY
-    for result in results:
-        if result.status is HealthStatus.HEALTHY:
-            continue
-        is_down = result.critical and result.status is HealthStatus.UNHEALTHY
-        status = HealthStatus.UNHEALTHY if is_down else HealthStatus.DEGRADED
-        worst = max(worst, status, key=_RANK.__getitem__)
-    return worst
-
-
-@dataclass(frozen=True, slots=True)
-class HealthReport:
-    """What a probe sees: the service, its lifecycle state and each dependency's last result."""
-
-    service: str
-    version: str | None
-    status: HealthStatus
-    lifecycle: str
-    uptime_seconds: float
-    timestamp: float
-    dependencies: tuple[CheckResult, ...]
-
-    @property
-    def ready(self) -> bool:
-        """Serving (not starting, not shutting down) and no critical dependency down."""
-        return self.lifecycle == "ready" and not any(
-            d.critical and d.status is HealthStatus.UNHEALTHY for d in self.dependencies
-        )
 
 
 @dataclass(eq=False)
@@ -165,7 +105,7 @@ class HealthRegistry:
         self._pending_close: list[Callable[[], Awaitable[None]]] = []
         self._last_overall: HealthStatus | None = None
         self._closed = False
-        self._metrics = _HealthMetrics.install(meter_provider, self)
+        self._metrics = HealthMetrics.install(meter_provider, self)
 
     # -- registration -------------------------------------------------------------------
 
@@ -445,86 +385,6 @@ class HealthRegistry:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._metrics.detach(self)
-
-
-class _HealthMetrics:
-    """The health instruments of one meter provider, reading whichever registry is current.
-
-    The SDK keeps the *first* registration of an instrument name on a meter (a second one,
-    with new callbacks, is dropped with a warning). So instruments are made once per provider
-    and the callbacks follow a weak reference to the current registry: a second
-    ``configure()`` swaps the registry instead of duplicating or freezing the series.
-    """
-
-    _by_provider: ClassVar[weakref.WeakKeyDictionary[MeterProvider, _HealthMetrics]] = (
-        weakref.WeakKeyDictionary()
-    )
-
-    def __init__(self, provider: MeterProvider) -> None:
-        meter = provider.get_meter("kiki_otel.health")
-        self._registry: Callable[[], HealthRegistry | None] = lambda: None
-        meter.create_observable_gauge(
-            "kiki.health.dependency.status", [self._dependency_states],
-            description="1 for the dependency's current state (healthy|degraded|unhealthy), else 0",
-        )
-        meter.create_observable_gauge(
-            "kiki.health.status", [self._service_states],
-            description="1 for the service's overall health state, else 0",
-        )
-        meter.create_observable_gauge(
-            "process.uptime", [self._uptime], unit="s", description="Seconds since configure()"
-        )
-        self._duration = meter.create_histogram(
-            "kiki.health.check.duration", unit="s", description="Duration of one check run"
-        )
-        self._failures = meter.create_counter(
-            "kiki.health.check.failures", description="Check runs that were not healthy"
-        )
-
-    @classmethod
-    def install(cls, provider: MeterProvider, registry: HealthRegistry) -> _HealthMetrics:
-        """Return the provider's instruments, now reporting ``registry``."""
-        metrics = cls._by_provider.get(provider)
-        if metrics is None:
-            metrics = cls._by_provider[provider] = cls(provider)
-        metrics._registry = weakref.ref(registry)
-        return metrics
-
-    def detach(self, registry: HealthRegistry) -> None:
-        """Stop observing ``registry`` (closed), unless another one replaced it already."""
-        if self._registry() is registry:
-            self._registry = lambda: None
-
-    def record(self, result: CheckResult) -> None:
-        """Per run: its duration, and a failure with its reason if it was not healthy."""
-        self._duration.record(result.duration, {"dependency": result.name})
-        if result.status is not HealthStatus.HEALTHY:
-            attrs = {"dependency": result.name, "reason": result.reason or "unknown"}
-            self._failures.add(1, attrs)
-
-    def _dependency_states(self, _options: CallbackOptions) -> Iterable[Observation]:
-        registry = self._registry()
-        deps = () if registry is None else registry.snapshot().dependencies
-        return [
-            Observation(int(dep.status is state), {**_dep_attrs(dep), "state": state.value})
-            for dep in deps
-            for state in HealthStatus
-        ]
-
-    def _service_states(self, _options: CallbackOptions) -> Iterable[Observation]:
-        registry = self._registry()
-        if registry is None or not registry.observed():
-            return []
-        status = registry.snapshot().status
-        return [Observation(int(status is s), {"state": s.value}) for s in HealthStatus]
-
-    def _uptime(self, _options: CallbackOptions) -> Iterable[Observation]:
-        registry = self._registry()
-        return [] if registry is None else [Observation(registry.uptime())]
-
-
-def _dep_attrs(dep: CheckResult) -> dict[str, str]:
-    return {"dependency": dep.name, "critical": "true" if dep.critical else "false"}
 
 
 def _call_in_context(context: otel_context.Context, fn: Callable[[], object]) -> object:
