@@ -116,6 +116,7 @@ class ServerTelemetry:
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self._active = _active_requests(meter_provider, meter)
+        self._direct_attributes = _DirectSpanAttributes.for_tracer(self._tracer)
         http = settings.http
         self._id_header = http.request_id_header.lower().encode("latin-1")
         self._traceresponse = http.traceresponse
@@ -204,12 +205,16 @@ class ServerTelemetry:
             attributes["user_agent.original"] = agent
         if client_id is not None:
             attributes["http.request.header.x-request-id"] = (client_id,)
-        span = self._tracer.start_span(
-            "HTTP" if method == "_OTHER" else method,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-        )
+        name = "HTTP" if method == "_OTHER" else method
+        if self._direct_attributes is not None and self._direct_attributes.usable(attributes):
+            # Same span, without the SDK re-validating values we just built (see the class).
+            span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
+            if span.is_recording():
+                span._attributes._dict.update(attributes)  # type: ignore[attr-defined]
+        else:
+            span = self._tracer.start_span(
+                name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+            )
         if not span.get_span_context().is_valid:
             # No SDK (OTEL_SDK_DISABLED): still give the request an id, W3C-shaped.
             span = NonRecordingSpan(_random_span_context())
@@ -254,6 +259,19 @@ class ServerTelemetry:
             client_request_id.reset(client_token)
             otel_context.detach(token)
 
+    def _set_span_attributes(self, span: Span, attributes: dict[str, Any]) -> None:
+        """``span.set_attributes``, written directly when the start attributes were."""
+        direct = self._direct_attributes
+        if direct is not None and span.is_recording():
+            bounded = getattr(span, "_attributes", None)
+            values = getattr(bounded, "_dict", None)
+            if type(values) is dict and direct.usable_for(len(values) + len(attributes)):
+                for key, value in attributes.items():
+                    values.pop(key, None)  # a key set again moves to the end, as in the SDK
+                    values[key] = value
+                return
+        span.set_attributes(attributes)
+
     def _response_headers(
         self, trace_id: str, span_context: SpanContext
     ) -> list[tuple[bytes, bytes]]:
@@ -295,14 +313,16 @@ class ServerTelemetry:
         route = _route_of(scope)
         metric_attrs = dict(active_attrs)
         metric_attrs["network.protocol.version"] = scope.get("http_version", "1.1")
+        span_attrs: dict[str, Any] = {}
         if route is not None:
-            metric_attrs["http.route"] = route
+            metric_attrs["http.route"] = span_attrs["http.route"] = route
             method = active_attrs["http.request.method"]
             span.update_name(f"{'HTTP' if method == '_OTHER' else method} {route}")
-            span.set_attribute("http.route", route)
         if status:
             metric_attrs["http.response.status_code"] = status
-            span.set_attribute("http.response.status_code", status)
+            span_attrs["http.response.status_code"] = status
+        if span_attrs:
+            self._set_span_attributes(span, span_attrs)
         if error is not None and isinstance(error, Exception):
             error_type = type(error).__qualname__
             span.record_exception(error)
@@ -325,6 +345,80 @@ class ServerTelemetry:
             )
         self._duration.record(duration, metric_attrs)
         span.end()
+
+
+class _DirectSpanAttributes:
+    """Start-time span attributes written into the SDK span without re-validation.
+
+    The SDK cleans every attribute value handed to ``start_span`` (``BoundedAttributes``:
+    a type walk per value, under a lock): ~4 us for the request span's ~9 values, all
+    strs/ints/a tuple of str that this module just built. When that can change nothing -
+    an SDK tracer whose sampler ignores attributes (the SDK's always_on/off, traceidratio
+    and parentbased over those), whose only span processors are the SDK's batch/simple
+    ones (their ``on_start`` does nothing, so no processor sees the span before the
+    attributes are in), no value length limit and room under the count limit - the span
+    is started without attributes and they are put in its attribute dict directly:
+    the span, its sampling decision and its exported attributes are the same.
+    """
+
+    __slots__ = ("_limit", "_multi", "_processors")
+
+    def __init__(self, multi: Any, limit: int | None) -> None:
+        self._multi = multi
+        self._processors = multi._span_processors
+        self._limit = limit
+
+    @classmethod
+    def for_tracer(cls, tracer: trace.Tracer) -> _DirectSpanAttributes | None:
+        try:
+            from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor, Tracer
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        except ImportError:  # pragma: no cover - the SDK is a dependency
+            return None
+        if type(tracer) is not Tracer or not _attribute_blind(tracer.sampler):
+            return None
+        multi = tracer.span_processor
+        limits = tracer._span_limits
+        if (
+            type(multi) is not SynchronousMultiSpanProcessor
+            or limits.max_span_attribute_length is not None
+        ):
+            return None
+        allowed = (BatchSpanProcessor, SimpleSpanProcessor)
+        if not all(type(p) in allowed for p in multi._span_processors):
+            return None
+        return cls(multi, limits.max_span_attributes)
+
+    def usable(self, attributes: dict[str, Any]) -> bool:
+        """True while the provider's processors are the ones checked and the count fits."""
+        return self.usable_for(len(attributes))
+
+    def usable_for(self, count: int) -> bool:
+        """:meth:`usable` for a span that will hold ``count`` attributes."""
+        return self._multi._span_processors is self._processors and (
+            self._limit is None or count <= self._limit
+        )
+
+
+def _attribute_blind(sampler: Any) -> bool:
+    """True for the SDK samplers whose decision and result ignore span attributes."""
+    from opentelemetry.sdk.trace import sampling
+
+    kind = type(sampler)
+    if kind in (sampling.StaticSampler, sampling.TraceIdRatioBased):
+        return True
+    if kind is sampling.ParentBased:
+        return all(
+            _attribute_blind(getattr(sampler, name, None))
+            for name in (
+                "_root",
+                "_remote_parent_sampled",
+                "_remote_parent_not_sampled",
+                "_local_parent_sampled",
+                "_local_parent_not_sampled",
+            )
+        )
+    return False
 
 
 class _ActiveRequests:

@@ -1,0 +1,134 @@
+"""The hot path's shortcuts past the SDK give exactly what the SDK path gives.
+
+Server span attributes written directly (no re-validation) when nothing can observe the
+difference, the SDK path as soon as something could: a span processor that looks at
+spans in ``on_start``, a sampler that might read attributes, a value length limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanProcessor,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+
+import kiki_otel
+from kiki_otel._http_server import ServerTelemetry, _DirectSpanAttributes
+from tests.conftest import Memory
+
+
+class _SeesStart(SpanProcessor):
+    def __init__(self) -> None:
+        self.at_start: list[dict[str, Any]] = []
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self.at_start.append(dict(span.attributes or {}))
+
+
+class _ReadsAttributes(Sampler):
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        return SamplingResult(Decision.RECORD_AND_SAMPLE)
+
+    def get_description(self) -> str:
+        return "reads attributes"
+
+
+def _app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    return app
+
+
+def _middleware(app: FastAPI) -> ServerTelemetry:
+    stack = app.middleware_stack or app.build_middleware_stack()
+    while not isinstance(stack, ServerTelemetry):
+        stack = stack.app  # type: ignore[attr-defined]
+    return stack
+
+
+async def _request(app: FastAPI) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        response = await c.get(
+            "/items/3?token=abc&x=1",
+            headers={"user-agent": "ua/1", "x-request-id": "client-1"},
+        )
+    assert response.status_code == 200
+
+
+async def test_direct_span_attributes_equal_the_sdk_path(memory: Memory) -> None:
+    """Same exported span attributes with the direct path (plain processors) and the SDK
+    path (a processor that watches ``on_start``, which then sees the start attributes)."""
+    app = _app()
+    kiki_otel.configure(app, service_name="svc-test", metrics_exporter="none")
+    await _request(app)
+    assert _middleware(app)._direct_attributes is not None
+    (direct,) = memory.spans()
+    watcher = _SeesStart()
+    provider = trace.get_tracer_provider()
+    provider.add_span_processor(watcher)  # type: ignore[attr-defined]
+    memory.span_exporter.clear()
+    await _request(app)
+    (sdk,) = memory.spans()
+    assert watcher.at_start and watcher.at_start[0]["url.path"] == "/items/3"
+    ignore = {"client.address"}
+    got_direct = {k: v for k, v in dict(direct.attributes).items() if k not in ignore}
+    got_sdk = {k: v for k, v in dict(sdk.attributes).items() if k not in ignore}
+    assert got_direct == got_sdk
+    assert got_direct["url.query"] == "token=REDACTED&x=1"
+    assert got_direct["http.request.header.x-request-id"] == ("client-1",)
+    assert got_direct["server.address"] == "testserver"
+    assert (direct.name, direct.kind, direct.status.status_code) == (
+        sdk.name,
+        sdk.kind,
+        sdk.status.status_code,
+    )
+    assert list(dict(direct.attributes)) == list(dict(sdk.attributes))  # same order too
+
+
+def test_direct_span_attributes_only_when_nothing_could_tell() -> None:
+    """Built-in attribute-blind samplers and the SDK's own processors: direct. A custom
+    sampler, a custom processor or a value length limit: the SDK path."""
+
+    def direct(provider: TracerProvider) -> bool:
+        return _DirectSpanAttributes.for_tracer(provider.get_tracer("t")) is not None
+
+    memory = InMemorySpanExporter()
+    for sampler in (ALWAYS_ON, ALWAYS_OFF, TraceIdRatioBased(0.1), ParentBased(ALWAYS_ON)):
+        provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
+        provider.add_span_processor(SimpleSpanProcessor(memory))
+        provider.add_span_processor(BatchSpanProcessor(memory))
+        assert direct(provider), sampler
+        provider.shutdown()
+    assert not direct(TracerProvider(sampler=_ReadsAttributes(), shutdown_on_exit=False))
+    assert not direct(
+        TracerProvider(sampler=ParentBased(_ReadsAttributes()), shutdown_on_exit=False)
+    )
+    custom = TracerProvider(shutdown_on_exit=False)
+    custom.add_span_processor(_SeesStart())
+    assert not direct(custom)
+    limited = TracerProvider(
+        span_limits=SpanLimits(max_span_attribute_length=5), shutdown_on_exit=False
+    )
+    assert not direct(limited)
