@@ -22,6 +22,7 @@ from typing import Any, cast
 import orjson
 import structlog
 from opentelemetry._logs import LoggerProvider, SeverityNumber
+from opentelemetry.trace import get_current_span
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 from ._context import client_request_id, current_ids
@@ -63,9 +64,40 @@ def add_logger_name(logger: WrappedLogger, _method: str, event_dict: EventDict) 
     return event_dict
 
 
+_second_prefix: tuple[int, str] = (-1, "")
+
+
+def add_timestamp(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """``timestamp``: exactly structlog's ``TimeStamper(fmt="iso", utc=True)``, cheaper.
+
+    Same clock and floor rounding as ``datetime.now(UTC)``, same ``isoformat()`` shape
+    (no fraction when the microseconds are 0), ``Z`` for UTC; the date/time part is
+    formatted once per second instead of per line.
+    """
+    global _second_prefix
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    cached_second, prefix = _second_prefix
+    if cached_second != seconds:
+        prefix = datetime.fromtimestamp(seconds, UTC).isoformat()[:19]
+        _second_prefix = (seconds, prefix)
+    micros = nanos // 1000
+    event_dict["timestamp"] = f"{prefix}.{micros:06d}Z" if micros else f"{prefix}Z"
+    return event_dict
+
+
+_last_ids: tuple[object, tuple[str, str] | None] = (None, None)
+"""The last span context seen by :func:`add_correlation` and its hex ids (a request's
+log lines share one span context; held here, so ``is`` cannot match a recycled id)."""
+
+
 def add_correlation(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """Add ``trace_id``, ``span_id`` and ``request_id`` (= trace id) of the current span."""
-    ids = current_ids()
+    global _last_ids
+    span_context = get_current_span().get_span_context()
+    last_context, ids = _last_ids  # one tuple read: consistent across threads
+    if span_context is not last_context:
+        ids = current_ids()
+        _last_ids = (span_context, ids)
     if ids is not None:
         event_dict["trace_id"] = event_dict["request_id"] = ids[0]
         event_dict["span_id"] = ids[1]
@@ -311,7 +343,7 @@ def configure_logging(
         processors=[
             add_logger_name,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            add_timestamp,
             *shared,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

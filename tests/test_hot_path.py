@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
@@ -132,3 +133,50 @@ def test_direct_span_attributes_only_when_nothing_could_tell() -> None:
         span_limits=SpanLimits(max_span_attribute_length=5), shutdown_on_exit=False
     )
     assert not direct(limited)
+
+
+def test_timestamp_is_structlogs_iso_utc_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``add_timestamp`` writes what ``TimeStamper(fmt="iso", utc=True)`` writes for the
+    same instant: floor to microseconds, no fraction at .000000, ``Z``; across seconds."""
+    from datetime import UTC, datetime
+
+    from kiki_otel import _logging
+
+    instants = [
+        1_795_000_000_000_000_000,
+        1_795_000_000_000_000_999,
+        1_795_000_000_000_001_000,
+        1_795_000_000_123_456_789,
+        1_795_000_000_999_999_999,
+        1_795_000_001_500_000_000,
+        1_795_000_001_000_000_000,
+        1_700_000_000_000_000_000,
+    ]
+    for ns in instants:
+        monkeypatch.setattr(_logging.time, "time_ns", lambda ns=ns: ns)
+        got = _logging.add_timestamp(None, "info", {})["timestamp"]
+        expected = (
+            datetime.fromtimestamp(ns // 10**9, UTC)
+            .replace(microsecond=ns % 10**9 // 1000)
+            .isoformat()
+            .replace("+00:00", "Z")
+        )
+        assert got == expected, ns
+
+
+def test_correlation_ids_follow_the_current_span() -> None:
+    """The per-span-context memo of hex ids never serves a stale span's ids."""
+    from kiki_otel._logging import add_correlation
+
+    tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
+    seen = set()
+    for _ in range(3):
+        with tracer.start_as_current_span("a") as span:
+            ctx = span.get_span_context()
+            for _ in range(2):
+                event = add_correlation(None, "info", {})
+                assert event["trace_id"] == f"{ctx.trace_id:032x}"
+                assert event["span_id"] == f"{ctx.span_id:016x}"
+            seen.add(event["span_id"])
+        assert "trace_id" not in add_correlation(None, "info", {})
+    assert len(seen) == 3
