@@ -213,6 +213,7 @@ def test_direct_log_path_matches_the_sdk_path_on_the_wire(receiver: OTLPReceiver
     assert got["direct"][0][8] == "kiki_otel.access"
 
 
+@pytest.mark.filterwarnings("ignore::opentelemetry.sdk._logs.LogRecordDroppedAttributesWarning")
 def test_direct_log_path_steps_aside_for_user_processors_and_limits(
     receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
