@@ -370,6 +370,22 @@ class _DirectSpanAttributes:
 
     @classmethod
     def for_tracer(cls, tracer: trace.Tracer) -> _DirectSpanAttributes | None:
+        """The direct path for ``tracer``, or None: then every span takes the SDK's path.
+
+        It leans on SDK internals (checked here, once per app), so an SDK release that
+        renames them silently turns it off rather than breaking requests.
+        """
+        try:
+            from opentelemetry.attributes import BoundedAttributes
+
+            if type(BoundedAttributes(attributes={})._dict) is not dict:
+                return None
+            return cls._inspect(tracer)
+        except (AttributeError, TypeError):
+            return None
+
+    @classmethod
+    def _inspect(cls, tracer: trace.Tracer) -> _DirectSpanAttributes | None:
         try:
             from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor, Tracer
             from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor

@@ -293,6 +293,13 @@ def direct_logs(provider: object, logger: object) -> DirectLogs | None:
     ``BatchLogRecordProcessor`` over a :class:`FastLogExporter`, with no attribute value
     length limit (values would need truncating) - anything else keeps the SDK path.
     """
+    try:
+        return _direct_logs(provider, logger)
+    except AttributeError:  # SDK internals renamed in a newer release: keep the SDK path
+        return None
+
+
+def _direct_logs(provider: object, logger: object) -> DirectLogs | None:
     if type(provider) is not LoggerProvider or type(logger) is not SDKLogger:
         return None
     multi = provider._multi_log_record_processor

@@ -208,3 +208,30 @@ def test_fast_exporter_batches_are_small_unless_sized_by_the_user(
         assert spans._batch_processor._max_export_batch_size == expected_spans
         assert logs._batch_processor._max_export_batch_size == expected_logs
         testing.reset()
+
+
+def test_direct_paths_turn_off_when_sdk_internals_change() -> None:
+    """The shortcuts read SDK internals; if a newer SDK renames them, they switch themselves off
+    (the SDK path is used) instead of failing requests or dropping log records."""
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    from kiki_otel._otlp_http import FastLogExporter, OTLPHttpClient, direct_logs
+
+    tracer = TracerProvider().get_tracer("t")
+    assert _DirectSpanAttributes.for_tracer(tracer) is not None
+    del tracer._span_limits  # type: ignore[attr-defined]
+    assert _DirectSpanAttributes.for_tracer(tracer) is None
+
+    provider = LoggerProvider(shutdown_on_exit=False)
+    client = OTLPHttpClient("http://127.0.0.1:9/v1/logs")
+    provider.add_log_record_processor(BatchLogRecordProcessor(FastLogExporter(client)))
+    logger = provider.get_logger("t")
+    assert direct_logs(provider, logger) is not None
+    saved = provider._multi_log_record_processor
+    del provider._multi_log_record_processor
+    try:
+        assert direct_logs(provider, logger) is None
+    finally:
+        provider._multi_log_record_processor = saved
+        provider.shutdown()
