@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["DirectLogRecord", "encode_logs", "encode_spans"]
@@ -261,13 +261,13 @@ def _status(status: Any) -> bytes:
     return _ld(b"\x7a", body)
 
 
-def encode_spans(spans: Sequence[Any]) -> bytes:
-    """An ``ExportTraceServiceRequest`` for these SDK ``ReadableSpan`` objects."""
+def _export_request(items: Sequence[Any], encode_item: Callable[[Any], bytes]) -> bytes:
+    """The shared shape of OTLP export requests: resource -> scope -> items (field 2 each)."""
     out = []
-    for resource, scopes in _group(spans):
+    for resource, scopes in _group(items):
         body = [_resource(resource)]
-        for scope, scope_spans in scopes:
-            scope_body = _scope(scope) + _encode_each(scope_spans, _span, b"\x12")
+        for scope, scope_items in scopes:
+            scope_body = _scope(scope) + _encode_each(scope_items, encode_item, b"\x12")
             if scope is not None and scope.schema_url:
                 scope_body += _ld(b"\x1a", scope.schema_url.encode())
             body.append(_ld(b"\x12", scope_body))
@@ -275,6 +275,11 @@ def encode_spans(spans: Sequence[Any]) -> bytes:
             body.append(_ld(b"\x1a", resource.schema_url.encode()))
         out.append(_ld(b"\x0a", b"".join(body)))
     return b"".join(out)
+
+
+def encode_spans(spans: Sequence[Any]) -> bytes:
+    """An ``ExportTraceServiceRequest`` for these SDK ``ReadableSpan`` objects."""
+    return _export_request(spans, _span)
 
 
 # ----------------------------------------------------------------------------- logs
@@ -364,15 +369,4 @@ def _log(readable: Any) -> bytes:
 
 def encode_logs(batch: Sequence[Any]) -> bytes:
     """An ``ExportLogsServiceRequest`` for SDK ``ReadableLogRecord``s / ``DirectLogRecord``s."""
-    out = []
-    for resource, scopes in _group(batch):
-        body = [_resource(resource)]
-        for scope, records in scopes:
-            scope_body = _scope(scope) + _encode_each(records, _log, b"\x12")
-            if scope is not None and scope.schema_url:
-                scope_body += _ld(b"\x1a", scope.schema_url.encode())
-            body.append(_ld(b"\x12", scope_body))
-        if resource.schema_url:
-            body.append(_ld(b"\x1a", resource.schema_url.encode()))
-        out.append(_ld(b"\x0a", b"".join(body)))
-    return b"".join(out)
+    return _export_request(batch, _log)
