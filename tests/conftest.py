@@ -81,3 +81,40 @@ class Memory:
 def memory() -> Memory:
     """Global in-memory trace/metric/log pipelines that ``configure()`` will join."""
     return Memory()
+
+
+class HeaderSink:
+    """A real HTTP server on 127.0.0.1 that answers 204 and records each request's headers."""
+
+    def __init__(self) -> None:
+        import threading
+        from email.message import Message
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[Message] = []
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                sink.requests.append(self.headers)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def header_sink() -> Iterator[HeaderSink]:
+    """A downstream HTTP service that records the headers our outgoing calls carry."""
+    sink = HeaderSink()
+    yield sink
+    sink.close()

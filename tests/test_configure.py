@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind
 
 import kiki_otel
 from kiki_otel import ConfigurationError
-from tests.conftest import Memory
+from tests.conftest import HeaderSink, Memory
 
 
 def json_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
@@ -204,37 +204,22 @@ def test_endpoint_credentials_never_reach_the_logs(capsys: pytest.CaptureFixture
     assert "https://***@otlp.example.invalid" in out
 
 
-async def test_request_id_header_propagates_when_enabled(memory: Memory) -> None:
+async def test_request_id_header_propagates_when_enabled(
+    memory: Memory, header_sink: HeaderSink
+) -> None:
     """KIKI_OTEL_HTTP__PROPAGATE_REQUEST_ID: outgoing httpx calls also carry X-Request-ID."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    seen: list[str | None] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append(self.headers.get("x-request-id"))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     app = FastAPI()
 
     @app.get("/call")
     async def call() -> dict[str, str]:
         async with httpx.AsyncClient() as out:
-            await out.get(f"http://127.0.0.1:{server.server_address[1]}/")
+            await out.get(header_sink.url)
         return {}
 
-    try:
-        kiki_otel.configure(app, metrics_exporter="none", http={"propagate_request_id": True})
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            response = await client.get("/call")
-    finally:
-        server.shutdown()
-    assert seen == [response.headers["x-request-id"]]
+    kiki_otel.configure(app, metrics_exporter="none", http={"propagate_request_id": True})
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/call")
+    assert [r.get("x-request-id") for r in header_sink.requests] == [
+        response.headers["x-request-id"]
+    ]

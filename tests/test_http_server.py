@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -16,7 +14,7 @@ from fastapi.responses import JSONResponse
 from opentelemetry.trace import SpanKind, StatusCode
 
 import kiki_otel
-from tests.conftest import Memory
+from tests.conftest import HeaderSink, Memory
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
@@ -349,40 +347,25 @@ async def test_configure_twice_does_not_duplicate(memory: Memory) -> None:
     assert len(server_spans(memory)) == 1
 
 
-async def test_outgoing_httpx_carries_one_traceparent(memory: Memory) -> None:
+async def test_outgoing_httpx_carries_one_traceparent(
+    memory: Memory, header_sink: HeaderSink
+) -> None:
     """httpx calls inside a request carry exactly one traceparent of the same trace, even when
     the caller passed a stale one, and make one CLIENT span."""
-    seen: list[list[str]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append(self.headers.get_all("traceparent") or [])
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/echo"
     app = FastAPI()
 
     @app.get("/call")
     async def call() -> dict[str, str]:
         stale = "00-" + "f" * 32 + "-" + "f" * 16 + "-01"
         async with httpx.AsyncClient() as out:
-            await out.get(url, headers={"traceparent": stale})
+            await out.get(header_sink.url, headers={"traceparent": stale})
         return {}
 
-    try:
-        kiki_otel.configure(app, metrics_exporter="none")
-        async with client(app) as c:
-            response = await c.get("/call")
-    finally:
-        server.shutdown()
+    kiki_otel.configure(app, metrics_exporter="none")
+    async with client(app) as c:
+        response = await c.get("/call")
     request_id = response.headers["x-request-id"]
-    (values,) = seen
+    (values,) = [r.get_all("traceparent") or [] for r in header_sink.requests]
     assert len(values) == 1 and values[0].split("-")[1] == request_id
     # Only this request's trace: httpx instrumentation is process-wide, and other threads
     # (fixtures polling a server, say) may make calls of their own meanwhile.
