@@ -7,6 +7,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 bash scripts/bootstrap.sh
+# Go builds the stack; find the usual install places if a minimal environment lost them.
+command -v go >/dev/null || export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
 echo "== stack binaries (cached under ${XDG_CACHE_HOME:-$HOME/.cache}/kiki-otel)" >&2
 KIKI_STACK_BIN=$(bash stack/build.sh | tail -1)
 export KIKI_STACK_BIN
