@@ -11,23 +11,19 @@ Pure ASGI rather than ``BaseHTTPMiddleware``: no extra task per request, context
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from ._asgi import ASGIApp, Receive, Scope, Send
 from ._health import CheckResult, HealthRegistry, HealthReport, HealthStatus
 from ._logging import get_logger
 from ._settings import HealthSettings
 
 __all__ = ["HealthEndpoints", "ietf_body", "seed_body"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Body = dict[str, Any]
 
 log = get_logger("kiki_otel.health")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import time
 import weakref
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -20,6 +19,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 from opentelemetry.trace.span import Span
 
+from ._asgi import ASGIApp, Message, Receive, Scope, Send
 from ._context import client_request_id
 from ._logging import get_logger
 from ._providers import DURATION_BUCKETS
@@ -28,11 +28,6 @@ from ._settings import Settings
 
 __all__ = ["ServerTelemetry"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _KNOWN_METHODS = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"}

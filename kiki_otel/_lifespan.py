@@ -13,7 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._http_server import ASGIApp, Message, Receive, Scope, Send
+from ._asgi import ASGIApp, Message, Receive, Scope, Send
 from ._lifecycle import Lifecycle
 from ._logging import get_logger
 from ._shutdown import ShutdownCoordinator

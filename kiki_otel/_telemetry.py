@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.resources import Resource
 
-from ._http_server import ASGIApp, ServerTelemetry
+from ._asgi import ASGIApp
+from ._http_server import ServerTelemetry
 from ._lifecycle import Lifecycle
 from ._lifespan import LifespanHooks
 from ._logging import get_logger
