@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,14 +68,19 @@ class Memory:
         return [data.log_record for data in self.log_exporter.get_finished_logs()]
 
     def metric_points(self, name: str) -> list:  # type: ignore[type-arg]
-        data = self.reader.get_metrics_data()
-        points = []
-        for resource_metrics in data.resource_metrics if data else []:
-            for scope_metrics in resource_metrics.scope_metrics:
-                for metric in scope_metrics.metrics:
-                    if metric.name == name:
-                        points.extend(metric.data.data_points)
-        return points
+        return metric_points(self.reader, name)
+
+
+def metric_points(reader: Any, name: str) -> list[Any]:
+    """Every data point of metric ``name`` an in-memory reader collects now."""
+    data = reader.get_metrics_data()
+    points = []
+    for resource_metrics in data.resource_metrics if data else []:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                if metric.name == name:
+                    points.extend(metric.data.data_points)
+    return points
 
 
 @pytest.fixture

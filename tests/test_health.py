@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from kiki_otel._health import CheckFailed, HealthRegistry, HealthStatus
 from kiki_otel._lifecycle import Lifecycle
 from kiki_otel._settings import HealthSettings
+from tests.conftest import metric_points
 
 Factory = Callable[..., HealthRegistry]
 
@@ -67,14 +68,7 @@ async def make(reader: InMemoryMetricReader) -> AsyncIterator[Factory]:
 
 
 def points(reader: InMemoryMetricReader, name: str) -> list[Any]:
-    data = reader.get_metrics_data()
-    found = []
-    for rm in data.resource_metrics if data else []:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == name:
-                    found.extend(metric.data.data_points)
-    return found
+    return metric_points(reader, name)
 
 
 def observed_dependencies(reader: InMemoryMetricReader) -> set[str]:
