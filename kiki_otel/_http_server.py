@@ -21,6 +21,7 @@ from opentelemetry.trace.span import Span
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
 from ._context import client_request_id
+from ._fast_histogram import fast_histogram
 from ._logging import get_logger
 from ._providers import DURATION_BUCKETS
 from ._ratelimit import RateLimitedLog
@@ -103,13 +104,14 @@ class ServerTelemetry:
         self._excluded = settings.excluded_paths()
         self._tracer = tracer_provider.get_tracer("kiki_otel.http.server")
         meter = meter_provider.get_meter("kiki_otel.http.server")
-        self._duration = meter.create_histogram(
+        duration_histogram = meter.create_histogram(
             "http.server.request.duration",
             unit="s",
             description="Duration of HTTP server requests.",
             # Advisory too, so seconds buckets hold even in a provider we joined (no views).
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
+        self._duration: Any = fast_histogram(duration_histogram) or duration_histogram
         self._active = _active_requests(meter_provider, meter)
         self._direct_attributes = _DirectSpanAttributes.for_tracer(self._tracer)
         http = settings.http
