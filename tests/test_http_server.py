@@ -373,6 +373,21 @@ async def test_outgoing_httpx_carries_one_traceparent(
     assert sorted(s.kind.name for s in ours) == ["CLIENT", "SERVER"]
 
 
+async def test_repeated_requests_counted_with_exemplars_of_their_traces(
+    app: FastAPI, memory: Memory
+) -> None:
+    """After the first request of a route, records take the direct path: same counts, and
+    exemplars still point at the requests' own traces."""
+    async with client(app) as c:
+        for _ in range(5):
+            await c.get("/items/1")
+    (point,) = memory.metric_points("http.server.request.duration")
+    assert point.count == 5
+    trace_ids = {s.context.trace_id for s in server_spans(memory)}
+    assert len(trace_ids) == 5
+    assert point.exemplars and {e.trace_id for e in point.exemplars} <= trace_ids
+
+
 async def test_duration_buckets_include_the_latency_slo_threshold(
     app: FastAPI, memory: Memory
 ) -> None:
