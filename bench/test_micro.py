@@ -2,7 +2,8 @@
 
 ``.venv/bin/pytest bench/test_micro.py --benchmark-only`` (add ``--benchmark-columns=min,median``).
 They time the pieces the budget is made of: span encoding (ours vs official), the JSON log
-chain (stdout only, and with the OTel record), one request through the server middleware,
+chain (stdout only, and with the OTel record), a duration-histogram record (SDK vs
+kiki's direct path), one request through the server middleware,
 and ``configure()``.
 """
 
@@ -61,6 +62,30 @@ def test_encode_512_spans_kiki(benchmark: Any, server_spans: list[Any]) -> None:
 
 def test_encode_512_spans_official(benchmark: Any, server_spans: list[Any]) -> None:
     benchmark(lambda: official(server_spans).SerializeToString())
+
+
+_ROUTE_ATTRS = {
+    "http.request.method": "GET",
+    "url.scheme": "http",
+    "network.protocol.version": "1.1",
+    "http.route": "/items/{item_id}",
+    "http.response.status_code": 200,
+}
+
+
+@pytest.mark.parametrize("path", ["sdk", "kiki"])
+def test_duration_histogram_record(benchmark: Any, path: str) -> None:
+    """One request-duration record: SDK ``Histogram.record`` vs kiki's direct aggregation."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from kiki_otel._fast_histogram import fast_histogram
+
+    meter = MeterProvider(metric_readers=[InMemoryMetricReader()]).get_meter("bench")
+    histogram = meter.create_histogram("http.server.request.duration", unit="s")
+    recorder: Any = fast_histogram(histogram) if path == "kiki" else histogram
+    recorder.record(0.004, _ROUTE_ATTRS)
+    benchmark(recorder.record, 0.004, _ROUTE_ATTRS)
 
 
 @pytest.fixture
