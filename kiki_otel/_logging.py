@@ -137,6 +137,10 @@ def structure_exception(_logger: WrappedLogger, _method: str, event_dict: EventD
     return event_dict
 
 
+_PLAIN_TYPES = frozenset({str, bool, int, float, type(None)})
+"""Exact types an OTel attribute takes as they are (subclasses go through :func:`_attribute`)."""
+
+
 def _attribute(value: Any) -> Any:
     if value is None or isinstance(value, str | bool | int | float):
         return value
@@ -180,7 +184,10 @@ class OTelEmitter:
         for key, value in event_dict.items():
             if key in _RECORD_FIELDS:
                 continue
-            if key == "exception" and isinstance(value, dict):
+            if type(value) in _PLAIN_TYPES:  # most fields: ~10x cheaper than isinstance(union)
+                attributes[key] = value
+                clean = clean and type(key) is str and key != ""
+            elif key == "exception" and isinstance(value, dict):
                 for part, text_value in value.items():
                     attributes[f"exception.{part}"] = text_value
                     clean = clean and type(text_value) is str
