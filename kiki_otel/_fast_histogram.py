@@ -23,7 +23,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import metrics
 
-__all__ = ["FastHistogram"]
+__all__ = ["FastHistogram", "fast_histogram"]
 
 
 class _Measurement:
