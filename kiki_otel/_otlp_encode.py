@@ -34,7 +34,8 @@ _SLICE = 32
 """Items encoded between two GIL hand-overs (see :func:`_encode_each`)."""
 _CACHE_MAX = 8192
 _kv_cache: dict[tuple[Any, ...], bytes] = {}
-"""(key, type, value) -> encoded ``KeyValue`` body, for scalar attribute values."""
+"""(tag, key, type, value) -> the encoded ``KeyValue`` field, for scalar attribute values."""
+_SCALARS = frozenset({str, int, bool, float})
 
 
 def _varint(value: int) -> bytes:
@@ -116,29 +117,25 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     out = []
     cache = _kv_cache
     for key, value in items:
-        cacheable = value is None or type(value) in (str, int, bool, float)
-        if cacheable:
-            ckey = (key, type(value), value)
-            body = cache.get(ckey)
-            if body is None:
+        if value is None or type(value) in _SCALARS:
+            # The whole field (tag, length, body) is cached: one lookup and one append.
+            ckey = (tag, key, type(value), value)
+            field = cache.get(ckey)
+            if field is None:
                 try:
-                    body = _key_value(key, value)
+                    field = _ld(tag, _key_value(key, value))
                 except Exception as error:
                     _logger.exception("Failed to encode key %s: %s", key, error)
                     continue
                 if len(cache) >= _CACHE_MAX:
                     cache.clear()
-                cache[ckey] = body
+                cache[ckey] = field
+            out.append(field)
         else:
             try:
-                body = _key_value(key, value)
+                out.append(_ld(tag, _key_value(key, value)))
             except Exception as error:
                 _logger.exception("Failed to encode key %s: %s", key, error)
-                continue
-        out.append(tag)
-        size = len(body)
-        out.append(_SMALL[size] if size < 128 else _varint(size))
-        out.append(body)
     return b"".join(out)
 
 
