@@ -5,6 +5,15 @@ sends N GET requests through the app on one event loop, then flushes every expor
 prints one JSON line: process CPU seconds (all threads: exporters included) and wall time.
 The difference to ``bare`` is what telemetry costs per request, free of server and network
 noise. Run by ``bench/run.py``; stdout of the app (JSON log lines) goes to /dev/null there.
+
+Every ``BURST`` requests the driver idles 0.5 ms in the selector, as a server's loop does
+between bursts of ready sockets. Without that the loop only lets go of the GIL at the 5 ms
+switch interval, the exporter threads starve, and the SDK batch queues overflow: a
+back-to-back loop dropped ~90% of spans and log records, so it timed the drop path instead
+of the export. The idle moments cost some CPU (bare ~45 -> ~58 us/request here: timer
+wake-ups on this VM), the same for every scenario; a ``time.sleep(0)`` per request instead
+cost ~90 us, being a syscall. ``dropped`` in the output counts the SDK's "Queue full"
+drops; it must be 0 for a valid number (``bench/run.py`` flags it otherwise).
 """
 
 from __future__ import annotations
@@ -38,6 +47,10 @@ def _scope(path: bytes) -> dict[str, object]:
     }
 
 
+BURST = 64
+"""Requests between two moments idle in the selector (the GIL free for exporter threads)."""
+
+
 async def _drive(app: object, n: int) -> None:
     async def receive() -> dict[str, object]:
         return {"type": "http.request", "body": b"", "more_body": False}
@@ -47,6 +60,26 @@ async def _drive(app: object, n: int) -> None:
 
     for i in range(n):
         await app(_scope(b"/items/%d" % (i % 100)), receive, send)  # type: ignore[operator]
+        if i % BURST == BURST - 1:
+            await asyncio.sleep(0.0005)
+
+
+def _count_drops() -> dict[str, int]:
+    """Count the SDK batch processors' "Queue full" drops (their log is de-duplicated)."""
+    counts = {"dropped": 0}
+    try:
+        from opentelemetry.sdk import _shared_internal
+    except ImportError:  # an SDK without the shared batch processor: nothing to count
+        return counts
+    warning = _shared_internal._logger.warning
+
+    def counted(msg: str, *args: object, **kwargs: object) -> None:
+        if msg.startswith("Queue full"):
+            counts["dropped"] += 1
+        warning(msg, *args, **kwargs)  # type: ignore[arg-type]
+
+    _shared_internal._logger.warning = counted  # type: ignore[method-assign]
+    return counts
 
 
 def _flush() -> None:
@@ -68,15 +101,17 @@ def main() -> None:
     from bench.app import build
 
     app = build()
+    drops = _count_drops()
     loop = asyncio.new_event_loop()
     loop.run_until_complete(_drive(app, 2000))  # warm up: caches, first-use paths
     _flush()
+    drops["dropped"] = 0
     cpu0, wall0 = time.process_time(), time.perf_counter()
     loop.run_until_complete(_drive(app, n))
     _flush()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     sys.__stderr__.write(
-        json.dumps({"scenario": scenario, "n": n, "cpu": cpu, "wall": wall}) + "\n"
+        json.dumps({"scenario": scenario, "n": n, "cpu": cpu, "wall": wall, **drops}) + "\n"
     )
     sys.__stderr__.flush()
     os._exit(0)  # everything is flushed; skip atexit shutdown hooks (not what we measure)

@@ -176,6 +176,8 @@ def run_inprocess(name: str, endpoints: dict[str, str], args: argparse.Namespace
     )
     line = proc.stderr.strip().splitlines()[-1]
     data = json.loads(line)
+    if data.get("dropped"):
+        print(f"  ! in-process {name}: {data['dropped']} items dropped (queue full)", flush=True)
     return float(data["cpu"]) / int(data["n"]) * 1e6
 
 
