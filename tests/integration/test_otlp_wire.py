@@ -106,8 +106,12 @@ def test_propagation_through_a_second_service_keeps_one_trace(receiver: OTLPRece
             request_id = response.headers["x-request-id"]
 
             def both_services() -> list[ReceivedSpan]:
+                # A's CLIENT span ends (and may be exported) before A's SERVER span: wait for
+                # both SERVER spans and the CLIENT span, not just two service names.
                 found = receiver.spans(trace_id=request_id)
-                return found if len({s.resource["service.name"] for s in found}) >= 2 else []
+                servers = {s.resource["service.name"] for s in found if s.kind == "SERVER"}
+                has_client = any(s.kind == "CLIENT" for s in found)
+                return found if servers >= {"demo-a", "demo-b"} and has_client else []
 
             spans = receiver.wait_for(both_services)
             services = {s.resource["service.name"]: s for s in spans if s.kind == "SERVER"}
