@@ -183,8 +183,14 @@ class HealthRegistry:
         return value
 
     def _add(
-        self, name: str, built: BuiltCheck, *, critical: bool, timeout: float,
-        ttl: float | None, is_async: bool,
+        self,
+        name: str,
+        built: BuiltCheck,
+        *,
+        critical: bool,
+        timeout: float,
+        ttl: float | None,
+        is_async: bool,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise ValueError(f"health check name must match {_NAME.pattern}, got {name!r}")
@@ -288,8 +294,14 @@ class HealthRegistry:
         status, reason, detail = await self._call(check)
         duration = time.perf_counter() - started
         result = CheckResult(
-            check.name, status, check.critical, check.built.component_type,
-            duration, checked_at, time.monotonic(), reason,
+            check.name,
+            status,
+            check.critical,
+            check.built.component_type,
+            duration,
+            checked_at,
+            time.monotonic(),
+            reason,
         )
         previous = check.last
         check.last = result
@@ -396,8 +408,11 @@ def _call_in_context(context: otel_context.Context, fn: Callable[[], object]) ->
 
 
 def _announce(
-    dependency: str | None, old: HealthStatus | None, new: HealthStatus,
-    reason: str | None, detail: str | None,
+    dependency: str | None,
+    old: HealthStatus | None,
+    new: HealthStatus,
+    reason: str | None,
+    detail: str | None,
 ) -> None:
     """One log event (and span event, if a span is current) per status change."""
     fields: dict[str, Any] = {

@@ -140,7 +140,7 @@ class HealthEndpoints:
         handler = self._routes.get(path)
         root = scope.get("root_path", "")
         if handler is None and root and path.startswith(root):
-            handler = self._routes.get(path[len(root):])  # servers that keep root_path in path
+            handler = self._routes.get(path[len(root) :])  # servers that keep root_path in path
         return handler
 
     async def _full(self, ietf: bool) -> tuple[int, Body]:
@@ -180,8 +180,13 @@ class HealthEndpoints:
 
 def _without_checks(report: HealthReport) -> HealthReport:
     return HealthReport(
-        report.service, report.version, HealthStatus.HEALTHY, report.lifecycle,
-        report.uptime_seconds, report.timestamp, (),
+        report.service,
+        report.version,
+        HealthStatus.HEALTHY,
+        report.lifecycle,
+        report.uptime_seconds,
+        report.timestamp,
+        (),
     )
 
 

@@ -146,9 +146,7 @@ def _own_engine(engine_or_dsn: AsyncEngine | str, timeout: float) -> AsyncEngine
     url = make_url(engine_or_dsn)
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+asyncpg")
-    engine = sa_async.create_async_engine(
-        url, pool_size=1, max_overflow=0, pool_timeout=timeout
-    )
+    engine = sa_async.create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=timeout)
     return engine
 
 

@@ -38,11 +38,13 @@ class HealthMetrics:
         meter = provider.get_meter("kiki_otel.health")
         self._registry: Callable[[], HealthRegistry | None] = lambda: None
         meter.create_observable_gauge(
-            "kiki.health.dependency.status", [self._dependency_states],
+            "kiki.health.dependency.status",
+            [self._dependency_states],
             description="1 for the dependency's current state (healthy|degraded|unhealthy), else 0",
         )
         meter.create_observable_gauge(
-            "kiki.health.status", [self._service_states],
+            "kiki.health.status",
+            [self._service_states],
             description="1 for the service's overall health state, else 0",
         )
         meter.create_observable_gauge(
