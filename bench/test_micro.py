@@ -2,8 +2,8 @@
 
 ``.venv/bin/pytest bench/test_micro.py --benchmark-only`` (add ``--benchmark-columns=min,median``).
 They time the pieces the budget is made of: span encoding (ours vs official), the JSON log
-chain (stdout only, and with the OTel record), a duration-histogram record (SDK vs
-kiki's direct path), one request through the server middleware,
+chain (stdout only, and with the OTel record), a duration-histogram record and the request
+span's start/end (SDK vs kiki's direct paths), one request through the server middleware,
 and ``configure()``.
 """
 
@@ -86,6 +86,60 @@ def test_duration_histogram_record(benchmark: Any, path: str) -> None:
     recorder: Any = fast_histogram(histogram) if path == "kiki" else histogram
     recorder.record(0.004, _ROUTE_ATTRS)
     benchmark(recorder.record, 0.004, _ROUTE_ATTRS)
+
+
+@pytest.mark.parametrize("path", ["sdk", "kiki"])
+def test_request_span_start_end(benchmark: Any, path: str) -> None:
+    """The request span: start with ~9 attributes, two more at the end, end into the batch
+    queue of the fast exporter. SDK ``start_span``/``end`` vs kiki's ``DirectSpans``."""
+    from opentelemetry import context as otel_context
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from kiki_otel._fast_span import DirectSpans
+    from kiki_otel._otlp_http import FastSpanExporter, OTLPHttpClient
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
+    exporter = FastSpanExporter(OTLPHttpClient("http://127.0.0.1:9/v1/traces"))
+    # Queue never exported during the run (the export is timed in the encode benchmarks).
+    processor = BatchSpanProcessor(
+        exporter,
+        max_queue_size=2_000_000,
+        schedule_delay_millis=3_600_000,
+        max_export_batch_size=2_000_000,
+    )
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("kiki_otel.http.server")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None
+    assert direct._batch is not None
+    parent = otel_context.Context()
+    end_attributes = {"http.route": "/items/{item_id}", "http.response.status_code": 200}
+
+    def sdk() -> None:
+        span = tracer.start_span("GET", parent, kind=SpanKind.SERVER, attributes=_START_ATTRS)
+        span.set_attributes(end_attributes)
+        span.end()
+
+    def kiki() -> None:
+        span = direct.start("GET", parent, dict(_START_ATTRS))
+        direct.set_attributes(span, end_attributes)
+        direct.end(span)
+
+    benchmark.pedantic(sdk if path == "sdk" else kiki, rounds=20_000, iterations=5)
+    processor._batch_processor._queue.clear()
+    exporter.shutdown()
+
+
+_START_ATTRS = {
+    "http.request.method": "GET",
+    "url.scheme": "http",
+    "url.path": "/items/7",
+    "network.protocol.version": "1.1",
+    "server.address": "127.0.0.1",
+    "server.port": 8000,
+    "client.address": "127.0.0.1",
+    "user_agent.original": "wrk",
+}
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from opentelemetry.trace.span import Span
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
 from ._context import client_request_id
 from ._fast_histogram import fast_histogram
+from ._fast_span import DirectSpans
 from ._logging import get_logger
 from ._providers import DURATION_BUCKETS
 from ._ratelimit import RateLimitedLog
@@ -60,6 +61,40 @@ def _redact_query(query: str) -> str:
         key, sep, _value = pair.partition("=")
         parts.append(f"{key}=REDACTED" if sep and key.lower() in _SENSITIVE_QUERY else pair)
     return "&".join(parts)
+
+
+_w3c_only: tuple[object, bool] = (None, False)
+"""The last global propagator seen by :func:`_extract`, and whether it is W3C-only."""
+
+
+def _extract(carrier: dict[str, str]) -> otel_context.Context:
+    """``propagate.extract(carrier)``, skipped when it is known to find nothing.
+
+    With the default propagators (W3C trace context and baggage) a request without
+    ``traceparent`` and ``baggage`` headers extracts to an empty context: most requests
+    to an edge service, and not worth the ~2 us of two propagators' lookups.
+    """
+    global _w3c_only
+    propagator = propagate.get_global_textmap()
+    known, w3c_only = _w3c_only
+    if known is not propagator:
+        w3c_only = _is_w3c_only(propagator)
+        _w3c_only = (propagator, w3c_only)
+    if w3c_only and "traceparent" not in carrier and "baggage" not in carrier:
+        return otel_context.Context()
+    return propagator.extract(carrier)
+
+
+def _is_w3c_only(propagator: object) -> bool:
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    w3c = (TraceContextTextMapPropagator, W3CBaggagePropagator)
+    if type(propagator) is CompositePropagator:
+        inner = getattr(propagator, "_propagators", None)
+        return isinstance(inner, list | tuple) and all(type(p) in w3c for p in inner)
+    return type(propagator) in w3c
 
 
 def _route_of(scope: Scope) -> str | None:
@@ -113,7 +148,7 @@ class ServerTelemetry:
         )
         self._duration: Any = fast_histogram(duration_histogram) or duration_histogram
         self._active = _active_requests(meter_provider, meter)
-        self._direct_attributes = _DirectSpanAttributes.for_tracer(self._tracer)
+        self._direct = DirectSpans.for_tracer(self._tracer)
         http = settings.http
         self._id_header = http.request_id_header.lower().encode("latin-1")
         self._traceresponse = http.traceresponse
@@ -174,7 +209,7 @@ class ServerTelemetry:
     def _start_span(
         self, scope: Scope, method: str, carrier: dict[str, str], client_id: str | None
     ) -> tuple[Span, otel_context.Context]:
-        parent = propagate.extract(carrier)
+        parent = _extract(carrier)
         attributes: dict[str, Any] = {
             "http.request.method": method,
             "url.scheme": scope.get("scheme", "http"),
@@ -203,11 +238,8 @@ class ServerTelemetry:
         if client_id is not None:
             attributes["http.request.header.x-request-id"] = (client_id,)
         name = "HTTP" if method == "_OTHER" else method
-        if self._direct_attributes is not None and self._direct_attributes.usable(attributes):
-            # Same span, without the SDK re-validating values we just built (see the class).
-            span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
-            if span.is_recording():
-                span._attributes._dict.update(attributes)  # type: ignore[attr-defined]
+        if self._direct is not None and self._direct.usable(len(attributes)):
+            span = self._direct.start(name, parent, attributes)  # the same span, cheaper
         else:
             span = self._tracer.start_span(
                 name, context=parent, kind=SpanKind.SERVER, attributes=attributes
@@ -255,19 +287,6 @@ class ServerTelemetry:
             self._finish(scope, span, state, error, start, active_attrs)
             client_request_id.reset(client_token)
             otel_context.detach(token)
-
-    def _set_span_attributes(self, span: Span, attributes: dict[str, Any]) -> None:
-        """``span.set_attributes``, written directly when the start attributes were."""
-        direct = self._direct_attributes
-        if direct is not None and span.is_recording():
-            bounded = getattr(span, "_attributes", None)
-            values = getattr(bounded, "_dict", None)
-            if type(values) is dict and direct.usable_for(len(values) + len(attributes)):
-                for key, value in attributes.items():
-                    values.pop(key, None)  # a key set again moves to the end, as in the SDK
-                    values[key] = value
-                return
-        span.set_attributes(attributes)
 
     def _response_headers(
         self, trace_id: str, span_context: SpanContext
@@ -319,7 +338,10 @@ class ServerTelemetry:
             metric_attrs["http.response.status_code"] = status
             span_attrs["http.response.status_code"] = status
         if span_attrs:
-            self._set_span_attributes(span, span_attrs)
+            if self._direct is not None:
+                self._direct.set_attributes(span, span_attrs)
+            else:
+                span.set_attributes(span_attrs)
         if error is not None and isinstance(error, Exception):
             error_type = type(error).__qualname__
             span.record_exception(error)
@@ -341,97 +363,10 @@ class ServerTelemetry:
                 duration_ms=round(duration * 1000.0, 3),
             )
         self._duration.record(duration, metric_attrs)
-        span.end()
-
-
-class _DirectSpanAttributes:
-    """Start-time span attributes written into the SDK span without re-validation.
-
-    The SDK cleans every attribute value handed to ``start_span`` (``BoundedAttributes``:
-    a type walk per value, under a lock): ~4 us for the request span's ~9 values, all
-    strs/ints/a tuple of str that this module just built. When that can change nothing -
-    an SDK tracer whose sampler ignores attributes (the SDK's always_on/off, traceidratio
-    and parentbased over those), whose only span processors are the SDK's batch/simple
-    ones (their ``on_start`` does nothing, so no processor sees the span before the
-    attributes are in), no value length limit and room under the count limit - the span
-    is started without attributes and they are put in its attribute dict directly:
-    the span, its sampling decision and its exported attributes are the same.
-    """
-
-    __slots__ = ("_limit", "_multi", "_processors")
-
-    def __init__(self, multi: Any, limit: int | None) -> None:
-        self._multi = multi
-        self._processors = multi._span_processors
-        self._limit = limit
-
-    @classmethod
-    def for_tracer(cls, tracer: trace.Tracer) -> _DirectSpanAttributes | None:
-        """The direct path for ``tracer``, or None: then every span takes the SDK's path.
-
-        It leans on SDK internals (checked here, once per app), so an SDK release that
-        renames them silently turns it off rather than breaking requests.
-        """
-        try:
-            from opentelemetry.attributes import BoundedAttributes
-
-            if type(BoundedAttributes(attributes={})._dict) is not dict:
-                return None
-            return cls._inspect(tracer)
-        except (AttributeError, TypeError):
-            return None
-
-    @classmethod
-    def _inspect(cls, tracer: trace.Tracer) -> _DirectSpanAttributes | None:
-        try:
-            from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor, Tracer
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-        except ImportError:  # pragma: no cover - the SDK is a dependency
-            return None
-        if type(tracer) is not Tracer or not _attribute_blind(tracer.sampler):
-            return None
-        multi = tracer.span_processor
-        limits = tracer._span_limits
-        if (
-            type(multi) is not SynchronousMultiSpanProcessor
-            or limits.max_span_attribute_length is not None
-        ):
-            return None
-        allowed = (BatchSpanProcessor, SimpleSpanProcessor)
-        if not all(type(p) in allowed for p in multi._span_processors):
-            return None
-        return cls(multi, limits.max_span_attributes)
-
-    def usable(self, attributes: dict[str, Any]) -> bool:
-        """True while the provider's processors are the ones checked and the count fits."""
-        return self.usable_for(len(attributes))
-
-    def usable_for(self, count: int) -> bool:
-        """:meth:`usable` for a span that will hold ``count`` attributes."""
-        return self._multi._span_processors is self._processors and (
-            self._limit is None or count <= self._limit
-        )
-
-
-def _attribute_blind(sampler: Any) -> bool:
-    """True for the SDK samplers whose decision and result ignore span attributes."""
-    from opentelemetry.sdk.trace import sampling
-
-    kind = type(sampler)
-    if kind in (sampling.StaticSampler, sampling.TraceIdRatioBased):
-        return True
-    if kind is sampling.ParentBased:
-        return all(
-            _attribute_blind(getattr(sampler, name, None))
-            for name in (
-                "_root",
-                "_remote_parent_sampled",
-                "_remote_parent_not_sampled",
-                "_local_parent_sampled",
-                "_local_parent_not_sampled",
-            )
-        )
-    return False
+        if self._direct is not None:
+            self._direct.end(span)
+        else:
+            span.end()
 
 
 class _ActiveRequests:

@@ -31,7 +31,8 @@ from opentelemetry.sdk.trace.sampling import (
 )
 
 import kiki_otel
-from kiki_otel._http_server import ServerTelemetry, _DirectSpanAttributes
+from kiki_otel._fast_span import DirectSpans
+from kiki_otel._http_server import ServerTelemetry
 from tests.conftest import Memory
 
 
@@ -84,7 +85,7 @@ async def test_direct_span_attributes_equal_the_sdk_path(memory: Memory) -> None
     app = _app()
     kiki_otel.configure(app, service_name="svc-test", metrics_exporter="none")
     await _request(app)
-    assert _middleware(app)._direct_attributes is not None
+    assert _middleware(app)._direct is not None
     (direct,) = memory.spans()
     watcher = _SeesStart()
     provider = trace.get_tracer_provider()
@@ -113,7 +114,7 @@ def test_direct_span_attributes_only_when_nothing_could_tell() -> None:
     sampler, a custom processor or a value length limit: the SDK path."""
 
     def direct(provider: TracerProvider) -> bool:
-        return _DirectSpanAttributes.for_tracer(provider.get_tracer("t")) is not None
+        return DirectSpans.for_tracer(provider.get_tracer("t")) is not None
 
     memory = InMemorySpanExporter()
     for sampler in (ALWAYS_ON, ALWAYS_OFF, TraceIdRatioBased(0.1), ParentBased(ALWAYS_ON)):
@@ -219,9 +220,9 @@ def test_direct_paths_turn_off_when_sdk_internals_change() -> None:
     from kiki_otel._otlp_http import FastLogExporter, OTLPHttpClient, direct_logs
 
     tracer = TracerProvider().get_tracer("t")
-    assert _DirectSpanAttributes.for_tracer(tracer) is not None
+    assert DirectSpans.for_tracer(tracer) is not None
     del tracer._span_limits  # type: ignore[attr-defined]
-    assert _DirectSpanAttributes.for_tracer(tracer) is None
+    assert DirectSpans.for_tracer(tracer) is None
 
     provider = LoggerProvider(shutdown_on_exit=False)
     client = OTLPHttpClient("http://127.0.0.1:9/v1/logs")

@@ -162,6 +162,48 @@ async def test_valid_traceparent_continues_the_trace(app: FastAPI, memory: Memor
     assert format(span.parent.span_id, "016x") == PARENT
 
 
+async def test_baggage_and_other_propagators_are_still_extracted(
+    app: FastAPI, memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The skip of extraction for requests without W3C headers never skips what a
+    propagator could find: baggage alone, or a non-W3C propagator's own header."""
+    from opentelemetry import baggage, propagate
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.propagators.textmap import DefaultGetter, TextMapPropagator
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+    seen: list[Any] = []
+
+    @app.get("/baggage")
+    async def read_baggage() -> None:
+        seen.append(baggage.get_baggage("tenant"))
+
+    async with client(app) as c:
+        await c.get("/baggage", headers={"baggage": "tenant=acme"})
+    assert seen == ["acme"]
+
+    class VendorPropagator(TextMapPropagator):
+        """Reads ``x-vendor-trace: <32 hex trace id>``: a stand-in for B3/Jaeger headers."""
+
+        def extract(self, carrier: Any, context: Any = None, getter: Any = DefaultGetter()) -> Any:
+            values = getter.get(carrier, "x-vendor-trace")
+            parent = SpanContext(int(values[0], 16), 0x1, True, TraceFlags(1))
+            return set_span_in_context(NonRecordingSpan(parent), context)
+
+        def inject(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+        @property
+        def fields(self) -> set[str]:
+            return {"x-vendor-trace"}
+
+    monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", CompositePropagator([VendorPropagator()]))
+    async with client(app) as c:
+        response = await c.get("/items/1", headers={"x-vendor-trace": TRACE})
+    assert response.headers["x-request-id"] == TRACE
+    assert [format(s.context.trace_id, "032x") for s in server_spans(memory)][-1] == TRACE
+
+
 async def test_unsampled_parent_still_gets_ids_in_logs(
     app: FastAPI, memory: Memory, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,0 +1,251 @@
+"""The direct request span is the SDK's span: same fields, same decisions, same wire bytes.
+
+Each test builds spans both ways, ``DirectSpans`` and ``Tracer.start_span``/``end``, from
+the same inputs, and compares everything but what differs by nature (ids, timestamps, the
+lock object).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider, _Span
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
+
+import kiki_otel
+from kiki_otel._fast_span import DirectSpans
+from kiki_otel._http_server import ServerTelemetry
+from kiki_otel._otlp_http import FastSpanExporter, OTLPHttpClient
+from tests.support.otlp_receiver import OTLPReceiver, ReceivedSpan
+
+ATTRIBUTES: dict[str, Any] = {
+    "http.request.method": "GET",
+    "url.scheme": "http",
+    "url.path": "/items/3",
+    "server.port": 8000,
+    "http.request.header.x-request-id": ("client-1",),
+}
+PER_SPAN = {"_context", "_start_time", "_end_time", "_lock", "_record_end_metrics"}
+
+
+@pytest.fixture
+def receiver() -> Iterator[OTLPReceiver]:
+    with OTLPReceiver() as rx:
+        yield rx
+
+
+def _parents() -> dict[str, otel_context.Context]:
+    def remote(flags: int, state: TraceState | None = None) -> otel_context.Context:
+        parent = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(flags))
+        if state is not None:
+            parent = SpanContext(0xABC, 0xDEF, True, TraceFlags(flags), state)
+        return trace.set_span_in_context(NonRecordingSpan(parent), otel_context.Context())
+
+    return {
+        "root": otel_context.Context(),
+        "remote-sampled": remote(1),
+        "remote-sampled-with-state": remote(1, TraceState([("vendor", "v1")])),
+        "remote-not-sampled": remote(0),
+        "remote-sampled-random": remote(1 | 2),
+    }
+
+
+def _compare(direct: Any, sdk: Any) -> None:
+    """Same class and fields; ids differ, but the parent, flags and state are the same."""
+    assert type(direct) is type(sdk)
+    if not isinstance(sdk, _Span):
+        d, s = direct.get_span_context(), sdk.get_span_context()
+        assert (d.trace_flags, d.trace_state, d.is_remote) == (
+            s.trace_flags,
+            s.trace_state,
+            s.is_remote,
+        )
+        return
+    assert set(vars(direct)) == set(vars(sdk))
+    for name, value in vars(sdk).items():
+        if name in PER_SPAN:
+            continue
+        got = vars(direct)[name]
+        if name == "_attributes":
+            assert list(got.items()) == list(value.items())
+            assert (got.maxlen, got.max_value_len, got._immutable) == (
+                value.maxlen,
+                value.max_value_len,
+                value._immutable,
+            )
+        elif name in ("_events", "_links"):
+            assert (list(got), got._dq.maxlen) == (list(value), value._dq.maxlen)
+        else:
+            assert got == value, name
+    d, s = direct.context, sdk.context
+    assert (d.trace_flags, d.trace_state, d.is_remote) == (s.trace_flags, s.trace_state, False)
+    if sdk.parent is not None:
+        assert d.trace_id == s.trace_id  # the parent's trace
+    assert direct.start_time is not None and direct.end_time is None
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [None, ALWAYS_OFF, TraceIdRatioBased(1.0), ParentBased(TraceIdRatioBased(0.0))],
+    ids=["default", "always-off", "ratio-1", "parentbased-ratio-0"],
+)
+def test_started_span_equals_the_sdk_span(sampler: Any) -> None:
+    """For every kind of parent and attribute-blind sampler: same span class and fields."""
+    provider = TracerProvider(
+        sampler=sampler, resource=Resource.create({"service.name": "s"}), shutdown_on_exit=False
+    )
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    tracer = provider.get_tracer("kiki_otel.http.server", "1.0")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None and direct.usable(len(ATTRIBUTES))
+    for label, ctx in _parents().items():
+        got: Any = direct.start("GET", ctx, dict(ATTRIBUTES))
+        want: Any = tracer.start_span("GET", ctx, kind=SpanKind.SERVER, attributes=ATTRIBUTES)
+        _compare(got, want)
+        if isinstance(want, _Span):
+            assert got.parent == want.parent, label
+
+
+def test_ended_spans_are_the_same_on_the_wire(receiver: OTLPReceiver) -> None:
+    """Through the fast exporter to a real OTLP receiver: the direct span (queued as is by
+    ``end``) decodes to the same span as the SDK's, events and status included."""
+    provider = TracerProvider(resource=Resource.create({"service.name": "s"}))
+    exporter = FastSpanExporter(OTLPHttpClient(receiver.http_url("traces")))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    tracer = provider.get_tracer("kiki_otel.http.server", "1.0")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None and direct._batch is not None
+    ctx = _parents()["remote-sampled-with-state"]
+
+    def finish(span: Any, end: Any) -> None:
+        span.update_name("GET /items/{item_id}")
+        span.set_attribute("http.route", "/items/{item_id}")
+        span.add_event("retry", {"attempt": 2})
+        span.set_status(trace.StatusCode.ERROR, "boom")
+        end()
+
+    sdk_span = tracer.start_span("GET", ctx, kind=SpanKind.SERVER, attributes=ATTRIBUTES)
+    finish(sdk_span, sdk_span.end)
+    direct_span = direct.start("GET", ctx, dict(ATTRIBUTES))
+    direct.set_attributes(direct_span, {"http.response.status_code": 500})
+    sdk_span_2 = tracer.start_span("x", ctx, kind=SpanKind.SERVER, attributes=ATTRIBUTES)
+    sdk_span_2.set_attributes({"http.response.status_code": 500})
+    finish(direct_span, lambda: direct.end(direct_span))
+    finish(sdk_span_2, sdk_span_2.end)
+    provider.force_flush()
+    spans = receiver.wait_for_spans(3)
+
+    def comparable(span: ReceivedSpan) -> dict[str, Any]:
+        fields = dataclasses.asdict(span)
+        for varying in ("span_id", "start_time_unix_nano", "end_time_unix_nano"):
+            fields.pop(varying)
+        fields["events"] = [(e["name"], e["attributes"]) for e in fields["events"]]
+        return fields
+
+    by_id = {s.span_id: s for s in spans}
+    got = comparable(by_id[f"{direct_span.get_span_context().span_id:016x}"])
+    want = comparable(by_id[f"{sdk_span_2.get_span_context().span_id:016x}"])
+    assert got == want
+    assert got["trace_state"] == "vendor=v1" and got["parent_span_id"] == f"{0xDEF:016x}"
+    assert got["status_code"] == "ERROR" and got["events"] == [("retry", {"attempt": 2})]
+    provider.shutdown()
+
+
+def test_end_is_the_sdks_for_misuse_and_for_other_consumers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A second end() warns as the SDK's does and queues nothing twice; a processor added
+    after setup gets its on_end (the SDK path from then on)."""
+    provider = TracerProvider(shutdown_on_exit=False)
+    exporter = FastSpanExporter(OTLPHttpClient("http://127.0.0.1:9/v1/traces"))
+    batch = BatchSpanProcessor(exporter, schedule_delay_millis=60_000)
+    provider.add_span_processor(batch)
+    tracer = provider.get_tracer("t")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None
+    span = direct.start("GET", otel_context.Context(), {})
+    direct.end(span)
+    assert list(batch._batch_processor._queue) == [span]
+    assert not span.is_recording()
+    direct.end(span)
+    assert "ended span" in caplog.text
+    assert len(batch._batch_processor._queue) == 1
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    assert not direct.usable(0)
+    later = tracer.start_span("later")  # what the middleware does when usable() is False
+    direct.end(later)
+    assert [s.name for s in memory.get_finished_spans()] == ["later"]
+    batch._batch_processor._queue.clear()
+
+
+def test_direct_path_only_when_nothing_could_tell() -> None:
+    """Off for a value length limit, a disabled tracer, a full count; start-only (SDK end)
+    with more than the one batch processor over the fast exporter."""
+    limited = TracerProvider(
+        span_limits=SpanLimits(max_span_attribute_length=5), shutdown_on_exit=False
+    )
+    assert DirectSpans.for_tracer(limited.get_tracer("t")) is None
+    few = TracerProvider(span_limits=SpanLimits(max_span_attributes=2), shutdown_on_exit=False)
+    direct = DirectSpans.for_tracer(few.get_tracer("t"))
+    assert direct is not None and direct.usable(2) and not direct.usable(3)
+    official = TracerProvider(shutdown_on_exit=False)
+    official.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
+    direct = DirectSpans.for_tracer(official.get_tracer("t"))
+    assert direct is not None and direct._batch is None
+    tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None and direct.usable(1)
+    tracer._tracer_config = type(tracer._tracer_config)(is_enabled=False)  # type: ignore[attr-defined]
+    assert not direct.usable(1)
+
+
+def test_unknown_span_fields_turn_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An SDK whose span has a field we do not set per span: the SDK path, not a half span."""
+    from kiki_otel import _fast_span
+
+    tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
+    assert DirectSpans.for_tracer(tracer) is not None
+    monkeypatch.setattr(_fast_span, "_SPAN_FIELDS", _fast_span._SPAN_FIELDS - {"_kind"})
+    assert DirectSpans.for_tracer(tracer) is None
+
+
+async def test_requests_take_the_direct_path_and_arrive(receiver: OTLPReceiver) -> None:
+    """Through configure(): the middleware uses the direct path end to end (start and
+    queue), and the request spans arrive at a real receiver with the request ids."""
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    telemetry = kiki_otel.configure(
+        app,
+        service_name="svc",
+        exporter_otlp_endpoint=f"http://127.0.0.1:{receiver.http_port}",
+        metrics_exporter="none",
+        logs_exporter="none",
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        ids = [(await client.get(f"/items/{i}")).headers["x-request-id"] for i in range(3)]
+    stack: Any = app.middleware_stack
+    while not isinstance(stack, ServerTelemetry):
+        stack = stack.app
+    assert stack._direct is not None and stack._direct._batch is not None
+    telemetry.providers.tracer_provider.force_flush()  # type: ignore[attr-defined]
+    spans = receiver.wait_for_spans(3)
+    assert sorted(s.trace_id for s in spans) == sorted(ids)
+    assert {s.name for s in spans} == {"GET /items/{item_id}"}
+    assert all(s.attributes["http.response.status_code"] == 200 for s in spans)
