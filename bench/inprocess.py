@@ -13,7 +13,9 @@ back-to-back loop dropped ~90% of spans and log records, so it timed the drop pa
 of the export. The idle moments cost some CPU (bare ~45 -> ~58 us/request here: timer
 wake-ups on this VM), the same for every scenario; a ``time.sleep(0)`` per request instead
 cost ~90 us, being a syscall. ``dropped`` in the output counts the SDK's "Queue full"
-drops; it must be 0 for a valid number (``bench/run.py`` flags it otherwise).
+drops; it must be 0 for a valid number (``bench/run.py`` flags it otherwise). ``threads``
+splits the CPU seconds by thread (from /proc, Linux): the event loop's share against the
+exporter threads'.
 """
 
 from __future__ import annotations
@@ -82,6 +84,23 @@ def _count_drops() -> dict[str, int]:
     return counts
 
 
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds per live thread (by name) from /proc: where the exporters' share goes."""
+    import threading
+
+    tick = os.sysconf("SC_CLK_TCK")
+    result: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+        except OSError:  # not Linux, or the thread just ended
+            continue
+        # after the ")" of comm: state is field 0, utime 11, stime 12 (proc(5) numbering - 3)
+        result[thread.name] = (int(fields[11]) + int(fields[12])) / tick
+    return result
+
+
 def _flush() -> None:
     from opentelemetry import _logs, metrics, trace
 
@@ -106,12 +125,19 @@ def main() -> None:
     loop.run_until_complete(_drive(app, 2000))  # warm up: caches, first-use paths
     _flush()
     drops["dropped"] = 0
+    threads0 = _thread_cpu()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     loop.run_until_complete(_drive(app, n))
     _flush()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    threads = {
+        name: round(seconds - threads0.get(name, 0.0), 2) for name, seconds in _thread_cpu().items()
+    }
     sys.__stderr__.write(
-        json.dumps({"scenario": scenario, "n": n, "cpu": cpu, "wall": wall, **drops}) + "\n"
+        json.dumps(
+            {"scenario": scenario, "n": n, "cpu": cpu, "wall": wall, **drops, "threads": threads}
+        )
+        + "\n"
     )
     sys.__stderr__.flush()
     os._exit(0)  # everything is flushed; skip atexit shutdown hooks (not what we measure)
