@@ -237,7 +237,19 @@ def test_direct_log_records_encode_like_the_sdk_records() -> None:
 def test_sliced_encoding_gives_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches longer than a slice (the encoder lets other threads run between slices)
     still encode to exactly the official bytes."""
-    monkeypatch.setattr(_otlp_encode, "_SLICE", 3)
-    spans, logs = _spans() * 3, _logs() * 3
+    import time
+
+    monkeypatch.setattr(_otlp_encode, "_SLICE_SECONDS", 0.0)  # hand over at every check
+    sleep = time.sleep
+    hand_overs: list[float] = []
+
+    def counted(seconds: float) -> None:
+        hand_overs.append(seconds)
+        sleep(seconds)
+
+    monkeypatch.setattr(_otlp_encode.time, "sleep", counted)
+    spans, logs = _spans() * 20, _logs() * 20
+    assert len(spans) > 32 and len(logs) > 32
     assert encode_spans(spans) == official_spans(spans).SerializeToString()
     assert encode_logs(logs) == official_logs(logs).SerializeToString()
+    assert hand_overs and set(hand_overs) == {0}
