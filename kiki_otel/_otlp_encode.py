@@ -29,13 +29,30 @@ _pack_double = struct.Struct("<d").pack
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _SMALL = [bytes((n,)) for n in range(128)]
 
-_MISSING = object()
 _SLICE_SECONDS = 0.001
 """Encoding time between two GIL hand-overs (see :func:`_encode_each`)."""
-_CACHE_MAX = 8192
-_kv_cache: dict[tuple[Any, ...], bytes] = {}
-"""(tag, key, type, value) -> the encoded ``KeyValue`` field, for scalar attribute values."""
-_SCALARS = frozenset({str, int, bool, float})
+_SCALARS = frozenset({str, int, bool, float, type(None)})
+_KEYS_MAX = 1024
+"""Attribute keys per field tag that get a value cache; keys beyond it encode uncached."""
+_VALUES_MAX = 256
+"""Distinct values cached per key; a key that sees more is unbounded (an id, a duration):
+it stops caching, as a miss costs more than encoding and would only churn memory."""
+
+
+class _KeyFields:
+    """One attribute key under one field tag: its encoded ``key`` and its cached fields."""
+
+    __slots__ = ("fields", "head")
+
+    def __init__(self, key: str) -> None:
+        self.head = _ld(b"\x0a", key.encode()) if key else b""
+        # str value or (type, value) -> the whole field (tag, length, KeyValue); None: closed
+        self.fields: dict[Any, bytes] | None = {}
+
+
+_field_cache: dict[bytes, dict[str, _KeyFields]] = {}
+"""Field tag -> attribute key -> :class:`_KeyFields`, for scalar values (repeating method,
+route, status, host... cost one dict lookup each)."""
 
 
 def _varint(value: int) -> bytes:
@@ -124,27 +141,33 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     inner = getattr(attributes, "_dict", None)
     items = inner.items() if type(inner) is dict else attributes.items()
     out = []
-    cache = _kv_cache
+    keys = _field_cache.get(tag)
+    if keys is None:
+        keys = _field_cache.setdefault(tag, {})
     for key, value in items:
-        if value is None or type(value) in _SCALARS:
-            # The whole field (tag, length, body) is cached: one lookup and one append.
-            ckey = (tag, key, type(value), value)
-            field = cache.get(ckey)
-            if field is None:
-                try:
-                    field = _ld(tag, _key_value(key, value))
-                except Exception as error:
-                    _logger.exception("Failed to encode key %s: %s", key, error)
-                    continue
-                if len(cache) >= _CACHE_MAX:
-                    cache.clear()
-                cache[ckey] = field
-            out.append(field)
-        else:
-            try:
+        kind = type(value)
+        entry = keys.get(key) if kind in _SCALARS else None
+        if entry is None and kind in _SCALARS and type(key) is str and len(keys) < _KEYS_MAX:
+            entry = keys.setdefault(key, _KeyFields(key))
+        try:
+            if entry is None:
                 out.append(_ld(tag, _key_value(key, value)))
-            except Exception as error:
-                _logger.exception("Failed to encode key %s: %s", key, error)
+                continue
+            fields = entry.fields
+            if fields is None:  # an unbounded key: encode, skip the cache
+                out.append(_ld(tag, entry.head + _ld(b"\x12", _any_value(value))))
+                continue
+            cache_key = value if kind is str else (kind, value)  # True, 1 and 1.0 differ
+            field = fields.get(cache_key)
+            if field is None:
+                field = _ld(tag, entry.head + _ld(b"\x12", _any_value(value)))
+                if len(fields) < _VALUES_MAX:
+                    fields[cache_key] = field
+                else:
+                    entry.fields = None
+            out.append(field)
+        except Exception as error:
+            _logger.exception("Failed to encode key %s: %s", key, error)
     return b"".join(out)
 
 
@@ -200,8 +223,94 @@ def _span_flags(parent: Any) -> bytes:
     return b"\x00\x03\x00\x00" if parent is not None and parent.is_remote else b"\x00\x01\x00\x00"
 
 
+def _sdk_span_types() -> tuple[type, ...]:
+    """The SDK span classes whose fields :func:`_span` may read directly, or ``()``.
+
+    Their properties copy on every read (``events``/``links`` copy a deque under a lock,
+    ``attributes`` wraps a proxy, the ``dropped_*`` counts ``isinstance``): ~1.5 us a span.
+    Only the exact classes (a subclass may override a property), and only when an SDK
+    span still has the fields read here (a release that renames one keeps the properties).
+    """
+    try:
+        from opentelemetry.attributes import BoundedAttributes
+        from opentelemetry.sdk.trace import ReadableSpan, _Span
+        from opentelemetry.sdk.util import BoundedList
+
+        fields = vars(ReadableSpan(name="probe", events=(), links=()))
+        needed = {"_context", "_parent", "_name", "_kind", "_start_time", "_end_time"}
+        if not needed | {"_attributes", "_events", "_links", "_status"} <= fields.keys():
+            return ()
+        if not hasattr(BoundedList(1), "_dq") or not hasattr(BoundedAttributes(), "dropped"):
+            return ()
+    except (ImportError, TypeError, AttributeError):  # pragma: no cover - another SDK shape
+        return ()
+    return (ReadableSpan, _Span)
+
+
+_SDK_SPAN_TYPES = _sdk_span_types()
+
+
+def _bounded(items: Any) -> tuple[Any, int]:
+    """The items of an SDK ``BoundedList`` (or any sequence) and its dropped count."""
+    dq = getattr(items, "_dq", None)
+    if dq is not None:  # an ended span's list: no more appends, no copy needed
+        return dq, items.dropped
+    return items or (), 0
+
+
 def _span(span: Any) -> bytes:
-    context = span.context
+    if type(span) in _SDK_SPAN_TYPES:
+        fields = span.__dict__
+        attributes = fields["_attributes"]
+        events, dropped_events = _bounded(fields["_events"])
+        links, dropped_links = _bounded(fields["_links"])
+        return _span_body(
+            fields["_context"],
+            fields["_parent"],
+            fields["_name"],
+            fields["_kind"],
+            fields["_start_time"],
+            fields["_end_time"],
+            attributes,
+            getattr(attributes, "dropped", 0),
+            events,
+            dropped_events,
+            links,
+            dropped_links,
+            fields["_status"],
+        )
+    return _span_body(
+        span.context,
+        span.parent,
+        span.name,
+        span.kind,
+        span.start_time,
+        span.end_time,
+        span.attributes,
+        span.dropped_attributes,
+        span.events,
+        span.dropped_events,
+        span.links,
+        span.dropped_links,
+        span.status,
+    )
+
+
+def _span_body(
+    context: Any,
+    parent: Any,
+    name: str,
+    kind: Any,
+    start_time: int | None,
+    end_time: int | None,
+    attributes: Any,
+    dropped_attributes: int,
+    events: Any,
+    dropped_events: int,
+    links: Any,
+    dropped_links: int,
+    status: Any,
+) -> bytes:
     parts = [
         b"\x0a\x10",
         context.trace_id.to_bytes(16, "big"),
@@ -211,26 +320,21 @@ def _span(span: Any) -> bytes:
     state = context.trace_state
     if state:
         parts.append(_ld(b"\x1a", ",".join(f"{k}={v}" for k, v in state.items()).encode()))
-    parent = span.parent
     if parent:
         parts.append(b"\x22\x08")
         parts.append(parent.span_id.to_bytes(8, "big"))
-    if span.name:
-        parts.append(_ld(b"\x2a", span.name.encode()))
+    if name:
+        parts.append(_ld(b"\x2a", name.encode()))
     parts.append(b"\x30")
-    parts.append(_SMALL[span.kind.value + 1])  # SDK SpanKind is the proto enum minus one
-    if span.start_time:
-        parts.append(b"\x39" + _pack_fixed64(span.start_time))
-    if span.end_time:
-        parts.append(b"\x41" + _pack_fixed64(span.end_time))
-    # The SDK's ReadableSpan wraps its attributes in a fresh MappingProxyType per access.
-    attributes: Any = getattr(span, "_attributes", _MISSING)
-    if attributes is _MISSING:
-        attributes = span.attributes
+    parts.append(_SMALL[kind.value + 1])  # SDK SpanKind is the proto enum minus one
+    if start_time:
+        parts.append(b"\x39" + _pack_fixed64(start_time))
+    if end_time:
+        parts.append(b"\x41" + _pack_fixed64(end_time))
     parts.append(_attributes(b"\x4a", attributes))
-    if span.dropped_attributes:
-        parts.append(b"\x50" + _varint(span.dropped_attributes))
-    for event in span.events:
+    if dropped_attributes:
+        parts.append(b"\x50" + _varint(dropped_attributes))
+    for event in events:
         body = b"\x09" + _pack_fixed64(event.timestamp) if event.timestamp else b""
         if event.name:
             body += _ld(b"\x12", event.name.encode())
@@ -238,9 +342,9 @@ def _span(span: Any) -> bytes:
         if event.dropped_attributes:
             body += b"\x20" + _varint(event.dropped_attributes)
         parts.append(_ld(b"\x5a", body))
-    if span.dropped_events:
-        parts.append(b"\x60" + _varint(span.dropped_events))
-    for link in span.links:
+    if dropped_events:
+        parts.append(b"\x60" + _varint(dropped_events))
+    for link in links:
         body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big")
         body += b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
         body += _attributes(b"\x22", link.attributes)
@@ -248,9 +352,9 @@ def _span(span: Any) -> bytes:
             body += b"\x28" + _varint(link.dropped_attributes)
         body += b"\x35" + _span_flags(link.context)
         parts.append(_ld(b"\x6a", body))
-    if span.dropped_links:
-        parts.append(b"\x70" + _varint(span.dropped_links))
-    parts.append(_status(span.status))
+    if dropped_links:
+        parts.append(b"\x70" + _varint(dropped_links))
+    parts.append(_status(status))
     parts.append(b"\x85\x01")  # field 16 (flags), fixed32
     parts.append(_span_flags(parent))
     return b"".join(parts)

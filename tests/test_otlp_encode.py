@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import Event, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import (
@@ -45,9 +45,9 @@ RESOURCE = Resource.create(
 
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> Iterator[None]:
-    _otlp_encode._kv_cache.clear()
+    _otlp_encode._field_cache.clear()
     yield
-    _otlp_encode._kv_cache.clear()
+    _otlp_encode._field_cache.clear()
 
 
 def _spans(resource: Resource = RESOURCE) -> list[Any]:
@@ -195,14 +195,37 @@ def test_an_unencodable_attribute_is_skipped_like_the_official_encoder() -> None
 
 
 def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The attribute cache never grows past its bound (varying values evict, not leak)."""
-    monkeypatch.setattr(_otlp_encode, "_CACHE_MAX", 10)
-    spans = _spans()
+    """The attribute cache never grows past its bounds: a key with too many values stops
+    caching (ids, durations), too many keys go uncached; the bytes never change."""
+    monkeypatch.setattr(_otlp_encode, "_VALUES_MAX", 10)
+    monkeypatch.setattr(_otlp_encode, "_KEYS_MAX", 5)
+    spans, logs = _spans(), _logs()
+    before = encode_spans(spans), encode_logs(logs)
+    tag = b"\xfa\x07"  # a tag of its own: the spans and logs above filled the real ones
     for i in range(50):
-        spans[0].attributes  # noqa: B018 - the real spans are immutable; encode fresh dicts
-        _otlp_encode._attributes(b"\x4a", {"k": i})
-    assert len(_otlp_encode._kv_cache) <= 10
+        attributes = {"id": i, "route": "/a", f"k{i}": True}
+        got = _otlp_encode._attributes(tag, attributes)
+        assert got == _otlp_encode._attributes(tag, attributes)
+        assert got == b"".join(
+            _otlp_encode._ld(tag, _otlp_encode._key_value(k, v)) for k, v in attributes.items()
+        )
+    keys = _otlp_encode._field_cache[tag]
+    assert len(keys) <= 5
+    assert keys["id"].fields is None  # unbounded: closed
+    assert keys["route"].fields is not None and len(keys["route"].fields) == 1
+    assert all(len(k.fields or ()) <= 10 for k in keys.values())
+    assert (encode_spans(spans), encode_logs(logs)) == before
     assert encode_spans(spans) == official_spans(spans).SerializeToString()
+    assert encode_logs(logs) == official_logs(logs).SerializeToString()
+
+
+def test_cached_values_of_equal_but_different_types_stay_apart() -> None:
+    """True == 1 == 1.0 in a dict, but they are different AnyValues on the wire."""
+    logs = _logs()
+    record = logs[0]
+    for value in (True, 1, 1.0, "1", None, False, 0, 0.0, ""):
+        record.log_record.attributes = {"v": value}
+        assert encode_logs([record]) == official_logs([record]).SerializeToString(), value
 
 
 def test_direct_log_records_encode_like_the_sdk_records() -> None:
@@ -253,3 +276,53 @@ def test_sliced_encoding_gives_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -
     assert encode_spans(spans) == official_spans(spans).SerializeToString()
     assert encode_logs(logs) == official_logs(logs).SerializeToString()
     assert hand_overs and set(hand_overs) == {0}
+
+
+def test_every_span_shape_encodes_like_the_official_encoder() -> None:
+    """The SDK's own spans are read field by field (past the copying properties): with
+    dropped attributes/events/links, an ended ``_Span`` itself (what the direct request
+    span path queues), a hand-made ReadableSpan with plain tuples, and a subclass
+    overriding a property (read through its properties) all give the official bytes."""
+    from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
+    from opentelemetry.trace import Link
+
+    exporter = InMemorySpanExporter()
+    limits = SpanLimits(max_span_attributes=2, max_events=1, max_links=1)
+    provider = TracerProvider(resource=RESOURCE, span_limits=limits)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    remote = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(1))
+    span = tracer.start_span(
+        "limited", attributes={"a": 1, "b": 2, "c": 3}, links=[Link(remote), Link(remote)]
+    )
+    span.add_event("one")
+    span.add_event("two")
+    span.end()
+    (limited,) = exporter.get_finished_spans()
+    assert (limited.dropped_attributes, limited.dropped_events, limited.dropped_links) == (
+        1,
+        1,
+        1,
+    )
+    hand_made = ReadableSpan(
+        name="hand-made",
+        context=SpanContext(0x1, 0x2, is_remote=False),
+        attributes={"k": "v"},
+        events=(Event("e", {"x": 1}, timestamp=5),),
+        links=(Link(remote, {"l": True}),),
+        start_time=1,
+        end_time=2,
+    )
+
+    class Renamed(ReadableSpan):
+        @property
+        def name(self) -> str:
+            return "renamed"
+
+    renamed = Renamed(name="original", context=SpanContext(0x1, 0x3, is_remote=False))
+    spans = [limited, span, hand_made, renamed]  # `span` is the ended _Span itself
+    assert type(span) in _otlp_encode._SDK_SPAN_TYPES
+    assert type(renamed) not in _otlp_encode._SDK_SPAN_TYPES
+    assert encode_spans(spans) == official_spans(spans).SerializeToString()
+    decoded = ExportTraceServiceRequest.FromString(encode_spans([renamed]))
+    assert decoded.resource_spans[0].scope_spans[0].spans[0].name == "renamed"
