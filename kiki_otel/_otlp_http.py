@@ -42,7 +42,7 @@ from opentelemetry.sdk._logs.export import (
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from ._otlp_encode import DirectLogRecord, encode_logs, encode_spans
+from ._otlp_encode import encode_log, encode_logs, encode_spans
 
 __all__ = ["DirectLogs", "FastLogExporter", "FastSpanExporter", "OTLPHttpClient", "direct_logs"]
 
@@ -229,10 +229,11 @@ class DirectLogs:
     the attributes into ``BoundedAttributes``), then ``BatchLogRecordProcessor`` copies it
     into a ``ReadableLogRecord``: ~20 us a record. When the provider's only processor is
     that batch processor feeding our :class:`FastLogExporter`, the record it would produce
-    is fully known, so :meth:`emit` queues a :class:`DirectLogRecord` with the same fields
-    (timestamps, severity, body, attributes, trace/span ids and flags of the current span,
-    the logger's resource and scope) in the same queue. Queueing, batching, fork handling,
-    flush and shutdown stay the SDK's batch processor's.
+    is fully known, so :meth:`emit` encodes that record (timestamps, severity, body,
+    attributes, trace/span ids and flags of the current span, the logger's resource and
+    scope) and queues it, already in wire form (:class:`~._otlp_encode.Encoded`), in the
+    same queue. Queueing, batching, fork handling, flush and shutdown stay the SDK's
+    batch processor's.
 
     :meth:`usable` is checked per record: a processor added later, a logger disabled by
     the SDK's configurator, or attributes the SDK would trim (over the count limit) send
@@ -271,7 +272,7 @@ class DirectLogs:
         logger = self._logger
         self._metrics.emit_log()
         self._batch.emit(
-            DirectLogRecord(
+            encode_log(
                 timestamp,
                 severity,
                 text,

@@ -26,6 +26,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 import kiki_otel
 from kiki_otel._fast_span import DirectSpans
 from kiki_otel._http_server import ServerTelemetry
+from kiki_otel._otlp_encode import encode_span
 from kiki_otel._otlp_http import FastSpanExporter, OTLPHttpClient
 from tests.support.otlp_receiver import OTLPReceiver, ReceivedSpan
 
@@ -176,7 +177,8 @@ def test_end_is_the_sdks_for_misuse_and_for_other_consumers(
     assert direct is not None
     span = direct.start("GET", otel_context.Context(), {})
     direct.end(span)
-    assert list(batch._batch_processor._queue) == [span]
+    (queued,) = batch._batch_processor._queue
+    assert queued.payload == encode_span(span).payload  # encoded as it ended
     assert not span.is_recording()
     direct.end(span)
     assert "ended span" in caplog.text

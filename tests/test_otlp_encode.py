@@ -229,17 +229,20 @@ def test_cached_values_of_equal_but_different_types_stay_apart() -> None:
 
 
 def test_direct_log_records_encode_like_the_sdk_records() -> None:
-    """A ``DirectLogRecord`` (the emitter's shortcut past the SDK's record objects) gives
-    exactly the bytes of the SDK record with the same fields, in and out of a span."""
-    from kiki_otel._otlp_encode import DirectLogRecord
+    """``encode_log`` (the emitter's shortcut past the SDK's record objects) gives exactly
+    the bytes of the SDK record with the same fields, in and out of a span, and batches of
+    such pre-encoded records mixed with SDK records encode like the SDK records alone."""
+    from kiki_otel._otlp_encode import Encoded, encode_log
 
     sdk_logs = [r for r in _logs() if r.log_record.event_name is None]
-    direct = []
+    direct: list[Any] = []
     for readable in sdk_logs:
         record = readable.log_record
+        # encode_log stamps one clock reading as both times, as the emitter does
+        record.timestamp = record.observed_timestamp = record.timestamp or record.observed_timestamp
         direct.append(
-            DirectLogRecord(
-                record.timestamp or record.observed_timestamp,
+            encode_log(
+                record.timestamp,
                 record.severity_number,
                 record.severity_text,
                 record.body,
@@ -251,10 +254,23 @@ def test_direct_log_records_encode_like_the_sdk_records() -> None:
                 readable.instrumentation_scope,
             )
         )
-        direct[-1].timestamp = record.timestamp
-        direct[-1].observed_timestamp = record.observed_timestamp
     assert len(direct) == len(sdk_logs) > 5
-    assert encode_logs(direct) == official_logs(sdk_logs).SerializeToString()
+    assert all(type(item) is Encoded for item in direct)
+    official = official_logs(sdk_logs).SerializeToString()
+    assert encode_logs(direct) == official
+    mixed = [item if i % 2 else sdk_logs[i] for i, item in enumerate(direct)]
+    assert encode_logs(mixed) == official
+
+
+def test_pre_encoded_spans_give_the_same_request() -> None:
+    """Spans encoded when they end (``encode_span``), alone or mixed with SDK spans in one
+    batch, give the official request bytes (grouping by resource and scope included)."""
+    from kiki_otel._otlp_encode import encode_span
+
+    spans = _spans() + _spans(Resource.create({"service.name": "other"}))
+    official = official_spans(spans).SerializeToString()
+    assert encode_spans([encode_span(s) for s in spans]) == official
+    assert encode_spans([encode_span(s) if i % 3 else s for i, s in enumerate(spans)]) == official
 
 
 def test_sliced_encoding_gives_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:

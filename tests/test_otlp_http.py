@@ -223,7 +223,7 @@ def test_direct_log_path_steps_aside_for_user_processors_and_limits(
     provider, emitter = _emitter_setup(receiver)
     queue = provider._multi_log_record_processor._log_record_processors[0]._batch_processor._queue
     emitter(None, "info", {"event": "first", "level": "info", "logger": "app"})
-    assert type(queue[0]).__name__ == "DirectLogRecord"
+    assert type(queue[0]).__name__ == "Encoded"
     emitter(None, "info", {"event": "bad key", "level": "info", "logger": "app", "": 1})
     assert type(queue[0]).__name__ == "ReadableLogRecord"
     many = {f"k{i}": i for i in range(200)}
