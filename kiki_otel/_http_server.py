@@ -258,6 +258,7 @@ class ServerTelemetry:
         span_context = span.get_span_context()
         trace_id = format(span_context.trace_id, "032x")
         extra_headers = self._response_headers(trace_id, span_context)
+        outer = otel_context.get_current()
         token = otel_context.attach(ctx)
         client_token = client_request_id.set(client_id)
         active_attrs = {"http.request.method": method, "url.scheme": scope.get("scheme", "http")}
@@ -272,6 +273,18 @@ class ServerTelemetry:
                 headers = [h for h in message.get("headers", ()) if h[0].lower() != id_header]
                 headers.extend(extra_headers)
                 message["headers"] = headers
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # The server's end-of-response work runs outside the request's trace: it
+                # arms its keep-alive timer there, and asyncio's call_later keeps a copy of
+                # the current context, span included, in the timer heap until the timer
+                # fires or the heap is compacted (cancelled timers stay: ~100 of them).
+                # Spans held that long get promoted, and promotions trigger full GCs.
+                outer_token = otel_context.attach(outer)
+                try:
+                    await send(message)
+                finally:
+                    otel_context.detach(outer_token)
+                return
             await send(message)
 
         error: BaseException | None = None

@@ -455,3 +455,59 @@ async def test_mounted_sub_app_route_keeps_the_mount_prefix(memory: Memory) -> N
     (span,) = server_spans(memory)
     assert span.name == "GET /sub/items/{i}"
     assert span.attributes["http.route"] == "/sub/items/{i}"
+
+
+async def test_server_end_of_response_work_runs_outside_the_request_trace(
+    memory: Memory,
+) -> None:
+    """The server's handling of the last body message (where uvicorn arms its keep-alive
+    timer and starts pipelined requests, both copying the current context) does not see
+    the request span, so it is not kept alive there; the app's code after the response
+    (background tasks) still does."""
+    import contextvars
+
+    from opentelemetry import trace
+
+    app = FastAPI()
+    after_response: list[str | None] = []
+
+    @app.get("/items/{i}")
+    async def items(i: int, background: BackgroundTasks) -> dict[str, int]:
+        background.add_task(lambda: after_response.append(kiki_otel.get_request_id()))
+        return {"i": i}
+
+    kiki_otel.configure(app, metrics_exporter="none")
+    captured: dict[str, contextvars.Context] = {}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "http.response.body" and message.get("more_body"):
+            kind += ".partial"
+        captured[kind] = contextvars.copy_context()  # what loop.call_later would keep
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/items/3",
+        "raw_path": b"/items/3",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"t")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    await app(scope, receive, send)
+    (span,) = server_spans(memory)
+
+    def current_span_id() -> int:
+        return trace.get_current_span().get_span_context().span_id
+
+    assert captured["http.response.start"].run(current_span_id) == span.context.span_id
+    assert captured["http.response.body"].run(current_span_id) == 0  # outside the trace
+    assert after_response == [format(span.context.trace_id, "032x")]
