@@ -161,12 +161,20 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     # BoundedAttributes' Mapping methods go through the ABC per item: read its dict directly.
     inner = getattr(attributes, "_dict", None)
     items = inner.items() if type(inner) is dict else attributes.items()
-    out = []
+    out: list[bytes] = []
     keys = _field_cache.get(tag)
     if keys is None:
         keys = _field_cache.setdefault(tag, {})
+    append = out.append
     for key, value in items:
         kind = type(value)
+        if kind is str:  # the common case, a cached str value: two lookups
+            entry = keys.get(key)
+            fields = entry.fields if entry is not None else None
+            field = fields.get(value) if fields is not None else None
+            if field is not None:
+                append(field)
+                continue
         entry = keys.get(key) if kind in _SCALARS else None
         if entry is None and kind in _SCALARS and type(key) is str and len(keys) < _KEYS_MAX:
             entry = keys.setdefault(key, _KeyFields(key))
