@@ -28,6 +28,7 @@ sends spans the SDK way from then on.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, cast
@@ -39,6 +40,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 from ._otlp_encode import encode_span
 
 __all__ = ["DirectSpans"]
+
+_logger = logging.getLogger(__name__)
 
 _SPAN_FIELDS = frozenset(
     {
@@ -285,7 +288,12 @@ class DirectSpans:
         if span._record_end_metrics:
             span._record_end_metrics()
         if span._context.trace_flags.sampled:
-            batch.emit(encode_span(span))
+            try:
+                item: Any = encode_span(span)
+            except Exception:  # a bug in our encoder must not cost the span: export it later
+                _logger.exception("kiki_otel: could not encode span %s", span.name)
+                item = span
+            batch.emit(item)
 
 
 def _attribute_blind(sampler: Any) -> bool:

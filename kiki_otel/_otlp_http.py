@@ -270,9 +270,8 @@ class DirectLogs:
         """Queue one record; ``attributes`` must hold valid values under non-empty str keys."""
         span_context = trace.get_current_span().get_span_context()
         logger = self._logger
-        self._metrics.emit_log()
-        self._batch.emit(
-            encode_log(
+        try:
+            item = encode_log(
                 timestamp,
                 severity,
                 text,
@@ -284,7 +283,18 @@ class DirectLogs:
                 logger._resource,
                 logger._instrumentation_scope,
             )
-        )
+        except Exception:  # a bug in our encoder must not cost the record: the SDK's way
+            _logger.exception("kiki_otel: could not encode a log record directly")
+            logger.emit(
+                timestamp=timestamp,
+                severity_number=severity,
+                severity_text=text,
+                body=body,
+                attributes=attributes,
+            )
+            return
+        self._metrics.emit_log()
+        self._batch.emit(item)
 
 
 def direct_logs(provider: object, logger: object) -> DirectLogs | None:

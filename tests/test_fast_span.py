@@ -251,3 +251,27 @@ async def test_requests_take_the_direct_path_and_arrive(receiver: OTLPReceiver) 
     assert sorted(s.trace_id for s in spans) == sorted(ids)
     assert {s.name for s in spans} == {"GET /items/{item_id}"}
     assert all(s.attributes["http.response.status_code"] == 200 for s in spans)
+
+
+def test_an_encoder_failure_costs_no_span(
+    receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If encoding at end() ever failed, the span is queued as it is and encoded at export."""
+    from kiki_otel import _fast_span
+
+    def broken(span: Any) -> Any:
+        raise RuntimeError("encoder bug")
+
+    monkeypatch.setattr(_fast_span, "encode_span", broken)
+    provider = TracerProvider(resource=Resource.create({"service.name": "s"}))
+    exporter = FastSpanExporter(OTLPHttpClient(receiver.http_url("traces")))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    direct = DirectSpans.for_tracer(provider.get_tracer("t"))
+    assert direct is not None
+    span = direct.start("GET", otel_context.Context(), dict(ATTRIBUTES))
+    direct.end(span)
+    provider.force_flush()
+    (got,) = receiver.wait_for_spans(1)
+    assert got.span_id == f"{span.get_span_context().span_id:016x}"
+    assert got.attributes["url.path"] == "/items/3"
+    provider.shutdown()

@@ -264,3 +264,21 @@ def test_direct_log_path_only_for_a_plain_batch_over_the_fast_exporter() -> None
     for provider, expected in cases:
         assert (direct_logs(provider, provider.get_logger("x")) is not None) is expected
         provider.shutdown()
+
+
+def test_an_encoder_failure_costs_no_log_record(
+    receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If encoding a record directly ever failed, it goes the SDK's way instead."""
+    from kiki_otel import _otlp_http
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("encoder bug")
+
+    monkeypatch.setattr(_otlp_http, "encode_log", broken)
+    provider, emitter = _emitter_setup(receiver)
+    emitter(None, "info", {"event": "kept", "level": "info", "logger": "app", "n": 1})
+    provider.force_flush()
+    (record,) = receiver.wait_for_logs(1)
+    assert (str(record.body), record.attributes["n"]) == ("kept", 1)
+    provider.shutdown()
