@@ -52,6 +52,8 @@ _SENSITIVE_QUERY = frozenset(
     }
 )
 _INTERNAL_ERROR = b"Internal Server Error"
+_LAST_MESSAGE = frozenset({"http.response.body", "http.response.pathsend"})
+"""Message types that end a response unless ``more_body`` (pathsend never has more)."""
 _FASTAPI_NATIVE_KEY = "fastapi.telemetry"
 
 
@@ -273,7 +275,7 @@ class ServerTelemetry:
                 headers = [h for h in message.get("headers", ()) if h[0].lower() != id_header]
                 headers.extend(extra_headers)
                 message["headers"] = headers
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
+            elif message["type"] in _LAST_MESSAGE and not message.get("more_body"):
                 # The server's end-of-response work runs outside the request's trace: it
                 # arms its keep-alive timer there, and asyncio's call_later keeps a copy of
                 # the current context, span included, in the timer heap until the timer

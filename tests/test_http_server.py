@@ -511,3 +511,22 @@ async def test_server_end_of_response_work_runs_outside_the_request_trace(
     assert captured["http.response.start"].run(current_span_id) == span.context.span_id
     assert captured["http.response.body"].run(current_span_id) == 0  # outside the trace
     assert after_response == [format(span.context.trace_id, "032x")]
+
+    @app.get("/file")
+    async def file() -> Any:
+        from starlette.responses import FileResponse
+
+        return FileResponse(__file__)
+
+    captured.clear()  # a server with the pathsend extension gets the file as one message
+    await app(
+        {
+            **scope,
+            "path": "/file",
+            "raw_path": b"/file",
+            "extensions": {"http.response.pathsend": {}},
+        },
+        receive,
+        send,
+    )
+    assert captured["http.response.pathsend"].run(current_span_id) == 0
