@@ -80,6 +80,26 @@ def client(app: FastAPI) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, base_url="http://testserver")
 
 
+def asgi_scope(path: str, **extra: Any) -> dict[str, Any]:
+    """A GET scope for driving the app as an ASGI server would (what httpx cannot send)."""
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"t")],
+        "client": ("127.0.0.1", 1),
+        "server": ("t", 80),
+    }
+    scope.update(extra)
+    return scope
+
+
 def server_spans(memory: Memory) -> list[Any]:
     return [s for s in memory.spans() if s.kind == SpanKind.SERVER]
 
@@ -272,20 +292,7 @@ async def test_hostile_client_request_id_is_dropped_and_escaped(
     async def send_raw() -> tuple[int, dict[bytes, bytes]]:
         # httpx refuses to send CRLF/NUL; talk ASGI directly as a hostile proxy could.
         messages: list[dict[str, Any]] = []
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": "/items/1",
-            "raw_path": b"/items/1",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"host", b"t"), (b"x-request-id", value)],
-            "client": ("127.0.0.1", 1),
-            "server": ("t", 80),
-        }
+        scope = asgi_scope("/items/1", headers=[(b"host", b"t"), (b"x-request-id", value)])
 
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": b"", "more_body": False}
@@ -488,21 +495,7 @@ async def test_server_end_of_response_work_runs_outside_the_request_trace(
             kind += ".partial"
         captured[kind] = contextvars.copy_context()  # what loop.call_later would keep
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/items/3",
-        "raw_path": b"/items/3",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"t")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-    await app(scope, receive, send)
+    await app(asgi_scope("/items/3"), receive, send)
     (span,) = server_spans(memory)
 
     def current_span_id() -> int:
@@ -519,14 +512,5 @@ async def test_server_end_of_response_work_runs_outside_the_request_trace(
         return FileResponse(__file__)
 
     captured.clear()  # a server with the pathsend extension gets the file as one message
-    await app(
-        {
-            **scope,
-            "path": "/file",
-            "raw_path": b"/file",
-            "extensions": {"http.response.pathsend": {}},
-        },
-        receive,
-        send,
-    )
+    await app(asgi_scope("/file", extensions={"http.response.pathsend": {}}), receive, send)
     assert captured["http.response.pathsend"].run(current_span_id) == 0
