@@ -184,30 +184,36 @@ def test_correlation_ids_follow_the_current_span() -> None:
 
 
 @pytest.mark.parametrize("env", [{}, {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "200"}])
-def test_fast_exporter_batches_are_small_unless_sized_by_the_user(
+def test_export_batches_are_small_unless_sized_by_the_user(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
 ) -> None:
-    """Our fast exporter gets batches of 64 (shorter encoding bursts); the SDK's own
-    OTEL_BSP_*/OTEL_BLRP_* sizes win when set; the official exporter keeps the SDK's."""
+    """Every exporter kiki installs (fast, official http/protobuf, official gRPC) gets
+    batches of 64 (shorter export bursts on the serving core); the SDK's own
+    OTEL_BSP_*/OTEL_BLRP_* sizes win when set."""
     from opentelemetry import _logs
 
     from kiki_otel import testing
-    from kiki_otel._providers import FAST_EXPORT_BATCH
+    from kiki_otel._providers import EXPORT_BATCH
 
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    for exporter, expected_spans, expected_logs in (
-        ("fast", int(env.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", FAST_EXPORT_BATCH)), 64),
-        ("official", int(env.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)), 512),
+    expected_spans = int(env.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", EXPORT_BATCH))
+    for exporter, protocol in (
+        ("fast", "http/protobuf"),
+        ("official", "http/protobuf"),
+        ("fast", "grpc"),
     ):
         monkeypatch.setenv("KIKI_OTEL_EXPORTER", exporter)
         kiki_otel.configure(
-            service_name="svc", exporter_otlp_endpoint="http://127.0.0.1:9", metrics_exporter="none"
+            service_name="svc",
+            exporter_otlp_endpoint="http://127.0.0.1:9",
+            exporter_otlp_protocol=protocol,
+            metrics_exporter="none",
         )
         spans = trace.get_tracer_provider()._active_span_processor._span_processors[0]  # type: ignore[attr-defined]
         logs = _logs.get_logger_provider()._multi_log_record_processor._log_record_processors[0]  # type: ignore[attr-defined]
         assert spans._batch_processor._max_export_batch_size == expected_spans
-        assert logs._batch_processor._max_export_batch_size == expected_logs
+        assert logs._batch_processor._max_export_batch_size == EXPORT_BATCH == 64
         testing.reset()
 
 
