@@ -225,11 +225,15 @@ def test_unknown_span_fields_turn_it_off(monkeypatch: pytest.MonkeyPatch) -> Non
 
 async def test_requests_take_the_direct_path_and_arrive(receiver: OTLPReceiver) -> None:
     """Through configure(): the middleware uses the direct path end to end (start and
-    queue), and the request spans arrive at a real receiver with the request ids."""
+    queue), and the request spans arrive at a real receiver with the request ids and what
+    the endpoint added to the current span."""
     app = FastAPI()
 
     @app.get("/items/{item_id}")
     async def item(item_id: int) -> dict[str, int]:
+        span = trace.get_current_span()  # the direct request span, as user code sees it
+        span.set_attribute("app.item_id", item_id)
+        span.add_event("item.loaded", {"cached": item_id % 2 == 0})
         return {"item_id": item_id}
 
     telemetry = kiki_otel.configure(
@@ -251,6 +255,11 @@ async def test_requests_take_the_direct_path_and_arrive(receiver: OTLPReceiver) 
     assert sorted(s.trace_id for s in spans) == sorted(ids)
     assert {s.name for s in spans} == {"GET /items/{item_id}"}
     assert all(s.attributes["http.response.status_code"] == 200 for s in spans)
+    by_item = {s.attributes["app.item_id"]: s for s in spans}
+    assert sorted(by_item) == [0, 1, 2]
+    assert [(e.name, e.attributes) for e in by_item[2].events] == [
+        ("item.loaded", {"cached": True})
+    ]
 
 
 def test_an_encoder_failure_costs_no_span(
