@@ -37,6 +37,12 @@ _KEYS_MAX = 1024
 _VALUES_MAX = 256
 """Distinct values cached per key; a key that sees more is unbounded (an id, a duration):
 it stops caching, as a miss costs more than encoding and would only churn memory."""
+_CACHED_MAX = 8192
+"""Cached fields in all (a soft bound, counted without a lock): with ``_FIELD_BYTES_MAX``
+it keeps the worst case to a few MB whatever attributes an application logs."""
+_FIELD_BYTES_MAX = 512
+"""Longer fields are encoded each time, never cached (rarely repeated, costly to hold)."""
+_cached = [0]
 
 
 class _KeyFields:
@@ -190,10 +196,12 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
             field = fields.get(cache_key)
             if field is None:
                 field = _ld(tag, entry.head + _ld(b"\x12", _any_value(value)))
-                if len(fields) < _VALUES_MAX:
+                if len(fields) >= _VALUES_MAX:
+                    entry.fields = None  # unbounded: close the key, give its room back
+                    _cached[0] -= len(fields)
+                elif len(field) <= _FIELD_BYTES_MAX and _cached[0] < _CACHED_MAX:
                     fields[cache_key] = field
-                else:
-                    entry.fields = None
+                    _cached[0] += 1
             out.append(field)
         except Exception as error:
             _logger.exception("Failed to encode key %s: %s", key, error)

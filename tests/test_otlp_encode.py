@@ -46,8 +46,10 @@ RESOURCE = Resource.create(
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> Iterator[None]:
     _otlp_encode._field_cache.clear()
+    _otlp_encode._cached[0] = 0
     yield
     _otlp_encode._field_cache.clear()
+    _otlp_encode._cached[0] = 0
 
 
 def _spans(resource: Resource = RESOURCE) -> list[Any]:
@@ -214,7 +216,20 @@ def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert keys["id"].fields is None  # unbounded: closed
     assert keys["route"].fields is not None and len(keys["route"].fields) == 1
     assert all(len(k.fields or ()) <= 10 for k in keys.values())
+    assert _otlp_encode._cached[0] == sum(
+        len(k.fields or ()) for t in _otlp_encode._field_cache.values() for k in t.values()
+    )
     assert (encode_spans(spans), encode_logs(logs)) == before
+    # the overall budget and the size cap: no more caching, same bytes
+    monkeypatch.setattr(_otlp_encode, "_CACHED_MAX", _otlp_encode._cached[0])
+    monkeypatch.setattr(_otlp_encode, "_FIELD_BYTES_MAX", 0)
+    budget = _otlp_encode._cached[0]
+    assert _otlp_encode._attributes(tag, {"route": "/b", "long": "x" * 600}) == b"".join(
+        _otlp_encode._ld(tag, _otlp_encode._key_value(k, v))
+        for k, v in {"route": "/b", "long": "x" * 600}.items()
+    )
+    assert _otlp_encode._cached[0] == budget
+    assert "/b" not in (keys["route"].fields or {})
     assert encode_spans(spans) == official_spans(spans).SerializeToString()
     assert encode_logs(logs) == official_logs(logs).SerializeToString()
 
