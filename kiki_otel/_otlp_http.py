@@ -16,12 +16,9 @@ from __future__ import annotations
 import contextlib
 import gzip
 import http.client
-import logging
 import os
-import random
 import ssl
 import threading
-import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -42,17 +39,17 @@ from opentelemetry.sdk._logs.export import (
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from ._otlp_client import Attempt, RetryingClient, export_logger
 from ._otlp_encode import encode_log, encode_logs, encode_spans
 
 __all__ = ["DirectLogs", "FastLogExporter", "FastSpanExporter", "OTLPHttpClient", "direct_logs"]
 
-# Named so the OTel emitter never exports it (see ``_NO_EXPORT_PREFIXES`` in _logging).
-_logger = logging.getLogger("kiki_otel._export")
+_logger = export_logger
 _RETRYABLE = frozenset({429, 502, 503, 504})
 _USER_AGENT = "kiki-otel OTLP/HTTP exporter"
 
 
-class OTLPHttpClient:
+class OTLPHttpClient(RetryingClient):
     """POSTs protobuf bodies to one OTLP/HTTP URL over a reused connection."""
 
     def __init__(
@@ -63,6 +60,7 @@ class OTLPHttpClient:
         timeout: float = 10.0,
         compression: str = "none",
     ) -> None:
+        super().__init__(timeout)
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"OTLP/HTTP endpoint must be an http(s) URL, got {url!r}")
@@ -71,7 +69,6 @@ class OTLPHttpClient:
         self._host = parts.hostname
         self._port = parts.port or (443 if self._https else 80)
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._timeout = timeout
         self._gzip = compression == "gzip"
         self._headers = {
             "Content-Type": "application/x-protobuf",
@@ -81,9 +78,6 @@ class OTLPHttpClient:
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
         self._conn: http.client.HTTPConnection | None = None
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        self._failing = False
         if hasattr(os, "register_at_fork"):
             reinit = weakref.WeakMethod(self._after_fork_in_child)
             os.register_at_fork(after_in_child=lambda: (m := reinit()) and m())
@@ -134,51 +128,25 @@ class OTLPHttpClient:
 
     def post(self, body: bytes) -> bool:
         """Send one request, retrying transient failures until the timeout; True on 2xx."""
-        if self._closed.is_set():
-            return False
         if self._gzip:
             body = gzip.compress(body, compresslevel=6)
-        deadline = time.monotonic() + self._timeout
-        reason = "export timeout"
-        with self._lock:
-            for attempt in range(64):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closed.is_set():
-                    break
-                try:
-                    status, data = self._post_once(body, remaining)
-                except (OSError, http.client.HTTPException) as error:
-                    reason = f"{type(error).__name__}: {error}"
-                    retry = True
-                else:
-                    if 200 <= status < 300:
-                        if self._failing:
-                            _logger.info("OTLP export to %s recovered", self.url)
-                        self._failing = False
-                        return True
-                    reason = f"HTTP {status}: {data[:200]!r}"
-                    retry = status in _RETRYABLE
-                backoff = (2**attempt) * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
-                if not retry or time.monotonic() + backoff > deadline:
-                    break
-                if self._closed.wait(backoff):
-                    break
-            else:  # pragma: no cover - 64 attempts cannot fit in any sane timeout
-                reason = "too many attempts"
-        if not self._failing:
-            _logger.warning("OTLP export to %s failed, batch dropped (%s)", self.url, reason)
-        self._failing = True
-        return False
+        return super().post(body)
 
-    def close(self) -> None:
-        """Stop retrying and close the connection (waits for an export in flight)."""
-        self._closed.set()
-        with self._lock:
-            self._drop_connection()
+    def _attempt(self, body: bytes, timeout: float) -> Attempt:
+        try:
+            status, data = self._post_once(body, timeout)
+        except (OSError, http.client.HTTPException) as error:
+            return False, True, f"{type(error).__name__}: {error}"
+        if 200 <= status < 300:
+            return True, False, ""
+        return False, status in _RETRYABLE, f"HTTP {status}: {data[:200]!r}"
+
+    def _release(self) -> None:
+        self._drop_connection()
 
 
 class _Exporter:
-    def __init__(self, client: OTLPHttpClient, encode: Callable[[Sequence[Any]], bytes]) -> None:
+    def __init__(self, client: RetryingClient, encode: Callable[[Sequence[Any]], bytes]) -> None:
         self._client = client
         self._encode = encode
 
@@ -200,9 +168,9 @@ class _Exporter:
 
 
 class FastSpanExporter(_Exporter, SpanExporter):
-    """Spans over OTLP/HTTP with the direct wire encoder."""
+    """Spans over OTLP (HTTP or gRPC, by the client) with the direct wire encoder."""
 
-    def __init__(self, client: OTLPHttpClient) -> None:
+    def __init__(self, client: RetryingClient) -> None:
         super().__init__(client, encode_spans)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -211,9 +179,9 @@ class FastSpanExporter(_Exporter, SpanExporter):
 
 
 class FastLogExporter(_Exporter, LogRecordExporter):
-    """Log records over OTLP/HTTP with the direct wire encoder."""
+    """Log records over OTLP (HTTP or gRPC, by the client) with the direct wire encoder."""
 
-    def __init__(self, client: OTLPHttpClient) -> None:
+    def __init__(self, client: RetryingClient) -> None:
         super().__init__(client, encode_logs)
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
