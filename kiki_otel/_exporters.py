@@ -45,39 +45,54 @@ def _common(settings: Settings, signal: str) -> dict[str, Any]:
     return kwargs
 
 
-def _fast_url(settings: Settings, signal: str) -> str | None:
-    """The URL for kiki's fast OTLP/HTTP exporter, or None when only the official one fits."""
-    if settings.exporter != "fast" or settings.exporter_otlp_protocol == "grpc":
+def _fast_endpoint(settings: Settings, signal: str) -> str | None:
+    """Where kiki's fast exporter sends ``signal``, or None when only the official one fits.
+
+    The fast exporter covers OTLP/HTTP and OTLP/gRPC over ``http://`` (plaintext) and
+    ``https://`` (system roots). Client certificates, custom CAs, ``*_INSECURE`` and
+    per-signal headers/timeout/compression variables are left to the official exporters.
+    """
+    if settings.exporter != "fast":
         return None
+    grpc = settings.exporter_otlp_protocol == "grpc"
     prefix = f"OTEL_EXPORTER_OTLP_{signal.upper()}_"
     for name, value in os.environ.items():
         if not value or not name.startswith("OTEL_EXPORTER_OTLP_"):
             continue
-        if "CERTIFICATE" in name or "CLIENT_KEY" in name:
-            return None  # mTLS / custom CAs: the official exporter handles them
+        if "CERTIFICATE" in name or "CLIENT_KEY" in name or (grpc and "INSECURE" in name):
+            return None  # mTLS / custom CAs / gRPC security choices: the official exporter
         if name.startswith(prefix) and name != f"{prefix}ENDPOINT":
             return None  # per-signal headers/timeout/compression: leave them to it too
-    return os.environ.get(f"{prefix}ENDPOINT") or f"{settings.otlp_endpoint()}/v1/{signal}"
+    endpoint = os.environ.get(f"{prefix}ENDPOINT")
+    if grpc:
+        endpoint = endpoint or settings.otlp_endpoint()
+        return endpoint if endpoint.startswith(("http://", "https://")) else None
+    return endpoint or f"{settings.otlp_endpoint()}/v1/{signal}"
 
 
-def _fast_client(settings: Settings, url: str) -> Any:
+def _fast_client(settings: Settings, endpoint: str, signal: str) -> Any:
+    options: dict[str, Any] = {
+        "headers": settings.otlp_headers(),
+        "timeout": settings.exporter_otlp_timeout / 1000.0,
+        "compression": settings.exporter_otlp_compression,
+    }
+    if settings.exporter_otlp_protocol == "grpc":
+        from ._otlp_grpc import LOGS_METHOD, TRACES_METHOD, OTLPGrpcClient
+
+        method = TRACES_METHOD if signal == "traces" else LOGS_METHOD
+        return OTLPGrpcClient(endpoint, method, **options)
     from ._otlp_http import OTLPHttpClient
 
-    return OTLPHttpClient(
-        url,
-        headers=settings.otlp_headers(),
-        timeout=settings.exporter_otlp_timeout / 1000.0,
-        compression=settings.exporter_otlp_compression,
-    )
+    return OTLPHttpClient(endpoint, **options)
 
 
 def span_exporter(settings: Settings) -> SpanExporter:
     """The OTLP span exporter for the configured protocol."""
-    url = _fast_url(settings, "traces")
-    if url is not None:
+    endpoint = _fast_endpoint(settings, "traces")
+    if endpoint is not None:
         from ._otlp_http import FastSpanExporter
 
-        return FastSpanExporter(_fast_client(settings, url))
+        return FastSpanExporter(_fast_client(settings, endpoint, "traces"))
     if settings.exporter_otlp_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
@@ -104,11 +119,11 @@ def metric_exporter(settings: Settings) -> MetricExporter:
 
 def log_exporter(settings: Settings) -> LogRecordExporter:
     """The OTLP log record exporter for the configured protocol."""
-    url = _fast_url(settings, "logs")
-    if url is not None:
+    endpoint = _fast_endpoint(settings, "logs")
+    if endpoint is not None:
         from ._otlp_http import FastLogExporter
 
-        return FastLogExporter(_fast_client(settings, url))
+        return FastLogExporter(_fast_client(settings, endpoint, "logs"))
     if settings.exporter_otlp_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 

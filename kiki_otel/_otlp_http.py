@@ -1,7 +1,8 @@
-"""A lean OTLP/HTTP exporter for spans and log records (``KIKI_OTEL_EXPORTER=fast``).
+"""A lean OTLP exporter for spans and log records (``KIKI_OTEL_EXPORTER=fast``).
 
-It plugs into the SDK's own ``BatchSpanProcessor`` / ``BatchLogRecordProcessor`` (queueing,
-batching, fork handling and shutdown stay the SDK's), and replaces what was slow per batch:
+Also its OTLP/HTTP transport; the gRPC one is :mod:`kiki_otel._otlp_grpc`. It plugs into
+the SDK's own ``BatchSpanProcessor`` / ``BatchLogRecordProcessor`` (queueing, batching,
+fork handling and shutdown stay the SDK's), and replaces what was slow per batch:
 encoding goes through :mod:`kiki_otel._otlp_encode` (the official bytes, ~5x faster), and
 the POST goes over one keep-alive ``http.client`` connection instead of ``requests``.
 

@@ -188,9 +188,10 @@ class Settings(BaseSettings):
         default=None, ge=0.0, le=1.0, validation_alias=_env("OTEL_TRACES_SAMPLER_ARG")
     )
     exporter: Literal["fast", "official"] = "fast"
-    """``KIKI_OTEL_EXPORTER``: ``fast`` sends spans and logs over OTLP/HTTP with kiki's direct
-    wire encoder; ``official`` uses opentelemetry-exporter-otlp's. gRPC, client certificates
-    and per-signal header/timeout/compression variables always use the official ones."""
+    """``KIKI_OTEL_EXPORTER``: ``fast`` sends spans and logs (OTLP/HTTP or gRPC) with kiki's
+    direct wire encoder; ``official`` uses opentelemetry-exporter-otlp's. Client certificates,
+    custom CAs, ``*_INSECURE`` for gRPC and per-signal header/timeout/compression variables
+    always use the official ones, and metrics always do."""
     metric_export_interval: int = Field(
         default=60_000, ge=100, validation_alias=_env("OTEL_METRIC_EXPORT_INTERVAL")
     )

@@ -148,7 +148,16 @@ def demo(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dem
         return proc
 
     try:
-        start(running.b_name, b_port, {})
+        # B exports over OTLP/gRPC (kiki's fast gRPC exporter), A over OTLP/HTTP: the
+        # cross-service trace in Jaeger then proves both against the real collector.
+        start(
+            running.b_name,
+            b_port,
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": stack.collector_otlp_grpc,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            },
+        )
         start(running.a_name, a_port, {"DEMO_DOWNSTREAM_URL": running.b_url})
     except BaseException:
         stop_all(running.procs)

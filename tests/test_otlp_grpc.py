@@ -1,0 +1,148 @@
+"""The fast exporters over OTLP/gRPC against the real OTLP receiver, and how they are selected.
+
+The receiver's gRPC front end is grpcio with the generated service handlers: it decodes
+with opentelemetry-proto, so these prove the request bytes, metadata and compression end to
+end, and the failure behaviour (retryable and final codes, hung and refused collectors).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc  # type: ignore[import-untyped, unused-ignore]
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk._logs.export import LogRecordExportResult
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from kiki_otel._exporters import log_exporter, span_exporter
+from kiki_otel._otlp_encode import encode_logs, encode_spans
+from kiki_otel._otlp_grpc import LOGS_METHOD, TRACES_METHOD, OTLPGrpcClient
+from kiki_otel._otlp_http import FastLogExporter, FastSpanExporter
+from kiki_otel._settings import Settings
+from tests.support.otlp_receiver import OTLPReceiver
+from tests.support.server_process import free_port
+from tests.test_otlp_encode import _logs, _spans
+
+
+@pytest.fixture
+def receiver() -> Iterator[OTLPReceiver]:
+    with OTLPReceiver() as rx:
+        yield rx
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_spans_and_logs_arrive_and_decode(receiver: OTLPReceiver, compression: str) -> None:
+    """Same spans and records decoded by the receiver; the request bytes are the encoder's,
+    the headers arrive as (lower-cased) metadata; gzip is asked for per call."""
+    spans, logs = _spans(), _logs()
+    spans_out = FastSpanExporter(
+        OTLPGrpcClient(receiver.grpc_endpoint, TRACES_METHOD, compression=compression)
+    )
+    logs_out = FastLogExporter(
+        OTLPGrpcClient(
+            receiver.grpc_endpoint, LOGS_METHOD, compression=compression, headers={"X-Team": "a"}
+        )
+    )
+    assert spans_out.export(spans) is SpanExportResult.SUCCESS
+    assert spans_out.export(spans[:1]) is SpanExportResult.SUCCESS  # the same channel
+    assert logs_out.export(logs) is LogRecordExportResult.SUCCESS
+    got = receiver.wait_for_spans(len(spans) + 1)
+    server = next(s for s in got if s.name == "GET /items/{id}")
+    assert (server.kind, server.protocol) == ("SERVER", "grpc")
+    assert server.trace_id == "0af7651916cd43dd8448eb211c80319c"
+    assert server.attributes["ints"] == [1, 2, 3]
+    assert {str(r.body) for r in receiver.wait_for_logs(len(logs))} >= {"plain", "http.request"}
+    (first_spans, _) = receiver.raw_requests("traces")
+    assert first_spans.body == encode_spans(spans)
+    (raw_logs,) = receiver.raw_requests("logs")
+    assert raw_logs.body == encode_logs(logs)
+    assert raw_logs.headers["x-team"] == "a"
+    # grpcio undoes message compression before the handler sees it (and hides its metadata):
+    # what is checkable is that the calls ask for it.
+    expected = grpc.Compression.Gzip if compression == "gzip" else None
+    assert logs_out._client._compression is expected
+    spans_out.shutdown()
+    logs_out.shutdown()
+
+
+def test_retryable_code_is_retried_until_the_timeout() -> None:
+    """UNAVAILABLE (a collector restarting) is retried with backoff until the export
+    timeout, then the batch is dropped; the attempts reached the receiver."""
+    with OTLPReceiver(mode="error", error_grpc_code="UNAVAILABLE") as rx:
+        exporter = FastSpanExporter(OTLPGrpcClient(rx.grpc_endpoint, TRACES_METHOD, timeout=2.5))
+        started = time.monotonic()
+        assert exporter.export(_spans()) is SpanExportResult.FAILURE
+        assert time.monotonic() - started < 5.0
+        assert len(rx.raw_requests("traces")) >= 2
+        rx.mode = "ok"  # back: the next batch goes through
+        assert exporter.export(_spans()) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+
+
+def test_final_code_drops_the_batch_at_once() -> None:
+    """A code the spec does not retry (INVALID_ARGUMENT) fails after one attempt."""
+    with OTLPReceiver(mode="error", error_grpc_code="INVALID_ARGUMENT") as rx:
+        exporter = FastSpanExporter(OTLPGrpcClient(rx.grpc_endpoint, TRACES_METHOD, timeout=5.0))
+        assert exporter.export(_spans()) is SpanExportResult.FAILURE
+        assert len(rx.raw_requests("traces")) == 1
+        exporter.shutdown()
+
+
+def test_hung_collector_is_bounded_by_the_timeout(receiver: OTLPReceiver) -> None:
+    """A collector that never answers costs at most the export timeout."""
+    receiver.mode = "hang"
+    exporter = FastSpanExporter(OTLPGrpcClient(receiver.grpc_endpoint, TRACES_METHOD, timeout=0.5))
+    started = time.monotonic()
+    assert exporter.export(_spans()) is SpanExportResult.FAILURE
+    assert time.monotonic() - started < 3.0
+    receiver.mode = "ok"
+    exporter.shutdown()
+
+
+def test_refused_collector_fails_within_the_timeout_and_shutdown_interrupts() -> None:
+    """Nothing listening: retried until the timeout; after shutdown no attempt at all."""
+    client = OTLPGrpcClient(f"http://127.0.0.1:{free_port()}", TRACES_METHOD, timeout=1.0)
+    exporter = FastSpanExporter(client)
+    started = time.monotonic()
+    assert exporter.export(_spans()) is SpanExportResult.FAILURE
+    assert time.monotonic() - started < 2.5
+    exporter.shutdown()
+    assert exporter.export(_spans()) is SpanExportResult.FAILURE
+
+
+def test_endpoint_must_be_a_url() -> None:
+    with pytest.raises(ValueError, match="http"):
+        OTLPGrpcClient("collector:4317", TRACES_METHOD)
+
+
+def test_grpc_uses_the_fast_exporter_unless_security_settings_need_the_official(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gRPC over http:// or https:// goes fast; certificates, *_INSECURE, per-signal
+    settings, an endpoint without a scheme or KIKI_OTEL_EXPORTER=official keep the official."""
+    settings = Settings(
+        exporter_otlp_endpoint="http://127.0.0.1:4317", exporter_otlp_protocol="grpc"
+    )
+    fast_spans, fast_logs = span_exporter(settings), log_exporter(settings)
+    assert isinstance(fast_spans, FastSpanExporter)
+    assert isinstance(fast_logs, FastLogExporter)
+    assert isinstance(fast_spans._client, OTLPGrpcClient)
+    assert fast_spans._client.url == f"http://127.0.0.1:4317{TRACES_METHOD}"
+    assert fast_logs._client.url == f"http://127.0.0.1:4317{LOGS_METHOD}"
+    for name, value in (
+        ("OTEL_EXPORTER_OTLP_INSECURE", "true"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"),
+        ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "a=b"),
+        ("KIKI_OTEL_EXPORTER", "official"),
+    ):
+        monkeypatch.setenv(name, value)
+        chosen = Settings(
+            exporter_otlp_endpoint="http://127.0.0.1:4317", exporter_otlp_protocol="grpc"
+        )
+        assert isinstance(span_exporter(chosen), OTLPSpanExporter), name
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "collector:4317")
+    assert isinstance(log_exporter(settings), OTLPLogExporter)
