@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-# name -> (BENCH_SCENARIO, extra env, which collector: ok | refused | hung)
+# name -> (BENCH_SCENARIO, extra env, which collector: ok | ok-grpc | refused | hung)
 SCENARIOS: dict[str, tuple[str, dict[str, str], str]] = {
     "bare": ("bare", {}, "ok"),
     "kiki": ("kiki", {}, "ok"),
@@ -44,6 +44,12 @@ SCENARIOS: dict[str, tuple[str, dict[str, str], str]] = {
         "ok",
     ),
     "kiki-official": ("kiki", {"KIKI_OTEL_EXPORTER": "official"}, "ok"),
+    "kiki-grpc": ("kiki", {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "ok-grpc"),
+    "kiki-grpc-official": (
+        "kiki",
+        {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "KIKI_OTEL_EXPORTER": "official"},
+        "ok-grpc",
+    ),
     "kiki-refused": ("kiki", {}, "refused"),
     "kiki-hung": ("kiki", {}, "hung"),
     "native": ("native", {}, "ok"),
@@ -181,14 +187,14 @@ def run_inprocess(name: str, endpoints: dict[str, str], args: argparse.Namespace
     return float(data["cpu"]) / int(data["n"]) * 1e6
 
 
-def start_receiver(mode: str, cpu: str) -> tuple[subprocess.Popen[str], str]:
+def start_receiver(mode: str, cpu: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
     http_port, grpc_port = free_port(), free_port()
     cmd = ["taskset", "-c", cpu, PY, "-m", "tests.support.otlp_receiver", "--discard"]
     cmd += ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--mode", mode]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     info = json.loads(proc.stdout.readline())
-    return proc, str(info["http_endpoint"])
+    return proc, {"http": str(info["http_endpoint"]), "grpc": str(info["grpc_endpoint"])}
 
 
 def fmt_table(rows: list[list[str]], header: list[str]) -> str:
@@ -209,7 +215,10 @@ def main() -> None:
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--wrk-cpu", default="1")
     parser.add_argument("--inprocess-requests", type=int, default=20000)
-    parser.add_argument("--inprocess", default="bare,kiki,kiki-10%,kiki-official,native,contrib")
+    parser.add_argument(
+        "--inprocess",
+        default="bare,kiki,kiki-10%,kiki-official,kiki-grpc,kiki-grpc-official,native,contrib",
+    )
     parser.add_argument("--no-server", action="store_true", help="in-process table only")
     args = parser.parse_args()
     if not shutil.which("wrk") or not shutil.which("taskset"):
@@ -219,9 +228,14 @@ def main() -> None:
     if "bare" not in names:
         names.insert(0, "bare")
 
-    ok_rx, ok_url = start_receiver("ok", args.wrk_cpu)
-    hung_rx, hung_url = start_receiver("hang", args.wrk_cpu)
-    endpoints = {"ok": ok_url, "hung": hung_url, "refused": f"http://127.0.0.1:{free_port()}"}
+    ok_rx, ok_urls = start_receiver("ok", args.wrk_cpu)
+    hung_rx, hung_urls = start_receiver("hang", args.wrk_cpu)
+    endpoints = {
+        "ok": ok_urls["http"],
+        "ok-grpc": ok_urls["grpc"],
+        "hung": hung_urls["http"],
+        "refused": f"http://127.0.0.1:{free_port()}",
+    }
     results: dict[tuple[str, str], list[Result]] = defaultdict(list)
     ratios: dict[tuple[str, str], list[float]] = defaultdict(list)
     inproc: dict[str, list[float]] = defaultdict(list)
