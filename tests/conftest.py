@@ -84,6 +84,15 @@ def metric_points(reader: Any, name: str) -> list[Any]:
 
 
 @pytest.fixture
+def receiver() -> Iterator[Any]:
+    """A real OTLP receiver (HTTP and gRPC) on free ports, for one test."""
+    from tests.support.otlp_receiver import OTLPReceiver
+
+    with OTLPReceiver() as rx:
+        yield rx
+
+
+@pytest.fixture
 def memory() -> Memory:
     """Global in-memory trace/metric/log pipelines that ``configure()`` will join."""
     return Memory()

@@ -8,7 +8,6 @@ lock object).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -38,12 +37,6 @@ ATTRIBUTES: dict[str, Any] = {
     "http.request.header.x-request-id": ("client-1",),
 }
 PER_SPAN = {"_context", "_start_time", "_end_time", "_lock", "_record_end_metrics"}
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as rx:
-        yield rx
 
 
 def _parents() -> dict[str, otel_context.Context]:

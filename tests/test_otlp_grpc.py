@@ -8,7 +8,6 @@ end, and the failure behaviour (retryable and final codes, hung and refused coll
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import grpc  # type: ignore[import-untyped, unused-ignore]
 import pytest
@@ -25,12 +24,6 @@ from kiki_otel._settings import Settings
 from tests.support.otlp_receiver import OTLPReceiver
 from tests.support.server_process import free_port
 from tests.test_otlp_encode import _logs, _spans
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as rx:
-        yield rx
 
 
 @pytest.mark.parametrize("compression", ["none", "gzip"])

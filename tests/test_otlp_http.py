@@ -8,7 +8,6 @@ then the batch is dropped) and that ``KIKI_OTEL_EXPORTER=official`` keeps the of
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -32,12 +31,6 @@ from kiki_otel._settings import Settings
 from tests.support.otlp_receiver import OTLPReceiver
 from tests.support.server_process import free_port
 from tests.test_otlp_encode import RESOURCE, _logs, _spans
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as rx:
-        yield rx
 
 
 @pytest.mark.parametrize("compression", ["none", "gzip"])
