@@ -2,7 +2,8 @@
 
 The transports (:class:`~._otlp_http.OTLPHttpClient`, :class:`~._otlp_grpc.OTLPGrpcClient`)
 only make one attempt each; the retry policy is the OTLP spec's and the official
-exporters': exponential backoff with jitter on transient failures until the export timeout,
+exporters': exponential backoff with jitter on transient failures, or the delay the
+collector asked for (HTTP ``Retry-After``, gRPC ``RetryInfo``), until the export timeout;
 then the batch is dropped and that is logged once per failure streak (and its end once).
 ``close()`` interrupts a backoff at once.
 """
@@ -19,8 +20,9 @@ __all__ = ["Attempt", "RetryingClient", "export_logger"]
 export_logger = logging.getLogger("kiki_otel._export")
 """Named so the OTel emitter never exports it (``_NO_EXPORT_PREFIXES`` in _logging)."""
 
-Attempt = tuple[bool, bool, str]
-"""One attempt's outcome: (delivered, worth retrying, reason when not delivered)."""
+Attempt = tuple[bool, bool, str, float | None]
+"""One attempt's outcome: (delivered, worth retrying, reason when not delivered, the delay
+in seconds the collector asked for before a retry, if it did)."""
 
 
 class RetryingClient:
@@ -51,13 +53,16 @@ class RetryingClient:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._closed.is_set():
                     break
-                delivered, retry, reason = self._attempt(body, remaining)
+                delivered, retry, reason, asked = self._attempt(body, remaining)
                 if delivered:
                     if self._failing:
                         export_logger.info("OTLP export to %s recovered", self.url)
                     self._failing = False
                     return True
-                backoff = (2**attempt) * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
+                if asked is not None and asked >= 0:
+                    backoff = asked
+                else:
+                    backoff = (2**attempt) * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
                 if not retry or time.monotonic() + backoff > deadline:
                     break
                 if self._closed.wait(backoff):

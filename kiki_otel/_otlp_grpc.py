@@ -9,7 +9,8 @@ Behaviour follows the official exporter: plaintext for an ``http://`` endpoint a
 the system roots for ``https://`` (other setups - certificates, ``OTEL_EXPORTER_OTLP_INSECURE``
 - keep the official exporter, see ``_exporters``), the headers as call metadata, optional gzip,
 and retries on the codes it retries (CANCELLED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
-ABORTED, OUT_OF_RANGE, UNAVAILABLE, DATA_LOSS) with the shared backoff until the timeout.
+ABORTED, OUT_OF_RANGE, UNAVAILABLE, DATA_LOSS) with the shared backoff, or after the
+``RetryInfo`` delay the collector sent, until the timeout.
 The channel is made on first use, and a forked worker makes its own.
 """
 
@@ -40,6 +41,23 @@ _RETRYABLE = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
+
+
+def _retry_delay(error: Any) -> float | None:
+    """The delay a ``google.rpc.RetryInfo`` in the trailers asks for, in seconds."""
+    try:
+        trailers = dict(error.trailing_metadata() or ())
+        raw = trailers.get("google.rpc.retryinfo-bin")
+        if raw is None:
+            return None
+        from google.rpc.error_details_pb2 import (  # type: ignore[import-untyped]
+            RetryInfo,
+        )
+
+        info = RetryInfo.FromString(raw)
+    except Exception:  # a malformed trailer: our own backoff then
+        return None
+    return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
 
 
 class OTLPGrpcClient(RetryingClient):
@@ -91,8 +109,9 @@ class OTLPGrpcClient(RetryingClient):
             )
         except grpc.RpcError as error:
             code = error.code()
-            return False, code in _RETRYABLE, f"gRPC {code.name}: {error.details()}"
-        return True, False, ""
+            reason = f"gRPC {code.name}: {error.details()}"
+            return False, code in _RETRYABLE, reason, _retry_delay(error)
+        return True, False, "", None
 
     def _release(self) -> None:
         if self._channel is not None:

@@ -114,7 +114,7 @@ class OTLPHttpClient(RetryingClient):
             self._conn.close()
             self._conn = None
 
-    def _post_once(self, body: bytes, timeout: float) -> tuple[int, bytes]:
+    def _post_once(self, body: bytes, timeout: float) -> tuple[int, bytes, str | None]:
         conn = self._connection(timeout)
         try:
             conn.request("POST", self._path, body=body, headers=self._headers)
@@ -125,7 +125,7 @@ class OTLPHttpClient(RetryingClient):
             raise
         if response.will_close:
             self._drop_connection()
-        return response.status, data
+        return response.status, data, response.getheader("Retry-After")
 
     def post(self, body: bytes) -> bool:
         """Send one request, retrying transient failures until the timeout; True on 2xx."""
@@ -135,15 +135,26 @@ class OTLPHttpClient(RetryingClient):
 
     def _attempt(self, body: bytes, timeout: float) -> Attempt:
         try:
-            status, data = self._post_once(body, timeout)
+            status, data, retry_after = self._post_once(body, timeout)
         except (OSError, http.client.HTTPException) as error:
-            return False, True, f"{type(error).__name__}: {error}"
+            return False, True, f"{type(error).__name__}: {error}", None
         if 200 <= status < 300:
-            return True, False, ""
-        return False, status in _RETRYABLE, f"HTTP {status}: {data[:200]!r}"
+            return True, False, "", None
+        reason = f"HTTP {status}: {data[:200]!r}"
+        return False, status in _RETRYABLE, reason, _seconds(retry_after)
 
     def _release(self) -> None:
         self._drop_connection()
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    """``Retry-After`` in seconds (its delta-seconds form; an HTTP date is ignored)."""
+    if retry_after is None:
+        return None
+    try:
+        return max(0.0, float(retry_after.strip()))
+    except ValueError:
+        return None
 
 
 class _Exporter:

@@ -275,3 +275,42 @@ def test_an_encoder_failure_costs_no_log_record(
     (record,) = receiver.wait_for_logs(1)
     assert (str(record.body), record.attributes["n"]) == ("kept", 1)
     provider.shutdown()
+
+
+def test_the_collectors_retry_after_is_honoured() -> None:
+    """429 with ``Retry-After: 0.2`` (a collector shedding load): the retry waits what it
+    asked for, not our 1 s first backoff; an HTTP-date value falls back to our backoff."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from kiki_otel._otlp_http import _seconds
+
+    calls: list[float] = []
+
+    class Shedding(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            calls.append(time.monotonic())
+            self.send_response(429 if len(calls) == 1 else 200)
+            if len(calls) == 1:
+                self.send_header("Retry-After", "0.2")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Shedding)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+        client = OTLPHttpClient(url, timeout=5.0)
+        assert client.post(encode_spans(_spans())) is True
+        assert len(calls) == 2
+        assert 0.15 < calls[1] - calls[0] < 0.75  # the asked delay; ours would be 0.8-1.2 s
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (_seconds("3"), _seconds(" 0.5 "), _seconds("-1")) == (3.0, 0.5, 0.0)
+    assert _seconds("Wed, 21 Oct 2026 07:28:00 GMT") is None and _seconds(None) is None
