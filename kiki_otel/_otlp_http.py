@@ -7,9 +7,10 @@ encoding goes through :mod:`kiki_otel._otlp_encode` (the official bytes, ~5x fas
 the POST goes over one keep-alive ``http.client`` connection instead of ``requests``.
 
 Behaviour follows the OTLP/HTTP spec and the official exporter: ``application/x-protobuf``,
-optional gzip, the configured headers, retry with exponential backoff and jitter on 429, 502,
-503, 504 and connection errors until the export timeout, then the batch is dropped (and that
-is logged at most once per failure streak). Shutdown interrupts a backoff at once.
+optional gzip, the configured headers, retry on 429, 502, 503, 504 and connection errors
+(after the ``Retry-After`` delay when the collector sends one, else exponential backoff with
+jitter) until the export timeout, then the batch is dropped (and that is logged at most once
+per failure streak). Shutdown interrupts a backoff at once.
 """
 
 from __future__ import annotations
