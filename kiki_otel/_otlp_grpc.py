@@ -16,6 +16,7 @@ The channel is made on first use, and a forked worker makes its own.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -88,7 +89,11 @@ class OTLPGrpcClient(RetryingClient):
         after_fork_in_child(self._after_fork_in_child)
 
     def _after_fork_in_child(self) -> None:
-        """Forget the parent's channel in a forked worker; the next export makes its own."""
+        """Forget the parent's channel in a forked worker; the next export makes its own.
+
+        The lock starts fresh too: the parent's exporter thread may have held it at the fork.
+        """
+        self._lock = threading.Lock()
         self._channel = self._call = None
 
     def _attempt(self, body: bytes, timeout: float) -> Attempt:

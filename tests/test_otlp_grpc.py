@@ -175,3 +175,23 @@ def test_the_collectors_retry_delay_is_honoured() -> None:
         client.close()
     finally:
         server.stop(None)
+
+
+def test_a_forked_worker_gets_its_own_channel_and_lock(receiver: OTLPReceiver) -> None:
+    """The after-fork hook drops the parent's channel and makes a new lock (the parent's
+    exporter thread may have held it at the fork); the next export makes a new channel.
+    The real fork is tests/integration/test_prefork.py (gunicorn --preload over gRPC:
+    every worker's spans and logs arrive)."""
+    client = OTLPGrpcClient(receiver.grpc_endpoint, TRACES_METHOD, timeout=5.0)
+    assert client.post(encode_spans(_spans()))
+    parent_channel = client._channel
+    client._lock.acquire()  # as if the exporter thread was mid-export at the fork
+    client._after_fork_in_child()
+    assert client._channel is None
+    assert client._lock.acquire(timeout=1)
+    client._lock.release()
+    assert client.post(encode_spans(_spans()))
+    assert client._channel is not None and client._channel is not parent_channel
+    parent_channel.close()
+    assert len(receiver.raw_requests("traces")) == 2
+    client.close()
