@@ -15,6 +15,8 @@ import random
 import threading
 import time
 
+from ._fork import after_fork_in_child
+
 __all__ = ["Attempt", "RetryingClient", "export_logger"]
 
 export_logger = logging.getLogger("kiki_otel._export")
@@ -35,6 +37,19 @@ class RetryingClient:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._failing = False
+        after_fork_in_child(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked worker: a fresh lock and none of the parent's connections.
+
+        The parent's exporter thread may have held the lock at the fork; the next export
+        opens its own connection.
+        """
+        self._lock = threading.Lock()
+        self._forget_inherited()
+
+    def _forget_inherited(self) -> None:
+        """Drop the parent's connection or channel without disturbing the parent's."""
 
     def _attempt(self, body: bytes, timeout: float) -> Attempt:
         raise NotImplementedError

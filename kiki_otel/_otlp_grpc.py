@@ -16,14 +16,12 @@ The channel is made on first use, and a forked worker makes its own.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import grpc  # type: ignore[import-untyped, unused-ignore]  # grpcio ships no type information
 
-from ._fork import after_fork_in_child
 from ._otlp_client import Attempt, RetryingClient
 
 __all__ = ["LOGS_METHOD", "TRACES_METHOD", "OTLPGrpcClient"]
@@ -86,14 +84,8 @@ class OTLPGrpcClient(RetryingClient):
         self._compression = grpc.Compression.Gzip if compression == "gzip" else None
         self._channel: Any = None
         self._call: Any = None
-        after_fork_in_child(self._after_fork_in_child)
 
-    def _after_fork_in_child(self) -> None:
-        """Forget the parent's channel in a forked worker; the next export makes its own.
-
-        The lock starts fresh too: the parent's exporter thread may have held it at the fork.
-        """
-        self._lock = threading.Lock()
+    def _forget_inherited(self) -> None:
         self._channel = self._call = None
 
     def _attempt(self, body: bytes, timeout: float) -> Attempt:

@@ -20,8 +20,6 @@ import gzip
 import http.client
 import os
 import ssl
-import threading
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -80,17 +78,9 @@ class OTLPHttpClient(RetryingClient):
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
         self._conn: http.client.HTTPConnection | None = None
-        if hasattr(os, "register_at_fork"):
-            reinit = weakref.WeakMethod(self._after_fork_in_child)
-            os.register_at_fork(after_in_child=lambda: (m := reinit()) and m())
 
-    def _after_fork_in_child(self) -> None:
-        """Forget the parent's keep-alive connection in a forked worker.
-
-        Only our copy of the socket is closed (the parent's stays open, no TLS close_notify
-        on its session), and the lock starts fresh.
-        """
-        self._lock = threading.Lock()
+    def _forget_inherited(self) -> None:
+        """Close only our copy of the socket: the parent's stays open (no TLS close_notify)."""
         if self._conn is not None and self._conn.sock is not None:
             with contextlib.suppress(OSError):
                 os.close(self._conn.sock.detach())

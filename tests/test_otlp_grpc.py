@@ -68,7 +68,7 @@ def test_retryable_code_is_retried_until_the_timeout() -> None:
         exporter = FastSpanExporter(OTLPGrpcClient(rx.grpc_endpoint, TRACES_METHOD, timeout=2.5))
         started = time.monotonic()
         assert exporter.export(_spans()) is SpanExportResult.FAILURE
-        assert time.monotonic() - started < 5.0
+        assert time.monotonic() - started < 5.0  # allowed: the timeout is the behaviour
         assert len(rx.raw_requests("traces")) >= 2
         rx.mode = "ok"  # back: the next batch goes through
         assert exporter.export(_spans()) is SpanExportResult.SUCCESS
@@ -90,7 +90,7 @@ def test_hung_collector_is_bounded_by_the_timeout(receiver: OTLPReceiver) -> Non
     exporter = FastSpanExporter(OTLPGrpcClient(receiver.grpc_endpoint, TRACES_METHOD, timeout=0.5))
     started = time.monotonic()
     assert exporter.export(_spans()) is SpanExportResult.FAILURE
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 3.0  # allowed: the timeout is the behaviour
     receiver.mode = "ok"
     exporter.shutdown()
 
@@ -101,7 +101,7 @@ def test_refused_collector_fails_within_the_timeout_and_shutdown_interrupts() ->
     exporter = FastSpanExporter(client)
     started = time.monotonic()
     assert exporter.export(_spans()) is SpanExportResult.FAILURE
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 2.5  # allowed: the timeout is the behaviour
     exporter.shutdown()
     assert exporter.export(_spans()) is SpanExportResult.FAILURE
 
@@ -171,7 +171,7 @@ def test_the_collectors_retry_delay_is_honoured() -> None:
         client = OTLPGrpcClient(f"http://127.0.0.1:{port}", TRACES_METHOD, timeout=5.0)
         assert client.post(encode_spans(_spans())) is True
         assert len(calls) == 2
-        assert 0.15 < calls[1] - calls[0] < 0.75  # the asked delay; ours would be 0.8-1.2 s
+        assert 0.15 < calls[1] - calls[0] < 0.75  # allowed: the asked delay (ours: 0.8-1.2 s)
         client.close()
     finally:
         server.stop(None)
