@@ -217,23 +217,51 @@ class _Output:
     """Writes rendered lines to the *current* ``sys.stdout``, so redirection and capture work.
 
     JSON bytes go straight to its binary buffer, skipping a str round trip.
+
+    A stdout that fails (the reading end of its pipe gone, a full disk, a closed stream)
+    drops the line instead of raising: logging must not fail a request or a shutdown flush
+    (the OTel record of the line is emitted before it is rendered, so it is not lost). The
+    first failure after a good write is reported once on the interpreter's stderr, with
+    the count of lines dropped so far.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.dropped = 0
+        self._failing = False
 
     def write(self, line: str | bytes) -> None:
         stream = sys.stdout
         binary = getattr(stream, "buffer", None)
         with self._lock:
-            if isinstance(line, bytes) and binary is not None:
-                stream.flush()  # keep order with anything written to the text layer
-                binary.write(line + b"\n")
-                binary.flush()
+            try:
+                if isinstance(line, bytes) and binary is not None:
+                    stream.flush()  # keep order with anything written to the text layer
+                    binary.write(line + b"\n")
+                    binary.flush()
+                else:
+                    text = line.decode() if isinstance(line, bytes) else line
+                    stream.write(text + "\n")
+                    stream.flush()
+            except (OSError, ValueError) as error:  # ValueError: write to a closed file
+                self._lost(error)
             else:
-                text = line.decode() if isinstance(line, bytes) else line
-                stream.write(text + "\n")
-                stream.flush()
+                self._failing = False
+
+    def _lost(self, error: Exception) -> None:
+        self.dropped += 1
+        if self._failing:
+            return
+        self._failing = True
+        try:
+            sys.__stderr__.write(  # type: ignore[union-attr]
+                f"kiki_otel: stdout write failed ({type(error).__name__}: {error}); "
+                f"log lines are dropped from stdout until it recovers ({self.dropped} so far), "
+                "OTel log records are still exported\n"
+            )
+            sys.__stderr__.flush()  # type: ignore[union-attr]
+        except (AttributeError, OSError, ValueError):  # no usable stderr either
+            pass
 
 
 class _OutputLogger:

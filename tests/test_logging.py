@@ -3,8 +3,10 @@ with the same fields, correlation by span-context validity, no recursion from ex
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import sys
 from typing import Any
 
 import pytest
@@ -202,3 +204,45 @@ def test_logger_used_before_configure_follows_later_config(
     with structlog.testing.capture_logs() as captured:
         log.info("captured")
     assert [e["event"] for e in captured] == ["captured"]
+
+
+class _BrokenPipe(io.RawIOBase):
+    """A stdout whose reader has gone: every write fails as a closed pipe does."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+@pytest.mark.parametrize("failure", ["broken-pipe", "closed"])
+def test_failing_stdout_drops_lines_not_records(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """A stdout that fails (its reader gone, or closed) never raises into the code that
+    logs, structlog and stdlib alike; the OTel records still go out, and the interpreter's
+    stderr gets one notice per outage, with the count."""
+    kiki_otel.configure(service_name="svc-pipe")
+    stdout = io.TextIOWrapper(io.BufferedWriter(_BrokenPipe()), write_through=True)
+    if failure == "closed":
+        stdout = io.TextIOWrapper(io.BytesIO())
+        stdout.close()
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(sys, "__stderr__", stderr)
+    log = kiki_otel.get_logger("pipe")
+    log.info("first")
+    log.info("second")
+    logging.getLogger("lib").warning("third")
+    bodies = [r.body for r in memory.logs() if r.body in ("first", "second", "third")]
+    assert bodies == ["first", "second", "third"]
+    error = "BrokenPipeError" if failure == "broken-pipe" else "ValueError"
+    assert stderr.getvalue().count(f"kiki_otel: stdout write failed ({error}") == 1
+    assert "(1 so far)" in stderr.getvalue()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), write_through=True))
+    log.info("recovered")  # a good write ends the outage: the next failure is reported again
+    monkeypatch.setattr(sys, "stdout", stdout)
+    log.info("fourth")
+    assert stderr.getvalue().count("kiki_otel: stdout write failed") == 2
+    assert "(4 so far)" in stderr.getvalue()

@@ -538,3 +538,52 @@ def test_script_killed_by_sigterm_loses_telemetry_unless_it_exits_on_sigterm(
     assert elapsed < DEADLINE_S + 1  # allowed: deadline is the behaviour
     receiver.wait_for(lambda: _job_arrived(receiver, "script-exits"))
     assert not _job_arrived(receiver, "script-killed")
+
+
+# --------------------------------------------------------------------------- broken stdout
+
+
+def test_stdout_closed_by_its_reader_loses_no_request_and_no_telemetry(
+    receiver: OTLPReceiver, tmp_path: Path
+) -> None:
+    """The log shipper reading the server's stdout goes away (the pipe's reading end is
+    closed): every request is still answered, its span and log records still arrive, the
+    SIGTERM flush still runs, and stderr says once that stdout lines are being dropped."""
+    port = free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        **otlp_env(receiver.http_endpoint, "broken-stdout"),
+    }
+    stderr_path = tmp_path / "stderr.txt"
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "examples.demo.app:app", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None and time.monotonic() < deadline, "server not ready"
+                try:
+                    if httpx.get(f"{url}/health/live", timeout=1.0).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+            assert proc.stdout is not None
+            proc.stdout.close()  # the reader is gone: the server's next write gets EPIPE
+            traffic = Traffic(fast=_fast_requests(url, 50))
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(DEADLINE_S + 10) == -signal.SIGTERM
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert [r.status_code for r in traffic.fast] == [200] * 50
+    assert_everything_arrived(receiver, traffic)
+    errors = stderr_path.read_text()
+    assert errors.count("kiki_otel: stdout write failed (BrokenPipeError") == 1, errors
+    assert "Traceback" not in errors, errors
