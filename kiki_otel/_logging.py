@@ -151,6 +151,10 @@ def _attribute(value: Any) -> Any:
     return orjson.dumps(value, default=str).decode()
 
 
+_IDLE, _BUSY, _WORKER = "idle", "busy", "worker"
+"""A thread's state for :class:`OTelEmitter` (compared by identity)."""
+
+
 class OTelEmitter:
     """Send each event as an OTel log record with the same fields as structured attributes."""
 
@@ -163,37 +167,26 @@ class OTelEmitter:
 
     def __call__(self, _logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
         name = str(event_dict.get("logger", ""))
-        if getattr(self._local, "busy", False) or name.startswith(_NO_EXPORT_PREFIXES):
-            return event_dict
-        if threading.current_thread().name.startswith("Otel"):
-            return event_dict  # an SDK worker thread: exporting its logs could loop
-        self._local.busy = True
+        local = self._local
+        state = getattr(local, "state", None)
+        if state is None:  # first record on this thread
+            # An SDK worker thread (named at creation): exporting its logs could loop.
+            worker = threading.current_thread().name.startswith("Otel")
+            state = local.state = _WORKER if worker else _IDLE
+        if state is not _IDLE or name.startswith(_NO_EXPORT_PREFIXES):
+            return event_dict  # a worker, or a record logged while emitting one
+        local.state = _BUSY
         try:
             self._emit(method, event_dict, name)
         except Exception:  # noqa: S110 - telemetry must never break logging, nor log about itself
             pass
         finally:
-            self._local.busy = False
+            local.state = _IDLE
         return event_dict
 
     def _emit(self, method: str, event_dict: EventDict, name: str) -> None:
         level = str(event_dict.get("level", method))
         severity, text = _SEVERITY.get(level, (SeverityNumber.INFO, "INFO"))
-        attributes: dict[str, Any] = {}
-        clean = True  # valid as is: non-empty str keys (values are, from _attribute)
-        for key, value in event_dict.items():
-            if key in _RECORD_FIELDS:
-                continue
-            if type(value) in _PLAIN_TYPES:  # most fields: ~10x cheaper than isinstance(union)
-                attributes[key] = value
-                clean = clean and type(key) is str and key != ""
-            elif key == "exception" and isinstance(value, dict):
-                for part, text_value in value.items():
-                    attributes[f"exception.{part}"] = text_value
-                    clean = clean and type(text_value) is str
-            else:
-                attributes[key] = _attribute(value)
-                clean = clean and type(key) is str and key != ""
         name = name or "kiki_otel"
         entry = self._loggers.get(name)
         if entry is None:
@@ -201,6 +194,13 @@ class OTelEmitter:
             entry = self._loggers[name] = (logger, direct_logs(self._provider, logger))
         logger, direct = entry
         body = str(event_dict.get("event", ""))
+        if (
+            direct is not None
+            and direct.usable(len(event_dict))  # at least as many fields as attributes
+            and direct.emit_event(time.time_ns(), severity, text, body, event_dict, _RECORD_FIELDS)
+        ):
+            return  # every field was a plain attribute: encoded straight from the event
+        attributes, clean = _attributes_of(event_dict)
         if direct is not None and clean and direct.usable(len(attributes)):
             direct.emit(time.time_ns(), severity, text, body, attributes)
             return
@@ -211,6 +211,30 @@ class OTelEmitter:
             body=body,
             attributes=attributes,
         )
+
+
+def _attributes_of(event_dict: EventDict) -> tuple[dict[str, Any], bool]:
+    """The record's attributes, and whether all their keys are non-empty strs.
+
+    The event's fields but the record's own, converted to attribute values; a key that is
+    not a non-empty str leaves it to the SDK to clean.
+    """
+    attributes: dict[str, Any] = {}
+    clean = True
+    for key, value in event_dict.items():
+        if key in _RECORD_FIELDS:
+            continue
+        if type(value) in _PLAIN_TYPES:  # most fields: ~10x cheaper than isinstance(union)
+            attributes[key] = value
+            clean = clean and type(key) is str and key != ""
+        elif key == "exception" and isinstance(value, dict):
+            for part, text_value in value.items():
+                attributes[f"exception.{part}"] = text_value
+                clean = clean and type(text_value) is str
+        else:
+            attributes[key] = _attribute(value)
+            clean = clean and type(key) is str and key != ""
+    return attributes, clean
 
 
 class _Output:

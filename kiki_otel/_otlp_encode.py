@@ -19,7 +19,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["Encoded", "encode_log", "encode_logs", "encode_span", "encode_spans"]
+__all__ = [
+    "Encoded",
+    "encode_log",
+    "encode_log_event",
+    "encode_logs",
+    "encode_span",
+    "encode_spans",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -160,6 +167,13 @@ def _key_value(key: str, value: Any) -> bytes:
     return head + _ld(b"\x12", _any_value(value))
 
 
+def _keys(tag: bytes) -> dict[str, _KeyFields]:
+    keys = _field_cache.get(tag)
+    if keys is None:
+        keys = _field_cache.setdefault(tag, {})
+    return keys
+
+
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     """Repeated ``KeyValue`` fields; a value protobuf would reject is logged and skipped."""
     if not attributes:
@@ -168,9 +182,7 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     inner = getattr(attributes, "_dict", None)
     items = inner.items() if type(inner) is dict else attributes.items()
     out: list[bytes] = []
-    keys = _field_cache.get(tag)
-    if keys is None:
-        keys = _field_cache.setdefault(tag, {})
+    keys = _keys(tag)
     append = out.append
     for key, value in items:
         kind = type(value)
@@ -181,28 +193,81 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
             if field is not None:
                 append(field)
                 continue
-        entry = keys.get(key) if kind in _SCALARS else None
-        if entry is None and kind in _SCALARS and type(key) is str and len(keys) < _KEYS_MAX:
-            entry = keys.setdefault(key, _KeyFields(key))
         try:
-            if entry is None:
-                out.append(_ld(tag, _key_value(key, value)))
+            append(_field(keys, tag, key, value, kind))
+        except Exception as error:
+            _logger.exception("Failed to encode key %s: %s", key, error)
+    return b"".join(out)
+
+
+def _field(keys: dict[str, _KeyFields], tag: bytes, key: Any, value: Any, kind: type) -> bytes:
+    """One ``KeyValue`` field (tag, length, body), from ``keys``' cache or encoded.
+
+    Cached when the key still caches. Raises on a value protobuf would reject.
+    """
+    entry = keys.get(key) if kind in _SCALARS else None
+    if entry is None and kind in _SCALARS and type(key) is str and key and len(keys) < _KEYS_MAX:
+        entry = keys.setdefault(key, _KeyFields(key))
+    if entry is None:
+        return _ld(tag, _key_value(key, value))
+    fields = entry.fields
+    if fields is None:  # an unbounded key (an id, a duration): encode, skip the cache
+        return _ld(tag, entry.head + _value_field(value, kind))
+    cache_key = value if kind is str else (kind, value)  # True, 1 and 1.0 differ
+    field = fields.get(cache_key)
+    if field is None:
+        field = _ld(tag, entry.head + _value_field(value, kind))
+        if len(fields) >= _VALUES_MAX:
+            entry.fields = None  # unbounded: close the key, give its room back
+            _cached[0] -= len(fields)
+        elif len(field) <= _FIELD_BYTES_MAX and _cached[0] < _CACHED_MAX:
+            fields[cache_key] = field
+            _cached[0] += 1
+    return field
+
+
+def _value_field(value: Any, kind: type) -> bytes:
+    """A ``KeyValue``'s field 2 (the ``AnyValue``).
+
+    Short strs and floats without calls: the values of unbounded keys (ids, durations) are
+    encoded on every record.
+    """
+    if kind is str:
+        data: bytes = value.encode()
+        size = len(data)
+        if size < 126:  # the AnyValue (tag, length, bytes) fits a one-byte length too
+            return b"\x12" + _SMALL[size + 2] + b"\x0a" + _SMALL[size] + data
+    elif kind is float:
+        return b"\x12\x09\x21" + _pack_double(value)
+    return _ld(b"\x12", _any_value(value))
+
+
+def _event_attributes(event: Mapping[Any, Any], skip: frozenset[str]) -> bytes | None:
+    """A log record's attributes from an event dict in one pass: its fields but ``skip``.
+
+    In order. None when a field is not a plain attribute (a key that is not a non-empty
+    str, a value that is not str/bool/int/float/None): the caller converts those first.
+    """
+    keys = _keys(b"\x32")
+    out: list[bytes] = []
+    append = out.append
+    for key, value in event.items():
+        if key in skip:
+            continue
+        kind = type(value)
+        if kind is str:  # a cached str value (its key then is a non-empty str): two lookups
+            entry = keys.get(key)
+            fields = entry.fields if entry is not None else None
+            field = fields.get(value) if fields is not None else None
+            if field is not None:
+                append(field)
                 continue
-            fields = entry.fields
-            if fields is None:  # an unbounded key: encode, skip the cache
-                out.append(_ld(tag, entry.head + _ld(b"\x12", _any_value(value))))
-                continue
-            cache_key = value if kind is str else (kind, value)  # True, 1 and 1.0 differ
-            field = fields.get(cache_key)
-            if field is None:
-                field = _ld(tag, entry.head + _ld(b"\x12", _any_value(value)))
-                if len(fields) >= _VALUES_MAX:
-                    entry.fields = None  # unbounded: close the key, give its room back
-                    _cached[0] -= len(fields)
-                elif len(field) <= _FIELD_BYTES_MAX and _cached[0] < _CACHED_MAX:
-                    fields[cache_key] = field
-                    _cached[0] += 1
-            out.append(field)
+        elif kind not in _SCALARS:
+            return None
+        if type(key) is not str or not key:
+            return None
+        try:
+            append(_field(keys, b"\x32", key, value, kind))
         except Exception as error:
             _logger.exception("Failed to encode key %s: %s", key, error)
     return b"".join(out)
@@ -445,7 +510,7 @@ def _log(readable: Any) -> bytes:
         record.severity_number,
         record.severity_text,
         record.body,
-        record.attributes,
+        _attributes(b"\x32", record.attributes),
         readable.dropped_attributes,
         record.trace_flags,
         record.trace_id,
@@ -460,7 +525,7 @@ def _log_fields(
     severity_number: Any,
     severity_text: str | None,
     body: Any,
-    attributes: Any,
+    attributes: bytes,
     dropped_attributes: int,
     trace_flags: Any,
     trace_id: int | None,
@@ -470,13 +535,14 @@ def _log_fields(
     parts = []
     if timestamp:
         parts.append(b"\x09" + _pack_fixed64(timestamp))
-    severity = getattr(severity_number, "value", None)
+    # An enum member's ``_value_`` is a plain attribute; ``value`` is a Python-level property.
+    severity = getattr(severity_number, "_value_", None) or getattr(severity_number, "value", None)
     if severity:
         parts.append(b"\x10" + _varint(severity))
     if severity_text:
         parts.append(_ld(b"\x1a", severity_text.encode()))
     parts.append(_ld(b"\x2a", _any_value(body)))
-    parts.append(_attributes(b"\x32", attributes))
+    parts.append(attributes)
     if dropped_attributes:
         parts.append(b"\x38" + _varint(dropped_attributes))
     flags = int(trace_flags) if trace_flags is not None else 0
@@ -511,6 +577,43 @@ def encode_log(
     guarantees it); the timestamp is both the event and the observed time, as the SDK sets
     them for a record emitted with a timestamp from the current clock.
     """
+    payload = _log_fields(
+        timestamp,
+        timestamp,
+        severity_number,
+        severity_text,
+        body,
+        _attributes(b"\x32", attributes),
+        0,
+        trace_flags,
+        trace_id,
+        span_id,
+        None,
+    )
+    return Encoded(payload, resource, instrumentation_scope)
+
+
+def encode_log_event(
+    timestamp: int,
+    severity_number: Any,
+    severity_text: str,
+    body: str,
+    event: Mapping[Any, Any],
+    skip: frozenset[str],
+    trace_id: int,
+    span_id: int,
+    trace_flags: int,
+    resource: Any,
+    instrumentation_scope: Any,
+) -> Encoded | None:
+    """:func:`encode_log` with an event dict's fields but ``skip`` as the attributes.
+
+    Read and encoded in one pass (no attribute dict in between: the same bytes). None when
+    a field is not a plain attribute (see :func:`_event_attributes`).
+    """
+    attributes = _event_attributes(event, skip)
+    if attributes is None:
+        return None
     payload = _log_fields(
         timestamp,
         timestamp,

@@ -40,7 +40,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from ._otlp_client import Attempt, RetryingClient, export_logger
-from ._otlp_encode import encode_log, encode_logs, encode_spans
+from ._otlp_encode import encode_log, encode_log_event, encode_logs, encode_spans
 
 __all__ = ["DirectLogs", "FastLogExporter", "FastSpanExporter", "OTLPHttpClient", "direct_logs"]
 
@@ -239,33 +239,55 @@ class DirectLogs:
         self, timestamp: int, severity: Any, text: str, body: str, attributes: dict[str, Any]
     ) -> None:
         """Queue one record; ``attributes`` must hold valid values under non-empty str keys."""
-        span_context = trace.get_current_span().get_span_context()
-        logger = self._logger
-        try:
-            item = encode_log(
-                timestamp,
-                severity,
-                text,
-                body,
-                attributes,
-                span_context.trace_id,
-                span_context.span_id,
-                span_context.trace_flags,
-                logger._resource,
-                logger._instrumentation_scope,
-            )
-        except Exception:  # a bug in our encoder must not cost the record: the SDK's way
-            _logger.exception("kiki_otel: could not encode a log record directly")
-            logger.emit(
+        if not self._queue(encode_log, timestamp, severity, text, body, attributes):
+            self._logger.emit(  # our encoder failed: the record still goes, the SDK's way
                 timestamp=timestamp,
                 severity_number=severity,
                 severity_text=text,
                 body=body,
                 attributes=attributes,
             )
-            return
+
+    def emit_event(
+        self,
+        timestamp: int,
+        severity: Any,
+        text: str,
+        body: str,
+        event: Mapping[Any, Any],
+        skip: frozenset[str],
+    ) -> bool:
+        """Queue the record whose attributes are ``event``'s fields but ``skip``.
+
+        Encoded straight from the event; False (nothing queued) when a field needs
+        converting first.
+        """
+        return self._queue(encode_log_event, timestamp, severity, text, body, event, skip)
+
+    def _queue(self, encode: Callable[..., Any], *fields: Any) -> bool:
+        """Encode the record and queue it; False when nothing was queued.
+
+        The current span's ids and the logger's resource and scope go after ``fields``.
+        """
+        span_context = trace.get_current_span().get_span_context()
+        logger = self._logger
+        try:
+            item = encode(
+                *fields,
+                span_context.trace_id,
+                span_context.span_id,
+                span_context.trace_flags,
+                logger._resource,
+                logger._instrumentation_scope,
+            )
+        except Exception:  # a bug in our encoder must not cost the record
+            _logger.exception("kiki_otel: could not encode a log record directly")
+            return False
+        if item is None:
+            return False
         self._metrics.emit_log()
         self._batch.emit(item)
+        return True
 
 
 def direct_logs(provider: object, logger: object) -> DirectLogs | None:

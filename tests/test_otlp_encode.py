@@ -23,6 +23,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -234,6 +235,27 @@ def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert encode_logs(logs) == official_logs(logs).SerializeToString()
 
 
+def test_unbounded_keys_encode_like_the_official_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values of a key whose cache closed (ids, durations) take a shorter path for strs and
+    floats: the same bytes as the official encoder around every length-byte boundary."""
+    monkeypatch.setattr(_otlp_encode, "_VALUES_MAX", 4)
+    record = _logs()[0]
+    texts = ["", "a", "é" * 62, *("x" * n for n in (123, 124, 125, 126, 127, 128, 300))]
+    floats = [0.0, -1.5, 1e300, float("inf"), 2.5e-10]
+    for round_ in range(3):  # the first values fill the caches, then the keys close
+        for i, text in enumerate(texts):
+            record.log_record.attributes = {
+                "text": text,
+                "float": floats[i % len(floats)] + round_,
+                "int": i + 1000 * round_,
+                "k": f"{text}{round_}",
+            }
+            expected = official_logs([record]).SerializeToString()
+            assert encode_logs([record]) == expected, (round_, len(text))
+    keys = _otlp_encode._field_cache[b"\x32"]
+    assert keys["text"].fields is None and keys["float"].fields is None
+
+
 def test_cached_values_of_equal_but_different_types_stay_apart() -> None:
     """True == 1 == 1.0 in a dict, but they are different AnyValues on the wire."""
     logs = _logs()
@@ -275,6 +297,49 @@ def test_direct_log_records_encode_like_the_sdk_records() -> None:
     assert encode_logs(direct) == official
     mixed = [item if i % 2 else sdk_logs[i] for i, item in enumerate(direct)]
     assert encode_logs(mixed) == official
+
+
+def test_log_events_encode_like_their_converted_attributes() -> None:
+    """``encode_log_event`` (attributes read and encoded straight from the event dict) gives
+    the bytes of ``encode_log`` over the attribute dict the emitter would build, for first
+    (uncached) and repeated (cached) values and for a key past its value cache; an event
+    with a field that needs converting, or a key the SDK would drop, gives None."""
+    from kiki_otel._logging import _RECORD_FIELDS, _attributes_of
+    from kiki_otel._otlp_encode import encode_log, encode_log_event
+
+    resource, scope = Resource({"service.name": "svc"}), InstrumentationScope("kiki_otel.x")
+
+    def both(event: dict[Any, Any]) -> tuple[Any, Any]:
+        fields = (1_700_000_000_000_000_001, SeverityNumber.WARN, "WARN", "body")
+        ids = (0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, 1, resource, scope)
+        direct = encode_log_event(*fields, event, _RECORD_FIELDS, *ids)
+        attributes, clean = _attributes_of(event)
+        assert clean
+        return direct, encode_log(*fields, attributes, *ids)
+
+    plain = {
+        "event": "e",
+        "method": "GET",
+        "status": 503,
+        "ms": 1.5,
+        "ok": True,
+        "none": None,
+        "level": "warning",
+        "empty": "",
+        "timestamp": "t",
+        "big": 1 << 62,
+    }
+    for round_ in range(3):  # uncached, then cached
+        direct, converted = both(plain)
+        assert direct is not None and direct.payload == converted.payload, round_
+    for i in range(300):  # a key with unbounded values closes its cache: still the same bytes
+        direct, converted = both({"request_id": f"{i:032x}", "n": i})
+        assert direct is not None and direct.payload == converted.payload
+    assert both({"huge": 1 << 64})[0].payload == both({"huge": 1 << 64})[1].payload  # skipped
+    fields = (1, SeverityNumber.INFO, "INFO", "b")
+    ids = (0, 0, 0, resource, scope)
+    for needs_converting in ({"tags": ["a"]}, {"d": {"k": 1}}, {"": "x"}, {1: "x"}):
+        assert encode_log_event(*fields, needs_converting, _RECORD_FIELDS, *ids) is None
 
 
 def test_pre_encoded_spans_give_the_same_request() -> None:

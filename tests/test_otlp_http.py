@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from kiki_otel._exporters import log_exporter, span_exporter
 from kiki_otel._logging import OTelEmitter
-from kiki_otel._otlp_encode import encode_logs, encode_spans
+from kiki_otel._otlp_encode import encode_log_event, encode_logs, encode_spans
 from kiki_otel._otlp_http import FastLogExporter, FastSpanExporter, OTLPHttpClient, direct_logs
 from kiki_otel._settings import Settings
 from tests.support.otlp_receiver import OTLPReceiver
@@ -155,10 +155,42 @@ def _event() -> dict[str, Any]:
     }
 
 
-def test_direct_log_path_matches_the_sdk_path_on_the_wire(receiver: OTLPReceiver) -> None:
+def _plain_event() -> dict[str, Any]:
+    """An access line's fields: every value a plain attribute, so no converting."""
+    return {
+        "method": "GET",
+        "path": "/items/7",
+        "route": "/items/{item_id}",
+        "status": 200,
+        "duration_ms": 0.25,
+        "cached": False,
+        "parent": None,
+        "event": "plain",
+        "logger": "kiki_otel.access",
+        "level": "info",
+        "timestamp": "2026-01-01T00:00:00Z",
+        "request_id": "0af7651916cd43dd8448eb211c80319c",
+    }
+
+
+def test_direct_log_path_matches_the_sdk_path_on_the_wire(
+    receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The emitter's direct path into the fast exporter's queue delivers the same record as
     the SDK's ``Logger.emit`` path: body, severity, attributes, trace/span ids, flags,
-    resource and scope (only the timestamps differ, being taken at different times)."""
+    resource and scope (only the timestamps differ, being taken at different times). Plain
+    events are encoded straight from the event dict, others after converting their fields."""
+    from kiki_otel import _otlp_http
+
+    encoded_from_event: list[str] = []
+
+    def spy(*args: Any) -> Any:
+        item = encode_log_event(*args)
+        if item is not None:
+            encoded_from_event.append(args[3])
+        return item
+
+    monkeypatch.setattr(_otlp_http, "encode_log_event", spy)
     tracer = TracerProvider(resource=RESOURCE).get_tracer("t")
     got = {}
     for label, processor in (("direct", BatchLogRecordProcessor), ("sdk", _UserBatchProcessor)):
@@ -169,13 +201,15 @@ def test_direct_log_path_matches_the_sdk_path_on_the_wire(receiver: OTLPReceiver
                 f"{span.get_span_context().trace_id:032x}",
                 f"{span.get_span_context().span_id:016x}",
             )
+            emitter(None, "info", _plain_event())  # encoded straight from the event
         emitter(None, "info", {"event": "outside", "level": "info", "logger": "kiki_otel.x"})
         uses_direct = emitter._loggers["kiki_otel.access"][1] is not None
         assert uses_direct is (label == "direct")
         provider.force_flush()
-        records = receiver.wait_for_logs(2)
+        records = receiver.wait_for_logs(3)
         receiver.clear()
         in_span = next(r for r in records if r.body == "http.request")
+        plain = next(r for r in records if r.body == "plain")
         outside = next(r for r in records if r.body == "outside")
         assert (in_span.trace_id, in_span.span_id) == ids
         assert in_span.flags & 1  # sampled (the SDK may also set W3C's random bit)
@@ -193,10 +227,11 @@ def test_direct_log_path_matches_the_sdk_path_on_the_wire(receiver: OTLPReceiver
                 r.resource,
                 r.scope_name,
             )
-            for r in (in_span, outside)
+            for r in (in_span, plain, outside)
         ]
         provider.shutdown()
     assert got["direct"] == got["sdk"]
+    assert encoded_from_event == ["plain", "outside"]  # the "direct" round; _event() converts
     attributes = got["direct"][0][4]
     assert attributes["exception.type"] == "ValueError"
     assert attributes["route"] is None and attributes["tags"] == ["a", "b"]
@@ -204,6 +239,9 @@ def test_direct_log_path_matches_the_sdk_path_on_the_wire(receiver: OTLPReceiver
     assert "trace_id" not in attributes and "event" not in attributes
     assert got["direct"][0][1:3] == (17, "ERROR")
     assert got["direct"][0][8] == "kiki_otel.access"
+    assert got["direct"][1][4] == {
+        k: v for k, v in _plain_event().items() if k not in ("event", "level", "timestamp")
+    }
 
 
 @pytest.mark.filterwarnings("ignore::opentelemetry.sdk._logs.LogRecordDroppedAttributesWarning")
@@ -268,7 +306,8 @@ def test_an_encoder_failure_costs_no_log_record(
     def broken(*args: Any) -> Any:
         raise RuntimeError("encoder bug")
 
-    monkeypatch.setattr(_otlp_http, "encode_log", broken)
+    monkeypatch.setattr(_otlp_http, "encode_log_event", broken)  # the plain-event path
+    monkeypatch.setattr(_otlp_http, "encode_log", broken)  # then the converted-fields one
     provider, emitter = _emitter_setup(receiver)
     emitter(None, "info", {"event": "kept", "level": "info", "logger": "app", "n": 1})
     provider.force_flush()
