@@ -53,19 +53,39 @@ _cached = [0]
 
 
 class _KeyFields:
-    """One attribute key under one field tag: its encoded ``key`` and its cached fields."""
+    """One attribute key under one field tag: its encoded ``key``, its cached values.
 
-    __slots__ = ("fields", "head")
+    ``count`` values of it are cached; ``closed`` once it has seen too many (an unbounded
+    key, as an id or a duration).
+    """
+
+    __slots__ = ("closed", "count", "head")
 
     def __init__(self, key: str) -> None:
         self.head = _ld(b"\x0a", key.encode()) if key else b""
-        # str value or (type, value) -> the whole field (tag, length, KeyValue); None: closed
-        self.fields: dict[Any, bytes] | None = {}
+        self.count = 0
+        self.closed = False
 
 
-_field_cache: dict[bytes, dict[str, _KeyFields]] = {}
-"""Field tag -> attribute key -> :class:`_KeyFields`, for scalar values (repeating method,
-route, status, host... cost one dict lookup each)."""
+class _TagCache:
+    """The encoded attribute fields of one field tag (span, log, resource... attributes).
+
+    ``fields`` maps ``(key, value)`` for str and int values (never equal to each other)
+    and ``(key, type, value)`` for the others (True, 1 and 1.0 are equal in a dict, not on
+    the wire) to the whole field: tag, length, ``KeyValue``. A repeated attribute then
+    costs one tuple and one lookup. ``keys`` keeps the per-key bounds.
+    """
+
+    __slots__ = ("fields", "keys")
+
+    def __init__(self) -> None:
+        self.keys: dict[str, _KeyFields] = {}
+        self.fields: dict[tuple[Any, ...], bytes] = {}
+
+
+_field_cache: dict[bytes, _TagCache] = {}
+"""Field tag -> :class:`_TagCache`, for scalar values (repeating method, route, status,
+host... cost one dict lookup each)."""
 
 
 def _varint(value: int) -> bytes:
@@ -167,11 +187,11 @@ def _key_value(key: str, value: Any) -> bytes:
     return head + _ld(b"\x12", _any_value(value))
 
 
-def _keys(tag: bytes) -> dict[str, _KeyFields]:
-    keys = _field_cache.get(tag)
-    if keys is None:
-        keys = _field_cache.setdefault(tag, {})
-    return keys
+def _tag_cache(tag: bytes) -> _TagCache:
+    cache = _field_cache.get(tag)
+    if cache is None:
+        cache = _field_cache.setdefault(tag, _TagCache())
+    return cache
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
@@ -182,48 +202,59 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     inner = getattr(attributes, "_dict", None)
     items = inner.items() if type(inner) is dict else attributes.items()
     out: list[bytes] = []
-    keys = _keys(tag)
+    cache = _tag_cache(tag)
+    cached = cache.fields.get
     append = out.append
     for key, value in items:
         kind = type(value)
-        if kind is str:  # the common case, a cached str value: two lookups
-            entry = keys.get(key)
-            fields = entry.fields if entry is not None else None
-            field = fields.get(value) if fields is not None else None
+        if kind is str or kind is int:  # the common case, a cached value: one lookup
+            field = cached((key, value))
             if field is not None:
                 append(field)
                 continue
         try:
-            append(_field(keys, tag, key, value, kind))
+            append(_field(cache, tag, key, value, kind))
         except Exception as error:
             _logger.exception("Failed to encode key %s: %s", key, error)
     return b"".join(out)
 
 
-def _field(keys: dict[str, _KeyFields], tag: bytes, key: Any, value: Any, kind: type) -> bytes:
-    """One ``KeyValue`` field (tag, length, body), from ``keys``' cache or encoded.
+def _field(cache: _TagCache, tag: bytes, key: Any, value: Any, kind: type) -> bytes:
+    """One ``KeyValue`` field (tag, length, body), from ``cache`` or encoded.
 
-    Cached when the key still caches. Raises on a value protobuf would reject.
+    Cached when its key still caches. Raises on a value protobuf would reject.
     """
+    keys = cache.keys
     entry = keys.get(key) if kind in _SCALARS else None
     if entry is None and kind in _SCALARS and type(key) is str and key and len(keys) < _KEYS_MAX:
         entry = keys.setdefault(key, _KeyFields(key))
     if entry is None:
         return _ld(tag, _key_value(key, value))
-    fields = entry.fields
-    if fields is None:  # an unbounded key (an id, a duration): encode, skip the cache
+    if entry.closed:  # an unbounded key (an id, a duration): encode, skip the cache
         return _ld(tag, entry.head + _value_field(value, kind))
-    cache_key = value if kind is str else (kind, value)  # True, 1 and 1.0 differ
-    field = fields.get(cache_key)
+    cache_key = (key, value) if kind is str or kind is int else (key, kind, value)
+    field = cache.fields.get(cache_key)  # bools, floats and None are looked up here
     if field is None:
         field = _ld(tag, entry.head + _value_field(value, kind))
-        if len(fields) >= _VALUES_MAX:
-            entry.fields = None  # unbounded: close the key, give its room back
-            _cached[0] -= len(fields)
+        if entry.count >= _VALUES_MAX:
+            _close(cache, key, entry)
         elif len(field) <= _FIELD_BYTES_MAX and _cached[0] < _CACHED_MAX:
-            fields[cache_key] = field
+            cache.fields[cache_key] = field
+            entry.count += 1
             _cached[0] += 1
     return field
+
+
+def _close(cache: _TagCache, key: str, entry: _KeyFields) -> None:
+    """Stop caching ``key`` (unbounded: a miss costs more than encoding), free its room.
+
+    Once per key; ``list()`` snapshots the dict, as other threads encode too.
+    """
+    entry.closed, entry.count = True, 0
+    fields = cache.fields
+    for cache_key in list(fields):
+        if cache_key[0] == key and fields.pop(cache_key, None) is not None:
+            _cached[0] -= 1
 
 
 def _value_field(value: Any, kind: type) -> bytes:
@@ -248,17 +279,16 @@ def _event_attributes(event: Mapping[Any, Any], skip: frozenset[str]) -> bytes |
     In order. None when a field is not a plain attribute (a key that is not a non-empty
     str, a value that is not str/bool/int/float/None): the caller converts those first.
     """
-    keys = _keys(b"\x32")
+    cache = _tag_cache(b"\x32")
+    cached = cache.fields.get
     out: list[bytes] = []
     append = out.append
     for key, value in event.items():
         if key in skip:
             continue
         kind = type(value)
-        if kind is str:  # a cached str value (its key then is a non-empty str): two lookups
-            entry = keys.get(key)
-            fields = entry.fields if entry is not None else None
-            field = fields.get(value) if fields is not None else None
+        if kind is str or kind is int:  # a cached value (so a non-empty str key): one lookup
+            field = cached((key, value))
             if field is not None:
                 append(field)
                 continue
@@ -267,7 +297,7 @@ def _event_attributes(event: Mapping[Any, Any], skip: frozenset[str]) -> bytes |
         if type(key) is not str or not key:
             return None
         try:
-            append(_field(keys, b"\x32", key, value, kind))
+            append(_field(cache, b"\x32", key, value, kind))
         except Exception as error:
             _logger.exception("Failed to encode key %s: %s", key, error)
     return b"".join(out)

@@ -212,14 +212,16 @@ def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         assert got == b"".join(
             _otlp_encode._ld(tag, _otlp_encode._key_value(k, v)) for k, v in attributes.items()
         )
-    keys = _otlp_encode._field_cache[tag]
+    cache = _otlp_encode._field_cache[tag]
+    keys = cache.keys
     assert len(keys) <= 5
-    assert keys["id"].fields is None  # unbounded: closed
-    assert keys["route"].fields is not None and len(keys["route"].fields) == 1
-    assert all(len(k.fields or ()) <= 10 for k in keys.values())
-    assert _otlp_encode._cached[0] == sum(
-        len(k.fields or ()) for t in _otlp_encode._field_cache.values() for k in t.values()
-    )
+    assert keys["id"].closed  # unbounded: closed, its fields given back
+    assert not any(k[0] == "id" for k in cache.fields)
+    assert not keys["route"].closed and keys["route"].count == 1
+    assert all(k.count <= 10 for k in keys.values())
+    for key, entry in keys.items():
+        assert entry.count == sum(1 for k in cache.fields if k[0] == key)
+    assert _otlp_encode._cached[0] == sum(len(t.fields) for t in _otlp_encode._field_cache.values())
     assert (encode_spans(spans), encode_logs(logs)) == before
     # the overall budget and the size cap: no more caching, same bytes
     monkeypatch.setattr(_otlp_encode, "_CACHED_MAX", _otlp_encode._cached[0])
@@ -230,7 +232,7 @@ def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         for k, v in {"route": "/b", "long": "x" * 600}.items()
     )
     assert _otlp_encode._cached[0] == budget
-    assert "/b" not in (keys["route"].fields or {})
+    assert ("route", "/b") not in cache.fields
     assert encode_spans(spans) == official_spans(spans).SerializeToString()
     assert encode_logs(logs) == official_logs(logs).SerializeToString()
 
@@ -252,8 +254,8 @@ def test_unbounded_keys_encode_like_the_official_encoder(monkeypatch: pytest.Mon
             }
             expected = official_logs([record]).SerializeToString()
             assert encode_logs([record]) == expected, (round_, len(text))
-    keys = _otlp_encode._field_cache[b"\x32"]
-    assert keys["text"].fields is None and keys["float"].fields is None
+    keys = _otlp_encode._field_cache[b"\x32"].keys
+    assert keys["text"].closed and keys["float"].closed
 
 
 def test_cached_values_of_equal_but_different_types_stay_apart() -> None:
