@@ -10,12 +10,14 @@ collector cannot cause a log storm or a recursion.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import sys
 import threading
 import time
 import traceback
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -141,14 +143,45 @@ _PLAIN_TYPES = frozenset({str, bool, int, float, type(None)})
 """Exact types an OTel attribute takes as they are (subclasses go through :func:`_attribute`)."""
 
 
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
 def _attribute(value: Any) -> Any:
+    if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
+        return str(value)  # OTLP ints are 64-bit: a bigger one would be dropped
     if value is None or isinstance(value, str | bool | int | float):
         return value
     if isinstance(value, list | tuple) and all(
-        isinstance(v, str | bool | int | float) for v in value
+        isinstance(v, str | bool | float) or (isinstance(v, int) and _INT64_MIN <= v <= _INT64_MAX)
+        for v in value
     ):
         return list(value)
-    return orjson.dumps(value, default=str).decode()
+    return json_dumps(value, default=str).decode()
+
+
+def json_dumps(value: Any, default: Callable[[Any], Any] | None = None, **_: Any) -> bytes:
+    """JSON bytes of ``value``, whatever a log call was given (the JSON line's serializer).
+
+    orjson, with non-str dict keys turned into strs. What it refuses (an int beyond 64
+    bits, a key it cannot turn into a str) goes through the stdlib instead, keys as strs
+    and non-finite floats as null (as orjson writes them): a log call must never raise.
+    """
+    try:
+        return orjson.dumps(value, default=default, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return json.dumps(
+            _json_safe(value), default=default, ensure_ascii=False, separators=(",", ":")
+        ).encode()
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k) if type(k) is not str else k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 _IDLE, _BUSY, _WORKER = "idle", "busy", "worker"
@@ -224,7 +257,8 @@ def _attributes_of(event_dict: EventDict) -> tuple[dict[str, Any], bool]:
     for key, value in event_dict.items():
         if key in _RECORD_FIELDS:
             continue
-        if type(value) in _PLAIN_TYPES:  # most fields: ~10x cheaper than isinstance(union)
+        kind = type(value)  # most fields: ~10x cheaper than isinstance(union)
+        if kind in _PLAIN_TYPES and (kind is not int or _INT64_MIN <= value <= _INT64_MAX):
             attributes[key] = value
             clean = clean and type(key) is str and key != ""
         elif key == "exception" and isinstance(value, dict):
@@ -364,7 +398,7 @@ def _renderer(settings: Settings) -> Processor:
     if settings.log_format == "console":
         colors = bool(getattr(sys.stdout, "isatty", lambda: False)())
         return structlog.dev.ConsoleRenderer(colors=colors)
-    return structlog.processors.JSONRenderer(serializer=orjson.dumps)
+    return structlog.processors.JSONRenderer(serializer=json_dumps)
 
 
 def _route_stdlib(bridge: StdlibBridge, settings: Settings) -> None:

@@ -277,7 +277,8 @@ def _event_attributes(event: Mapping[Any, Any], skip: frozenset[str]) -> bytes |
     """A log record's attributes from an event dict in one pass: its fields but ``skip``.
 
     In order. None when a field is not a plain attribute (a key that is not a non-empty
-    str, a value that is not str/bool/int/float/None): the caller converts those first.
+    str, a value that is not str/bool/int/float/None, an int beyond 64 bits): the caller
+    converts those first.
     """
     cache = _tag_cache(b"\x32")
     cached = cache.fields.get
@@ -298,8 +299,8 @@ def _event_attributes(event: Mapping[Any, Any], skip: frozenset[str]) -> bytes |
             return None
         try:
             append(_field(cache, b"\x32", key, value, kind))
-        except Exception as error:
-            _logger.exception("Failed to encode key %s: %s", key, error)
+        except Exception:  # an int beyond 64 bits: the caller converts it (to a str)
+            return None
     return b"".join(out)
 
 

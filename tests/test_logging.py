@@ -246,3 +246,27 @@ def test_failing_stdout_drops_lines_not_records(
     log.info("fourth")
     assert stderr.getvalue().count("kiki_otel: stdout write failed") == 2
     assert "(4 so far)" in stderr.getvalue()
+
+
+def test_values_orjson_refuses_are_logged_not_raised(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An int beyond 64 bits, non-str dict keys, non-finite floats: the log call does not
+    raise, the JSON line keeps every field (keys as strs, NaN/inf as null like orjson),
+    and the OTel record carries them as attributes (big ints as strs: OTLP ints are 64-bit)."""
+    kiki_otel.configure(service_name="svc-odd")
+    capsys.readouterr()
+    big = 1 << 70
+    log = kiki_otel.get_logger("odd")
+    log.info("big", n=big, ok=1)
+    log.info("keys", d={1: "a", (1, 2): "b"}, nan={"x": float("nan")})
+    log.info("list", values=[big, 2])
+    out = lines(capsys)
+    assert [line["event"] for line in out] == ["big", "keys", "list"]
+    assert out[0]["n"] == big and out[0]["ok"] == 1
+    assert out[1]["d"] == {"1": "a", "(1, 2)": "b"} and out[1]["nan"] == {"x": None}
+    assert out[2]["values"] == [big, 2]
+    records = {r.body: dict(r.attributes or {}) for r in memory.logs()}
+    assert records["big"]["n"] == str(big) and records["big"]["ok"] == 1
+    assert json.loads(records["keys"]["d"]) == {"1": "a", "(1, 2)": "b"}
+    assert json.loads(records["list"]["values"]) == [big, 2]
