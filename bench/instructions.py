@@ -1,0 +1,161 @@
+"""Instructions per request, counted by valgrind: a cost that a noisy neighbour cannot move.
+
+``.venv/bin/python bench/instructions.py [--scenarios bare,kiki,...] [--requests 1000]``
+
+Timings on a shared VM move by +-20% from one minute to the next; the number of machine
+instructions a request executes does not. Each scenario (``bench.run`` names) runs
+``bench.inprocess`` twice under ``valgrind --tool=cachegrind``, with ``SMALL`` and with
+``SMALL + requests`` requests; the difference divided by ``requests`` is the instructions
+per request after start-up and warm-up, every thread counted (exporters included; OTLP goes
+to a discard receiver). The table gives each scenario's count, its overhead over ``bare``
+and the ratio. Instructions are not time (cache misses, syscalls and GIL hand-overs are not
+in them), so this complements ``bench/run.py``; it is the number to compare two trees by.
+
+``--functions SCENARIO`` shows where a scenario's request thread spends them instead:
+Python bytecodes executed per request, by function (``sys.settrace`` with opcode events,
+deterministic too), the top ``--top`` of them. Needs no valgrind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.run import PY, SCENARIOS, fmt_table, start_receiver  # noqa: E402
+
+SMALL = 500
+"""Requests of the shorter run (after ``bench.inprocess``'s own 2,000 warm-up requests)."""
+
+
+def _env(name: str, endpoints: dict[str, str]) -> dict[str, str]:
+    scenario, extra, collector = SCENARIOS[name]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KIKI_OTEL_"))}
+    env.update({"PYTHONPATH": str(REPO), "BENCH_SCENARIO": scenario, **extra})
+    env["PYTHONHASHSEED"] = "0"  # the same dict and set layouts (probe counts) every run
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoints[collector]
+    return env
+
+
+def _instructions(name: str, requests: int, endpoints: dict[str, str], out: Path) -> int:
+    """Instructions (``Ir``) of one whole ``bench.inprocess`` run under cachegrind."""
+    scenario = SCENARIOS[name][0]
+    target = out / f"{name.replace('%', 'pct')}.{requests}.cg"  # valgrind expands %
+    cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={target}"]
+    cmd += [PY, "-m", "bench.inprocess", scenario, str(requests)]
+    subprocess.run(
+        cmd,
+        env=_env(name, endpoints),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    )
+    for line in target.read_text().splitlines():
+        if line.startswith("summary:"):
+            return int(line.split()[1])
+    raise SystemExit(f"no summary line in {target}")
+
+
+def count(names: list[str], requests: int) -> None:
+    if not shutil.which("valgrind"):
+        raise SystemExit("needs valgrind (apt-get install valgrind)")
+    receiver, urls = start_receiver("ok", os.environ.get("BENCH_RECEIVER_CPU", "1"))
+    endpoints = {"ok": urls["http"], "ok-grpc": urls["grpc"]}
+    per_request: dict[str, float] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in names:
+                if SCENARIOS[name][2] not in endpoints:
+                    raise SystemExit(f"{name}: needs a dead collector, not counted here")
+                small = _instructions(name, SMALL, endpoints, Path(tmp))
+                large = _instructions(name, SMALL + requests, endpoints, Path(tmp))
+                per_request[name] = (large - small) / requests
+                print(f"  {name}: {per_request[name]:,.0f} instructions/request", flush=True)
+    finally:
+        receiver.terminate()
+        receiver.wait()
+    bare = per_request.get("bare")
+    rows = []
+    for name, value in per_request.items():
+        over = f"{value - bare:+,.0f}" if bare is not None else "-"
+        ratio = f"{value / bare:.2f}x" if bare else "-"
+        rows.append([name, f"{value:,.0f}", over, ratio])
+    print(fmt_table(rows, ["scenario", "instructions/request", "over bare", "ratio to bare"]))
+
+
+def functions(name: str, requests: int, top: int) -> None:
+    """Bytecodes per request by function on the request thread, in this process."""
+    from bench.inprocess import _drive
+
+    receiver, urls = start_receiver("ok", os.environ.get("BENCH_RECEIVER_CPU", "1"))
+    try:
+        os.environ.update(_env(name, {"ok": urls["http"], "ok-grpc": urls["grpc"]}))
+        real_stdout, sys.stdout = sys.stdout, io.TextIOWrapper(io.BytesIO(), write_through=True)
+        from bench.app import app  # built for BENCH_SCENARIO on import
+
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(_drive(app, 2000))  # warm up: caches, first-use paths
+        counts: collections.Counter[tuple[str, int, str]] = collections.Counter()
+
+        def trace(frame, event, arg):  # type: ignore[no-untyped-def]
+            code = frame.f_code
+            where = (code.co_filename, code.co_firstlineno, code.co_name)
+            frame.f_trace_opcodes, frame.f_trace_lines = True, False
+
+            def opcode(frame, event, arg):  # type: ignore[no-untyped-def]
+                if event == "opcode":
+                    counts[where] += 1
+                return opcode
+
+            return opcode
+
+        sys.settrace(trace)
+        try:
+            loop.run_until_complete(_drive(app, requests))
+        finally:
+            sys.settrace(None)
+            sys.stdout = real_stdout
+    finally:
+        receiver.terminate()
+        receiver.wait()
+    total = sum(counts.values())
+    print(f"{name}: {total / requests:,.0f} bytecodes/request on the request thread")
+    rows = []
+    for (filename, line, function), n in counts.most_common(top):
+        short = filename.split("site-packages/")[-1].replace(str(REPO) + "/", "")
+        rows.append([f"{n / requests:,.1f}", f"{short}:{line}", function])
+    print(fmt_table(rows, ["per request", "where", "function"]))
+    os._exit(0)  # skip the exporters' shutdown flush: not what is measured
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenarios", default="bare,kiki,kiki-10%,kiki-official,native,contrib")
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--functions", metavar="SCENARIO", help="bytecodes by function instead")
+    parser.add_argument("--top", type=int, default=30)
+    args = parser.parse_args()
+    if args.functions:
+        functions(args.functions, args.requests, args.top)
+        return
+    names = [s for s in args.scenarios.split(",") if s]
+    unknown = [s for s in names if s not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenarios {unknown}: one of {', '.join(SCENARIOS)}")
+    count(names, args.requests)
+
+
+if __name__ == "__main__":
+    main()
