@@ -224,6 +224,42 @@ async def test_baggage_and_other_propagators_are_still_extracted(
     assert [format(s.context.trace_id, "032x") for s in server_spans(memory)][-1] == TRACE
 
 
+async def test_a_browser_request_keeps_what_the_span_needs(app: FastAPI, memory: Memory) -> None:
+    """Under the default propagators only the W3C and span headers are read; with a
+    browser's worth of other headers around them, traceparent, tracestate, baggage, host
+    and user agent all still arrive."""
+    from opentelemetry import baggage
+
+    seen: list[Any] = []
+
+    @app.get("/seen")
+    async def read_baggage() -> None:
+        seen.append(baggage.get_baggage("tenant"))
+
+    browser = {
+        "accept": "text/html,application/xhtml+xml",
+        "accept-encoding": "gzip, deflate, br",
+        "accept-language": "en-GB,en;q=0.9",
+        "cache-control": "no-cache",
+        "cookie": "session=abc",
+        "sec-fetch-mode": "navigate",
+        "sec-ch-ua-platform": '"Linux"',
+        "traceparent": f"00-{TRACE}-{PARENT}-01",
+        "tracestate": "vendor=opaque",
+        "baggage": "tenant=acme",
+        "user-agent": "Mozilla/5.0 test",
+        "upgrade-insecure-requests": "1",
+    }
+    async with client(app) as c:
+        response = await c.get("/seen", headers=browser)
+    assert response.headers["x-request-id"] == TRACE and seen == ["acme"]
+    (span,) = server_spans(memory)
+    assert span.parent is not None and format(span.parent.span_id, "016x") == PARENT
+    assert span.context.trace_state.get("vendor") == "opaque"
+    assert span.attributes["user_agent.original"] == "Mozilla/5.0 test"
+    assert span.attributes["server.address"] == "testserver"
+
+
 async def test_unsampled_parent_still_gets_ids_in_logs(
     app: FastAPI, memory: Memory, capsys: pytest.CaptureFixture[str]
 ) -> None:
