@@ -174,19 +174,55 @@ def json_dumps(value: Any, default: Callable[[Any], Any] | None = None, **_: Any
     try:
         return orjson.dumps(value, default=default, option=orjson.OPT_NON_STR_KEYS)
     except TypeError:
-        return json.dumps(
-            _json_safe(value), default=default, ensure_ascii=False, separators=(",", ":")
-        ).encode()
+        pass
+    try:  # ASCII-escaped: a lone surrogate (from a JSON body, say) becomes \udXXX, valid
+        safe = _json_safe(value, ())
+        return json.dumps(safe, default=_safe(default), separators=(",", ":")).encode()
+    except Exception:  # a log call must not raise: keep what can be shown
+        return json.dumps({str(k): _safe_repr(v) for k, v in _items(value)}).encode()
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k) if type(k) is not str else k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+_JSON_DEPTH = 64
+"""Nesting shown in a log line; deeper (or self-referential) values are elided."""
+
+
+def _json_safe(value: Any, path: tuple[int, ...]) -> Any:
+    """``value`` with str keys, finite floats, and no cycles (``path``: ids of the parents)."""
+    if isinstance(value, dict | list | tuple):
+        if id(value) in path or len(path) > _JSON_DEPTH:
+            return "<recursion>" if id(value) in path else "..."
+        inner = (*path, id(value))
+        if isinstance(value, dict):
+            return {
+                str(k) if type(k) is not str else k: _json_safe(v, inner) for k, v in value.items()
+            }
+        return [_json_safe(v, inner) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _safe(default: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    """``default`` (repr, mostly) that cannot raise: an ORM object whose repr fails, say."""
+
+    def call(value: Any) -> Any:
+        try:
+            return default(value) if default is not None else _safe_repr(value)
+        except Exception:  # the repr of last resort below cannot raise
+            return _safe_repr(value)
+
+    return call
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # an ORM object whose repr needs a session, say
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _items(value: Any) -> list[tuple[Any, Any]]:
+    return list(value.items()) if isinstance(value, dict) else [("value", value)]
 
 
 _IDLE, _BUSY, _WORKER = "idle", "busy", "worker"
@@ -289,7 +325,8 @@ class _Output:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler that logs may run while this thread is in write().
+        self._lock = threading.RLock()
         self.dropped = 0
         self._failing = False
 
@@ -360,8 +397,9 @@ class StdlibBridge(logging.Handler):
                 "timestamp": datetime.fromtimestamp(record.created, UTC).strftime(_ISO_UTC),
             }
             for key, value in vars(record).items():
-                if key not in _STDLIB_ATTRS and not key.startswith("_"):
-                    event_dict[key] = value
+                name = key if type(key) is str else str(key)  # extra={1: ...} is allowed
+                if name not in _STDLIB_ATTRS and not name.startswith("_"):
+                    event_dict[name] = value
             if record.exc_info and record.exc_info[0] is not None:
                 event_dict["exc_info"] = record.exc_info
             result: Any = event_dict

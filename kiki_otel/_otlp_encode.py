@@ -62,7 +62,7 @@ class _KeyFields:
     __slots__ = ("closed", "count", "head")
 
     def __init__(self, key: str) -> None:
-        self.head = _ld(b"\x0a", key.encode()) if key else b""
+        self.head = _ld(b"\x0a", _utf8(key)) if key else b""
         self.count = 0
         self.closed = False
 
@@ -86,6 +86,18 @@ class _TagCache:
 _field_cache: dict[bytes, _TagCache] = {}
 """Field tag -> :class:`_TagCache`, for scalar values (repeating method, route, status,
 host... cost one dict lookup each)."""
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 of ``text``, a lone surrogate written as its backslash escape.
+
+    A lone surrogate (U+D800 to U+DFFF unpaired, as a JSON body can carry) is invalid in
+    UTF-8 and so in protobuf strings: it must not fail the record, nor the batch it is in.
+    """
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
 
 
 def _varint(value: int) -> bytes:
@@ -164,7 +176,7 @@ def _any_value(value: Any) -> bytes:
     if value is False:
         return b"\x10\x00"
     if isinstance(value, str):
-        return _ld(b"\x0a", value.encode())
+        return _ld(b"\x0a", _utf8(value))
     if isinstance(value, int):
         if not _INT64_MIN <= value <= _INT64_MAX:
             raise ValueError(f"Value out of range: {value}")
@@ -183,7 +195,7 @@ def _any_value(value: Any) -> bytes:
 
 def _key_value(key: str, value: Any) -> bytes:
     """The body of a ``KeyValue`` (1 key, 2 value; the value is always present)."""
-    head = _ld(b"\x0a", key.encode()) if key else b""
+    head = _ld(b"\x0a", _utf8(key)) if key else b""
     return head + _ld(b"\x12", _any_value(value))
 
 
@@ -264,7 +276,10 @@ def _value_field(value: Any, kind: type) -> bytes:
     encoded on every record.
     """
     if kind is str:
-        data: bytes = value.encode()
+        try:
+            data: bytes = value.encode()
+        except UnicodeEncodeError:
+            data = _utf8(value)
         size = len(data)
         if size < 126:  # the AnyValue (tag, length, bytes) fits a one-byte length too
             return b"\x12" + _SMALL[size + 2] + b"\x0a" + _SMALL[size] + data
@@ -318,9 +333,9 @@ def _scope(scope: Any) -> bytes:
         return b"\x0a\x00"
     body = b""
     if scope.name:
-        body += _ld(b"\x0a", scope.name.encode())
+        body += _ld(b"\x0a", _utf8(scope.name))
     if scope.version:
-        body += _ld(b"\x12", scope.version.encode())
+        body += _ld(b"\x12", _utf8(scope.version))
     body += _attributes(b"\x1a", scope.attributes)
     return _ld(b"\x0a", body)
 
@@ -452,12 +467,12 @@ def _span_body(
     ]
     state = context.trace_state
     if state:
-        parts.append(_ld(b"\x1a", ",".join(f"{k}={v}" for k, v in state.items()).encode()))
+        parts.append(_ld(b"\x1a", _utf8(",".join(f"{k}={v}" for k, v in state.items()))))
     if parent:
         parts.append(b"\x22\x08")
         parts.append(parent.span_id.to_bytes(8, "big"))
     if name:
-        parts.append(_ld(b"\x2a", name.encode()))
+        parts.append(_ld(b"\x2a", _utf8(name)))
     parts.append(b"\x30")
     parts.append(_SMALL[kind.value + 1])  # SDK SpanKind is the proto enum minus one
     if start_time:
@@ -470,7 +485,7 @@ def _span_body(
     for event in events:
         body = b"\x09" + _pack_fixed64(event.timestamp) if event.timestamp else b""
         if event.name:
-            body += _ld(b"\x12", event.name.encode())
+            body += _ld(b"\x12", _utf8(event.name))
         body += _attributes(b"\x1a", event.attributes)
         if event.dropped_attributes:
             body += b"\x20" + _varint(event.dropped_attributes)
@@ -498,7 +513,7 @@ def _status(status: Any) -> bytes:
         return b""
     body = b""
     if status.description:
-        body += _ld(b"\x12", status.description.encode())
+        body += _ld(b"\x12", _utf8(status.description))
     if status.status_code.value:
         body += b"\x18" + _SMALL[status.status_code.value]
     return _ld(b"\x7a", body)
@@ -512,10 +527,10 @@ def _export_request(items: Sequence[Any], encode_item: Callable[[Any], bytes]) -
         for scope, scope_items in scopes:
             scope_body = _scope(scope) + _encode_each(scope_items, encode_item, b"\x12")
             if scope is not None and scope.schema_url:
-                scope_body += _ld(b"\x1a", scope.schema_url.encode())
+                scope_body += _ld(b"\x1a", _utf8(scope.schema_url))
             body.append(_ld(b"\x12", scope_body))
         if resource.schema_url:
-            body.append(_ld(b"\x1a", resource.schema_url.encode()))
+            body.append(_ld(b"\x1a", _utf8(resource.schema_url)))
         out.append(_ld(b"\x0a", b"".join(body)))
     return b"".join(out)
 
@@ -571,7 +586,7 @@ def _log_fields(
     if severity:
         parts.append(b"\x10" + _varint(severity))
     if severity_text:
-        parts.append(_ld(b"\x1a", severity_text.encode()))
+        parts.append(_ld(b"\x1a", _utf8(severity_text)))
     parts.append(_ld(b"\x2a", _any_value(body)))
     parts.append(attributes)
     if dropped_attributes:
@@ -586,7 +601,7 @@ def _log_fields(
     if observed_timestamp:
         parts.append(b"\x59" + _pack_fixed64(observed_timestamp))
     if event_name:
-        parts.append(_ld(b"\x62", event_name.encode()))
+        parts.append(_ld(b"\x62", _utf8(event_name)))
     return b"".join(parts)
 
 

@@ -158,10 +158,25 @@ class _Exporter:
             return True
         try:
             body = self._encode(batch)
-        except Exception:
-            _logger.exception("OTLP encoding failed, batch dropped")
-            return False
+        except Exception:  # one bad item must not cost the others: find it, drop only it
+            good = [item for item in batch if self._encodes(item)]
+            _logger.error(
+                "OTLP encoding failed for %d of %d items, dropped",
+                len(batch) - len(good),
+                len(batch),
+            )
+            if not good:
+                return False
+            body = self._encode(good)
         return self._client.post(body)
+
+    def _encodes(self, item: Any) -> bool:
+        try:
+            self._encode([item])
+        except Exception:
+            _logger.exception("OTLP encoding failed")
+            return False
+        return True
 
     def shutdown(self) -> None:
         self._client.close()

@@ -270,3 +270,69 @@ def test_values_orjson_refuses_are_logged_not_raised(
     assert records["big"]["n"] == str(big) and records["big"]["ok"] == 1
     assert json.loads(records["keys"]["d"]) == {"1": "a", "(1, 2)": "b"}
     assert json.loads(records["list"]["values"]) == [big, 2]
+
+
+def test_values_that_cannot_be_shown_never_raise(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lone surrogate (from a JSON body), an object whose repr raises (a detached ORM
+    instance), a self-referential dict, a stdlib ``extra`` with an int key: every log call
+    returns, every line is valid JSON with what could be shown, every record goes out."""
+
+    class Detached:
+        def __repr__(self) -> str:
+            raise RuntimeError("DetachedInstanceError")
+
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    kiki_otel.configure(service_name="svc-odd")
+    capsys.readouterr()
+    log = kiki_otel.get_logger("odd")
+    log.info("surrogate", name="\ud800")
+    log.info("repr", obj=Detached())
+    log.info("cycle", v=loop)
+    logging.getLogger("lib").warning("created %s", "\ud800", extra={1: "a"})
+    out = lines(capsys)
+    assert [line["event"] for line in out] == ["surrogate", "repr", "cycle", "created \ud800"]
+    assert out[0]["name"] == "\ud800"  # escaped in the JSON text, the same str read back
+    assert out[1]["obj"] == "<unprintable Detached>"
+    assert out[2]["v"] == {"self": "<recursion>"}
+    assert out[3]["1"] == "a"
+    bodies = [r.body for r in memory.logs() if not str(r.body).startswith("kiki_otel.")]
+    assert bodies == ["surrogate", "repr", "cycle", "created \ud800"]
+
+
+def test_a_log_line_from_inside_a_write_does_not_deadlock(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal handler that logs can run while the same thread is inside the stdout
+    write (holding its lock): the nested line is written, nothing hangs."""
+    import threading
+
+    kiki_otel.configure(service_name="svc-reentrant")
+    log = kiki_otel.get_logger("reentrant")
+    written: list[bytes] = []
+
+    class Interrupted(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            if not written:
+                written.append(b"")
+                log.info("from.handler")  # what a signal handler would do here
+            written.append(bytes(data))
+            return len(data)
+
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(Interrupted(), write_through=True))
+    done = threading.Event()
+
+    def run() -> None:
+        log.info("outer")
+        done.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert done.wait(5), "deadlocked on the output lock"
+    text = b"".join(written)
+    assert b'"event":"from.handler"' in text and b'"event":"outer"' in text

@@ -370,3 +370,25 @@ def test_a_forked_worker_gets_its_own_connection_and_lock(receiver: OTLPReceiver
     assert client.post(encode_spans(_spans()))
     assert len(receiver.raw_requests("traces")) == 2
     client.close()
+
+
+def test_one_bad_item_costs_only_itself(receiver: OTLPReceiver) -> None:
+    """A record with a lone surrogate (a JSON body's "\\ud800") is encoded with the
+    character escaped; an item the encoder cannot take at all is dropped alone, and the
+    rest of its batch still arrives."""
+    provider, emitter = _emitter_setup(receiver)
+    emitter(None, "info", {"event": "before", "level": "info", "logger": "app"})
+    emitter(None, "info", {"event": "bad \ud800", "level": "info", "logger": "app", "n": "\ud800"})
+    emitter(None, "info", {"event": "after", "level": "info", "logger": "app"})
+    provider.force_flush()
+    got = {str(r.body): r for r in receiver.wait_for_logs(3)}
+    assert set(got) == {"before", "bad \\ud800", "after"}
+    assert got["bad \\ud800"].attributes["n"] == "\\ud800"
+    provider.shutdown()
+    spans = _spans()
+    exporter = FastSpanExporter(OTLPHttpClient(receiver.http_url("traces")))
+    batch: list[Any] = [spans[0], object(), spans[1]]  # object(): no span fields at all
+    assert exporter.export(batch) is SpanExportResult.SUCCESS
+    assert {s.name for s in receiver.wait_for_spans(2)} == {spans[0].name, spans[1].name}
+    assert receiver.raw_requests("traces")[0].body == encode_spans([spans[0], spans[1]])
+    exporter.shutdown()
