@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import re
 import time
+import traceback
 import weakref
 from typing import Any
+from urllib.parse import unquote_plus
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
@@ -55,13 +57,21 @@ _INTERNAL_ERROR = b"Internal Server Error"
 _LAST_MESSAGE = frozenset({"http.response.body", "http.response.pathsend"})
 """Message types that end a response unless ``more_body`` (pathsend never has more)."""
 _FASTAPI_NATIVE_KEY = "fastapi.telemetry"
+_TRACED_KEY = "kiki_otel.traced"
+"""Set in the scope by the outermost kiki middleware: one kiki inside another (a mounted
+sub-app configured too) passes the request through, so there is one span and one id."""
 
 
 def _redact_query(query: str) -> str:
+    """The query with sensitive values replaced.
+
+    Keys are compared as the app decodes them: ``%74oken`` is ``token`` to the app.
+    """
     parts = []
     for pair in query.split("&"):
         key, sep, _value = pair.partition("=")
-        parts.append(f"{key}=REDACTED" if sep and key.lower() in _SENSITIVE_QUERY else pair)
+        sensitive = sep and unquote_plus(key).strip().lower() in _SENSITIVE_QUERY
+        parts.append(f"{key}=REDACTED" if sensitive else pair)
     return "&".join(parts)
 
 
@@ -173,7 +183,11 @@ class ServerTelemetry:
             # FastAPI's own nested-app guard: with this key present, no FastAPI below us (a
             # mounted sub-app, say) starts native telemetry, so there is one server span.
             scope.setdefault(_FASTAPI_NATIVE_KEY, None)
-        if scope["type"] != "http" or scope["path"] in self._excluded:
+        if scope["type"] != "http" or _TRACED_KEY in scope:
+            await self.app(scope, receive, send)
+            return
+        scope[_TRACED_KEY] = True
+        if scope["path"] in self._excluded:
             await self.app(scope, receive, send)
             return
         await self._traced(scope, receive, send)
@@ -247,7 +261,7 @@ class ServerTelemetry:
                 host.rpartition(":") if host.rfind(":") > host.rfind("]") else (host, "", "")
             )
             attributes["server.address"] = address or host
-            if port.isdigit():
+            if port.isascii() and port.isdigit() and int(port) <= 65535:  # not "²", not 1e20
                 attributes["server.port"] = int(port)
         client = scope.get("client")
         if client:
@@ -318,10 +332,14 @@ class ServerTelemetry:
                 await self._send_500(send_wrapper)
             raise
         finally:
-            self._active.done(active_key)
-            self._finish(scope, span, state, error, start, active_attrs)
-            client_request_id.reset(client_token)
-            otel_context.detach(token)
+            try:
+                self._active.done(active_key)
+                self._finish(scope, span, state, error, start, active_attrs)
+            except Exception as failure:  # never replace the app's outcome, never leak ids
+                self._warn.warning("http.telemetry.failed", error=repr(failure)[:200])
+            finally:
+                client_request_id.reset(client_token)
+                otel_context.detach(token)
 
     def _response_headers(
         self, trace_id: str, span_context: SpanContext
@@ -379,7 +397,7 @@ class ServerTelemetry:
                 span.set_attributes(span_attrs)
         if error is not None and isinstance(error, Exception):
             error_type = type(error).__qualname__
-            span.record_exception(error)
+            _record_exception(span, error)
             span.set_status(StatusCode.ERROR, error_type)
             metric_attrs["error.type"] = span_error = error_type
             span.set_attribute("error.type", span_error)
@@ -402,6 +420,28 @@ class ServerTelemetry:
             self._direct.end(span)
         else:
             span.end()
+
+
+def _record_exception(span: Span, error: BaseException) -> None:
+    """``span.record_exception(error)``, also for an exception whose ``str()`` raises.
+
+    The SDK's own call would raise then, and cost the span, the access line and the metric.
+    """
+    try:
+        str(error)
+    except Exception:
+        module, name = type(error).__module__, type(error).__qualname__
+        span.add_event(
+            "exception",
+            {
+                "exception.type": f"{module}.{name}" if module and module != "builtins" else name,
+                "exception.message": f"<unprintable {name}>",
+                "exception.stacktrace": "".join(traceback.format_exception(error)),
+                "exception.escaped": "False",
+            },
+        )
+        return
+    span.record_exception(error)
 
 
 class _ActiveRequests:

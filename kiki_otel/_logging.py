@@ -53,8 +53,10 @@ _STDLIB_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {
     "taskName",
     "color_message",  # uvicorn's ANSI-coloured duplicate of the message
 }
-# The exporters' own chatter (and anything logged on their worker threads) stays on stdout only.
-_NOISY_PREFIXES = ("opentelemetry.exporter", "opentelemetry.sdk")
+# The OTel libraries' own chatter: rate-limited (a dead collector warns per batch, a hostile
+# baggage or tracestate header per request) and cut short (they echo the header).
+_NOISY_PREFIXES = ("opentelemetry",)
+_NOISY_MESSAGE_MAX = 512
 _NO_EXPORT_PREFIXES = ("opentelemetry", "grpc", "urllib3", "kiki_otel._export")
 
 
@@ -131,9 +133,13 @@ def structure_exception(_logger: WrappedLogger, _method: str, event_dict: EventD
         exc_info = sys.exc_info()
     if exc_info[0] is None:
         return event_dict
+    try:
+        message = str(exc_info[1])
+    except Exception:  # an exception whose __str__ raises must not make log.exception raise
+        message = f"<unprintable {exc_info[0].__qualname__}>"
     event_dict["exception"] = {
         "type": exc_info[0].__qualname__,
-        "message": str(exc_info[1]),
+        "message": message,
         "stacktrace": "".join(traceback.format_exception(*exc_info)),
     }
     return event_dict
@@ -411,7 +417,7 @@ class StdlibBridge(logging.Handler):
 
 
 class ExporterNoiseFilter(logging.Filter):
-    """At most one record per ``interval`` seconds per OTel SDK/exporter logger.
+    """At most one record per ``interval`` seconds per OTel library logger, cut to 512 chars.
 
     A dead collector makes every exporter warn on every retry of every batch; one line per
     half minute per signal says the same, with the count of what was held back.
@@ -434,6 +440,9 @@ class ExporterNoiseFilter(logging.Filter):
                 return False
             self._next[record.name] = now + self._interval
             record.suppressed = self._held.pop(record.name, 0)
+        message = record.getMessage()
+        if len(message) > _NOISY_MESSAGE_MAX:
+            record.msg, record.args = message[:_NOISY_MESSAGE_MAX] + "...", None
         return True
 
 

@@ -550,3 +550,108 @@ async def test_server_end_of_response_work_runs_outside_the_request_trace(
     captured.clear()  # a server with the pathsend extension gets the file as one message
     await app(asgi_scope("/file", extensions={"http.response.pathsend": {}}), receive, send)
     assert captured["http.response.pathsend"].run(current_span_id) == 0
+
+
+async def test_exception_whose_str_raises_keeps_the_requests_telemetry(
+    app: FastAPI, memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An app exception whose ``__str__`` raises: the app's exception still reaches the
+    server, the span ends ERROR with an exception event, the access line is written and
+    the request's ids do not outlive it; ``log.exception`` about it does not raise."""
+
+    class BadStr(Exception):
+        def __str__(self) -> str:
+            raise AttributeError("detail")
+
+    @app.get("/badstr")
+    async def badstr() -> None:
+        try:
+            raise BadStr
+        except BadStr:
+            kiki_otel.get_logger("app").exception("badstr.failed")
+            raise
+
+    capsys.readouterr()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        with pytest.raises(BadStr):
+            await c.get("/badstr")
+    assert kiki_otel.get_request_id() is None
+    (span,) = server_spans(memory)
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.attributes["error.type"] == BadStr.__qualname__
+    (event,) = [e for e in span.events if e.name == "exception"]
+    assert event.attributes["exception.message"] == f"<unprintable {BadStr.__qualname__}>"
+    assert "BadStr" in event.attributes["exception.stacktrace"]
+    events = {line["event"]: line for line in log_lines(capsys.readouterr().out)}
+    assert events["badstr.failed"]["exception"]["message"] == f"<unprintable {BadStr.__qualname__}>"
+    assert events["http.request"]["status"] == 500
+
+
+async def test_hostile_host_ports_are_ignored(app: FastAPI, memory: Memory) -> None:
+    """``Host: h:²`` (a latin-1 digit h11 lets through) and a port beyond 65535: answered
+    as usual, no ``server.port`` (and no encoder error per request)."""
+    for host in (b"h:\xb2", b"h:99999999999999999999", b"h:8080"):
+        sent: list[Any] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Any, sent: list[Any] = sent) -> None:
+            sent.append(message)
+
+        await app(asgi_scope("/items/1", headers=[(b"host", host)]), receive, send)
+        assert sent[0]["status"] == 200
+    ports = [s.attributes.get("server.port") for s in server_spans(memory)]
+    assert ports == [None, None, 8080]
+
+
+async def test_percent_encoded_sensitive_query_keys_are_redacted(
+    app: FastAPI, memory: Memory
+) -> None:
+    """The app reads ``%74oken`` as ``token``: so does the redaction of ``url.query``."""
+    async with client(app) as c:
+        await c.get("/items/1?%74oken=s3cret&access%5Ftoken=s3cret2&Sig+=x&page=2")
+    (span,) = server_spans(memory)
+    query = span.attributes["url.query"]
+    assert "s3cret" not in query and "=x" not in query
+    assert query == "%74oken=REDACTED&access%5Ftoken=REDACTED&Sig+=REDACTED&page=2"
+
+
+async def test_a_configured_sub_app_inside_a_configured_app_makes_one_span(
+    memory: Memory,
+) -> None:
+    """``configure(app)`` and ``configure(sub)`` for a mounted sub-app (runnable alone too):
+    one server span, and the response's request id is the one the handler sees."""
+    app, sub = FastAPI(), FastAPI()
+
+    @sub.get("/items/{i}")
+    async def items(i: int) -> dict[str, Any]:
+        return {"request_id": kiki_otel.get_request_id()}
+
+    app.mount("/sub", sub)
+    kiki_otel.configure(app, metrics_exporter="none")
+    kiki_otel.configure(sub, metrics_exporter="none")
+    async with client(app) as c:
+        response = await c.get("/sub/items/1")
+    assert response.json()["request_id"] == response.headers["x-request-id"]
+    (span,) = server_spans(memory)
+    assert span.name == "GET /sub/items/{i}"
+
+
+async def test_hostile_baggage_warns_once_and_briefly(
+    app: FastAPI, memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A baggage header the propagator rejects member by member: its warnings (which echo
+    the header) are rate-limited and cut short, not thousands of lines per request."""
+    capsys.readouterr()
+    async with client(app) as c:
+        for _ in range(3):
+            await c.get("/items/1", headers={"baggage": b"\xff," * 2700})
+    warnings = [
+        line
+        for line in log_lines(capsys.readouterr().out)
+        if line["logger"].startswith("opentelemetry")
+    ]
+    assert 1 <= len(warnings) <= 2
+    assert all(len(line["event"]) <= 515 for line in warnings)
