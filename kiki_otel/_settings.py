@@ -7,9 +7,10 @@ and metric interval are milliseconds there); our own knobs live under ``KIKI_OTE
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -41,6 +42,13 @@ class ConfigurationError(ValueError):
     """A setting has a value we cannot use; the message names the variable to fix."""
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""An RFC 9110 token: the only characters a header name may contain."""
+_BAD_VALUE_CHAR = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\u0100-\U0010ffff]")
+"""What a header value may not contain: control characters but HTAB (RFC 9110) and anything
+outside Latin-1, which HTTP clients cannot encode."""
+
+
 def _env(*names: str) -> AliasChoices:
     """Accept a field from any of these variables (first found wins) or by its field name."""
     return AliasChoices(*names)
@@ -64,6 +72,25 @@ def parse_key_values(raw: str, *, variable: str) -> dict[str, str]:
     return result
 
 
+def check_headers(headers: Mapping[str, str], *, variable: str) -> None:
+    """Refuse headers no client can send, so the mistake fails at startup, not every export.
+
+    Values are never echoed: they are usually credentials. An invalid name is not echoed
+    either, as it may be a value pasted in the wrong place.
+    """
+    for position, (name, value) in enumerate(headers.items(), start=1):
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(
+                f"{variable}: header #{position} has an invalid name "
+                "(letters, digits and !#$%&'*+-.^_`|~ only)"
+            )
+        if _BAD_VALUE_CHAR.search(value):
+            raise ValueError(
+                f"{variable}: the value of header {name!r} contains a control character "
+                "(CR, LF, NUL...) or a character outside Latin-1 (value not shown)"
+            )
+
+
 class HttpSettings(BaseModel):
     """HTTP server and client instrumentation (``KIKI_OTEL_HTTP__*``)."""
 
@@ -83,6 +110,16 @@ class HttpSettings(BaseModel):
     excluded_paths: Annotated[tuple[str, ...], NoDecode] = ("/metrics", "/favicon.ico")
     """Paths (exact) that produce no span, metric or access-log line; health paths are added."""
     instrument_httpx: bool = True
+
+    @field_validator("request_id_header")
+    @classmethod
+    def _check_header_name(cls, value: str) -> str:
+        """A non-token name breaks every response (encoding error or h11 refusing it)."""
+        if not _TOKEN.fullmatch(value):
+            raise ValueError(
+                "must be an HTTP header name: letters, digits and !#$%&'*+-.^_`|~ only"
+            )
+        return value
 
     @field_validator("excluded_paths", mode="before")
     @classmethod
@@ -106,7 +143,8 @@ class HealthSettings(BaseModel):
     background_interval: float | None = Field(default=None, gt=0)
     """If set, checks run on this interval in the background and probes read the snapshot."""
     max_staleness: float = Field(default=30.0, gt=0)
-    """Background mode: a snapshot older than this reports the check as unhealthy (stale)."""
+    """Background mode: a snapshot older than this reports the check as unhealthy (stale).
+    Must exceed ``background_interval + timeout`` (checked by :class:`Settings`)."""
     sync_workers: int = Field(default=4, ge=1, le=64)
     """Threads for synchronous checks (bounded, so a hung check cannot eat the pool)."""
 
@@ -138,6 +176,9 @@ class Settings(BaseSettings):
         populate_by_name=True,
         frozen=True,
         validate_default=True,
+        # Keep raw inputs (OTLP header secrets) out of pydantic's own message when Settings
+        # is built directly; load_settings still shows the non-secret ones.
+        hide_input_in_errors=True,
     )
 
     service_name: str = Field(
@@ -166,9 +207,10 @@ class Settings(BaseSettings):
     )
     """``k=v,k2=v2``; a secret, so it never shows in reprs or logs."""
     exporter_otlp_timeout: int = Field(
-        default=10_000, ge=1, validation_alias=_env("OTEL_EXPORTER_OTLP_TIMEOUT")
+        default=10_000, ge=1, le=3_600_000, validation_alias=_env("OTEL_EXPORTER_OTLP_TIMEOUT")
     )
-    """Milliseconds, as the OpenTelemetry spec defines it."""
+    """Milliseconds, as the OpenTelemetry spec defines it; at most an hour, since a huge
+    value makes every export raise OverflowError."""
     exporter_otlp_compression: Literal["gzip", "none"] = Field(
         default="none", validation_alias=_env("OTEL_EXPORTER_OTLP_COMPRESSION")
     )
@@ -217,6 +259,38 @@ class Settings(BaseSettings):
             return parse_key_values(value, variable="OTEL_RESOURCE_ATTRIBUTES")
         return value
 
+    @field_validator("exporter_otlp_headers")
+    @classmethod
+    def _check_otlp_headers(cls, value: SecretStr | None) -> SecretStr | None:
+        """Parse now, so a malformed header fails at startup rather than at the first export."""
+        if value is not None:
+            variable = "OTEL_EXPORTER_OTLP_HEADERS"
+            check_headers(
+                parse_key_values(value.get_secret_value(), variable=variable), variable=variable
+            )
+        return value
+
+    @field_validator("health")
+    @classmethod
+    def _check_staleness(cls, health: HealthSettings) -> HealthSettings:
+        """Refuse a ``max_staleness`` that background refreshing cannot keep up with.
+
+        A snapshot is renewed every ``background_interval`` plus the check's run (bounded by
+        ``timeout``); with a lower ``max_staleness`` readiness flaps to 503 "stale". Checked
+        here rather than on :class:`HealthSettings` so tests can still build a registry that
+        goes stale on purpose.
+        """
+        interval = health.background_interval
+        if interval is not None and health.max_staleness <= interval + health.timeout:
+            raise ValueError(
+                f"KIKI_OTEL_HEALTH__MAX_STALENESS ({health.max_staleness:g} s) must be greater "
+                f"than KIKI_OTEL_HEALTH__BACKGROUND_INTERVAL ({interval:g} s) plus "
+                f"KIKI_OTEL_HEALTH__TIMEOUT ({health.timeout:g} s), or /health/ready turns "
+                "503 'stale' between refreshes: raise MAX_STALENESS (e.g. to twice the "
+                "interval) or lower BACKGROUND_INTERVAL"
+            )
+        return health
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
@@ -247,6 +321,14 @@ class Settings(BaseSettings):
         value = value.strip()
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an absolute http:// or https:// URL")
+        # Otherwise urllib raises a bare ValueError later, while the exporters are built.
+        try:
+            url = urlsplit(value)
+            usable = bool(url.hostname) and url.port != 0
+        except ValueError:  # unclosed IPv6 bracket, non-numeric or out-of-range port
+            usable = False
+        if not usable:
+            raise ValueError("must be a URL with a host and, if any, a port from 1 to 65535")
         return value.rstrip("/")
 
     def otlp_headers(self) -> dict[str, str]:

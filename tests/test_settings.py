@@ -70,6 +70,16 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ("KIKI_OTEL_LOG_LEVEL", "LOUD", "KIKI_OTEL_LOG_LEVEL"),
         ("KIKI_OTEL_HEALTH__TIMEOUT", "-1", "KIKI_OTEL_HEALTH__TIMEOUT"),
         ("OTEL_RESOURCE_ATTRIBUTES", "novalue", "OTEL_RESOURCE_ATTRIBUTES"),
+        # urllib would raise a bare ValueError for these only when the exporter is built
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:43l8", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:99999", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:0", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://[::1", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://:4318", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        # a timeout this large makes every export raise OverflowError
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "99999999999999999999", "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "3600001", "OTEL_EXPORTER_OTLP_TIMEOUT"),
     ],
 )
 def test_invalid_value_names_the_variable(
@@ -97,8 +107,113 @@ def test_headers_are_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.otlp_headers() == {"authorization": "Bearer s3cr3t"}
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "broken-s3cr3t")
     with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_HEADERS") as info:
-        Settings().otlp_headers()
+        Settings()  # validated when the settings are built, not when the exporter reads them
     assert "s3cr3t" not in str(info.value)
+
+
+def test_valid_endpoints_are_kept() -> None:
+    """Stricter endpoint checks still accept every usable URL: IPv6, default port, a path."""
+    for endpoint, expected in [
+        ("http://[::1]:4318", "http://[::1]:4318"),
+        ("https://otlp.example.com", "https://otlp.example.com"),
+        ("https://otlp.example.com:443/otlp/", "https://otlp.example.com:443/otlp"),
+        ("https://tenant:pw@otlp.example.com", "https://tenant:pw@otlp.example.com"),
+    ]:
+        settings = load_settings(Settings, {"exporter_otlp_endpoint": endpoint})
+        assert settings.otlp_endpoint() == expected
+
+
+def test_otlp_timeout_upper_bound_is_inclusive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One hour (in the spec's milliseconds) is still accepted; only beyond it is an error."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "3600000")
+    assert load_settings(Settings, {}).exporter_otlp_timeout == 3_600_000
+
+
+@pytest.mark.parametrize(
+    ("raw", "header"),
+    [
+        ("api-key", None),  # no '=': used to fail only while building the providers
+        ("authorization=Bearer s3cret-token\nx", "authorization"),
+        ("authorization=Bearer%20s3cret-token%0D%0Ax-evil=1", "authorization"),  # decoded CRLF
+        ("x-api-key=s3cret\x00", "x-api-key"),
+        ("x-team=s3cret-\u20ac", "x-team"),  # not latin-1: unencodable on the wire
+        ("bad key=s3cret", None),  # not a token; the name itself is not echoed either
+        ("x-\u20ac=s3cret", None),
+    ],
+)
+def test_bad_otlp_headers_fail_at_load_without_the_value(raw: str, header: str | None) -> None:
+    """Headers every export batch would reject fail at configure() time instead, naming the
+    variable and the header, but never echoing the value: it is usually a credential."""
+    with pytest.raises(ConfigurationError, match="OTEL_EXPORTER_OTLP_HEADERS") as info:
+        load_settings(Settings, {"exporter_otlp_headers": raw})
+    message = str(info.value)
+    assert "s3cret" not in message
+    if header is not None:
+        assert repr(header) in message
+
+
+def test_otlp_headers_edge_cases_stay_valid() -> None:
+    """Empty items, spaces around pairs, '=' inside a value, an empty value and latin-1
+    characters were accepted before and stay accepted."""
+    raw = "a=1, b = x=y ,,c=,d=caf%C3%A9,e=Basic%20dTpw"
+    settings = load_settings(Settings, {"exporter_otlp_headers": raw})
+    assert settings.otlp_headers() == {
+        "a": "1",
+        "b": "x=y",
+        "c": "",
+        "d": "caf\u00e9",
+        "e": "Basic dTpw",
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["X-\u0417\u0430\u043f\u0440\u043e\u0441", "", "X Request", "X-Request-ID:", "X-Req\r\nX-Evil"],
+)
+def test_request_id_header_must_be_a_token(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """A name that is not an RFC 9110 token makes every response fail (UnicodeEncodeError, or
+    h11 refusing it), so it is rejected at configure() time, naming the variable."""
+    monkeypatch.setenv("KIKI_OTEL_HTTP__REQUEST_ID_HEADER", name)
+    with pytest.raises(ConfigurationError, match="KIKI_OTEL_HTTP__REQUEST_ID_HEADER"):
+        load_settings(Settings, {})
+
+
+def test_custom_request_id_header_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any token is a valid header name, including the punctuation RFC 9110 allows."""
+    monkeypatch.setenv("KIKI_OTEL_HTTP__REQUEST_ID_HEADER", "X-Correlation_ID.v2")
+    assert load_settings(Settings, {}).http.request_id_header == "X-Correlation_ID.v2"
+
+
+def test_background_interval_must_leave_room_under_max_staleness(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A snapshot is refreshed only every interval (plus the check's run time), so with
+    max_staleness below that /health/ready flaps to 503 "stale" between refreshes: refuse
+    it and name both variables."""
+    monkeypatch.setenv("KIKI_OTEL_HEALTH__BACKGROUND_INTERVAL", "60")
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(Settings, {})
+    message = str(info.value)
+    assert "KIKI_OTEL_HEALTH__MAX_STALENESS" in message
+    assert "KIKI_OTEL_HEALTH__BACKGROUND_INTERVAL" in message
+    monkeypatch.setenv("KIKI_OTEL_HEALTH__BACKGROUND_INTERVAL", "29.8")  # + 0.5 s timeout > 30
+    with pytest.raises(ConfigurationError, match="KIKI_OTEL_HEALTH__MAX_STALENESS"):
+        load_settings(Settings, {})
+
+
+def test_background_health_settings_that_fit_are_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The defaults (background off) and an interval well under max_staleness stay valid,
+    whether given by env or as a keyword."""
+    assert load_settings(Settings, {}).health.background_interval is None
+    monkeypatch.setenv("KIKI_OTEL_HEALTH__BACKGROUND_INTERVAL", "10")
+    assert load_settings(Settings, {}).health.background_interval == 10
+    monkeypatch.setenv("KIKI_OTEL_HEALTH__MAX_STALENESS", "120")
+    monkeypatch.setenv("KIKI_OTEL_HEALTH__BACKGROUND_INTERVAL", "60")
+    assert load_settings(Settings, {}).health.max_staleness == 120
+    keyword = {"health": {"background_interval": 0.05}}
+    assert load_settings(Settings, keyword).health.background_interval == 0.05
 
 
 def test_service_settings_subclass(monkeypatch: pytest.MonkeyPatch) -> None:
