@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -75,6 +76,14 @@ def _interpret(value: object) -> tuple[HealthStatus, str | None]:
     if value is False:
         return HealthStatus.UNHEALTHY, "reported"
     return HealthStatus.HEALTHY, None
+
+
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, which is user code and may raise: the probe must still get a result."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"
 
 
 def _discard(task: asyncio.Future[Any]) -> None:
@@ -178,8 +187,10 @@ class HealthRegistry:
 
     def _timeout(self, timeout: float | None) -> float:
         value = self._settings.timeout if timeout is None else timeout
-        if value <= 0:
-            raise ValueError("health check timeout must be > 0 seconds")
+        if not (math.isfinite(value) and value > 0):  # NaN passes "<= 0" and never times out
+            raise ValueError(
+                f"health check timeout must be a finite number > 0 seconds, got {value}"
+            )
         return value
 
     def _add(
@@ -195,8 +206,8 @@ class HealthRegistry:
         if not _NAME.fullmatch(name):
             raise ValueError(f"health check name must match {_NAME.pattern}, got {name!r}")
         ttl = self._settings.cache_ttl if ttl is None else ttl
-        if ttl < 0:
-            raise ValueError("health check ttl must be >= 0 seconds")
+        if not (math.isfinite(ttl) and ttl >= 0):
+            raise ValueError(f"health check ttl must be a finite number >= 0 seconds, got {ttl}")
         self.remove(name)  # adding a name again replaces it (a reloaded module re-adds)
         self._checks[name] = _Check(name, built, critical, timeout, ttl, is_async)
 
@@ -322,14 +333,19 @@ class HealthRegistry:
             inner.cancel()  # not awaited: a check that ignores cancellation cannot hold us
             inner.add_done_callback(_discard)
             return HealthStatus.UNHEALTHY, "timeout", f"no answer within {check.timeout}s"
+        if inner.cancelled():  # the check raised CancelledError: we did not cancel it
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise asyncio.CancelledError  # we are being cancelled ourselves: let it through
+            return HealthStatus.UNHEALTHY, "cancelled", "the check raised CancelledError"
         exc = inner.exception()
         if exc is None:
             status, reason = _interpret(inner.result())
             return status, reason, None
         if isinstance(exc, CheckFailed):
-            return HealthStatus.UNHEALTHY, exc.reason, scrub(str(exc))
+            return HealthStatus.UNHEALTHY, exc.reason, scrub(_text(exc))
         reason = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-        return HealthStatus.UNHEALTHY, reason, scrub(f"{type(exc).__name__}: {exc}")
+        return HealthStatus.UNHEALTHY, reason, scrub(f"{type(exc).__name__}: {_text(exc)}")
 
     async def _invoke(self, check: _Check) -> object:
         if check.is_async:

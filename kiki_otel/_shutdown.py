@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -105,6 +106,12 @@ def _join_until(threads: dict[str, threading.Thread], deadline: float) -> list[s
     return [name for name, thread in threads.items() if thread.is_alive()]
 
 
+def _cancelling() -> bool:
+    """True if the running task itself has been asked to stop (not a task it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def _wait_event(event: threading.Event, timeout: float) -> None:
     if not event.is_set():  # set from whichever thread or loop runs the first call
         await _in_thread(lambda: event.wait(timeout), "wait")
@@ -170,8 +177,12 @@ class ShutdownCoordinator:
         return self._drain_s
 
     async def run(self, timeout: float | None = None) -> ShutdownReport:
-        """The whole sequence on the running loop (ASGI lifespan or ``ashutdown``)."""
-        budget = timeout or self._settings.timeout
+        """The whole sequence on the running loop (ASGI lifespan or ``ashutdown``).
+
+        If this task is cancelled the cleanups stop there, but the flush still runs (it is
+        what keeps the queued telemetry) and later calls get this run's report.
+        """
+        budget = self._budget(timeout)
         with self._lock:
             report, first = self._report, self._report is None
             if report is None:
@@ -179,18 +190,33 @@ class ShutdownCoordinator:
         if not first:
             await _wait_event(self._done, self._settings.drain_delay + budget + 1.0)
             return report
+        deadline: float | None = None
         try:
             report.drain_s = await self.begin()
             deadline = time.monotonic() + budget
             start = time.monotonic()
-            await self._run_cleanups(report, deadline)
-            report.cleanups_s = time.monotonic() - start
-            reserve = min(_FINAL_LOGS_MAX_S, _FINAL_LOGS_SHARE * budget)
-            await _in_thread(lambda: self._flush(report, deadline, reserve), "flush")
-            self._lifecycle.mark_stopped()
+            try:
+                await self._run_cleanups(report, deadline)
+            finally:
+                report.cleanups_s = time.monotonic() - start
         finally:
-            self._done.set()
+            try:
+                if deadline is None:  # cancelled during the drain
+                    deadline = time.monotonic() + budget
+                reserve = min(_FINAL_LOGS_MAX_S, _FINAL_LOGS_SHARE * budget)
+                await _in_thread(lambda: self._flush(report, deadline, reserve), "flush")
+                self._lifecycle.mark_stopped()
+            finally:
+                self._done.set()
         return report
+
+    def _budget(self, timeout: float | None) -> float:
+        """The caller's ``timeout`` or the configured one; NaN, inf and <= 0 are refused."""
+        if timeout is None:
+            return self._settings.timeout
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"shutdown timeout must be a finite number > 0 seconds, got {timeout}")
+        return timeout
 
     async def _run_cleanups(self, report: ShutdownReport, deadline: float) -> None:
         for fn in reversed(self._cleanups):
@@ -208,6 +234,13 @@ class ShutdownCoordinator:
             except TimeoutError:
                 report.timed_out_cleanups.append(_name(fn))
                 log.error("shutdown.cleanup_timeout", cleanup=_name(fn), timeout_s=round(budget, 3))
+            except asyncio.CancelledError:
+                # Usually the cleanup's own ``task.cancel(); await task`` leaking out: a failed
+                # cleanup. Only a cancellation of this task ends them (the flush still runs).
+                report.failed_cleanups.append(_name(fn))
+                log.exception("shutdown.cleanup_failed", cleanup=_name(fn))
+                if _cancelling():
+                    raise
             except Exception:
                 report.failed_cleanups.append(_name(fn))
                 log.exception("shutdown.cleanup_failed", cleanup=_name(fn))
@@ -255,6 +288,7 @@ class ShutdownCoordinator:
         """
         if self._done.is_set() and self._report is not None:
             return self._report
+        budget = self._budget(timeout)
         result: list[ShutdownReport] = []
         thread = threading.Thread(
             target=lambda: result.append(asyncio.run(self.run(timeout))),
@@ -262,5 +296,5 @@ class ShutdownCoordinator:
             daemon=True,
         )
         thread.start()
-        thread.join(self._settings.drain_delay + (timeout or self._settings.timeout) + 1.0)
+        thread.join(self._settings.drain_delay + budget + 1.0)
         return result[0] if result else (self._report or ShutdownReport(abandoned=["shutdown"]))

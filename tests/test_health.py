@@ -8,6 +8,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import pytest
 import structlog
 from opentelemetry.metrics import MeterProvider as APIMeterProvider
@@ -16,6 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 
 from kiki_otel._health import CheckFailed, HealthRegistry, HealthStatus
+from kiki_otel._health_asgi import HealthEndpoints
 from kiki_otel._lifecycle import Lifecycle
 from kiki_otel._settings import HealthSettings
 from tests.conftest import metric_points
@@ -226,6 +228,88 @@ def test_invalid_names_and_bounds_fail_fast(make: Factory) -> None:
         registry.add_check("t", Counting(), timeout=0)
     with pytest.raises(ValueError, match="ttl"):
         registry.add_check("t", Counting(), ttl=-1)
+
+
+async def get_health(registry: HealthRegistry) -> httpx.Response:
+    """GET /health through the real endpoint middleware (the wrapped app answers 404)."""
+
+    async def not_found(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = HealthEndpoints(not_found, registry=registry, settings=HealthSettings())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+        return await client.get("/health")
+
+
+class Unprintable(Exception):
+    """An exception whose ``__str__`` itself raises (a buggy driver or user error class)."""
+
+    def __str__(self) -> str:
+        return self.missing  # type: ignore[attr-defined, no-any-return]
+
+
+async def test_a_check_error_whose_str_raises_is_still_a_check_result(
+    make: Factory, reader: InMemoryMetricReader
+) -> None:
+    """Describing the error for the log must not fail the probe: a non-critical check raising
+    an exception that cannot be printed makes /health 200 "degraded" (not a 503 with no
+    dependencies), the result is cached and recorded, and the log says it was unprintable."""
+    registry = make()
+    cache = Counting(Unprintable())
+    registry.add_check("db", Counting())
+    registry.add_check("cache", cache, critical=False)
+    with structlog.testing.capture_logs() as logs:
+        first, second = await get_health(registry), await get_health(registry)
+    assert first.status_code == second.status_code == 200
+    assert first.json()["status"] == "degraded"
+    reasons = {d["name"]: d["reason"] for d in first.json()["dependencies"]}
+    assert reasons == {"db": None, "cache": "Unprintable"}
+    assert cache.calls == 1  # the second probe read the cached result
+    failures = [(dict(p.attributes), p.value) for p in points(reader, "kiki.health.check.failures")]
+    assert failures == [({"dependency": "cache", "reason": "Unprintable"}, 1)]
+    changes = [e for e in logs if e["event"] == "health.status_changed"]
+    [change] = [e for e in changes if e["dependency"] == "cache"]
+    assert change["error"] == "Unprintable: <unprintable Unprintable>"
+    assert not [e for e in logs if e["log_level"] == "error"]
+
+
+async def test_a_check_raising_cancelled_error_is_unhealthy(make: Factory) -> None:
+    """A check that raises CancelledError (async, or sync on its worker thread) was not
+    cancelled by us: it is an unhealthy result with reason ``cancelled``, and /health still
+    answers instead of the CancelledError escaping the endpoint with no response."""
+    registry = make()
+
+    def sync_cancelled() -> None:
+        raise asyncio.CancelledError
+
+    registry.add_check("db", Counting())
+    registry.add_check("queue", Counting(asyncio.CancelledError()), critical=False)
+    registry.add_check("legacy", sync_cancelled, critical=False)
+    response = await get_health(registry)
+    assert (response.status_code, response.json()["status"]) == (200, "degraded")
+    deps = {d["name"]: (d["status"], d["reason"]) for d in response.json()["dependencies"]}
+    assert deps == {
+        "db": ("healthy", None),
+        "queue": ("unhealthy", "cancelled"),
+        "legacy": ("unhealthy", "cancelled"),
+    }
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_timeouts_and_ttls_are_refused(make: Factory, bad: float) -> None:
+    """NaN slipped through ``<= 0`` and made a hanging check hang /health with it (``wait``
+    with a NaN timeout never times out); infinities are no bound either. All are refused
+    when the check is added, by every ``add_*``."""
+    registry = make()
+    with pytest.raises(ValueError, match="timeout"):
+        registry.add_check("t", Counting(), timeout=bad)
+    with pytest.raises(ValueError, match="timeout"):
+        registry.add_http("h", "http://127.0.0.1:9/", timeout=bad)
+    with pytest.raises(ValueError, match="ttl"):
+        registry.add_check("t", Counting(), ttl=bad)
+    assert registry.snapshot().dependencies == ()
 
 
 async def test_status_changes_are_logged_once_per_change(make: Factory) -> None:

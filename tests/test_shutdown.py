@@ -121,6 +121,71 @@ async def test_shutdown_is_idempotent() -> None:
     assert first is second and calls == [1]
 
 
+async def test_a_cleanup_raising_cancelled_error_fails_alone() -> None:
+    """``task.cancel(); await task`` in a cleanup lets the task's CancelledError out. That is the
+    cleanup failing, not the shutdown being cancelled: it is reported as failed, the other
+    cleanups still run, every provider is flushed, and a later call gets the same report."""
+    traces, logs = OkProvider(), OkProvider()
+    ran: list[str] = []
+    shutdown, lifecycle = coordinator({"traces": traces, "logs": logs})
+    shutdown.on_shutdown(lambda: ran.append("close_db"))
+
+    async def stop_worker() -> None:
+        worker = asyncio.ensure_future(asyncio.sleep(60))
+        await asyncio.sleep(0)
+        worker.cancel()
+        await worker
+
+    shutdown.on_shutdown(stop_worker)
+    report = await shutdown.run()
+    assert report.failed_cleanups == [stop_worker.__qualname__]
+    assert ran == ["close_db"]
+    assert traces.calls == ["shutdown"] and logs.calls == ["flush", "shutdown"]
+    assert lifecycle.state == "stopped"
+    assert shutdown.run_sync() is report
+
+
+async def test_a_cancelled_shutdown_still_flushes_and_keeps_its_report() -> None:
+    """Cancelling the shutdown itself (the server giving up) stops the cleanups, but what is
+    queued is still flushed, and the atexit ``shutdown()`` returns that run's report rather
+    than an empty, "clean" one."""
+    traces, logs = OkProvider(), OkProvider()
+    ran: list[str] = []
+    shutdown, lifecycle = coordinator({"traces": traces, "logs": logs})
+    shutdown.on_shutdown(lambda: ran.append("never"))
+    started = asyncio.Event()
+
+    async def hangs() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    shutdown.on_shutdown(hangs)
+    task = asyncio.ensure_future(shutdown.run())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ran == []
+    assert traces.calls == ["shutdown"] and logs.calls == ["flush", "shutdown"]
+    assert lifecycle.state == "stopped"
+    report = shutdown.run_sync()
+    assert report.failed_cleanups == [hangs.__qualname__] and not report.clean
+    assert report.flush_s > 0
+
+
+def test_non_finite_or_negative_timeouts_are_refused() -> None:
+    """``shutdown(timeout)`` is user input: NaN, infinity or a negative number used to give a
+    half-run shutdown (every cleanup "timed out", or a ValueError from ``Thread.join``), so
+    they are refused before anything starts."""
+    shutdown, lifecycle = coordinator()
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="timeout"):
+            shutdown.run_sync(bad)
+        with pytest.raises(ValueError, match="timeout"):
+            asyncio.run(shutdown.run(bad))
+    assert lifecycle.state == "ready"
+
+
 def test_sync_shutdown_for_scripts(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
     """telemetry.shutdown() without an event loop runs async cleanups and logs a report."""
     telemetry = kiki_otel.configure()
