@@ -227,8 +227,30 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
         try:
             append(_field(cache, tag, key, value, kind))
         except Exception as error:
-            _logger.exception("Failed to encode key %s: %s", key, error)
+            _dropped(key, error)
     return b"".join(out)
+
+
+_DROPPED_EVERY_S = 60.0
+_dropped_keys: dict[Any, list[float]] = {}
+"""Attribute key -> [time of its next report, values dropped since the last one]."""
+
+
+def _dropped(key: Any, error: Exception) -> None:
+    """Report an attribute protobuf cannot take (an int beyond 64 bits, say).
+
+    It is dropped from its span or record; reported once a minute per key, with the count,
+    not with a traceback per span.
+    """
+    now = time.monotonic()
+    state = _dropped_keys.get(key)
+    if state is not None and now < state[0]:
+        state[1] += 1
+        return
+    held = int(state[1]) if state is not None else 0
+    if state is not None or len(_dropped_keys) < _KEYS_MAX:
+        _dropped_keys[key] = [now + _DROPPED_EVERY_S, 0]
+    _logger.warning("Attribute %r dropped: %s (%d more since the last report)", key, error, held)
 
 
 def _field(cache: _TagCache, tag: bytes, key: Any, value: Any, kind: type) -> bytes:

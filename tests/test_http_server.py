@@ -655,3 +655,17 @@ async def test_hostile_baggage_warns_once_and_briefly(
     ]
     assert 1 <= len(warnings) <= 2
     assert all(len(line["event"]) <= 515 for line in warnings)
+
+
+async def test_excluded_paths_stay_excluded_behind_a_root_path(memory: Memory) -> None:
+    """Behind ``--root-path /api`` uvicorn's ``path`` is ``/api/health``: the probes (and
+    other excluded paths) still make no span, metric point or access line."""
+    app = make_app()
+    telemetry = kiki_otel.configure(app, service_name="svc-root", metrics_exporter="none")
+    telemetry.lifecycle.mark_ready()
+    transport = httpx.ASGITransport(app=app, root_path="/api")
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        for path in ("/api/health/live", "/api/health/ready", "/api/health", "/api/metrics"):
+            assert (await c.get(path)).status_code == 200, path
+        assert (await c.get("/api/items/1")).status_code == 200
+    assert [s.attributes["url.path"] for s in server_spans(memory)] == ["/api/items/1"]

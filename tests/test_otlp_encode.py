@@ -424,3 +424,21 @@ def test_every_span_shape_encodes_like_the_official_encoder() -> None:
     assert encode_spans(spans) == official_spans(spans).SerializeToString()
     decoded = ExportTraceServiceRequest.FromString(encode_spans([renamed]))
     assert decoded.resource_spans[0].scope_spans[0].spans[0].name == "renamed"
+
+
+def test_an_attribute_protobuf_cannot_take_is_reported_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A uint64 hash as a span attribute (beyond int64): dropped from every span, reported
+    once per key per minute with the count, not an error with a traceback per span."""
+    spans = _spans()
+    caplog.set_level("WARNING", logger="kiki_otel._otlp_encode")
+    _otlp_encode._dropped_keys.clear()
+    for span in spans[:1] * 5:
+        span._attributes = {"app.hash": 2**64 - 1, "ok": 1}  # as set_attribute would keep it
+        request = ExportTraceServiceRequest.FromString(encode_spans([span]))
+        (got,) = request.resource_spans[0].scope_spans[0].spans
+        assert [a.key for a in got.attributes] == ["ok"]
+    reports = [r for r in caplog.records if "app.hash" in r.getMessage()]
+    assert len(reports) == 1 and reports[0].levelname == "WARNING" and not reports[0].exc_info
+    assert _otlp_encode._dropped_keys["app.hash"][1] == 4  # held back, counted
