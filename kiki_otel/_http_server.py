@@ -187,22 +187,20 @@ class ServerTelemetry:
             await self.app(scope, receive, send)
             return
         scope[_TRACED_KEY] = True
-        if self._is_excluded(scope):
+        if scope["path"] in self._excluded or (scope.get("root_path") and self._below_root(scope)):
             await self.app(scope, receive, send)
             return
         await self._traced(scope, receive, send)
 
-    def _is_excluded(self, scope: Scope) -> bool:
-        """An excluded path, as the app sees it.
+    def _below_root(self, scope: Scope) -> bool:
+        """An excluded path below the root path, as the app sees it.
 
         Behind ``--root-path`` the server's ``path`` starts with the root path (uvicorn);
         the app's routes, and the excluded paths, do not.
         """
         path: str = scope["path"]
-        if path in self._excluded:
-            return True
-        root: str = scope.get("root_path", "")
-        return bool(root) and path.startswith(root) and path[len(root) :] in self._excluded
+        root: str = scope["root_path"]
+        return path.startswith(root) and path[len(root) :] in self._excluded
 
     def _read_headers(self, scope: Scope, w3c_only: bool) -> tuple[dict[str, str], str | None]:
         """Carrier for the propagators, with a duplicated traceparent dropped (new trace).
