@@ -12,6 +12,7 @@ from typing import Any
 
 from opentelemetry import _logs, metrics, trace
 
+from ._exporters import check_signal_endpoints
 from ._health import HealthRegistry
 from ._health_checks import scrub
 from ._http_client import instrument_httpx
@@ -19,7 +20,7 @@ from ._lifecycle import Lifecycle
 from ._logging import configure_logging, get_logger
 from ._providers import Providers, build_providers
 from ._resource import build_resource, service_name_of
-from ._settings import Settings, load_settings
+from ._settings import Settings, check_override_keys, load_settings
 from ._shutdown import ShutdownCoordinator
 from ._telemetry import Telemetry
 
@@ -31,6 +32,8 @@ _telemetry: Telemetry | None = None
 
 
 def _resolve(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
+    """Merge keyword ``overrides`` into ``settings`` (or env/``.env``); unknown keys fail."""
+    check_override_keys(Settings, overrides)
     if settings is None:
         return load_settings(Settings, overrides)
     if overrides:
@@ -46,6 +49,8 @@ def _noop_providers() -> Providers:
 
 
 def _build(settings: Settings) -> Telemetry:
+    if not settings.sdk_disabled:
+        check_signal_endpoints(settings)  # before any provider is installed globally
     resource = build_resource(settings)
     providers = _noop_providers() if settings.sdk_disabled else build_providers(settings, resource)
     configure_logging(settings, service_name_of(resource), providers.logger_provider)

@@ -1,8 +1,9 @@
 """OTLP exporters for each signal and protocol, configured from resolved settings.
 
 Values come from :class:`Settings` (so keyword overrides and ``.env`` work), except where a
-per-signal standard variable such as ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set: then the
-exporter is left to read it itself, as the spec gives the per-signal variable precedence.
+per-signal standard variable such as ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set: the spec
+gives it precedence. Those are read from the process environment, as the official exporters
+do, and checked by :func:`check_signal_endpoints` before anything is built.
 """
 
 from __future__ import annotations
@@ -14,18 +15,50 @@ from opentelemetry.sdk._logs.export import LogRecordExporter
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from ._settings import Settings
+from ._health_checks import scrub
+from ._settings import ConfigurationError, Settings, check_endpoint
 
-__all__ = ["log_exporter", "metric_exporter", "span_exporter"]
+__all__ = ["check_signal_endpoints", "log_exporter", "metric_exporter", "span_exporter"]
+
+
+def _signal_variable(signal: str) -> str:
+    return f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+
+
+def _signal_endpoint(signal: str) -> str | None:
+    """The per-signal endpoint variable, stripped; None if unset or blank (as for the base)."""
+    return os.environ.get(_signal_variable(signal), "").strip() or None
+
+
+def check_signal_endpoints(settings: Settings) -> None:
+    """Refuse a per-signal endpoint that ``OTEL_EXPORTER_OTLP_ENDPOINT`` would refuse.
+
+    Called by ``configure()`` before any provider is installed: otherwise a bad one raises
+    a bare ValueError half-way through, or (metrics) passes and fails every export. Only
+    signals exported over OTLP are checked; the URL is shown with credentials masked.
+    """
+    chosen = {
+        "traces": settings.traces_exporter,
+        "metrics": settings.metrics_exporter,
+        "logs": settings.logs_exporter,
+    }
+    for signal, exporter in chosen.items():
+        endpoint = _signal_endpoint(signal)
+        if exporter != "otlp" or endpoint is None:
+            continue
+        try:
+            check_endpoint(endpoint)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"{_signal_variable(signal)}: {exc} (got {scrub(endpoint)!r})"
+            ) from None
 
 
 def _common(settings: Settings, signal: str) -> dict[str, Any]:
-    per_signal = f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+    per_signal = _signal_endpoint(signal)
     grpc = settings.exporter_otlp_protocol == "grpc"
-    endpoint: str | None = None
-    if not os.environ.get(per_signal):
-        base = settings.otlp_endpoint()
-        endpoint = base if grpc else f"{base}/v1/{signal}"
+    base = settings.otlp_endpoint()
+    endpoint = per_signal or (base if grpc else f"{base}/v1/{signal}")
     kwargs: dict[str, Any] = {
         "endpoint": endpoint,
         "headers": settings.otlp_headers() or None,
@@ -36,8 +69,8 @@ def _common(settings: Settings, signal: str) -> dict[str, Any]:
 
         gzip = settings.exporter_otlp_compression == "gzip"
         kwargs["compression"] = Compression.Gzip if gzip else Compression.NoCompression
-        if endpoint is not None and endpoint.startswith("http://"):
-            kwargs["insecure"] = True
+        if per_signal is None and endpoint.startswith("http://"):
+            kwargs["insecure"] = True  # with its own variable, *_INSECURE may still decide
     else:
         from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
 
@@ -63,7 +96,7 @@ def _fast_endpoint(settings: Settings, signal: str) -> str | None:
             return None  # mTLS / custom CAs / gRPC security choices: the official exporter
         if name.startswith(prefix) and name != f"{prefix}ENDPOINT":
             return None  # per-signal headers/timeout/compression: leave them to it too
-    endpoint = os.environ.get(f"{prefix}ENDPOINT")
+    endpoint = _signal_endpoint(signal)
     if grpc:
         endpoint = endpoint or settings.otlp_endpoint()
         return endpoint if endpoint.startswith(("http://", "https://")) else None

@@ -32,7 +32,8 @@ from ._health_metrics import HealthMetrics
 from ._health_model import CheckResult, HealthReport, HealthStatus, overall_status
 from ._lifecycle import Lifecycle
 from ._logging import get_logger
-from ._settings import HealthSettings
+from ._settings import HealthSettings, check_endpoint
+from ._shutdown import require_callable
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -129,7 +130,15 @@ class HealthRegistry:
         expected_status: range = range(200, 400),
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        """Check an HTTP dependency: ``GET url`` must answer a status in ``expected_status``."""
+        """Check an HTTP dependency: ``GET url`` must answer a status in ``expected_status``.
+
+        The URL is checked now (http/https, a host, a port from 1 to 65535): a bad one would
+        otherwise fail every probe with an opaque error.
+        """
+        try:
+            check_endpoint(url)
+        except ValueError as exc:
+            raise ValueError(f"health check {name!r}: url {exc} (got {scrub(url)!r})") from None
         bound = self._timeout(timeout)
         built = http_check(url, timeout=bound, expected_status=expected_status, headers=headers)
         self._add(name, built, critical=critical, timeout=bound, ttl=ttl, is_async=True)
@@ -175,6 +184,7 @@ class HealthRegistry:
 
         A synchronous function runs on the registry's small thread pool, never on the loop.
         """
+        require_callable(check, f"health check {name!r}")
         built = BuiltCheck(check, "component")  # type: ignore[arg-type]
         bound = self._timeout(timeout)
         self._add(name, built, critical=critical, timeout=bound, ttl=ttl, is_async=_is_async(check))

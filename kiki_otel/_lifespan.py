@@ -61,6 +61,7 @@ class LifespanHooks:
         self._shutdown = shutdown
         self._on_started = on_started  # e.g. health's background refresh, on the server's loop
         self._lifespan_seen = False
+        self._warned_restart = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -69,6 +70,8 @@ class LifespanHooks:
             await self.app(scope, receive, send)
             return
         self._lifespan_seen = True
+        if self._lifecycle.shutting_down and not self._warned_restart:
+            self._warn_restart()
 
         async def receive_hooked() -> Message:
             message = await receive()
@@ -94,3 +97,22 @@ class LifespanHooks:
             await send(message)
 
         await self.app(scope, receive_hooked, send_hooked)
+
+    def _warn_restart(self) -> None:
+        """Say, once, that a lifespan after shutdown runs without telemetry.
+
+        Shutdown is one-way: SDK providers cannot be restarted once shut down and the health
+        registry has closed its clients, so re-arming would mean rebuilding everything
+        ``configure()`` built. The usual cause is one ``with TestClient(app):`` per test.
+        """
+        self._warned_restart = True
+        log.warning(
+            "lifecycle.started_after_shutdown",
+            state=self._lifecycle.state,
+            hint=(
+                "telemetry was shut down when the first lifespan ended: readiness stays 503 "
+                "and kiki-otel's own providers export nothing more. In tests, call "
+                "kiki_otel.testing.reset() and configure() a new app for each test, or keep "
+                "one TestClient open for the whole session"
+            ),
+        )

@@ -7,6 +7,7 @@ and metric interval are milliseconds there); our own knobs live under ``KIKI_OTE
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
@@ -22,6 +23,7 @@ __all__ = [
     "ServiceSettings",
     "Settings",
     "ShutdownSettings",
+    "check_override_keys",
     "load_settings",
 ]
 
@@ -47,6 +49,11 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_VALUE_CHAR = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\u0100-\U0010ffff]")
 """What a header value may not contain: control characters but HTAB (RFC 9110) and anything
 outside Latin-1, which HTTP clients cannot encode."""
+
+
+_DAY_S = 86_400
+"""Upper bound, in seconds, for intervals: beyond it a value is a typo, and a huge one
+overflows the timeouts of the threads and waits it feeds."""
 
 
 def _env(*names: str) -> AliasChoices:
@@ -89,6 +96,24 @@ def check_headers(headers: Mapping[str, str], *, variable: str) -> None:
                 f"{variable}: the value of header {name!r} contains a control character "
                 "(CR, LF, NUL...) or a character outside Latin-1 (value not shown)"
             )
+
+
+def check_endpoint(url: str) -> None:
+    """Raise ValueError unless ``url`` is an absolute http(s) URL with a host and a usable port.
+
+    Shared by every OTLP endpoint and HTTP health check, so a typo fails at startup with a
+    clear message; otherwise urllib raises a bare ValueError while the exporter is built, or
+    every export or probe fails. The message never echoes the URL (it may hold credentials).
+    """
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("must be an absolute http:// or https:// URL")
+    try:
+        parts = urlsplit(url)
+        usable = bool(parts.hostname) and parts.port != 0
+    except ValueError:  # unclosed IPv6 bracket, non-numeric or out-of-range port
+        usable = False
+    if not usable:
+        raise ValueError("must be a URL with a host and, if any, a port from 1 to 65535")
 
 
 class HttpSettings(BaseModel):
@@ -140,11 +165,13 @@ class HealthSettings(BaseModel):
     """Per-check timeout in seconds: well under a typical 1 s probe timeout."""
     cache_ttl: float = Field(default=2.0, ge=0, le=3600)
     """Seconds a check result is reused, so probes never hammer a dependency."""
-    background_interval: float | None = Field(default=None, gt=0)
-    """If set, checks run on this interval in the background and probes read the snapshot."""
-    max_staleness: float = Field(default=30.0, gt=0)
+    background_interval: float | None = Field(default=None, gt=0, le=_DAY_S)
+    """If set, checks run on this interval in the background and probes read the snapshot.
+    At most a day: a longer one is a mistake (infinity included), not a refresh."""
+    max_staleness: float = Field(default=30.0, gt=0, le=2 * _DAY_S)
     """Background mode: a snapshot older than this reports the check as unhealthy (stale).
-    Must exceed ``background_interval + timeout`` (checked by :class:`Settings`)."""
+    Must exceed ``background_interval + timeout`` (checked by :class:`Settings`), hence up
+    to twice the longest interval."""
     sync_workers: int = Field(default=4, ge=1, le=64)
     """Threads for synchronous checks (bounded, so a hung check cannot eat the pool)."""
 
@@ -235,9 +262,14 @@ class Settings(BaseSettings):
     custom CAs, ``*_INSECURE`` for gRPC and per-signal header/timeout/compression variables
     always use the official ones, and metrics always do."""
     metric_export_interval: int = Field(
-        default=60_000, ge=100, validation_alias=_env("OTEL_METRIC_EXPORT_INTERVAL")
+        default=60_000,
+        ge=100,
+        le=_DAY_S * 1000,
+        validation_alias=_env("OTEL_METRIC_EXPORT_INTERVAL"),
     )
-    """Milliseconds between metric exports, as the OpenTelemetry spec defines it."""
+    """Milliseconds between metric exports, as the OpenTelemetry spec defines it; at most a
+    day, since past threading's limit the SDK's export thread dies with OverflowError and
+    no metric is ever exported."""
     semconv_stability_opt_in: str = Field(
         default="http", validation_alias=_env("OTEL_SEMCONV_STABILITY_OPT_IN")
     )
@@ -319,16 +351,7 @@ class Settings(BaseSettings):
         if value is None or not value.strip():
             return None
         value = value.strip()
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must be an absolute http:// or https:// URL")
-        # Otherwise urllib raises a bare ValueError later, while the exporters are built.
-        try:
-            url = urlsplit(value)
-            usable = bool(url.hostname) and url.port != 0
-        except ValueError:  # unclosed IPv6 bracket, non-numeric or out-of-range port
-            usable = False
-        if not usable:
-            raise ValueError("must be a URL with a host and, if any, a port from 1 to 65535")
+        check_endpoint(value)
         return value.rstrip("/")
 
     def otlp_headers(self) -> dict[str, str]:
@@ -389,6 +412,33 @@ def _env_names(model: type[BaseSettings], loc: tuple[int | str, ...]) -> tuple[s
             return (prefix + delimiter.join(keyword.split("."))).upper(), keyword
     joined = ".".join(str(part) for part in loc)
     return (prefix + joined.replace(".", delimiter)).upper(), joined
+
+
+def check_override_keys(
+    model: type[BaseModel], overrides: Mapping[str, Any], where: str = ""
+) -> None:
+    """Refuse a keyword that names no setting, in ``model`` or in its nested groups.
+
+    ``extra="ignore"`` must stay (unrelated environment variables are not errors), but it
+    also dropped a misspelt keyword without a word. Keys are matched as pydantic-settings
+    matches them: field names and their variable aliases, ignoring case where the model does.
+    """
+    fold = model.model_config.get("case_sensitive") is False  # BaseSettings; groups are exact
+    known: dict[str, tuple[str, Any]] = {}
+    for name, field in model.model_fields.items():
+        alias = field.validation_alias
+        aliases = [str(c) for c in alias.choices] if isinstance(alias, AliasChoices) else []
+        for key in (name, *aliases):
+            known[key.lower() if fold else key] = (name, field.annotation)
+    for key, value in overrides.items():
+        match = known.get(key.lower() if fold else key)
+        if match is None:
+            close = difflib.get_close_matches(key, list(model.model_fields), n=1)
+            hint = f"; did you mean {where + close[0]!r}?" if close else ""
+            raise ConfigurationError(f"unknown setting {where + key!r}{hint}")
+        name, group = match
+        if isinstance(value, Mapping) and isinstance(group, type) and issubclass(group, BaseModel):
+            check_override_keys(group, value, f"{where}{name}.")
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -27,7 +27,7 @@ from ._lifecycle import Lifecycle
 from ._logging import get_logger
 from ._settings import ShutdownSettings
 
-__all__ = ["Cleanup", "ShutdownCoordinator", "ShutdownReport"]
+__all__ = ["Cleanup", "ShutdownCoordinator", "ShutdownReport", "require_callable"]
 
 Cleanup = Callable[[], Awaitable[object]] | Callable[[], object]
 T = TypeVar("T")
@@ -55,6 +55,18 @@ class ShutdownReport:
     def clean(self) -> bool:
         """True if nothing failed, timed out or was abandoned."""
         return not (self.failed_cleanups or self.timed_out_cleanups or self.abandoned)
+
+
+def require_callable(fn: object, what: str) -> None:
+    """Refuse a non-callable cleanup or check when it is registered.
+
+    Otherwise it fails only when it finally runs (at shutdown, or on every probe as an
+    unhealthy check), far from the mistake.
+    """
+    if callable(fn):
+        return
+    hint = " (pass the function, not the result of calling it)" if inspect.isawaitable(fn) else ""
+    raise TypeError(f"{what} must be callable, got {type(fn).__name__}{hint}")
 
 
 def _name(fn: Callable[..., Any]) -> str:
@@ -152,6 +164,7 @@ class ShutdownCoordinator:
 
     def on_shutdown(self, fn: Cleanup) -> Cleanup:
         """Register a cleanup (sync or async); they run in reverse order of registration."""
+        require_callable(fn, "on_shutdown() cleanup")
         self._cleanups.append(fn)
         return fn
 

@@ -223,3 +223,93 @@ async def test_request_id_header_propagates_when_enabled(
     assert [r.get("x-request-id") for r in header_sink.requests] == [
         response.headers["x-request-id"]
     ]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "protocol"),
+    [
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4318/v1/traces", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://collector:99999/v1/traces", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://[::1/v1/logs", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://:4318/v1/traces", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://collector:0", "grpc"),
+        # metrics always use the official exporter: these used to fail every export instead
+        ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "collector:4318/v1/metrics", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://collector:99999/v1/metrics", "grpc"),
+    ],
+)
+def test_bad_per_signal_endpoint_fails_configure(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, protocol: str
+) -> None:
+    """A per-signal endpoint gets the checks of OTEL_EXPORTER_OTLP_ENDPOINT, at configure()
+    time and naming the variable, instead of a bare ValueError or failing every export."""
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    with pytest.raises(ConfigurationError, match=variable):
+        kiki_otel.configure()
+    assert kiki_otel._configure.current() is None  # nothing half-built to join later
+
+
+def test_bad_per_signal_endpoint_error_hides_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refused URL is shown with its user:password@ masked."""
+    monkeypatch.setenv(
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "https://tenant:s3cr3t@otlp.example:99999/v1/logs"
+    )
+    with pytest.raises(ConfigurationError) as info:
+        kiki_otel.configure(metrics_exporter="none")
+    message = str(info.value)
+    assert "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT" in message
+    assert "s3cr3t" not in message and "tenant" not in message
+    assert "https://***@otlp.example:99999/v1/logs" in message
+
+
+def test_usable_or_blank_per_signal_endpoints_are_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Valid per-signal URLs are used as given; a blank one means unset (as for the base
+    variable); the variable of a signal that is not exported over OTLP is not checked."""
+    from kiki_otel._exporters import log_exporter, span_exporter
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", " http://127.0.0.1:9/custom/t ")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "   ")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "collector:4318")
+    telemetry = kiki_otel.configure(
+        exporter_otlp_endpoint="http://127.0.0.1:9", metrics_exporter="none"
+    )
+    settings = telemetry.settings
+    assert span_exporter(settings)._client.url == "http://127.0.0.1:9/custom/t"  # type: ignore[attr-defined]
+    assert log_exporter(settings)._client.url == "http://127.0.0.1:9/v1/logs"  # type: ignore[attr-defined]
+
+
+def test_unknown_keyword_overrides_are_refused() -> None:
+    """A misspelt keyword used to be dropped silently (settings ignore unknown environment
+    variables, and that applied to keywords too): it now fails, naming the key and the
+    closest valid name, top-level or inside a group."""
+    with pytest.raises(ConfigurationError, match=r"'servce_name'.*'service_name'"):
+        kiki_otel.configure(servce_name="billing")
+    with pytest.raises(
+        ConfigurationError, match=r"'http\.propagate_requst_id'.*'http\.propagate_request_id'"
+    ):
+        kiki_otel.configure(http={"propagate_requst_id": True})
+    with pytest.raises(ConfigurationError, match="'no_such_thing'"):
+        kiki_otel.configure(settings=kiki_otel.Settings(), no_such_thing=1)
+    assert kiki_otel._configure.current() is None
+
+
+def test_known_keywords_aliases_and_unknown_env_vars_are_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Field names (any case at the top level, as pydantic-settings takes them), standard
+    variable names as keywords and group models keep working; unknown environment
+    variables are still ignored."""
+    monkeypatch.setenv("KIKI_OTEL_SERVCE_NAME", "ignored")
+    telemetry = kiki_otel.configure(
+        OTEL_SERVICE_NAME="billing",
+        Metrics_Exporter="none",
+        http={"propagate_request_id": True},
+        health=kiki_otel._settings.HealthSettings(timeout=0.2),
+    )
+    assert telemetry.settings.service_name == "billing"
+    assert telemetry.settings.metrics_exporter == "none"
+    assert telemetry.settings.http.propagate_request_id
+    assert telemetry.settings.health.timeout == 0.2

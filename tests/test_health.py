@@ -230,6 +230,48 @@ def test_invalid_names_and_bounds_fail_fast(make: Factory) -> None:
         registry.add_check("t", Counting(), ttl=-1)
 
 
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("not a url", "http:// or https://"),
+        ("ftp://host/x", "http:// or https://"),
+        ("http://127.0.0.1:99999/x", "port from 1 to 65535"),
+        ("http://[::1/x", "port from 1 to 65535"),
+        ("https:///x", "host"),
+        ("http://u:s3cr3t@db:0/x", "port"),
+    ],
+)
+def test_add_http_refuses_unusable_urls(make: Factory, url: str, problem: str) -> None:
+    """A URL no probe can reach used to be accepted and then fail every probe (port 99999
+    even as an opaque "ExceptionGroup"): it is refused when added, saying what is wrong,
+    naming the check and masking credentials."""
+    registry = make()
+    with pytest.raises(ValueError, match=problem) as info:
+        registry.add_http("dep", url)
+    assert "'dep'" in str(info.value) and "s3cr3t" not in str(info.value)
+    assert registry.snapshot().dependencies == ()
+    registry.add_http("ok", "http://[::1]:8080/healthz")  # IPv6, port, path: still fine
+
+
+@pytest.mark.parametrize("bad", ["not callable", None, 42])
+def test_add_check_refuses_non_callables(make: Factory, bad: Any) -> None:
+    """A non-callable check used to fail only when probed (TypeError as an unhealthy
+    dependency): it is a TypeError when added."""
+    registry = make()
+    with pytest.raises(TypeError, match="callable"):
+        registry.add_check("d", bad)
+    assert registry.snapshot().dependencies == ()
+
+
+async def test_add_check_refuses_a_coroutine_object(make: Factory) -> None:
+    """``add_check("d", ping())`` (the call, not the function) is refused with a hint."""
+    registry = make()
+    coro = Counting()()
+    with pytest.raises(TypeError, match="not the result of calling it"):
+        registry.add_check("d", coro)  # type: ignore[arg-type]
+    coro.close()
+
+
 async def get_health(registry: HealthRegistry) -> httpx.Response:
     """GET /health through the real endpoint middleware (the wrapped app answers 404)."""
 

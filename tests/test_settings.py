@@ -80,6 +80,11 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         # a timeout this large makes every export raise OverflowError
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "99999999999999999999", "OTEL_EXPORTER_OTLP_TIMEOUT"),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "3600001", "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        # past threading's limit the metric reader's thread dies with OverflowError
+        ("OTEL_METRIC_EXPORT_INTERVAL", "10000000000000", "OTEL_METRIC_EXPORT_INTERVAL"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "86400001", "OTEL_METRIC_EXPORT_INTERVAL"),
+        ("KIKI_OTEL_HEALTH__MAX_STALENESS", "inf", "KIKI_OTEL_HEALTH__MAX_STALENESS"),
+        ("KIKI_OTEL_HEALTH__MAX_STALENESS", "172801", "KIKI_OTEL_HEALTH__MAX_STALENESS"),
     ],
 )
 def test_invalid_value_names_the_variable(
@@ -127,6 +132,21 @@ def test_otlp_timeout_upper_bound_is_inclusive(monkeypatch: pytest.MonkeyPatch) 
     """One hour (in the spec's milliseconds) is still accepted; only beyond it is an error."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "3600000")
     assert load_settings(Settings, {}).exporter_otlp_timeout == 3_600_000
+
+
+def test_interval_upper_bounds_are_inclusive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A day between metric exports (in the spec's milliseconds) or background health
+    refreshes is still accepted, as is a two-day max_staleness; only beyond is an error."""
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "86400000")
+    monkeypatch.setenv("KIKI_OTEL_HEALTH__BACKGROUND_INTERVAL", "86400")
+    monkeypatch.setenv("KIKI_OTEL_HEALTH__MAX_STALENESS", "172800")
+    settings = load_settings(Settings, {})
+    assert settings.metric_export_interval == 86_400_000
+    assert settings.health.background_interval == 86_400
+    assert settings.health.max_staleness == 172_800
+    monkeypatch.setenv("KIKI_OTEL_HEALTH__BACKGROUND_INTERVAL", "86401")
+    with pytest.raises(ConfigurationError, match="KIKI_OTEL_HEALTH__BACKGROUND_INTERVAL"):
+        load_settings(Settings, {})
 
 
 @pytest.mark.parametrize(

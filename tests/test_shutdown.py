@@ -186,6 +186,19 @@ def test_non_finite_or_negative_timeouts_are_refused() -> None:
     assert lifecycle.state == "ready"
 
 
+@pytest.mark.parametrize("bad", ["not callable either", None])
+def test_on_shutdown_refuses_non_callables(bad: Any) -> None:
+    """A non-callable cleanup used to be accepted and only fail at shutdown: it is a
+    TypeError when registered, through the public handle too."""
+    shutdown, _ = coordinator()
+    with pytest.raises(TypeError, match="callable"):
+        shutdown.on_shutdown(bad)
+    telemetry = kiki_otel.configure(metrics_exporter="none")
+    with pytest.raises(TypeError, match="callable"):
+        telemetry.on_shutdown(bad)
+    assert telemetry.shutdown(1.0).failed_cleanups == []
+
+
 def test_sync_shutdown_for_scripts(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
     """telemetry.shutdown() without an event loop runs async cleanups and logs a report."""
     telemetry = kiki_otel.configure()
@@ -236,6 +249,55 @@ async def test_lifespan_keeps_user_startup_and_shutdown(memory: Memory) -> None:
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert events == ["user-startup", "ready=True", "user-shutdown", "cleanup-while-stopping"]
     assert telemetry.lifecycle.state == "stopped"
+
+
+async def run_lifespan(app: Any) -> list[str]:
+    """One ASGI lifespan, startup then shutdown (what each ``with TestClient(app)`` does)."""
+    messages = asyncio.Queue[dict[str, Any]]()
+    sent: list[str] = []
+    await messages.put({"type": "lifespan.startup"})
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+        if message["type"] == "lifespan.startup.complete":
+            await messages.put({"type": "lifespan.shutdown"})
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, messages.get, send)
+    return sent
+
+
+async def test_a_lifespan_after_shutdown_warns_once(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first lifespan's end shut telemetry down for good (readiness 503, our providers
+    closed), so a second lifespan on the same app (one ``with TestClient(app)`` per test) used
+    to run silently without telemetry: it now logs one warning saying what to do."""
+    app = FastAPI()
+    telemetry = kiki_otel.configure(app)
+    await run_lifespan(app)
+    assert telemetry.lifecycle.state == "stopped"
+    capsys.readouterr()
+    for _ in range(2):
+        assert await run_lifespan(app) == [
+            "lifespan.startup.complete",
+            "lifespan.shutdown.complete",
+        ]
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+    warnings = [l for l in lines if l["event"] == "lifecycle.started_after_shutdown"]
+    assert len(warnings) == 1
+    assert warnings[0]["level"] == "warning"
+    assert "kiki_otel.testing.reset()" in warnings[0]["hint"]
+    assert telemetry.lifecycle.state == "stopped"  # not silently re-armed
+
+
+async def test_a_single_lifespan_does_not_warn(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The normal case (one lifespan per process) logs no such warning."""
+    app = FastAPI()
+    kiki_otel.configure(app)
+    await run_lifespan(app)
+    assert "lifecycle.started_after_shutdown" not in capsys.readouterr().out
 
 
 def test_deadline_holds_with_dead_collector(capsys: pytest.CaptureFixture[str]) -> None:
