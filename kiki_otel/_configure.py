@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import _logs, metrics, trace
@@ -37,7 +38,14 @@ def _resolve(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
     if settings is None:
         return load_settings(Settings, overrides)
     if overrides:
-        return load_settings(Settings, {**settings.model_dump(), **overrides})
+        merged = settings.model_dump()
+        for key, value in overrides.items():
+            current = merged.get(key)
+            # A group keyword (http={...}) changes those fields of the group, not the group.
+            if isinstance(current, dict) and isinstance(value, Mapping):
+                value = {**current, **value}
+            merged[key] = value
+        return load_settings(Settings, merged)
     return settings
 
 

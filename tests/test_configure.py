@@ -313,3 +313,14 @@ def test_known_keywords_aliases_and_unknown_env_vars_are_accepted(
     assert telemetry.settings.metrics_exporter == "none"
     assert telemetry.settings.http.propagate_request_id
     assert telemetry.settings.health.timeout == 0.2
+
+
+def test_a_group_keyword_changes_only_its_fields_of_given_settings() -> None:
+    """``configure(settings=s, http={...})`` changes those fields of ``s.http`` and keeps
+    the rest of the group as ``s`` had it (it used to replace the whole group)."""
+    from kiki_otel import Settings
+
+    settings = Settings(http={"access_log": False, "traceresponse": False})
+    telemetry = kiki_otel.configure(settings=settings, http={"server_timing": True})
+    http = telemetry.settings.http
+    assert (http.access_log, http.traceresponse, http.server_timing) == (False, False, True)
