@@ -10,7 +10,8 @@ the system roots for ``https://`` (other setups - certificates, ``OTEL_EXPORTER_
 - keep the official exporter, see ``_exporters``), the headers as call metadata, optional gzip,
 and retries on the codes it retries (CANCELLED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
 ABORTED, OUT_OF_RANGE, UNAVAILABLE, DATA_LOSS) with the shared backoff, or after the
-``RetryInfo`` delay the collector sent, until the timeout.
+``RetryInfo`` delay the collector sent, until the timeout. Credentials in the endpoint
+(``http://user:pass@host:4317``) go as Basic ``authorization`` metadata, as with OTLP/HTTP.
 The channel is made on first use, and a forked worker makes its own.
 """
 
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit
 
 import grpc  # type: ignore[import-untyped, unused-ignore]  # grpcio ships no type information
 
-from ._otlp_client import Attempt, RetryingClient
+from ._otlp_client import Attempt, RetryingClient, basic_auth, redact
 
 __all__ = ["LOGS_METHOD", "TRACES_METHOD", "OTLPGrpcClient"]
 
@@ -74,13 +75,16 @@ class OTLPGrpcClient(RetryingClient):
         super().__init__(timeout)
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"OTLP/gRPC endpoint must be an http(s) URL, got {endpoint!r}")
-        self.url = f"{endpoint.rstrip('/')}{method}"
-        self._target = parts.netloc
+            raise ValueError(f"OTLP/gRPC endpoint must be an http(s) URL, got {redact(endpoint)!r}")
+        self.url = f"{redact(endpoint).rstrip('/')}{method}"
+        self._target = parts.netloc.rpartition("@")[2]  # a channel target has no userinfo
         self._secure = parts.scheme == "https"
         self._method = method
         # gRPC metadata keys are lowercase; the official exporter lowercases them too.
         self._metadata = tuple((key.lower(), value) for key, value in (headers or {}).items())
+        authorization = basic_auth(endpoint, headers or {})
+        if authorization is not None:
+            self._metadata += (("authorization", authorization),)
         self._compression = grpc.Compression.Gzip if compression == "gzip" else None
         self._channel: Any = None
         self._call: Any = None
@@ -109,6 +113,12 @@ class OTLPGrpcClient(RetryingClient):
             reason = f"gRPC {code.name}: {error.details()}"
             return False, code in _RETRYABLE, reason, _retry_delay(error)
         return True, False, "", None
+
+    def _interrupt(self) -> None:
+        """Close the channel: a call in flight ends at once (CANCELLED)."""
+        channel = self._channel
+        if channel is not None:
+            channel.close()
 
     def _release(self) -> None:
         if self._channel is not None:

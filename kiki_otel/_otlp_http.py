@@ -10,7 +10,11 @@ Behaviour follows the OTLP/HTTP spec and the official exporter: ``application/x-
 optional gzip, the configured headers, retry on 429, 502, 503, 504 and connection errors
 (after the ``Retry-After`` delay when the collector sends one, else exponential backoff with
 jitter) until the export timeout, then the batch is dropped (and that is logged at most once
-per failure streak). Shutdown interrupts a backoff at once.
+per failure streak). Shutdown interrupts a backoff, or an attempt in flight, at once.
+
+Unlike plain ``http.client``, the export timeout bounds the whole attempt (every read gets
+only the time left, so a collector trickling its answer cannot hold the exporter thread),
+and a kept-alive connection the collector closed while idle is replaced at once.
 """
 
 from __future__ import annotations
@@ -18,8 +22,12 @@ from __future__ import annotations
 import contextlib
 import gzip
 import http.client
+import io
+import math
 import os
+import socket
 import ssl
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,7 +47,7 @@ from opentelemetry.sdk._logs.export import (
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from ._otlp_client import Attempt, RetryingClient, export_logger
+from ._otlp_client import Attempt, RetryingClient, basic_auth, export_logger, redact
 from ._otlp_encode import encode_log, encode_log_event, encode_logs, encode_spans
 
 __all__ = ["DirectLogs", "FastLogExporter", "FastSpanExporter", "OTLPHttpClient", "direct_logs"]
@@ -47,6 +55,39 @@ __all__ = ["DirectLogs", "FastLogExporter", "FastSpanExporter", "OTLPHttpClient"
 _logger = export_logger
 _RETRYABLE = frozenset({429, 502, 503, 504})
 _USER_AGENT = "kiki-otel OTLP/HTTP exporter"
+_MAX_BODY = 64 * 1024
+"""The most of an answer's body read: it only feeds a failure reason (or partial success)."""
+_STALE = (ConnectionError, ssl.SSLEOFError)
+"""How a kept-alive connection the collector (or a proxy) closed while idle fails: on
+sending, or with no answer at all (``RemoteDisconnected``)."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A response's socket reads, each given only the time left before the deadline.
+
+    ``http.client``'s socket timeout applies to each ``recv()``: a collector sending its
+    answer a byte at a time would hold an export far beyond the export timeout.
+    """
+
+    def __init__(self, raw: io.RawIOBase, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._raw = raw
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("export timeout while reading the answer")
+        self._sock.settimeout(remaining)
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()  # the socket's makefile() reference: lets the socket close
+        super().close()
 
 
 class OTLPHttpClient(RetryingClient):
@@ -63,8 +104,8 @@ class OTLPHttpClient(RetryingClient):
         super().__init__(timeout)
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"OTLP/HTTP endpoint must be an http(s) URL, got {url!r}")
-        self.url = url
+            raise ValueError(f"OTLP/HTTP endpoint must be an http(s) URL, got {redact(url)!r}")
+        self.url = redact(url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port or (443 if self._https else 80)
@@ -77,7 +118,11 @@ class OTLPHttpClient(RetryingClient):
         }
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
+        authorization = basic_auth(url, self._headers)
+        if authorization is not None:
+            self._headers["Authorization"] = authorization
         self._conn: http.client.HTTPConnection | None = None
+        self._deadline = 0.0  # the attempt in flight's, for its response's reads
 
     def _forget_inherited(self) -> None:
         """Close only our copy of the socket: the parent's stays open (no TLS close_notify)."""
@@ -86,7 +131,9 @@ class OTLPHttpClient(RetryingClient):
                 os.close(self._conn.sock.detach())
         self._conn = None
 
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+    def _connection(self) -> http.client.HTTPConnection:
+        """The kept-alive connection (or a new one), with the time left as its timeout."""
+        timeout = max(self._deadline - time.monotonic(), 0.001)
         if self._conn is None:
             if self._https:
                 self._conn = http.client.HTTPSConnection(
@@ -94,27 +141,61 @@ class OTLPHttpClient(RetryingClient):
                 )
             else:
                 self._conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+            self._conn.response_class = self._response  # type: ignore[assignment]  # a factory
         else:
             self._conn.timeout = timeout
             if self._conn.sock is not None:
                 self._conn.sock.settimeout(timeout)
         return self._conn
 
+    def _response(self, sock: socket.socket, *args: Any, **kwargs: Any) -> http.client.HTTPResponse:
+        """``http.client``'s response, reading through a :class:`_DeadlineReader`."""
+        response = http.client.HTTPResponse(sock, *args, **kwargs)
+        raw = response.fp.detach()  # nothing read yet; the discarded buffer must not close it
+        response.fp = io.BufferedReader(_DeadlineReader(raw, sock, self._deadline))
+        return response
+
     def _drop_connection(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
-    def _post_once(self, body: bytes, timeout: float) -> tuple[int, bytes, str | None]:
-        conn = self._connection(timeout)
+    def _interrupt(self) -> None:
+        """Shut the socket down under an attempt in flight: its send or read fails at once."""
+        conn = self._conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _send(self, body: bytes) -> http.client.HTTPResponse:
+        """Send the request and read the answer's status line and headers."""
         try:
+            conn = self._connection()
             conn.request("POST", self._path, body=body, headers=self._headers)
-            response = conn.getresponse()
-            data = response.read()
+            return conn.getresponse()
         except BaseException:
             self._drop_connection()
             raise
-        if response.will_close:
+
+    def _post_once(self, body: bytes, timeout: float) -> tuple[int, bytes, str | None]:
+        self._deadline = time.monotonic() + timeout
+        reused = self._conn is not None and self._conn.sock is not None
+        try:
+            response = self._send(body)
+        except _STALE:
+            if not reused or self._closed.is_set():
+                raise
+            # The collector closed the kept-alive connection while it was idle (no answer
+            # came): once more on a new connection at once, as urllib3 does, not a failed
+            # attempt's backoff.
+            response = self._send(body)
+        try:
+            data = response.read(_MAX_BODY)
+        except BaseException:
+            self._drop_connection()
+            raise
+        if response.will_close or not response.isclosed():  # closing, or a body left unread
             self._drop_connection()
         return response.status, data, response.getheader("Retry-After")
 
@@ -139,13 +220,18 @@ class OTLPHttpClient(RetryingClient):
 
 
 def _seconds(retry_after: str | None) -> float | None:
-    """``Retry-After`` in seconds (its delta-seconds form; an HTTP date is ignored)."""
+    """``Retry-After`` in seconds (its delta-seconds form; an HTTP date is ignored).
+
+    Anything but a finite, non-negative number (``-5``, ``nan``, ``inf``) is ignored too,
+    so our own backoff applies rather than an immediate retry.
+    """
     if retry_after is None:
         return None
     try:
-        return max(0.0, float(retry_after.strip()))
+        seconds = float(retry_after.strip())
     except ValueError:
         return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 class _Exporter:

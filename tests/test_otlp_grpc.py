@@ -7,7 +7,13 @@ end, and the failure behaviour (retryable and final codes, hung and refused coll
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import logging
+import threading
 import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
 
 import grpc  # type: ignore[import-untyped, unused-ignore]
 import pytest
@@ -195,3 +201,90 @@ def test_a_forked_worker_gets_its_own_channel_and_lock(receiver: OTLPReceiver) -
     parent_channel.close()
     assert len(receiver.raw_requests("traces")) == 2
     client.close()
+
+
+@contextlib.contextmanager
+def _grpc_server(export: Callable[[bytes, grpc.ServicerContext], bytes]) -> Iterator[str]:
+    """A real gRPC server whose trace Export method is ``export``; yields its endpoint."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    service = TRACES_METHOD.strip("/").rpartition("/")[0]
+    handler = grpc.unary_unary_rpc_method_handler(export)  # raw bytes in and out
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service, {"Export": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+
+
+@pytest.mark.parametrize("seconds", [0, -5])
+def test_a_zero_or_negative_retry_delay_cannot_start_a_retry_storm(seconds: int) -> None:
+    """RESOURCE_EXHAUSTED asking for a 0 s delay is retried no faster than the 0.1 s floor
+    (a negative one is ignored: our backoff): a handful of calls in a 1 s timeout, not 64."""
+    from google.protobuf.duration_pb2 import Duration
+    from google.rpc.error_details_pb2 import RetryInfo
+
+    calls: list[float] = []
+
+    def export(request: bytes, context: grpc.ServicerContext) -> bytes:
+        calls.append(time.monotonic())
+        info = RetryInfo(retry_delay=Duration(seconds=seconds)).SerializeToString()
+        context.set_trailing_metadata((("google.rpc.retryinfo-bin", info),))
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "memory limiter")
+
+    with _grpc_server(export) as endpoint:
+        client = OTLPGrpcClient(endpoint, TRACES_METHOD, timeout=1.0)
+        assert client.post(encode_spans(_spans())) is False
+        client.close()
+    assert 1 <= len(calls) <= 11  # 0.1 s apart at the least over 1 s
+
+
+def test_credentials_in_the_endpoint_are_sent_as_basic_auth_and_never_logged(
+    receiver: OTLPReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``http://user:pass@host:4317``: the channel goes to host:4317 and the calls carry
+    Basic ``authorization`` metadata (unless configured); no log line or URL shows the
+    password."""
+    endpoint = receiver.grpc_endpoint.replace("http://", "http://collector-user:s3cr%40t@")
+    client = OTLPGrpcClient(endpoint, TRACES_METHOD, timeout=5.0)
+    assert client.post(encode_spans(_spans())) is True
+    assert client.url == endpoint.replace("s3cr%40t", "***") + TRACES_METHOD
+    configured = OTLPGrpcClient(
+        endpoint, TRACES_METHOD, timeout=5.0, headers={"Authorization": "Bearer t"}
+    )
+    assert configured.post(encode_spans(_spans())) is True
+    first, second = receiver.raw_requests("traces")
+    assert first.headers["authorization"] == "Basic " + base64.b64encode(
+        b"collector-user:s3cr@t"
+    ).decode("ascii")
+    assert second.headers["authorization"] == "Bearer t"
+    client.close()
+    configured.close()
+    port = free_port()
+    refused = OTLPGrpcClient(
+        f"http://collector-user:s3cr3t@127.0.0.1:{port}", TRACES_METHOD, timeout=0.2
+    )
+    with caplog.at_level(logging.WARNING, logger="kiki_otel._export"):
+        assert refused.post(b"") is False
+    refused.close()
+    assert f"collector-user:***@127.0.0.1:{port}{TRACES_METHOD} failed" in caplog.text
+    assert "s3cr" not in caplog.text
+
+
+def test_close_aborts_a_hung_export(receiver: OTLPReceiver) -> None:
+    """close() (exporter shutdown) does not wait out an export stuck on a hung collector."""
+    receiver.mode = "hang"
+    client = OTLPGrpcClient(receiver.grpc_endpoint, TRACES_METHOD, timeout=60.0)
+    results: list[bool] = []
+    export = threading.Thread(target=lambda: results.append(client.post(b"")))
+    export.start()
+    receiver.wait_for_requests(1)
+    started = time.monotonic()
+    client.close()
+    assert time.monotonic() - started < 2.0  # allowed: generous bound on "at once"
+    export.join(timeout=5.0)
+    assert results == [False]
+    receiver.mode = "ok"

@@ -7,7 +7,13 @@ then the batch is dropped) and that ``KIKI_OTEL_EXPORTER=official`` keeps the of
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import logging
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -351,8 +357,9 @@ def test_the_collectors_retry_after_is_honoured() -> None:
     finally:
         server.shutdown()
         server.server_close()
-    assert (_seconds("3"), _seconds(" 0.5 "), _seconds("-1")) == (3.0, 0.5, 0.0)
+    assert (_seconds("3"), _seconds(" 0.5 "), _seconds("0")) == (3.0, 0.5, 0.0)
     assert _seconds("Wed, 21 Oct 2026 07:28:00 GMT") is None and _seconds(None) is None
+    assert [_seconds(bad) for bad in ("-1", "nan", "inf", "1e309")] == [None] * 4
 
 
 def test_a_forked_worker_gets_its_own_connection_and_lock(receiver: OTLPReceiver) -> None:
@@ -392,3 +399,177 @@ def test_one_bad_item_costs_only_itself(receiver: OTLPReceiver) -> None:
     assert {s.name for s in receiver.wait_for_spans(2)} == {spans[0].name, spans[1].name}
     assert receiver.raw_requests("traces")[0].body == encode_spans([spans[0], spans[1]])
     exporter.shutdown()
+
+
+@contextlib.contextmanager
+def _http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 answering with ``handler``; yields its traces URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True  # a handler still trickling must not block the teardown
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_connection_the_collector_closed_while_idle_is_replaced_at_once() -> None:
+    """Collectors and load balancers close idle keep-alive connections: the next export
+    fails on the dead socket before any answer and goes again at once on a new connection,
+    not after a failed attempt's 1 s backoff (which a 0.5 s export timeout cannot afford)."""
+    hits: list[float] = []
+
+    class IdleClosing(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = 0.2  # the server's idle keep-alive timeout
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            hits.append(time.monotonic())
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with _http_server(IdleClosing) as url:
+        client = OTLPHttpClient(url, timeout=0.5)
+        assert client.post(b"") is True
+        time.sleep(0.5)  # the server drops the idle connection
+        assert client.post(b"") is True
+        assert client.post(b"") is True  # and the new connection is kept alive
+        client.close()
+    assert len(hits) == 3
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_logged(
+    receiver: OTLPReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``http://user:pass@host`` (percent-encoded) authenticates with Basic auth, as the
+    official exporter does, unless an Authorization header is configured; the password
+    appears in no log line, URL or error message."""
+    url = receiver.http_url("traces").replace("http://", "http://collector-user:s3cr%40t@")
+    client = OTLPHttpClient(url, timeout=5.0)
+    assert client.post(encode_spans(_spans())) is True
+    assert client.url == url.replace("s3cr%40t", "***")
+    configured = OTLPHttpClient(url, timeout=5.0, headers={"authorization": "Bearer t"})
+    assert configured.post(encode_spans(_spans())) is True
+    first, second = receiver.raw_requests("traces")
+    assert first.headers["authorization"] == "Basic " + base64.b64encode(
+        b"collector-user:s3cr@t"
+    ).decode("ascii")
+    assert second.headers["authorization"] == "Bearer t"
+    client.close()
+    configured.close()
+    port = free_port()
+    refused = OTLPHttpClient(f"http://collector-user:s3cr3t@127.0.0.1:{port}/v", timeout=0.2)
+    with caplog.at_level(logging.WARNING, logger="kiki_otel._export"):
+        assert refused.post(b"") is False
+    assert f"collector-user:***@127.0.0.1:{port}/v failed" in caplog.text
+    assert "s3cr" not in caplog.text
+    with pytest.raises(ValueError, match="http") as error:
+        OTLPHttpClient("ftp://collector-user:s3cr3t@host/v1/traces")
+    assert "s3cr" not in str(error.value)
+
+
+def test_a_trickling_collector_costs_at_most_the_timeout_and_close_interrupts() -> None:
+    """A collector sending its answer a byte at a time (each read well within the socket
+    timeout) is cut off at the export timeout, not when it finishes; and close() does not
+    wait for an export stuck on one: it aborts it."""
+    stop = threading.Event()
+
+    class Trickling(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n" + b"x" * 20:
+                if stop.wait(0.3):
+                    return
+                try:
+                    self.wfile.write(bytes([byte]))
+                except OSError:  # the client gave up
+                    return
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with _http_server(Trickling) as url:
+        client = OTLPHttpClient(url, timeout=1.0)
+        started = time.monotonic()
+        assert client.post(b"") is False
+        assert time.monotonic() - started < 3.0  # allowed: the timeout is the behaviour
+        client.close()
+        stuck = OTLPHttpClient(url, timeout=60.0)
+        results: list[bool] = []
+        export = threading.Thread(target=lambda: results.append(stuck.post(b"")))
+        export.start()
+        time.sleep(0.5)  # the export is reading the trickle
+        started = time.monotonic()
+        stuck.close()
+        assert time.monotonic() - started < 2.0  # allowed: generous bound on "at once"
+        export.join(timeout=5.0)
+        assert results == [False]
+        stop.set()
+
+
+def test_a_huge_error_body_is_not_read_whole() -> None:
+    """Only the start of an answer's body is read (it only feeds the failure reason): a
+    proxy's endless error page costs neither the export timeout nor the memory."""
+    stop = threading.Event()
+    hits: list[int] = []
+
+    class Endless(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            hits.append(1)
+            self.send_response(400)
+            self.send_header("Content-Length", str(1 << 40))
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                self.wfile.write(b"x" * (256 * 1024))
+            stop.wait(10)  # then stalls, the rest never comes
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with _http_server(Endless) as url:
+        client = OTLPHttpClient(url, timeout=5.0)
+        started = time.monotonic()
+        assert client.post(b"") is False
+        assert time.monotonic() - started < 3.0  # allowed: well under the 5 s timeout
+        client.close()
+        stop.set()
+    assert hits == [1]
+
+
+@pytest.mark.parametrize("value", ["-5", "nan", "0"])
+def test_a_bad_or_zero_retry_after_cannot_start_a_retry_storm(value: str) -> None:
+    """An overloaded collector answering 503 with ``Retry-After`` -5, nan (ignored: our
+    backoff) or 0 (honoured, but never faster than the 0.1 s floor) gets a handful of
+    retries in a 1 s export timeout, not 64 in a few milliseconds."""
+    hits: list[float] = []
+
+    class Overloaded(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            hits.append(time.monotonic())
+            self.send_response(503)
+            self.send_header("Retry-After", value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with _http_server(Overloaded) as url:
+        client = OTLPHttpClient(url, timeout=1.0)
+        assert client.post(b"") is False
+        client.close()
+    assert 1 <= len(hits) <= 11  # 0.1 s apart at the least over 1 s
