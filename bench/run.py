@@ -43,6 +43,15 @@ SCENARIOS: dict[str, tuple[str, dict[str, str], str]] = {
         {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
         "ok",
     ),
+    "kiki-10%-trace-logs": (
+        "kiki",
+        {
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.1",
+            "KIKI_OTEL_LOG_TRACE_BASED": "true",
+        },
+        "ok",
+    ),
     "kiki-official": ("kiki", {"KIKI_OTEL_EXPORTER": "official"}, "ok"),
     "kiki-grpc": ("kiki", {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "ok-grpc"),
     "kiki-grpc-official": (
@@ -217,7 +226,10 @@ def main() -> None:
     parser.add_argument("--inprocess-requests", type=int, default=20000)
     parser.add_argument(
         "--inprocess",
-        default="bare,kiki,kiki-10%,kiki-official,kiki-grpc,kiki-grpc-official,native,contrib",
+        default=(
+            "bare,kiki,kiki-10%,kiki-10%-trace-logs,kiki-official,kiki-grpc,kiki-grpc-official,"
+            "native,contrib"
+        ),
     )
     parser.add_argument("--no-server", action="store_true", help="in-process table only")
     args = parser.parse_args()

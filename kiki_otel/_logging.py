@@ -238,8 +238,9 @@ _IDLE, _BUSY, _WORKER = "idle", "busy", "worker"
 class OTelEmitter:
     """Send each event as an OTel log record with the same fields as structured attributes."""
 
-    def __init__(self, provider: LoggerProvider) -> None:
+    def __init__(self, provider: LoggerProvider, *, trace_based: bool = False) -> None:
         self._provider = provider
+        self._trace_based = trace_based  # only records of sampled traces, or of no trace
         self._local = threading.local()
         # name -> (SDK logger, its direct path to the fast exporter or None); the SDK's
         # get_logger takes a lock per call.
@@ -265,6 +266,10 @@ class OTelEmitter:
         return event_dict
 
     def _emit(self, method: str, event_dict: EventDict, name: str) -> None:
+        if self._trace_based:
+            span_context = get_current_span().get_span_context()
+            if span_context.is_valid and not span_context.trace_flags.sampled:
+                return
         level = str(event_dict.get("level", method))
         severity, text = _SEVERITY.get(level, (SeverityNumber.INFO, "INFO"))
         name = name or "kiki_otel"
@@ -481,7 +486,7 @@ def configure_logging(
         structure_exception,
     ]
     if logger_provider is not None and settings.log_to_otel and settings.logs_exporter != "none":
-        shared.append(OTelEmitter(logger_provider))
+        shared.append(OTelEmitter(logger_provider, trace_based=settings.log_trace_based))
     shared.append(_renderer(settings))
     output = _Output()
     structlog.configure(

@@ -279,6 +279,10 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     log_to_otel: bool = True
     """Also send every log line as an OTel log record (when the logs exporter is on)."""
+    log_trace_based: bool = False
+    """Send OTel log records only for sampled traces (and for lines outside any trace), as
+    the OpenTelemetry spec's ``trace_based`` logger option: with 10% sampling, most of a
+    request's logging cost and log volume goes with its trace. Lines on stdout are kept."""
 
     http: HttpSettings = Field(default_factory=HttpSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)

@@ -669,3 +669,26 @@ async def test_excluded_paths_stay_excluded_behind_a_root_path(memory: Memory) -
             assert (await c.get(path)).status_code == 200, path
         assert (await c.get("/api/items/1")).status_code == 200
     assert [s.attributes["url.path"] for s in server_spans(memory)] == ["/api/items/1"]
+
+
+@pytest.mark.parametrize("trace_based", [False, True])
+async def test_trace_based_logs_keep_records_of_sampled_traces_only(
+    memory: Memory, capsys: pytest.CaptureFixture[str], trace_based: bool
+) -> None:
+    """``KIKI_OTEL_LOG_TRACE_BASED``: an unsampled request's lines stay on stdout but send no
+    OTel record; a sampled request's and a line outside any trace still do. Off (the
+    default), every line is a record."""
+    app = make_app()
+    kiki_otel.configure(app, metrics_exporter="none", log_trace_based=trace_based)
+    capsys.readouterr()
+    async with client(app) as c:
+        await c.get("/items/1", headers={"traceparent": f"00-{TRACE}-{PARENT}-00"})
+        await c.get("/items/2", headers={"traceparent": f"00-{'1' * 32}-{PARENT}-01"})
+    kiki_otel.get_logger("job").info("outside.any.trace")
+    stdout = [line["event"] for line in log_lines(capsys.readouterr().out)]
+    assert stdout.count("http.request") == 2 and "outside.any.trace" in stdout
+    records = [(str(r.body), format(r.trace_id, "032x")) for r in memory.logs()]
+    unsampled = [body for body, trace_id in records if trace_id == TRACE]
+    assert bool(unsampled) is not trace_based  # item.loaded + http.request, or nothing
+    assert ("http.request", "1" * 32) in records
+    assert ("outside.any.trace", "0" * 32) in records
