@@ -645,20 +645,19 @@ def encode_log(
     guarantees it); the timestamp is both the event and the observed time, as the SDK sets
     them for a record emitted with a timestamp from the current clock.
     """
-    payload = _log_fields(
-        timestamp,
+    fields = _attributes(b"\x32", attributes)
+    return _emitted(
         timestamp,
         severity_number,
         severity_text,
         body,
-        _attributes(b"\x32", attributes),
-        0,
-        trace_flags,
+        fields,
         trace_id,
         span_id,
-        None,
+        trace_flags,
+        resource,
+        instrumentation_scope,
     )
-    return Encoded(payload, resource, instrumentation_scope)
 
 
 def encode_log_event(
@@ -679,9 +678,36 @@ def encode_log_event(
     Read and encoded in one pass (no attribute dict in between: the same bytes). None when
     a field is not a plain attribute (see :func:`_event_attributes`).
     """
-    attributes = _event_attributes(event, skip)
-    if attributes is None:
+    fields = _event_attributes(event, skip)
+    if fields is None:
         return None
+    return _emitted(
+        timestamp,
+        severity_number,
+        severity_text,
+        body,
+        fields,
+        trace_id,
+        span_id,
+        trace_flags,
+        resource,
+        instrumentation_scope,
+    )
+
+
+def _emitted(
+    timestamp: int,
+    severity_number: Any,
+    severity_text: str,
+    body: str,
+    attributes: bytes,
+    trace_id: int,
+    span_id: int,
+    trace_flags: int,
+    resource: Any,
+    instrumentation_scope: Any,
+) -> Encoded:
+    """A record emitted now: one clock reading is both its time and its observed time."""
     payload = _log_fields(
         timestamp,
         timestamp,

@@ -150,8 +150,6 @@ def test_grpc_uses_the_fast_exporter_unless_security_settings_need_the_official(
 def test_the_collectors_retry_delay_is_honoured() -> None:
     """RESOURCE_EXHAUSTED with a ``RetryInfo`` trailer (a collector shedding load): the
     retry waits the delay it asked for (0.2 s here), not our 1 s first backoff."""
-    from concurrent import futures
-
     from google.protobuf.duration_pb2 import Duration
     from google.rpc.error_details_pb2 import RetryInfo
 
@@ -165,22 +163,12 @@ def test_the_collectors_retry_delay_is_honoured() -> None:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "memory limiter")
         return b""
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    service = TRACES_METHOD.strip("/").rpartition("/")[0]
-    handler = grpc.unary_unary_rpc_method_handler(export)  # raw bytes in and out
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(service, {"Export": handler}),)
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        client = OTLPGrpcClient(f"http://127.0.0.1:{port}", TRACES_METHOD, timeout=5.0)
+    with _grpc_server(export) as endpoint:
+        client = OTLPGrpcClient(endpoint, TRACES_METHOD, timeout=5.0)
         assert client.post(encode_spans(_spans())) is True
         assert len(calls) == 2
         assert 0.15 < calls[1] - calls[0] < 0.75  # allowed: the asked delay (ours: 0.8-1.2 s)
         client.close()
-    finally:
-        server.stop(None)
 
 
 def test_a_forked_worker_gets_its_own_channel_and_lock(receiver: OTLPReceiver) -> None:
