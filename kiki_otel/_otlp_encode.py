@@ -100,6 +100,22 @@ def _utf8(text: str) -> bytes:
         return text.encode("utf-8", "backslashreplace")
 
 
+_TEXT_FIELDS_MAX = 1024
+_text_fields: dict[tuple[bytes, str], bytes] = {}
+"""(tag, text) -> the whole field, for strings that repeat: span names (one per route and
+method), log bodies (event names), severity texts. Filled until full, never cleared."""
+
+
+def _text_field(tag: bytes, text: str) -> bytes:
+    """``tag``, length and the UTF-8 of ``text``: one lookup when ``text`` repeats."""
+    field = _text_fields.get((tag, text))
+    if field is None:
+        field = _ld(tag, _utf8(text))
+        if len(_text_fields) < _TEXT_FIELDS_MAX and len(field) <= _FIELD_BYTES_MAX:
+            _text_fields[(tag, text)] = field
+    return field
+
+
 def _varint(value: int) -> bytes:
     if value < 128:
         return _SMALL[value] if value >= 0 else _varint(value & 0xFFFFFFFFFFFFFFFF)
@@ -494,9 +510,9 @@ def _span_body(
         parts.append(b"\x22\x08")
         parts.append(parent.span_id.to_bytes(8, "big"))
     if name:
-        parts.append(_ld(b"\x2a", _utf8(name)))
+        parts.append(_text_field(b"\x2a", name))
     parts.append(b"\x30")
-    parts.append(_SMALL[kind.value + 1])  # SDK SpanKind is the proto enum minus one
+    parts.append(_SMALL[kind._value_ + 1])  # SDK SpanKind is the proto enum minus one
     if start_time:
         parts.append(b"\x39" + _pack_fixed64(start_time))
     if end_time:
@@ -536,8 +552,9 @@ def _status(status: Any) -> bytes:
     body = b""
     if status.description:
         body += _ld(b"\x12", _utf8(status.description))
-    if status.status_code.value:
-        body += b"\x18" + _SMALL[status.status_code.value]
+    code = status.status_code._value_  # an enum's plain attribute; .value is a property
+    if code:
+        body += b"\x18" + _SMALL[code]
     return _ld(b"\x7a", body)
 
 
@@ -606,10 +623,13 @@ def _log_fields(
     # An enum member's ``_value_`` is a plain attribute; ``value`` is a Python-level property.
     severity = getattr(severity_number, "_value_", None) or getattr(severity_number, "value", None)
     if severity:
-        parts.append(b"\x10" + _varint(severity))
+        parts.append(b"\x10" + (_SMALL[severity] if 0 < severity < 128 else _varint(severity)))
     if severity_text:
-        parts.append(_ld(b"\x1a", _utf8(severity_text)))
-    parts.append(_ld(b"\x2a", _any_value(body)))
+        parts.append(_text_field(b"\x1a", severity_text))
+    if type(body) is str:  # the common case: an event name that repeats
+        parts.append(_ld(b"\x2a", _text_field(b"\x0a", body)))
+    else:
+        parts.append(_ld(b"\x2a", _any_value(body)))
     parts.append(attributes)
     if dropped_attributes:
         parts.append(b"\x38" + _varint(dropped_attributes))

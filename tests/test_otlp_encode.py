@@ -47,9 +47,11 @@ RESOURCE = Resource.create(
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> Iterator[None]:
     _otlp_encode._field_cache.clear()
+    _otlp_encode._text_fields.clear()
     _otlp_encode._cached[0] = 0
     yield
     _otlp_encode._field_cache.clear()
+    _otlp_encode._text_fields.clear()
     _otlp_encode._cached[0] = 0
 
 
@@ -442,3 +444,21 @@ def test_an_attribute_protobuf_cannot_take_is_reported_once_a_minute(
     reports = [r for r in caplog.records if "app.hash" in r.getMessage()]
     assert len(reports) == 1 and reports[0].levelname == "WARNING" and not reports[0].exc_info
     assert _otlp_encode._dropped_keys["app.hash"][1] == 4  # held back, counted
+
+
+def test_repeated_names_and_bodies_are_cached_within_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Span names, log bodies and severity texts repeat (one name per route): cached whole,
+    up to a bound, and the bytes match the official encoder with the cache empty, filling,
+    full, and for a text too long to cache."""
+    monkeypatch.setattr(_otlp_encode, "_TEXT_FIELDS_MAX", 3)
+    spans, logs = _spans(), _logs()
+    for _ in range(2):
+        assert encode_spans(spans) == official_spans(spans).SerializeToString()
+        assert encode_logs(logs) == official_logs(logs).SerializeToString()
+    assert len(_otlp_encode._text_fields) == 3
+    record = logs[0]
+    record.log_record.body = "x" * 600  # over _FIELD_BYTES_MAX: encoded, not kept
+    assert encode_logs([record]) == official_logs([record]).SerializeToString()
+    assert all(len(field) <= 512 for field in _otlp_encode._text_fields.values())
