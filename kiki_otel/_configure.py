@@ -132,7 +132,12 @@ def current() -> Telemetry | None:
 
 
 def _forget() -> None:
-    """Drop the handle (tests only; see :mod:`kiki_otel.testing`)."""
+    """Drop the handle (tests only; see :mod:`kiki_otel.testing`) and its atexit hook.
+
+    The hook would otherwise keep every configured ``Telemetry`` of a test suite alive.
+    """
     global _telemetry
     with _lock:
+        if _telemetry is not None:
+            atexit.unregister(_telemetry.shutdown)
         _telemetry = None

@@ -163,6 +163,8 @@ def _attribute(value: Any) -> Any:
     return json_dumps(value, default=str).decode()
 
 
+_LOGGERS_MAX = 512
+"""Logger names whose OTel logger the emitter keeps; more distinct names get theirs per line."""
 _IDLE, _BUSY, _WORKER = "idle", "busy", "worker"
 """A thread's state for :class:`OTelEmitter` (compared by identity)."""
 
@@ -208,7 +210,9 @@ class OTelEmitter:
         entry = self._loggers.get(name)
         if entry is None:
             logger = self._provider.get_logger(name)
-            entry = self._loggers[name] = (logger, direct_logs(self._provider, logger))
+            entry = (logger, direct_logs(self._provider, logger))
+            if len(self._loggers) < _LOGGERS_MAX:  # a name per tenant or per id: not kept
+                self._loggers[name] = entry
         logger, direct = entry
         body = str(event_dict.get("event", ""))
         if (

@@ -36,9 +36,9 @@ def _process_attributes() -> dict[str, str | int]:
 def build_resource(settings: Settings) -> Resource:
     """Merge, lowest precedence first: detected process/host, OTEL_RESOURCE_ATTRIBUTES, settings.
 
-    ``service.instance.id`` is a fresh UUID per call, so each process is a distinct instance,
-    as the semconv asks; a child forked after ``configure()`` (gunicorn ``--preload``) gets a
-    new id and pid from :mod:`kiki_otel._fork`.
+    ``service.instance.id`` is a fresh UUID per call unless one is set, so each process is a
+    distinct instance, as the semconv asks; a child forked after ``configure()`` (gunicorn
+    ``--preload``) gets a new id and pid from :mod:`kiki_otel._fork`.
     """
     attributes: dict[str, str | int] = _process_attributes()
     attributes["telemetry.sdk.language"] = "python"
@@ -52,7 +52,9 @@ def build_resource(settings: Settings) -> Resource:
         "deployment.environment.name": settings.environment,
     }
     attributes.update({key: value for key, value in optional.items() if value})
-    attributes["service.instance.id"] = str(uuid.uuid4())
+    # An explicit one (OTEL_RESOURCE_ATTRIBUTES, a pod name, say) wins; forked workers still
+    # get their own (kiki_otel._fork): each is a distinct instance.
+    attributes.setdefault("service.instance.id", str(uuid.uuid4()))
     return Resource.create(attributes)
 
 

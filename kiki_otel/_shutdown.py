@@ -287,7 +287,12 @@ class ShutdownCoordinator:
             timed_out_cleanups=report.timed_out_cleanups,
             abandoned=report.abandoned,
         )
-        if logs is not None and "logs" not in report.abandoned:
+        if logs is not None and "logs" in report.abandoned:
+            # Its flush ran out of time: not waited for, but still shut down, so its worker
+            # thread ends after the export in flight instead of living on (a thread per
+            # configure() in a test suite without a collector).
+            _flush_in_thread("logs", logs.shutdown)
+        elif logs is not None:
             last = _join_until({"logs": _flush_in_thread("logs", logs.shutdown)}, deadline)
             if last:  # only stdout still hears this: the report line may not be exported
                 report.abandoned.extend(last)

@@ -86,6 +86,14 @@ def test_resource_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "process.command_line" not in attrs and "process.command_args" not in attrs
 
 
+def test_an_explicit_instance_id_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``service.instance.id`` set in OTEL_RESOURCE_ATTRIBUTES (a pod name, say) is the
+    process's id; it used to be replaced by a random UUID (forked workers still get theirs)."""
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=checkout-7d9f-x2")
+    telemetry = kiki_otel.configure(metrics_exporter="none")
+    assert telemetry.resource.attributes["service.instance.id"] == "checkout-7d9f-x2"
+
+
 def test_sdk_disabled_still_logs_and_gives_request_ids(capsys: pytest.CaptureFixture[str]) -> None:
     """OTEL_SDK_DISABLED=true: no-op providers, but JSON logs and X-Request-ID keep working."""
     app = FastAPI()

@@ -336,3 +336,25 @@ def test_a_log_line_from_inside_a_write_does_not_deadlock(
     assert done.wait(5), "deadlocked on the output lock"
     text = b"".join(written)
     assert b'"event":"from.handler"' in text and b'"event":"outer"' in text
+
+
+def test_the_emitter_keeps_a_bounded_number_of_logger_names(memory: Memory) -> None:
+    """A logger name per tenant or per id must not grow the emitter's cache without end;
+    records of names past the bound still go out."""
+    import structlog
+
+    from kiki_otel import _logging
+
+    kiki_otel.configure(service_name="svc-names")
+    for i in range(_logging._LOGGERS_MAX + 50):
+        kiki_otel.get_logger(f"tenant.{i}").info("hello")
+    emitter = next(
+        p for p in structlog.get_config()["processors"] if isinstance(p, _logging.OTelEmitter)
+    )
+    assert len(emitter._loggers) <= _logging._LOGGERS_MAX
+    names = {
+        data.instrumentation_scope.name
+        for data in memory.log_exporter.get_finished_logs()
+        if data.log_record.body == "hello"
+    }
+    assert f"tenant.{_logging._LOGGERS_MAX + 49}" in names

@@ -430,3 +430,45 @@ def test_forked_child_gets_its_own_identity_and_connections() -> None:
         assert traces.resource.attributes["service.instance.id"] == "parent"
         conn.close()
         del shutdown
+
+
+async def test_an_abandoned_log_flush_still_shuts_the_log_provider_down() -> None:
+    """A log flush that misses the deadline (a dead collector) is abandoned, but the log
+    provider is still shut down (not waited for), so its worker thread ends after the
+    export in flight instead of living on: one per configure() in a test suite."""
+
+    class SlowLogs:
+        def __init__(self) -> None:
+            self.release, self.shut = threading.Event(), threading.Event()
+
+        def force_flush(self, timeout_millis: int = 0) -> bool:
+            self.release.wait(30)
+            return True
+
+        def shutdown(self) -> None:
+            self.shut.set()
+
+    logs = SlowLogs()
+    shutdown, _ = coordinator({"traces": OkProvider(), "logs": logs}, timeout=0.3)
+    try:
+        report = await shutdown.run()
+        assert report.abandoned == ["logs"]
+        assert logs.shut.wait(5)
+    finally:
+        logs.release.set()
+
+
+def test_reset_lets_the_configured_telemetry_go() -> None:
+    """``testing.reset()`` drops the atexit hook too: it kept every ``Telemetry`` of a test
+    suite (providers, threads' owners) alive until the interpreter exited."""
+    import gc
+    import weakref
+
+    from kiki_otel import testing
+
+    telemetry = kiki_otel.configure(metrics_exporter="none", traces_exporter="none")
+    alive = weakref.ref(telemetry)
+    del telemetry
+    testing.reset(timeout=1.0)
+    gc.collect()
+    assert alive() is None
