@@ -44,8 +44,10 @@ def build_resource(settings: Settings) -> Resource:
     attributes["telemetry.sdk.language"] = "python"
     attributes["telemetry.distro.name"] = "kiki-otel"
     attributes.update(settings.resource_attributes)
-    if settings.service_name != _DEFAULT_SERVICE_NAME or "service.name" not in attributes:
-        attributes["service.name"] = settings.service_name
+    if settings.service_name.strip() not in ("", _DEFAULT_SERVICE_NAME):
+        attributes["service.name"] = settings.service_name.strip()
+    if not str(attributes.get("service.name", "")).strip():  # unset, or set blank
+        attributes["service.name"] = _DEFAULT_SERVICE_NAME  # (the SDK would say "...:python")
     optional = {
         "service.version": settings.service_version,
         "service.namespace": settings.service_namespace,

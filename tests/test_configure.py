@@ -332,3 +332,24 @@ def test_a_group_keyword_changes_only_its_fields_of_given_settings() -> None:
     telemetry = kiki_otel.configure(settings=settings, http={"server_timing": True})
     http = telemetry.settings.http
     assert (http.access_log, http.traceresponse, http.server_timing) == (False, False, True)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"OTEL_SERVICE_NAME": ""}, "unknown_service"),
+        ({"OTEL_SERVICE_NAME": "   "}, "unknown_service"),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "service.name="}, "unknown_service"),
+        ({"OTEL_SERVICE_NAME": " billing "}, "billing"),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attrs"}, "from-attrs"),
+    ],
+)
+def test_a_blank_service_name_is_the_documented_default(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    """A blank name (an empty variable in a deployment template) is ``unknown_service``, as
+    documented, not the SDK's ``unknown_service:python``; names are trimmed."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    telemetry = kiki_otel.configure(metrics_exporter="none")
+    assert telemetry.resource.attributes["service.name"] == expected
