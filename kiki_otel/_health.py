@@ -152,9 +152,13 @@ class HealthRegistry:
         timeout: float | None = None,
         ttl: float | None = None,
     ) -> None:
-        """Check Redis with PING (a URL gets a client we own and close in :meth:`aclose`)."""
+        """Check Redis with PING (a URL gets a client we own and close in :meth:`aclose`).
+
+        Anything but a URL string or a ``redis.asyncio`` client (``None``, a ``SecretStr``, a
+        synchronous client) raises ``TypeError`` now rather than failing every probe later.
+        """
         bound = self._timeout(timeout)
-        built = redis_check(url_or_client, timeout=bound)
+        built = redis_check(url_or_client, name=name, timeout=bound)
         self._add(name, built, critical=critical, timeout=bound, ttl=ttl, is_async=True)
 
     def add_sql(
@@ -166,9 +170,12 @@ class HealthRegistry:
         timeout: float | None = None,
         ttl: float | None = None,
     ) -> None:
-        """Check a database with ``SELECT 1`` on a small pool of our own, never the app's pool."""
+        """Check a database with ``SELECT 1`` on a small pool of our own, never the app's pool.
+
+        Anything but a DSN string or an ``AsyncEngine`` raises ``TypeError`` now.
+        """
         bound = self._timeout(timeout)
-        built = sql_check(engine_or_dsn, timeout=bound)
+        built = sql_check(engine_or_dsn, name=name, timeout=bound)
         self._add(name, built, critical=critical, timeout=bound, ttl=ttl, is_async=True)
 
     def add_check(

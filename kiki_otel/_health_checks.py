@@ -2,8 +2,9 @@
 
 Each builder returns a :class:`BuiltCheck`: an async probe plus, when the check created a
 client or pool itself, the coroutine that closes it (clients the user passed in stay the
-user's to close). Drivers are imported lazily, so the base install needs neither; a missing
-one becomes an ``ImportError`` naming the extra to install.
+user's to close). A client we build belongs to the event loop that first uses it: on another
+loop the probe builds a fresh one (see :class:`_PerLoop`). Drivers are imported lazily, so
+the base install needs neither; a missing one becomes an ``ImportError`` naming the extra.
 
 The probes are deliberately bare: the registry bounds them with its timeout, runs them
 single-flight and turns exceptions into a status whose reason is the exception *class* only.
@@ -11,10 +12,13 @@ single-flight and turns exceptions into a status whose reason is the exception *
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import re
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import httpx
 
@@ -24,8 +28,12 @@ if TYPE_CHECKING:
 
 __all__ = ["BuiltCheck", "CheckFailed", "http_check", "redis_check", "scrub", "sql_check"]
 
+_Client = TypeVar("_Client")
+
 _SAFE_REASON = re.compile(r"[^A-Za-z0-9_.:-]")
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@")
+# Up to the LAST "@" of the token: a raw "/" or "@" in a password must not end the match
+# early (and leak the rest). An "@" later in a path is rare; over-redacting it is fine.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)\S*@")
 _KEY_VALUE_SECRET = re.compile(
     r"(?i)\b(password|passwd|pwd|secret|token)\s*=\s*('[^']*'|\"[^\"]*\"|\S+)"
 )
@@ -57,6 +65,55 @@ def scrub(text: str) -> str:
     return _KEY_VALUE_SECRET.sub(r"\1=***", _URL_USERINFO.sub(r"\1***@", text))
 
 
+class _PerLoop(Generic[_Client]):
+    """A client we built, used only on the event loop that first used it.
+
+    asyncio connections belong to the loop that opened them; from another loop they fail
+    ("Event loop is closed", "attached to a different loop"). Loops change under
+    ``TestClient(app)`` without ``with``, per-test loops and repeated ``asyncio.run()``, so on
+    a new loop we build a fresh client and drop the old one unclosed: closing it needs its
+    own loop, which is usually gone (its sockets go with the garbage collector).
+    """
+
+    def __init__(
+        self, build: Callable[[], _Client], close: Callable[[_Client], Awaitable[None]]
+    ) -> None:
+        self._build = build
+        self._close = close
+        self._client = build()  # now, so a bad URL or driver fails when the check is added
+        self._loop: asyncio.AbstractEventLoop | None = None  # bound by the first use
+
+    def current(self) -> _Client:
+        """Return the client of the running loop, building one if the loop changed."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and self._loop is not loop:
+            self._client = self._build()
+        self._loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the client on its own loop (or if never used); on any other loop drop it."""
+        if self._loop is None or self._loop is asyncio.get_running_loop():
+            await self._close(self._client)
+
+
+def _type_name(value: object) -> str:
+    cls = type(value)
+    module = "" if cls.__module__ == "builtins" else f"{cls.__module__}."
+    return module + cls.__qualname__
+
+
+def _wrong_type(name: str, value: object, expected: str, sync_hint: str | None) -> TypeError:
+    """A TypeError at add time, with a hint for the usual slips, instead of failing every probe."""
+    if hasattr(value, "get_secret_value"):
+        hint = "; call .get_secret_value() on the secret first"
+    elif sync_hint is not None:
+        hint = f"; {sync_hint}"
+    else:
+        hint = ""
+    return TypeError(f"health check {name!r}: expected {expected}, got {_type_name(value)}{hint}")
+
+
 def http_check(
     url: str, *, timeout: float, expected_status: range, headers: Mapping[str, str] | None
 ) -> BuiltCheck:
@@ -65,15 +122,19 @@ def http_check(
     Redirects are not followed (a redirect to a login page is not "healthy"). The client's
     own timeout is a backstop: the registry's timeout cancels the request first.
     """
-    client = httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout * 2),
-        limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
-        headers=dict(headers or {}),
-        follow_redirects=False,
-    )
+
+    def build() -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout * 2),
+            limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
+            headers=dict(headers or {}),
+            follow_redirects=False,
+        )
+
+    client = _PerLoop(build, httpx.AsyncClient.aclose)
 
     async def probe() -> None:
-        response = await client.get(url)
+        response = await client.current().get(url)
         if response.status_code not in expected_status:
             raise CheckFailed(f"http_{response.status_code}")
 
@@ -90,9 +151,27 @@ def _import_redis() -> Any:
     return aioredis
 
 
-def redis_check(url_or_client: str | redis.asyncio.Redis, *, timeout: float) -> BuiltCheck:
+def _is_async_redis(value: object) -> bool:
+    """redis.asyncio clients (whose ``ping`` returns an awaitable), or any async ``ping``."""
+    aioredis = sys.modules.get("redis.asyncio")  # not imported: cannot be one of its clients
+    if aioredis is not None and isinstance(value, (aioredis.Redis, aioredis.RedisCluster)):
+        return True
+    return inspect.iscoroutinefunction(getattr(value, "ping", None))
+
+
+def redis_check(
+    url_or_client: str | redis.asyncio.Redis, *, name: str, timeout: float
+) -> BuiltCheck:
     """PING Redis. A URL gets a client of our own that never retries (retries hide outages)."""
     if not isinstance(url_or_client, str):
+        if not _is_async_redis(url_or_client):
+            sync = "use redis.asyncio.Redis, not the synchronous client"
+            raise _wrong_type(
+                name,
+                url_or_client,
+                "a redis:// URL string or a redis.asyncio client",
+                sync if hasattr(url_or_client, "ping") else None,
+            )
         client = url_or_client
 
         async def ping_user_client() -> None:
@@ -103,21 +182,24 @@ def redis_check(url_or_client: str | redis.asyncio.Redis, *, timeout: float) -> 
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
-    own = aioredis.Redis.from_url(
-        url_or_client,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        max_connections=4,
-    )
+    def build() -> Any:
+        return aioredis.Redis.from_url(
+            url_or_client,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            max_connections=4,
+        )
 
-    async def ping() -> None:
-        await own.ping()
-
-    async def close() -> None:
+    async def close(own: Any) -> None:
         await own.aclose()
 
-    return BuiltCheck(ping, "datastore", close)
+    own = _PerLoop(build, close)
+
+    async def ping() -> None:
+        await own.current().ping()
+
+    return BuiltCheck(ping, "datastore", own.aclose)
 
 
 def _import_sqlalchemy() -> Any:
@@ -150,19 +232,38 @@ def _own_engine(engine_or_dsn: AsyncEngine | str, timeout: float) -> AsyncEngine
     return engine
 
 
-def sql_check(engine_or_dsn: AsyncEngine | str, *, timeout: float) -> BuiltCheck:
+def _require_engine_or_dsn(name: str, value: object) -> None:
+    if isinstance(value, str):
+        return
+    sa_async = sys.modules.get("sqlalchemy.ext.asyncio")  # not imported: not an AsyncEngine
+    if sa_async is not None and isinstance(value, sa_async.AsyncEngine):
+        return
+    sa_engine = sys.modules.get("sqlalchemy.engine")
+    is_sync = sa_engine is not None and isinstance(value, sa_engine.Engine)
+    sync = "build it with sqlalchemy.ext.asyncio.create_async_engine" if is_sync else None
+    raise _wrong_type(name, value, "a DSN string or a SQLAlchemy AsyncEngine", sync)
+
+
+def sql_check(engine_or_dsn: AsyncEngine | str, *, name: str, timeout: float) -> BuiltCheck:
     """``SELECT 1`` on a connection from a small pool of our own.
 
-    A pooled connection that died with a server restart fails once and is invalidated by
-    SQLAlchemy; we retry that one case immediately so a recovered database reads healthy.
+    The engine is ours even for a user engine (a copy with its own pool), so it is rebuilt
+    per event loop like our other clients. A pooled connection that died with a server
+    restart fails once and is invalidated by SQLAlchemy; we retry that one case immediately
+    so a recovered database reads healthy.
     """
-    engine = _own_engine(engine_or_dsn, timeout)
+    _require_engine_or_dsn(name, engine_or_dsn)
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
+    async def dispose(engine: AsyncEngine) -> None:
+        await engine.dispose()
+
+    engines = _PerLoop(lambda: _own_engine(engine_or_dsn, timeout), dispose)
     select_one = text("SELECT 1")
 
     async def probe() -> None:
+        engine = engines.current()
         for attempt in (1, 2):
             try:
                 async with engine.connect() as conn:
@@ -172,4 +273,4 @@ def sql_check(engine_or_dsn: AsyncEngine | str, *, timeout: float) -> BuiltCheck
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
 
-    return BuiltCheck(probe, "datastore", engine.dispose)
+    return BuiltCheck(probe, "datastore", engines.aclose)

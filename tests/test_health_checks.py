@@ -4,14 +4,21 @@ an HTTP dependency in its own uvicorn process, and a TCP port that never answers
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
+import re
+import warnings
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+import redis
 import redis.asyncio as aioredis
 import structlog
 from opentelemetry.metrics import NoOpMeterProvider
+from pydantic import SecretStr
+from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from kiki_otel._health import HealthRegistry, HealthStatus
@@ -35,18 +42,26 @@ async def make() -> AsyncIterator[Factory]:
     made: list[HealthRegistry] = []
 
     def factory(**settings: Any) -> HealthRegistry:
-        lifecycle = Lifecycle()
-        lifecycle.mark_ready()
-        registry = HealthRegistry(
-            settings=HealthSettings(**settings), service_name="checkout", service_version="1",
-            meter_provider=NoOpMeterProvider(), lifecycle=lifecycle,
-        )
+        registry = new_registry(**settings)
         made.append(registry)
         return registry
 
     yield factory
     for registry in made:
         await registry.aclose()
+
+
+def new_registry(**settings: Any) -> HealthRegistry:
+    """A registry with a ready lifecycle and no-op metrics; the caller closes it."""
+    lifecycle = Lifecycle()
+    lifecycle.mark_ready()
+    return HealthRegistry(
+        settings=HealthSettings(**settings),
+        service_name="checkout",
+        service_version="1",
+        meter_provider=NoOpMeterProvider(),
+        lifecycle=lifecycle,
+    )
 
 
 async def status_of(registry: HealthRegistry, name: str) -> tuple[HealthStatus, str | None]:
@@ -248,3 +263,122 @@ async def test_checks_make_no_spans_under_configure(
     urls = [str(s.attributes.get("url.full")) for s in memory.spans()]
     assert any("/control/count" in url for url in urls)  # httpx IS instrumented (our calls())
     assert not any("/healthz" in url for url in urls)  # but the check made no span
+
+
+async def statuses(registry: HealthRegistry) -> dict[str, tuple[HealthStatus, str | None]]:
+    return {d.name: (d.status, d.reason) for d in (await registry.report()).dependencies}
+
+
+def test_built_in_checks_stay_healthy_on_every_event_loop(
+    redis_server: RedisServer,
+    postgres_server: PostgresServer,
+    http_dependency: HttpDependency,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Probed from successive event loops (each ``asyncio.run()`` is what ``TestClient(app)``
+    without ``with``, per-test loops or a worker script do), the checks built from URLs stay
+    healthy, and ``aclose()`` on yet another loop logs no error: clients bound to a dead loop
+    are rebuilt, and dropped rather than closed on the wrong loop."""
+    registry = new_registry(cache_ttl=0)
+    registry.add_redis("cache", redis_server.url)
+    registry.add_sql("asyncpg", postgres_server.dsn("asyncpg"))
+    registry.add_sql("psycopg", postgres_server.dsn("psycopg"))
+    registry.add_http("api", f"{http_dependency.base_url}/healthz")
+    healthy = dict.fromkeys(["cache", "asyncpg", "psycopg", "api"], (HealthStatus.HEALTHY, None))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)  # "coroutine ... never awaited"
+        for _ in range(3):
+            assert asyncio.run(statuses(registry)) == healthy
+        asyncio.run(registry.aclose())
+        gc.collect()  # dropped clients are collected here, not in a later test
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert [str(w.message) for w in caught if w.category is RuntimeWarning] == []
+
+
+def test_a_user_redis_client_is_not_rebuilt_on_a_new_loop(redis_server: RedisServer) -> None:
+    """A client the user passes stays theirs on every loop: pinged as is, never replaced."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    pinged: list[object] = []
+
+    async def ping() -> bool:
+        pinged.append(client)
+        return True
+
+    client.ping = ping  # type: ignore[method-assign]
+    registry = new_registry(cache_ttl=0)
+    registry.add_redis("cache", client)
+    for _ in range(2):
+        assert asyncio.run(statuses(registry)) == {"cache": (HealthStatus.HEALTHY, None)}
+    asyncio.run(registry.aclose())
+    assert pinged == [client, client]
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        ("postgresql://app:S3cr/et99@db:5432/app", "postgresql://***@db:5432/app"),
+        ("http://user:S3cr@et99@host", "http://***@host"),
+        ("redis://:S3cr@et/99@cache:6379/0 failed", "redis://***@cache:6379/0 failed"),
+        ("see http://h/x and amqp://u:p/q@mq:5672/", "see http://h/x and amqp://***@mq:5672/"),
+    ],
+)
+def test_scrub_hides_passwords_with_an_unencoded_slash_or_at(text: str, scrubbed: str) -> None:
+    """A password with a raw ``/`` or ``@`` (a common slip) is hidden up to the last ``@``."""
+    assert scrub(text) == scrubbed
+
+
+async def test_unencoded_password_never_reaches_an_error_or_the_log(make: Factory) -> None:
+    """``add_http`` refuses a URL whose password holds a raw ``/`` without echoing it, and a
+    check failing with such a DSN in its message logs it scrubbed."""
+    registry = make()
+    with pytest.raises(ValueError, match="api") as refused:
+        registry.add_http("api", "http://admin:S3cr/et99@api.internal:8080/health")
+    assert "et99" not in str(refused.value)
+
+    def fails() -> None:
+        raise ConnectionError("could not connect to postgresql://app:S3cr/et99@db:5432/app")
+
+    registry.add_check("db", fails)
+    with structlog.testing.capture_logs() as logs:
+        assert await status_of(registry, "db") == (HealthStatus.UNHEALTHY, "ConnectionError")
+    assert "could not connect" in repr(logs)
+    assert "et99" not in repr(logs)
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        (None, "NoneType"),
+        (b"redis://localhost/0", "bytes"),
+        (SecretStr("redis://localhost/0"), r"get_secret_value\(\)"),
+        (redis.Redis.from_url("redis://localhost/0"), "redis.asyncio"),
+    ],
+    ids=["None", "bytes", "SecretStr", "sync-client"],
+)
+def test_add_redis_refuses_what_it_cannot_ping(make: Factory, value: object, hint: str) -> None:
+    """Anything but a URL string or an async client is refused when added, naming the check
+    and the type (with a hint for the usual slips), instead of failing every probe later."""
+    registry = make()
+    with pytest.raises(TypeError, match="'cache'") as refused:
+        registry.add_redis("cache", value)  # type: ignore[arg-type]
+    assert re.search(hint, str(refused.value))
+    assert type(value).__name__ in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        (None, "NoneType"),
+        (SecretStr("postgresql://u:p@h/db"), r"get_secret_value\(\)"),
+        (create_engine("sqlite://"), "create_async_engine"),
+    ],
+    ids=["None", "SecretStr", "sync-engine"],
+)
+def test_add_sql_refuses_what_it_cannot_query(make: Factory, value: object, hint: str) -> None:
+    """Anything but a DSN string or an ``AsyncEngine`` is refused with a TypeError naming the
+    check and the type (not an AttributeError from deep inside)."""
+    registry = make()
+    with pytest.raises(TypeError, match="'db'") as refused:
+        registry.add_sql("db", value)  # type: ignore[arg-type]
+    assert re.search(hint, str(refused.value))
+    assert type(value).__name__ in str(refused.value)
