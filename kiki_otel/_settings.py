@@ -453,6 +453,8 @@ def load_settings(model: type[S], overrides: Mapping[str, Any]) -> S:
 
     Fails with a :class:`ConfigurationError` whose message names each bad variable.
     """
+    from ._health_checks import scrub  # here: _health_checks is no settings dependency
+
     try:
         return model(**overrides)
     except ValidationError as exc:
@@ -464,7 +466,7 @@ def load_settings(model: type[S], overrides: Mapping[str, Any]) -> S:
             shown = (
                 "<hidden>"
                 if "headers" in names.lower() or "secret" in names.lower()
-                else repr(value)
+                else scrub(repr(value))  # an endpoint's user:password@ never shown
             )
             lines.append(f"  {names} (keyword {keyword!r}): {error['msg']} (got {shown})")
         raise ConfigurationError(

@@ -250,3 +250,15 @@ def test_service_settings_subclass(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DB_POOL_SIZE", "many")
     with pytest.raises(ConfigurationError, match="DB_POOL_SIZE"):
         SyncBrainConfig.load()
+
+
+def test_a_bad_endpoint_error_never_shows_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo in an endpoint that carries credentials: the error names the variable and
+    shows the URL with its userinfo hidden, a raw '/' or '@' in the password included."""
+    for url in ("http://user:S3cret99@collector:99999", "http://user:S3cr/et@99@collector:0"):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+        with pytest.raises(ConfigurationError) as caught:
+            load_settings(Settings, {})
+        message = str(caught.value)
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" in message
+        assert "S3cr" not in message and "***@" in message
