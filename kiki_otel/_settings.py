@@ -397,7 +397,11 @@ class ServiceSettings(BaseSettings):
 
     @classmethod
     def load(cls, **overrides: Any) -> Any:
-        """Build the settings, turning validation errors into a :class:`ConfigurationError`."""
+        """Build the settings, turning validation errors into a :class:`ConfigurationError`.
+
+        A keyword that names no field is one too (``databse_url=``), with the closest name.
+        """
+        check_override_keys(cls, overrides)
         return load_settings(cls, overrides)
 
 

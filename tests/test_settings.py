@@ -262,3 +262,17 @@ def test_a_bad_endpoint_error_never_shows_its_password(monkeypatch: pytest.Monke
         message = str(caught.value)
         assert "OTEL_EXPORTER_OTLP_ENDPOINT" in message
         assert "S3cr" not in message and "***@" in message
+
+
+def test_a_misspelt_keyword_to_service_settings_fails() -> None:
+    """``ServiceSettings.load(databse_url=...)`` names the key and the closest field, as
+    ``configure()`` does, instead of silently keeping the default."""
+
+    class OrdersConfig(ServiceSettings):
+        database_url: str = "postgresql+asyncpg://localhost/orders"
+
+    assert OrdersConfig.load(database_url="postgresql+asyncpg://db/orders").database_url.endswith(
+        "db/orders"
+    )
+    with pytest.raises(ConfigurationError, match=r"databse_url.*did you mean 'database_url'"):
+        OrdersConfig.load(databse_url="postgresql+asyncpg://db/orders")
