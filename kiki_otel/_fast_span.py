@@ -38,6 +38,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 from ._otlp_encode import encode_span
+from ._otlp_http import FastSpanExporter, enqueue, has_queue
 
 __all__ = ["DirectSpans"]
 
@@ -141,8 +142,6 @@ class DirectSpans:
         from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor, Tracer, _Span
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
-        from ._otlp_http import FastSpanExporter
-
         if type(tracer) is not Tracer or not _attribute_blind(tracer.sampler):
             return None
         multi = tracer.span_processor
@@ -181,6 +180,7 @@ class DirectSpans:
             len(processors) == 1
             and type(processors[0]) is BatchSpanProcessor
             and isinstance(processors[0]._batch_processor._exporter, FastSpanExporter)
+            and has_queue(processors[0]._batch_processor)
         ):
             batch = processors[0]._batch_processor
         shared = {k: v for k, v in template.items() if k not in _PER_SPAN}
@@ -293,7 +293,7 @@ class DirectSpans:
             except Exception:  # a bug in our encoder must not cost the span: export it later
                 _logger.exception("kiki_otel: could not encode span %s", span.name)
                 item = span
-            batch.emit(item)
+            enqueue(batch, item)
 
 
 def _attribute_blind(sampler: Any) -> bool:

@@ -50,7 +50,15 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from ._otlp_client import Attempt, RetryingClient, basic_auth, export_logger, redact
 from ._otlp_encode import encode_log, encode_log_event, encode_logs, encode_spans
 
-__all__ = ["DirectLogs", "FastLogExporter", "FastSpanExporter", "OTLPHttpClient", "direct_logs"]
+__all__ = [
+    "DirectLogs",
+    "FastLogExporter",
+    "FastSpanExporter",
+    "OTLPHttpClient",
+    "direct_logs",
+    "enqueue",
+    "has_queue",
+]
 
 _logger = export_logger
 _RETRYABLE = frozenset({429, 502, 503, 504})
@@ -387,8 +395,53 @@ class DirectLogs:
         if item is None:
             return False
         self._metrics.emit_log()
-        self._batch.emit(item)
+        enqueue(self._batch, item)
         return True
+
+
+_QUEUE_FIELDS = ("_queue", "_max_queue_size", "_metrics", "_shutdown", "_pid", "_exporting")
+"""What :func:`enqueue` reads of the SDK's batch processor; without one, no direct path."""
+_QUEUE_FULL_EVERY_S = 30.0
+_queue_full: dict[str, list[float]] = {}
+"""Signal -> [time of its next report, items dropped since the last one]."""
+
+
+def has_queue(batch: object) -> bool:
+    """True when ``batch`` (the SDK's batch processor) has what :func:`enqueue` reads."""
+    return all(hasattr(batch, name) for name in _QUEUE_FIELDS)
+
+
+def enqueue(batch: Any, item: Any) -> None:
+    """``batch.emit(item)``, but a full queue drops without the SDK's per-item warning.
+
+    The SDK builds a warning ``LogRecord`` for every dropped item (its ``DuplicateFilter``
+    discards it afterwards): ~15 us each on the request thread, while the collector is down
+    or slow, and it reports only the first signal's drops. Here the same drop (the oldest
+    item goes, the SDK's drop metric counts it) is reported per signal every 30 s with the
+    count. Shutdown and a fork still take the SDK's own ``emit``.
+    """
+    queue = batch._queue
+    if len(queue) < batch._max_queue_size or batch._shutdown or batch._pid != os.getpid():
+        batch.emit(item)
+        return
+    batch._metrics.drop_items(1)
+    queue.appendleft(item)  # a deque at its maxlen: the oldest item falls off, as in emit()
+    _report_full(str(batch._exporting))
+
+
+def _report_full(signal: str) -> None:
+    now = time.monotonic()
+    state = _queue_full.get(signal)
+    if state is not None and now < state[0]:
+        state[1] += 1
+        return
+    held = int(state[1]) if state is not None else 0
+    _queue_full[signal] = [now + _QUEUE_FULL_EVERY_S, 0]
+    _logger.warning(
+        "OTLP export queue full, dropping %s (%d more dropped since the last report)",
+        signal,
+        held,
+    )
 
 
 def direct_logs(provider: object, logger: object) -> DirectLogs | None:
@@ -415,6 +468,8 @@ def _direct_logs(provider: object, logger: object) -> DirectLogs | None:
         return None
     batch = processors[0]
     if not isinstance(getattr(batch._batch_processor, "_exporter", None), FastLogExporter):
+        return None
+    if not has_queue(batch._batch_processor):
         return None
     limits = logger._log_record_limits
     if limits.max_log_record_attribute_length is not None:

@@ -573,3 +573,47 @@ def test_a_bad_or_zero_retry_after_cannot_start_a_retry_storm(value: str) -> Non
         assert client.post(b"") is False
         client.close()
     assert 1 <= len(hits) <= 11  # 0.1 s apart at the least over 1 s
+
+
+def test_a_full_export_queue_drops_without_a_warning_per_item(
+    receiver: OTLPReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A collector that hangs fills the export queue: each further record drops the oldest,
+    as the SDK's own emit does, but without the SDK building a warning per dropped item
+    (~15 us each, on the request thread); the drops are reported once with their count."""
+    from opentelemetry.sdk import _shared_internal
+
+    from kiki_otel import _otlp_http
+
+    sdk_warnings: list[str] = []
+    real_warning = _shared_internal._logger.warning
+
+    def counted(msg: str, *args: object, **kwargs: object) -> None:
+        sdk_warnings.append(msg)
+        real_warning(msg, *args, **kwargs)
+
+    receiver.mode = "hang"
+    provider = LoggerProvider(resource=RESOURCE, shutdown_on_exit=False)
+    exporter = FastLogExporter(OTLPHttpClient(receiver.http_url("logs"), timeout=2.0))
+    batch = BatchLogRecordProcessor(exporter, max_queue_size=8, max_export_batch_size=2)
+    provider.add_log_record_processor(batch)
+    emitter = OTelEmitter(provider)
+    _otlp_http._queue_full.clear()
+    _shared_internal._logger.warning = counted  # type: ignore[method-assign]
+    try:
+        with caplog.at_level(logging.WARNING, logger="kiki_otel._export"):
+            for i in range(40):
+                emitter(None, "info", {"event": f"r{i}", "level": "info", "logger": "app"})
+                time.sleep(0.001)
+    finally:
+        _shared_internal._logger.warning = real_warning  # type: ignore[method-assign]
+    queue = batch._batch_processor._queue
+    assert len(queue) == 8
+    bodies = [item.payload for item in queue]  # the newest stay (appendleft: newest first)
+    assert b"\x0a\x03r39" in bodies[0]
+    assert not any(b"\x0a\x02r0" in body for body in bodies)  # the oldest fell off
+    assert not [w for w in sdk_warnings if w.startswith("Queue full")]
+    reports = [r for r in caplog.records if "queue full" in r.getMessage()]
+    assert len(reports) == 1 and "Log" in reports[0].getMessage()
+    receiver.mode = "ok"
+    provider.shutdown()
