@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ._ratelimit import Throttle
+
 __all__ = [
     "Encoded",
     "encode_log",
@@ -247,9 +249,8 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     return b"".join(out)
 
 
-_DROPPED_EVERY_S = 60.0
-_dropped_keys: dict[Any, list[float]] = {}
-"""Attribute key -> [time of its next report, values dropped since the last one]."""
+_drops = Throttle(60.0, max_keys=_KEYS_MAX)
+"""Dropped attributes, reported once a minute per key."""
 
 
 def _dropped(key: Any, error: Exception) -> None:
@@ -258,15 +259,11 @@ def _dropped(key: Any, error: Exception) -> None:
     It is dropped from its span or record; reported once a minute per key, with the count,
     not with a traceback per span.
     """
-    now = time.monotonic()
-    state = _dropped_keys.get(key)
-    if state is not None and now < state[0]:
-        state[1] += 1
-        return
-    held = int(state[1]) if state is not None else 0
-    if state is not None or len(_dropped_keys) < _KEYS_MAX:
-        _dropped_keys[key] = [now + _DROPPED_EVERY_S, 0]
-    _logger.warning("Attribute %r dropped: %s (%d more since the last report)", key, error, held)
+    held = _drops.due(key)
+    if held is not None:
+        _logger.warning(
+            "Attribute %r dropped: %s (%d more since the last report)", key, error, held
+        )
 
 
 def _field(cache: _TagCache, tag: bytes, key: Any, value: Any, kind: type) -> bytes:

@@ -49,6 +49,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from ._otlp_client import Attempt, RetryingClient, basic_auth, export_logger, redact
 from ._otlp_encode import encode_log, encode_log_event, encode_logs, encode_spans
+from ._ratelimit import Throttle
 
 __all__ = [
     "DirectLogs",
@@ -401,9 +402,8 @@ class DirectLogs:
 
 _QUEUE_FIELDS = ("_queue", "_max_queue_size", "_metrics", "_shutdown", "_pid", "_exporting")
 """What :func:`enqueue` reads of the SDK's batch processor; without one, no direct path."""
-_QUEUE_FULL_EVERY_S = 30.0
-_queue_full: dict[str, list[float]] = {}
-"""Signal -> [time of its next report, items dropped since the last one]."""
+_queue_full = Throttle(30.0)
+"""Items dropped from a full export queue, reported per signal every 30 s."""
 
 
 def has_queue(batch: object) -> bool:
@@ -430,18 +430,13 @@ def enqueue(batch: Any, item: Any) -> None:
 
 
 def _report_full(signal: str) -> None:
-    now = time.monotonic()
-    state = _queue_full.get(signal)
-    if state is not None and now < state[0]:
-        state[1] += 1
-        return
-    held = int(state[1]) if state is not None else 0
-    _queue_full[signal] = [now + _QUEUE_FULL_EVERY_S, 0]
-    _logger.warning(
-        "OTLP export queue full, dropping %s (%d more dropped since the last report)",
-        signal,
-        held,
-    )
+    held = _queue_full.due(signal)
+    if held is not None:
+        _logger.warning(
+            "OTLP export queue full, dropping %s (%d more dropped since the last report)",
+            signal,
+            held,
+        )
 
 
 def direct_logs(provider: object, logger: object) -> DirectLogs | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
-__all__ = ["RateLimitedLog"]
+__all__ = ["RateLimitedLog", "Throttle"]
 
 
 class RateLimitedLog:
@@ -36,3 +36,29 @@ class RateLimitedLog:
             suppressed = self._suppressed.pop(event, 0)
         self._logger.warning(event, suppressed=suppressed, **fields)
         return True
+
+
+class Throttle:
+    """Per key, lets one report through every ``interval`` seconds and counts the rest.
+
+    For hot paths that must not log per item (a dropped attribute, a dropped queue item):
+    no lock, as a lost count under a race only makes a report's number slightly low. At
+    most ``max_keys`` keys are remembered; beyond them every report goes through.
+    """
+
+    def __init__(self, interval: float, max_keys: int = 1024) -> None:
+        self._interval = interval
+        self._max_keys = max_keys
+        self.state: dict[Any, list[float]] = {}
+        """Key -> [time of its next report, items held back since the last one]."""
+
+    def due(self, key: Any) -> int | None:
+        """The count held back since the last report if one is due now, else None."""
+        now = time.monotonic()
+        state = self.state.get(key)
+        if state is not None and now < state[0]:
+            state[1] += 1
+            return None
+        if state is not None or len(self.state) < self._max_keys:
+            self.state[key] = [now + self._interval, 0]
+        return int(state[1]) if state is not None else 0

@@ -435,7 +435,7 @@ def test_an_attribute_protobuf_cannot_take_is_reported_once_a_minute(
     once per key per minute with the count, not an error with a traceback per span."""
     spans = _spans()
     caplog.set_level("WARNING", logger="kiki_otel._otlp_encode")
-    _otlp_encode._dropped_keys.clear()
+    _otlp_encode._drops.state.clear()
     for span in spans[:1] * 5:
         span._attributes = {"app.hash": 2**64 - 1, "ok": 1}  # as set_attribute would keep it
         request = ExportTraceServiceRequest.FromString(encode_spans([span]))
@@ -443,7 +443,7 @@ def test_an_attribute_protobuf_cannot_take_is_reported_once_a_minute(
         assert [a.key for a in got.attributes] == ["ok"]
     reports = [r for r in caplog.records if "app.hash" in r.getMessage()]
     assert len(reports) == 1 and reports[0].levelname == "WARNING" and not reports[0].exc_info
-    assert _otlp_encode._dropped_keys["app.hash"][1] == 4  # held back, counted
+    assert _otlp_encode._drops.state["app.hash"][1] == 4  # held back, counted
 
 
 def test_repeated_names_and_bodies_are_cached_within_bounds(

@@ -598,7 +598,7 @@ def test_a_full_export_queue_drops_without_a_warning_per_item(
     batch = BatchLogRecordProcessor(exporter, max_queue_size=8, max_export_batch_size=2)
     provider.add_log_record_processor(batch)
     emitter = OTelEmitter(provider)
-    _otlp_http._queue_full.clear()
+    _otlp_http._queue_full.state.clear()
     _shared_internal._logger.warning = counted  # type: ignore[method-assign]
     try:
         with caplog.at_level(logging.WARNING, logger="kiki_otel._export"):
