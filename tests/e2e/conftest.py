@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 
 from tests.support.otlp_receiver import OTLPReceiver
 
@@ -199,7 +200,10 @@ def traffic(demo: Demo) -> Iterator[Traffic]:
 
     def run() -> None:
         deadline = time.monotonic() + 600
-        with httpx.Client(timeout=10) as client:
+        # The harness is not the service under test: unit tests that run later configure()
+        # kiki-otel in this process, which instruments httpx globally, and this thread's calls
+        # would turn into client spans at their receivers.
+        with suppress_http_instrumentation(), httpx.Client(timeout=10) as client:
             n = 0
             while not sent.stop.is_set() and time.monotonic() < deadline:
                 try:
