@@ -5,6 +5,7 @@ services and their traffic. Everything is session-scoped: started once, torn dow
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -214,8 +215,22 @@ def traffic(demo: Demo) -> Iterator[Traffic]:
                 sent.stop.wait(0.1)
 
     thread = threading.Thread(target=run, name="e2e-traffic", daemon=True)
+    # Nor are its "HTTP Request: ..." lines: they would reach the log pipeline of whichever
+    # later test has configured logging, and tests that read every line they emit.
+    quiet = _NotFromThread(thread.name)
+    logging.getLogger("httpx").addFilter(quiet)
     thread.start()
     wait_until("first traced requests", lambda: sent.plan_ids and sent.checkout_ids, timeout=30)
     yield sent
     sent.stop.set()
     thread.join(15)
+    logging.getLogger("httpx").removeFilter(quiet)
+
+
+class _NotFromThread(logging.Filter):
+    def __init__(self, thread_name: str) -> None:
+        super().__init__()
+        self._thread_name = thread_name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.threadName != self._thread_name
