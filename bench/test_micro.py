@@ -2,7 +2,8 @@
 
 ``.venv/bin/pytest bench/test_micro.py --benchmark-only`` (add ``--benchmark-columns=min,median``).
 They time the pieces the budget is made of: span encoding (ours vs official), the JSON log
-chain (stdout only, and with the OTel record), a duration-histogram record and the request
+chain (stdout only, and with the OTel record), the access line (through structlog and
+direct), a duration-histogram record and the request
 span's start/end (SDK vs kiki's direct paths), one request through the server middleware,
 and ``configure()``.
 """
@@ -161,6 +162,20 @@ def test_log_line_in_a_span(benchmark: Any, quiet_stdout: None, otel: bool) -> N
     log = kiki_otel.get_logger("bench")
     with telemetry.tracer("bench").start_as_current_span("s"):
         benchmark(log.info, "plan.loaded", plan_id=5, user="u1")
+
+
+@pytest.mark.parametrize("path", ["structlog", "direct"])
+def test_access_line(benchmark: Any, quiet_stdout: None, path: str) -> None:
+    """The middleware's access line with its OTel record: through structlog or built directly."""
+    from kiki_otel._access_log import DirectAccessLog, StructlogAccessLog
+
+    telemetry = kiki_otel.configure(
+        service_name="bench", exporter_otlp_endpoint="http://127.0.0.1:9"
+    )
+    log = DirectAccessLog() if path == "direct" else StructlogAccessLog()
+    with telemetry.tracer("bench").start_as_current_span("s") as span:
+        context = span.get_span_context()
+        benchmark(log, "GET", "/plans/7", "/plans/{plan_id}", 200, 0.123, context)
 
 
 def test_request_through_server_middleware(benchmark: Any, quiet_stdout: None) -> None:

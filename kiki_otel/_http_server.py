@@ -21,6 +21,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 from opentelemetry.trace.span import Span
 
+from ._access_log import access_log
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
 from ._context import client_request_id
 from ._fast_histogram import fast_histogram
@@ -174,8 +175,7 @@ class ServerTelemetry:
         self._server_timing = http.server_timing
         self._accept_client_id = http.accept_client_request_id
         self._client_id_max = http.client_request_id_max_length
-        # Bound now (after configure_logging): the hot path skips the lazy proxy's rebuild.
-        self._access_log = get_logger("kiki_otel.access").bind() if http.access_log else None
+        self._access_log = access_log() if http.access_log else None
         self._warn = RateLimitedLog(get_logger("kiki_otel.http"), interval=10.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -416,14 +416,13 @@ class ServerTelemetry:
             span.set_attribute("error.type", str(status))
             span.set_status(StatusCode.ERROR)
         if self._access_log is not None:
-            log = self._access_log.error if status >= 500 else self._access_log.info
-            log(
-                "http.request",
-                method=scope.get("method"),
-                path=scope["path"],
-                route=route,
-                status=status,
-                duration_ms=round(duration * 1000.0, 3),
+            self._access_log(
+                scope.get("method"),
+                scope["path"],
+                route,
+                status,
+                round(duration * 1000.0, 3),
+                span.get_span_context(),
             )
         self._duration.record(duration, metric_attrs)
         if self._direct is not None:

@@ -311,6 +311,16 @@ class _Output:
             pass
 
 
+class _OutputLoggerFactory:
+    """structlog's logger factory: an :class:`_OutputLogger` named as ``get_logger(name)``."""
+
+    def __init__(self, output: _Output) -> None:
+        self._output = output
+
+    def __call__(self, *args: Any) -> _OutputLogger:
+        return _OutputLogger(self._output, args[0] if args else None)
+
+
 class _OutputLogger:
     """The structlog "wrapped logger": every level method writes the rendered line."""
 
@@ -423,29 +433,79 @@ def configure_logging(
     ]
     if logger_provider is not None and settings.log_to_otel and settings.logs_exporter != "none":
         shared.append(OTelEmitter(logger_provider, trace_based=settings.log_trace_based))
-    shared.append(_renderer(settings))
+    renderer = _renderer(settings)
+    shared.append(renderer)
     output = _Output()
+    processors: list[Processor] = [
+        add_logger_name,
+        structlog.processors.add_log_level,
+        add_timestamp,
+        *shared,
+    ]
+    min_level = logging.getLevelNamesMapping()[settings.log_level]
     structlog.configure(
-        processors=[
-            add_logger_name,
-            structlog.processors.add_log_level,
-            add_timestamp,
-            *shared,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[settings.log_level]
-        ),
-        logger_factory=lambda *args: _OutputLogger(output, args[0] if args else None),
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(min_level),
+        logger_factory=_OutputLoggerFactory(output),
         # Not cached: a proxy used before configure() (an import-time log line) or across
         # testing.reset()/structlog.testing.capture_logs() must follow the current config.
         # Costs ~1.4 us a line; the per-request access logger binds once instead.
         cache_logger_on_first_use=False,
     )
+    global _installed
+    emitter = shared[-2] if isinstance(shared[-2], OTelEmitter) else None
+    _installed = Chain(structlog.get_config(), output, emitter, renderer, service, min_level)
     _route_stdlib(StdlibBridge(shared, output), settings)
+
+
+class Chain:
+    """What :func:`configure_logging` installed, for the access line's direct path.
+
+    While structlog's configuration still holds the very processor list (with the same
+    processors: ``capture_logs()`` swaps them in place), bound-logger class and logger
+    factory given to it, the chain is the one described here (a user's
+    ``structlog.configure(wrapper_class=...)`` alone changes the level, say).
+    """
+
+    _KEYS = ("processors", "wrapper_class", "logger_factory")
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        output: _Output,
+        emitter: OTelEmitter | None,
+        renderer: Processor,
+        service: str,
+        min_level: int,
+    ) -> None:
+        self._config = tuple(config[key] for key in self._KEYS)
+        self.processors: list[Processor] = config["processors"]
+        self.installed_processors = list(self.processors)
+        self.output = output
+        self.emitter = emitter
+        self.renderer = renderer
+        self.service = service
+        self.min_level = min_level
+
+    def is_current(self) -> bool:
+        config = structlog.get_config()
+        return self.processors == self.installed_processors and all(
+            config[key] is held for key, held in zip(self._KEYS, self._config, strict=True)
+        )
+
+
+_installed: Chain | None = None
+
+
+def installed_chain() -> Chain | None:
+    """The chain :func:`configure_logging` last installed (None after :func:`reset_logging`)."""
+    return _installed
 
 
 def reset_logging() -> None:
     """Undo :func:`configure_logging` (for tests): structlog defaults, no bridge on root."""
+    global _installed
+    _installed = None
     structlog.reset_defaults()
     root = logging.getLogger()
     for handler in list(root.handlers):
