@@ -18,7 +18,7 @@ from ._health import HealthRegistry
 from ._health_checks import scrub
 from ._http_client import instrument_httpx
 from ._lifecycle import Lifecycle
-from ._logging import configure_logging, get_logger
+from ._logging import OwnLogger, configure_logging
 from ._providers import Providers, build_providers
 from ._resource import build_resource, service_name_of
 from ._settings import Settings, check_override_keys, load_settings
@@ -27,7 +27,7 @@ from ._telemetry import Telemetry
 
 __all__ = ["configure", "current"]
 
-log = get_logger("kiki_otel")
+log = OwnLogger("kiki_otel")
 _lock = threading.RLock()
 _telemetry: Telemetry | None = None
 

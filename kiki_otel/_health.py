@@ -31,7 +31,7 @@ from ._health_checks import BuiltCheck, CheckFailed, http_check, redis_check, sc
 from ._health_metrics import HealthMetrics
 from ._health_model import CheckResult, HealthReport, HealthStatus, overall_status
 from ._lifecycle import Lifecycle
-from ._logging import get_logger
+from ._logging import OwnLogger
 from ._settings import HealthSettings, check_endpoint
 from ._shutdown import require_callable
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CheckFailed", "CheckResult", "HealthRegistry", "HealthReport", "HealthStatus"]
 
-log = get_logger("kiki_otel.health")
+log = OwnLogger("kiki_otel.health")
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,64}")
 # Checks must not produce spans or propagate trace headers: health endpoints are excluded

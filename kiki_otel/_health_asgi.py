@@ -19,14 +19,14 @@ import orjson
 
 from ._asgi import ASGIApp, Receive, Scope, Send
 from ._health import CheckResult, HealthRegistry, HealthReport, HealthStatus
-from ._logging import get_logger
+from ._logging import OwnLogger
 from ._settings import HealthSettings
 
 __all__ = ["HealthEndpoints", "ietf_body", "seed_body"]
 
 Body = dict[str, Any]
 
-log = get_logger("kiki_otel.health")
+log = OwnLogger("kiki_otel.health")
 
 _HEALTH_JSON = "application/health+json"
 _IETF_STATUS = {

@@ -26,7 +26,8 @@ from ._asgi import ASGIApp, Message, Receive, Scope, Send
 from ._context import client_request_id
 from ._fast_histogram import fast_histogram
 from ._fast_span import DirectSpans
-from ._logging import get_logger
+from ._json import safe_repr
+from ._logging import OwnLogger
 from ._providers import DURATION_BUCKETS
 from ._ratelimit import RateLimitedLog
 from ._settings import Settings
@@ -176,7 +177,7 @@ class ServerTelemetry:
         self._accept_client_id = http.accept_client_request_id
         self._client_id_max = http.client_request_id_max_length
         self._access_log = access_log() if http.access_log else None
-        self._warn = RateLimitedLog(get_logger("kiki_otel.http"), interval=10.0)
+        self._warn = RateLimitedLog(OwnLogger("kiki_otel.http"), interval=10.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
@@ -346,7 +347,8 @@ class ServerTelemetry:
                 self._active.done(active_key)
                 self._finish(scope, span, state, error, start, active_attrs)
             except Exception as failure:  # never replace the app's outcome, never leak ids
-                self._warn.warning("http.telemetry.failed", error=repr(failure)[:200])
+                # (never raises: kiki's own lines survive a chain that fails them)
+                self._warn.warning("http.telemetry.failed", error=safe_repr(failure)[:200])
             finally:
                 client_request_id.reset(client_token)
                 otel_context.detach(token)
@@ -415,6 +417,13 @@ class ServerTelemetry:
             metric_attrs["error.type"] = str(status)
             span.set_attribute("error.type", str(status))
             span.set_status(StatusCode.ERROR)
+        self._duration.record(duration, metric_attrs)
+        if self._direct is not None:
+            self._direct.end(span)
+        else:
+            span.end()
+        # Last: a logging chain that raises (a user's processor) costs the line, not the
+        # span or the metric. The span's context is still the current one.
         if self._access_log is not None:
             self._access_log(
                 scope.get("method"),
@@ -424,11 +433,6 @@ class ServerTelemetry:
                 round(duration * 1000.0, 3),
                 span.get_span_context(),
             )
-        self._duration.record(duration, metric_attrs)
-        if self._direct is not None:
-            self._direct.end(span)
-        else:
-            span.end()
 
 
 def _record_exception(span: Span, error: BaseException) -> None:

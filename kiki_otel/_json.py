@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["json_dumps"]
+__all__ = ["json_dumps", "safe_repr"]
 
 
 def json_dumps(value: Any, default: Callable[[Any], Any] | None = None, **_: Any) -> bytes:
@@ -37,7 +37,7 @@ def json_dumps(value: Any, default: Callable[[Any], Any] | None = None, **_: Any
         safe = _json_safe(value, ())
         return json.dumps(safe, default=_safe(default), separators=(",", ":")).encode()
     except Exception:  # a log call must not raise: keep what can be shown
-        return json.dumps({str(k): _safe_repr(v) for k, v in _items(value)}).encode()
+        return json.dumps({str(k): safe_repr(v) for k, v in _items(value)}).encode()
 
 
 _JSON_DEPTH = 64
@@ -65,14 +65,15 @@ def _safe(default: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
 
     def call(value: Any) -> Any:
         try:
-            return default(value) if default is not None else _safe_repr(value)
+            return default(value) if default is not None else safe_repr(value)
         except Exception:  # the repr of last resort below cannot raise
-            return _safe_repr(value)
+            return safe_repr(value)
 
     return call
 
 
-def _safe_repr(value: Any) -> str:
+def safe_repr(value: Any) -> str:
+    """``repr(value)``, or ``<unprintable T>`` when that raises."""
     try:
         return repr(value)
     except Exception:  # an ORM object whose repr needs a session, say

@@ -15,12 +15,12 @@ from typing import Any
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
 from ._lifecycle import Lifecycle
-from ._logging import get_logger
+from ._logging import OwnLogger
 from ._shutdown import ShutdownCoordinator
 
 __all__ = ["LifespanHooks", "foreign_signal_handlers"]
 
-log = get_logger("kiki_otel.lifecycle")
+log = OwnLogger("kiki_otel.lifecycle")
 _SERVER_MODULES = ("uvicorn", "gunicorn", "uvicorn_worker", "hypercorn", "granian")
 
 

@@ -10,6 +10,7 @@ collector cannot cause a log storm or a recursion.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -25,11 +26,11 @@ from opentelemetry.trace import get_current_span
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 from ._context import client_request_id, current_ids
-from ._json import json_dumps
+from ._json import json_dumps, safe_repr
 from ._otlp_http import DirectLogs, direct_logs
 from ._settings import Settings
 
-__all__ = ["BRIDGE_MARK", "configure_logging", "get_logger", "reset_logging"]
+__all__ = ["BRIDGE_MARK", "OwnLogger", "configure_logging", "get_logger", "reset_logging"]
 
 BRIDGE_MARK = "_kiki_otel_bridge"
 
@@ -520,3 +521,47 @@ def get_logger(name: str | None = None) -> FilteringBoundLogger:
     # The name goes to the logger factory (like stdlib's), and ``add_logger_name`` reads it.
     args = () if name is None else (name,)
     return cast(FilteringBoundLogger, structlog.get_logger(*args))
+
+
+class OwnLogger:
+    """kiki-otel's own log lines (reports, warnings), which must never raise.
+
+    They go through the configured chain like any line, and that chain may hold a user's
+    processor that raises. The caller is a shutdown flush, a middleware's ``finally``, a
+    health probe: raising there would lose telemetry or replace the app's response. A line
+    the chain fails on goes to the interpreter's stderr instead, as JSON, with the error.
+    """
+
+    __slots__ = ("_logger", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._logger = get_logger(name)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log("error", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        self._log("exception", event, fields)
+
+    def _log(self, method: str, event: str, fields: dict[str, Any]) -> None:
+        handled = sys.exc_info()[1] if method == "exception" else None
+        try:
+            getattr(self._logger, method)(event, **fields)
+        except Exception as error:
+            line = {**fields, "event": event, "logger": self._name, "level": method}
+            line["logging_failed"] = safe_repr(error)[:200]
+            if method == "exception":
+                line["level"] = "error"
+                line["exception"] = safe_repr(handled)[:200]
+            with contextlib.suppress(AttributeError, OSError, ValueError):  # no stderr either
+                sys.__stderr__.write(json_dumps(line).decode() + "\n")  # type: ignore[union-attr]

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import structlog
 from opentelemetry import _logs, metrics, trace
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import (
@@ -59,8 +58,6 @@ _DURATION_INSTRUMENTS = (
     "http.client.request.duration",
     "kiki.health.check.duration",
 )
-
-log = structlog.get_logger("kiki_otel")
 
 
 @dataclass

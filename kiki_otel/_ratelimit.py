@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
-
-from structlog.typing import FilteringBoundLogger
+from typing import Any, Protocol
 
 __all__ = ["RateLimitedLog", "Throttle"]
+
+
+class _Warns(Protocol):
+    def warning(self, event: str, **fields: Any) -> object: ...
 
 
 class RateLimitedLog:
     """``warning(event, **fields)`` logs the first call per ``interval`` seconds per event."""
 
-    def __init__(self, logger: FilteringBoundLogger, *, interval: float) -> None:
+    def __init__(self, logger: _Warns, *, interval: float) -> None:
         self._logger = logger
         self._interval = interval
         self._next: dict[str, float] = {}

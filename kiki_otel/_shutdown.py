@@ -24,14 +24,14 @@ from typing import Any, TypeVar
 
 from ._fork import after_fork_in_child, drop_inherited_connections, new_identity
 from ._lifecycle import Lifecycle
-from ._logging import get_logger
+from ._logging import OwnLogger
 from ._settings import ShutdownSettings
 
 __all__ = ["Cleanup", "ShutdownCoordinator", "ShutdownReport", "require_callable"]
 
 Cleanup = Callable[[], Awaitable[object]] | Callable[[], object]
 T = TypeVar("T")
-log = get_logger("kiki_otel.shutdown")
+log = OwnLogger("kiki_otel.shutdown")
 
 _FINAL_LOGS_SHARE = 0.1
 """Share of the deadline kept for flushing the shutdown's own log lines last..."""

@@ -12,7 +12,7 @@ from ._asgi import ASGIApp
 from ._http_server import ServerTelemetry
 from ._lifecycle import Lifecycle
 from ._lifespan import LifespanHooks
-from ._logging import get_logger
+from ._logging import OwnLogger
 from ._providers import Providers
 from ._settings import Settings
 from ._shutdown import Cleanup, ShutdownCoordinator, ShutdownReport
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["Telemetry"]
 
 _INSTALLED = "_kiki_otel_installed"
-log = get_logger("kiki_otel")
+log = OwnLogger("kiki_otel")
 
 
 @dataclass(eq=False)

@@ -692,3 +692,50 @@ async def test_trace_based_logs_keep_records_of_sampled_traces_only(
     assert bool(unsampled) is not trace_based  # item.loaded + http.request, or nothing
     assert ("http.request", "1" * 32) in records
     assert ("outside.any.trace", "0" * 32) in records
+
+
+def _raising_processor(events: set[str] | None) -> Any:
+    """A user's structlog processor that raises on ``events`` (on every line if None)."""
+
+    def processor(_logger: Any, _method: str, event_dict: Any) -> Any:
+        if events is None or event_dict.get("event") in events:
+            raise RuntimeError("a broken user processor")
+        return event_dict
+
+    return processor
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        pytest.param({"http.request"}, id="on-the-access-line"),
+        pytest.param(None, id="on-every-line"),
+    ],
+)
+async def test_a_logging_chain_that_raises_costs_only_the_line(
+    memory: Memory, capfd: pytest.CaptureFixture[str], events: set[str] | None
+) -> None:
+    """A user's processor that raises: the response, the span and the metric stay, and the
+    failure is reported (through the chain if it can, else on stderr)."""
+    import structlog
+
+    app = make_app()
+    kiki_otel.configure(app, service_name="svc-test", metrics_exporter="none")
+    structlog.configure(
+        processors=[_raising_processor(events), structlog.processors.JSONRenderer()]
+    )
+    async with client(app) as c:
+        response = await c.get("/forbidden")
+    assert response.status_code == 403 and response.headers["x-request-id"]
+    assert [s.name for s in server_spans(memory)] == ["GET /forbidden"]
+    assert [p.count for p in memory.metric_points("http.server.request.duration")] == [1]
+    out, err = capfd.readouterr()
+    reported = [
+        json.loads(line)
+        for line in (out + err).splitlines()
+        if line.startswith("{") and "http.telemetry.failed" in line
+    ]
+    assert len(reported) == 1 and "a broken user processor" in reported[0]["error"]
+    if events is None:  # the chain failed the report too: stderr has it, with why
+        assert "http.telemetry.failed" in err
+        assert "a broken user processor" in reported[0]["logging_failed"]

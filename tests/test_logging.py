@@ -358,3 +358,38 @@ def test_the_emitter_keeps_a_bounded_number_of_logger_names(memory: Memory) -> N
         if data.log_record.body == "hello"
     }
     assert f"tenant.{_logging._LOGGERS_MAX + 49}" in names
+
+
+def test_own_lines_never_raise_and_keep_the_handled_exception(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """kiki's own lines through a chain that raises: on stderr as JSON, with both errors."""
+    import structlog
+
+    from kiki_otel._logging import OwnLogger
+
+    kiki_otel.configure(service_name="svc", metrics_exporter="none", logs_exporter="none")
+    log = OwnLogger("kiki_otel.test")
+    log.info("fine.before", n=1)
+
+    def broken(_logger: Any, _method: str, _event: Any) -> Any:
+        raise ValueError("processor down")
+
+    structlog.configure(processors=[broken])
+    log.warning("report", count=2)
+    try:
+        raise KeyError("the real problem")
+    except KeyError:
+        log.exception("cleanup.failed", cleanup="close_db")
+    out, err = capfd.readouterr()
+    assert json.loads(out.splitlines()[-1])["event"] == "fine.before"
+    warning, failed = (json.loads(line) for line in err.splitlines())
+    assert warning == {
+        "count": 2,
+        "event": "report",
+        "logger": "kiki_otel.test",
+        "level": "warning",
+        "logging_failed": "ValueError('processor down')",
+    }
+    assert failed["level"] == "error" and failed["cleanup"] == "close_db"
+    assert failed["exception"] == "KeyError('the real problem')"

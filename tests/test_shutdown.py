@@ -472,3 +472,31 @@ def test_reset_lets_the_configured_telemetry_go() -> None:
     testing.reset(timeout=1.0)
     gc.collect()
     assert alive() is None
+
+
+def test_a_logging_chain_that_raises_does_not_stop_the_flush(
+    receiver: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Shutdown logs its start and report through the chain; a user's processor that raises
+    on every line must not cost the flush: the span still arrives, the report lines go to
+    stderr."""
+    import structlog
+
+    def broken(_logger: Any, _method: str, _event: Any) -> Any:
+        raise RuntimeError("a broken user processor")
+
+    telemetry = kiki_otel.configure(
+        service_name="svc",
+        exporter_otlp_endpoint=f"http://127.0.0.1:{receiver.http_port}",
+        metrics_exporter="none",
+    )
+    structlog.configure(processors=[broken])
+    with telemetry.tracer("test").start_as_current_span("before-shutdown"):
+        pass
+    report = telemetry.shutdown(5.0)
+    assert report.clean
+    assert [s.name for s in receiver.wait_for_spans(1)] == ["before-shutdown"]
+    err = capfd.readouterr().err
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert [line["event"] for line in lines] == ["shutdown.started", "shutdown.completed"]
+    assert all("a broken user processor" in line["logging_failed"] for line in lines)
