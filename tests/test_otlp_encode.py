@@ -8,6 +8,7 @@ give the official message.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from typing import Any
 
@@ -267,6 +268,44 @@ def test_cached_values_of_equal_but_different_types_stay_apart() -> None:
     for value in (True, 1, 1.0, "1", None, False, 0, 0.0, ""):
         record.log_record.attributes = {"v": value}
         assert encode_logs([record]) == official_logs([record]).SerializeToString(), value
+
+
+def test_bulk_lookups_keep_types_unhashables_and_skipped_fields_apart() -> None:
+    """A mapping's cached fields are looked up all at once: equal values of different types
+    (True, 1, 1.0, an IntEnum, a StrEnum) next to each other still encode as their own
+    types, an unhashable value beside cached ones costs them nothing, and a field an event
+    skips stays out even when an SDK record cached it as an attribute."""
+    from kiki_otel._logging import _RECORD_FIELDS
+    from kiki_otel._otlp_encode import encode_log, encode_log_event
+
+    class Code(enum.IntEnum):
+        OK = 1
+
+    class Word(enum.StrEnum):
+        ONE = "1"
+
+    record = _logs()[0]
+    shapes: list[dict[str, Any]] = [
+        {"v": True, "w": 1, "x": 1.0, "y": "1"},
+        {"v": 1, "w": 1.0, "x": True, "y": Word.ONE},
+        {"v": Code.OK, "w": "1", "x": 1, "y": 1.0, "tags": ["a", "b"]},
+        {"v": None, "w": False, "x": 0, "y": ""},
+    ]
+    for round_ in range(3):  # uncached, then every value cached
+        for attributes in shapes:
+            record.log_record.attributes = attributes
+            expected = official_logs([record]).SerializeToString()
+            assert encode_logs([record]) == expected, (round_, attributes)
+
+    record.log_record.attributes = {"level": "info", "event": "e", "timestamp": "t"}
+    encode_logs([record])  # now cached under the log attributes' tag
+    resource, scope = Resource({"service.name": "svc"}), InstrumentationScope("kiki_otel.x")
+    fields = (1, SeverityNumber.INFO, "INFO", "e")
+    ids = (0, 0, 0, resource, scope)
+    event = {"a": 1, "event": "e", "level": "info", "timestamp": "t", "b": "x"}
+    direct = encode_log_event(*fields, event, _RECORD_FIELDS, *ids)
+    assert direct is not None
+    assert direct.payload == encode_log(*fields, {"a": 1, "b": "x"}, *ids).payload
 
 
 def test_direct_log_records_encode_like_the_sdk_records() -> None:
