@@ -15,7 +15,7 @@ the line goes through structlog as before (:class:`StructlogAccessLog`).
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from collections.abc import Callable
 
 import structlog
 from opentelemetry.trace import SpanContext
@@ -29,17 +29,9 @@ ACCESS_LOGGER = "kiki_otel.access"
 ACCESS_EVENT = "http.request"
 
 
-class AccessLog(Protocol):
-    def __call__(
-        self,
-        method: str | None,
-        path: str,
-        route: str | None,
-        status: int,
-        duration_ms: float,
-        span_context: SpanContext,
-    ) -> None:
-        """Log the request (level error for a 5xx, info otherwise)."""
+AccessLog = Callable[[str | None, str, str | None, int, float, SpanContext], None]
+"""Log a request: method, path, route, status, duration (ms), the request span's context.
+Level error for a 5xx, info otherwise."""
 
 
 class StructlogAccessLog:
