@@ -18,10 +18,10 @@ import logging
 from collections.abc import Callable
 
 import structlog
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import SpanContext, get_current_span
 
 from ._context import client_request_id
-from ._logging import add_timestamp, get_logger, installed_chain
+from ._logging import add_timestamp, get_logger, installed_chain, structure_exception
 
 __all__ = ["ACCESS_EVENT", "ACCESS_LOGGER", "AccessLog", "access_log"]
 
@@ -29,9 +29,9 @@ ACCESS_LOGGER = "kiki_otel.access"
 ACCESS_EVENT = "http.request"
 
 
-AccessLog = Callable[[str | None, str, str | None, int, float, SpanContext], None]
-"""Log a request: method, path, route, status, duration (ms), the request span's context.
-Level error for a 5xx, info otherwise."""
+AccessLog = Callable[[str | None, str, str | None, int, float], None]
+"""Log a request: method, path, route, status, duration (ms); level error for a 5xx, info
+otherwise. Called while the request's context is current."""
 
 
 class StructlogAccessLog:
@@ -48,7 +48,6 @@ class StructlogAccessLog:
         route: str | None,
         status: int,
         duration_ms: float,
-        span_context: SpanContext,
     ) -> None:
         log = self._logger.error if status >= 500 else self._logger.info
         log(
@@ -65,9 +64,9 @@ class DirectAccessLog:
     """The line the installed chain would make, built directly (see the module docstring).
 
     The order of the chain is kept: the call's fields, ``event``, ``logger``, ``level``,
-    ``timestamp``, context variables not already present, the correlation ids (of the
-    request span, which is the current span when the middleware logs), a client's own
-    request id, ``service``; then the OTel emitter and the renderer.
+    ``timestamp``, context variables not already present, the current span's ids, a
+    client's own request id, ``service``, the exception fields; then the OTel emitter and
+    the renderer.
     """
 
     def __init__(self) -> None:
@@ -92,10 +91,9 @@ class DirectAccessLog:
         route: str | None,
         status: int,
         duration_ms: float,
-        span_context: SpanContext,
     ) -> None:
         if self._live != self._installed:
-            self._structlog(method, path, route, status, duration_ms, span_context)
+            self._structlog(method, path, route, status, duration_ms)
             return
         if status >= 500:
             if not self._error:
@@ -118,6 +116,9 @@ class DirectAccessLog:
         }
         add_timestamp(None, level, event)
         self._merge(None, level, event)
+        # The current span, as add_correlation and the OTel record take it: the request
+        # span, unless the app left one of its own current.
+        span_context = get_current_span().get_span_context()
         if span_context.is_valid:
             cached, trace_id, span_id = self._ids  # one tuple read: consistent across threads
             if cached is not span_context:
@@ -130,6 +131,7 @@ class DirectAccessLog:
         if client_id is not None:
             event.setdefault("client_request_id", client_id)
         event.setdefault("service", chain.service)
+        structure_exception(None, level, event)  # only a context variable can bring exc_info
         if chain.emitter is not None:
             chain.emitter(None, level, event)
         chain.output.write(chain.renderer(None, level, event))  # type: ignore[arg-type]

@@ -417,22 +417,30 @@ class ServerTelemetry:
             metric_attrs["error.type"] = str(status)
             span.set_attribute("error.type", str(status))
             span.set_status(StatusCode.ERROR)
-        self._duration.record(duration, metric_attrs)
-        if self._direct is not None:
-            self._direct.end(span)
-        else:
-            span.end()
-        # Last: a logging chain that raises (a user's processor) costs the line, not the
-        # span or the metric. The span's context is still the current one.
+        # The metric, the span and the access line each go out even when another one raises
+        # (a user's span processor, a user's structlog processor); the first failure is
+        # raised after all three, for the caller to report.
+        failure: Exception | None = None
+        try:
+            self._duration.record(duration, metric_attrs)
+        except Exception as exc:
+            failure = exc
+        try:
+            if self._direct is not None:
+                self._direct.end(span)
+            else:
+                span.end()
+        except Exception as exc:
+            failure = failure or exc
         if self._access_log is not None:
-            self._access_log(
-                scope.get("method"),
-                scope["path"],
-                route,
-                status,
-                round(duration * 1000.0, 3),
-                span.get_span_context(),
-            )
+            try:
+                self._access_log(
+                    scope.get("method"), scope["path"], route, status, round(duration * 1e3, 3)
+                )
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
 
 def _record_exception(span: Span, error: BaseException) -> None:

@@ -401,8 +401,26 @@ class ExporterNoiseFilter(logging.Filter):
 def _renderer(settings: Settings) -> Processor:
     if settings.log_format == "console":
         colors = bool(getattr(sys.stdout, "isatty", lambda: False)())
-        return structlog.dev.ConsoleRenderer(colors=colors)
+        return ConsoleRenderer(colors=colors)
     return structlog.processors.JSONRenderer(serializer=json_dumps)
+
+
+class ConsoleRenderer:
+    """structlog's console renderer, given the traceback as text.
+
+    :func:`structure_exception` makes ``exception`` a dict (type, message, stacktrace) for
+    the JSON line and the OTel record; structlog's renderer appends ``exception`` to the
+    line as a str, and raised on the dict.
+    """
+
+    def __init__(self, *, colors: bool) -> None:
+        self._render = structlog.dev.ConsoleRenderer(colors=colors)
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+        exception = event_dict.get("exception")
+        if isinstance(exception, dict):
+            event_dict["exception"] = str(exception.get("stacktrace", exception)).rstrip("\n")
+        return self._render(logger, method, event_dict)
 
 
 def _route_stdlib(bridge: StdlibBridge, settings: Settings) -> None:
@@ -490,8 +508,11 @@ class Chain:
 
     def is_current(self) -> bool:
         config = structlog.get_config()
-        return self.processors == self.installed_processors and all(
-            config[key] is held for key, held in zip(self._KEYS, self._config, strict=True)
+        return (
+            self.processors == self.installed_processors
+            and all(config[key] is held for key, held in zip(self._KEYS, self._config, strict=True))
+            # a bound logger starts from its context; the direct line from an empty dict
+            and config["context_class"] is dict
         )
 
 
@@ -530,6 +551,8 @@ class OwnLogger:
     processor that raises. The caller is a shutdown flush, a middleware's ``finally``, a
     health probe: raising there would lose telemetry or replace the app's response. A line
     the chain fails on goes to the interpreter's stderr instead, as JSON, with the error.
+    (A user's ``CallsiteParameterAdder`` names this wrapper as the call site; the
+    ``logger`` field still names the kiki module.)
     """
 
     __slots__ = ("_logger", "_name")

@@ -68,6 +68,11 @@ CASES = [
         {"user": "u-1", "path": "/shadowed", "trace_id": "forged", "service": "other"},
         id="context-vars-shadowing-own-keys",
     ),
+    pytest.param(
+        ("GET", "/items/3", "/items/{item_id}", 200, 1.25),
+        {"exc_info": False, "level": "debug", "client_request_id": "bound"},
+        id="context-vars-exc-info-level-client-id",
+    ),
 ]
 
 
@@ -88,12 +93,12 @@ def test_direct_line_and_record_equal_the_chains(
     token = client_request_id.set(client_id)
     try:
         with (
-            tracer.start_as_current_span("request") as span,
+            tracer.start_as_current_span("request"),
             structlog.contextvars.bound_contextvars(**bound),
         ):
             capsys.readouterr()
-            direct(*args, span.get_span_context())
-            chain(*args, span.get_span_context())
+            direct(*args)
+            chain(*args)
     finally:
         client_request_id.reset(token)
     direct_line, chain_line = capsys.readouterr().out.splitlines()
@@ -124,7 +129,7 @@ def test_other_chains_write_the_same_too(
     assert isinstance(direct, DirectAccessLog)
     capsys.readouterr()
     for path in (direct, chain):
-        path("GET", "/items/3", "/items/{item_id}", 200, 1.25, in_a_request)
+        path("GET", "/items/3", "/items/{item_id}", 200, 1.25)
     first, second = capsys.readouterr().out.splitlines()
     assert first == second and "http.request" in first
     records = [_record(r) for r in memory.logs() if r.body == "http.request"]
@@ -146,29 +151,53 @@ def test_the_level_filters_both_paths_alike(
     for path in (access_log(), StructlogAccessLog()):
         capsys.readouterr()
         for status in (200, 404, 500):
-            path("GET", "/x", "/x", status, 1.0, in_a_request)
+            path("GET", "/x", "/x", status, 1.0)
         statuses = [line for line in capsys.readouterr().out.splitlines() if "http.request" in line]
         assert [int(s.split('"status":')[1].split(",")[0]) for s in statuses] == logged
 
 
-def test_the_ids_are_the_given_span_contexts(
-    memory: Memory, capsys: pytest.CaptureFixture[str]
+def test_the_ids_are_the_current_span_contexts(
+    memory: Memory, frozen_clock: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Unsampled, or no SDK (a random non-recording context): the ids are still there."""
+    """Unsampled, or no SDK (a random non-recording context): the ids are still there; a
+    span the app left current gives the line and the record its ids, on both paths alike."""
     _configure()
-    direct = access_log()
+    direct, chain = access_log(), StructlogAccessLog()
     unsampled = SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(0))
     with trace.use_span(NonRecordingSpan(unsampled)):
         capsys.readouterr()
-        direct("GET", "/x", "/x", 200, 1.0, unsampled)
-        direct("GET", "/x", "/x", 200, 1.0, unsampled)  # the cached hex ids
+        direct("GET", "/x", "/x", 200, 1.0)
+        direct("GET", "/x", "/x", 200, 1.0)  # the cached hex ids
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     for line in lines:
         assert f'"trace_id":"{0xABC:032x}","request_id":"{0xABC:032x}"' in line
         assert f'"span_id":"{0xDEF:016x}"' in line
-    direct("GET", "/x", "/x", 200, 1.0, trace.INVALID_SPAN_CONTEXT)
+    direct("GET", "/x", "/x", 200, 1.0)  # outside any span
     assert "trace_id" not in capsys.readouterr().out
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("request"), tracer.start_as_current_span("left-current"):
+        direct("GET", "/x", "/x", 200, 1.0)
+        chain("GET", "/x", "/x", 200, 1.0)
+        current = trace.get_current_span().get_span_context()
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == second and f'"span_id":"{current.span_id:016x}"' in first
+    direct_record, chain_record = (_record(r) for r in memory.logs()[-2:])
+    assert direct_record == chain_record and direct_record[6] == current.span_id
+
+
+def test_a_thread_local_context_class_keeps_the_structlog_path(memory: Memory) -> None:
+    """A bound logger starts from its context class's content (structlog's deprecated
+    thread-local dicts): the direct line, built from an empty dict, would miss it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from structlog.threadlocal import wrap_dict
+
+        structlog.configure(context_class=wrap_dict(dict))
+    _configure()
+    assert isinstance(access_log(), StructlogAccessLog)
 
 
 def test_the_direct_path_only_while_kikis_chain_is_configured(memory: Memory) -> None:
@@ -199,7 +228,7 @@ def test_a_user_chain_gets_the_line_through_structlog(
     )
     log = _access_log.access_log()
     capsys.readouterr()
-    log("GET", "/x", "/x", 200, 1.0, in_a_request)
+    log("GET", "/x", "/x", 200, 1.0)
     assert '"added_by_user": true' in capsys.readouterr().out
 
 
@@ -216,10 +245,10 @@ def test_capture_logs_begun_later_still_gets_the_line(
     log = access_log()
     assert isinstance(log, DirectAccessLog)
     with structlog.testing.capture_logs() as captured:
-        log("GET", "/x", "/x", 200, 1.0, in_a_request)
+        log("GET", "/x", "/x", 200, 1.0)
     assert [(c["event"], c["status"], c["log_level"]) for c in captured] == [
         ("http.request", 200, "info")
     ]
     capsys.readouterr()
-    log("GET", "/x", "/x", 200, 1.0, in_a_request)  # and direct again afterwards
+    log("GET", "/x", "/x", 200, 1.0)  # and direct again afterwards
     assert '"event":"http.request"' in capsys.readouterr().out

@@ -739,3 +739,30 @@ async def test_a_logging_chain_that_raises_costs_only_the_line(
     if events is None:  # the chain failed the report too: stderr has it, with why
         assert "http.telemetry.failed" in err
         assert "a broken user processor" in reported[0]["logging_failed"]
+
+
+async def test_a_span_processor_that_raises_costs_no_line_nor_metric(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user's span processor whose ``on_end`` raises (the SDK passes it on): the response,
+    the access line with its OTel record and the metric still go out, and it is reported."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class Broken(SpanProcessor):
+        def on_end(self, span: Any) -> None:
+            raise KeyError("tenant")
+
+    provider: Any = trace.get_tracer_provider()  # memory's SDK provider
+    provider.add_span_processor(Broken())
+    app = make_app()
+    kiki_otel.configure(app, service_name="svc-test", metrics_exporter="none")
+    async with client(app) as c:
+        response = await c.get("/forbidden")
+    assert response.status_code == 403
+    lines = log_lines(capsys.readouterr().out)
+    assert [l["status"] for l in lines if l["event"] == "http.request"] == [403]
+    assert [r.body for r in memory.logs() if r.body == "http.request"] == ["http.request"]
+    assert [p.count for p in memory.metric_points("http.server.request.duration")] == [1]
+    (failed,) = [l for l in lines if l["event"] == "http.telemetry.failed"]
+    assert "tenant" in failed["error"]

@@ -393,3 +393,22 @@ def test_own_lines_never_raise_and_keep_the_handled_exception(
     }
     assert failed["level"] == "error" and failed["cleanup"] == "close_db"
     assert failed["exception"] == "KeyError('the real problem')"
+
+
+def test_console_format_renders_exceptions_with_their_traceback(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The console renderer gets the traceback text (the JSON line and the OTel record keep
+    the structured fields): ``log.exception`` in console format used to raise TypeError."""
+    kiki_otel.configure(service_name="svc", metrics_exporter="none", log_format="console")
+    log = kiki_otel.get_logger("test.console")
+    try:
+        raise ValueError("bad input")
+    except ValueError:
+        log.exception("import.failed", file="a.csv")
+    out = capsys.readouterr().out
+    assert "import.failed" in out and "file" in out
+    assert "Traceback (most recent call last)" in out and "ValueError: bad input" in out
+    (record,) = [r for r in memory.logs() if r.body == "import.failed"]
+    assert record.attributes["exception.type"] == "ValueError"
+    assert "ValueError: bad input" in record.attributes["exception.stacktrace"]
