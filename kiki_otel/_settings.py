@@ -10,10 +10,18 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import unquote, urlsplit
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretBytes,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = [
@@ -405,6 +413,26 @@ class ServiceSettings(BaseSettings):
         return load_settings(cls, overrides)
 
 
+def _annotation(model: type[BaseModel], loc: tuple[int | str, ...]) -> Any:
+    """The annotation of the field at ``loc`` (through nested groups), or None."""
+    annotation: Any = None
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        field = fields.get(part) if isinstance(fields, dict) and isinstance(part, str) else None
+        if field is None:
+            return annotation
+        annotation = current = field.annotation
+    return annotation
+
+
+def _is_secret(annotation: Any) -> bool:
+    """True for ``SecretStr``/``SecretBytes``, also inside ``X | None``, ``Optional``..."""
+    if annotation in (SecretStr, SecretBytes):
+        return True
+    return any(_is_secret(arg) for arg in get_args(annotation))
+
+
 def _env_names(model: type[BaseSettings], loc: tuple[int | str, ...]) -> tuple[str, str]:
     """The environment variable(s) and keyword path a validation error location comes from."""
     config = model.model_config
@@ -466,13 +494,18 @@ def load_settings(model: type[S], overrides: Mapping[str, Any]) -> S:
         for error in exc.errors():
             loc = tuple(part for part in error["loc"] if part != "__root__")
             names, keyword = _env_names(model, loc)
-            value = error.get("input")
-            shown = (
-                "<hidden>"
-                if "headers" in names.lower() or "secret" in names.lower()
-                else scrub(repr(value))  # an endpoint's user:password@ never shown
-            )
-            lines.append(f"  {names} (keyword {keyword!r}): {error['msg']} (got {shown})")
+            line = f"  {names} (keyword {keyword!r}): {error['msg']}"
+            if error["type"] != "missing":  # a missing field's input is every other value
+                value = error.get("input")
+                hidden = (
+                    "headers" in names.lower()
+                    or "secret" in names.lower()
+                    or _is_secret(_annotation(model, loc))
+                    or isinstance(value, Mapping)  # a whole group's values
+                )
+                # an endpoint's user:password@ is never shown either
+                line += f" (got {'<hidden>' if hidden else scrub(repr(value))})"
+            lines.append(line)
         raise ConfigurationError(
             f"invalid {model.__name__} ({len(lines)} error(s)):\n" + "\n".join(lines)
         ) from None

@@ -276,3 +276,30 @@ def test_a_misspelt_keyword_to_service_settings_fails() -> None:
     )
     with pytest.raises(ConfigurationError, match=r"databse_url.*did you mean 'database_url'"):
         OrdersConfig.load(databse_url="postgresql+asyncpg://db/orders")
+
+
+def test_load_errors_never_show_secret_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing field's error shows no input (pydantic's is every other value), a secret
+    field's bad value is hidden, a plain field's bad value is still shown."""
+    from pydantic import Field, SecretBytes
+
+    class BrainConfig(ServiceSettings):
+        database_url: SecretStr
+        jwt_secret: SecretStr
+        signing_key: SecretBytes | None = None
+        api_token: SecretStr = Field(min_length=20)
+        pool_size: int = 20
+        openai_api_key: SecretStr
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:db-pass-1@db:5432/brain")
+    monkeypatch.setenv("JWT_SECRET", "prod-jwt-signing-key-123")
+    monkeypatch.setenv("API_TOKEN", "short-token-7")
+    monkeypatch.setenv("POOL_SIZE", "twenty")
+    with pytest.raises(ConfigurationError) as caught:
+        BrainConfig.load()
+    message = str(caught.value)
+    assert "OPENAI_API_KEY (keyword 'openai_api_key'): Field required\n" in message + "\n"
+    assert "API_TOKEN (keyword 'api_token')" in message and "(got <hidden>)" in message
+    assert "POOL_SIZE (keyword 'pool_size')" in message and "(got 'twenty')" in message
+    for secret in ("db-pass-1", "prod-jwt-signing-key-123", "short-token-7"):
+        assert secret not in message
