@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import inspect
 import math
 import re
@@ -30,6 +31,7 @@ from opentelemetry.metrics import MeterProvider
 from ._health_checks import BuiltCheck, CheckFailed, http_check, redis_check, scrub, sql_check
 from ._health_metrics import HealthMetrics
 from ._health_model import CheckResult, HealthReport, HealthStatus, overall_status
+from ._json import safe_repr
 from ._lifecycle import Lifecycle
 from ._logging import OwnLogger
 from ._settings import HealthSettings, check_endpoint
@@ -70,13 +72,77 @@ def _is_async(fn: Callable[[], object]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
 
 
-def _interpret(value: object) -> tuple[HealthStatus, str | None]:
-    """Map a return value: a HealthStatus or ``False`` is honoured, anything else is healthy."""
-    if isinstance(value, HealthStatus):
-        return value, None if value is HealthStatus.HEALTHY else "reported"
+_MISSING = object()
+
+
+def _interpret(value: object) -> tuple[HealthStatus, str | None, str | None]:
+    """Map what a check returned to (status, reason, detail).
+
+    Honoured: a :class:`HealthStatus` or a status word (``_STATUS_NAMES``, any case),
+    ``False``, and the ``status`` of a mapping or an object the check returns (the seed
+    kit's ``DependencyHealth``, a dict, a pydantic model), where a number is an HTTP status.
+    A ``status`` that is none of these is unhealthy: a check that says how it is must not be
+    read as healthy. Anything else (None, True, "PONG", a row) is healthy: returning is
+    healthy.
+    """
     if value is False:
-        return HealthStatus.UNHEALTHY, "reported"
-    return HealthStatus.HEALTHY, None
+        return HealthStatus.UNHEALTHY, "reported", None
+    if isinstance(value, str | bool) or value is None:
+        return _named(value), _reported(_named(value)), None
+    if isinstance(value, Mapping):
+        status = value.get("status", _MISSING)
+    else:
+        try:
+            status = getattr(value, "status", _MISSING)
+        except Exception:  # a property that raises: the object says nothing usable
+            status = _MISSING
+    if status is _MISSING:
+        return HealthStatus.HEALTHY, None, None
+    return _status_field(status)
+
+
+def _named(value: object) -> HealthStatus:
+    """A status word ("unhealthy", "DOWN", a HealthStatus) as a status; else healthy."""
+    if isinstance(value, str):
+        return _STATUS_NAMES.get(value.lower(), HealthStatus.HEALTHY)
+    return HealthStatus.HEALTHY
+
+
+def _reported(status: HealthStatus) -> str | None:
+    return None if status is HealthStatus.HEALTHY else "reported"
+
+
+def _status_field(status: object) -> tuple[HealthStatus, str | None, str | None]:
+    """A returned object's own ``status``: a name, an enum of names, a bool or an HTTP code."""
+    if isinstance(status, enum.Enum) and not isinstance(status, HealthStatus):
+        status = status.value
+    if isinstance(status, bool):
+        return (
+            (HealthStatus.HEALTHY, None, None)
+            if status
+            else (HealthStatus.UNHEALTHY, "reported", None)
+        )
+    if isinstance(status, int):
+        if 200 <= status < 400:
+            return HealthStatus.HEALTHY, None, None
+        return HealthStatus.UNHEALTHY, "reported", f"the check returned status {status}"
+    if isinstance(status, str) and status.lower() in _STATUS_NAMES:
+        named = _STATUS_NAMES[status.lower()]
+        return named, _reported(named), None
+    return _unknown(status)
+
+
+def _unknown(status: object) -> tuple[HealthStatus, str | None, str | None]:
+    shown = scrub(safe_repr(status))[:100]
+    return HealthStatus.UNHEALTHY, "unknown_status", f"the check returned status {shown}"
+
+
+_STATUS_NAMES = {
+    **dict.fromkeys(("healthy", "ok", "up", "pass"), HealthStatus.HEALTHY),
+    **dict.fromkeys(("degraded", "warn"), HealthStatus.DEGRADED),
+    **dict.fromkeys(("unhealthy", "down", "fail", "error"), HealthStatus.UNHEALTHY),
+}
+"""Status words, lower case: ours, and health+json's (pass/warn/fail) and Spring's (UP/DOWN)."""
 
 
 def _text(exc: BaseException) -> str:
@@ -187,7 +253,11 @@ class HealthRegistry:
         timeout: float | None = None,
         ttl: float | None = None,
     ) -> None:
-        """Add any check: returning is healthy, a HealthStatus/bool is honoured, raising fails.
+        """Add any check: returning is healthy, raising fails, and a status it returns counts.
+
+        ``False``, a :class:`HealthStatus`, a status word ("unhealthy", "DOWN", "warn"...) or
+        an object or mapping with such a ``status`` (the seed kit's result objects) is
+        honoured; an unknown ``status`` is unhealthy.
 
         A synchronous function runs on the registry's small thread pool, never on the loop.
         """
@@ -357,8 +427,7 @@ class HealthRegistry:
             return HealthStatus.UNHEALTHY, "cancelled", "the check raised CancelledError"
         exc = inner.exception()
         if exc is None:
-            status, reason = _interpret(inner.result())
-            return status, reason, None
+            return _interpret(inner.result())
         if isinstance(exc, CheckFailed):
             return HealthStatus.UNHEALTHY, exc.reason, scrub(_text(exc))
         reason = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__

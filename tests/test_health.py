@@ -4,6 +4,7 @@ status-change events and the health metrics (in memory and over real OTLP)."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -136,6 +137,62 @@ async def test_thousand_concurrent_probes_call_the_dependency_once(make: Factory
     assert len({r.dependencies[0].checked_at for r in reports}) == 1  # all saw the same run
     await asyncio.gather(*(registry.report() for _ in range(1000)))
     assert check.calls == 1
+
+
+class _SeedHealth:
+    """The seed kit's result object: a ``status`` attribute (an enum of words)."""
+
+    class Status(enum.Enum):
+        HEALTHY = "healthy"
+        UNHEALTHY = "unhealthy"
+
+    def __init__(self, status: Any) -> None:
+        self.status = status
+        self.response_time_ms = 2.3
+
+
+class _RaisingStatus:
+    @property
+    def status(self) -> str:
+        raise RuntimeError("no session")
+
+
+@pytest.mark.parametrize(
+    ("returned", "status", "reason"),
+    [
+        # what a check says of itself is honoured, in the usual vocabularies
+        (_SeedHealth(_SeedHealth.Status.UNHEALTHY), HealthStatus.UNHEALTHY, "reported"),
+        (_SeedHealth(_SeedHealth.Status.HEALTHY), HealthStatus.HEALTHY, None),
+        (_SeedHealth("degraded"), HealthStatus.DEGRADED, "reported"),
+        ({"status": "unhealthy", "error": "timeout"}, HealthStatus.UNHEALTHY, "reported"),
+        ({"status": "DOWN"}, HealthStatus.UNHEALTHY, "reported"),
+        ({"status": "pass"}, HealthStatus.HEALTHY, None),
+        ({"status": "warn"}, HealthStatus.DEGRADED, "reported"),
+        ({"status": 503}, HealthStatus.UNHEALTHY, "reported"),
+        ({"status": 204}, HealthStatus.HEALTHY, None),
+        ({"status": True}, HealthStatus.HEALTHY, None),
+        ({"status": False}, HealthStatus.UNHEALTHY, "reported"),
+        ({"status": "on fire"}, HealthStatus.UNHEALTHY, "unknown_status"),
+        ({"status": None}, HealthStatus.UNHEALTHY, "unknown_status"),
+        ("unhealthy", HealthStatus.UNHEALTHY, "reported"),
+        ("Degraded", HealthStatus.DEGRADED, "reported"),
+        # anything that says nothing of a status: returning is healthy
+        ("PONG", HealthStatus.HEALTHY, None),
+        (True, HealthStatus.HEALTHY, None),
+        (None, HealthStatus.HEALTHY, None),
+        ({"rows": 1}, HealthStatus.HEALTHY, None),
+        ([("ok",)], HealthStatus.HEALTHY, None),
+        (_RaisingStatus(), HealthStatus.HEALTHY, None),
+    ],
+)
+async def test_a_returned_status_is_honoured(
+    make: Factory, returned: object, status: HealthStatus, reason: str | None
+) -> None:
+    """The seed kit's checks return an object with a ``status``; it must not read healthy."""
+    registry = make()
+    registry.add_check("dep", Counting(returned))
+    (dep,) = (await registry.report()).dependencies
+    assert (dep.status, dep.reason) == (status, reason)
 
 
 async def test_expired_ttl_runs_the_check_again(make: Factory) -> None:
