@@ -10,7 +10,13 @@ from contextvars import ContextVar
 
 from opentelemetry import trace
 
-__all__ = ["client_request_id", "current_ids", "get_request_id"]
+__all__ = [
+    "client_request_id",
+    "current_ids",
+    "get_request_id",
+    "mark_exception",
+    "marked_span_context",
+]
 
 client_request_id: ContextVar[str | None] = ContextVar("kiki_client_request_id", default=None)
 """A client's own (allowlisted) X-Request-ID, kept beside ours for their log searches."""
@@ -32,3 +38,30 @@ def get_request_id() -> str | None:
     """
     context = trace.get_current_span().get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else None
+
+
+_MARK = "_kiki_otel_span_context"
+
+
+def mark_exception(error: BaseException, span_context: trace.SpanContext) -> None:
+    """Remember on ``error`` the request it escaped from.
+
+    The server logs an exception that escapes the app ("Exception in ASGI application")
+    after the middleware has left the request's context: the mark lets that line, and its
+    OTel record, carry the request's ids. An exception whose ``__setattr__`` refuses is left
+    unmarked; one already marked (by a nested request) keeps the innermost request.
+    """
+    try:
+        if _MARK not in vars(error):
+            setattr(error, _MARK, span_context)
+    except Exception:  # noqa: S110 - a __setattr__ that refuses: the line goes unmarked
+        pass
+
+
+def marked_span_context(error: object) -> trace.SpanContext | None:
+    """The span context :func:`mark_exception` left on ``error``, if any."""
+    try:
+        context = getattr(error, _MARK, None)
+    except Exception:  # a hostile __getattr__
+        return None
+    return context if isinstance(context, trace.SpanContext) else None

@@ -23,7 +23,7 @@ from opentelemetry.trace.span import Span
 
 from ._access_log import access_log
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
-from ._context import client_request_id
+from ._context import client_request_id, mark_exception
 from ._fast_histogram import fast_histogram
 from ._fast_span import DirectSpans
 from ._json import safe_repr
@@ -339,6 +339,7 @@ class ServerTelemetry:
             await self.app(scope, receive, send_wrapper)
         except BaseException as exc:
             error = exc
+            mark_exception(exc, span_context)  # for the server's line about it, logged later
             if not state.started and isinstance(exc, Exception):
                 await self._send_500(send_wrapper)
             raise

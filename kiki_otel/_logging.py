@@ -17,15 +17,18 @@ import threading
 import time
 import traceback
 from collections.abc import MutableMapping
+from contextvars import Token
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import structlog
+from opentelemetry import context as otel_context
 from opentelemetry._logs import LoggerProvider, SeverityNumber
-from opentelemetry.trace import get_current_span
+from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, get_current_span, set_span_in_context
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
-from ._context import client_request_id, current_ids
+from ._context import client_request_id, current_ids, marked_span_context
 from ._json import json_dumps, safe_repr
 from ._otlp_http import DirectLogs, direct_logs
 from ._settings import Settings
@@ -358,14 +361,34 @@ class StdlibBridge(logging.Handler):
                 name = key if type(key) is str else str(key)  # extra={1: ...} is allowed
                 if name not in _STDLIB_ATTRS and not name.startswith("_"):
                     event_dict[name] = value
+            token = None
             if record.exc_info and record.exc_info[0] is not None:
                 event_dict["exc_info"] = record.exc_info
-            result: Any = event_dict
-            for processor in self._processors:
-                result = processor(None, level, result)
+                token = _enter_marked_request(record.exc_info[1])
+            try:
+                result: Any = event_dict
+                for processor in self._processors:
+                    result = processor(None, level, result)
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
             self._output.write(result)
         except Exception:
             self.handleError(record)
+
+
+def _enter_marked_request(error: BaseException | None) -> Token[Context] | None:
+    """Outside any trace, make the request an exception escaped from current again.
+
+    The server's "Exception in ASGI application" line is logged after the middleware left
+    the request: with the request's span context current (non-recording), the line and its
+    OTel record get the request's ids like every other line of it. Returns the token to
+    detach, or None.
+    """
+    span_context = marked_span_context(error)
+    if span_context is None or get_current_span().get_span_context().is_valid:
+        return None
+    return otel_context.attach(set_span_in_context(NonRecordingSpan(span_context)))
 
 
 class ExporterNoiseFilter(logging.Filter):

@@ -766,3 +766,56 @@ async def test_a_span_processor_that_raises_costs_no_line_nor_metric(
     assert [p.count for p in memory.metric_points("http.server.request.duration")] == [1]
     (failed,) = [l for l in lines if l["event"] == "http.telemetry.failed"]
     assert "tenant" in failed["error"]
+
+
+async def test_the_servers_line_about_an_escaped_exception_has_the_requests_ids(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server logs an exception that escapes the app ("Exception in ASGI application")
+    after the middleware left the request: the line and its OTel record still get the
+    request's ids (the exception carries them), and a line outside any request does not."""
+    import logging
+
+    app = make_app()
+    kiki_otel.configure(app, service_name="svc-test", metrics_exporter="none")
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        with pytest.raises(RuntimeError, match="kaboom") as caught:
+            await c.get("/boom")
+    (span,) = server_spans(memory)
+    request_id = format(span.context.trace_id, "032x")
+    capsys.readouterr()
+    server_log = logging.getLogger("uvicorn.error")
+    server_log.error("Exception in ASGI application", exc_info=caught.value)
+    server_log.error("unrelated failure", exc_info=ValueError("elsewhere"))
+    marked, unrelated = log_lines(capsys.readouterr().out)
+    assert marked["event"] == "Exception in ASGI application"
+    assert marked["request_id"] == marked["trace_id"] == request_id
+    assert marked["span_id"] == format(span.context.span_id, "016x")
+    assert marked["exception"]["type"] == "RuntimeError"
+    assert "trace_id" not in unrelated
+    records = {r.body: r for r in memory.logs()}
+    assert records["Exception in ASGI application"].trace_id == span.context.trace_id
+    assert records["unrelated failure"].trace_id == 0
+    from opentelemetry import trace
+
+    assert not trace.get_current_span().get_span_context().is_valid  # detached again
+
+
+def test_an_exception_that_refuses_attributes_is_left_unmarked() -> None:
+    from opentelemetry.trace import SpanContext
+
+    from kiki_otel._context import mark_exception, marked_span_context
+
+    class Frozen(Exception):
+        def __setattr__(self, name: str, value: object) -> None:
+            raise RuntimeError("frozen")
+
+    context = SpanContext(1, 2, is_remote=False)
+    error = Frozen()
+    mark_exception(error, context)
+    assert marked_span_context(error) is None
+    plain, inner = ValueError(), SpanContext(3, 4, is_remote=False)
+    mark_exception(plain, inner)
+    mark_exception(plain, context)  # an outer request: the innermost keeps it
+    assert marked_span_context(plain) is inner

@@ -125,7 +125,8 @@ def test_propagation_through_a_second_service_keeps_one_trace(receiver: OTLPRece
 
 def test_unhandled_error_is_a_500_with_id_error_span_and_log(receiver: OTLPReceiver) -> None:
     """/boom: 500 with X-Request-ID; the span is ERROR with an exception event; the access
-    log line is error level; uvicorn's traceback goes through the same JSON chain."""
+    log line is error level; uvicorn's traceback goes through the same JSON chain, with the
+    request's ids on the line and on its OTel record (uvicorn logs it after the request)."""
     with ServerProcess(env=demo_env(receiver, "http/protobuf", "demo-boom")) as server:
         server.wait_ready()
         response = httpx.get(server.url + "/boom")
@@ -144,6 +145,12 @@ def test_unhandled_error_is_a_500_with_id_error_span_and_log(receiver: OTLPRecei
             if l.get("logger", "").startswith("uvicorn") and l.get("level") == "error"
         ]
         assert errors and errors[-1]["exception"]["type"] == "RuntimeError"
+        assert errors[-1]["request_id"] == errors[-1]["trace_id"] == request_id
+        traceback_records = [
+            r for r in receiver.wait_for_logs(2, trace_id=request_id) if r.body != "http.request"
+        ]
+        assert [r.scope_name for r in traceback_records] == [errors[-1]["logger"]]
+        assert traceback_records[0].attributes["exception.type"] == "RuntimeError"
 
 
 def test_bad_incoming_headers_over_real_http(receiver: OTLPReceiver) -> None:
