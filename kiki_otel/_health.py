@@ -88,7 +88,8 @@ def _interpret(value: object) -> tuple[HealthStatus, str | None, str | None]:
     if value is False:
         return HealthStatus.UNHEALTHY, "reported", None
     if isinstance(value, str | bool) or value is None:
-        return _named(value), _reported(_named(value)), None
+        named = _named(value)
+        return named, _reported(named), None
     if isinstance(value, Mapping):
         status = value.get("status", _MISSING)
     else:
