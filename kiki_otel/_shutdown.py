@@ -73,6 +73,32 @@ def _name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
+async def _within(awaitable: Awaitable[T], budget: float) -> T:
+    """``await awaitable`` for at most ``budget`` seconds, never waiting for it to stop.
+
+    ``asyncio.wait_for`` cancels on timeout and then waits for the task to end: a cleanup
+    that catches the cancellation and awaits again (closing a connection, say) held the
+    shutdown past its deadline and was not even reported. Here it is cancelled and left,
+    and TimeoutError is raised at once.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=budget)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        raise TimeoutError
+    return task.result()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # so asyncio does not log "exception was never retrieved"
+
+
 async def _in_thread(fn: Callable[[], T], name: str) -> T:
     """Run ``fn`` on a new daemon thread and await its result (no executor needed)."""
     loop = asyncio.get_running_loop()
@@ -239,11 +265,11 @@ class ShutdownCoordinator:
                 continue
             try:
                 if inspect.iscoroutinefunction(fn):
-                    await asyncio.wait_for(fn(), budget)
+                    await _within(fn(), budget)
                 else:
-                    result = await asyncio.wait_for(_in_thread(fn, "cleanup"), budget)
+                    result = await _within(_in_thread(fn, "cleanup"), budget)
                     if inspect.isawaitable(result):
-                        await asyncio.wait_for(result, max(0.0, deadline - time.monotonic()))
+                        await _within(result, max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 report.timed_out_cleanups.append(_name(fn))
                 log.error("shutdown.cleanup_timeout", cleanup=_name(fn), timeout_s=round(budget, 3))

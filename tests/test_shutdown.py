@@ -89,6 +89,30 @@ async def test_failing_and_hanging_cleanups_do_not_block_the_rest() -> None:
     assert report.timed_out_cleanups == [hangs.__qualname__]
 
 
+async def test_a_cleanup_that_ignores_its_cancellation_is_left_behind() -> None:
+    """A cleanup that catches the cancellation and keeps awaiting (closing a connection on
+    cancel) is reported as timed out and left: the cleanups after it and the flush get
+    their time. ``asyncio.wait_for`` waited for it, past the whole deadline."""
+    ran: list[str] = []
+    release = asyncio.Event()
+    flushed = OkProvider()
+    shutdown, _ = coordinator({"traces": flushed}, cleanup_timeout=0.2, timeout=3.0)
+    shutdown.on_shutdown(lambda: ran.append("after it"))
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await release.wait()  # "close the connection": takes as long as it takes
+
+    shutdown.on_shutdown(stubborn)
+    report = await shutdown.run()
+    assert report.timed_out_cleanups == [stubborn.__qualname__]
+    assert ran == ["after it"] and report.abandoned == [] and flushed.calls == ["shutdown"]
+    release.set()  # let the abandoned task end with the test
+    await asyncio.sleep(0)
+
+
 async def test_readiness_flips_before_cleanups() -> None:
     """The lifecycle is 'stopping' (readiness 503) by the time the first cleanup runs."""
     seen: list[str] = []
