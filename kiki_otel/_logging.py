@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -446,7 +447,18 @@ class ConsoleRenderer:
         return self._render(logger, method, event_dict)
 
 
+_SERVER_LOGGERS = (
+    "uvicorn",
+    "uvicorn.error",
+    "uvicorn.access",
+    "gunicorn.error",
+    "gunicorn.access",
+)
+_reclaim_registered = False
+
+
 def _route_stdlib(bridge: StdlibBridge, settings: Settings) -> None:
+    global _reclaim_registered
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)  # one output: basicConfig/uvicorn handlers would duplicate
@@ -454,13 +466,28 @@ def _route_stdlib(bridge: StdlibBridge, settings: Settings) -> None:
     root.setLevel(settings.log_level)
     # uvicorn/gunicorn install their own handlers before importing the app: send their
     # records through the root chain instead, and drop uvicorn's access log (ours replaces it).
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error", "gunicorn.access"):
-        named = logging.getLogger(name)
-        named.handlers.clear()
-        named.propagate = True
+    _reclaim_server_loggers()
+    if not _reclaim_registered and hasattr(os, "register_at_fork"):
+        # gunicorn --preload: configure() ran in the master, and the worker object, built
+        # there before each fork, gives uvicorn's loggers gunicorn's handlers again.
+        os.register_at_fork(after_in_child=_reclaim_server_loggers)
+        _reclaim_registered = True
     if settings.http.access_log:
         logging.getLogger("uvicorn.access").disabled = True
         logging.getLogger("gunicorn.access").disabled = True
+
+
+def _reclaim_server_loggers() -> None:
+    """Route the servers' loggers through the root chain (while kiki's logging is installed).
+
+    Also runs in every forked child: no lock is taken (plain attribute writes), nothing logs.
+    """
+    if _installed is None:  # reset_logging() since: not ours to route
+        return
+    for name in _SERVER_LOGGERS:
+        named = logging.getLogger(name)
+        named.handlers = []
+        named.propagate = True
 
 
 def configure_logging(

@@ -84,6 +84,15 @@ def test_each_worker_is_its_own_instance_and_flushes_on_sigterm(kind: str, proto
                 instances[span.resource["process.pid"]].add(span.resource["service.instance.id"])
         workers = worker_pids(server)
         assert set(instances) <= workers and len(instances) == WORKERS, (instances, workers)
+        # uvicorn's own lines go through the JSON chain in every worker (with --preload the
+        # worker object, built in the master, had given them gunicorn's handlers again)
+        started = {
+            int(match.group(1))
+            for line in server.json_lines()
+            if line.get("logger") == "uvicorn.error"
+            and (match := re.search(r"Started server process \[(\d+)\]", str(line.get("event"))))
+        }
+        assert started == workers, (started, workers)
         assert all(len(ids) == 1 for ids in instances.values())
         assert len(set().union(*instances.values())) == WORKERS
 
