@@ -11,6 +11,7 @@ collector cannot cause a log storm or a recursion.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -165,7 +166,20 @@ def _attribute(value: Any) -> Any:
         for v in value
     ):
         return list(value)
-    return json_dumps(value, default=str).decode()
+    # As the JSON line shows it: a value rendered as a JSON string (a UUID, a datetime, a
+    # repr) is that text, not a JSON document with its quotes; a mapping or a mixed list
+    # stays JSON text.
+    rendered = json_dumps(value, default=_line_default)
+    if rendered[:1] == b'"':
+        text: str = json.loads(rendered)
+        return text
+    return rendered.decode()
+
+
+def _line_default(value: Any) -> Any:
+    """What structlog's JSON renderer falls back to: ``__structlog__()``, else the repr."""
+    method = getattr(value, "__structlog__", None)
+    return method() if callable(method) else safe_repr(value)
 
 
 _LOGGERS_MAX = 512

@@ -412,3 +412,36 @@ def test_console_format_renders_exceptions_with_their_traceback(
     (record,) = [r for r in memory.logs() if r.body == "import.failed"]
     assert record.attributes["exception.type"] == "ValueError"
     assert "ValueError: bad input" in record.attributes["exception.stacktrace"]
+
+
+def test_otel_attributes_carry_the_text_the_line_shows(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A UUID, a datetime, a Decimal, bytes, an object with ``__structlog__``: the OTel
+    attribute is the text the JSON line shows, not a JSON document with its quotes (a search
+    for user_id=<uuid> must find the record); a mapping stays JSON text."""
+    import datetime
+    import decimal
+    import uuid
+
+    class Money:
+        def __structlog__(self) -> str:
+            return "EUR 19.99"
+
+    kiki_otel.configure(service_name="svc", metrics_exporter="none")
+    fields: dict[str, Any] = {
+        "user_id": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        "at": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+        "amount": decimal.Decimal("19.99"),
+        "raw": b"\x00ab",
+        "price": Money(),
+        "cart": {"items": 2, "ids": [1, 2]},
+    }
+    capsys.readouterr()
+    kiki_otel.get_logger("test.types").info("order.created", **fields)
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    (record,) = [r for r in memory.logs() if r.body == "order.created"]
+    for key in ("user_id", "at", "amount", "raw", "price"):
+        assert record.attributes[key] == line[key], key
+    assert record.attributes["user_id"] == "12345678-1234-5678-1234-567812345678"
+    assert json.loads(record.attributes["cart"]) == line["cart"] == {"items": 2, "ids": [1, 2]}
