@@ -418,10 +418,15 @@ def enqueue(batch: Any, item: Any) -> None:
     discards it afterwards): ~15 us each on the request thread, while the collector is down
     or slow, and it reports only the first signal's drops. Here the same drop (the oldest
     item goes, the SDK's drop metric counts it) is reported per signal every 30 s with the
-    count. Shutdown and a fork still take the SDK's own ``emit``.
+    count. After shutdown an item is dropped as the SDK drops it, without its "Shutdown
+    called, ignoring" line: uvicorn's own last lines come after kiki's shutdown, so every
+    graceful stop printed one (the lines themselves are on stdout). A fork still takes the
+    SDK's own ``emit``.
     """
+    if batch._shutdown:
+        return
     queue = batch._queue
-    if len(queue) < batch._max_queue_size or batch._shutdown or batch._pid != os.getpid():
+    if len(queue) < batch._max_queue_size or batch._pid != os.getpid():
         batch.emit(item)
         return
     batch._metrics.drop_items(1)

@@ -617,3 +617,25 @@ def test_a_full_export_queue_drops_without_a_warning_per_item(
     assert len(reports) == 1 and "Log" in reports[0].getMessage()
     receiver.mode = "ok"
     provider.shutdown()
+
+
+def test_lines_after_shutdown_print_no_sdk_shutdown_notice(
+    receiver: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """uvicorn's last lines ("Application shutdown complete.") come after kiki's shutdown:
+    they stay on stdout, their OTel records are dropped as the SDK drops them, and no
+    "Shutdown called, ignoring Log." line is printed for each."""
+    import kiki_otel
+
+    telemetry = kiki_otel.configure(
+        service_name="svc",
+        exporter_otlp_endpoint=f"http://127.0.0.1:{receiver.http_port}",
+        metrics_exporter="none",
+    )
+    assert telemetry.shutdown(5.0).clean
+    capsys.readouterr()
+    logging.getLogger("uvicorn.error").info("Application shutdown complete.")
+    kiki_otel.get_logger("app").info("late.line")
+    out = capsys.readouterr().out
+    assert "Application shutdown complete." in out and "late.line" in out
+    assert "Shutdown called" not in out
