@@ -27,6 +27,7 @@ import math
 import os
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -434,13 +435,26 @@ def enqueue(batch: Any, item: Any) -> None:
     _report_full(str(batch._exporting))
 
 
+_dropped: dict[str, int] = {}
+"""Items the direct paths dropped from a full export queue, per signal, in this process."""
+_dropped_lock = threading.Lock()
+
+
+def dropped_items() -> dict[str, int]:
+    """How many items :func:`enqueue` dropped so far, per signal ("Span", "Log")."""
+    with _dropped_lock:
+        return dict(_dropped)
+
+
 def _report_full(signal: str) -> None:
-    held = _queue_full.due(signal)
-    if held is not None:
+    with _dropped_lock:  # only on the drop path, never for an item that fits
+        total = _dropped[signal] = _dropped.get(signal, 0) + 1
+    if _queue_full.due(signal) is not None:
         _logger.warning(
-            "OTLP export queue full, dropping %s (%d more dropped since the last report)",
+            "OTLP export queue full: dropping %s items, %d so far "
+            "(the collector takes them slower than they come)",
             signal,
-            held,
+            total,
         )
 
 

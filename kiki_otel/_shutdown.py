@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from ._fork import after_fork_in_child, drop_inherited_connections, new_identity
 from ._lifecycle import Lifecycle
 from ._logging import OwnLogger
+from ._otlp_http import dropped_items
 from ._settings import ShutdownSettings
 
 __all__ = ["Cleanup", "ShutdownCoordinator", "ShutdownReport", "require_callable"]
@@ -50,6 +51,8 @@ class ShutdownReport:
     timed_out_cleanups: list[str] = field(default_factory=list)
     abandoned: list[str] = field(default_factory=list)
     """Signals whose provider was still flushing at the deadline: what they held may be lost."""
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Items dropped from a full export queue while the app ran ("Span", "Log": count)."""
 
     @property
     def clean(self) -> bool:
@@ -168,6 +171,7 @@ class ShutdownCoordinator:
         self._settings = settings
         self._lifecycle = lifecycle
         self._providers = providers  # {"traces": TracerProvider, ...}: only the ones we own
+        self._dropped_before = dropped_items()  # the report counts this instance's drops
         self._cleanups: list[Cleanup] = []
         self._init_state()
         after_fork_in_child(self._after_fork)
@@ -303,7 +307,13 @@ class ShutdownCoordinator:
             first["logs"] = _flush_in_thread("logs", flush_logs)
         report.abandoned = _join_until(first, first_deadline)
         report.flush_s = time.monotonic() - flush_start
-        event = log.info if report.clean else log.warning
+        before = self._dropped_before
+        report.dropped = {
+            signal: count - before.get(signal, 0)
+            for signal, count in dropped_items().items()
+            if count > before.get(signal, 0)
+        }
+        event = log.info if report.clean and not report.dropped else log.warning
         event(
             "shutdown.completed",
             drain_s=round(report.drain_s, 3),
@@ -312,6 +322,7 @@ class ShutdownCoordinator:
             failed_cleanups=report.failed_cleanups,
             timed_out_cleanups=report.timed_out_cleanups,
             abandoned=report.abandoned,
+            dropped=report.dropped,
         )
         if logs is not None and "logs" in report.abandoned:
             # Its flush ran out of time: not waited for, but still shut down, so its worker

@@ -599,6 +599,7 @@ def test_a_full_export_queue_drops_without_a_warning_per_item(
     provider.add_log_record_processor(batch)
     emitter = OTelEmitter(provider)
     _otlp_http._queue_full.state.clear()
+    before = _otlp_http.dropped_items().get("Log", 0)
     _shared_internal._logger.warning = counted  # type: ignore[method-assign]
     try:
         with caplog.at_level(logging.WARNING, logger="kiki_otel._export"):
@@ -615,6 +616,9 @@ def test_a_full_export_queue_drops_without_a_warning_per_item(
     assert not [w for w in sdk_warnings if w.startswith("Queue full")]
     reports = [r for r in caplog.records if "queue full" in r.getMessage()]
     assert len(reports) == 1 and "Log" in reports[0].getMessage()
+    assert "1 so far" in reports[0].getMessage()  # reported at the first drop
+    dropped = _otlp_http.dropped_items()["Log"] - before
+    assert 40 - 8 - 4 <= dropped <= 40 - 8  # all but the queue and what went out before
     receiver.mode = "ok"
     provider.shutdown()
 

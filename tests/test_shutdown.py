@@ -524,3 +524,17 @@ def test_a_logging_chain_that_raises_does_not_stop_the_flush(
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert [line["event"] for line in lines] == ["shutdown.started", "shutdown.completed"]
     assert all("a broken user processor" in line["logging_failed"] for line in lines)
+
+
+async def test_the_report_counts_what_full_export_queues_dropped() -> None:
+    """Items dropped from a full export queue while the app ran are in the shutdown report
+    (and its line, at warning level): a clean flush at the end does not mean nothing was lost."""
+    from kiki_otel import _otlp_http
+
+    _otlp_http._report_full("Span")  # before this instance: not counted
+    shutdown, _ = coordinator()
+    for _ in range(5):
+        _otlp_http._report_full("Log")
+    report = await shutdown.run()
+    assert report.dropped == {"Log": 5}
+    assert report.clean  # cleanups and flush: nothing failed, nothing abandoned
