@@ -265,25 +265,25 @@ class DirectSpans:
             return
         span.set_attributes(attributes)
 
-    def end(self, span: Any) -> None:
-        """``span.end()``; encoded straight into the batch queue when that is the only consumer."""
+    def end(self, span: Any, end_time: int | None = None) -> None:
+        """``span.end(end_time)``, encoded straight into the queue if that is the only consumer."""
         batch = self._batch
         if (
             batch is None
             or type(span) is not self._span_class
             or self._multi._span_processors is not self._processors
         ):
-            span.end()
+            span.end(end_time)
             return
         with span._lock:
             if span._start_time is None or span._end_time is not None:
                 ended = True
             else:
                 ended = False
-                span._end_time = time.time_ns()
+                span._end_time = end_time if end_time is not None else time.time_ns()
                 span._attributes._immutable = True
         if ended:
-            span.end()  # the SDK's own error or warning
+            span.end(end_time)  # the SDK's own error or warning
             return
         if span._record_end_metrics:
             span._record_end_metrics()

@@ -136,13 +136,20 @@ def _route_of(scope: Scope) -> str | None:
 
 
 class _Request:
-    """Per-request state shared between the send wrapper and the finally block."""
+    """Per-request state shared between the send wrapper and the finally block.
 
-    __slots__ = ("started", "status")
+    ``sent``/``sent_ns`` (perf counter, epoch ns): when the last response message was
+    handed to the server, 0 until then. The request ends there: FastAPI's background tasks
+    run after it, within the same ASGI call, but the client already has its response.
+    """
+
+    __slots__ = ("sent", "sent_ns", "started", "status")
 
     def __init__(self) -> None:
         self.status = 0
         self.started = False
+        self.sent = 0.0
+        self.sent_ns = 0
 
 
 class ServerTelemetry:
@@ -329,6 +336,7 @@ class ServerTelemetry:
                 outer_token = otel_context.attach(outer)
                 try:
                     await send(message)
+                    state.sent, state.sent_ns = time.perf_counter(), time.time_ns()
                 finally:
                     otel_context.detach(outer_token)
                 return
@@ -390,7 +398,7 @@ class ServerTelemetry:
         start: float,
         active_attrs: dict[str, Any],
     ) -> None:
-        duration = time.perf_counter() - start
+        duration = (state.sent or time.perf_counter()) - start
         status = state.status or (500 if error is not None else 0)
         route = _route_of(scope)
         metric_attrs = dict(active_attrs)
@@ -428,9 +436,9 @@ class ServerTelemetry:
             failure = exc
         try:
             if self._direct is not None:
-                self._direct.end(span)
+                self._direct.end(span, state.sent_ns or None)
             else:
-                span.end()
+                span.end(state.sent_ns or None)
         except Exception as exc:
             failure = failure or exc
         if self._access_log is not None:

@@ -819,3 +819,36 @@ def test_an_exception_that_refuses_attributes_is_left_unmarked() -> None:
     mark_exception(plain, inner)
     mark_exception(plain, context)  # an outer request: the innermost keeps it
     assert marked_span_context(plain) is inner
+
+
+async def test_the_request_ends_when_its_response_is_sent_not_after_background_tasks(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """FastAPI runs background tasks after the response, within the same ASGI call: the
+    span, the duration metric and the access line end at the response (the client's
+    latency), and the background task still sees the request's trace."""
+    import time
+
+    app = FastAPI()
+    seen: dict[str, Any] = {}
+
+    async def send_receipt() -> None:
+        seen["started_ns"] = time.time_ns()
+        seen["request_id"] = kiki_otel.get_request_id()
+        await asyncio.sleep(0.3)
+
+    @app.post("/checkout")
+    async def checkout(background: BackgroundTasks) -> dict[str, bool]:
+        background.add_task(send_receipt)
+        return {"ok": True}
+
+    kiki_otel.configure(app, service_name="svc-test", metrics_exporter="none")
+    async with client(app) as c:
+        response = await c.post("/checkout")
+    (span,) = server_spans(memory)
+    assert span.end_time <= seen["started_ns"]  # ended before the background task began
+    assert seen["request_id"] == response.headers["x-request-id"]
+    (line,) = [l for l in log_lines(capsys.readouterr().out) if l["event"] == "http.request"]
+    assert line["duration_ms"] <= (seen["started_ns"] - span.start_time) / 1e6 + 1.0
+    (point,) = memory.metric_points("http.server.request.duration")
+    assert point.sum <= (seen["started_ns"] - span.start_time) / 1e9 + 0.001
