@@ -61,9 +61,18 @@ def _json_safe(value: Any, path: tuple[int, ...]) -> Any:
 
 
 def _safe(default: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
-    """``default`` (repr, mostly) that cannot raise: an ORM object whose repr fails, say."""
+    """The stdlib fallback's ``default``: a value as orjson writes it, else ``default``.
+
+    ``default`` (repr, mostly) cannot raise here (an ORM object whose repr fails, say).
+    orjson first, so that one value only the stdlib takes (an int beyond 64 bits) does not
+    change how the rest of the line renders: a UUID or a datetime stays its plain text.
+    """
 
     def call(value: Any) -> Any:
+        try:
+            return orjson.loads(orjson.dumps(value, default=default))
+        except Exception:  # noqa: S110 - not orjson's either: the default below
+            pass
         try:
             return default(value) if default is not None else safe_repr(value)
         except Exception:  # the repr of last resort below cannot raise

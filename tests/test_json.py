@@ -35,3 +35,25 @@ def test_what_orjson_refuses_still_renders() -> None:
     ]
     for value, expected in cases:
         assert json.loads(json_dumps(value, default=repr)) == expected
+
+
+def test_one_value_only_the_stdlib_takes_does_not_change_the_rest() -> None:
+    """An int beyond 64 bits sends the line to the stdlib: a UUID, a datetime or a
+    dataclass beside it still renders as orjson writes it, not as its repr."""
+    import dataclasses
+    import datetime
+    import uuid
+
+    @dataclasses.dataclass
+    class Item:
+        sku: str
+
+    fields = {
+        "id": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        "at": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+        "item": Item("a-1"),
+    }
+    plain = json.loads(json_dumps(fields, default=repr))
+    with_big_int = json.loads(json_dumps({**fields, "n": 1 << 70}, default=repr))
+    assert with_big_int == {**plain, "n": 1 << 70}
+    assert plain["id"] == "12345678-1234-5678-1234-567812345678"
