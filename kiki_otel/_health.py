@@ -328,6 +328,7 @@ class HealthRegistry:
             ran = await asyncio.gather(*(self._shared_run(checks[i]) for i in stale))
             for i, result in zip(stale, ran, strict=True):
                 results[i] = result
+            self._note_overall()
         return self._build([r for r in results if r is not None])
 
     def snapshot(self, *, critical_only: bool = False) -> HealthReport:
@@ -460,7 +461,17 @@ class HealthRegistry:
         old = None if previous is None else previous.status
         if old is not result.status:
             _announce(result.name, old, result.status, result.reason, detail)
-        overall = overall_status(r for r in map(self._current, self._selected(False)) if r)
+
+    def _note_overall(self) -> None:
+        """Log the service's status when it changed, once every check has a result.
+
+        Called after a round of checks, not after each one: a round's checks finish one by
+        one, and the mixes of new and old results in between are states no probe saw.
+        """
+        results = [self._current(check) for check in self._selected(False)]
+        if any(result is None for result in results):
+            return
+        overall = overall_status(r for r in results if r is not None)
         if overall is not self._last_overall:
             _announce(None, self._last_overall, overall, None, None)
             self._last_overall = overall
@@ -481,6 +492,7 @@ class HealthRegistry:
             checks = tuple(self._checks.values())
             # return_exceptions: one broken run must not end refreshing for every check
             await asyncio.gather(*(self._shared_run(c) for c in checks), return_exceptions=True)
+            self._note_overall()
             await asyncio.sleep(interval)
 
     # -- closing ------------------------------------------------------------------------

@@ -436,6 +436,26 @@ async def test_status_changes_are_logged_once_per_change(make: Factory) -> None:
     assert [e["to"] for e in service] == ["healthy", "unhealthy", "healthy"]
 
 
+async def test_the_service_status_is_logged_for_whole_rounds_only(make: Factory) -> None:
+    """The service's status changes are logged once a round of checks is done: the mixes
+    of new and old results while a round's checks finish one by one are states no probe
+    saw (first probe degraded: no "healthy" first; then two checks swapping states at once:
+    no passing "unhealthy" or "healthy")."""
+    registry = make(cache_ttl=0)
+    slow, fast = Counting(), Counting(HealthStatus.DEGRADED)
+    registry.add_check("slow", slow, critical=False)
+    registry.add_check("fast", fast)
+    with structlog.testing.capture_logs() as logs:
+        assert (await registry.report()).status is HealthStatus.DEGRADED
+        slow.result, fast.result = HealthStatus.DEGRADED, None
+        assert (await registry.report()).status is HealthStatus.DEGRADED
+        slow.result, fast.result = None, False
+        assert (await registry.report()).status is HealthStatus.UNHEALTHY
+    service = [e for e in logs if e["event"] == "health.status_changed" and not e["dependency"]]
+    transitions = [(e["from"], e["to"]) for e in service]
+    assert transitions == [(None, "degraded"), ("degraded", "unhealthy")]
+
+
 async def test_status_change_adds_a_span_event_to_the_current_span(make: Factory) -> None:
     """Where a span is current, a status change also becomes a span event on it."""
     tracer = TracerProvider().get_tracer("test")
