@@ -26,11 +26,19 @@ REPO = Path(__file__).resolve().parents[2]
 _SCRUBBED_PREFIXES = ("OTEL_", "KIKI_OTEL_", "DEMO_", "JAEGER_", "OTLP_", "PROMETHEUS_", "LOKI_")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that was free a moment ago on 127.0.0.1 and not handed out before in this session
+    (two binds in a row may get the same ephemeral port; two components would then clash)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def clean_env(extra: Mapping[str, str]) -> dict[str, str]:

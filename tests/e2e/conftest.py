@@ -88,6 +88,49 @@ def stack(
     stop_all(running.procs)
 
 
+def start_service(
+    stack: Stack,
+    name: str,
+    port: int,
+    app: str,
+    extra: dict[str, str],
+    log_dir: Path,
+    procs: list[Proc],
+) -> Proc:
+    """A kiki-otel ASGI app (``module:attr``) under uvicorn on 127.0.0.1:``port``, exporting to the
+    collector; appended to ``procs`` before it is waited for, so the caller can stop it on failure.
+    """
+    env = clean_env(
+        {
+            "OTEL_SERVICE_NAME": name,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": stack.collector_otlp_http,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=e2e",
+            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_BLRP_SCHEDULE_DELAY": "200",
+            # as in docker-compose.yml: checks refresh in the background, so health metrics
+            # exist even for dependencies no readiness probe checks (non-critical ones)
+            "KIKI_OTEL_HEALTH__BACKGROUND_INTERVAL": "2",
+            **extra,
+        }
+    )
+    proc = Proc.start(
+        f"{name}-{port}",
+        [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        log_dir=log_dir,
+    )
+    procs.append(proc)
+    wait_until(
+        f"{name} /health/live",
+        lambda: httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2).status_code == 200,
+        timeout=60,
+        proc=proc,
+    )
+    return proc
+
+
 @dataclass
 class Demo:
     """The two demo services: A (upstream, calls B) and B."""
@@ -110,44 +153,7 @@ def demo(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dem
     running = Demo(a_url=f"http://127.0.0.1:{a_port}", b_url=f"http://127.0.0.1:{b_port}")
 
     def start(name: str, port: int, extra: dict[str, str]) -> Proc:
-        env = clean_env(
-            {
-                "OTEL_SERVICE_NAME": name,
-                "OTEL_EXPORTER_OTLP_ENDPOINT": stack.collector_otlp_http,
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-                "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=e2e",
-                "OTEL_METRIC_EXPORT_INTERVAL": "1000",
-                "OTEL_BSP_SCHEDULE_DELAY": "200",
-                "OTEL_BLRP_SCHEDULE_DELAY": "200",
-                # as in docker-compose.yml: checks refresh in the background, so health metrics
-                # exist even for dependencies no readiness probe checks (non-critical ones)
-                "KIKI_OTEL_HEALTH__BACKGROUND_INTERVAL": "2",
-                **extra,
-            }
-        )
-        proc = Proc.start(
-            name,
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "examples.demo.app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env=env,
-            log_dir=work,
-        )
-        running.procs.append(proc)
-        wait_until(
-            f"{name} /health/live",
-            lambda: httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2).status_code == 200,
-            timeout=60,
-            proc=proc,
-        )
-        return proc
+        return start_service(stack, name, port, "examples.demo.app:app", extra, work, running.procs)
 
     try:
         # B exports over OTLP/gRPC (kiki's fast gRPC exporter), A over OTLP/HTTP: the
@@ -161,6 +167,70 @@ def demo(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dem
             },
         )
         start(running.a_name, a_port, {"DEMO_DOWNSTREAM_URL": running.b_url})
+    except BaseException:
+        stop_all(running.procs)
+        raise
+    yield running
+    stop_all(running.procs)
+
+
+@dataclass
+class Mixed:
+    """One more service of the demo app, as two instances in different health states: the first
+    one's
+    downstream (demo B) answers, the second one's is a closed port, so its non-critical `downstream`
+    check fails (unhealthy) and the instance is degraded."""
+
+    name: str = "e2e-mixed-api"
+    procs: list[Proc] = field(default_factory=list)
+
+
+@pytest.fixture(scope="session")
+def mixed(stack: Stack, demo: Demo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mixed]:
+    work = tmp_path_factory.mktemp("mixed")
+    running = Mixed()
+    closed = f"http://127.0.0.1:{free_port()}"
+    try:
+        for downstream in (demo.b_url, closed):
+            start_service(
+                stack,
+                running.name,
+                free_port(),
+                "examples.demo.app:app",
+                {"DEMO_DOWNSTREAM_URL": downstream},
+                work,
+                running.procs,
+            )
+    except BaseException:
+        stop_all(running.procs)
+        raise
+    yield running
+    stop_all(running.procs)
+
+
+@dataclass
+class LeakApp:
+    """tests/e2e/leak_app.py, which records secrets (and look-alikes) on purpose."""
+
+    url: str
+    name: str = "e2e-leak-api"
+    procs: list[Proc] = field(default_factory=list)
+
+    def request(self, path: str) -> str:
+        """GET path; return the trace id (X-Request-ID) of the request."""
+        with suppress_http_instrumentation():
+            response = httpx.get(f"{self.url}{path}", timeout=10)
+        assert response.status_code == 200, response.text
+        return response.headers["x-request-id"]
+
+
+@pytest.fixture(scope="session")
+def leak_app(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LeakApp]:
+    work = tmp_path_factory.mktemp("leak")
+    port = free_port()
+    running = LeakApp(url=f"http://127.0.0.1:{port}")
+    try:
+        start_service(stack, running.name, port, "tests.e2e.leak_app:app", {}, work, running.procs)
     except BaseException:
         stop_all(running.procs)
         raise

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,18 +16,13 @@ import yaml
 
 from tests.support.otlp_receiver import OTLPReceiver
 
+from . import _grafana, _leaks
+from ._grafana import substitute
 from ._stack import REPO, Stack, wait_until
-from .conftest import SECRET_BEARER, Demo, Traffic
+from .conftest import SECRET_BEARER, Demo, LeakApp, Mixed, Traffic
 
 DASHBOARDS = sorted((REPO / "dashboards" / "json").glob("*.json"))
 RULE_FILES = sorted((REPO / "prometheus" / "rules").glob("*.yml"))
-# What Grafana would put for its built-in variables at a 15 s scrape interval and a short range.
-GRAFANA_BUILTINS = {
-    "$__rate_interval": "1m",
-    "$__range": "5m",
-    "$__interval": "15s",
-    "$__auto": "1m",
-}
 # What the demo sends that the collector must never let through (POST /checkout, headers).
 SECRETS = ("hunter2", "4111 1111 1111 1111", "4111111111111111", SECRET_BEARER.split()[1])
 DATA_TIMEOUT = 150.0
@@ -129,6 +123,237 @@ def test_sensitive_attributes_are_masked_before_jaeger(
     assert [secret for secret in SECRETS if secret in everything] == []
 
 
+# ----------------------------------------------------------------------------- redaction
+
+# Attribute keys the collector must mask (True) or keep (False), whatever their value.
+REDACTION_KEYS = {
+    "http.request.header.authorization": True,
+    "http.request.header.cookie": True,
+    "user.password": True,
+    "db.password": True,
+    "payment.card_number": True,
+    "client_secret": True,
+    "api_key": True,
+    "apikey": True,
+    "http.request.header.x-api-key": True,
+    "token": True,
+    "access_token": True,
+    "x-auth-token": True,
+    "github_token": True,
+    "accessToken": True,
+    "session_id": True,
+    "input_tokens": False,
+    "output_tokens": False,
+    "max_tokens": False,
+    "tokenizer": False,
+    "gen_ai.token.type": False,
+    "inputTokens": False,
+    "dsn": False,  # its value is checked: only the password goes
+    "url.full": False,
+    "cache.key": False,
+}
+# Values (attribute values and log bodies) and what must arrive.
+REDACTION_VALUES = [
+    (
+        "https://api.example.com/v1/plans?api_key=K3y-e2e&access_token=e2eTok3n&page=2",
+        "https://api.example.com/v1/plans?****&****&page=2",
+    ),
+    (
+        'HTTP Request: GET http://127.0.0.1:8000/plans/1?token=t0k&apikey=abc "HTTP/1.1 200 OK"',
+        'HTTP Request: GET http://127.0.0.1:8000/plans/1?****&**** "HTTP/1.1 200 OK"',
+    ),
+    (
+        "https://maps.example.com/api?q=berlin&key=AIzaE2e&sig=e2esig%3D#map",
+        "https://maps.example.com/api?q=berlin&****&****#map",
+    ),
+    (
+        "https://s3.example.com/b/k?X-Amz-Credential=AKIAE2E&X-Amz-Signature=e2e0sig&x=1",
+        "https://s3.example.com/b/k?****&****&x=1",
+    ),
+    (
+        "https://h.example.com/cb?password=pw&secret=s&client_secret=cs&github_token=gh",
+        "https://h.example.com/cb?****&****&****&****",
+    ),
+    ("postgresql://app:e2ePgPw@db:5432/x", "postgresql://app****db:5432/x"),
+    ("redis://:e2eRedisPw@cache:6379/0", "redis://****cache:6379/0"),
+    ("Server=db;User Id=app;Password=e2eSqlPw;Database=x", "Server=db;User Id=app;****;Database=x"),
+    ("login failed: password=e2e-hunter2 user=bob", "login failed: **** user=bob"),
+    ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.e2e", "Authorization: ****"),
+    ("header was Basic ZTJlOmUyZXBhc3N3b3Jk", "header was ****"),
+    ("card 4111 1111 1111 1111 charged", "card **** charged"),
+    # prose and ordinary values: unchanged
+    ("falling back to basic authentication for the legacy API", None),
+    ("Falling back to Basic Authentication", None),
+    ("bearer tokens are accepted", None),
+    ("basic read-only access", None),
+    ("llm.call input_tokens=812 output_tokens=64 tokenizer=cl100k max_tokens=1000", None),
+    ("http://127.0.0.1:8000/plans/3?page=2&sort_key=name", None),
+    ("https://host:8443/a?email=a@example.com", None),
+    ("error: user alice@example.com not found", None),
+    ("GET /plans/{plan_id}", None),
+]
+REDACTION_SERVICE = "e2e-redaction-cases"
+
+
+def _otlp_value(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    return {"stringValue": str(value)}
+
+
+def _otlp_attributes(attributes: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"key": key, "value": _otlp_value(value)} for key, value in attributes.items()]
+
+
+def test_redaction_masks_credentials_and_keeps_look_alikes(
+    stack: Stack, loki_standin: OTLPReceiver
+) -> None:
+    """The collector's redaction (the real RE2 patterns of collector-config/config.yaml): credential
+    keys and credentials inside values (URL query parameters, userinfo passwords, bearer/basic
+    tokens) are masked, the rest of the URL stays readable; token counts, a tokenizer and prose stay
+    as they are."""
+    now = str(time.time_ns())
+    plain = "plain value"
+    records = [
+        {
+            "timeUnixNano": now,
+            "body": {"stringValue": "keys"},
+            "attributes": _otlp_attributes(
+                {**dict.fromkeys(REDACTION_KEYS, plain), "gen_ai.usage.input_tokens": 812}
+            ),
+        }
+    ] + [
+        {
+            "timeUnixNano": now,
+            "body": {"stringValue": value},
+            "attributes": _otlp_attributes({"case": n, "note": value}),
+        }
+        for n, (value, _) in enumerate(REDACTION_VALUES)
+    ]
+    payload = {
+        "resourceLogs": [
+            {
+                "resource": {"attributes": _otlp_attributes({"service.name": REDACTION_SERVICE})},
+                "scopeLogs": [{"scope": {"name": "e2e"}, "logRecords": records}],
+            }
+        ]
+    }
+    response = httpx.post(f"{stack.collector_otlp_http}/v1/logs", json=payload, timeout=10)
+    assert response.status_code == 200, response.text
+
+    def arrived() -> list[Any]:
+        logs = [
+            log
+            for log in loki_standin.logs()
+            if log.resource.get("service.name") == REDACTION_SERVICE
+        ]
+        return logs if len(logs) == len(records) else []
+
+    logs = loki_standin.wait_for(
+        arrived, timeout=30, message="the redaction cases at the Loki endpoint"
+    )
+    [keys] = [log for log in logs if log.body == "keys"]
+    assert {key: keys.attributes.get(key) for key in REDACTION_KEYS} == {
+        key: "****" if masked else plain for key, masked in REDACTION_KEYS.items()
+    }
+    assert keys.attributes["gen_ai.usage.input_tokens"] == 812  # still an int
+    by_case = {log.attributes["case"]: log for log in logs if "case" in log.attributes}
+    got = [(by_case[n].body, by_case[n].attributes["note"]) for n in range(len(REDACTION_VALUES))]
+    want = [(want or value, want or value) for value, want in REDACTION_VALUES]
+    assert got == want
+
+
+def _wait_for_spans(stack: Stack, trace_id: str, count: int) -> dict[str, Any]:
+    def complete() -> dict[str, Any] | None:
+        trace = jaeger_trace(stack, trace_id)
+        return trace if trace and len(trace["spans"]) >= count else None
+
+    trace: dict[str, Any] = wait_until(
+        f"trace {trace_id} with {count} spans in Jaeger", complete, timeout=60
+    )
+    return trace
+
+
+def _span(trace: dict[str, Any], kind: str, **tags: Any) -> dict[str, Any]:
+    [span] = [
+        tags_of(span)
+        for span in trace["spans"]
+        if tags_of(span).get("span.kind") == kind
+        and all(tags_of(span).get(k) == v for k, v in tags.items())
+    ]
+    return span
+
+
+def test_leak_app_credentials_arrive_masked(
+    stack: Stack, leak_app: LeakApp, loki_standin: OTLPReceiver
+) -> None:
+    """A kiki-otel service calls an API with credentials in the query string and records a DSN with
+    a
+    password and a Basic credential: Jaeger and the logs backend get them masked, the URLs otherwise
+    intact (host, path, ordinary parameters)."""
+    trace_id = leak_app.request("/leak")
+    # server /leak, client GET .../echo, server /echo
+    trace = _wait_for_spans(stack, trace_id, 3)
+    client = _span(trace, "client")
+    assert client["url.full"] == f"{leak_app.url}/echo?{_leaks.QUERY_MASKED}"
+    assert _span(trace, "server", **{"http.route": "/echo"})["url.query"] == _leaks.QUERY_MASKED
+    leak = _span(trace, "server", **{"http.route": "/leak"})
+    assert leak["db.connection_string"] == _leaks.DSN_MASKED
+    assert leak["enduser.credential"] == "****"
+
+    def logged() -> list[Any]:
+        logs = loki_standin.logs(trace_id=trace_id)
+        bodies = [log.body for log in logs]
+        return logs if "login" in bodies and any("HTTP Request" in str(b) for b in bodies) else []
+
+    logs = loki_standin.wait_for(logged, timeout=30, message="the leak app's logs")
+    [login] = [log for log in logs if log.body == "login"]
+    assert (login.attributes["password"], login.attributes["api_token"]) == ("****", "****")
+    assert login.attributes["dsn"] == _leaks.DSN_MASKED
+    bodies = {str(log.body) for log in logs}
+    assert (
+        f'HTTP Request: GET {leak_app.url}/echo?{_leaks.QUERY_MASKED} "HTTP/1.1 200 OK"' in bodies
+    )
+    assert "auth header was ****" in bodies
+
+    everything = json.dumps(trace) + repr(logs)
+    everything += httpx.get(
+        f"{stack.jaeger_url}/api/traces",
+        params={"service": leak_app.name, "limit": 100, "lookback": "1h"},
+        timeout=15,
+    ).text
+    assert [secret for secret in _leaks.SECRETS if secret in everything] == []
+
+
+def test_leak_app_look_alikes_arrive_unchanged(
+    stack: Stack, leak_app: LeakApp, loki_standin: OTLPReceiver
+) -> None:
+    """Token counts (ints), a tokenizer, gen_ai.token.type and "basic authentication" prose are not
+    secrets: they arrive exactly as recorded, and nothing on the span was masked."""
+    trace_id = leak_app.request("/overmatch")
+    trace = _wait_for_spans(stack, trace_id, 1)
+    span = _span(trace, "server", **{"http.route": "/overmatch"})
+    assert span["gen_ai.usage.input_tokens"] == _leaks.INPUT_TOKENS
+    assert span["gen_ai.usage.output_tokens"] == _leaks.OUTPUT_TOKENS
+    assert span["gen_ai.token.type"] == "input"
+    assert "redaction.masked.count" not in span
+
+    def logged() -> list[Any]:
+        logs = loki_standin.logs(trace_id=trace_id)
+        return logs if {"llm.call", _leaks.PROSE} <= {log.body for log in logs} else []
+
+    logs = loki_standin.wait_for(logged, timeout=30, message="the leak app's /overmatch logs")
+    [call] = [log for log in logs if log.body == "llm.call"]
+    assert {k: call.attributes[k] for k in ("input_tokens", "output_tokens", "tokenizer")} == {
+        "input_tokens": _leaks.INPUT_TOKENS,
+        "output_tokens": _leaks.OUTPUT_TOKENS,
+        "tokenizer": _leaks.TOKENIZER,
+    }
+    assert not any(k.startswith("redaction.") for log in logs for k in log.attributes)
+
+
 @pytest.mark.parametrize("endpoint", ["calls", "latencies", "errors"])
 def test_jaeger_monitor_tab_has_span_metrics(
     stack: Stack, demo: Demo, traffic: Traffic, endpoint: str
@@ -187,20 +412,6 @@ def _prometheus_names(stack: Stack) -> str:
         "data"
     ]
     return "metric names in Prometheus: " + ", ".join(names)
-
-
-def _literal(value: str) -> Callable[[re.Match[str]], str]:
-    return lambda _match: value
-
-
-def substitute(expr: str, variables: dict[str, str]) -> str:
-    for builtin, value in GRAFANA_BUILTINS.items():
-        expr = expr.replace(builtin, value)
-    for name in sorted(variables, key=len, reverse=True):
-        expr = expr.replace("${" + name + "}", variables[name])
-        expr = re.sub(r"\$" + re.escape(name) + r"\b", _literal(variables[name]), expr)
-    assert "$" not in expr, f"unsubstituted variable in {expr!r}"
-    return expr
 
 
 def label_values(stack: Stack, definition: str) -> list[str]:
@@ -280,6 +491,195 @@ def test_every_dashboard_query_returns_data(stack: Stack, demo: Demo, traffic: T
         for t in p["targets"]
     )
     assert queried >= 30
+
+
+def _only(result: list[dict[str, Any]]) -> tuple[dict[str, str], float]:
+    assert len(result) == 1, result
+    return result[0]["metric"], float(result[0]["value"][1])
+
+
+def test_health_dashboard_shows_the_worst_instance(stack: Stack, mixed: Mixed) -> None:
+    """A service with one healthy and one degraded instance (whose `downstream` is unhealthy): the
+    status panels show degraded and unhealthy, values their mappings know; the failures panel has
+    one series per failure reason of `downstream` and no 0 line beside them."""
+    board = _grafana.dashboard("health")
+    variables = {"service": promql_regex_literal(mixed.name)}
+    status, dependency, failures = (
+        substitute(_grafana.panel(board, n)["targets"][0]["expr"], variables) for n in (1, 2, 4)
+    )
+    mapped = _grafana.state_values(_grafana.panel(board, 1))
+    assert mapped == _grafana.state_values(_grafana.panel(board, 2))
+
+    def instance_states() -> list[str] | None:
+        series = stack.prom_query(f'kiki_health_status{{job="{mixed.name}"}} == 1')
+        states = sorted(s["metric"]["state"] for s in series)
+        # the failure counter needs two samples in the window before rate() has a value
+        failing = stack.prom_query(
+            f'rate(kiki_health_check_failures_total{{job="{mixed.name}"}}[{window}])'
+        )
+        return states if states == ["degraded", "healthy"] and failing else None
+
+    window = _grafana.builtins()["$__rate_interval"]
+    wait_until("one healthy and one degraded instance, with failures", instance_states, timeout=90)
+    assert _only(stack.prom_query(status)) == ({"job": mixed.name}, mapped["degraded"])
+    assert _only(stack.prom_query(dependency)) == (
+        {"job": mixed.name, "dependency": "downstream"},
+        mapped["unhealthy"],
+    )
+    series = [s["metric"] for s in stack.prom_query(failures)]
+    assert series
+    assert all(s["dependency"] == "downstream" and s.get("reason") for s in series), series
+
+
+# A service that exports metrics at the default interval (60 s) and has a service.namespace: three
+# exports, 60 s apart, pushed through the collector with timestamps in the past.
+SPARSE = {"service.name": "e2e-sparse-api", "service.namespace": "e2e-shop"}
+SPARSE_JOB = "e2e-shop/e2e-sparse-api"  # what Prometheus makes of namespace + name
+
+
+def _sparse_metrics(time_ns: int, start_ns: int, n: int) -> dict[str, Any]:
+    def point(attributes: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "attributes": _otlp_attributes(attributes),
+            "startTimeUnixNano": str(start_ns),
+            "timeUnixNano": str(time_ns),
+        }
+
+    def histogram(name: str, attributes: dict[str, Any], count: int) -> dict[str, Any]:
+        buckets = [count // 2, count // 4, count - count // 2 - count // 4, 0]
+        return {
+            "name": name,
+            "unit": "s",
+            "histogram": {
+                "aggregationTemporality": 2,
+                "dataPoints": [
+                    {
+                        **point(attributes),
+                        "count": str(count),
+                        "sum": count * 0.05,
+                        "bucketCounts": [str(b) for b in buckets],
+                        "explicitBounds": [0.05, 0.1, 0.2],
+                    }
+                ],
+            },
+        }
+
+    route = {
+        "http.request.method": "GET",
+        "http.route": "/sparse/{id}",
+        "http.response.status_code": 200,
+        "url.scheme": "http",
+    }
+    failures = {
+        "name": "kiki.health.check.failures",
+        "sum": {
+            "aggregationTemporality": 2,
+            "isMonotonic": True,
+            "dataPoints": [
+                {**point({"dependency": "db", "reason": "timeout"}), "asInt": str(3 * n)}
+            ],
+        },
+    }
+    return {
+        "resourceMetrics": [
+            {
+                "resource": {
+                    "attributes": _otlp_attributes({**SPARSE, "service.instance.id": "sparse-1"})
+                },
+                "scopeMetrics": [
+                    {
+                        "scope": {"name": "e2e"},
+                        "metrics": [
+                            histogram("http.server.request.duration", route, 60 * n),
+                            histogram("kiki.health.check.duration", {"dependency": "db"}, 6 * n),
+                            failures,
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
+
+
+@pytest.fixture(scope="module")
+def sparse(stack: Stack) -> str:
+    """Push the sparse service's three exports (now - 150 s, - 90 s, - 30 s); return its job."""
+    now = time.time_ns()
+    start = now - 200 * 10**9
+    for n, age_s in enumerate((150, 90, 30), start=1):
+        payload = _sparse_metrics(now - age_s * 10**9, start, n)
+        response = httpx.post(f"{stack.collector_otlp_http}/v1/metrics", json=payload, timeout=10)
+        assert response.status_code == 200, response.text
+        time.sleep(1.5)  # one collector batch (1 s) each, in order
+    wait_until(
+        "the sparse service's metrics in Prometheus",
+        lambda: stack.prom_query(
+            f'http_server_request_duration_seconds_count{{job="{SPARSE_JOB}"}}'
+        ),
+        timeout=30,
+    )
+    return SPARSE_JOB
+
+
+def test_rate_panels_have_data_at_the_default_export_interval(stack: Stack, sparse: str) -> None:
+    """Every dashboard query with $__rate_interval, as Grafana expands it with the datasource's
+    timeInterval, returns data for a service that exports only every 60 s (the library default)."""
+    variables = {"service": promql_regex_literal(sparse), "route": ".*"}
+    # the data really is sparse: a 1m window (Grafana's at a 15 s scrape interval) holds one sample
+    assert (
+        stack.prom_query(
+            f'sum(rate(http_server_request_duration_seconds_count{{job="{sparse}"}}[1m]))'
+        )
+        == []
+    )
+    queries = _grafana.rate_queries()
+    assert len(queries) >= 10
+    empty = [
+        f"{board} / {title}: {expr}"
+        for board, title, raw in queries
+        if not stack.prom_query(expr := substitute(raw, variables))
+    ]
+    assert empty == []
+
+
+def test_traces_to_metrics_link_finds_the_service(
+    stack: Stack, demo: Demo, traffic: Traffic, sparse: str
+) -> None:
+    """The Jaeger datasource's trace -> metrics queries, with $__tags built from a span's resource
+    as Grafana does, return data: for demo A (no namespace) and for a service with a namespace,
+    whose job is "<namespace>/<name>" (so a filter on job would find nothing)."""
+    jaeger = next(
+        ds
+        for ds in yaml.safe_load(_grafana.DATASOURCES.read_text())["datasources"]
+        if ds["uid"] == "jaeger"
+    )
+    link = jaeger["jsonData"]["tracesToMetrics"]
+    [sparse_series] = stack.prom_query(
+        f'http_server_request_duration_seconds_count{{job="{sparse}"}}'
+    )
+    assert {k: sparse_series["metric"].get(k) for k in ("service_name", "service_namespace")} == {
+        "service_name": SPARSE["service.name"],
+        "service_namespace": SPARSE["service.namespace"],
+    }
+
+    def empty_links() -> list[str]:
+        problems = []
+        for resource in ({"service.name": demo.a_name}, SPARSE):
+            tags = ", ".join(
+                f'{tag["value"]}="{resource[tag["key"]]}"'
+                for tag in link["tags"]
+                if tag["key"] in resource
+            )
+            for query in link["queries"]:
+                expr = query["query"].replace("$$", "$").replace("$__tags", tags)
+                if not stack.prom_query(expr):
+                    problems.append(f"{resource}: {query['name']}: {expr}")
+        return problems
+
+    deadline = time.monotonic() + DATA_TIMEOUT
+    while (problems := empty_links()) and time.monotonic() < deadline:
+        time.sleep(3)
+    assert problems == []
 
 
 def test_every_rule_evaluates_without_error(stack: Stack, demo: Demo, traffic: Traffic) -> None:

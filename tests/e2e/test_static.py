@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 import yaml
 
+from . import _grafana
 from ._stack import REPO
 
 COLLECTOR_CONFIG = REPO / "collector-config" / "config.yaml"
@@ -283,6 +284,18 @@ def test_compose_mounts_the_files_the_grafana_provider_reads() -> None:
     assert f"./dashboards/json:{provider_path}:ro" in grafana["volumes"]
 
 
+def test_compose_passes_the_debug_overlays_variables_to_the_collector() -> None:
+    """`DEBUG_VERBOSITY=detailed docker compose up` (docs/stack.md) only works if compose hands the
+    variable to the container: every ${env:VAR:-default} of debug.yaml is in the collector's
+    environment, as ${VAR:-default} with the overlay's own default."""
+    overlay_vars = dict(re.findall(r"\$\{env:(\w+):-([^}]*)\}", COLLECTOR_DEBUG.read_text()))
+    assert overlay_vars
+    environment = load_yaml(COMPOSE)["services"]["collector"].get("environment") or {}
+    assert isinstance(environment, dict)
+    for name, default in overlay_vars.items():
+        assert environment.get(name) == f"${{{name}:-{default}}}", name
+
+
 # ----------------------------------------------------------------------------- grafana
 
 
@@ -371,3 +384,118 @@ def test_loki_queries_select_streams_by_otlp_index_labels() -> None:
         assert {label for label, _, _ in matchers} <= {"service_name", "service_namespace"}, expr
         values = [expand(v, all_values) for _, _, v in matchers]
         assert any(re.fullmatch(v, "") is None for v in values), f"{uid}: {expr} matches empty"
+
+
+def test_prometheus_datasource_interval_fits_the_default_metric_export_interval() -> None:
+    """Pushed series get one sample per export (60 s by default). Grafana must know (timeInterval),
+    or
+    $__rate_interval is 1m, never holds two samples, and every rate panel is empty."""
+    assert _grafana.scrape_interval_s() >= _grafana.OTEL_DEFAULT_EXPORT_INTERVAL_S
+    rate_window = _grafana.duration_s(_grafana.builtins()["$__rate_interval"])
+    assert rate_window >= 2 * _grafana.OTEL_DEFAULT_EXPORT_INTERVAL_S
+
+
+def test_traces_to_metrics_filters_on_labels_that_exist_with_a_namespace() -> None:
+    """Prometheus makes `job` "<namespace>/<name>" when service.namespace is set, so the trace ->
+    metrics
+    link must filter on the promoted service_name (and service_namespace) labels, never on job."""
+    jaeger = next(ds for ds in load_yaml(DATASOURCES)["datasources"] if ds["uid"] == "jaeger")
+    tags = {t["key"]: t["value"] for t in jaeger["jsonData"]["tracesToMetrics"]["tags"]}
+    assert tags["service.name"] == "service_name"
+    assert "job" not in tags.values()
+    promoted = load_yaml(REPO / "prometheus" / "prometheus.yml")["otlp"][
+        "promote_resource_attributes"
+    ]
+    assert set(tags) <= set(promoted)
+
+
+# One job per case: the health state of each of its instances, and the state the dashboard must show
+# for the job (the worst). The old `max(healthy)*2 + max(degraded)` showed 3 (unmapped), 2 (healthy)
+# and 1.
+HEALTH_CASES: dict[str, tuple[tuple[str, ...], str]] = {
+    "all-healthy": (("healthy", "healthy"), "healthy"),
+    "one-degraded": (("healthy", "degraded"), "degraded"),
+    "one-unhealthy": (("healthy", "unhealthy"), "unhealthy"),
+    "degraded-and-unhealthy": (("degraded", "unhealthy"), "unhealthy"),
+    "only-degraded": (("degraded",), "degraded"),
+}
+HEALTH_STATES = ("healthy", "degraded", "unhealthy")
+
+
+def _series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
+    rendered = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return {"series": f"{name}{{{rendered}}}", "values": values}
+
+
+def _health_dashboard_unit_tests() -> dict[str, Any]:
+    """promtool unit tests that evaluate the health dashboard's panels 1, 2 and 4 (as Grafana sends
+    them)
+    on series of services with two instances in different states."""
+    board = _grafana.dashboard("health")
+    variables = {"service": ".*"}
+    series = []
+    for job, (states, _) in HEALTH_CASES.items():
+        for n, state in enumerate(states):
+            for candidate in HEALTH_STATES:
+                value = "1x10" if candidate == state else "0x10"
+                base = {"job": job, "instance": f"{job}-{n}", "state": candidate}
+                series.append(_series("kiki_health_status", base, value))
+                per_dependency = {**base, "dependency": "db", "critical": "true"}
+                series.append(_series("kiki_health_dependency_status", per_dependency, value))
+    # check failures: `db` failed (timeout) on one of two instances, `cache` never failed
+    for n in (0, 1):
+        for dependency in ("db", "cache"):
+            labels = {"job": "checks", "instance": f"checks-{n}", "dependency": dependency}
+            series.append(_series("kiki_health_check_duration_seconds_count", labels, "0+6x10"))
+    failing = {"job": "checks", "instance": "checks-1", "dependency": "db", "reason": "timeout"}
+    series.append(_series("kiki_health_check_failures_total", failing, "0+6x10"))
+
+    tests = []
+    for panel_id, extra in ((1, {}), (2, {"dependency": "db"})):
+        status = _grafana.panel(board, panel_id)
+        mapped = _grafana.state_values(status)
+        assert set(mapped) == set(HEALTH_STATES), f"panel {panel_id} mappings: {mapped}"
+        tests.append(
+            {
+                "expr": _grafana.substitute(status["targets"][0]["expr"], variables),
+                "eval_time": "5m",
+                "exp_samples": [
+                    {
+                        "labels": "{"
+                        + ",".join(f'{k}="{v}"' for k, v in {"job": job, **extra}.items())
+                        + "}",
+                        "value": mapped[worst],
+                    }
+                    for job, (_, worst) in HEALTH_CASES.items()
+                ],
+            }
+        )
+    failures = _grafana.substitute(_grafana.panel(board, 4)["targets"][0]["expr"], variables)
+    tests.append(
+        {
+            # ceil: 1 for a failing dependency (rate > 0), 0 for the fallback line; one series each
+            "expr": f"ceil({failures})",
+            "eval_time": "8m",
+            "exp_samples": [
+                {"labels": '{job="checks",dependency="db",reason="timeout"}', "value": 1},
+                {"labels": '{job="checks",dependency="cache"}', "value": 0},
+            ],
+        }
+    )
+    return {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}],
+    }
+
+
+def test_health_dashboard_shows_the_worst_instance_and_one_series_per_failure(
+    stack_bin: Path, tmp_path: Path
+) -> None:
+    """Service and dependency status show the worst state of a service's instances, always as a
+    mapped
+    value; a failing dependency has one failures series per reason, not also a 0 line beside it."""
+    path = tmp_path / "health_dashboard_test.yml"
+    path.write_text(yaml.safe_dump(_health_dashboard_unit_tests(), sort_keys=False))
+    result = run([str(stack_bin / "promtool"), "test", "rules", str(path)])
+    assert result.returncode == 0, result.stdout + result.stderr
