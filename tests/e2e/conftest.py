@@ -176,10 +176,9 @@ def demo(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dem
 
 @dataclass
 class Mixed:
-    """One more service of the demo app, as two instances in different health states: the first
-    one's
-    downstream (demo B) answers, the second one's is a closed port, so its non-critical `downstream`
-    check fails (unhealthy) and the instance is degraded."""
+    """One more service of the demo app, as two instances in different health states: the
+    first one's downstream (demo B) answers, the second one's is a closed port, so its
+    non-critical `downstream` check fails (unhealthy) and the instance is degraded."""
 
     name: str = "e2e-mixed-api"
     procs: list[Proc] = field(default_factory=list)
