@@ -7,6 +7,7 @@ app. Each step is a small function of its own module; this one only calls them i
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -21,7 +22,7 @@ from ._lifecycle import Lifecycle
 from ._logging import OwnLogger, configure_logging
 from ._providers import Providers, build_providers
 from ._resource import build_resource, service_name_of
-from ._settings import Settings, check_override_keys, load_settings
+from ._settings import Settings, check_override_keys, check_sdk_environment, load_settings
 from ._shutdown import ShutdownCoordinator
 from ._telemetry import Telemetry
 
@@ -59,6 +60,7 @@ def _noop_providers() -> Providers:
 def _build(settings: Settings) -> Telemetry:
     if not settings.sdk_disabled:
         check_signal_endpoints(settings)  # before any provider is installed globally
+        check_sdk_environment(os.environ)
     resource = build_resource(settings)
     providers = _noop_providers() if settings.sdk_disabled else build_providers(settings, resource)
     configure_logging(settings, service_name_of(resource), providers.logger_provider)

@@ -8,6 +8,7 @@ and metric interval are milliseconds there); our own knobs live under ``KIKI_OTE
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar, get_args
@@ -475,6 +476,54 @@ def check_override_keys(
         name, group = match
         if isinstance(value, Mapping) and isinstance(group, type) and issubclass(group, BaseModel):
             check_override_keys(group, value, f"{where}{name}.")
+
+
+_SDK_QUEUE, _SDK_BATCH = 2048, 512
+"""The SDK's batch processor sizes when their variables are unset."""
+
+
+def check_sdk_environment(environ: Mapping[str, str]) -> None:
+    """Check the ``OTEL_*`` variables the SDK reads itself, at startup, naming each bad one.
+
+    Batch processor sizes, delays and timeouts, the metric export timeout and the
+    per-signal OTLP timeouts are read by the SDK and its exporters, not by :class:`Settings`.
+    The SDK raised a bare ``ValueError`` naming its parameter for some bad values (a negative
+    size, a batch above the queue) and quietly used its default for others (``abc``, ``nan``).
+    """
+    problems: list[str] = []
+
+    def number(name: str, integer: bool) -> float | None:
+        raw = environ.get(name, "").strip()
+        if not raw:
+            return None
+        try:
+            value: float = int(raw) if integer else float(raw)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            kind = "a positive integer" if integer else "a number > 0"
+            problems.append(f"  {name}: must be {kind}, got {raw[:40]!r}")
+            return None
+        return value
+
+    for prefix in ("OTEL_BSP_", "OTEL_BLRP_"):
+        queue = number(prefix + "MAX_QUEUE_SIZE", integer=True)
+        batch = number(prefix + "MAX_EXPORT_BATCH_SIZE", integer=True)
+        number(prefix + "SCHEDULE_DELAY", integer=False)
+        number(prefix + "EXPORT_TIMEOUT", integer=False)
+        if (queue or batch) and (batch or _SDK_BATCH) > (queue or _SDK_QUEUE):
+            problems.append(
+                f"  {prefix}MAX_EXPORT_BATCH_SIZE ({batch or _SDK_BATCH:g}) must not exceed "
+                f"{prefix}MAX_QUEUE_SIZE ({queue or _SDK_QUEUE:g})"
+            )
+    for signal in ("TRACES", "METRICS", "LOGS"):
+        number(f"OTEL_EXPORTER_OTLP_{signal}_TIMEOUT", integer=False)
+    number("OTEL_METRIC_EXPORT_TIMEOUT", integer=False)
+    if problems:
+        raise ConfigurationError(
+            f"invalid OpenTelemetry SDK variables ({len(problems)} error(s)):\n"
+            + "\n".join(problems)
+        )
 
 
 S = TypeVar("S", bound=BaseSettings)

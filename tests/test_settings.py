@@ -303,3 +303,53 @@ def test_load_errors_never_show_secret_values(monkeypatch: pytest.MonkeyPatch) -
     assert "POOL_SIZE (keyword 'pool_size')" in message and "(got 'twenty')" in message
     for secret in ("db-pass-1", "prod-jwt-signing-key-123", "short-token-7"):
         assert secret not in message
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "abc"}, "OTEL_BSP_MAX_QUEUE_SIZE: must be a positive integer"),
+        ({"OTEL_BLRP_MAX_EXPORT_BATCH_SIZE": "-5"}, "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE: must be"),
+        ({"OTEL_BSP_SCHEDULE_DELAY": "-1"}, "OTEL_BSP_SCHEDULE_DELAY: must be a number > 0"),
+        ({"OTEL_BLRP_EXPORT_TIMEOUT": "nan"}, "OTEL_BLRP_EXPORT_TIMEOUT: must be a number > 0"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "soon"}, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
+        ({"OTEL_METRIC_EXPORT_TIMEOUT": "0"}, "OTEL_METRIC_EXPORT_TIMEOUT: must be a number > 0"),
+        (
+            {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "5000"},
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE (5000) must not exceed OTEL_BSP_MAX_QUEUE_SIZE (2048)",
+        ),
+        (
+            {"OTEL_BLRP_MAX_QUEUE_SIZE": "32"},  # the SDK's default batch (512) would exceed it
+            "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE (512) must not exceed OTEL_BLRP_MAX_QUEUE_SIZE (32)",
+        ),
+    ],
+)
+def test_sdk_read_variables_fail_at_configure_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], named: str
+) -> None:
+    """The variables the SDK reads itself: the SDK raised a bare ValueError for some bad
+    values and quietly used its default for others; configure() names each one."""
+    import kiki_otel
+
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match="invalid OpenTelemetry SDK variables") as caught:
+        kiki_otel.configure(service_name="svc", exporter_otlp_endpoint="http://127.0.0.1:9")
+    assert named in str(caught.value)
+
+
+def test_good_sdk_read_variables_pass() -> None:
+    from kiki_otel._settings import check_sdk_environment
+
+    check_sdk_environment(
+        {
+            "OTEL_BSP_MAX_QUEUE_SIZE": "4096",
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1024",
+            "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE": "64",
+            "OTEL_BSP_SCHEDULE_DELAY": "250",
+            "OTEL_BLRP_EXPORT_TIMEOUT": "30000",
+            "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT": "2.5",
+            "OTEL_METRIC_EXPORT_TIMEOUT": " 10000 ",
+            "OTEL_BSP_EXPORT_TIMEOUT": "",
+        }
+    )
