@@ -849,6 +849,8 @@ async def test_the_request_ends_when_its_response_is_sent_not_after_background_t
     assert span.end_time <= seen["started_ns"]  # ended before the background task began
     assert seen["request_id"] == response.headers["x-request-id"]
     (line,) = [l for l in log_lines(capsys.readouterr().out) if l["event"] == "http.request"]
-    assert line["duration_ms"] <= (seen["started_ns"] - span.start_time) / 1e6 + 1.0
+    # ordering, not speed: the recorded duration ends before the background task began
+    bound_ms = (seen["started_ns"] - span.start_time) / 1e6 + 1.0  # 1 ms: two clocks read
+    assert line["duration_ms"] <= bound_ms  # allowed: an ordering, whatever the machine's speed
     (point,) = memory.metric_points("http.server.request.duration")
-    assert point.sum <= (seen["started_ns"] - span.start_time) / 1e9 + 0.001
+    assert point.sum * 1e3 <= bound_ms  # allowed: the same ordering for the metric
