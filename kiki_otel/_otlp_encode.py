@@ -17,6 +17,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from ._ratelimit import Throttle
@@ -51,7 +52,15 @@ _CACHED_MAX = 8192
 it keeps the worst case to a few MB whatever attributes an application logs."""
 _FIELD_BYTES_MAX = 512
 """Longer fields are encoded each time, never cached (rarely repeated, costly to hold)."""
+_SHAPES_MAX = 512
+"""Attribute layouts remembered per field tag; a layout beyond them encodes field by field."""
+_BLOCKS_MAX = 128
+"""Encoded runs of fields per layout (distinct combinations of its cacheable values)."""
+_BLOCK_BYTES_MAX = 2048
+"""Longer runs are encoded each time, never cached."""
 _cached = [0]
+"""Cached fields and runs, in all tag caches (the soft bound ``_CACHED_MAX``)."""
+_NO_SKIP: frozenset[str] = frozenset()
 
 
 class _KeyFields:
@@ -73,16 +82,84 @@ class _TagCache:
     """The encoded attribute fields of one field tag (span, log, resource... attributes).
 
     ``fields`` maps ``(key, value)`` for str and int values (never equal to each other)
-    and ``(key, type, value)`` for the others (True, 1 and 1.0 are equal in a dict, not on
-    the wire) to the whole field: tag, length, ``KeyValue``. A repeated attribute then
-    costs one tuple and one lookup. ``keys`` keeps the per-key bounds.
+    and ``(key, type, value)`` for bools and None (True, 1 and 1.0 are equal in a dict, not
+    on the wire) to the whole field: tag, length, ``KeyValue``. A repeated attribute then
+    costs one tuple and one lookup. ``keys`` keeps the per-key bounds. ``shapes`` holds the
+    layouts seen (:class:`_Shape`), valid while ``version`` (bumped when a key closes)
+    is the one they were made at.
     """
 
-    __slots__ = ("fields", "keys")
+    __slots__ = ("fields", "keys", "shapes", "version")
 
     def __init__(self) -> None:
         self.keys: dict[str, _KeyFields] = {}
         self.fields: dict[tuple[Any, ...], bytes] = {}
+        self.shapes: dict[tuple[Any, ...], _Shape] = {}
+        self.version = 0
+
+
+class _Shape:
+    """One attribute layout: its keys in order, the exact type of each value.
+
+    A service encodes the same few layouts over and over (a route's span attributes, the
+    access line's fields), and most of their values repeat too. Looked up per field, a
+    layout of ten cached attributes still cost ten tuples, lookups and appends. A shape
+    splits its fields once: *fixed* ones (a str, int, bool or None under a key that still
+    caches) and *varying* ones (floats, ids and other keys that stopped caching, sequences,
+    keys the cache has no room for). The fixed values, picked out in C by an
+    ``itemgetter``, key ``blocks``: the encoded runs of fixed fields between the varying
+    ones. A repeated layout then costs a few C calls and one lookup, plus the varying
+    fields. The exact types are part of the layout, so equal values of different types
+    (True, 1) never share a block.
+
+    ``plain`` is False when a field is not a plain attribute (see :func:`_fields`).
+    ``blocks`` is None once it holds ``_BLOCKS_MAX`` runs: the values of such a layout do
+    not repeat enough, and its fields are encoded one by one.
+    """
+
+    __slots__ = ("blocks", "pick", "plain", "runs", "varying", "version")
+
+    def __init__(
+        self, cache: _TagCache, keys: tuple[Any, ...], types: tuple[type, ...], skip: frozenset[str]
+    ) -> None:
+        self.version = cache.version
+        self.plain = True
+        fixed: list[int] = []
+        run: list[tuple[int, str]] = []
+        runs: list[list[tuple[int, str]]] = [run]
+        varying: list[tuple[int, Any, bytes | None]] = []
+        entries = cache.keys
+        for index, (key, kind) in enumerate(zip(keys, types, strict=True)):
+            if key in skip:
+                continue
+            scalar = type(key) is str and key != "" and kind in _SCALARS
+            self.plain = self.plain and scalar
+            entry = entries.get(key) if scalar else None
+            if entry is None and scalar and len(entries) < _KEYS_MAX:
+                entry = entries.setdefault(key, _KeyFields(key))
+            if entry is None or entry.closed or kind is float:
+                # A closed key's str, a float: encoded each time from the key's encoding
+                # (a closed key never opens again); the rest through :func:`_field`.
+                head = entry.head if entry is not None and kind in (str, float) else None
+                varying.append((index, key, head))
+                run = []
+                runs.append(run)
+            else:
+                fixed.append(index)
+                run.append((index, key))
+        self.varying = tuple(varying)
+        self.runs = runs
+        if len(fixed) > 1:
+            self.pick: Callable[[tuple[Any, ...]], Any] = itemgetter(*fixed)
+        elif fixed:
+            self.pick = itemgetter(fixed[0])
+        else:
+            self.pick = _nothing
+        self.blocks: dict[Any, Any] | None = {}
+
+
+def _nothing(_values: tuple[Any, ...]) -> tuple[()]:
+    return ()
 
 
 _field_cache: dict[bytes, _TagCache] = {}
@@ -106,6 +183,11 @@ _TEXT_FIELDS_MAX = 1024
 _text_fields: dict[tuple[bytes, str], bytes] = {}
 """(tag, text) -> the whole field, for strings that repeat: span names (one per route and
 method), log bodies (event names), severity texts. Filled until full, never cleared."""
+
+
+_log_heads: dict[tuple[Any, str, str], bytes] = {}
+"""(severity number, severity text, body) -> their three fields in a log record, for the
+records kiki emits directly (:func:`_emitted`). Bounded as ``_text_fields``."""
 
 
 def _text_field(tag: bytes, text: str) -> bytes:
@@ -230,21 +312,134 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
         return b""
     # BoundedAttributes' Mapping methods go through the ABC per item: read its dict directly.
     inner = getattr(attributes, "_dict", None)
-    items = inner.items() if type(inner) is dict else attributes.items()
-    out: list[bytes] = []
-    cache = _tag_cache(tag)
-    cached = cache.fields.get
+    return _fields(tag, inner if type(inner) is dict else attributes, _NO_SKIP, False) or b""
+
+
+def _fields(
+    tag: bytes, mapping: Mapping[Any, Any], skip: frozenset[str], strict: bool
+) -> bytes | None:
+    """The fields of ``mapping`` but ``skip``, in order, through its layout's blocks.
+
+    Strict: None when a field is not a plain attribute (a key that is not a non-empty str,
+    a value that is not str/bool/int/float/None, an int beyond 64 bits), for the caller to
+    convert. Otherwise such a field is encoded as ``AnyValue``, or reported and dropped.
+    """
+    cache = _field_cache.get(tag) or _tag_cache(tag)
+    values = tuple(mapping.values())
+    types = tuple(map(type, values))
+    # A mapping changed between the two reads gives keys and types of different lengths:
+    # no shape is ever made for such a layout, so it cannot be found either.
+    layout = (tuple(mapping), types, skip)
+    shape = cache.shapes.get(layout)
+    if shape is None or shape.version != cache.version:
+        shape = _new_shape(cache, layout)
+        if shape is None:  # too many layouts, or the mapping changed while read
+            return _each(cache, tag, mapping.items(), skip, strict)
+    if not shape.plain and strict:
+        return None
+    blocks = shape.blocks
+    if blocks is None:
+        return _each(cache, tag, mapping.items(), skip, strict)
+    picked = shape.pick(values)
+    block = blocks.get(picked)
+    if block is None:
+        block = _fill(cache, tag, shape, values, picked)
+        if block is None:  # a fixed value protobuf rejects: field by field, as it says
+            return _each(cache, tag, mapping.items(), skip, strict)
+    varying = shape.varying
+    if not varying:
+        return block  # type: ignore[no-any-return]
+    out = [block[0]]
     append = out.append
+    cached = cache.fields.get
+    for position, (index, key, head) in enumerate(varying, 1):
+        value = values[index]
+        kind = types[index]
+        field: bytes | None = None
+        if head is not None:
+            field = _unbounded(tag, head, value, kind)
+        elif kind is str or kind is int:
+            field = cached((key, value))
+        if field is None:
+            try:
+                field = _field(cache, tag, key, value, kind)
+            except Exception as error:
+                if strict:
+                    return None
+                _dropped(key, error)
+                field = b""
+        append(field)
+        append(block[position])
+    return b"".join(out)
+
+
+def _new_shape(cache: _TagCache, layout: tuple[Any, ...]) -> _Shape | None:
+    """The layout's shape, remembered while there is room; None if the mapping changed."""
+    keys, types, skip = layout
+    if len(keys) != len(types):
+        return None
+    shapes = cache.shapes
+    old = shapes.pop(layout, None)
+    if old is not None and old.blocks:
+        _cached[0] -= len(old.blocks)
+    if len(shapes) >= _SHAPES_MAX:
+        return None
+    shape = _Shape(cache, keys, types, skip)
+    shapes[layout] = shape
+    return shape
+
+
+def _fill(cache: _TagCache, tag: bytes, shape: _Shape, values: tuple[Any, ...], picked: Any) -> Any:
+    """Encode the shape's runs of fixed fields for these values, and keep them if there is room.
+
+    One bytes when the shape has no varying field, else a tuple with a run before, between
+    and after them. None when a value is one protobuf rejects.
+    """
+    runs = []
+    for run in shape.runs:
+        try:
+            runs.append(
+                b"".join([_field(cache, tag, key, values[i], type(values[i])) for i, key in run])
+            )
+        except Exception:
+            return None
+    block: Any = runs[0] if len(runs) == 1 else tuple(runs)
+    blocks = shape.blocks
+    if blocks is not None:
+        if len(blocks) >= _BLOCKS_MAX:
+            shape.blocks = None
+            _cached[0] -= len(blocks)
+        elif sum(map(len, runs)) <= _BLOCK_BYTES_MAX and _cached[0] < _CACHED_MAX:
+            blocks[picked] = block
+            _cached[0] += 1
+    return block
+
+
+def _each(
+    cache: _TagCache, tag: bytes, items: Any, skip: frozenset[str], strict: bool
+) -> bytes | None:
+    """Field by field, for the layouts without a shape (see :func:`_fields`)."""
+    out: list[bytes] = []
+    append = out.append
+    cached = cache.fields.get
     for key, value in items:
+        if key in skip:
+            continue
         kind = type(value)
-        if kind is str or kind is int:  # the common case, a cached value: one lookup
+        if kind is str or kind is int:  # a cached value (so a non-empty str key): one lookup
             field = cached((key, value))
             if field is not None:
                 append(field)
                 continue
+        elif strict and kind not in _SCALARS:
+            return None
+        if strict and (type(key) is not str or not key):
+            return None
         try:
             append(_field(cache, tag, key, value, kind))
         except Exception as error:
+            if strict:
+                return None
             _dropped(key, error)
     return b"".join(out)
 
@@ -277,10 +472,12 @@ def _field(cache: _TagCache, tag: bytes, key: Any, value: Any, kind: type) -> by
         entry = keys.setdefault(key, _KeyFields(key))
     if entry is None:
         return _ld(tag, _key_value(key, value))
-    if entry.closed:  # an unbounded key (an id, a duration): encode, skip the cache
-        return _ld(tag, entry.head + _value_field(value, kind))
+    if entry.closed or kind is float:
+        # An unbounded key (an id, a duration), or a float: encoded each time. Floats are
+        # never cached: 0.0 and -0.0 (and NaNs) are one dict key, two different doubles.
+        return _unbounded(tag, entry.head, value, kind)
     cache_key = (key, value) if kind is str or kind is int else (key, kind, value)
-    field = cache.fields.get(cache_key)  # bools, floats and None are looked up here
+    field = cache.fields.get(cache_key)  # bools and None are looked up here
     if field is None:
         field = _ld(tag, entry.head + _value_field(value, kind))
         if entry.count >= _VALUES_MAX:
@@ -292,12 +489,20 @@ def _field(cache: _TagCache, tag: bytes, key: Any, value: Any, kind: type) -> by
     return field
 
 
+def _unbounded(tag: bytes, head: bytes, value: Any, kind: type) -> bytes:
+    """The field of a key encoded each time (``head`` is its encoded key), as ``_ld``."""
+    body = head + _value_field(value, kind)
+    size = len(body)
+    return tag + (_SMALL[size] if size < 128 else _varint(size)) + body
+
+
 def _close(cache: _TagCache, key: str, entry: _KeyFields) -> None:
     """Stop caching ``key`` (unbounded: a miss costs more than encoding), free its room.
 
     Once per key; ``list()`` snapshots the dict, as other threads encode too.
     """
     entry.closed, entry.count = True, 0
+    cache.version += 1  # the shapes that cache this key's values are rebuilt without it
     fields = cache.fields
     for cache_key in list(fields):
         if cache_key[0] == key and fields.pop(cache_key, None) is not None:
@@ -330,28 +535,7 @@ def _event_attributes(event: Mapping[Any, Any], skip: frozenset[str]) -> bytes |
     str, a value that is not str/bool/int/float/None, an int beyond 64 bits): the caller
     converts those first.
     """
-    cache = _tag_cache(b"\x32")
-    cached = cache.fields.get
-    out: list[bytes] = []
-    append = out.append
-    for key, value in event.items():
-        if key in skip:
-            continue
-        kind = type(value)
-        if kind is str or kind is int:  # a cached value (so a non-empty str key): one lookup
-            field = cached((key, value))
-            if field is not None:
-                append(field)
-                continue
-        elif kind not in _SCALARS:
-            return None
-        if type(key) is not str or not key:
-            return None
-        try:
-            append(_field(cache, b"\x32", key, value, kind))
-        except Exception:  # an int beyond 64 bits: the caller converts it (to a str)
-            return None
-    return b"".join(out)
+    return _fields(b"\x32", event, skip, True)
 
 
 def _resource(resource: Any) -> bytes:
@@ -724,19 +908,29 @@ def _emitted(
     resource: Any,
     instrumentation_scope: Any,
 ) -> Encoded:
-    """A record emitted now: one clock reading is both its time and its observed time."""
-    payload = _log_fields(
-        timestamp,
-        timestamp,
-        severity_number,
-        severity_text,
-        body,
-        attributes,
-        0,
-        trace_flags,
-        trace_id,
-        span_id,
-        None,
+    """A record emitted now: one clock reading is both its time and its observed time.
+
+    The same bytes as :func:`_log_fields` (tested), with the fields between the time and
+    the attributes (severity, its text, the body: one per event name and level) cached.
+    """
+    head_key = (severity_number, severity_text, body)
+    text_body = type(body) is str  # a structured body (a dict) is encoded each time
+    head = _log_heads.get(head_key) if text_body else None
+    if head is None:
+        head = _log_fields(None, None, severity_number, severity_text, body, b"", 0, 0, 0, 0, None)
+        if text_body and len(_log_heads) < _TEXT_FIELDS_MAX and len(head) <= _FIELD_BYTES_MAX:
+            _log_heads[head_key] = head
+    time_field = b"\x09" + _pack_fixed64(timestamp) if timestamp else b""
+    payload = b"".join(
+        (
+            time_field,
+            head,
+            attributes,
+            b"\x45" + _pack_fixed32(trace_flags) if trace_flags else b"",
+            b"\x4a\x10" + trace_id.to_bytes(16, "big") if trace_id else b"",
+            b"\x52\x08" + span_id.to_bytes(8, "big") if span_id else b"",
+            b"\x59" + time_field[1:] if timestamp else b"",
+        )
     )
     return Encoded(payload, resource, instrumentation_scope)
 

@@ -49,11 +49,21 @@ RESOURCE = Resource.create(
 def _fresh_cache() -> Iterator[None]:
     _otlp_encode._field_cache.clear()
     _otlp_encode._text_fields.clear()
+    _otlp_encode._log_heads.clear()
     _otlp_encode._cached[0] = 0
     yield
     _otlp_encode._field_cache.clear()
     _otlp_encode._text_fields.clear()
+    _otlp_encode._log_heads.clear()
     _otlp_encode._cached[0] = 0
+
+
+def _cached_in_all() -> int:
+    """What the tag caches hold: fields, and runs of fields in their layouts."""
+    return sum(
+        len(cache.fields) + sum(len(shape.blocks or ()) for shape in cache.shapes.values())
+        for cache in _otlp_encode._field_cache.values()
+    )
 
 
 def _spans(resource: Resource = RESOURCE) -> list[Any]:
@@ -224,7 +234,7 @@ def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert all(k.count <= 10 for k in keys.values())
     for key, entry in keys.items():
         assert entry.count == sum(1 for k in cache.fields if k[0] == key)
-    assert _otlp_encode._cached[0] == sum(len(t.fields) for t in _otlp_encode._field_cache.values())
+    assert _otlp_encode._cached[0] == _cached_in_all()
     assert (encode_spans(spans), encode_logs(logs)) == before
     # the overall budget and the size cap: no more caching, same bytes
     monkeypatch.setattr(_otlp_encode, "_CACHED_MAX", _otlp_encode._cached[0])
@@ -257,8 +267,19 @@ def test_unbounded_keys_encode_like_the_official_encoder(monkeypatch: pytest.Mon
             }
             expected = official_logs([record]).SerializeToString()
             assert encode_logs([record]) == expected, (round_, len(text))
-    keys = _otlp_encode._field_cache[b"\x32"].keys
-    assert keys["text"].closed and keys["float"].closed
+    cache = _otlp_encode._field_cache[b"\x32"]
+    assert cache.keys["text"].closed
+    assert not any(key[0] == "float" for key in cache.fields)  # floats are never cached
+
+
+def test_signed_zeros_and_nans_are_not_mistaken_for_cached_floats() -> None:
+    """0.0 and -0.0 are one dict key but two doubles on the wire; NaNs are never equal."""
+    record = _logs()[0]
+    for value in (0.0, -0.0, 0.0, float("nan"), -0.0, float("-nan"), 1.0):
+        for layout in ({"v": value}, {"v": value, "route": "/a"}, {"route": "/a", "v": value}):
+            record.log_record.attributes = layout
+            expected = official_logs([record]).SerializeToString()
+            assert encode_logs([record]) == expected, (value, layout)
 
 
 def test_cached_values_of_equal_but_different_types_stay_apart() -> None:
@@ -501,3 +522,80 @@ def test_repeated_names_and_bodies_are_cached_within_bounds(
     record.log_record.body = "x" * 600  # over _FIELD_BYTES_MAX: encoded, not kept
     assert encode_logs([record]) == official_logs([record]).SerializeToString()
     assert all(len(field) <= 512 for field in _otlp_encode._text_fields.values())
+
+
+def _layouts(i: int) -> list[dict[Any, Any]]:
+    """Attribute layouts as services make them: repeated values around varying ones (an id,
+    a duration, a path with 40 values), other types, and equal values of different types."""
+
+    class Word(enum.StrEnum):
+        GET = "GET"
+
+    return [
+        {"method": "GET", "route": "/items/{id}", "status": 200, "ok": True, "none": None},
+        {"method": "GET", "duration_ms": i / 7, "id": f"{i:032x}", "status": 200},
+        {"id": f"{i:032x}", "path": f"/items/{i % 40}", "n": i % 3, "ratio": -0.0},
+        {"method": Word.GET, "tags": ("a", "b"), "status": 200, "flag": i % 2 == 0},
+        {"flag": i % 2, "status": 200.0 if i % 3 else 200, "method": "GET"},
+        {"big": (1 << 63) - 1 if i % 2 else -(1 << 63), "route": "/a"},
+    ]
+
+
+def test_layouts_encode_like_the_official_encoder_while_their_keys_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Repeated layouts go through their cached runs of fields; the bytes stay the official
+    ones on every round: while the caches fill, once ids and paths stop caching (their
+    layouts are rebuilt without them), and for values of other types in one position."""
+    monkeypatch.setattr(_otlp_encode, "_VALUES_MAX", 30)
+    record = _logs()[0]
+    for i in range(120):
+        for attributes in _layouts(i):
+            record.log_record.attributes = attributes
+            expected = official_logs([record]).SerializeToString()
+            assert encode_logs([record]) == expected, (i, attributes)
+    cache = _otlp_encode._field_cache[b"\x32"]
+    assert cache.keys["id"].closed and cache.keys["path"].closed
+    assert not cache.keys["route"].closed and not cache.keys["status"].closed
+    repeated = next(s for layout, s in cache.shapes.items() if layout[0][0] == "method")
+    assert repeated.blocks is not None and len(repeated.blocks) == 1  # one run, reused
+    with_ids = next(s for layout, s in cache.shapes.items() if "duration_ms" in layout[0])
+    assert [key for _, key, _ in with_ids.varying] == ["duration_ms", "id"]
+    assert _otlp_encode._cached[0] == _cached_in_all()
+
+
+def test_layout_caches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Layouts per tag and runs per layout are bounded: past them fields are encoded one
+    by one, to the same bytes, and what was held is counted out of the overall budget."""
+    monkeypatch.setattr(_otlp_encode, "_SHAPES_MAX", 3)
+    monkeypatch.setattr(_otlp_encode, "_BLOCKS_MAX", 5)
+    record = _logs()[0]
+    for i in range(40):
+        layouts = [*_layouts(i), {f"k{i}": "v"}, {"user": f"u{i}", "route": "/a"}]
+        for attributes in layouts:
+            record.log_record.attributes = attributes
+            expected = official_logs([record]).SerializeToString()
+            assert encode_logs([record]) == expected, (i, attributes)
+    cache = _otlp_encode._field_cache[b"\x32"]
+    assert len(cache.shapes) == 3
+    assert all(s.blocks is None or len(s.blocks) <= 5 for s in cache.shapes.values())
+    assert _otlp_encode._cached[0] == _cached_in_all()
+
+
+def test_a_repeated_layout_still_rejects_what_protobuf_cannot_take() -> None:
+    """An int beyond 64 bits where the layout had cached ints: an SDK record drops it (as
+    the official encoder does), an event gives up for the caller to convert it."""
+    from kiki_otel._logging import _RECORD_FIELDS
+    from kiki_otel._otlp_encode import encode_log_event
+
+    record = _logs()[0]
+    resource, scope = Resource({"service.name": "svc"}), InstrumentationScope("kiki_otel.x")
+    fields = (1, SeverityNumber.INFO, "INFO", "e")
+    ids = (0, 0, 0, resource, scope)
+    for n in (1, 2, 1 << 70, 1, 1 << 64, -(1 << 64)):
+        record.log_record.attributes = {"route": "/a", "n": n, "after": "x"}
+        assert encode_logs([record]) == official_logs([record]).SerializeToString(), n
+        event = {"event": "e", "route": "/a", "n": n, "after": "x"}
+        assert (encode_log_event(*fields, event, _RECORD_FIELDS, *ids) is None) == (
+            not -(1 << 63) <= n < 1 << 63
+        ), n
