@@ -401,8 +401,22 @@ class DirectLogs:
         return True
 
 
-_QUEUE_FIELDS = ("_queue", "_max_queue_size", "_metrics", "_shutdown", "_pid", "_exporting")
+_QUEUE_FIELDS = (
+    "_queue",
+    "_max_queue_size",
+    "_max_export_batch_size",
+    "_worker_awaken",
+    "_metrics",
+    "_shutdown",
+    "_pid",
+    "_exporting",
+)
 """What :func:`enqueue` reads of the SDK's batch processor; without one, no direct path."""
+_pid = [os.getpid()]
+"""This process's id, refreshed in forked children: ``os.getpid()`` is a system call
+(glibc stopped caching it), and the SDK's ``emit`` makes one per queued item."""
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 _queue_full = Throttle(30.0)
 """Items dropped from a full export queue, reported per signal every 30 s."""
 
@@ -413,7 +427,7 @@ def has_queue(batch: object) -> bool:
 
 
 def enqueue(batch: Any, item: Any) -> None:
-    """``batch.emit(item)``, but a full queue drops without the SDK's per-item warning.
+    """``batch.emit(item)``, minus its ``getpid`` call and per-item warning when full.
 
     The SDK builds a warning ``LogRecord`` for every dropped item (its ``DuplicateFilter``
     discards it afterwards): ~15 us each on the request thread, while the collector is down
@@ -421,18 +435,23 @@ def enqueue(batch: Any, item: Any) -> None:
     item goes, the SDK's drop metric counts it) is reported per signal every 30 s with the
     count. After shutdown an item is dropped as the SDK drops it, without its "Shutdown
     called, ignoring" line: uvicorn's own last lines come after kiki's shutdown, so every
-    graceful stop printed one (the lines themselves are on stdout). A fork still takes the
-    SDK's own ``emit``.
+    graceful stop printed one (the lines themselves are on stdout). In a forked child whose
+    processor the SDK has not reset yet, the SDK's own ``emit`` resets it.
     """
     if batch._shutdown:
         return
-    queue = batch._queue
-    if len(queue) < batch._max_queue_size or batch._pid != os.getpid():
+    if batch._pid != _pid[0]:
         batch.emit(item)
         return
-    batch._metrics.drop_items(1)
-    queue.appendleft(item)  # a deque at its maxlen: the oldest item falls off, as in emit()
-    _report_full(str(batch._exporting))
+    queue = batch._queue
+    if len(queue) >= batch._max_queue_size:
+        batch._metrics.drop_items(1)
+        queue.appendleft(item)  # a deque at its maxlen: the oldest falls off, as in emit()
+        _report_full(str(batch._exporting))
+        return
+    queue.appendleft(item)  # what the SDK's emit does with an item that fits
+    if len(queue) >= batch._max_export_batch_size and not batch._worker_awaken.is_set():
+        batch._worker_awaken.set()
 
 
 _dropped: dict[str, int] = {}

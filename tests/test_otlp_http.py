@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from opentelemetry.sdk._logs.export import (
     SimpleLogRecordProcessor,
 )
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 
 from kiki_otel._exporters import log_exporter, span_exporter
 from kiki_otel._logging import OTelEmitter
@@ -643,3 +644,37 @@ def test_lines_after_shutdown_print_no_sdk_shutdown_notice(
     out = capsys.readouterr().out
     assert "Application shutdown complete." in out and "late.line" in out
     assert "Shutdown called" not in out
+
+
+def test_direct_items_wake_the_exporter_per_batch_and_after_a_fork(receiver: OTLPReceiver) -> None:
+    """``enqueue`` queues as the SDK's emit does: the exporter thread is woken once a batch
+    is full (no flush needed), and in a forked child the SDK's emit resets the processor
+    (its inherited queue and thread) before the item goes in."""
+    from kiki_otel import _otlp_http
+    from kiki_otel._otlp_encode import encode_span
+
+    spans = _spans()
+    provider = TracerProvider(resource=RESOURCE)
+    exporter = FastSpanExporter(OTLPHttpClient(receiver.http_url("traces"), timeout=5.0))
+    processor = BatchSpanProcessor(exporter, max_export_batch_size=2, schedule_delay_millis=60_000)
+    provider.add_span_processor(processor)
+    batch = processor._batch_processor
+    assert _otlp_http.has_queue(batch)
+    _otlp_http.enqueue(batch, encode_span(spans[0]))
+    _otlp_http.enqueue(batch, encode_span(spans[1]))  # a full batch: exported well before 60 s
+    assert {s.name for s in receiver.wait_for_spans(2, timeout=10)} == {
+        spans[0].name,
+        spans[1].name,
+    }
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what its queue holds after one item, then leave
+        os.close(read)
+        _otlp_http.enqueue(batch, encode_span(spans[0]))
+        os.write(write, f"{batch._pid == os.getpid()} {len(batch._queue)}".encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        assert pipe.read() == "True 1"
+    os.waitpid(pid, 0)
+    provider.shutdown()
