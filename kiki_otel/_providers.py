@@ -96,19 +96,28 @@ def _console_or_otlp(
 
 
 EXPORT_BATCH = 64
-"""Export batch size (the SDK's default is 512): exporting a batch runs on the same core(s)
-as the requests, and 512 at once is a burst every request in flight waits behind (the p99
-tail): ~5-8 ms with kiki's encoder, ~25 ms with the official one (~50 us a span). Smaller,
-more frequent batches spread that work; the per-request cost over a kept-alive connection
-is small. Measured with the official exporter through uvicorn: p99 49-54 -> 24-32 ms at the
-same CPU per request (docs/performance.md)."""
+"""Export batch size for the official exporters (the SDK's default is 512). They encode on
+the export thread, holding the GIL ~50 us a span, on the core(s) the requests run on: 512
+at once is a ~25 ms burst every request in flight waits behind (the p99 tail). Smaller,
+more frequent batches spread it: through uvicorn, p99 49-54 -> 24-32 ms at the same CPU per
+request (docs/performance.md)."""
 
 
-def _batch_sizes(env_prefix: str) -> dict[str, Any]:
-    """``max_export_batch_size`` for our batch processors unless ``OTEL_B*P_*`` sizes are set."""
+def _batch_sizes(env_prefix: str, exporter: object) -> dict[str, Any]:
+    """``max_export_batch_size`` for a batch processor over ``exporter``.
+
+    The user's ``OTEL_B*P_*`` sizes win, exactly as the SDK reads them. kiki's own exporters
+    keep the SDK's 512: the request thread encodes what they send, so a batch costs the
+    export thread ~0.3 ms of joining bytes, and fewer batches mean fewer wake-ups of the
+    export thread and GIL hand-overs with the requests' thread (docs/performance.md).
+    """
     for name in ("MAX_EXPORT_BATCH_SIZE", "MAX_QUEUE_SIZE"):
         if os.environ.get(env_prefix + name):
-            return {}  # the user's sizes, exactly as the SDK reads them
+            return {}
+    from ._otlp_http import FastLogExporter, FastSpanExporter
+
+    if isinstance(exporter, FastSpanExporter | FastLogExporter):
+        return {}
     return {"max_export_batch_size": EXPORT_BATCH}
 
 
@@ -122,7 +131,9 @@ def _build_tracing(settings: Settings, resource: Resource) -> TracerProvider:
         settings, settings.traces_exporter, ConsoleSpanExporter, span_exporter
     )
     if exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(exporter, **_batch_sizes("OTEL_BSP_")))
+        provider.add_span_processor(
+            BatchSpanProcessor(exporter, **_batch_sizes("OTEL_BSP_", exporter))
+        )
     return provider
 
 
@@ -156,7 +167,7 @@ def _build_logs(settings: Settings, resource: Resource) -> LoggerProvider:
     )
     if exporter is not None and settings.log_to_otel:
         provider.add_log_record_processor(
-            BatchLogRecordProcessor(exporter, **_batch_sizes("OTEL_BLRP_"))
+            BatchLogRecordProcessor(exporter, **_batch_sizes("OTEL_BLRP_", exporter))
         )
     return provider
 
