@@ -1,6 +1,8 @@
-"""pytest-benchmark micro-benchmarks (not collected by the main run: ``testpaths = ["tests"]``).
+"""pytest-benchmark micro-benchmarks.
 
-``.venv/bin/pytest bench/test_micro.py --benchmark-enable --benchmark-only`` (add ``--benchmark-columns=min,median``).
+``.venv/bin/pytest bench/test_micro.py --benchmark-enable --benchmark-only`` (add
+``--benchmark-columns=min,median``). The test run collects them too, with
+``--benchmark-disable`` (pyproject): each runs once, untimed, so they cannot break unseen.
 They time the pieces the budget is made of: span encoding (ours vs official), the JSON log
 chain (stdout only, and with the OTel record), the access line (through structlog and
 direct), a duration-histogram record and the request
