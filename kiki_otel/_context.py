@@ -9,8 +9,10 @@ from __future__ import annotations
 from contextvars import ContextVar
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 
 __all__ = [
+    "SPAN_KEY",
     "client_request_id",
     "current_ids",
     "get_request_id",
@@ -20,6 +22,24 @@ __all__ = [
 
 client_request_id: ContextVar[str | None] = ContextVar("kiki_client_request_id", default=None)
 """A client's own (allowlisted) X-Request-ID, kept beside ours for their log searches."""
+
+
+def _span_key() -> str | None:
+    """The context key under which the API keeps the current span, found through its API.
+
+    None if ``set_span_in_context`` is not one key over the context it is given or
+    ``get_current_span`` does not read that key back: then kiki's request path calls them.
+    """
+    span = trace.NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)
+    keys = list(trace.set_span_in_context(span, Context()))
+    if len(keys) != 1 or trace.get_current_span(Context({keys[0]: span})) is not span:
+        return None
+    return keys[0]
+
+
+SPAN_KEY = _span_key()
+"""What ``trace.set_span_in_context`` sets and ``trace.get_current_span`` reads, for the
+request path's lookups without their two calls each (None: make the calls)."""
 
 
 def current_ids() -> tuple[str, str] | None:

@@ -16,6 +16,14 @@ fast exporter, :meth:`DirectSpans.end` encodes the ended span right away (an end
 processor's queue, where its ``on_end`` would have put a copy of the span: one small
 object waits in the queue instead of a span's ~10 (see ``_otlp_encode.Encoded``).
 
+The SDK's per-span work is done inline where its result is fixed: the parent is read from
+the context dict (what ``get_current_span`` does), a sampler whose decision for this kind of
+parent is a constant (``ALWAYS_ON``/``ALWAYS_OFF``, alone or as a ``ParentBased`` delegate:
+the default sampler without a parent) gives that decision without its call and
+``SamplingResult``, and the ``SpanContext`` tuple is built as its ``__new__`` builds it
+(layout checked once per app). Any other sampler is called as before; one set on the
+tracer after setup was never checked attribute-blind, so its spans start the SDK's way.
+
 It is only used where nothing can tell the difference: an SDK tracer whose sampler ignores
 attributes (the SDK's always_on/off, traceidratio and parentbased over those), whose span
 processors are the SDK's batch/simple ones (their ``on_start`` does nothing, so no processor
@@ -35,8 +43,18 @@ from typing import Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import (
+    INVALID_SPAN_ID,
+    INVALID_TRACE_ID,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+)
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
+from ._context import SPAN_KEY
 from ._otlp_encode import encode_span
 from ._otlp_http import FastSpanExporter, enqueue, has_queue
 
@@ -72,6 +90,10 @@ _SPAN_FIELDS = frozenset(
 """Every field of an SDK ``_Span`` (opentelemetry-sdk 1.45): a template with other fields
 means an SDK we have not checked, and the SDK path is used."""
 
+_TRACE_ID_MAX = 2**128 - 1
+_SPAN_ID_MAX = 2**64 - 1
+"""The largest valid W3C ids (``SpanContext`` checks the same: see ``_tuple_layout_matches``)."""
+
 _PER_SPAN = frozenset(
     {
         "_attributes",
@@ -95,23 +117,35 @@ class DirectSpans:
 
     __slots__ = (
         "_batch",
+        "_drop",
+        "_empty_attributes",
+        "_fixed",
         "_flags",
         "_limits",
         "_multi",
         "_new_attributes",
         "_new_list",
         "_processors",
+        "_sample",
+        "_sampler",
         "_span_class",
         "_template",
         "_tracer",
     )
 
-    def __init__(self, tracer: Any, template: dict[str, Any], batch: Any) -> None:
+    def __init__(
+        self, tracer: Any, template: dict[str, Any], batch: Any, empty_attributes: dict[str, Any]
+    ) -> None:
         from opentelemetry.attributes import BoundedAttributes
         from opentelemetry.sdk.trace import _Span
+        from opentelemetry.sdk.trace.sampling import Decision
         from opentelemetry.sdk.util import BoundedList
 
         self._tracer = tracer
+        self._sampler = tracer.sampler
+        self._fixed = _fixed_decisions(tracer.sampler)
+        self._drop = Decision.DROP
+        self._sample = Decision.RECORD_AND_SAMPLE
         self._multi = tracer.span_processor
         self._processors = self._multi._span_processors
         self._limits = tracer._span_limits
@@ -119,6 +153,7 @@ class DirectSpans:
         self._batch = batch  # the lone batch processor's queue, or None: end() the SDK way
         self._span_class: Any = _Span
         self._new_attributes: Any = BoundedAttributes
+        self._empty_attributes = empty_attributes
         self._new_list: Any = BoundedList
         random = TraceFlags.RANDOM_TRACE_ID
         # (sampled, random trace id) -> the flags start_span would build
@@ -173,7 +208,13 @@ class DirectSpans:
                 instrumentation_scope=tracer._instrumentation_scope,
             )
         )
-        if set(template) != _SPAN_FIELDS:
+        empty_attributes = _empty_attributes(BoundedAttributes)
+        if (
+            set(template) != _SPAN_FIELDS
+            or not _tuple_layout_matches()
+            or not empty_attributes
+            or SPAN_KEY is None
+        ):
             return None
         batch = None
         if (
@@ -184,7 +225,7 @@ class DirectSpans:
         ):
             batch = processors[0]._batch_processor
         shared = {k: v for k, v in template.items() if k not in _PER_SPAN}
-        return cls(tracer, shared, batch)
+        return cls(tracer, shared, batch, empty_attributes)
 
     def usable(self, count: int) -> bool:
         """True while the span can be direct: same processors, tracer on, room for ``count``."""
@@ -201,39 +242,75 @@ class DirectSpans:
         """``tracer.start_span(name, context, kind=SERVER, attributes=attributes)``.
 
         ``attributes`` must hold valid attribute values built by the caller, and
-        :meth:`usable` must have been true for their count.
+        :meth:`usable` must have been true for their count. The span keeps the dict
+        itself as its attribute dict (no copy): the caller must not use it afterwards.
         """
         tracer = self._tracer
-        parent: SpanContext | None = trace.get_current_span(context).get_span_context()
+        sampler = tracer.sampler
+        if sampler is not self._sampler:
+            # Set on the tracer later: never found attribute-blind (it may read the
+            # attributes, which the direct path adds after its call), so the SDK's way.
+            sdk_span: trace.Span = tracer.start_span(
+                name, context, kind=SpanKind.SERVER, attributes=attributes
+            )
+            return sdk_span
+        # trace.get_current_span(context).get_span_context(), without its two calls
+        # (SPAN_KEY is not None: _inspect checked)
+        current = context.get(SPAN_KEY) if context is not None else trace.get_current_span()  # type: ignore[arg-type]
+        parent: SpanContext | None = None
+        if current is not None and isinstance(current, Span):
+            parent = current.get_span_context()
         if parent is None or not parent.is_valid:
             parent = None
             trace_id = tracer.id_generator.generate_trace_id()
             random_id = tracer.id_generator.is_trace_id_random()
+            kind = None
         else:
             trace_id = parent.trace_id
             random_id = parent.trace_flags.random_trace_id
-        sampler = tracer.sampler
-        # Attribute-blind samplers (checked): the attributes go in below, as in _inspect.
-        result = sampler.should_sample(context, trace_id, name, SpanKind.SERVER, None, ())
-        decision = result.decision
-        span_context = SpanContext(
-            trace_id,
-            tracer.id_generator.generate_span_id(),
-            is_remote=False,
-            trace_flags=self._flags[decision.is_sampled(), bool(random_id)],
-            trace_state=result.trace_state,
+            kind = (parent.is_remote, parent.trace_flags.sampled)
+        decision = self._fixed.get(kind)
+        if decision is None:
+            # Attribute-blind samplers (checked): the attributes go in below, as in _inspect.
+            result = sampler.should_sample(context, trace_id, name, SpanKind.SERVER, None, ())
+            decision, trace_state = result.decision, result.trace_state
+            sampled_attributes: Any = result.attributes
+        else:  # what that StaticSampler returns: its decision, the parent's trace state
+            trace_state = None if parent is None else parent.trace_state
+            sampled_attributes = None
+        span_id = tracer.id_generator.generate_span_id()
+        # SpanContext(trace_id, span_id, is_remote=False, trace_flags=..., trace_state=...)
+        span_context = tuple.__new__(
+            SpanContext,
+            (
+                trace_id,
+                span_id,
+                False,
+                self._flags[decision is self._sample, bool(random_id)],
+                DEFAULT_TRACE_STATE if trace_state is None else trace_state,
+                INVALID_TRACE_ID < trace_id <= _TRACE_ID_MAX
+                and INVALID_SPAN_ID < span_id <= _SPAN_ID_MAX,
+            ),
         )
         record_end_metrics = tracer._tracer_metrics.start_span(parent, decision)
-        if not decision.is_recording():
+        if decision is self._drop:  # not Decision.is_recording()
             return NonRecordingSpan(span_context)
         limits = self._limits
-        bounded = self._new_attributes(
-            limits.max_span_attributes,
-            result.attributes,
-            immutable=False,
-            max_value_len=limits.max_span_attribute_length,
-        )
-        bounded._dict.update(attributes)
+        if sampled_attributes:  # a sampler's own attributes first, cleaned by the SDK
+            bounded = self._new_attributes(
+                limits.max_span_attributes,
+                sampled_attributes,
+                immutable=False,
+                max_value_len=limits.max_span_attribute_length,
+            )
+            bounded._dict.update(attributes)
+        else:  # BoundedAttributes(max, None, immutable=False, max_value_len=None), filled
+            bounded = object.__new__(self._new_attributes)
+            held = bounded.__dict__
+            held.update(self._empty_attributes)
+            held["_dict"] = attributes
+            held["maxlen"] = limits.max_span_attributes
+            held["_lock"] = threading.Lock()
         span = self._span_class.__new__(self._span_class)
         fields = span.__dict__
         fields.update(self._template)
@@ -251,18 +328,30 @@ class DirectSpans:
         # on_start of the SDK's batch/simple processors does nothing: not called.
         return cast(trace.Span, span)
 
-    def set_attributes(self, span: Any, attributes: dict[str, Any]) -> None:
-        """``span.set_attributes(attributes)`` for values built by the caller."""
+    def set_attributes(
+        self, span: Any, attributes: dict[str, Any], name: str | None = None
+    ) -> None:
+        """``span.update_name(name)`` unless ``name`` is None, then ``span.set_attributes``.
+
+        For values built by the caller. Both under one hold of the span's lock, where the
+        SDK takes it twice (and ``update_name`` through its ended-span decorator).
+        """
         values = getattr(getattr(span, "_attributes", None), "_dict", None)
         if (
-            type(values) is dict
-            and span.is_recording()
+            type(span) is self._span_class
+            and type(values) is dict
             and self.usable(len(values) + len(attributes))
         ):
-            for key, value in attributes.items():
-                values.pop(key, None)  # a key set again moves to the end, as in the SDK
-                values[key] = value
-            return
+            with span._lock:
+                if span._end_time is None:
+                    if name is not None:
+                        span._name = name
+                    for key, value in attributes.items():
+                        values.pop(key, None)  # a key set again moves to the end, as in the SDK
+                        values[key] = value
+                    return
+        if name is not None:  # ended, or not a span of ours: the SDK's calls and warnings
+            span.update_name(name)
         span.set_attributes(attributes)
 
     def end(self, span: Any, end_time: int | None = None) -> None:
@@ -315,3 +404,83 @@ def _attribute_blind(sampler: Any) -> bool:
             )
         )
     return False
+
+
+_PARENT_KINDS: tuple[tuple[bool, bool] | None, ...] = (
+    None,
+    (True, True),
+    (True, False),
+    (False, True),
+    (False, False),
+)
+"""No valid parent, or ``(is_remote, sampled)`` of the parent: what ``ParentBased`` tells apart."""
+
+
+def _fixed_decisions(sampler: Any) -> dict[tuple[bool, bool] | None, Any]:
+    """The decisions ``sampler`` takes without looking at the span, by kind of parent.
+
+    Keys: None (no valid parent) or ``(parent.is_remote, parent.trace_flags.sampled)``;
+    values: the ``Decision`` of the ``StaticSampler`` that decides for that parent (itself,
+    or the ``ParentBased`` delegate it picks). A static sampler's result is its decision and
+    the parent's trace state, nothing else. Kinds decided by another sampler are left out:
+    that sampler is called.
+    """
+    from opentelemetry.sdk.trace import sampling
+
+    kind = type(sampler)
+    if kind is sampling.StaticSampler:
+        return dict.fromkeys(_PARENT_KINDS, sampler._decision)
+    if kind is not sampling.ParentBased:
+        return {}
+    delegates = (
+        sampler._root,
+        sampler._remote_parent_sampled,
+        sampler._remote_parent_not_sampled,
+        sampler._local_parent_sampled,
+        sampler._local_parent_not_sampled,
+    )
+    return {
+        key: delegate._decision
+        for key, delegate in zip(_PARENT_KINDS, delegates, strict=True)
+        if type(delegate) is sampling.StaticSampler
+    }
+
+
+_ATTRIBUTE_FIELDS = frozenset(
+    {"_dict", "_immutable", "_lock", "dropped", "max_value_len", "maxlen"}
+)
+"""Every field of an SDK ``BoundedAttributes`` (opentelemetry-api 1.45)."""
+
+
+def _empty_attributes(kind: Any) -> dict[str, Any] | None:
+    """An empty, mutable ``BoundedAttributes`` without a value length limit, as fields.
+
+    All but the three :meth:`DirectSpans.start` sets per span; None for another layout.
+    """
+    if kind.__new__ is not object.__new__:
+        return None
+    fields = vars(kind(None, None, immutable=False, max_value_len=None))
+    if set(fields) != _ATTRIBUTE_FIELDS or type(fields["_dict"]) is not dict:
+        return None
+    return {k: v for k, v in fields.items() if k not in ("_dict", "maxlen", "_lock")}
+
+
+def _tuple_layout_matches() -> bool:
+    """True if :meth:`DirectSpans.start` builds the tuple ``SpanContext(...)`` would.
+
+    Probed at the validity bounds: an API release that changes the layout or the validity
+    rule turns the direct path off.
+    """
+    state = trace.TraceState([("k", "v")])
+    flags = TraceFlags(TraceFlags.SAMPLED)
+    for trace_id, span_id in ((1, 1), (0, 1), (1, 0), (2**128 - 1, 2**64 - 1), (2**128, 2**64)):
+        want = SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=state)
+        valid = (
+            INVALID_TRACE_ID < trace_id <= _TRACE_ID_MAX
+            and INVALID_SPAN_ID < span_id <= _SPAN_ID_MAX
+        )
+        got = tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state, valid))
+        if type(want) is not SpanContext or tuple(got) != tuple(want):
+            return False
+    unset = SpanContext(1, 1, is_remote=False, trace_flags=flags, trace_state=None)
+    return tuple(unset) == (1, 1, False, flags, DEFAULT_TRACE_STATE, True)

@@ -23,7 +23,7 @@ from opentelemetry.trace.span import Span
 
 from ._access_log import access_log
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
-from ._context import client_request_id, mark_exception
+from ._context import SPAN_KEY, client_request_id, mark_exception
 from ._fast_histogram import fast_histogram
 from ._fast_span import DirectSpans
 from ._json import safe_repr
@@ -261,7 +261,8 @@ class ServerTelemetry:
         carrier: dict[str, str],
         parent: otel_context.Context,
         client_id: str | None,
-    ) -> tuple[Span, otel_context.Context]:
+    ) -> tuple[Span, SpanContext, otel_context.Context]:
+        """The request span, its span context and ``set_span_in_context(span, parent)``."""
         attributes: dict[str, Any] = {
             "http.request.method": method,
             "url.scheme": scope.get("scheme", "http"),
@@ -296,10 +297,17 @@ class ServerTelemetry:
             span = self._tracer.start_span(
                 name, context=parent, kind=SpanKind.SERVER, attributes=attributes
             )
-        if not span.get_span_context().is_valid:
+        span_context = span.get_span_context()
+        if not span_context.is_valid:
             # No SDK (OTEL_SDK_DISABLED): still give the request an id, W3C-shaped.
-            span = NonRecordingSpan(_random_span_context())
-        return span, trace.set_span_in_context(span, parent)
+            span_context = _random_span_context()
+            span = NonRecordingSpan(span_context)
+        if SPAN_KEY is None:
+            return span, span_context, trace.set_span_in_context(span, parent)
+        # trace.set_span_in_context(span, parent), without its two calls
+        values = (parent if parent is not None else otel_context.get_current()).copy()
+        values[SPAN_KEY] = span
+        return span, span_context, otel_context.Context(values)
 
     async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
@@ -308,8 +316,7 @@ class ServerTelemetry:
         method = scope.get("method", "GET")
         method = method if method in _KNOWN_METHODS else "_OTHER"
         parent = _extract(carrier, propagator, w3c_only)
-        span, ctx = self._start_span(scope, method, carrier, parent, client_id)
-        span_context = span.get_span_context()
+        span, span_context, ctx = self._start_span(scope, method, carrier, parent, client_id)
         trace_id = format(span_context.trace_id, "032x")
         extra_headers = self._response_headers(trace_id, span_context)
         outer = otel_context.get_current()
@@ -404,17 +411,20 @@ class ServerTelemetry:
         metric_attrs = dict(active_attrs)
         metric_attrs["network.protocol.version"] = scope.get("http_version", "1.1")
         span_attrs: dict[str, Any] = {}
+        name = None
         if route is not None:
             metric_attrs["http.route"] = span_attrs["http.route"] = route
             method = active_attrs["http.request.method"]
-            span.update_name(f"{'HTTP' if method == '_OTHER' else method} {route}")
+            name = f"{'HTTP' if method == '_OTHER' else method} {route}"
         if status:
             metric_attrs["http.response.status_code"] = status
             span_attrs["http.response.status_code"] = status
-        if span_attrs:
+        if span_attrs:  # holds http.route whenever there is a name
             if self._direct is not None:
-                self._direct.set_attributes(span, span_attrs)
+                self._direct.set_attributes(span, span_attrs, name)
             else:
+                if name is not None:
+                    span.update_name(name)
                 span.set_attributes(span_attrs)
         if error is not None and isinstance(error, Exception):
             error_type = type(error).__qualname__

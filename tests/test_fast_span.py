@@ -19,10 +19,27 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider, _Span
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    SamplingResult,
+    StaticSampler,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    TraceState,
+)
 
 import kiki_otel
+from kiki_otel._context import SPAN_KEY
 from kiki_otel._fast_span import DirectSpans
 from kiki_otel._http_server import ServerTelemetry
 from kiki_otel._otlp_encode import encode_span
@@ -40,10 +57,12 @@ PER_SPAN = {"_context", "_start_time", "_end_time", "_lock", "_record_end_metric
 
 
 def _parents() -> dict[str, otel_context.Context]:
-    def remote(flags: int, state: TraceState | None = None) -> otel_context.Context:
-        parent = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(flags))
+    def remote(
+        flags: int, state: TraceState | None = None, is_remote: bool = True
+    ) -> otel_context.Context:
+        parent = SpanContext(0xABC, 0xDEF, is_remote=is_remote, trace_flags=TraceFlags(flags))
         if state is not None:
-            parent = SpanContext(0xABC, 0xDEF, True, TraceFlags(flags), state)
+            parent = SpanContext(0xABC, 0xDEF, is_remote, TraceFlags(flags), state)
         return trace.set_span_in_context(NonRecordingSpan(parent), otel_context.Context())
 
     return {
@@ -51,7 +70,12 @@ def _parents() -> dict[str, otel_context.Context]:
         "remote-sampled": remote(1),
         "remote-sampled-with-state": remote(1, TraceState([("vendor", "v1")])),
         "remote-not-sampled": remote(0),
+        "remote-not-sampled-with-state": remote(0, TraceState([("vendor", "v2")])),
         "remote-sampled-random": remote(1 | 2),
+        "local-sampled-with-state": remote(1, TraceState([("vendor", "v3")]), is_remote=False),
+        "local-not-sampled": remote(0, is_remote=False),
+        "invalid-span": trace.set_span_in_context(INVALID_SPAN, otel_context.Context()),
+        "not-a-span": otel_context.set_value(SPAN_KEY, "span?", otel_context.Context()),
     }
 
 
@@ -73,6 +97,9 @@ def _compare(direct: Any, sdk: Any) -> None:
         got = vars(direct)[name]
         if name == "_attributes":
             assert list(got.items()) == list(value.items())
+            assert set(vars(got)) == set(vars(value)) and type(got) is type(value)
+            assert type(got._lock) is type(value._lock) and got._lock is not value._lock
+            assert (got.dropped, type(got._dict)) == (value.dropped, type(value._dict))
             assert (got.maxlen, got.max_value_len, got._immutable) == (
                 value.maxlen,
                 value.max_value_len,
@@ -83,19 +110,41 @@ def _compare(direct: Any, sdk: Any) -> None:
         else:
             assert got == value, name
     d, s = direct.context, sdk.context
+    assert type(d) is SpanContext and len(d) == len(s)
     assert (d.trace_flags, d.trace_state, d.is_remote) == (s.trace_flags, s.trace_state, False)
+    assert d.is_valid == s.is_valid
     if sdk.parent is not None:
         assert d.trace_id == s.trace_id  # the parent's trace
     assert direct.start_time is not None and direct.end_time is None
 
 
+MIXED = ParentBased(
+    ALWAYS_OFF,
+    remote_parent_sampled=TraceIdRatioBased(0.0),
+    remote_parent_not_sampled=ALWAYS_ON,
+    local_parent_sampled=ALWAYS_OFF,
+    local_parent_not_sampled=TraceIdRatioBased(1.0),
+)
+"""Every kind of parent decided otherwise than by default, static and called delegates mixed."""
+
+
 @pytest.mark.parametrize(
     "sampler",
-    [None, ALWAYS_OFF, TraceIdRatioBased(1.0), ParentBased(TraceIdRatioBased(0.0))],
-    ids=["default", "always-off", "ratio-1", "parentbased-ratio-0"],
+    [
+        None,
+        ALWAYS_OFF,
+        ALWAYS_ON,
+        TraceIdRatioBased(1.0),
+        ParentBased(TraceIdRatioBased(0.0)),
+        MIXED,
+    ],
+    ids=["default", "always-off", "always-on", "ratio-1", "parentbased-ratio-0", "mixed"],
 )
 def test_started_span_equals_the_sdk_span(sampler: Any) -> None:
-    """For every kind of parent and attribute-blind sampler: same span class and fields."""
+    """For every kind of parent and attribute-blind sampler: same span class and fields.
+
+    Decisions of static samplers (alone or as a ParentBased delegate) are taken without
+    the sampler's call: the parents cover each delegate, with and without trace state."""
     provider = TracerProvider(
         sampler=sampler, resource=Resource.create({"service.name": "s"}), shutdown_on_exit=False
     )
@@ -277,3 +326,167 @@ def test_an_encoder_failure_costs_no_span(
     assert got.span_id == f"{span.get_span_context().span_id:016x}"
     assert got.attributes["url.path"] == "/items/3"
     provider.shutdown()
+
+
+class _Notes(StaticSampler):
+    """Not attribute-blind: it keeps the attributes it was asked about."""
+
+    def __init__(self) -> None:
+        super().__init__(Decision.RECORD_AND_SAMPLE)
+        self.seen: list[Any] = []
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        self.seen.append(kwargs.get("attributes", args[4] if len(args) > 4 else None))
+        return super().should_sample(*args, **kwargs)
+
+
+def test_a_sampler_set_on_the_tracer_later_decides() -> None:
+    """The fixed decisions belong to the sampler seen at setup: another one decides, and,
+    never checked attribute-blind, it is asked the SDK's way (attributes included)."""
+    provider = TracerProvider(shutdown_on_exit=False)  # ParentBased(ALWAYS_ON)
+    tracer: Any = provider.get_tracer("t")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None
+    for sampler in (ALWAYS_OFF, ParentBased(ALWAYS_OFF), MIXED):
+        tracer.sampler = sampler
+        for label, ctx in _parents().items():
+            got: Any = direct.start("GET", ctx, dict(ATTRIBUTES))
+            want: Any = tracer.start_span("GET", ctx, kind=SpanKind.SERVER, attributes=ATTRIBUTES)
+            _compare(got, want)
+            assert got.get_span_context().trace_flags == want.get_span_context().trace_flags, label
+        if sampler is not MIXED:
+            assert isinstance(direct.start("GET", otel_context.Context(), {}), NonRecordingSpan)
+    tracer.sampler = notes = _Notes()
+    direct.start("GET", otel_context.Context(), dict(ATTRIBUTES))
+    assert notes.seen == [ATTRIBUTES]
+
+
+class _Ids(IdGenerator):
+    """Ids out of the valid range: the span context says so, as the SDK's does."""
+
+    def __init__(self, trace_id: int, span_id: int) -> None:
+        self.ids = (trace_id, span_id)
+
+    def generate_trace_id(self) -> int:
+        return self.ids[0]
+
+    def generate_span_id(self) -> int:
+        return self.ids[1]
+
+
+@pytest.mark.parametrize("ids", [(2**128, 7), (7, 2**64), (0, 7), (7, 0), (2**128 - 1, 2**64 - 1)])
+def test_span_context_validity_is_the_sdks(ids: tuple[int, int]) -> None:
+    provider = TracerProvider(id_generator=_Ids(*ids), shutdown_on_exit=False)
+    tracer = provider.get_tracer("t")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None
+    got: Any = direct.start("GET", otel_context.Context(), dict(ATTRIBUTES))
+    want: Any = tracer.start_span(
+        "GET", otel_context.Context(), kind=SpanKind.SERVER, attributes=ATTRIBUTES
+    )
+    _compare(got, want)
+    assert tuple(got.get_span_context()) == tuple(want.get_span_context())
+
+
+def test_another_span_context_layout_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The span context is built as a tuple only while that is what ``SpanContext`` builds."""
+    from kiki_otel import _fast_span
+
+    tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
+    assert DirectSpans.for_tracer(tracer) is not None
+    monkeypatch.setattr(_fast_span, "_TRACE_ID_MAX", 2**64 - 1)  # a rule of ours differs
+    assert DirectSpans.for_tracer(tracer) is None
+
+
+def test_renaming_with_the_attributes_is_update_name_then_set_attributes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Live span: the SDK's name and attributes, in its order. Ended span or one not of
+    ours: the SDK's own calls, so its warnings, in the same order, and nothing changed."""
+    provider = TracerProvider(shutdown_on_exit=False)
+    tracer = provider.get_tracer("t")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None
+    ctx = _parents()["remote-sampled"]
+    got: Any = direct.start("GET", ctx, dict(ATTRIBUTES))
+    want: Any = tracer.start_span("GET", ctx, kind=SpanKind.SERVER, attributes=ATTRIBUTES)
+    late = {"http.route": "/items/{id}", "url.path": "/moved", "http.response.status_code": 200}
+    direct.set_attributes(got, dict(late), "GET /items/{id}")
+    want.update_name("GET /items/{id}")
+    want.set_attributes(dict(late))
+    assert got.name == want.name == "GET /items/{id}"
+    assert list(got.attributes.items()) == list(want.attributes.items())
+    assert list(got.attributes)[-3:] == list(late)  # url.path set again moved to the end
+    got.end()
+    want.end()
+
+    def warnings(call: Any) -> list[str]:
+        caplog.clear()
+        call()
+        return [r.getMessage() for r in caplog.records]
+
+    said = warnings(lambda: direct.set_attributes(got, {"a": 1}, "late"))
+    assert said == warnings(lambda: (want.update_name("late"), want.set_attributes({"a": 1})))
+    assert len(said) == 2 and got.name == "GET /items/{id}" and "a" not in got.attributes
+    unsampled = NonRecordingSpan(SpanContext(1, 2, False))
+    assert warnings(lambda: direct.set_attributes(unsampled, {"a": 1}, "x")) == []
+
+
+def test_the_span_keeps_the_callers_attribute_dict_in_the_sdks_container() -> None:
+    """The attributes are the span's without a copy, in a BoundedAttributes that behaves as
+    the SDK's own: it evicts past the limit, and freezes when the span ends."""
+    provider = TracerProvider(span_limits=SpanLimits(max_span_attributes=6), shutdown_on_exit=False)
+    tracer = provider.get_tracer("t")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None
+    attributes = dict(ATTRIBUTES)
+    got: Any = direct.start("GET", otel_context.Context(), attributes)
+    want: Any = tracer.start_span("GET", kind=SpanKind.SERVER, attributes=ATTRIBUTES)
+    assert got._attributes._dict is attributes
+    for span in (got, want):
+        span.set_attribute("a", 1)
+        span.set_attribute("b", 2)  # the seventh: the oldest goes
+    assert list(got.attributes.items()) == list(want.attributes.items())
+    assert got._attributes.dropped == want._attributes.dropped == 1
+    got.end()
+    with pytest.raises(TypeError):
+        got._attributes["c"] = 3
+
+
+def test_a_samplers_own_attributes_come_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Were an attribute-blind sampler to return attributes of its own (none does today),
+    they would open the span's attributes, as in the SDK's span."""
+    original = TraceIdRatioBased.should_sample
+
+    def noting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        attributes = kwargs.get("attributes", args[4] if len(args) > 4 else None)
+        noted = {"sampler.note": "x", **(attributes or {})}
+        return SamplingResult(result.decision, noted, result.trace_state)
+
+    monkeypatch.setattr(TraceIdRatioBased, "should_sample", noting)
+    provider = TracerProvider(sampler=TraceIdRatioBased(1.0), shutdown_on_exit=False)
+    tracer = provider.get_tracer("t")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None
+    got: Any = direct.start("GET", otel_context.Context(), dict(ATTRIBUTES))
+    want: Any = tracer.start_span("GET", kind=SpanKind.SERVER, attributes=ATTRIBUTES)
+    _compare(got, want)
+    assert next(iter(got.attributes)) == "sampler.note"
+
+
+def test_the_span_key_is_the_apis() -> None:
+    """Found through the API, it is the key the API itself keeps the current span under;
+    without one the direct path is off."""
+    from opentelemetry.trace.propagation import _SPAN_KEY
+
+    assert SPAN_KEY == _SPAN_KEY
+
+
+def test_no_span_key_no_direct_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiki_otel import _fast_span
+
+    tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
+    assert DirectSpans.for_tracer(tracer) is not None
+    monkeypatch.setattr(_fast_span, "SPAN_KEY", None)
+    assert DirectSpans.for_tracer(tracer) is None

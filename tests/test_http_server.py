@@ -854,3 +854,35 @@ async def test_the_request_ends_when_its_response_is_sent_not_after_background_t
     assert line["duration_ms"] <= bound_ms  # allowed: an ordering, whatever the machine's speed
     (point,) = memory.metric_points("http.server.request.duration")
     assert point.sum * 1e3 <= bound_ms  # allowed: the same ordering for the metric
+
+
+@pytest.mark.parametrize("span_key", ["found", "unknown"])
+async def test_the_app_runs_in_the_parent_context_with_the_request_span(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch, span_key: str
+) -> None:
+    """The app's context is ``set_span_in_context(request span, extracted parent)``: the
+    parent's baggage and the request span as current, whether the middleware sets the
+    span key itself or (no key found through the API) calls ``set_span_in_context``."""
+    from opentelemetry import baggage, trace
+
+    from kiki_otel import _http_server
+
+    if span_key == "unknown":
+        monkeypatch.setattr(_http_server, "SPAN_KEY", None)
+    app = FastAPI()
+
+    @app.get("/seen")
+    async def seen() -> dict[str, Any]:
+        current = trace.get_current_span().get_span_context()
+        return {"span": f"{current.span_id:016x}", "tenant": baggage.get_baggage("tenant")}
+
+    kiki_otel.configure(app, service_name="svc-test", metrics_exporter="none")
+    async with client(app) as c:
+        response = await c.get(
+            "/seen",
+            headers={"traceparent": f"00-{TRACE}-{PARENT}-01", "baggage": "tenant=acme"},
+        )
+    (span,) = server_spans(memory)
+    assert response.json() == {"span": f"{span.context.span_id:016x}", "tenant": "acme"}
+    assert response.headers["x-request-id"] == TRACE == f"{span.context.trace_id:032x}"
+    assert not trace.get_current_span().get_span_context().is_valid  # detached after
