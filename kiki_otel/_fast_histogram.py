@@ -13,40 +13,52 @@ Only the cases where that is provably the same are taken: an SDK histogram, cumu
 aggregation (a delta reader throws aggregations away on collect), no cardinality overflow, and
 the provider's readers unchanged since the objects were found. Anything else, including an SDK
 release that renames what is read here, takes ``Histogram.record`` as before.
+
+The SDK's default exemplar filter (``trace_based``) is asked inline: its ``should_sample`` is
+``trace.get_current_span(context)`` and the span's sampled flag, two calls and a property
+that cost more than the answer. Any other filter, or a subclass, is called.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics
+from opentelemetry.trace import INVALID_SPAN, Span
+
+from ._context import SPAN_KEY
 
 __all__ = ["FastHistogram", "fast_histogram"]
 
+_new_tuple = tuple.__new__
 
-class _Measurement:
-    """Duck-typed ``opentelemetry.sdk.metrics`` ``Measurement``: what aggregations read."""
 
-    __slots__ = ("attributes", "context", "instrument", "time_unix_nano", "value")
+class _Measurement(NamedTuple):
+    """Duck-typed ``opentelemetry.sdk.metrics`` ``Measurement``: what aggregations read.
 
-    def __init__(
-        self, value: float, time_unix_nano: int, instrument: Any, ctx: Any, attributes: Any
-    ) -> None:
-        self.value = value
-        self.time_unix_nano = time_unix_nano
-        self.instrument = instrument
-        self.context = ctx
-        self.attributes = attributes
+    A named tuple built with ``tuple.__new__``: no Python frame to make one, and its
+    fields read in C.
+    """
+
+    value: float
+    time_unix_nano: int
+    instrument: Any
+    context: Any
+    attributes: Any
 
 
 class FastHistogram:
     """``record(value, attributes)`` for one histogram, direct to its aggregations when safe."""
 
-    __slots__ = ("_cache", "_consumer", "_histogram", "_storages")
+    __slots__ = ("_cache", "_consumer", "_histogram", "_storages", "_trace_based")
 
     def __init__(self, histogram: metrics.Histogram) -> None:
+        from opentelemetry.sdk.metrics import TraceBasedExemplarFilter
+
+        # (with no span key known, every filter is called)
+        self._trace_based: Any = TraceBasedExemplarFilter if SPAN_KEY is not None else None
         self._histogram = histogram
         self._consumer: Any = getattr(histogram, "_measurement_consumer", None)
         self._storages: Any = None
@@ -71,8 +83,17 @@ class FastHistogram:
             return
         now = time.time_ns()
         ctx = otel_context.get_current()
-        sample = consumer._sdk_config.exemplar_filter.should_sample(value, now, attributes, ctx)
-        measurement = _Measurement(value, now, self._histogram, ctx, attributes)
+        exemplar_filter = consumer._sdk_config.exemplar_filter
+        if type(exemplar_filter) is self._trace_based:  # its should_sample, inline:
+            # trace.get_current_span(ctx); SPAN_KEY is not None here (see __init__)
+            span = ctx.get(SPAN_KEY)  # type: ignore[arg-type]
+            if span is None or not isinstance(span, Span) or span == INVALID_SPAN:
+                sample = False
+            else:
+                sample = span.get_span_context().trace_flags.sampled
+        else:
+            sample = exemplar_filter.should_sample(value, now, attributes, ctx)
+        measurement = _new_tuple(_Measurement, (value, now, self._histogram, ctx, attributes))
         for aggregation in aggregations:
             aggregation.aggregate(measurement, sample)
 

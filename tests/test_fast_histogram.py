@@ -5,12 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from opentelemetry import metrics
-from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import (
+    AlwaysOffExemplarFilter,
+    AlwaysOnExemplarFilter,
+    Histogram,
+    MeterProvider,
+    TraceBasedExemplarFilter,
+)
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, SpanContext, TraceFlags
 
+from kiki_otel._context import SPAN_KEY
 from kiki_otel._fast_histogram import FastHistogram, fast_histogram
 from tests.conftest import metric_points
 
@@ -146,3 +155,90 @@ def test_a_disabled_meter_records_nothing() -> None:
     fast.record(0.01, dict(ATTRS[0]))
     (point,) = metric_points(reader, "fast")
     assert point.count == 2
+
+
+class _EqualsAnySpan(NonRecordingSpan):
+    """A span that says it equals every other one, INVALID_SPAN included."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = NonRecordingSpan.__hash__
+
+
+class _AlwaysTraceBased(TraceBasedExemplarFilter):
+    """A subclass: not the SDK's filter, so it is asked, not answered for."""
+
+    def should_sample(self, *args: Any) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    "exemplar_filter",
+    [
+        None,
+        TraceBasedExemplarFilter(),
+        AlwaysOnExemplarFilter(),
+        AlwaysOffExemplarFilter(),
+        _AlwaysTraceBased(),
+    ],
+    ids=["default", "trace-based", "always-on", "always-off", "subclass"],
+)
+@pytest.mark.parametrize("span_key", ["found", "unknown"])
+def test_exemplars_are_the_sdks_in_every_context(
+    exemplar_filter: Any, span_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trace-based filter answered inline takes the same exemplars as the SDK's call:
+    none outside a span, for an unsampled or invalid span or a non-span in the context;
+    the span's ids for a sampled one (a recording span or a remote parent). Without a
+    span key found through the API, the filter is called."""
+    from kiki_otel import _fast_histogram
+
+    if span_key == "unknown":
+        monkeypatch.setattr(_fast_histogram, "SPAN_KEY", None)
+    reader = InMemoryMetricReader()
+    kw = {} if exemplar_filter is None else {"exemplar_filter": exemplar_filter}
+    sdk, fast = _pair(reader, **kw)
+    recording = TracerProvider(shutdown_on_exit=False).get_tracer("t").start_span("req")
+
+    def remote(flags: int) -> Any:
+        return NonRecordingSpan(SpanContext(0xABC, 0xDEF, True, TraceFlags(flags)))
+
+    empty = otel_context.Context()
+    equal = _EqualsAnySpan(SpanContext(0xABC, 0xDEF, True, TraceFlags(1)))
+    contexts = [  # one bucket of one point each: every exemplar survives to be compared
+        (0, 0.001, empty),
+        (0, 0.007, trace.set_span_in_context(recording, empty)),
+        (0, 0.03, trace.set_span_in_context(remote(1), empty)),
+        (0, 0.07, trace.set_span_in_context(remote(0), empty)),
+        (0, 0.15, trace.set_span_in_context(INVALID_SPAN, empty)),
+        (0, 0.5, otel_context.set_value(SPAN_KEY, "span?", empty)),
+        (1, 0.001, trace.set_span_in_context(equal, empty)),  # == INVALID_SPAN: no exemplar
+    ]
+    for attrs in ATTRS[:2]:
+        sdk.record(2.0, dict(attrs))
+        fast.record(2.0, dict(attrs))  # first sight: the SDK path; the rest are direct
+    for which, value, ctx in contexts:
+        token = otel_context.attach(ctx)
+        try:
+            sdk.record(value, dict(ATTRS[which]))
+            fast.record(value, dict(ATTRS[which]))
+        finally:
+            otel_context.detach(token)
+    assert fast._cache
+
+    data = reader.get_metrics_data()  # once: a collection takes the exemplars
+    assert data is not None
+    exemplars: dict[str, list[Any]] = {"fast": [], "sdk": []}
+    for scope in data.resource_metrics[0].scope_metrics:
+        for metric in scope.metrics:
+            for point in metric.data.data_points:
+                route = point.attributes["http.route"]
+                exemplars[metric.name] += [
+                    (route, e.value, e.trace_id, e.span_id) for e in point.exemplars
+                ]
+    got, want = sorted(exemplars["fast"]), sorted(exemplars["sdk"])
+    assert got == want
+    if exemplar_filter is None:
+        ids = recording.get_span_context()
+        assert got == [("/a", 0.007, ids.trace_id, ids.span_id), ("/a", 0.03, 0xABC, 0xDEF)]
