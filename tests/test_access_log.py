@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import structlog
 from fastapi import FastAPI
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
@@ -184,6 +185,20 @@ def test_the_ids_are_the_current_span_contexts(
     assert first == second and f'"span_id":"{current.span_id:016x}"' in first
     direct_record, chain_record = (_record(r) for r in memory.logs()[-2:])
     assert direct_record == chain_record and direct_record[6] == current.span_id
+    # Something that is not a span under the span key: no ids, as get_current_span says
+    from kiki_otel._context import SPAN_KEY
+
+    assert SPAN_KEY is not None
+    token = otel_context.attach(otel_context.set_value(SPAN_KEY, "not a span"))
+    try:
+        direct("GET", "/x", "/x", 200, 1.0)
+        chain("GET", "/x", "/x", 200, 1.0)
+    finally:
+        otel_context.detach(token)
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == second and "trace_id" not in first
+    direct_record, chain_record = (_record(r) for r in memory.logs()[-2:])
+    assert direct_record == chain_record and direct_record[6] == 0
 
 
 def test_a_thread_local_context_class_keeps_the_structlog_path(memory: Memory) -> None:
