@@ -43,6 +43,7 @@ from typing import Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.sdk.trace import sampling
 from opentelemetry.trace import (
     INVALID_SPAN_ID,
     INVALID_TRACE_ID,
@@ -90,6 +91,8 @@ _SPAN_FIELDS = frozenset(
 """Every field of an SDK ``_Span`` (opentelemetry-sdk 1.45): a template with other fields
 means an SDK we have not checked, and the SDK path is used."""
 
+_TRACE_ID_LOW = (1 << 64) - 1
+"""What ``TraceIdRatioBased`` compares with its bound: the trace id's low 64 bits."""
 _TRACE_ID_MAX = 2**128 - 1
 _SPAN_ID_MAX = 2**64 - 1
 """The largest valid W3C ids (``SpanContext`` checks the same: see ``_tuple_layout_matches``)."""
@@ -270,12 +273,14 @@ class DirectSpans:
             random_id = parent.trace_flags.random_trace_id
             kind = (parent.is_remote, parent.trace_flags.sampled)
         decision = self._fixed.get(kind)
+        if type(decision) is int:  # TraceIdRatioBased.should_sample, inline
+            decision = self._sample if trace_id & _TRACE_ID_LOW < decision else self._drop
         if decision is None:
             # Attribute-blind samplers (checked): the attributes go in below, as in _inspect.
             result = sampler.should_sample(context, trace_id, name, SpanKind.SERVER, None, ())
             decision, trace_state = result.decision, result.trace_state
             sampled_attributes: Any = result.attributes
-        else:  # what that StaticSampler returns: its decision, the parent's trace state
+        else:  # what that sampler returns: its decision, the parent's trace state
             trace_state = None if parent is None else parent.trace_state
             sampled_attributes = None
         span_id = tracer.id_generator.generate_span_id()
@@ -387,8 +392,6 @@ class DirectSpans:
 
 def _attribute_blind(sampler: Any) -> bool:
     """True for the SDK samplers whose decision and result ignore span attributes."""
-    from opentelemetry.sdk.trace import sampling
-
     kind = type(sampler)
     if kind in (sampling.StaticSampler, sampling.TraceIdRatioBased):
         return True
@@ -416,20 +419,33 @@ _PARENT_KINDS: tuple[tuple[bool, bool] | None, ...] = (
 """No valid parent, or ``(is_remote, sampled)`` of the parent: what ``ParentBased`` tells apart."""
 
 
+_SHOULD_SAMPLE: dict[type, Any] = {
+    sampling.StaticSampler: sampling.StaticSampler.should_sample,
+    sampling.TraceIdRatioBased: sampling.TraceIdRatioBased.should_sample,
+    sampling.ParentBased: sampling.ParentBased.should_sample,
+}
+"""The SDK's own ``should_sample`` of the samplers decided inline, as imported: a sampler
+class patched since (a test double, an instrumentation) is called instead."""
+
+
+def _sdk_sampler(sampler: Any) -> type | None:
+    kind = type(sampler)
+    return kind if _SHOULD_SAMPLE.get(kind) is getattr(kind, "should_sample", None) else None
+
+
 def _fixed_decisions(sampler: Any) -> dict[tuple[bool, bool] | None, Any]:
     """The decisions ``sampler`` takes without looking at the span, by kind of parent.
 
-    Keys: None (no valid parent) or ``(parent.is_remote, parent.trace_flags.sampled)``;
-    values: the ``Decision`` of the ``StaticSampler`` that decides for that parent (itself,
-    or the ``ParentBased`` delegate it picks). A static sampler's result is its decision and
-    the parent's trace state, nothing else. Kinds decided by another sampler are left out:
-    that sampler is called.
+    Keys: None (no valid parent) or ``(parent.is_remote, parent.trace_flags.sampled)``.
+    Values: the ``Decision`` of the ``StaticSampler`` that decides for that parent (itself,
+    or the ``ParentBased`` delegate it picks), or the ``bound`` of the ``TraceIdRatioBased``
+    that does, which samples a trace id whose low 64 bits are below it. Either one's result
+    is that decision and the parent's trace state, nothing else. Kinds decided by another
+    sampler are left out: that sampler is called.
     """
-    from opentelemetry.sdk.trace import sampling
-
-    kind = type(sampler)
-    if kind is sampling.StaticSampler:
-        return dict.fromkeys(_PARENT_KINDS, sampler._decision)
+    kind = _sdk_sampler(sampler)
+    if kind is sampling.StaticSampler or kind is sampling.TraceIdRatioBased:
+        return dict.fromkeys(_PARENT_KINDS, _fixed_decision(sampler))
     if kind is not sampling.ParentBased:
         return {}
     delegates = (
@@ -439,11 +455,18 @@ def _fixed_decisions(sampler: Any) -> dict[tuple[bool, bool] | None, Any]:
         sampler._local_parent_sampled,
         sampler._local_parent_not_sampled,
     )
-    return {
-        key: delegate._decision
-        for key, delegate in zip(_PARENT_KINDS, delegates, strict=True)
-        if type(delegate) is sampling.StaticSampler
-    }
+    fixed = {key: _fixed_decision(d) for key, d in zip(_PARENT_KINDS, delegates, strict=True)}
+    return {key: decision for key, decision in fixed.items() if decision is not None}
+
+
+def _fixed_decision(sampler: Any) -> Any:
+    """A static sampler's ``Decision``, a ratio sampler's ``bound`` (an int), or None."""
+    kind = _sdk_sampler(sampler)
+    if kind is sampling.StaticSampler:
+        return sampler._decision
+    if kind is sampling.TraceIdRatioBased and type(sampler.bound) is int:
+        return sampler.bound
+    return None
 
 
 _ATTRIBUTE_FIELDS = frozenset(

@@ -160,6 +160,72 @@ def test_started_span_equals_the_sdk_span(sampler: Any) -> None:
             assert got.parent == want.parent, label
 
 
+class _TraceIds(IdGenerator):
+    """Trace ids from a list, twice each (the direct span, then the SDK's)."""
+
+    def __init__(self, trace_ids: list[int]) -> None:
+        self._trace_ids = [i for i in trace_ids for _ in (0, 1)]
+
+    def generate_trace_id(self) -> int:
+        return self._trace_ids.pop(0)
+
+    def generate_span_id(self) -> int:
+        return 0x1234
+
+
+def test_ratio_decisions_taken_inline_are_the_samplers() -> None:
+    """A TraceIdRatioBased sampler (alone, or a ParentBased delegate, as with
+    OTEL_TRACES_SAMPLER=parentbased_traceidratio) decides inline by the trace id's low 64
+    bits against its bound: the same decision, flags and trace state as the SDK's call, at
+    both sides of the bound, for new traces and for parents' trace ids. A patched
+    should_sample is called."""
+    half = TraceIdRatioBased(0.5)
+    bound = half.bound
+    around = [bound - 1, bound, bound + 1, (7 << 64) | (bound - 1), (7 << 64) | bound, 1]
+    for sampler in (half, ParentBased(half, remote_parent_not_sampled=half)):
+        provider = TracerProvider(
+            sampler=sampler, id_generator=_TraceIds(around), shutdown_on_exit=False
+        )
+        provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+        tracer = provider.get_tracer("kiki_otel.http.server", "1.0")
+        direct = DirectSpans.for_tracer(tracer)
+        assert direct is not None and direct._fixed[None] == bound  # taken inline
+        decided = []
+        for _ in around:
+            got: Any = direct.start("GET", otel_context.Context(), dict(ATTRIBUTES))
+            want: Any = tracer.start_span("GET", kind=SpanKind.SERVER, attributes=ATTRIBUTES)
+            _compare(got, want)
+            decided.append(got.get_span_context().trace_flags.sampled)
+        assert decided == [True, False, False, True, False, True]
+        for trace_id in around:  # a remote unsampled parent: its trace id decides
+            state = TraceState([("vendor", "v")])
+            parent = SpanContext(trace_id, 0xDEF, True, TraceFlags(0), state)
+            ctx = trace.set_span_in_context(NonRecordingSpan(parent), otel_context.Context())
+            got = direct.start("GET", ctx, dict(ATTRIBUTES))
+            want = tracer.start_span("GET", ctx, kind=SpanKind.SERVER, attributes=ATTRIBUTES)
+            _compare(got, want)
+            assert got.get_span_context().trace_id == trace_id
+
+
+def test_a_patched_sampler_class_is_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inline decisions assume the SDK's own should_sample: a patched one is called."""
+    calls: list[int] = []
+    original = TraceIdRatioBased.should_sample
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TraceIdRatioBased, "should_sample", counted)
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.5)), shutdown_on_exit=False)
+    direct = DirectSpans.for_tracer(provider.get_tracer("t"))
+    assert direct is not None and direct._fixed == {
+        k: v for k, v in direct._fixed.items() if k is not None
+    }
+    direct.start("GET", otel_context.Context(), dict(ATTRIBUTES))
+    assert calls == [1]
+
+
 def test_ended_spans_are_the_same_on_the_wire(receiver: OTLPReceiver) -> None:
     """Through the fast exporter to a real OTLP receiver: the direct span (queued as is by
     ``end``) decodes to the same span as the SDK's, events and status included."""
