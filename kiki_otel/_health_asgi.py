@@ -121,6 +121,10 @@ class HealthEndpoints:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Route one ASGI event."""
+        # Every request passes here: most are not health probes, and leave after one lookup.
+        if scope.get("path") not in self._routes and not scope.get("root_path"):
+            await self.app(scope, receive, send)
+            return
         handler = self._match(scope)
         if handler is None:
             await self.app(scope, receive, send)

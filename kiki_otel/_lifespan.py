@@ -61,12 +61,17 @@ class LifespanHooks:
         self._shutdown = shutdown
         self._on_started = on_started  # e.g. health's background refresh, on the server's loop
         self._lifespan_seen = False
+        self._started = False  # past "starting" (then requests skip the check)
         self._warned_restart = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
-            if not self._lifespan_seen and self._lifecycle.state == "starting":
-                self._lifecycle.mark_ready()  # server runs without lifespan: serving = started
+            if not self._started:
+                # A server without lifespan events: serving means started. The lifecycle
+                # only moves forward, so once past starting this is never asked again.
+                if not self._lifespan_seen and self._lifecycle.state == "starting":
+                    self._lifecycle.mark_ready()
+                self._started = self._lifespan_seen or self._lifecycle.state != "starting"
             await self.app(scope, receive, send)
             return
         self._lifespan_seen = True

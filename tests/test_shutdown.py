@@ -538,3 +538,28 @@ async def test_the_report_counts_what_full_export_queues_dropped() -> None:
     report = await shutdown.run()
     assert report.dropped == {"Log": 5}
     assert report.clean  # cleanups and flush: nothing failed, nothing abandoned
+
+
+async def test_a_server_without_lifespan_is_ready_once_it_serves(memory: Memory) -> None:
+    """No lifespan events (``--lifespan off``, a bare ASGI test transport): the first
+    request means the server has started, and readiness follows; once shutting down, later
+    requests leave it down."""
+    import httpx
+
+    app = FastAPI()
+
+    @app.get("/x")
+    def x() -> dict[str, str]:
+        return {}
+
+    telemetry = kiki_otel.configure(app)
+    assert telemetry.lifecycle.state == "starting"
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/x")).status_code == 200
+        assert telemetry.lifecycle.state == "ready"
+        assert (await client.get("/health/ready")).status_code == 200
+        telemetry.lifecycle.begin_shutdown()
+        assert (await client.get("/x")).status_code == 200
+        assert telemetry.lifecycle.state != "ready"
+        assert (await client.get("/health/ready")).status_code == 503
