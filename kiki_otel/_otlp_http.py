@@ -421,11 +421,6 @@ _QUEUE_FIELDS = (
     "_exporting",
 )
 """What :func:`enqueue` reads of the SDK's batch processor; without one, no direct path."""
-_pid = [os.getpid()]
-"""This process's id, refreshed in forked children: ``os.getpid()`` is a system call
-(glibc stopped caching it), and the SDK's ``emit`` makes one per queued item."""
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 _queue_full = Throttle(30.0)
 """Items dropped from a full export queue, reported per signal every 30 s."""
 
@@ -436,7 +431,7 @@ def has_queue(batch: object) -> bool:
 
 
 def enqueue(batch: Any, item: Any) -> None:
-    """``batch.emit(item)``, minus its ``getpid`` call and per-item warning when full.
+    """``batch.emit(item)``, minus its frame and its per-item warning when full.
 
     The SDK builds a warning ``LogRecord`` for every dropped item (its ``DuplicateFilter``
     discards it afterwards): ~15 us each on the request thread, while the collector is down
@@ -445,11 +440,14 @@ def enqueue(batch: Any, item: Any) -> None:
     count. After shutdown an item is dropped as the SDK drops it, without its "Shutdown
     called, ignoring" line: uvicorn's own last lines come after kiki's shutdown, so every
     graceful stop printed one (the lines themselves are on stdout). In a forked child whose
-    processor the SDK has not reset yet, the SDK's own ``emit`` resets it.
+    processor the SDK has not reset yet, the SDK's own ``emit`` resets it. The pid is read
+    per item, as ``emit`` reads it: a process forked without Python's at-fork hooks (a C
+    extension's ``fork()``) has the parent's queue and no worker thread, and a pid cached
+    and refreshed by those hooks would have queued into it for good.
     """
     if batch._shutdown:
         return
-    if batch._pid != _pid[0]:
+    if batch._pid != os.getpid():
         batch.emit(item)
         return
     queue = batch._queue

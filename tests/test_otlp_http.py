@@ -678,3 +678,46 @@ def test_direct_items_wake_the_exporter_per_batch_and_after_a_fork(receiver: OTL
         assert pipe.read() == "True 1"
     os.waitpid(pid, 0)
     provider.shutdown()
+
+
+_HOOKLESS_FORK = """
+import ctypes, os, sys, time
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from kiki_otel._otlp_encode import encode_span
+from kiki_otel._otlp_http import FastSpanExporter, OTLPHttpClient, enqueue
+from tests.test_otlp_encode import _spans
+
+url = sys.argv[1]
+exporter = FastSpanExporter(OTLPHttpClient(url, timeout=5.0))
+processor = BatchSpanProcessor(exporter, schedule_delay_millis=100)
+TracerProvider().add_span_processor(processor)
+batch = processor._batch_processor
+spans = _spans()
+pid = ctypes.PyDLL(None).fork()  # libc's fork: Python's at-fork hooks do not run
+if pid == 0:
+    for i in range(3):
+        enqueue(batch, encode_span(spans[i % len(spans)]))
+    time.sleep(2)  # the SDK's new worker exports within its 100 ms delay
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_child_forked_without_pythons_hooks_still_exports(receiver: OTLPReceiver) -> None:
+    """A C extension's fork() runs no at-fork hooks: the child has the parent's queue and
+    no worker thread. Each item checks the pid as the SDK's emit does, so the SDK resets
+    the processor in the child and its items arrive."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-c", _HOOKLESS_FORK, receiver.http_url("traces")],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=True,
+        timeout=60,
+    )
+    assert len(receiver.wait_for_spans(3, timeout=10)) >= 3
