@@ -52,14 +52,22 @@ _CACHED_MAX = 8192
 it keeps the worst case to a few MB whatever attributes an application logs."""
 _FIELD_BYTES_MAX = 512
 """Longer fields are encoded each time, never cached (rarely repeated, costly to hold)."""
-_SHAPES_MAX = 512
+_SHAPES_MAX = 128
 """Attribute layouts remembered per field tag; a layout beyond them encodes field by field."""
+_SHAPE_FIELDS_MAX = 48
+_SHAPE_KEY_MAX = 100
+"""Layouts with more fields, or a longer key, encode field by field (never held)."""
 _BLOCKS_MAX = 128
 """Encoded runs of fields per layout (distinct combinations of its cacheable values)."""
-_BLOCK_BYTES_MAX = 2048
-"""Longer runs are encoded each time, never cached."""
+_BLOCK_BYTES_MAX = 1024
+"""Longer runs, and runs with a field over ``_FIELD_BYTES_MAX``, are never cached."""
+_BLOCKS_CACHED_MAX = 1024
+"""Cached runs in all (soft, like ``_CACHED_MAX``): with the two bounds above, ~2 MB at
+most (a run's key holds its values, each under ``_FIELD_BYTES_MAX``)."""
 _cached = [0]
-"""Cached fields and runs, in all tag caches (the soft bound ``_CACHED_MAX``)."""
+"""Cached fields in all tag caches (the soft bound ``_CACHED_MAX``)."""
+_blocks_cached = [0]
+"""Cached runs in all layouts (the soft bound ``_BLOCKS_CACHED_MAX``)."""
 _NO_SKIP: frozenset[str] = frozenset()
 
 
@@ -235,13 +243,14 @@ class Encoded:
 def _encode_each(items: Sequence[Any], encode: Any, tag: bytes) -> bytes:
     """``encode`` each item as a ``tag`` field, letting other threads run every ~1 ms.
 
-    Encoding runs on an exporter thread; a 512-span batch is ~5-8 ms of pure Python that
-    would otherwise hold the GIL for whole switch intervals (5 ms), stalling the event loop.
-    ``time.sleep(0)`` releases the GIL, so a waiting request handler gets it within
-    ~``_SLICE_SECONDS``. Time-sliced, not counted: a hand-over costs far more than its
-    syscall (the encoder then waits up to a switch interval for the GIL, and the two
-    threads interleave mid-burst: ~+30 us a request in-process when slicing every 32
-    items), so the default 64-item batches (~0.5 ms) go in one piece.
+    Encoding runs on an exporter thread; 512 SDK spans (not encoded when they ended) are
+    ~5-8 ms of pure Python that would otherwise hold the GIL for whole switch intervals
+    (5 ms), stalling the event loop. ``time.sleep(0)`` releases the GIL, so a waiting
+    request handler gets it within ~``_SLICE_SECONDS``. Time-sliced, not counted: a
+    hand-over costs far more than its syscall (the encoder then waits up to a switch
+    interval for the GIL, and the two threads interleave mid-burst: ~+30 us a request
+    in-process when slicing every 32 items), so a batch of items encoded when they ended
+    (512 in ~0.3 ms) goes in one piece.
     """
     out: list[bytes] = []
     append = out.append
@@ -325,15 +334,16 @@ def _fields(
     convert. Otherwise such a field is encoded as ``AnyValue``, or reported and dropped.
     """
     cache = _field_cache.get(tag) or _tag_cache(tag)
+    # Keys and values are read in two passes: from a copy, so that a mapping another
+    # thread changes between them cannot pair a key with another key's value.
+    mapping = mapping.copy() if type(mapping) is dict else dict(mapping)
     values = tuple(mapping.values())
     types = tuple(map(type, values))
-    # A mapping changed between the two reads gives keys and types of different lengths:
-    # no shape is ever made for such a layout, so it cannot be found either.
     layout = (tuple(mapping), types, skip)
     shape = cache.shapes.get(layout)
     if shape is None or shape.version != cache.version:
         shape = _new_shape(cache, layout)
-        if shape is None:  # too many layouts, or the mapping changed while read
+        if shape is None:  # not a layout to hold (too many, too long, non-str keys)
             return _each(cache, tag, mapping.items(), skip, strict)
     if not shape.plain and strict:
         return None
@@ -374,17 +384,24 @@ def _fields(
 
 
 def _new_shape(cache: _TagCache, layout: tuple[Any, ...]) -> _Shape | None:
-    """The layout's shape, remembered while there is room; None if the mapping changed."""
-    keys, types, skip = layout
-    if len(keys) != len(types):
-        return None
+    """The layout's shape, remembered; None for a layout not to hold.
+
+    Not held: past ``_SHAPES_MAX`` layouts, long layouts and keys (a key per id, say), and
+    keys that are not exactly str. Layouts compare keys by equality, and a str-enum key's
+    layout (never plain) would then stand for the plain str one too.
+    """
+    keys, _types, skip = layout
     shapes = cache.shapes
     old = shapes.pop(layout, None)
     if old is not None and old.blocks:
-        _cached[0] -= len(old.blocks)
-    if len(shapes) >= _SHAPES_MAX:
+        _blocks_cached[0] -= len(old.blocks)
+    if (
+        len(shapes) >= _SHAPES_MAX
+        or len(keys) > _SHAPE_FIELDS_MAX
+        or not all(type(key) is str and len(key) <= _SHAPE_KEY_MAX for key in keys)
+    ):
         return None
-    shape = _Shape(cache, keys, types, skip)
+    shape = _Shape(cache, keys, _types, skip)
     shapes[layout] = shape
     return shape
 
@@ -396,22 +413,27 @@ def _fill(cache: _TagCache, tag: bytes, shape: _Shape, values: tuple[Any, ...], 
     and after them. None when a value is one protobuf rejects.
     """
     runs = []
+    longest = 0
     for run in shape.runs:
         try:
-            runs.append(
-                b"".join([_field(cache, tag, key, values[i], type(values[i])) for i, key in run])
-            )
+            fields = [_field(cache, tag, key, values[i], type(values[i])) for i, key in run]
         except Exception:
             return None
+        longest = max(longest, *map(len, fields)) if fields else longest
+        runs.append(b"".join(fields))
     block: Any = runs[0] if len(runs) == 1 else tuple(runs)
     blocks = shape.blocks
     if blocks is not None:
         if len(blocks) >= _BLOCKS_MAX:
             shape.blocks = None
-            _cached[0] -= len(blocks)
-        elif sum(map(len, runs)) <= _BLOCK_BYTES_MAX and _cached[0] < _CACHED_MAX:
+            _blocks_cached[0] -= len(blocks)
+        elif (
+            longest <= _FIELD_BYTES_MAX
+            and sum(map(len, runs)) <= _BLOCK_BYTES_MAX
+            and _blocks_cached[0] < _BLOCKS_CACHED_MAX
+        ):
             blocks[picked] = block
-            _cached[0] += 1
+            _blocks_cached[0] += 1
     return block
 
 

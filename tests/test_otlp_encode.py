@@ -50,19 +50,20 @@ def _fresh_cache() -> Iterator[None]:
     _otlp_encode._field_cache.clear()
     _otlp_encode._text_fields.clear()
     _otlp_encode._log_heads.clear()
-    _otlp_encode._cached[0] = 0
+    _otlp_encode._cached[0] = _otlp_encode._blocks_cached[0] = 0
     yield
     _otlp_encode._field_cache.clear()
     _otlp_encode._text_fields.clear()
     _otlp_encode._log_heads.clear()
-    _otlp_encode._cached[0] = 0
+    _otlp_encode._cached[0] = _otlp_encode._blocks_cached[0] = 0
 
 
-def _cached_in_all() -> int:
-    """What the tag caches hold: fields, and runs of fields in their layouts."""
-    return sum(
-        len(cache.fields) + sum(len(shape.blocks or ()) for shape in cache.shapes.values())
-        for cache in _otlp_encode._field_cache.values()
+def _assert_counted() -> None:
+    """The running counts are what the tag caches hold: fields, and runs in their layouts."""
+    caches = _otlp_encode._field_cache.values()
+    assert _otlp_encode._cached[0] == sum(len(cache.fields) for cache in caches)
+    assert _otlp_encode._blocks_cached[0] == sum(
+        len(shape.blocks or ()) for cache in caches for shape in cache.shapes.values()
     )
 
 
@@ -234,7 +235,7 @@ def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert all(k.count <= 10 for k in keys.values())
     for key, entry in keys.items():
         assert entry.count == sum(1 for k in cache.fields if k[0] == key)
-    assert _otlp_encode._cached[0] == _cached_in_all()
+    _assert_counted()
     assert (encode_spans(spans), encode_logs(logs)) == before
     # the overall budget and the size cap: no more caching, same bytes
     monkeypatch.setattr(_otlp_encode, "_CACHED_MAX", _otlp_encode._cached[0])
@@ -561,7 +562,7 @@ def test_layouts_encode_like_the_official_encoder_while_their_keys_close(
     assert repeated.blocks is not None and len(repeated.blocks) == 1  # one run, reused
     with_ids = next(s for layout, s in cache.shapes.items() if "duration_ms" in layout[0])
     assert [key for _, key, _ in with_ids.varying] == ["duration_ms", "id"]
-    assert _otlp_encode._cached[0] == _cached_in_all()
+    _assert_counted()
 
 
 def test_layout_caches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -579,7 +580,7 @@ def test_layout_caches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     cache = _otlp_encode._field_cache[b"\x32"]
     assert len(cache.shapes) == 3
     assert all(s.blocks is None or len(s.blocks) <= 5 for s in cache.shapes.values())
-    assert _otlp_encode._cached[0] == _cached_in_all()
+    _assert_counted()
 
 
 def test_a_repeated_layout_still_rejects_what_protobuf_cannot_take() -> None:
@@ -599,3 +600,75 @@ def test_a_repeated_layout_still_rejects_what_protobuf_cannot_take() -> None:
         assert (encode_log_event(*fields, event, _RECORD_FIELDS, *ids) is None) == (
             not -(1 << 63) <= n < 1 << 63
         ), n
+
+
+def test_keys_and_values_are_read_from_one_snapshot() -> None:
+    """Keys and values are read in two passes: a mapping that changes between them (here on
+    every iteration) must not pair a key with another key's value."""
+    from collections.abc import Mapping
+
+    states = [{"a": 1, "b": "bee"}, {"a": 1, "c": 2.5}]
+
+    class Flipping(Mapping[str, Any]):
+        """Changes between two iterations, as another thread could change a dict."""
+
+        def __init__(self) -> None:
+            self.state = 0
+
+        def __getitem__(self, key: str) -> Any:
+            return states[self.state % 2][key]
+
+        def __iter__(self) -> Any:
+            self.state += 1
+            return iter(states[self.state % 2])
+
+        def __len__(self) -> int:
+            return len(states[self.state % 2])
+
+        def values(self) -> Any:
+            return states[self.state % 2].values()
+
+    tag = b"\x32"
+    each = {
+        tuple(state): _otlp_encode._each(
+            _otlp_encode._tag_cache(tag), tag, state.items(), frozenset(), False
+        )
+        for state in states
+    }
+    for _ in range(4):
+        assert _otlp_encode._attributes(tag, Flipping()) in each.values()
+
+
+def test_long_values_and_odd_layouts_are_not_held() -> None:
+    """Runs holding a field over 512 bytes are encoded each time, as such fields are; layouts
+    with many fields, long keys or keys that are not exactly str are not held either (a
+    str-enum key's layout would stand for the plain str layout, equal keys alike)."""
+    from kiki_otel._logging import _RECORD_FIELDS
+    from kiki_otel._otlp_encode import encode_log_event
+
+    class Field(enum.StrEnum):
+        USER = "user"
+
+    record = _logs()[0]
+    layouts: list[dict[Any, Any]] = [
+        {"route": "/a", "sql": "x" * 600},
+        {f"k{i}": "v" for i in range(60)},
+        {"k" * 200: "v", "route": "/a"},
+        {Field.USER: "u", "route": "/a"},
+    ]
+    for _ in range(3):
+        for attributes in layouts:
+            record.log_record.attributes = attributes
+            assert encode_logs([record]) == official_logs([record]).SerializeToString()
+    shapes = _otlp_encode._field_cache[b"\x32"].shapes
+    assert [list(layout[0]) for layout in shapes] == [["route", "sql"]]
+    assert not next(iter(shapes.values())).blocks  # the 600-byte value: no run kept
+    _assert_counted()
+    resource, scope = Resource({"service.name": "svc"}), InstrumentationScope("kiki_otel.x")
+    fields, ids = (1, SeverityNumber.INFO, "INFO", "e"), (0, 0, 0, resource, scope)
+    enum_event = {Field.USER: "u", "route": "/a", "event": "e"}
+    assert encode_log_event(*fields, enum_event, _RECORD_FIELDS, *ids) is None  # converted
+    plain = encode_log_event(
+        *fields, {"user": "u", "route": "/a", "event": "e"}, _RECORD_FIELDS, *ids
+    )
+    assert plain is not None  # the plain layout is still encoded directly
