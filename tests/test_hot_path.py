@@ -188,20 +188,19 @@ def test_export_batches_are_sized_for_the_exporter_unless_sized_by_the_user(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
 ) -> None:
     """The official exporters (http/protobuf, gRPC) get batches of 64 (their encoding holds
-    the GIL on the serving core); kiki's fast ones, whose items come encoded, keep the
-    SDK's 512 (fewer export-thread wake-ups). The SDK's own OTEL_BSP_*/OTEL_BLRP_* sizes
-    win when set."""
+    the GIL on the serving core); kiki's fast ones, whose items come encoded, 128 (fewer
+    export-thread wake-ups). The SDK's own OTEL_BSP_*/OTEL_BLRP_* sizes win when set."""
     from opentelemetry import _logs
 
     from kiki_otel import testing
-    from kiki_otel._providers import EXPORT_BATCH
+    from kiki_otel._providers import EXPORT_BATCH, FAST_EXPORT_BATCH
 
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     for exporter, protocol, size in (
-        ("fast", "http/protobuf", 512),
+        ("fast", "http/protobuf", FAST_EXPORT_BATCH),
         ("official", "http/protobuf", EXPORT_BATCH),
-        ("fast", "grpc", 512),
+        ("fast", "grpc", FAST_EXPORT_BATCH),
         ("official", "grpc", EXPORT_BATCH),
     ):
         monkeypatch.setenv("KIKI_OTEL_EXPORTER", exporter)
@@ -217,7 +216,7 @@ def test_export_batches_are_sized_for_the_exporter_unless_sized_by_the_user(
         assert spans._batch_processor._max_export_batch_size == expected_spans, exporter
         assert logs._batch_processor._max_export_batch_size == size, exporter
         testing.reset()
-    assert EXPORT_BATCH == 64
+    assert (EXPORT_BATCH, FAST_EXPORT_BATCH) == (64, 128)
 
 
 def test_direct_paths_turn_off_when_sdk_internals_change() -> None:
