@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import sys
 import time
 
@@ -126,16 +127,31 @@ def main() -> None:
     _flush()
     drops["dropped"] = 0
     threads0 = _thread_cpu()
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     loop.run_until_complete(_drive(app, n))
     _flush()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    # System time and voluntary context switches (a thread blocking: mostly one waiting
+    # for the GIL another thread took): what instruction counts do not show.
+    system = usage.ru_stime - usage0.ru_stime
+    switches = usage.ru_nvcsw - usage0.ru_nvcsw
     threads = {
         name: round(seconds - threads0.get(name, 0.0), 2) for name, seconds in _thread_cpu().items()
     }
     sys.__stderr__.write(
         json.dumps(
-            {"scenario": scenario, "n": n, "cpu": cpu, "wall": wall, **drops, "threads": threads}
+            {
+                "scenario": scenario,
+                "n": n,
+                "cpu": cpu,
+                "system": system,
+                "switches": switches,
+                "wall": wall,
+                **drops,
+                "threads": threads,
+            }
         )
         + "\n"
     )

@@ -10,7 +10,9 @@ ratio to ``bare`` on the same server flavour in the same round.
 
 A second table drives the ASGI app in-process (``bench.inprocess``): CPU per request with
 no server and no sockets, exporters flushed inside the measurement, and the overhead over
-bare - the number the <= 50 us budget is about.
+bare - the number the <= 50 us budget is about. Its system share and the voluntary context
+switches per request (a thread blocking, mostly for the GIL an export thread took) show
+what instruction counts cannot: the same instructions run slower after a hand-over.
 """
 
 from __future__ import annotations
@@ -173,7 +175,10 @@ def run_server_scenario(
             proc.wait()
 
 
-def run_inprocess(name: str, endpoints: dict[str, str], args: argparse.Namespace) -> float:
+def run_inprocess(
+    name: str, endpoints: dict[str, str], args: argparse.Namespace
+) -> tuple[float, float, float]:
+    """CPU us, of which system us, and voluntary context switches, per request."""
     scenario, extra, collector = SCENARIOS[name]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KIKI_OTEL_"))}
     env.update({"PYTHONPATH": str(REPO), "OTEL_EXPORTER_OTLP_ENDPOINT": endpoints[collector]})
@@ -193,7 +198,8 @@ def run_inprocess(name: str, endpoints: dict[str, str], args: argparse.Namespace
     data = json.loads(line)
     if data.get("dropped"):
         print(f"  ! in-process {name}: {data['dropped']} items dropped (queue full)", flush=True)
-    return float(data["cpu"]) / int(data["n"]) * 1e6
+    n = int(data["n"])
+    return float(data["cpu"]) / n * 1e6, float(data["system"]) / n * 1e6, data["switches"] / n
 
 
 def start_receiver(mode: str, cpu: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
@@ -251,6 +257,8 @@ def main() -> None:
     results: dict[tuple[str, str], list[Result]] = defaultdict(list)
     ratios: dict[tuple[str, str], list[float]] = defaultdict(list)
     inproc: dict[str, list[float]] = defaultdict(list)
+    inproc_sys: dict[str, list[float]] = defaultdict(list)
+    inproc_switches: dict[str, list[float]] = defaultdict(list)
     inproc_names = [s for s in args.inprocess.split(",") if s in SCENARIOS]
     try:
         for rnd in range(args.rounds):
@@ -274,10 +282,13 @@ def main() -> None:
             for name in (
                 inproc_names[rnd % len(inproc_names) :] + inproc_names[: rnd % len(inproc_names)]
             ):
-                us = run_inprocess(name, endpoints, args)
+                us, system_us, switches = run_inprocess(name, endpoints, args)
                 inproc[name].append(us)
+                inproc_sys[name].append(system_us)
+                inproc_switches[name].append(switches)
                 print(
-                    f"round {rnd + 1} in-process {name:14} {us:7.1f} us/req",
+                    f"round {rnd + 1} in-process {name:14} {us:7.1f} us/req "
+                    f"(system {system_us:.1f}, {switches:.2f} switches)",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -336,8 +347,18 @@ def main() -> None:
             f"{args.rounds} rounds x {args.inprocess_requests} requests\n"
         )
         bare_us = med(inproc["bare"]) if inproc.get("bare") else 0.0
-        rows = [[n, f"{med(v):.1f}", f"{med(v) - bare_us:+.1f}"] for n, v in inproc.items()]
-        print(fmt_table(rows, ["scenario", "CPU us/req", "over bare"]))
+        rows = [
+            [
+                n,
+                f"{med(v):.1f}",
+                f"{med(v) - bare_us:+.1f}",
+                f"{med(inproc_sys[n]):.1f}",
+                f"{med(inproc_switches[n]):.2f}",
+            ]
+            for n, v in inproc.items()
+        ]
+        header = ["scenario", "CPU us/req", "over bare", "of it system us", "switches/req"]
+        print(fmt_table(rows, header))
 
 
 if __name__ == "__main__":
