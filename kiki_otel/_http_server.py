@@ -419,7 +419,10 @@ class ServerTelemetry:
         if status:
             metric_attrs["http.response.status_code"] = status
             span_attrs["http.response.status_code"] = status
-        if span_attrs:  # holds http.route whenever there is a name
+        # An unsampled request's span (NonRecordingSpan: every method does nothing) is left
+        # alone: at 10% sampling, nine requests in ten.
+        live = type(span) is not NonRecordingSpan
+        if span_attrs and live:  # span_attrs holds http.route whenever there is a name
             if self._direct is not None:
                 self._direct.set_attributes(span, span_attrs, name)
             else:
@@ -428,14 +431,16 @@ class ServerTelemetry:
                 span.set_attributes(span_attrs)
         if error is not None and isinstance(error, Exception):
             error_type = type(error).__qualname__
-            _record_exception(span, error)
-            span.set_status(StatusCode.ERROR, error_type)
-            metric_attrs["error.type"] = span_error = error_type
-            span.set_attribute("error.type", span_error)
+            metric_attrs["error.type"] = error_type
+            if live:
+                _record_exception(span, error)
+                span.set_status(StatusCode.ERROR, error_type)
+                span.set_attribute("error.type", error_type)
         elif status >= 500:
             metric_attrs["error.type"] = str(status)
-            span.set_attribute("error.type", str(status))
-            span.set_status(StatusCode.ERROR)
+            if live:
+                span.set_attribute("error.type", str(status))
+                span.set_status(StatusCode.ERROR)
         # The metric, the span and the access line each go out even when another one raises
         # (a user's span processor, a user's structlog processor); the first failure is
         # raised after all three, for the caller to report.
@@ -445,9 +450,9 @@ class ServerTelemetry:
         except Exception as exc:
             failure = exc
         try:
-            if self._direct is not None:
+            if live and self._direct is not None:
                 self._direct.end(span, state.sent_ns or None)
-            else:
+            elif live:
                 span.end(state.sent_ns or None)
         except Exception as exc:
             failure = failure or exc

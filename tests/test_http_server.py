@@ -272,6 +272,37 @@ async def test_unsampled_parent_still_gets_ids_in_logs(
     assert lines and lines[0]["trace_id"] == TRACE and lines[0]["request_id"] == TRACE
 
 
+async def test_unsampled_requests_keep_their_metrics_and_lines(
+    app: FastAPI, memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unsampled request's span does nothing (kiki skips it), but its duration point
+    still has route, status and error.type, and its access line is written, for an
+    exception and for a 5xx alike."""
+    from fastapi.responses import JSONResponse
+
+    @app.get("/unavailable")
+    async def unavailable() -> JSONResponse:
+        return JSONResponse({}, status_code=503)
+
+    unsampled = {"traceparent": f"00-{TRACE}-{PARENT}-00"}
+    async with client(app) as c:
+        assert (await c.get("/items/1", headers=unsampled)).status_code == 200
+        assert (await c.get("/boom", headers=unsampled)).status_code == 500
+        assert (await c.get("/unavailable", headers=unsampled)).status_code == 503
+    assert server_spans(memory) == []
+    points = {
+        p.attributes["http.route"]: p.attributes
+        for p in memory.metric_points("http.server.request.duration")
+    }
+    assert points["/items/{item_id}"]["http.response.status_code"] == 200
+    assert "error.type" not in points["/items/{item_id}"]
+    assert points["/boom"]["error.type"] == "RuntimeError"
+    assert points["/unavailable"]["error.type"] == "503"
+    access = [l for l in log_lines(capsys.readouterr().out) if l["event"] == "http.request"]
+    assert [l["route"] for l in access] == ["/items/{item_id}", "/boom", "/unavailable"]
+    assert all(l["request_id"] == TRACE for l in access)
+
+
 @pytest.mark.parametrize(
     "headers",
     [
