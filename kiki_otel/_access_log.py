@@ -18,10 +18,9 @@ import logging
 from collections.abc import Callable
 
 import structlog
-from opentelemetry import context as otel_context
-from opentelemetry.trace import INVALID_SPAN_CONTEXT, Span, SpanContext, get_current_span
+from opentelemetry.trace import SpanContext
 
-from ._context import SPAN_KEY, client_request_id
+from ._context import client_request_id, current_span_context
 from ._logging import add_timestamp, get_logger, installed_chain, structure_exception
 
 __all__ = ["ACCESS_EVENT", "ACCESS_LOGGER", "AccessLog", "access_log"]
@@ -119,14 +118,7 @@ class DirectAccessLog:
         self._merge(None, level, event)
         # The current span, as add_correlation and the OTel record take it: the request
         # span, unless the app left one of its own current.
-        if SPAN_KEY is None:
-            span_context = get_current_span().get_span_context()
-        else:  # get_current_span().get_span_context(), without its two inner calls
-            span = otel_context.get_current().get(SPAN_KEY)
-            if isinstance(span, Span):
-                span_context = span.get_span_context()
-            else:  # INVALID_SPAN's, as get_current_span gives
-                span_context = INVALID_SPAN_CONTEXT
+        span_context = current_span_context()
         if span_context.is_valid:
             cached, trace_id, span_id = self._ids  # one tuple read: consistent across threads
             if cached is not span_context:

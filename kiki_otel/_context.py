@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
@@ -15,6 +16,7 @@ __all__ = [
     "SPAN_KEY",
     "client_request_id",
     "current_ids",
+    "current_span_context",
     "get_request_id",
     "mark_exception",
     "marked_span_context",
@@ -42,9 +44,23 @@ SPAN_KEY = _span_key()
 request path's lookups without their two calls each (None: make the calls)."""
 
 
+def current_span_context() -> trace.SpanContext:
+    """``trace.get_current_span().get_span_context()``, one lookup instead of three calls.
+
+    Asked by the access line, each log line and each record. A value under ``SPAN_KEY``
+    that is not a span gives ``INVALID_SPAN``'s context, as the API does.
+    """
+    if SPAN_KEY is None:
+        return trace.get_current_span().get_span_context()
+    span = otel_context.get_current().get(SPAN_KEY)
+    if isinstance(span, trace.Span):
+        return span.get_span_context()
+    return trace.INVALID_SPAN_CONTEXT
+
+
 def current_ids() -> tuple[str, str] | None:
     """``(trace_id, span_id)`` of the current span as lowercase hex, or None outside a trace."""
-    context = trace.get_current_span().get_span_context()
+    context = current_span_context()
     if not context.is_valid:
         return None
     return format(context.trace_id, "032x"), format(context.span_id, "016x")
@@ -56,7 +72,7 @@ def get_request_id() -> str | None:
     Works wherever the OTel context flows: endpoints, dependencies, background tasks,
     ``asyncio.to_thread`` and ``run_in_threadpool`` (they copy context variables).
     """
-    context = trace.get_current_span().get_span_context()
+    context = current_span_context()
     return format(context.trace_id, "032x") if context.is_valid else None
 
 

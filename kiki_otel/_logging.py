@@ -30,7 +30,12 @@ from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, get_current_span, set_span_in_context
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
-from ._context import client_request_id, current_ids, marked_span_context
+from ._context import (
+    client_request_id,
+    current_ids,
+    current_span_context,
+    marked_span_context,
+)
 from ._json import json_dumps, safe_repr
 from ._otlp_http import DirectLogs, direct_logs
 from ._settings import Settings
@@ -101,7 +106,7 @@ log lines share one span context; held here, so ``is`` cannot match a recycled i
 def add_correlation(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """Add ``trace_id``, ``span_id`` and ``request_id`` (= trace id) of the current span."""
     global _last_ids
-    span_context = get_current_span().get_span_context()
+    span_context = current_span_context()
     last_context, ids = _last_ids  # one tuple read: consistent across threads
     if span_context is not last_context:
         ids = current_ids()
@@ -220,7 +225,7 @@ class OTelEmitter:
 
     def _emit(self, method: str, event_dict: EventDict, name: str) -> None:
         if self._trace_based:
-            span_context = get_current_span().get_span_context()
+            span_context = current_span_context()
             if span_context.is_valid and not span_context.trace_flags.sampled:
                 return
         level = str(event_dict.get("level", method))

@@ -33,8 +33,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.sdk._logs import Logger as SDKLogger
 from opentelemetry.sdk._logs import (
     LoggerProvider,
@@ -49,7 +47,7 @@ from opentelemetry.sdk._logs.export import (
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from ._context import SPAN_KEY
+from ._context import current_span_context
 from ._otlp_client import Attempt, RetryingClient, basic_auth, export_logger, redact
 from ._otlp_encode import encode_log, encode_log_event, encode_logs, encode_spans
 from ._ratelimit import Throttle
@@ -382,14 +380,7 @@ class DirectLogs:
 
         The current span's ids and the logger's resource and scope go after ``fields``.
         """
-        if SPAN_KEY is None:
-            span_context = trace.get_current_span().get_span_context()
-        else:  # trace.get_current_span().get_span_context(), without its two inner calls
-            span = otel_context.get_current().get(SPAN_KEY)
-            if isinstance(span, trace.Span):
-                span_context = span.get_span_context()
-            else:  # INVALID_SPAN's, as get_current_span gives
-                span_context = trace.INVALID_SPAN_CONTEXT
+        span_context = current_span_context()
         logger = self._logger
         try:
             item = encode(
