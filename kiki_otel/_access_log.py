@@ -18,9 +18,8 @@ import logging
 from collections.abc import Callable
 
 import structlog
-from opentelemetry.trace import SpanContext
 
-from ._context import client_request_id, current_span_context
+from ._context import client_request_id, current_ids
 from ._logging import add_timestamp, get_logger, installed_chain, structure_exception
 
 __all__ = ["ACCESS_EVENT", "ACCESS_LOGGER", "AccessLog", "access_log"]
@@ -82,7 +81,6 @@ class DirectAccessLog:
         self._info = chain.min_level <= logging.INFO
         self._error = chain.min_level <= logging.ERROR
         self._merge = structlog.contextvars.merge_contextvars
-        self._ids: tuple[SpanContext | None, str, str] = (None, "", "")
 
     def __call__(
         self,
@@ -118,15 +116,10 @@ class DirectAccessLog:
         self._merge(None, level, event)
         # The current span, as add_correlation and the OTel record take it: the request
         # span, unless the app left one of its own current.
-        span_context = current_span_context()
-        if span_context.is_valid:
-            cached, trace_id, span_id = self._ids  # one tuple read: consistent across threads
-            if cached is not span_context:
-                trace_id = format(span_context.trace_id, "032x")
-                span_id = format(span_context.span_id, "016x")
-                self._ids = (span_context, trace_id, span_id)
-            event["trace_id"] = event["request_id"] = trace_id
-            event["span_id"] = span_id
+        ids = current_ids()
+        if ids is not None:
+            event["trace_id"] = event["request_id"] = ids[0]
+            event["span_id"] = ids[1]
         client_id = client_request_id.get()
         if client_id is not None:
             event.setdefault("client_request_id", client_id)

@@ -18,6 +18,7 @@ __all__ = [
     "current_ids",
     "current_span_context",
     "get_request_id",
+    "hex_ids",
     "mark_exception",
     "marked_span_context",
 ]
@@ -58,12 +59,26 @@ def current_span_context() -> trace.SpanContext:
     return trace.INVALID_SPAN_CONTEXT
 
 
+_last_hex: tuple[object, tuple[str, str] | None] = (None, None)
+"""The last span context given to :func:`hex_ids` and its ids: a request's log lines and
+its access line share one span context (held here, so ``is`` cannot match a recycled id)."""
+
+
+def hex_ids(context: trace.SpanContext) -> tuple[str, str] | None:
+    """``(trace_id, span_id)`` of ``context`` as lowercase hex, None if it is invalid."""
+    global _last_hex
+    last, ids = _last_hex  # one tuple read: consistent across threads
+    if context is not last:
+        ids = None
+        if context.is_valid:
+            ids = format(context.trace_id, "032x"), format(context.span_id, "016x")
+        _last_hex = (context, ids)
+    return ids
+
+
 def current_ids() -> tuple[str, str] | None:
     """``(trace_id, span_id)`` of the current span as lowercase hex, or None outside a trace."""
-    context = current_span_context()
-    if not context.is_valid:
-        return None
-    return format(context.trace_id, "032x"), format(context.span_id, "016x")
+    return hex_ids(current_span_context())
 
 
 def get_request_id() -> str | None:

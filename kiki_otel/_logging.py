@@ -98,19 +98,9 @@ def add_timestamp(_logger: WrappedLogger, _method: str, event_dict: EventDict) -
     return event_dict
 
 
-_last_ids: tuple[object, tuple[str, str] | None] = (None, None)
-"""The last span context seen by :func:`add_correlation` and its hex ids (a request's
-log lines share one span context; held here, so ``is`` cannot match a recycled id)."""
-
-
 def add_correlation(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """Add ``trace_id``, ``span_id`` and ``request_id`` (= trace id) of the current span."""
-    global _last_ids
-    span_context = current_span_context()
-    last_context, ids = _last_ids  # one tuple read: consistent across threads
-    if span_context is not last_context:
-        ids = current_ids()
-        _last_ids = (span_context, ids)
+    ids = current_ids()
     if ids is not None:
         event_dict["trace_id"] = event_dict["request_id"] = ids[0]
         event_dict["span_id"] = ids[1]
