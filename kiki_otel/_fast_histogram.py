@@ -87,7 +87,7 @@ class FastHistogram:
         if type(exemplar_filter) is self._trace_based:  # its should_sample, inline:
             # trace.get_current_span(ctx); SPAN_KEY is not None here (see __init__)
             span = ctx.get(SPAN_KEY)  # type: ignore[arg-type]
-            if span is None or not isinstance(span, Span) or span == INVALID_SPAN:
+            if not isinstance(span, Span) or span == INVALID_SPAN:
                 sample = False
             else:
                 sample = span.get_span_context().trace_flags.sampled

@@ -261,7 +261,7 @@ class DirectSpans:
         # (SPAN_KEY is not None: _inspect checked)
         current = context.get(SPAN_KEY) if context is not None else trace.get_current_span()  # type: ignore[arg-type]
         parent: SpanContext | None = None
-        if current is not None and isinstance(current, Span):
+        if isinstance(current, Span):
             parent = current.get_span_context()
         if parent is None or not parent.is_valid:
             parent = None
