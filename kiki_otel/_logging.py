@@ -463,31 +463,39 @@ _SERVER_LOGGERS = (
     "gunicorn.error",
     "gunicorn.access",
 )
+_SERVER_ACCESS_LOGGERS = frozenset({"uvicorn.access", "gunicorn.access"})
 _reclaim_registered = False
+_replaces_server_access = False
+"""kiki's access line is on, so the servers' own access logs stay off."""
 
 
 def _route_stdlib(bridge: StdlibBridge, settings: Settings) -> None:
-    global _reclaim_registered
+    global _reclaim_registered, _replaces_server_access
+    _replaces_server_access = settings.http.access_log
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)  # one output: basicConfig/uvicorn handlers would duplicate
     root.addHandler(bridge)
     root.setLevel(settings.log_level)
     # uvicorn/gunicorn install their own handlers before importing the app: send their
-    # records through the root chain instead, and drop uvicorn's access log (ours replaces it).
+    # records through the root chain instead, and drop their access logs (ours replaces them).
     _reclaim_server_loggers()
     if not _reclaim_registered and hasattr(os, "register_at_fork"):
         # gunicorn --preload: configure() ran in the master, and the worker object, built
         # there before each fork, gives uvicorn's loggers gunicorn's handlers again.
         os.register_at_fork(after_in_child=_reclaim_server_loggers)
         _reclaim_registered = True
-    if settings.http.access_log:
-        logging.getLogger("uvicorn.access").disabled = True
-        logging.getLogger("gunicorn.access").disabled = True
 
 
 def _reclaim_server_loggers() -> None:
     """Route the servers' loggers through the root chain (while kiki's logging is installed).
+
+    A server's access logger stays off when kiki's access line replaces it, and when the
+    server's own is off (``uvicorn --no-access-log``, gunicorn without ``--access-logfile``:
+    no handlers, no propagation). Off means exactly that state: uvicorn checks
+    ``hasHandlers()`` once per connection and then skips the line altogether, where a
+    propagating but disabled logger still had each request format its client address and
+    quoted path for a call that drops them.
 
     Also runs in every forked child: no lock is taken (plain attribute writes), nothing logs.
     """
@@ -495,8 +503,12 @@ def _reclaim_server_loggers() -> None:
         return
     for name in _SERVER_LOGGERS:
         named = logging.getLogger(name)
+        off = name in _SERVER_ACCESS_LOGGERS and (
+            _replaces_server_access or (not named.handlers and not named.propagate)
+        )
         named.handlers = []
-        named.propagate = True
+        named.propagate = not off
+        named.disabled = off
 
 
 def configure_logging(
@@ -592,8 +604,9 @@ def reset_logging() -> None:
     for handler in list(root.handlers):
         if getattr(handler, BRIDGE_MARK, False):
             root.removeHandler(handler)
-    logging.getLogger("uvicorn.access").disabled = False
-    logging.getLogger("gunicorn.access").disabled = False
+    for name in _SERVER_ACCESS_LOGGERS:
+        logging.getLogger(name).disabled = False
+        logging.getLogger(name).propagate = True
 
 
 def get_logger(name: str | None = None) -> FilteringBoundLogger:

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -145,6 +146,59 @@ def test_uvicorn_handlers_are_routed_not_duplicated(
     logging.getLogger("uvicorn.access").info("GET / 200")
     out = lines(capsys)
     assert [l["event"] for l in out] == ["Started server process"]
+
+
+@pytest.fixture
+def server_access_logger() -> Iterator[logging.Logger]:
+    """uvicorn's access logger, restored afterwards (loggers are process-wide)."""
+    named = logging.getLogger("uvicorn.access")
+    saved = (list(named.handlers), named.propagate, named.disabled)
+    yield named
+    named.handlers, named.propagate, named.disabled = saved
+
+
+def test_server_access_log_stays_off_when_ours_replaces_it(
+    memory: Memory, capsys: pytest.CaptureFixture[str], server_access_logger: logging.Logger
+) -> None:
+    """With kiki's access line on, uvicorn's access logger has no handlers anywhere up its
+    chain: uvicorn checks ``hasHandlers()`` per connection and then skips building its line
+    (client address, quoted path) for every request."""
+    server_access_logger.addHandler(logging.StreamHandler(io.StringIO()))  # uvicorn's default
+    server_access_logger.propagate = False
+    kiki_otel.configure()
+    capsys.readouterr()
+    assert not server_access_logger.hasHandlers()
+    server_access_logger.info("GET / 200")
+    assert lines(capsys) == []
+
+
+def test_server_access_log_off_stays_off_without_ours(
+    memory: Memory, capsys: pytest.CaptureFixture[str], server_access_logger: logging.Logger
+) -> None:
+    """``uvicorn --no-access-log`` (no handlers, no propagation) with kiki's access line
+    off too: no access lines at all, as asked, not uvicorn's brought back through the chain."""
+    server_access_logger.handlers = []
+    server_access_logger.propagate = False
+    kiki_otel.configure(http={"access_log": False})
+    capsys.readouterr()
+    assert not server_access_logger.hasHandlers()
+    server_access_logger.info("GET / 200")
+    assert lines(capsys) == []
+
+
+def test_server_access_log_routed_when_ours_is_off(
+    memory: Memory, capsys: pytest.CaptureFixture[str], server_access_logger: logging.Logger
+) -> None:
+    """uvicorn's access log on (its handler) and kiki's off: uvicorn's line goes through the
+    JSON chain once, and not through uvicorn's own handler."""
+    own = io.StringIO()
+    server_access_logger.addHandler(logging.StreamHandler(own))
+    server_access_logger.propagate = False
+    kiki_otel.configure(http={"access_log": False})
+    capsys.readouterr()
+    server_access_logger.info("GET / 200")
+    assert [(l["logger"], l["event"]) for l in lines(capsys)] == [("uvicorn.access", "GET / 200")]
+    assert own.getvalue() == ""
 
 
 def test_console_format_for_developers(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
