@@ -15,7 +15,7 @@ wake-ups on this VM), the same for every scenario; a ``time.sleep(0)`` per reque
 cost ~90 us, being a syscall. ``dropped`` in the output counts the SDK's "Queue full"
 drops; it must be 0 for a valid number (``bench/run.py`` flags it otherwise). ``threads``
 splits the CPU seconds by thread (from /proc, Linux): the event loop's share against the
-exporter threads'.
+exporter threads'; ``thread_switches`` splits the voluntary context switches the same way.
 """
 
 from __future__ import annotations
@@ -85,20 +85,28 @@ def _count_drops() -> dict[str, int]:
     return counts
 
 
-def _thread_cpu() -> dict[str, float]:
-    """CPU seconds per live thread (by name) from /proc: where the exporters' share goes."""
+def _thread_stats() -> dict[str, tuple[float, int]]:
+    """CPU seconds and voluntary context switches per live thread (by name), from /proc.
+
+    Where the exporters' share of the CPU goes, and which thread blocks (mostly: waits for
+    the GIL another thread took).
+    """
     import threading
 
     tick = os.sysconf("SC_CLK_TCK")
-    result: dict[str, float] = {}
+    result: dict[str, tuple[float, int]] = {}
     for thread in threading.enumerate():
+        task = f"/proc/self/task/{thread.native_id}"
         try:
-            with open(f"/proc/self/task/{thread.native_id}/stat") as fh:
+            with open(f"{task}/stat") as fh:
                 fields = fh.read().rpartition(")")[2].split()
+            with open(f"{task}/status") as fh:
+                status = dict(line.split(":", 1) for line in fh if ":" in line)
         except OSError:  # not Linux, or the thread just ended
             continue
         # after the ")" of comm: state is field 0, utime 11, stime 12 (proc(5) numbering - 3)
-        result[thread.name] = (int(fields[11]) + int(fields[12])) / tick
+        cpu = (int(fields[11]) + int(fields[12])) / tick
+        result[thread.name] = (cpu, int(status.get("voluntary_ctxt_switches", "0")))
     return result
 
 
@@ -126,7 +134,7 @@ def main() -> None:
     loop.run_until_complete(_drive(app, 2000))  # warm up: caches, first-use paths
     _flush()
     drops["dropped"] = 0
-    threads0 = _thread_cpu()
+    threads0 = _thread_stats()
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     loop.run_until_complete(_drive(app, n))
@@ -138,7 +146,12 @@ def main() -> None:
     system = usage.ru_stime - usage0.ru_stime
     switches = usage.ru_nvcsw - usage0.ru_nvcsw
     threads = {
-        name: round(seconds - threads0.get(name, 0.0), 2) for name, seconds in _thread_cpu().items()
+        name: round(seconds - threads0.get(name, (0.0, 0))[0], 2)
+        for name, (seconds, _) in _thread_stats().items()
+    }
+    thread_switches = {
+        name: count - threads0.get(name, (0.0, 0))[1]
+        for name, (_, count) in _thread_stats().items()
     }
     sys.__stderr__.write(
         json.dumps(
@@ -151,6 +164,7 @@ def main() -> None:
                 "wall": wall,
                 **drops,
                 "threads": threads,
+                "thread_switches": thread_switches,
             }
         )
         + "\n"
