@@ -7,12 +7,14 @@ with ``sampled=0`` still has a real trace id, and its logs must still carry it.
 from __future__ import annotations
 
 from contextvars import ContextVar
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
 __all__ = [
+    "CURRENT",
     "SPAN_KEY",
     "client_request_id",
     "current_ids",
@@ -45,6 +47,41 @@ SPAN_KEY = _span_key()
 request path's lookups without their two calls each (None: make the calls)."""
 
 
+def _current_var() -> ContextVar[Context] | None:
+    """The context variable behind ``otel_context.get_current()``/``attach()``, if found.
+
+    The API keeps the current context in one ``ContextVar`` of its runtime context (the
+    default, ``contextvars_context``); reading or setting it directly skips two calls per
+    use. Only taken when attaching a context through the API is seen in the variable, and
+    ``get_current()`` reads the variable back; else None, and kiki calls the API.
+    """
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    var = getattr(runtime, "_current_context", None)
+    if not isinstance(var, ContextVar):
+        return None
+    probe = Context({"kiki_otel.probe": True})
+    token = otel_context.attach(probe)
+    try:
+        attached = var.get(None) is probe
+    finally:
+        otel_context.detach(token)
+    before = var.set(probe)
+    try:
+        read_back = otel_context.get_current() is probe
+    finally:
+        var.reset(before)
+    return var if attached and read_back else None
+
+
+CURRENT = _current_var()
+"""The API's current-context variable: ``CURRENT.get()`` is ``otel_context.get_current()``,
+``CURRENT.set(ctx)`` is ``attach(ctx)``, and its token detaches (None: call the API)."""
+
+_span_types: set[type] = {trace.NonRecordingSpan}
+"""Exact types seen to be spans: ``isinstance(span, Span)`` without the ABC's Python-level
+hook. Only positive answers are kept, and an ABC never takes one back."""
+
+
 def current_span_context() -> trace.SpanContext:
     """``trace.get_current_span().get_span_context()``, one lookup instead of three calls.
 
@@ -53,8 +90,13 @@ def current_span_context() -> trace.SpanContext:
     """
     if SPAN_KEY is None:
         return trace.get_current_span().get_span_context()
-    span = otel_context.get_current().get(SPAN_KEY)
+    span: Any = (CURRENT.get() if CURRENT is not None else otel_context.get_current()).get(SPAN_KEY)
+    kind = type(span)
+    if kind in _span_types:
+        return span.get_span_context()  # type: ignore[no-any-return]
     if isinstance(span, trace.Span):
+        if len(_span_types) < 16:
+            _span_types.add(kind)
         return span.get_span_context()
     return trace.INVALID_SPAN_CONTEXT
 

@@ -28,7 +28,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics
 from opentelemetry.trace import INVALID_SPAN, Span
 
-from ._context import SPAN_KEY
+from ._context import CURRENT, SPAN_KEY
 
 __all__ = ["FastHistogram", "fast_histogram"]
 
@@ -82,7 +82,7 @@ class FastHistogram:
             self._learn(key, attributes)
             return
         now = time.time_ns()
-        ctx = otel_context.get_current()
+        ctx = CURRENT.get() if CURRENT is not None else otel_context.get_current()
         exemplar_filter = consumer._sdk_config.exemplar_filter
         if type(exemplar_filter) is self._trace_based:  # its should_sample, inline:
             # trace.get_current_span(ctx); SPAN_KEY is not None here (see __init__)

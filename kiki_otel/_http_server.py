@@ -23,7 +23,7 @@ from opentelemetry.trace.span import Span
 
 from ._access_log import access_log
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
-from ._context import SPAN_KEY, client_request_id, mark_exception
+from ._context import CURRENT, SPAN_KEY, client_request_id, mark_exception
 from ._fast_histogram import fast_histogram
 from ._fast_span import DirectSpans
 from ._json import safe_repr
@@ -319,8 +319,12 @@ class ServerTelemetry:
         span, span_context, ctx = self._start_span(scope, method, carrier, parent, client_id)
         trace_id = format(span_context.trace_id, "032x")
         extra_headers = self._response_headers(trace_id, span_context)
-        outer = otel_context.get_current()
-        token = otel_context.attach(ctx)
+        if CURRENT is not None:  # otel_context.get_current() and attach(ctx), without calls
+            outer = CURRENT.get()
+            token = CURRENT.set(ctx)
+        else:
+            outer = otel_context.get_current()
+            token = otel_context.attach(ctx)
         client_token = client_request_id.set(client_id)
         active_attrs = {"http.request.method": method, "url.scheme": scope.get("scheme", "http")}
         active_key = self._active.add(active_attrs)
@@ -340,7 +344,9 @@ class ServerTelemetry:
                 # the current context, span included, in the timer heap until the timer
                 # fires or the heap is compacted (cancelled timers stay: ~100 of them).
                 # Spans held that long get promoted, and promotions trigger full GCs.
-                outer_token = otel_context.attach(outer)
+                outer_token = (
+                    CURRENT.set(outer) if CURRENT is not None else otel_context.attach(outer)
+                )
                 try:
                     await send(message)
                     state.sent, state.sent_ns = time.perf_counter(), time.time_ns()

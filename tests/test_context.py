@@ -1,0 +1,123 @@
+"""The request path's direct reads of the API's current context and current span."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context.context import Context, _RuntimeContext
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+import kiki_otel
+from kiki_otel import _context, _fast_histogram, _http_server
+from kiki_otel._context import CURRENT, SPAN_KEY, current_span_context
+from tests.conftest import Memory
+from tests.test_http_server import client, make_app, server_spans
+
+
+def test_current_is_the_apis_context_variable() -> None:
+    """What the API attaches is in it, and what is set in it the API reads back."""
+    assert CURRENT is not None
+    attached = Context({"a": 1})
+    token = otel_context.attach(attached)
+    try:
+        assert CURRENT.get() is attached
+    finally:
+        otel_context.detach(token)
+    direct = Context({"b": 2})
+    token = CURRENT.set(direct)
+    try:
+        assert otel_context.get_current() is direct
+    finally:
+        otel_context.detach(token)  # the API detaches a direct set's token too
+    assert otel_context.get_current() is not direct
+
+
+class _ThreadLocalRuntime(_RuntimeContext):
+    """A runtime context that is not the default one (as ``OTEL_PYTHON_CONTEXT`` selects)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def attach(self, context: Context) -> object:
+        previous = self.get_current()
+        self._local.context = context
+        return previous
+
+    def get_current(self) -> Context:
+        return getattr(self._local, "context", Context())
+
+    def detach(self, token: object) -> None:
+        self._local.context = token
+
+
+def test_another_runtime_context_is_not_read_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(otel_context, "_RUNTIME_CONTEXT", _ThreadLocalRuntime())
+    assert _context._current_var() is None
+
+
+async def test_requests_without_the_direct_variable(
+    monkeypatch: pytest.MonkeyPatch, memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the API called instead (no variable found), a request has the same span, ids
+    on its access line and exemplar-bearing metric."""
+    for module in (_context, _http_server, _fast_histogram):
+        monkeypatch.setattr(module, "CURRENT", None)
+    app: FastAPI = make_app()
+    kiki_otel.configure(app, service_name="svc-ctx")
+    capsys.readouterr()
+    async with client(app) as c:
+        for _ in range(2):  # the second one through the histogram's direct path
+            response = await c.get("/items/7")
+    request_id = response.headers["x-request-id"]
+    spans = server_spans(memory)
+    assert format(spans[-1].context.trace_id, "032x") == request_id
+    access = [line for line in capsys.readouterr().out.splitlines() if '"http.request"' in line]
+    assert len(access) == 2 and f'"trace_id":"{request_id}"' in access[-1]
+    (point,) = memory.metric_points("http.server.request.duration")
+    assert point.count == 2
+    assert {format(e.trace_id, "032x") for e in point.exemplars} == {request_id}
+    assert otel_context.get_current().get(SPAN_KEY) is None  # detached after each
+
+
+class _Virtual:
+    """Not a subclass of ``trace.Span``; registered as one below."""
+
+    def __init__(self, span_context: SpanContext) -> None:
+        self._span_context = span_context
+
+    def get_span_context(self) -> SpanContext:
+        return self._span_context
+
+
+@pytest.mark.parametrize("value", ["not a span", None, 42])
+def test_current_span_context_of_what_is_not_a_span(value: Any) -> None:
+    assert SPAN_KEY is not None
+    token = otel_context.attach(otel_context.set_value(SPAN_KEY, value))
+    try:
+        assert current_span_context() is trace.INVALID_SPAN_CONTEXT
+        assert trace.get_current_span().get_span_context() is trace.INVALID_SPAN_CONTEXT
+    finally:
+        otel_context.detach(token)
+
+
+def test_current_span_context_of_any_span(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A virtual subclass of the ABC counts as a span, as for the API, once and after."""
+    monkeypatch.setattr(_context, "_span_types", {NonRecordingSpan})
+    span_context = SpanContext(0xAB, 0xCD, is_remote=False, trace_flags=TraceFlags(1))
+    virtual: Any = _Virtual(span_context)
+    assert current_span_context() is trace.INVALID_SPAN_CONTEXT  # no span at all
+    token = otel_context.attach(trace.set_span_in_context(virtual))
+    try:
+        assert current_span_context() is trace.INVALID_SPAN_CONTEXT  # not a span (yet)
+        trace.Span.register(_Virtual)
+        for _ in range(2):  # found by the ABC, then by its exact type
+            assert current_span_context() is span_context
+            assert trace.get_current_span().get_span_context() is span_context
+        assert _Virtual in _context._span_types
+    finally:
+        otel_context.detach(token)
