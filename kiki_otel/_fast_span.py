@@ -341,11 +341,14 @@ class DirectSpans:
         For values built by the caller. Both under one hold of the span's lock, where the
         SDK takes it twice (and ``update_name`` through its ended-span decorator).
         """
-        values = getattr(getattr(span, "_attributes", None), "_dict", None)
+        bounded = getattr(span, "_attributes", None)
+        values = getattr(bounded, "_dict", None)
+        # Only the span's count limit matters here (none may be evicted): the SDK's own
+        # set_attributes consults neither the processors nor the tracer's config.
         if (
             type(span) is self._span_class
             and type(values) is dict
-            and self.usable(len(values) + len(attributes))
+            and (bounded.maxlen is None or len(values) + len(attributes) <= bounded.maxlen)  # type: ignore[union-attr]
         ):
             with span._lock:
                 if span._end_time is None:
