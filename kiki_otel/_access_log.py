@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import structlog
 
-from ._context import client_request_id, current_ids
+from ._context import client_request_id, current_span_context, hex_ids
 from ._logging import add_timestamp, get_logger, installed_chain, structure_exception
 
 __all__ = ["ACCESS_EVENT", "ACCESS_LOGGER", "AccessLog", "access_log"]
@@ -116,7 +116,8 @@ class DirectAccessLog:
         self._merge(None, level, event)
         # The current span, as add_correlation and the OTel record take it: the request
         # span, unless the app left one of its own current.
-        ids = current_ids()
+        span_context = current_span_context()
+        ids = hex_ids(span_context)
         if ids is not None:
             event["trace_id"] = event["request_id"] = ids[0]
             event["span_id"] = ids[1]
@@ -126,7 +127,7 @@ class DirectAccessLog:
         event.setdefault("service", chain.service)
         structure_exception(None, level, event)  # only a context variable can bring exc_info
         if chain.emitter is not None:
-            chain.emitter(None, level, event)
+            chain.emitter.emit_current(level, event, span_context)
         chain.output.write(chain.renderer(None, level, event))  # type: ignore[arg-type]
 
 

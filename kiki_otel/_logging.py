@@ -27,7 +27,12 @@ import structlog
 from opentelemetry import context as otel_context
 from opentelemetry._logs import LoggerProvider, SeverityNumber
 from opentelemetry.context import Context
-from opentelemetry.trace import NonRecordingSpan, get_current_span, set_span_in_context
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    get_current_span,
+    set_span_in_context,
+)
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 from ._context import (
@@ -212,6 +217,34 @@ class OTelEmitter:
         finally:
             local.state = _IDLE
         return event_dict
+
+    def emit_current(self, level: str, event_dict: EventDict, span_context: SpanContext) -> None:
+        """``self(None, level, event_dict)``, for a caller holding the current span context.
+
+        The access line's path: its logger is exported and it runs on a request thread, so
+        once this thread's state and its logger's entry are known, the record goes straight
+        to the direct path (the emitter's own checks, fewer calls); anything else takes
+        :meth:`__call__`.
+        """
+        try:
+            entry = self._loggers.get(str(event_dict.get("logger", "")))
+            direct = entry[1] if entry is not None else None
+            if direct is None or getattr(self._local, "state", None) is not _IDLE:
+                self(None, level, event_dict)
+                return
+            if self._trace_based and span_context.is_valid and not span_context.trace_flags.sampled:
+                return
+            severity, text = _SEVERITY.get(level, (SeverityNumber.INFO, "INFO"))
+            body = str(event_dict.get("event", ""))
+            if not (
+                direct.usable(len(event_dict))
+                and direct.emit_event(
+                    time.time_ns(), severity, text, body, event_dict, _RECORD_FIELDS, span_context
+                )
+            ):
+                self(None, level, event_dict)
+        except Exception:  # noqa: S110 - as __call__: telemetry must never break logging
+            pass
 
     def _emit(self, method: str, event_dict: EventDict, name: str) -> None:
         if self._trace_based:

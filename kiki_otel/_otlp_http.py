@@ -46,6 +46,7 @@ from opentelemetry.sdk._logs.export import (
 )
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanContext
 
 from ._context import current_span_context
 from ._otlp_client import Attempt, RetryingClient, basic_auth, export_logger, redact
@@ -350,7 +351,8 @@ class DirectLogs:
         self, timestamp: int, severity: Any, text: str, body: str, attributes: dict[str, Any]
     ) -> None:
         """Queue one record; ``attributes`` must hold valid values under non-empty str keys."""
-        if not self._queue(encode_log, timestamp, severity, text, body, attributes):
+        fields = (timestamp, severity, text, body, attributes)
+        if not self._queue(current_span_context(), encode_log, *fields):
             self._logger.emit(  # our encoder failed: the record still goes, the SDK's way
                 timestamp=timestamp,
                 severity_number=severity,
@@ -367,20 +369,23 @@ class DirectLogs:
         body: str,
         event: Mapping[Any, Any],
         skip: frozenset[str],
+        span_context: SpanContext | None = None,
     ) -> bool:
         """Queue the record whose attributes are ``event``'s fields but ``skip``.
 
         Encoded straight from the event; False (nothing queued) when a field needs
-        converting first.
+        converting first. ``span_context``: the current span's, when the caller holds it.
         """
-        return self._queue(encode_log_event, timestamp, severity, text, body, event, skip)
+        if span_context is None:
+            span_context = current_span_context()
+        fields = (timestamp, severity, text, body, event, skip)
+        return self._queue(span_context, encode_log_event, *fields)
 
-    def _queue(self, encode: Callable[..., Any], *fields: Any) -> bool:
+    def _queue(self, span_context: SpanContext, encode: Callable[..., Any], *fields: Any) -> bool:
         """Encode the record and queue it; False when nothing was queued.
 
-        The current span's ids and the logger's resource and scope go after ``fields``.
+        The span context's ids and the logger's resource and scope go after ``fields``.
         """
-        span_context = current_span_context()
         logger = self._logger
         try:
             item = encode(

@@ -7,6 +7,8 @@ import io
 import json
 import logging
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 import kiki_otel
+from kiki_otel._logging import OTelEmitter
 from tests.conftest import Memory
 
 
@@ -499,3 +502,95 @@ def test_otel_attributes_carry_the_text_the_line_shows(
         assert record.attributes[key] == line[key], key
     assert record.attributes["user_id"] == "12345678-1234-5678-1234-567812345678"
     assert json.loads(record.attributes["cart"]) == line["cart"] == {"items": 2, "ids": [1, 2]}
+
+
+def _direct_emitter(**options: Any) -> tuple[OTelEmitter, Any]:
+    """An emitter whose records take the direct path into a fast exporter's queue (kept:
+    the collector is a closed port and the batch waits ten minutes)."""
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    from kiki_otel._otlp_http import FastLogExporter, OTLPHttpClient
+    from tests.support.server_process import free_port
+
+    provider = LoggerProvider(shutdown_on_exit=False)
+    client = OTLPHttpClient(f"http://127.0.0.1:{free_port()}/v1/logs", timeout=0.1)
+    processor = BatchLogRecordProcessor(FastLogExporter(client), schedule_delay_millis=600_000)
+    provider.add_log_record_processor(processor)
+    return OTelEmitter(provider, **options), processor._batch_processor._queue
+
+
+ACCESS_EVENT = {
+    "method": "GET",
+    "path": "/items/7",
+    "route": "/items/{item_id}",
+    "status": 200,
+    "duration_ms": 0.25,
+    "event": "http.request",
+    "logger": "kiki_otel.access",
+    "level": "info",
+    "timestamp": "2026-01-01T00:00:00Z",
+    "trace_id": "000000000000000000000000000000ab",
+    "request_id": "000000000000000000000000000000ab",
+    "span_id": "00000000000000cd",
+    "service": "svc",
+}
+
+
+@pytest.mark.parametrize("trace_based", [False, True])
+@pytest.mark.parametrize("sampled", [True, False])
+def test_emit_current_queues_what_the_emitter_queues(
+    monkeypatch: pytest.MonkeyPatch, trace_based: bool, sampled: bool
+) -> None:
+    """The access line's entry into the emitter queues the very bytes a call of the emitter
+    does, without going through the call once the logger is known; under trace-based
+    logs an unsampled request's record is skipped by both."""
+    monkeypatch.setattr(time, "time_ns", lambda: 1_790_000_000_123_456_789)
+    emitter, queue = _direct_emitter(trace_based=trace_based)
+    calls: list[str] = []
+    real_call = OTelEmitter.__call__
+
+    def counted(self: OTelEmitter, logger: Any, method: str, event: Any) -> Any:
+        calls.append(method)
+        return real_call(self, logger, method, event)
+
+    monkeypatch.setattr(OTelEmitter, "__call__", counted)
+    span_context = SpanContext(0xAB, 0xCD, is_remote=False, trace_flags=TraceFlags(int(sampled)))
+    emitter(None, "info", {**ACCESS_EVENT, "event": "startup"})  # finds the logger's path
+    queue.clear()
+    error_event = {**ACCESS_EVENT, "level": "error"}
+    with trace.use_span(NonRecordingSpan(span_context)):
+        emitter.emit_current("info", dict(ACCESS_EVENT), span_context)
+        emitter.emit_current("error", dict(error_event), span_context)
+        emitter(None, "info", dict(ACCESS_EVENT))
+        emitter(None, "error", dict(error_event))
+    assert calls == ["info", "info", "error"]  # emit_current never needed the call
+    payloads = [item.payload for item in reversed(queue)]
+    if trace_based and not sampled:
+        assert payloads == []
+    else:
+        assert len(payloads) == 4 and payloads[:2] == payloads[2:] and payloads[0] != payloads[1]
+
+
+def test_emit_current_steps_aside_as_the_emitter_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before its logger is known, on an SDK worker thread, and past the attribute count
+    limit, the record takes the emitter's call (which skips or converts it)."""
+    emitter, queue = _direct_emitter()
+    span_context = SpanContext(0xAB, 0xCD, is_remote=False, trace_flags=TraceFlags(1))
+    emitter.emit_current("info", dict(ACCESS_EVENT), span_context)  # learns the logger
+    assert len(queue) == 1
+    on_worker: list[int] = []
+
+    def worker() -> None:
+        emitter.emit_current("info", dict(ACCESS_EVENT), span_context)
+        on_worker.append(len(queue))
+
+    thread = threading.Thread(target=worker, name="OtelBatchLogRecordProcessor")
+    thread.start()
+    thread.join()
+    assert on_worker == [1]  # an exporter thread's records are never exported
+    direct = emitter._loggers["kiki_otel.access"][1]
+    assert direct is not None
+    monkeypatch.setattr(direct, "_limit", 3)  # as built under LogRecordLimits(max_attributes=3)
+    emitter.emit_current("info", dict(ACCESS_EVENT), span_context)
+    assert len(queue) == 2 and type(queue[0]).__name__ != "Encoded"  # the SDK's record
