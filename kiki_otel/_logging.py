@@ -524,11 +524,11 @@ def _reclaim_server_loggers() -> None:
     """Route the servers' loggers through the root chain (while kiki's logging is installed).
 
     A server's access logger stays off when kiki's access line replaces it, and when the
-    server's own is off (``uvicorn --no-access-log``, gunicorn without ``--access-logfile``:
-    no handlers, no propagation). Off means exactly that state: uvicorn checks
-    ``hasHandlers()`` once per connection and then skips the line altogether, where a
-    propagating but disabled logger still had each request format its client address and
-    quoted path for a call that drops them.
+    server's own is off: no handlers and no propagation, as ``uvicorn --no-access-log``
+    leaves uvicorn's (and gunicorn its own without ``--access-logfile``). Off means exactly
+    that state: uvicorn checks ``hasHandlers()`` once per connection and then skips the line
+    altogether, where a propagating but disabled logger still had each request format its
+    client address and quoted path for a call that drops them.
 
     Also runs in every forked child: no lock is taken (plain attribute writes), nothing logs.
     """
