@@ -536,12 +536,12 @@ def _reclaim_server_loggers() -> None:
         return
     for name in _SERVER_LOGGERS:
         named = logging.getLogger(name)
-        off = name in _SERVER_ACCESS_LOGGERS and (
-            _replaces_server_access or (not named.handlers and not named.propagate)
-        )
+        access = name in _SERVER_ACCESS_LOGGERS
+        off = access and (_replaces_server_access or not (named.handlers or named.propagate))
         named.handlers = []
         named.propagate = not off
-        named.disabled = off
+        if access:  # the others keep whatever a logging config decided
+            named.disabled = off
 
 
 def configure_logging(
