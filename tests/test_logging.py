@@ -594,3 +594,15 @@ def test_emit_current_steps_aside_as_the_emitter_would(monkeypatch: pytest.Monke
     monkeypatch.setattr(direct, "_limit", 3)  # as built under LogRecordLimits(max_attributes=3)
     emitter.emit_current("info", dict(ACCESS_EVENT), span_context)
     assert len(queue) == 2 and type(queue[0]).__name__ != "Encoded"  # the SDK's record
+
+
+def test_a_server_logger_a_config_disabled_stays_disabled(memory: Memory) -> None:
+    """A logging config with ``disable_existing_loggers`` may have disabled uvicorn.error:
+    kiki routes its records, and leaves that decision alone."""
+    error_logger = logging.getLogger("uvicorn.error")
+    try:
+        error_logger.disabled = True
+        kiki_otel.configure()
+        assert error_logger.disabled and error_logger.propagate
+    finally:
+        error_logger.disabled = False
