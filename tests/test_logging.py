@@ -160,29 +160,30 @@ def server_access_logger() -> Iterator[logging.Logger]:
     named.handlers, named.propagate, named.disabled = saved
 
 
-def test_server_access_log_stays_off_when_ours_replaces_it(
-    memory: Memory, capsys: pytest.CaptureFixture[str], server_access_logger: logging.Logger
+@pytest.mark.parametrize(
+    ("uvicorn_handler", "ours"),
+    [
+        pytest.param(True, True, id="ours-replaces-uvicorns"),
+        pytest.param(False, False, id="no-access-log-and-ours-off"),
+    ],
+)
+def test_server_access_log_stays_off(
+    memory: Memory,
+    capsys: pytest.CaptureFixture[str],
+    server_access_logger: logging.Logger,
+    uvicorn_handler: bool,
+    ours: bool,
 ) -> None:
-    """With kiki's access line on, uvicorn's access logger has no handlers anywhere up its
-    chain: uvicorn checks ``hasHandlers()`` per connection and then skips building its line
-    (client address, quoted path) for every request."""
-    server_access_logger.addHandler(logging.StreamHandler(io.StringIO()))  # uvicorn's default
-    server_access_logger.propagate = False
-    kiki_otel.configure()
-    capsys.readouterr()
-    assert not server_access_logger.hasHandlers()
-    server_access_logger.info("GET / 200")
-    assert lines(capsys) == []
-
-
-def test_server_access_log_off_stays_off_without_ours(
-    memory: Memory, capsys: pytest.CaptureFixture[str], server_access_logger: logging.Logger
-) -> None:
-    """``uvicorn --no-access-log`` (no handlers, no propagation) with kiki's access line
-    off too: no access lines at all, as asked, not uvicorn's brought back through the chain."""
+    """uvicorn's access logger as uvicorn leaves it (its handler, or none under
+    ``--no-access-log``; no propagation) stays off when kiki's line replaces it, and when
+    both are off: no access line at all, not uvicorn's brought back through the chain.
+    Off is no handlers anywhere up its chain: uvicorn checks ``hasHandlers()`` per
+    connection and then skips building its line (client address, quoted path)."""
     server_access_logger.handlers = []
+    if uvicorn_handler:
+        server_access_logger.addHandler(logging.StreamHandler(io.StringIO()))
     server_access_logger.propagate = False
-    kiki_otel.configure(http={"access_log": False})
+    kiki_otel.configure(http={"access_log": ours})
     capsys.readouterr()
     assert not server_access_logger.hasHandlers()
     server_access_logger.info("GET / 200")
