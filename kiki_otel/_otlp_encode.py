@@ -259,7 +259,14 @@ def _encode_each(items: Sequence[Any], encode: Any, tag: bytes) -> bytes:
     for index, item in enumerate(items):
         payload = item.payload if type(item) is Encoded else encode(item)
         size = len(payload)
-        append(tag + (_SMALL[size] if size < 128 else _varint(size)) + payload)
+        append(tag)  # three parts joined once below: no intermediate copies of the payload
+        if size < 128:
+            append(_SMALL[size])
+        elif size < 16384:  # a span or record: two varint bytes, no call
+            append(bytes(((size & 0x7F) | 0x80, size >> 7)))
+        else:
+            append(_varint(size))
+        append(payload)
         if not index & 15 and index and clock() > deadline:
             time.sleep(0)
             deadline = clock() + _SLICE_SECONDS

@@ -672,3 +672,19 @@ def test_long_values_and_odd_layouts_are_not_held() -> None:
         *fields, {"user": "u", "route": "/a", "event": "e"}, _RECORD_FIELDS, *ids
     )
     assert plain is not None  # the plain layout is still encoded directly
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 16383, 16384, 70000])
+def test_each_item_is_one_length_delimited_field(size: int) -> None:
+    """Items of every length class (one varint byte, two built inline, three or more) are
+    framed as protobuf reads a length-delimited field (its own varint decoder), and the
+    same as the general varint framing."""
+    from google.protobuf.internal.decoder import _DecodeVarint  # type: ignore[attr-defined]
+
+    payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    item = _otlp_encode.Encoded(payload, None, None)
+    framed = _otlp_encode._encode_each([item, item], lambda _: b"", b"\x12")
+    assert framed[:1] == b"\x12"
+    length, start = _DecodeVarint(framed, 1)
+    assert length == size and framed[start : start + size] == payload
+    assert framed == (b"\x12" + _otlp_encode._varint(size) + payload) * 2
