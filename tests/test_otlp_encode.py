@@ -193,6 +193,27 @@ def test_several_resources_are_grouped_like_the_official_encoder() -> None:
     assert encode_spans(batch) == official_spans(batch).SerializeToString()
 
 
+def test_one_resource_and_scope_or_several_group_like_the_official_encoder() -> None:
+    """A batch of one resource and one scope (grouped without the loop) and batches that
+    mix scopes or hold an item without a scope encode to the official bytes."""
+    spans = _spans()
+    one_scope = [spans[0], spans[0], spans[0]]
+    assert len({id(s.instrumentation_scope) for s in spans}) > 1
+    without_scope = [spans[0], _NoScope(spans[0]), spans[0]]
+    for batch in (one_scope, spans, spans[::-1], without_scope, [_NoScope(spans[0])] * 2):
+        assert encode_spans(batch) == official_spans(batch).SerializeToString()
+
+
+class _NoScope:
+    """A span seen without an instrumentation scope (the SDK allows None)."""
+
+    def __init__(self, span: Any) -> None:
+        self._span = span
+
+    def __getattr__(self, name: str) -> Any:
+        return None if name == "instrumentation_scope" else getattr(self._span, name)
+
+
 def test_logs_encode_to_the_official_bytes() -> None:
     """Log records (bodies of every type, trace context, event name, scopes, None values)
     encode to exactly the official encoder's bytes, and decode to the official message."""
