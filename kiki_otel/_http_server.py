@@ -13,6 +13,7 @@ import re
 import time
 import traceback
 import weakref
+from operator import itemgetter, methodcaller
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -58,6 +59,8 @@ _SENSITIVE_QUERY = frozenset(
 _INTERNAL_ERROR = b"Internal Server Error"
 _LAST_MESSAGE = frozenset({"http.response.body", "http.response.pathsend"})
 """Message types that end a response unless ``more_body`` (pathsend never has more)."""
+_NAME, _LOWER = itemgetter(0), methodcaller("lower")
+"""A header's name, lowercased: looked for in C among the app's response headers."""
 _FASTAPI_NATIVE_KEY = "fastapi.telemetry"
 _TRACED_KEY = "kiki_otel.traced"
 """Set in the scope by the outermost kiki middleware: one kiki inside another (a mounted
@@ -335,7 +338,9 @@ class ServerTelemetry:
             if message["type"] == "http.response.start":
                 state.status = message["status"]
                 state.started = True
-                headers = [h for h in message.get("headers", ()) if h[0].lower() != id_header]
+                headers = [*message.get("headers", ())]
+                if id_header in map(_LOWER, map(_NAME, headers)):  # the app's own: ours wins
+                    headers = [h for h in headers if h[0].lower() != id_header]
                 headers.extend(extra_headers)
                 message["headers"] = headers
             elif message["type"] in _LAST_MESSAGE and not message.get("more_body"):

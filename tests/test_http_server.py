@@ -917,3 +917,27 @@ async def test_the_app_runs_in_the_parent_context_with_the_request_span(
     assert response.json() == {"span": f"{span.context.span_id:016x}", "tenant": "acme"}
     assert response.headers["x-request-id"] == TRACE == f"{span.context.trace_id:032x}"
     assert not trace.get_current_span().get_span_context().is_valid  # detached after
+
+
+@pytest.mark.parametrize("name", [b"x-request-id", b"X-Request-ID"])
+async def test_an_apps_own_request_id_header_gives_way_to_ours(memory: Memory, name: bytes) -> None:
+    """An app answering its own X-Request-ID (lowercase as ASGI asks, or not) is answered
+    with exactly one, ours; its other headers stay, in order."""
+    from fastapi import Response
+
+    app = FastAPI()
+
+    @app.get("/own")
+    async def own() -> Response:
+        response = Response(b"ok", headers={"x-kept": "1"})
+        response.raw_headers.insert(0, (name, b"app-chosen"))
+        response.raw_headers.append((b"x-after", b"2"))
+        return response
+
+    kiki_otel.configure(app, service_name="svc-test", metrics_exporter="none")
+    async with client(app) as c:
+        response = await c.get("/own")
+    (span,) = server_spans(memory)
+    assert response.headers.get_list("x-request-id") == [format(span.context.trace_id, "032x")]
+    names = [k.lower() for k, _ in response.headers.raw]
+    assert names.index(b"x-kept") < names.index(b"x-after") < names.index(b"x-request-id")
