@@ -282,7 +282,11 @@ def test_usable_or_blank_per_signal_endpoints_are_accepted(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "   ")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "collector:4318")
     telemetry = kiki_otel.configure(
-        exporter_otlp_endpoint="http://127.0.0.1:9", metrics_exporter="none"
+        exporter_otlp_endpoint="http://127.0.0.1:9",
+        metrics_exporter="none",
+        # the refused export of its own startup line ends within the test, not in a later
+        # one's output (an abandoned flush otherwise retries for the default 10 s)
+        exporter_otlp_timeout=100,
     )
     settings = telemetry.settings
     assert span_exporter(settings)._client.url == "http://127.0.0.1:9/custom/t"  # type: ignore[attr-defined]

@@ -209,6 +209,7 @@ def test_export_batches_are_sized_for_the_exporter_unless_sized_by_the_user(
             exporter_otlp_endpoint="http://127.0.0.1:9",
             exporter_otlp_protocol=protocol,
             metrics_exporter="none",
+            exporter_otlp_timeout=100,  # refused exports end here, not in a later test
         )
         spans = trace.get_tracer_provider()._active_span_processor._span_processors[0]  # type: ignore[attr-defined]
         logs = _logs.get_logger_provider()._multi_log_record_processor._log_record_processors[0]  # type: ignore[attr-defined]
