@@ -28,7 +28,7 @@ from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 
-__all__ = ["after_fork_in_child", "drop_inherited_connections", "new_identity"]
+__all__ = ["after_fork_in_child", "drop_inherited_connections", "new_identity", "reachable"]
 
 _WALK_LIMIT = 20_000
 """Objects visited at most when looking for HTTP sessions under a provider."""
@@ -58,7 +58,7 @@ def new_identity(providers: Iterable[Any]) -> Resource:
     return identity
 
 
-def _reachable(roots: Iterable[Any], kinds: tuple[type, ...]) -> list[Any]:
+def reachable(roots: Iterable[Any], kinds: tuple[type, ...]) -> list[Any]:
     """Instances of ``kinds`` reachable through OpenTelemetry and kiki-otel objects."""
     found: list[Any] = []
     seen: set[int] = set()
@@ -108,7 +108,7 @@ def drop_inherited_connections(providers: Iterable[Any]) -> int:
         Session = HTTPAdapter = None  # type: ignore[assignment,misc]
     else:
         kinds += (Session,)
-    holders = _reachable(providers, kinds)
+    holders = reachable(providers, kinds)
     for holder in holders:
         if isinstance(holder, http.client.HTTPConnection):
             holder.close()  # no locks: closes the socket and forgets it

@@ -3,7 +3,8 @@
 The SDK's own ``shutdown()`` has no reliable deadline (a hung collector can hold it for the
 exporter timeout times its retries), so each provider is flushed on its own daemon thread,
 concurrently, and abandoned at our deadline. Logs about the shutdown itself (the report
-line included) are flushed last, in a slice of the deadline kept for them.
+line included) are flushed last, in a slice of the deadline kept for them. kiki's own
+exports still running for an abandoned provider are then aborted.
 
 Work leaves the event loop on plain daemon threads, never ``asyncio.to_thread``: the
 atexit fallback runs after the interpreter has closed the default executor, and a cleanup
@@ -22,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ._fork import after_fork_in_child, drop_inherited_connections, new_identity
+from ._fork import after_fork_in_child, drop_inherited_connections, new_identity, reachable
 from ._lifecycle import Lifecycle
 from ._logging import OwnLogger
 from ._otlp_http import dropped_items
@@ -139,6 +140,19 @@ def _flush_in_thread(name: str, work: Callable[[], object]) -> threading.Thread:
     thread = threading.Thread(target=run, name=f"kiki-otel-flush-{name}", daemon=True)
     thread.start()
     return thread
+
+
+def _abort_exports(providers: list[Any]) -> None:
+    """Abort kiki's exports still running under ``providers``: retries end, sockets close.
+
+    Past the deadline an abandoned flush would otherwise go on retrying a dead or hung
+    collector until the export timeout, in a process that is not always about to exit (a
+    test suite's ``testing.reset()``): its failure then surfaced in some later output.
+    """
+    from ._otlp_client import RetryingClient
+
+    for client in reachable(providers, (RetryingClient,)):
+        client.close()
 
 
 def _join_until(threads: dict[str, threading.Thread], deadline: float) -> list[str]:
@@ -334,6 +348,9 @@ class ShutdownCoordinator:
             if last:  # only stdout still hears this: the report line may not be exported
                 report.abandoned.extend(last)
                 log.warning("shutdown.final_logs_abandoned", abandoned=last)
+        stuck = [self._providers[name] for name in report.abandoned if name in self._providers]
+        if stuck:  # not waited for: close() waits up to a second for an aborted attempt
+            _flush_in_thread("abort", lambda: _abort_exports(stuck))
 
     def run_sync(self, timeout: float | None = None) -> ShutdownReport:
         """For programs without an event loop (workers, scripts) and the atexit fallback.

@@ -563,3 +563,32 @@ async def test_a_server_without_lifespan_is_ready_once_it_serves(memory: Memory)
         assert (await client.get("/x")).status_code == 200
         assert telemetry.lifecycle.state != "ready"
         assert (await client.get("/health/ready")).status_code == 503
+
+
+def test_exports_abandoned_at_the_deadline_are_aborted() -> None:
+    """A hung collector: the span export abandoned at the deadline does not go on waiting
+    for the export timeout (30 s here); the exporter threads end within moments, so
+    nothing of this telemetry reports into later output (a test suite's next test)."""
+    from opentelemetry import _logs, trace
+
+    from tests.support.otlp_receiver import OTLPReceiver
+
+    with OTLPReceiver(mode="hang") as rx:
+        telemetry = kiki_otel.configure(
+            exporter_otlp_endpoint=rx.http_endpoint,
+            exporter_otlp_timeout=30_000,
+            metrics_exporter="none",
+        )
+        tracing: Any = trace.get_tracer_provider()
+        logging_: Any = _logs.get_logger_provider()
+        spans = tracing._active_span_processor._span_processors[0]
+        logs = logging_._multi_log_record_processor._log_record_processors[0]
+        workers = [spans._batch_processor._worker_thread, logs._batch_processor._worker_thread]
+        with trace.get_tracer("t").start_as_current_span("stuck"):
+            pass
+        report = telemetry.shutdown(0.5)
+        assert "traces" in report.abandoned and rx.wait_for_requests(1, signal="traces")
+        for worker in workers:
+            worker.join(5.0)
+        # allowed: 5 s against the 30 s a hung export would otherwise hold each thread
+        assert not any(worker.is_alive() for worker in workers)
