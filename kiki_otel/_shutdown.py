@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from ._fork import after_fork_in_child, drop_inherited_connections, new_identity, reachable
 from ._lifecycle import Lifecycle
 from ._logging import OwnLogger
+from ._otlp_client import RetryingClient
 from ._otlp_http import dropped_items
 from ._settings import ShutdownSettings
 
@@ -149,8 +150,6 @@ def _abort_exports(providers: list[Any]) -> None:
     collector until the export timeout, in a process that is not always about to exit (a
     test suite's ``testing.reset()``): its failure then surfaced in some later output.
     """
-    from ._otlp_client import RetryingClient
-
     for client in reachable(providers, (RetryingClient,)):
         client.close()
 
