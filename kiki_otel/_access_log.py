@@ -125,7 +125,8 @@ class DirectAccessLog:
         if client_id is not None:
             event.setdefault("client_request_id", client_id)
         event.setdefault("service", chain.service)
-        structure_exception(None, level, event)  # only a context variable can bring exc_info
+        if "exc_info" in event:  # only a context variable can bring it
+            structure_exception(None, level, event)
         if chain.emitter is not None:
             chain.emitter.emit_current(level, event, span_context)
         chain.output.write(chain.renderer(None, level, event))  # type: ignore[arg-type]

@@ -6,15 +6,22 @@ with ``sampled=0`` still has a real trace id, and its logs must still carry it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.trace import INVALID_SPAN_ID, INVALID_TRACE_ID, SpanContext, TraceFlags
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 __all__ = [
     "CURRENT",
+    "IDS",
+    "IDS_BY_NAME",
+    "SPAN_CONTEXT_TUPLE",
     "SPAN_KEY",
     "client_request_id",
     "current_ids",
@@ -77,6 +84,45 @@ CURRENT = _current_var()
 """The API's current-context variable: ``CURRENT.get()`` is ``otel_context.get_current()``,
 ``CURRENT.set(ctx)`` is ``attach(ctx)``, and its token detaches (None: call the API)."""
 
+TRACE_ID_MAX = 2**128 - 1
+SPAN_ID_MAX = 2**64 - 1
+"""The largest valid W3C ids (``SpanContext`` checks the same: see ``_tuple_layout``)."""
+
+
+def _tuple_layout() -> bool:
+    """True if an exact ``SpanContext`` is a tuple whose properties read its positions.
+
+    The layout: ``(trace_id, span_id, is_remote, trace_flags, trace_state, is_valid)``.
+    Probed at the validity bounds: an API release that changes the layout or the validity
+    rule turns the positional reads (and the direct span path) off.
+    """
+    state = trace.TraceState([("k", "v")])
+    flags = TraceFlags(TraceFlags.SAMPLED)
+    for trace_id, span_id in ((1, 1), (0, 1), (1, 0), (2**128 - 1, 2**64 - 1), (2**128, 2**64)):
+        want = SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=state)
+        valid = (
+            INVALID_TRACE_ID < trace_id <= TRACE_ID_MAX and INVALID_SPAN_ID < span_id <= SPAN_ID_MAX
+        )
+        got = tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state, valid))
+        if type(want) is not SpanContext or tuple(got) != tuple(want):
+            return False
+        named = (want.trace_id, want.span_id, want.is_remote, want.trace_flags, want.trace_state)
+        if (*named, want.is_valid) != tuple(want):
+            return False
+    unset = SpanContext(1, 1, is_remote=False, trace_flags=flags, trace_state=None)
+    return tuple(unset) == (1, 1, False, flags, DEFAULT_TRACE_STATE, True)
+
+
+SPAN_CONTEXT_TUPLE = _tuple_layout()
+"""Whether ``SpanContext`` fields may be read (and one built) by position: see ``_tuple_layout``."""
+
+IdsOf = Callable[[Any], tuple[int, int, int, bool]]
+IDS_BY_NAME: IdsOf = attrgetter("trace_id", "span_id", "trace_flags", "is_valid")
+"""``(trace_id, span_id, trace_flags, is_valid)`` of any span context, through its properties."""
+IDS: dict[type, IdsOf] = {SpanContext: itemgetter(0, 1, 3, 5)} if SPAN_CONTEXT_TUPLE else {}
+"""The same four fields read by position, in C, for the exact ``SpanContext`` (its properties
+are four Python calls): ``IDS.get(type(context), IDS_BY_NAME)(context)``."""
+
 _span_types: set[type] = {trace.NonRecordingSpan}
 """Exact types seen to be spans: ``isinstance(span, Span)`` without the ABC's Python-level
 hook. Only positive answers are kept, and an ABC never takes one back."""
@@ -111,9 +157,8 @@ def hex_ids(context: trace.SpanContext) -> tuple[str, str] | None:
     global _last_hex
     last, ids = _last_hex  # one tuple read: consistent across threads
     if context is not last:
-        ids = None
-        if context.is_valid:
-            ids = format(context.trace_id, "032x"), format(context.span_id, "016x")
+        trace_id, span_id, _flags, valid = IDS.get(type(context), IDS_BY_NAME)(context)
+        ids = (format(trace_id, "032x"), format(span_id, "016x")) if valid else None
         _last_hex = (context, ids)
     return ids
 

@@ -26,13 +26,14 @@ from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics
-from opentelemetry.trace import INVALID_SPAN, Span
+from opentelemetry.trace import INVALID_SPAN, Span, TraceFlags
 
-from ._context import CURRENT, SPAN_KEY
+from ._context import CURRENT, IDS, IDS_BY_NAME, SPAN_KEY
 
 __all__ = ["FastHistogram", "fast_histogram"]
 
 _new_tuple = tuple.__new__
+_SAMPLED = TraceFlags.SAMPLED
 
 
 class _Measurement(NamedTuple):
@@ -89,8 +90,9 @@ class FastHistogram:
             span = ctx.get(SPAN_KEY)  # type: ignore[arg-type]
             if not isinstance(span, Span) or span == INVALID_SPAN:
                 sample = False
-            else:
-                sample = span.get_span_context().trace_flags.sampled
+            else:  # span.get_span_context().trace_flags.sampled, the fields read in C
+                context = span.get_span_context()
+                sample = bool(IDS.get(type(context), IDS_BY_NAME)(context)[2] & _SAMPLED)
         else:
             sample = exemplar_filter.should_sample(value, now, attributes, ctx)
         measurement = _new_tuple(_Measurement, (value, now, self._histogram, ctx, attributes))

@@ -55,7 +55,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-from ._context import SPAN_KEY
+from ._context import SPAN_CONTEXT_TUPLE, SPAN_ID_MAX, SPAN_KEY, TRACE_ID_MAX
 from ._otlp_encode import encode_span
 from ._otlp_http import FastSpanExporter, enqueue, has_queue
 
@@ -93,9 +93,6 @@ means an SDK we have not checked, and the SDK path is used."""
 
 _TRACE_ID_LOW = (1 << 64) - 1
 """What ``TraceIdRatioBased`` compares with its bound: the trace id's low 64 bits."""
-_TRACE_ID_MAX = 2**128 - 1
-_SPAN_ID_MAX = 2**64 - 1
-"""The largest valid W3C ids (``SpanContext`` checks the same: see ``_tuple_layout_matches``)."""
 
 _PER_SPAN = frozenset(
     {
@@ -128,6 +125,7 @@ class DirectSpans:
         "_multi",
         "_new_attributes",
         "_new_list",
+        "_no_metrics",
         "_processors",
         "_sample",
         "_sampler",
@@ -158,6 +156,7 @@ class DirectSpans:
         self._new_attributes: Any = BoundedAttributes
         self._empty_attributes = empty_attributes
         self._new_list: Any = BoundedList
+        self._no_metrics = _no_tracer_metrics()
         random = TraceFlags.RANDOM_TRACE_ID
         # (sampled, random trace id) -> the flags start_span would build
         self._flags = {
@@ -214,7 +213,7 @@ class DirectSpans:
         empty_attributes = _empty_attributes(BoundedAttributes)
         if (
             set(template) != _SPAN_FIELDS
-            or not _tuple_layout_matches()
+            or not SPAN_CONTEXT_TUPLE
             or not empty_attributes
             or SPAN_KEY is None
         ):
@@ -293,11 +292,15 @@ class DirectSpans:
                 False,
                 self._flags[decision is self._sample, bool(random_id)],
                 DEFAULT_TRACE_STATE if trace_state is None else trace_state,
-                INVALID_TRACE_ID < trace_id <= _TRACE_ID_MAX
-                and INVALID_SPAN_ID < span_id <= _SPAN_ID_MAX,
+                INVALID_TRACE_ID < trace_id <= TRACE_ID_MAX
+                and INVALID_SPAN_ID < span_id <= SPAN_ID_MAX,
             ),
         )
-        record_end_metrics = tracer._tracer_metrics.start_span(parent, decision)
+        tracer_metrics = tracer._tracer_metrics
+        if type(tracer_metrics) is self._no_metrics[0]:  # off (the default): what it returns
+            record_end_metrics = self._no_metrics[1]
+        else:
+            record_end_metrics = tracer_metrics.start_span(parent, decision)
         if decision is self._drop:  # not Decision.is_recording()
             return NonRecordingSpan(span_context)
         limits = self._limits
@@ -382,15 +385,37 @@ class DirectSpans:
         if ended:
             span.end(end_time)  # the SDK's own error or warning
             return
-        if span._record_end_metrics:
-            span._record_end_metrics()
-        if span._context.trace_flags.sampled:
+        record_end_metrics = span._record_end_metrics
+        if record_end_metrics and record_end_metrics is not self._no_metrics[1]:
+            record_end_metrics()
+        if span._context[3] & _SAMPLED:  # trace_flags.sampled (SPAN_CONTEXT_TUPLE: checked)
             try:
                 item: Any = encode_span(span)
             except Exception:  # a bug in our encoder must not cost the span: export it later
                 _logger.exception("kiki_otel: could not encode span %s", span.name)
                 item = span
             enqueue(batch, item)
+
+
+_SAMPLED = TraceFlags.SAMPLED
+
+
+def _no_tracer_metrics() -> tuple[type | None, Any]:
+    """The SDK's tracer metrics when off, and the end callback its ``start_span`` returns.
+
+    ``(None, None)`` if that class is not where it was, or returns something else: then
+    ``start_span`` is called for every span, whatever the tracer's metrics.
+    """
+    try:
+        from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
+        from opentelemetry.sdk.trace.sampling import Decision
+
+        end = NoOpTracerMetrics().start_span(None, Decision.RECORD_AND_SAMPLE)
+        if end is not NoOpTracerMetrics().start_span(None, Decision.DROP) or not callable(end):
+            return None, None
+    except (ImportError, AttributeError, TypeError):  # pragma: no cover - another SDK shape
+        return None, None
+    return NoOpTracerMetrics, end
 
 
 def _attribute_blind(sampler: Any) -> bool:
@@ -489,24 +514,3 @@ def _empty_attributes(kind: Any) -> dict[str, Any] | None:
     if set(fields) != _ATTRIBUTE_FIELDS or type(fields["_dict"]) is not dict:
         return None
     return {k: v for k, v in fields.items() if k not in ("_dict", "maxlen", "_lock")}
-
-
-def _tuple_layout_matches() -> bool:
-    """True if :meth:`DirectSpans.start` builds the tuple ``SpanContext(...)`` would.
-
-    Probed at the validity bounds: an API release that changes the layout or the validity
-    rule turns the direct path off.
-    """
-    state = trace.TraceState([("k", "v")])
-    flags = TraceFlags(TraceFlags.SAMPLED)
-    for trace_id, span_id in ((1, 1), (0, 1), (1, 0), (2**128 - 1, 2**64 - 1), (2**128, 2**64)):
-        want = SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=state)
-        valid = (
-            INVALID_TRACE_ID < trace_id <= _TRACE_ID_MAX
-            and INVALID_SPAN_ID < span_id <= _SPAN_ID_MAX
-        )
-        got = tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state, valid))
-        if type(want) is not SpanContext or tuple(got) != tuple(want):
-            return False
-    unset = SpanContext(1, 1, is_remote=False, trace_flags=flags, trace_state=None)
-    return tuple(unset) == (1, 1, False, flags, DEFAULT_TRACE_STATE, True)

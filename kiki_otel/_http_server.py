@@ -24,7 +24,7 @@ from opentelemetry.trace.span import Span
 
 from ._access_log import access_log
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
-from ._context import CURRENT, SPAN_KEY, client_request_id, mark_exception
+from ._context import CURRENT, IDS, IDS_BY_NAME, SPAN_KEY, client_request_id, mark_exception
 from ._fast_histogram import fast_histogram
 from ._fast_span import DirectSpans
 from ._json import safe_repr
@@ -238,7 +238,7 @@ class ServerTelemetry:
             carrier.pop("traceparent", None)
             carrier.pop("tracestate", None)
             self._warn.warning("http.traceparent.duplicate", count=traceparents)
-        return carrier, self._client_id(client_ids)
+        return carrier, self._client_id(client_ids) if client_ids else None
 
     def _client_id(self, values: list[bytes]) -> str | None:
         if not values or not self._accept_client_id:
@@ -264,8 +264,11 @@ class ServerTelemetry:
         carrier: dict[str, str],
         parent: otel_context.Context,
         client_id: str | None,
-    ) -> tuple[Span, SpanContext, otel_context.Context]:
-        """The request span, its span context and ``set_span_in_context(span, parent)``."""
+    ) -> tuple[Span, SpanContext, tuple[str, int, int], otel_context.Context]:
+        """The request span, its span context, its ids and ``set_span_in_context(span, parent)``.
+
+        The ids: the trace id in hex, the span id, the sampled flag (what the headers need).
+        """
         attributes: dict[str, Any] = {
             "http.request.method": method,
             "url.scheme": scope.get("scheme", "http"),
@@ -301,16 +304,19 @@ class ServerTelemetry:
                 name, context=parent, kind=SpanKind.SERVER, attributes=attributes
             )
         span_context = span.get_span_context()
-        if not span_context.is_valid:
+        trace_id, span_id, flags, valid = IDS.get(type(span_context), IDS_BY_NAME)(span_context)
+        if not valid:
             # No SDK (OTEL_SDK_DISABLED): still give the request an id, W3C-shaped.
             span_context = _random_span_context()
             span = NonRecordingSpan(span_context)
+            trace_id, span_id, flags, valid = IDS_BY_NAME(span_context)
+        ids = (format(trace_id, "032x"), span_id, flags & TraceFlags.SAMPLED)
         if SPAN_KEY is None:
-            return span, span_context, trace.set_span_in_context(span, parent)
+            return span, span_context, ids, trace.set_span_in_context(span, parent)
         # trace.set_span_in_context(span, parent), without its two calls
         values = (parent if parent is not None else otel_context.get_current()).copy()
         values[SPAN_KEY] = span
-        return span, span_context, otel_context.Context(values)
+        return span, span_context, ids, otel_context.Context(values)
 
     async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
@@ -319,9 +325,8 @@ class ServerTelemetry:
         method = scope.get("method", "GET")
         method = method if method in _KNOWN_METHODS else "_OTHER"
         parent = _extract(carrier, propagator, w3c_only)
-        span, span_context, ctx = self._start_span(scope, method, carrier, parent, client_id)
-        trace_id = format(span_context.trace_id, "032x")
-        extra_headers = self._response_headers(trace_id, span_context)
+        span, span_context, ids, ctx = self._start_span(scope, method, carrier, parent, client_id)
+        extra_headers = self._response_headers(*ids)
         if CURRENT is not None:  # otel_context.get_current() and attach(ctx), without calls
             outer = CURRENT.get()
             token = CURRENT.set(ctx)
@@ -381,12 +386,12 @@ class ServerTelemetry:
                 otel_context.detach(token)
 
     def _response_headers(
-        self, trace_id: str, span_context: SpanContext
+        self, trace_id: str, span_id: int, sampled: int
     ) -> list[tuple[bytes, bytes]]:
         headers = [(self._id_header, trace_id.encode())]
         if self._traceresponse or self._server_timing:
-            flags = "01" if span_context.trace_flags.sampled else "00"
-            value = f"00-{trace_id}-{span_context.span_id:016x}-{flags}"
+            flags = "01" if sampled else "00"
+            value = f"00-{trace_id}-{span_id:016x}-{flags}"
             if self._traceresponse:
                 headers.append((b"traceresponse", value.encode()))
             if self._server_timing:

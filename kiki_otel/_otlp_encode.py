@@ -20,6 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from operator import attrgetter, itemgetter
 from typing import Any
 
+from opentelemetry.trace import SpanContext
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
+from opentelemetry.trace.status import Status
+
+from ._context import SPAN_CONTEXT_TUPLE
 from ._ratelimit import Throttle
 
 __all__ = [
@@ -634,6 +639,11 @@ def _span_flags(parent: Any) -> bytes:
     return b"\x00\x03\x00\x00" if parent is not None and parent.is_remote else b"\x00\x01\x00\x00"
 
 
+_TUPLE_CONTEXT = SpanContext if SPAN_CONTEXT_TUPLE else None
+"""The span context type whose fields are read by position (its properties are Python
+calls, ~10 a span): see ``_context.SPAN_CONTEXT_TUPLE``."""
+
+
 def _sdk_span_types() -> tuple[type, ...]:
     """The SDK span classes whose fields :func:`_span` may read directly, or ``()``.
 
@@ -649,6 +659,7 @@ def _sdk_span_types() -> tuple[type, ...]:
 
         fields = vars(ReadableSpan(name="probe", events=(), links=()))
         needed = {"_context", "_parent", "_name", "_kind", "_start_time", "_end_time"}
+        needed |= {"_resource", "_instrumentation_scope"}
         if not needed | {"_attributes", "_events", "_links", "_status"} <= fields.keys():
             return ()
         if not hasattr(BoundedList(1), "_dq") or not hasattr(BoundedAttributes(), "dropped"):
@@ -673,6 +684,8 @@ def _span(span: Any) -> bytes:
     if type(span) in _SDK_SPAN_TYPES:
         fields = span.__dict__
         attributes = fields["_attributes"]
+        # BoundedAttributes' Mapping methods go through the ABC: hand its dict over.
+        inner = getattr(attributes, "_dict", None)
         events, dropped_events = _bounded(fields["_events"])
         links, dropped_links = _bounded(fields["_links"])
         return _span_body(
@@ -682,7 +695,7 @@ def _span(span: Any) -> bytes:
             fields["_kind"],
             fields["_start_time"],
             fields["_end_time"],
-            attributes,
+            inner if type(inner) is dict else attributes,
             getattr(attributes, "dropped", 0),
             events,
             dropped_events,
@@ -722,18 +735,24 @@ def _span_body(
     dropped_links: int,
     status: Any,
 ) -> bytes:
-    parts = [
-        b"\x0a\x10",
-        context.trace_id.to_bytes(16, "big"),
-        b"\x12\x08",
-        context.span_id.to_bytes(8, "big"),
-    ]
-    state = context.trace_state
-    if state:
+    if type(context) is _TUPLE_CONTEXT:
+        trace_id, span_id, _remote, _flags, state, _valid = context
+    else:
+        trace_id, span_id, state = context.trace_id, context.span_id, context.trace_state
+    parts = [b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big")]
+    if state is not DEFAULT_TRACE_STATE and state:
         parts.append(_ld(b"\x1a", _utf8(",".join(f"{k}={v}" for k, v in state.items()))))
-    if parent:
+    if parent is None:
+        flags = b"\x00\x01\x00\x00"
+    elif type(parent) is _TUPLE_CONTEXT:
+        flags = b"\x00\x03\x00\x00" if parent[2] else b"\x00\x01\x00\x00"  # is_remote
         parts.append(b"\x22\x08")
-        parts.append(parent.span_id.to_bytes(8, "big"))
+        parts.append(parent[1].to_bytes(8, "big"))  # span_id
+    else:
+        flags = _span_flags(parent)
+        if parent:
+            parts.append(b"\x22\x08")
+            parts.append(parent.span_id.to_bytes(8, "big"))
     if name:
         parts.append(_text_field(b"\x2a", name))
     parts.append(b"\x30")
@@ -767,17 +786,21 @@ def _span_body(
         parts.append(b"\x70" + _varint(dropped_links))
     parts.append(_status(status))
     parts.append(b"\x85\x01")  # field 16 (flags), fixed32
-    parts.append(_span_flags(parent))
+    parts.append(flags)
     return b"".join(parts)
 
 
 def _status(status: Any) -> bytes:
     if status is None:
         return b""
+    if type(status) is Status:  # its fields: the properties are Python calls
+        description, status_code = status._description, status._status_code
+    else:
+        description, status_code = status.description, status.status_code
     body = b""
-    if status.description:
-        body += _ld(b"\x12", _utf8(status.description))
-    code = status.status_code._value_  # an enum's plain attribute; .value is a property
+    if description:
+        body += _ld(b"\x12", _utf8(description))
+    code = status_code._value_  # an enum's plain attribute; .value is a property
     if code:
         body += b"\x18" + _SMALL[code]
     return _ld(b"\x7a", body)
@@ -801,6 +824,9 @@ def _export_request(items: Sequence[Any], encode_item: Callable[[Any], bytes]) -
 
 def encode_span(span: Any) -> Encoded:
     """An ended span (SDK ``ReadableSpan``), encoded now for a later :func:`encode_spans`."""
+    if type(span) in _SDK_SPAN_TYPES:  # the fields behind the two properties
+        fields = span.__dict__
+        return Encoded(_span(span), fields["_resource"], fields["_instrumentation_scope"])
     return Encoded(_span(span), span.resource, span.instrumentation_scope)
 
 

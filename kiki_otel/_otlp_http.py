@@ -48,7 +48,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext
 
-from ._context import current_span_context
+from ._context import IDS, IDS_BY_NAME, current_span_context
 from ._otlp_client import Attempt, RetryingClient, basic_auth, export_logger, redact
 from ._otlp_encode import encode_log, encode_log_event, encode_logs, encode_spans
 from ._ratelimit import Throttle
@@ -305,6 +305,18 @@ class FastLogExporter(_Exporter, LogRecordExporter):
         return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
 
 
+def _no_logger_metrics() -> type | None:
+    """The SDK's logger metrics class when they are off, if it is where it was."""
+    try:
+        from opentelemetry.sdk._logs._internal._logger_metrics import NoOpLoggerMetrics
+    except ImportError:  # pragma: no cover - another SDK shape: emit_log is always called
+        return None
+    return NoOpLoggerMetrics
+
+
+_NO_LOGGER_METRICS = _no_logger_metrics()
+
+
 class DirectLogs:
     """Log records for one SDK logger, straight into the fast exporter's batch queue.
 
@@ -336,7 +348,8 @@ class DirectLogs:
         self._multi = multi
         self._processors = multi._log_record_processors
         self._batch: Any = batch._batch_processor  # its queue takes any record object
-        self._metrics = logger._logger_metrics
+        metrics = logger._logger_metrics  # the SDK's, when on; off (the default) is a no-op
+        self._metrics = None if type(metrics) is _NO_LOGGER_METRICS else metrics
         self._limit = limit
 
     def usable(self, attribute_count: int) -> bool:
@@ -388,11 +401,12 @@ class DirectLogs:
         """
         logger = self._logger
         try:
+            trace_id, span_id, flags, _ = IDS.get(type(span_context), IDS_BY_NAME)(span_context)
             item = encode(
                 *fields,
-                span_context.trace_id,
-                span_context.span_id,
-                span_context.trace_flags,
+                trace_id,
+                span_id,
+                flags,
                 logger._resource,
                 logger._instrumentation_scope,
             )
@@ -401,7 +415,8 @@ class DirectLogs:
             return False
         if item is None:
             return False
-        self._metrics.emit_log()
+        if self._metrics is not None:
+            self._metrics.emit_log()
         enqueue(self._batch, item)
         return True
 

@@ -123,3 +123,38 @@ def test_current_span_context_of_any_span(monkeypatch: pytest.MonkeyPatch) -> No
         assert _Virtual in _context._span_types
     finally:
         otel_context.detach(token)
+
+
+class _Shifted(SpanContext):
+    """A span context whose ids are not its tuple's: only its properties tell."""
+
+    @property
+    def trace_id(self) -> int:
+        return 0xABC
+
+    @property
+    def span_id(self) -> int:
+        return 0xDEF
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        SpanContext(0x1234, 0x56, is_remote=True, trace_flags=TraceFlags(1)),
+        SpanContext(0x1234, 0x56, is_remote=False, trace_flags=TraceFlags(0)),
+        SpanContext(0, 0x56, is_remote=False),
+        trace.INVALID_SPAN_CONTEXT,
+        _Shifted(0x1234, 0x56, is_remote=False, trace_flags=TraceFlags(1)),
+    ],
+    ids=["remote-sampled", "local-unsampled", "invalid-trace-id", "invalid", "subclass"],
+)
+def test_positional_reads_are_the_properties(context: SpanContext) -> None:
+    """The request path reads ``SpanContext`` fields by position (in C) for the exact class
+    only, and gets what the properties give; any other class is read through them."""
+    assert _context.SPAN_CONTEXT_TUPLE
+    read = _context.IDS.get(type(context), _context.IDS_BY_NAME)
+    want = (context.trace_id, context.span_id, context.trace_flags, context.is_valid)
+    assert read(context) == want
+    assert (read is _context.IDS_BY_NAME) is (type(context) is not SpanContext)
+    ids = _context.hex_ids(context)
+    assert ids == ((f"{want[0]:032x}", f"{want[1]:016x}") if context.is_valid else None)

@@ -456,11 +456,14 @@ def test_span_context_validity_is_the_sdks(ids: tuple[int, int]) -> None:
 
 def test_another_span_context_layout_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """The span context is built as a tuple only while that is what ``SpanContext`` builds."""
-    from kiki_otel import _fast_span
+    from kiki_otel import _context, _fast_span
 
     tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
     assert DirectSpans.for_tracer(tracer) is not None
-    monkeypatch.setattr(_fast_span, "_TRACE_ID_MAX", 2**64 - 1)  # a rule of ours differs
+    assert _context._tuple_layout()
+    monkeypatch.setattr(_context, "TRACE_ID_MAX", 2**64 - 1)  # a rule of ours differs
+    assert not _context._tuple_layout()
+    monkeypatch.setattr(_fast_span, "SPAN_CONTEXT_TUPLE", False)  # what the probe then gave
     assert DirectSpans.for_tracer(tracer) is None
 
 

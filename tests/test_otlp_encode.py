@@ -510,6 +510,36 @@ def test_every_span_shape_encodes_like_the_official_encoder() -> None:
     assert decoded.resource_spans[0].scope_spans[0].spans[0].name == "renamed"
 
 
+class _OtherContext(SpanContext):
+    """Not the exact ``SpanContext``: the encoder reads it through its properties."""
+
+    @property
+    def span_id(self) -> int:
+        return 0x77
+
+
+def test_span_contexts_encode_like_the_official_encoder_by_position_or_property() -> None:
+    """Exact ``SpanContext`` fields are read by position, any other class's through its
+    properties: remote and local parents, a trace state, no parent, all give the official
+    bytes."""
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import TraceState
+
+    state = TraceState([("vendor", "v1")])
+    spans = []
+    for kind in (SpanContext, _OtherContext):
+        for remote in (True, False):
+            parent = kind(0xABC, 0xDEF, is_remote=remote, trace_flags=TraceFlags(1))
+            context = kind(0xABC, 0x123, is_remote=False, trace_state=state)
+            spans.append(ReadableSpan(name="child", context=context, parent=parent))
+        spans.append(ReadableSpan(name="root", context=kind(0xABC, 0x124, is_remote=False)))
+    assert encode_spans(spans) == official_spans(spans).SerializeToString()
+    decoded = ExportTraceServiceRequest.FromString(encode_spans(spans[-2:]))
+    other_child = decoded.resource_spans[0].scope_spans[0].spans[0]
+    assert other_child.span_id == (0x77).to_bytes(8, "big")  # the property, not the tuple
+    assert other_child.parent_span_id == (0x77).to_bytes(8, "big")
+
+
 def test_an_attribute_protobuf_cannot_take_is_reported_once_a_minute(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -721,3 +721,52 @@ def test_a_child_forked_without_pythons_hooks_still_exports(receiver: OTLPReceiv
         timeout=60,
     )
     assert len(receiver.wait_for_spans(3, timeout=10)) >= 3
+
+
+def test_direct_paths_count_in_the_sdks_internal_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the SDK's own metrics on (``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED``), a
+    direct span and a direct record count as the SDK's paths count them; off, the direct
+    paths skip the no-op calls (nothing to count)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.trace import SpanKind
+
+    from kiki_otel._fast_span import DirectSpans
+
+    monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+    counts = {}
+    for path in ("sdk", "direct"):
+        reader = InMemoryMetricReader()
+        meters = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+        client = OTLPHttpClient("http://127.0.0.1:9/v1/traces", timeout=0.1)  # none listens
+        tracers = TracerProvider(meter_provider=meters, shutdown_on_exit=False)
+        tracers.add_span_processor(BatchSpanProcessor(FastSpanExporter(client)))
+        tracer = tracers.get_tracer("t")
+        logs = LoggerProvider(meter_provider=meters, shutdown_on_exit=False)
+        logs.add_log_record_processor(BatchLogRecordProcessor(FastLogExporter(client)))
+        logger = logs.get_logger("app")
+        direct = DirectSpans.for_tracer(tracer)
+        direct_log = direct_logs(logs, logger)
+        assert direct is not None and direct_log is not None
+        for _ in range(3):
+            if path == "sdk":
+                tracer.start_span("GET", kind=SpanKind.SERVER).end()
+                logger.emit(body="line")
+            else:
+                direct.end(direct.start("GET", None, {}))  # type: ignore[arg-type]
+                direct_log.emit(time.time_ns(), None, "INFO", "line", {})
+        data = reader.get_metrics_data()
+        assert data is not None
+        counts[path] = sorted(
+            (metric.name, point.value)
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            for point in metric.data.data_points  # type: ignore[union-attr]
+        )
+        for provider in (tracers, logs, meters):
+            provider.shutdown()  # type: ignore[attr-defined]
+    assert counts["direct"] == counts["sdk"]
+    names = {name for name, _ in counts["sdk"]}
+    assert {"otel.sdk.span.started", "otel.sdk.span.live", "otel.sdk.log.created"} <= names
+    assert ("otel.sdk.span.live", 0) in counts["sdk"] and ("otel.sdk.log.created", 3) in counts["sdk"]
