@@ -242,3 +242,96 @@ def test_exemplars_are_the_sdks_in_every_context(
     if exemplar_filter is None:
         ids = recording.get_span_context()
         assert got == [("/a", 0.007, ids.trace_id, ids.span_id), ("/a", 0.03, 0xABC, 0xDEF)]
+
+
+def _exemplars(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    data = reader.get_metrics_data()  # a collection takes the exemplars
+    assert data is not None
+    found: dict[str, list[Any]] = {"fast": [], "sdk": []}
+    for scope in data.resource_metrics[0].scope_metrics:
+        for metric in scope.metrics:
+            for point in metric.data.data_points:  # type: ignore[union-attr]
+                found[metric.name] += [
+                    (
+                        point.attributes["http.route"],
+                        e.value,
+                        e.trace_id,
+                        e.span_id,
+                        e.filtered_attributes,
+                        e.time_unix_nano > 0,
+                    )
+                    for e in point.exemplars  # type: ignore[union-attr]
+                ]
+    return found
+
+
+def test_exemplars_offered_directly_are_the_reservoirs_own() -> None:
+    """The exemplar the trace-based filter takes goes straight into the SDK's aligned
+    reservoir: at, just below and just above every boundary, each bucket keeps the last
+    measurement offered to it (span ids, value, the attributes a view filtered out) as
+    the reservoir's own offer keeps it, over several collections."""
+    from kiki_otel import _fast_histogram
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(
+        metric_readers=[reader],
+        views=[View(instrument_name="*", attribute_keys={"http.route"})],
+        shutdown_on_exit=False,
+    )
+    meter = provider.get_meter("t")
+    sdk = meter.create_histogram("sdk", unit="s", explicit_bucket_boundaries_advisory=BOUNDS)
+    fast = fast_histogram(
+        meter.create_histogram("fast", unit="s", explicit_bucket_boundaries_advisory=BOUNDS)
+    )
+    assert isinstance(sdk, Histogram) and fast is not None
+    assert _fast_histogram._BUCKET_FIELDS is not None
+    tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
+    values = [b + d for b in BOUNDS for d in (-1e-4, 0.0, 1e-4)] + [0.0, 5.0]
+    for collection in range(2):
+        for round_ in range(2):  # the second round's spans replace the first's
+            for value in values:
+                for attrs in ATTRS:
+                    with tracer.start_as_current_span(f"r{collection}{round_}"):
+                        sdk.record(value, dict(attrs))
+                        fast.record(value, dict(attrs))
+        ((aggregation, reservoir), *_) = next(iter(fast._cache.values()))
+        assert reservoir is aggregation._reservoir  # offered directly
+        found = _exemplars(reader)
+        assert found["fast"]  # every bucket of every point holds one
+        got = sorted(found["fast"], key=repr)
+        assert got == sorted(found["sdk"], key=repr)  # both recorded in the same spans
+        assert len(got) == 2 * (len(BOUNDS) + 1)  # /a and /b: every bucket holds one
+        # /a's last measurement in each bucket was ATTRS[2]'s (a POST), /b's a GET
+        assert {(e[0], e[4]["http.request.method"]) for e in got} == {("/a", "POST"), ("/b", "GET")}
+
+
+def test_another_bucket_layout_is_offered_by_the_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bucket storing other fields, or a reservoir searching buckets otherwise: the
+    reservoir's own offer, and still the same exemplars."""
+    from opentelemetry.sdk.metrics._internal.exemplar.exemplar_reservoir import (
+        AlignedHistogramBucketExemplarReservoir,
+    )
+
+    from kiki_otel import _fast_histogram
+
+    for patch in ("fields", "search"):
+        with monkeypatch.context() as patched:
+            if patch == "fields":
+                patched.setattr(_fast_histogram, "_BUCKET_FIELDS", None)
+            else:
+                patched.setattr(
+                    AlignedHistogramBucketExemplarReservoir,
+                    "_find_bucket_index",
+                    lambda self, value, *_: 0,  # every measurement in the first bucket
+                )
+            reader = InMemoryMetricReader()
+            sdk, fast = _pair(reader)
+            tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
+            for value in VALUES * 2:
+                with tracer.start_as_current_span("r"):
+                    sdk.record(value, dict(ATTRS[0]))
+                    fast.record(value, dict(ATTRS[0]))
+            assert all(r is None for entry in fast._cache.values() for _a, r in entry)
+            found = _exemplars(reader)
+            assert sorted(e[:2] for e in found["fast"]) == sorted(e[:2] for e in found["sdk"])
+            assert found["fast"]
