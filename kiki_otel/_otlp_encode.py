@@ -18,7 +18,7 @@ import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from operator import attrgetter, itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.trace import SpanContext
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
@@ -224,7 +224,7 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-class Encoded:
+class Encoded(NamedTuple):
     """One span or log record already in its wire form, waiting in a batch queue.
 
     kiki's direct paths encode the request span when it ends and the log record when it is
@@ -235,14 +235,17 @@ class Encoded:
     trigger a full collection of the whole heap (~30-55 ms measured in the benchmark
     service): that was the p99. The export request groups these by resource and scope like
     any other item and copies the payload in as is: the same bytes.
+
+    A named tuple, made on the hot paths with ``tuple.__new__``: no Python frame to build
+    one (its constructor is Python code), and its fields are read in C.
     """
 
-    __slots__ = ("instrumentation_scope", "payload", "resource")
+    payload: bytes
+    resource: Any
+    instrumentation_scope: Any
 
-    def __init__(self, payload: bytes, resource: Any, instrumentation_scope: Any) -> None:
-        self.payload = payload
-        self.resource = resource
-        self.instrumentation_scope = instrumentation_scope
+
+_new_tuple: Any = tuple.__new__
 
 
 def _encode_each(items: Sequence[Any], encode: Any, tag: bytes) -> bytes:
@@ -513,7 +516,7 @@ def _field(cache: _TagCache, tag: bytes, key: Any, value: Any, kind: type) -> by
     cache_key = (key, value) if kind is str or kind is int else (key, kind, value)
     field = cache.fields.get(cache_key)  # bools and None are looked up here
     if field is None:
-        field = _ld(tag, entry.head + _value_field(value, kind))
+        field = _unbounded(tag, entry.head, value, kind)
         if entry.count >= _VALUES_MAX:
             _close(cache, key, entry)
         elif len(field) <= _FIELD_BYTES_MAX and _cached[0] < _CACHED_MAX:
@@ -524,8 +527,34 @@ def _field(cache: _TagCache, tag: bytes, key: Any, value: Any, kind: type) -> by
 
 
 def _unbounded(tag: bytes, head: bytes, value: Any, kind: type) -> bytes:
-    """The field of a key encoded each time (``head`` is its encoded key), as ``_ld``."""
-    body = head + _value_field(value, kind)
+    """The field of a key encoded each time (``head`` is its encoded key), as ``_ld``.
+
+    Short strs and floats are framed in one join, without further calls: the values of
+    unbounded keys (ids, paths, durations, timestamps) are encoded on every record.
+    """
+    if kind is str:
+        try:
+            data: bytes = value.encode()
+        except UnicodeEncodeError:
+            data = _utf8(value)
+        size = len(data)
+        if size >= 126:  # the AnyValue's one-byte length (string tag, length, bytes) is full
+            value_field = _ld(b"\x12", _ld(b"\x0a", data))
+        else:
+            # the AnyValue (tag, length) holding the string (tag, length, bytes)
+            any_value = (b"\x12", _SMALL[size + 2], b"\x0a", _SMALL[size], data)
+            total = len(head) + size + 4
+            if total < 128:
+                return b"".join((tag, _SMALL[total], head, *any_value))
+            value_field = b"".join(any_value)
+    elif kind is float:
+        total = len(head) + 11  # + the AnyValue's tag, length, the double's tag, 8 bytes
+        if total < 128:
+            return b"".join((tag, _SMALL[total], head, b"\x12\x09\x21", _pack_double(value)))
+        value_field = b"\x12\x09\x21" + _pack_double(value)
+    else:
+        value_field = _ld(b"\x12", _any_value(value))  # a KeyValue's field 2 (the AnyValue)
+    body = head + value_field
     size = len(body)
     return tag + (_SMALL[size] if size < 128 else _varint(size)) + body
 
@@ -541,25 +570,6 @@ def _close(cache: _TagCache, key: str, entry: _KeyFields) -> None:
     for cache_key in list(fields):
         if cache_key[0] == key and fields.pop(cache_key, None) is not None:
             _cached[0] -= 1
-
-
-def _value_field(value: Any, kind: type) -> bytes:
-    """A ``KeyValue``'s field 2 (the ``AnyValue``).
-
-    Short strs and floats without calls: the values of unbounded keys (ids, durations) are
-    encoded on every record.
-    """
-    if kind is str:
-        try:
-            data: bytes = value.encode()
-        except UnicodeEncodeError:
-            data = _utf8(value)
-        size = len(data)
-        if size < 126:  # the AnyValue (tag, length, bytes) fits a one-byte length too
-            return b"\x12" + _SMALL[size + 2] + b"\x0a" + _SMALL[size] + data
-    elif kind is float:
-        return b"\x12\x09\x21" + _pack_double(value)
-    return _ld(b"\x12", _any_value(value))
 
 
 def _event_attributes(event: Mapping[Any, Any], skip: frozenset[str]) -> bytes | None:
@@ -826,7 +836,8 @@ def encode_span(span: Any) -> Encoded:
     """An ended span (SDK ``ReadableSpan``), encoded now for a later :func:`encode_spans`."""
     if type(span) in _SDK_SPAN_TYPES:  # the fields behind the two properties
         fields = span.__dict__
-        return Encoded(_span(span), fields["_resource"], fields["_instrumentation_scope"])
+        item = (_span(span), fields["_resource"], fields["_instrumentation_scope"])
+        return _new_tuple(Encoded, item)  # type: ignore[no-any-return]
     return Encoded(_span(span), span.resource, span.instrumentation_scope)
 
 
@@ -1002,7 +1013,7 @@ def _emitted(
             b"\x59" + time_field[1:] if timestamp else b"",
         )
     )
-    return Encoded(payload, resource, instrumentation_scope)
+    return _new_tuple(Encoded, (payload, resource, instrumentation_scope))  # type: ignore[no-any-return]
 
 
 def encode_logs(batch: Sequence[Any]) -> bytes:

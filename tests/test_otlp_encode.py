@@ -274,11 +274,14 @@ def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_unbounded_keys_encode_like_the_official_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
     """Values of a key whose cache closed (ids, durations) take a shorter path for strs and
-    floats: the same bytes as the official encoder around every length-byte boundary."""
+    floats: the same bytes as the official encoder around every length-byte boundary (the
+    value's, and the whole field's, which the key's length moves)."""
     monkeypatch.setattr(_otlp_encode, "_VALUES_MAX", 4)
     record = _logs()[0]
-    texts = ["", "a", "é" * 62, *("x" * n for n in (123, 124, 125, 126, 127, 128, 300))]
+    sizes = (116, 117, 118, 119, 123, 124, 125, 126, 127, 128, 300)
+    texts = ["", "a", "é" * 62, *("x" * n for n in sizes)]
     floats = [0.0, -1.5, 1e300, float("inf"), 2.5e-10]
+    long_keys = {"f" * n: n for n in (113, 114, 115, 116, 117)}  # a float field of ~128 bytes
     for round_ in range(3):  # the first values fill the caches, then the keys close
         for i, text in enumerate(texts):
             record.log_record.attributes = {
@@ -286,6 +289,7 @@ def test_unbounded_keys_encode_like_the_official_encoder(monkeypatch: pytest.Mon
                 "float": floats[i % len(floats)] + round_,
                 "int": i + 1000 * round_,
                 "k": f"{text}{round_}",
+                **{key: n + i + round_ + 0.5 for key, n in long_keys.items()},
             }
             expected = official_logs([record]).SerializeToString()
             assert encode_logs([record]) == expected, (round_, len(text))
