@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar
-from operator import attrgetter, itemgetter
+from operator import attrgetter, itemgetter, methodcaller
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -21,12 +21,14 @@ __all__ = [
     "CURRENT",
     "IDS",
     "IDS_BY_NAME",
+    "SPAN_CONTEXT_OF",
     "SPAN_CONTEXT_TUPLE",
     "SPAN_KEY",
     "client_request_id",
     "current_ids",
     "current_span_context",
     "get_request_id",
+    "get_span_context",
     "hex_ids",
     "mark_exception",
     "marked_span_context",
@@ -123,9 +125,48 @@ IDS: dict[type, IdsOf] = {SpanContext: itemgetter(0, 1, 3, 5)} if SPAN_CONTEXT_T
 """The same four fields read by position, in C, for the exact ``SpanContext`` (its properties
 are four Python calls): ``IDS.get(type(context), IDS_BY_NAME)(context)``."""
 
-_span_types: set[type] = {trace.NonRecordingSpan}
-"""Exact types seen to be spans: ``isinstance(span, Span)`` without the ABC's Python-level
-hook. Only positive answers are kept, and an ABC never takes one back."""
+get_span_context: Callable[[Any], SpanContext] = methodcaller("get_span_context")
+"""``span.get_span_context()``, called from C."""
+
+
+def _field_readers() -> dict[type, Callable[[Any], SpanContext]]:
+    """Span classes whose ``get_span_context()`` returns their ``_context`` field.
+
+    The API's ``NonRecordingSpan`` and the SDK's ``_Span``: their method is one Python
+    call that reads a field. Probed on an instance of each (a class whose method does
+    anything else, or is patched, keeps its call).
+    """
+    classes: list[type] = [trace.NonRecordingSpan]
+    try:
+        from opentelemetry.sdk.trace import _Span
+
+        classes.append(_Span)
+    except ImportError:  # pragma: no cover - the SDK is a dependency
+        pass
+    probe = SpanContext(0xABC, 0xDEF, is_remote=False)
+    read = attrgetter("_context")
+    readers: dict[type, Callable[[Any], SpanContext]] = {}
+    for kind in classes:
+        try:
+            span = kind(probe) if kind is trace.NonRecordingSpan else kind("probe", probe)
+            if span.get_span_context() is probe and read(span) is probe:
+                readers[kind] = read
+        except (TypeError, AttributeError):  # pragma: no cover - another API/SDK shape
+            continue
+    return readers
+
+
+SPAN_CONTEXT_OF: dict[type, Callable[[Any], SpanContext]] = _field_readers()
+"""``SPAN_CONTEXT_OF.get(type(span), get_span_context)(span)``: the span's context, read
+in C for the classes whose method only returns a field."""
+
+_span_types: dict[type, Callable[[Any], SpanContext]] = {
+    trace.NonRecordingSpan: get_span_context,
+    **SPAN_CONTEXT_OF,
+}
+"""Exact types seen to be spans (``isinstance(span, Span)`` without the ABC's Python-level
+hook), and how to read their span context. Only positive answers are kept, and an ABC
+never takes one back."""
 
 
 def current_span_context() -> trace.SpanContext:
@@ -138,11 +179,12 @@ def current_span_context() -> trace.SpanContext:
         return trace.get_current_span().get_span_context()
     span: Any = (CURRENT.get() if CURRENT is not None else otel_context.get_current()).get(SPAN_KEY)
     kind = type(span)
-    if kind in _span_types:
-        return span.get_span_context()  # type: ignore[no-any-return]
+    read = _span_types.get(kind)
+    if read is not None:
+        return read(span)
     if isinstance(span, trace.Span):
         if len(_span_types) < 16:
-            _span_types.add(kind)
+            _span_types[kind] = SPAN_CONTEXT_OF.get(kind, get_span_context)
         return span.get_span_context()
     return trace.INVALID_SPAN_CONTEXT
 

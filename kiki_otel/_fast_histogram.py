@@ -38,7 +38,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import INVALID_SPAN, Span, TraceFlags
 
-from ._context import CURRENT, IDS, IDS_BY_NAME, SPAN_KEY
+from ._context import CURRENT, IDS, IDS_BY_NAME, SPAN_CONTEXT_OF, SPAN_KEY, get_span_context
 
 __all__ = ["FastHistogram", "fast_histogram"]
 
@@ -104,7 +104,7 @@ class FastHistogram:
             if not isinstance(span, Span) or span == INVALID_SPAN:
                 sample = False
             else:  # span.get_span_context().trace_flags.sampled, the fields read in C
-                context = span.get_span_context()
+                context = SPAN_CONTEXT_OF.get(type(span), get_span_context)(span)
                 trace_id, span_id, flags, _valid = IDS.get(type(context), IDS_BY_NAME)(context)
                 sample = bool(flags & _SAMPLED)
                 if sample:

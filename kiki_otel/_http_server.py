@@ -24,7 +24,16 @@ from opentelemetry.trace.span import Span
 
 from ._access_log import access_log
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
-from ._context import CURRENT, IDS, IDS_BY_NAME, SPAN_KEY, client_request_id, mark_exception
+from ._context import (
+    CURRENT,
+    IDS,
+    IDS_BY_NAME,
+    SPAN_CONTEXT_OF,
+    SPAN_KEY,
+    client_request_id,
+    get_span_context,
+    mark_exception,
+)
 from ._fast_histogram import fast_histogram
 from ._fast_span import DirectSpans
 from ._json import safe_repr
@@ -303,7 +312,7 @@ class ServerTelemetry:
             span = self._tracer.start_span(
                 name, context=parent, kind=SpanKind.SERVER, attributes=attributes
             )
-        span_context = span.get_span_context()
+        span_context = SPAN_CONTEXT_OF.get(type(span), get_span_context)(span)
         trace_id, span_id, flags, valid = IDS.get(type(span_context), IDS_BY_NAME)(span_context)
         if not valid:
             # No SDK (OTEL_SDK_DISABLED): still give the request an id, W3C-shaped.

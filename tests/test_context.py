@@ -109,7 +109,7 @@ def test_current_span_context_of_what_is_not_a_span(value: Any) -> None:
 
 def test_current_span_context_of_any_span(monkeypatch: pytest.MonkeyPatch) -> None:
     """A virtual subclass of the ABC counts as a span, as for the API, once and after."""
-    monkeypatch.setattr(_context, "_span_types", {NonRecordingSpan})
+    monkeypatch.setattr(_context, "_span_types", {NonRecordingSpan: _context.get_span_context})
     span_context = SpanContext(0xAB, 0xCD, is_remote=False, trace_flags=TraceFlags(1))
     virtual: Any = _Virtual(span_context)
     assert current_span_context() is trace.INVALID_SPAN_CONTEXT  # no span at all
@@ -158,3 +158,34 @@ def test_positional_reads_are_the_properties(context: SpanContext) -> None:
     assert (read is _context.IDS_BY_NAME) is (type(context) is not SpanContext)
     ids = _context.hex_ids(context)
     assert ids == ((f"{want[0]:032x}", f"{want[1]:016x}") if context.is_valid else None)
+
+
+def test_span_contexts_read_as_fields_are_the_methods() -> None:
+    """The API's NonRecordingSpan and the SDK's span have their context read as a field;
+    a subclass that overrides ``get_span_context`` is asked through it."""
+    from opentelemetry.sdk.trace import TracerProvider, _Span
+
+    assert set(_context.SPAN_CONTEXT_OF) == {NonRecordingSpan, _Span}
+    sdk_span = TracerProvider(shutdown_on_exit=False).get_tracer("t").start_span("s")
+    other = SpanContext(0x12, 0x34, is_remote=False, trace_flags=TraceFlags(1))
+
+    class Overriding(NonRecordingSpan):
+        def get_span_context(self) -> SpanContext:
+            return other
+
+    spans = [
+        sdk_span,
+        NonRecordingSpan(SpanContext(0xAB, 0xCD, is_remote=True)),
+        Overriding(trace.INVALID_SPAN_CONTEXT),
+    ]
+    for span in spans:
+        read = _context.SPAN_CONTEXT_OF.get(type(span), _context.get_span_context)
+        assert read(span) is span.get_span_context()
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            for _ in range(2):  # found by isinstance, then by its exact type
+                assert current_span_context() is span.get_span_context()
+        finally:
+            otel_context.detach(token)
+    assert current_span_context() is trace.INVALID_SPAN_CONTEXT
+    assert spans[2].get_span_context() is other
