@@ -332,11 +332,12 @@ def _tag_cache(tag: bytes) -> _TagCache:
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     """Repeated ``KeyValue`` fields; a value protobuf would reject is logged and skipped."""
-    if not attributes:
-        return b""
-    # BoundedAttributes' Mapping methods go through the ABC per item: read its dict directly.
+    # BoundedAttributes' Mapping methods (its len() too) are Python: read its dict directly.
     inner = getattr(attributes, "_dict", None)
-    return _fields(tag, inner if type(inner) is dict else attributes, _NO_SKIP, False) or b""
+    mapping = inner if type(inner) is dict else attributes
+    if not mapping:
+        return b""
+    return _fields(tag, mapping, _NO_SKIP, False) or b""
 
 
 def _fields(
@@ -570,16 +571,6 @@ def _close(cache: _TagCache, key: str, entry: _KeyFields) -> None:
     for cache_key in list(fields):
         if cache_key[0] == key and fields.pop(cache_key, None) is not None:
             _cached[0] -= 1
-
-
-def _event_attributes(event: Mapping[Any, Any], skip: frozenset[str]) -> bytes | None:
-    """A log record's attributes from an event dict in one pass: its fields but ``skip``.
-
-    In order. None when a field is not a plain attribute (a key that is not a non-empty
-    str, a value that is not str/bool/int/float/None, an int beyond 64 bits): the caller
-    converts those first.
-    """
-    return _fields(b"\x32", event, skip, True)
 
 
 def _resource(resource: Any) -> bytes:
@@ -957,10 +948,11 @@ def encode_log_event(
 ) -> Encoded | None:
     """:func:`encode_log` with an event dict's fields but ``skip`` as the attributes.
 
-    Read and encoded in one pass (no attribute dict in between: the same bytes). None when
-    a field is not a plain attribute (see :func:`_event_attributes`).
+    Read and encoded in one pass, in order (no attribute dict in between: the same bytes).
+    None when a field is not a plain attribute (a key that is not a non-empty str, a value
+    that is not str/bool/int/float/None, an int beyond 64 bits): the caller converts those.
     """
-    fields = _event_attributes(event, skip)
+    fields = _fields(b"\x32", event, skip, True)
     if fields is None:
         return None
     return _emitted(
