@@ -116,12 +116,12 @@ class FastHistogram:
             for aggregation, _reservoir in aggregations:
                 aggregation.aggregate(measurement, sample)
             return
+        fields = (value, now, attributes, *direct_offer)  # what a bucket's offer() stores
         for aggregation, reservoir in aggregations:
             if reservoir is None:
                 aggregation.aggregate(measurement, True)
                 continue
             aggregation.aggregate(measurement, False)  # counts; the exemplar below
-            fields = (value, now, attributes, *direct_offer)
             with reservoir._lock:  # what its offer() stores, where it stores it
                 bucket = reservoir._reservoir_storage[bisect_left(reservoir._boundaries, value)]
                 bucket.__dict__.update(zip(_BUCKET_FIELDS, fields, strict=True))  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ the context dict (what ``get_current_span`` does), a sampler whose decision for 
 parent is a constant (``ALWAYS_ON``/``ALWAYS_OFF``, alone or as a ``ParentBased`` delegate:
 the default sampler without a parent) gives that decision without its call and
 ``SamplingResult``, and the ``SpanContext`` tuple is built as its ``__new__`` builds it
-(layout checked once per app). Any other sampler is called as before; one set on the
+(layout probed once, in ``_context``). Any other sampler is called as before; one set on the
 tracer after setup was never checked attribute-blind, so its spans start the SDK's way.
 
 It is only used where nothing can tell the difference: an SDK tracer whose sampler ignores
