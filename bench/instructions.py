@@ -11,6 +11,11 @@ to a discard receiver). The table gives each scenario's count, its overhead over
 and the ratio. Instructions are not time (cache misses, syscalls and GIL hand-overs are not
 in them), so this complements ``bench/run.py``; it is the number to compare two trees by.
 
+``--threads`` counts with ``valgrind --tool=callgrind --separate-threads=yes`` instead and
+splits each count into the request thread's and the other threads' (the exporters'): the
+export threads' partial batches move a whole-process count by ~5k from run to run, the
+request thread's much less.
+
 ``--functions SCENARIO`` shows where a scenario's request thread spends them instead:
 Python bytecodes executed per request, by function (``sys.settrace`` with opcode events,
 deterministic too), the top ``--top`` of them. Needs no valgrind.
@@ -48,51 +53,71 @@ def _env(name: str, endpoints: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _instructions(name: str, requests: int, endpoints: dict[str, str], out: Path) -> int:
-    """Instructions (``Ir``) of one whole ``bench.inprocess`` run under cachegrind."""
+def _instructions(
+    name: str, requests: int, endpoints: dict[str, str], out: Path, threads: bool
+) -> tuple[int, int]:
+    """Instructions (``Ir``) of one ``bench.inprocess`` run: (request thread, other threads).
+
+    Without ``threads`` (cachegrind) the whole process is the first number, the second 0.
+    """
     scenario = SCENARIOS[name][0]
     target = out / f"{name.replace('%', 'pct')}.{requests}.cg"  # valgrind expands %
-    cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={target}"]
-    cmd += [PY, "-m", "bench.inprocess", scenario, str(requests)]
+    tool = "callgrind" if threads else "cachegrind"
+    cmd = ["valgrind", f"--tool={tool}", f"--{tool}-out-file={target}"]
+    cmd += ["--separate-threads=yes", "--dump-instr=no"] if threads else ["--cache-sim=no"]
+    cmd += [PY, "-m", "bench.inprocess", scenario]
     subprocess.run(
-        cmd,
+        [*cmd, str(requests)],
         env=_env(name, endpoints),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         check=True,
     )
-    for line in target.read_text().splitlines():
-        if line.startswith("summary:"):
-            return int(line.split()[1])
-    raise SystemExit(f"no summary line in {target}")
+    # callgrind writes one file per thread, "<target>-01" being the main (request) thread
+    counts = {}
+    for path in sorted(out.glob(target.name + "*")):
+        for line in path.read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                counts[path.name] = int(line.split()[1])
+                break
+    if not counts:
+        raise SystemExit(f"no summary line in {target}*")
+    main = counts.get(f"{target.name}-01", 0) if threads else counts[target.name]
+    return main, sum(counts.values()) - main
 
 
-def count(names: list[str], requests: int) -> None:
+def count(names: list[str], requests: int, threads: bool = False) -> None:
     if not shutil.which("valgrind"):
         raise SystemExit("needs valgrind (apt-get install valgrind)")
     receiver, urls = start_receiver("ok", os.environ.get("BENCH_RECEIVER_CPU", "1"))
     endpoints = {"ok": urls["http"], "ok-grpc": urls["grpc"]}
-    per_request: dict[str, float] = {}
+    per_request: dict[str, tuple[float, float]] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for name in names:
                 if SCENARIOS[name][2] not in endpoints:
                     raise SystemExit(f"{name}: needs a dead collector, not counted here")
-                small = _instructions(name, SMALL, endpoints, Path(tmp))
-                large = _instructions(name, SMALL + requests, endpoints, Path(tmp))
-                per_request[name] = (large - small) / requests
-                print(f"  {name}: {per_request[name]:,.0f} instructions/request", flush=True)
+                small = _instructions(name, SMALL, endpoints, Path(tmp), threads)
+                large = _instructions(name, SMALL + requests, endpoints, Path(tmp), threads)
+                main, rest = ((b - a) / requests for a, b in zip(small, large, strict=True))
+                per_request[name] = (main, rest)
+                split = f" (request thread {main:,.0f}, others {rest:,.0f})" if threads else ""
+                print(f"  {name}: {main + rest:,.0f} instructions/request{split}", flush=True)
     finally:
         receiver.terminate()
         receiver.wait()
-    bare = per_request.get("bare")
+    bare = sum(per_request["bare"]) if "bare" in per_request else None
     rows = []
-    for name, value in per_request.items():
+    for name, (main, rest) in per_request.items():
+        value = main + rest
         over = f"{value - bare:+,.0f}" if bare is not None else "-"
         ratio = f"{value / bare:.2f}x" if bare else "-"
-        rows.append([name, f"{value:,.0f}", over, ratio])
-    print(fmt_table(rows, ["scenario", "instructions/request", "over bare", "ratio to bare"]))
+        split = [f"{main:,.0f}", f"{rest:,.0f}"] if threads else []
+        rows.append([name, f"{value:,.0f}", *split, over, ratio])
+    head = ["scenario", "instructions/request"]
+    head += ["request thread", "other threads"] if threads else []
+    print(fmt_table(rows, [*head, "over bare", "ratio to bare"]))
 
 
 def functions(name: str, requests: int, top: int) -> None:
@@ -146,6 +171,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--functions", metavar="SCENARIO", help="bytecodes by function instead")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--threads", action="store_true", help="callgrind, split by thread")
     args = parser.parse_args()
     if args.functions:
         functions(args.functions, args.requests, args.top)
@@ -154,7 +180,7 @@ def main() -> None:
     unknown = [s for s in names if s not in SCENARIOS]
     if unknown:
         raise SystemExit(f"unknown scenarios {unknown}: one of {', '.join(SCENARIOS)}")
-    count(names, args.requests)
+    count(names, args.requests, args.threads)
 
 
 if __name__ == "__main__":
