@@ -143,15 +143,47 @@ def _flush_in_thread(name: str, work: Callable[[], object]) -> threading.Thread:
     return thread
 
 
+def _official_retry_events() -> dict[type, str]:
+    """The official OTLP exporters' classes and the event that ends their retry loop.
+
+    Setting it is what their ``shutdown()`` does first: the backoff wait returns at once
+    and the export gives up (``shutdown()`` itself is left to the provider's own call).
+    """
+    events: dict[type, str] = {}
+    try:
+        from opentelemetry.exporter.otlp.common.http import _OTLPHTTPClient
+
+        events[_OTLPHTTPClient] = "_shutdown_event"
+    except ImportError:  # another exporter release: its retries run to their timeout
+        pass
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc.exporter import OTLPExporterMixin
+
+        events[OTLPExporterMixin] = "_shutdown_in_progress"
+    except ImportError:  # gRPC exporter not installed, or moved
+        pass
+    return events
+
+
 def _abort_exports(providers: list[Any]) -> None:
-    """Abort kiki's exports still running under ``providers``: retries end, sockets close.
+    """Abort the exports still running under ``providers``: retries end, sockets close.
 
     Past the deadline an abandoned flush would otherwise go on retrying a dead or hung
     collector until the export timeout, in a process that is not always about to exit (a
     test suite's ``testing.reset()``): its failure then surfaced in some later output.
+    kiki's own clients are closed (an attempt in flight too); the official exporters (the
+    metrics', or all with ``KIKI_OTEL_EXPORTER=official``) stop retrying, and an attempt
+    in flight ends at its own timeout.
     """
-    for client in reachable(providers, (RetryingClient,)):
-        client.close()
+    official = _official_retry_events()
+    for found in reachable(providers, (RetryingClient, *official)):
+        if isinstance(found, RetryingClient):
+            found.close()
+            continue
+        for kind, name in official.items():
+            event = getattr(found, name, None) if isinstance(found, kind) else None
+            if isinstance(event, threading.Event):
+                event.set()
 
 
 def _join_until(threads: dict[str, threading.Thread], deadline: float) -> list[str]:

@@ -592,3 +592,28 @@ def test_exports_abandoned_at_the_deadline_are_aborted() -> None:
             worker.join(5.0)
         # allowed: 5 s against the 30 s a hung export would otherwise hold each thread
         assert not any(worker.is_alive() for worker in workers)
+
+
+def test_official_exporter_retries_abandoned_at_the_deadline_stop() -> None:
+    """A refused collector and the official metrics exporter (the one kiki uses for
+    metrics): its retries (backoff 1, 2, 4... s up to the 30 s export timeout) end once its
+    flush is abandoned at the deadline, instead of reporting into later output."""
+    from tests.support.server_process import free_port
+
+    telemetry = kiki_otel.configure(
+        exporter_otlp_endpoint=f"http://127.0.0.1:{free_port()}",  # nothing listens
+        exporter_otlp_timeout=30_000,
+        traces_exporter="none",
+        logs_exporter="none",
+    )
+    telemetry.meter("t").create_counter("c").add(1)
+    report = telemetry.shutdown(0.5)
+    assert "metrics" in report.abandoned
+
+    def flushing() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "kiki-otel-flush-metrics"]
+
+    for thread in flushing():  # (it may have ended already)
+        thread.join(5.0)
+    # allowed: 5 s against the ~31 s of retries the abandoned flush would otherwise run
+    assert not flushing()
