@@ -594,14 +594,17 @@ def test_exports_abandoned_at_the_deadline_are_aborted() -> None:
         assert not any(worker.is_alive() for worker in workers)
 
 
-def test_official_exporter_retries_abandoned_at_the_deadline_stop() -> None:
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_official_exporter_retries_abandoned_at_the_deadline_stop(protocol: str) -> None:
     """A refused collector and the official metrics exporter (the one kiki uses for
-    metrics): its retries (backoff 1, 2, 4... s up to the 30 s export timeout) end once its
-    flush is abandoned at the deadline, instead of reporting into later output."""
+    metrics, over HTTP or gRPC): its retries (backoff 1, 2, 4... s up to the 30 s export
+    timeout) end once its flush is abandoned at the deadline, instead of reporting into
+    later output."""
     from tests.support.server_process import free_port
 
     telemetry = kiki_otel.configure(
         exporter_otlp_endpoint=f"http://127.0.0.1:{free_port()}",  # nothing listens
+        exporter_otlp_protocol=protocol,
         exporter_otlp_timeout=30_000,
         traces_exporter="none",
         logs_exporter="none",
