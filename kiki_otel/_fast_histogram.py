@@ -96,8 +96,8 @@ class FastHistogram:
         now = time.time_ns()
         ctx = CURRENT.get() if CURRENT is not None else otel_context.get_current()
         exemplar_filter = consumer._sdk_config.exemplar_filter
-        # (span_id, trace_id, offered) for a bucket, when the exemplar goes in directly
-        direct_offer: tuple[int, int, bool] | None = None
+        # what a bucket's offer() stores, when the exemplar goes in directly
+        offered: tuple[float, int, dict[str, Any], int, int, bool] | None = None
         if type(exemplar_filter) is self._trace_based:  # its should_sample, inline:
             # trace.get_current_span(ctx); SPAN_KEY is not None here (see __init__)
             span = ctx.get(SPAN_KEY)  # type: ignore[arg-type]
@@ -108,15 +108,14 @@ class FastHistogram:
                 trace_id, span_id, flags, _valid = IDS.get(type(context), IDS_BY_NAME)(context)
                 sample = bool(flags & _SAMPLED)
                 if sample:
-                    direct_offer = (span_id, trace_id, True)
+                    offered = (value, now, attributes, span_id, trace_id, True)
         else:
             sample = exemplar_filter.should_sample(value, now, attributes, ctx)
         measurement = _new_tuple(_Measurement, (value, now, self._histogram, ctx, attributes))
-        if direct_offer is None:
+        if offered is None:
             for aggregation, _reservoir in aggregations:
                 aggregation.aggregate(measurement, sample)
             return
-        fields = (value, now, attributes, *direct_offer)  # what a bucket's offer() stores
         for aggregation, reservoir in aggregations:
             if reservoir is None:
                 aggregation.aggregate(measurement, True)
@@ -124,7 +123,7 @@ class FastHistogram:
             aggregation.aggregate(measurement, False)  # counts; the exemplar below
             with reservoir._lock:  # what its offer() stores, where it stores it
                 bucket = reservoir._reservoir_storage[bisect_left(reservoir._boundaries, value)]
-                bucket.__dict__.update(zip(_BUCKET_FIELDS, fields, strict=True))  # type: ignore[arg-type]
+                bucket.__dict__.update(zip(_BUCKET_FIELDS, offered, strict=True))  # type: ignore[arg-type]
 
     def _learn(self, key: tuple[tuple[str, Any], ...], attributes: dict[str, Any]) -> None:
         """Find the SDK aggregations that just took ``attributes``; cache them if it is safe."""
