@@ -32,6 +32,7 @@ __all__ = [
     "hex_ids",
     "mark_exception",
     "marked_span_context",
+    "remember_hex_ids",
 ]
 
 client_request_id: ContextVar[str | None] = ContextVar("kiki_client_request_id", default=None)
@@ -200,9 +201,20 @@ def hex_ids(context: trace.SpanContext) -> tuple[str, str] | None:
     last, ids = _last_hex  # one tuple read: consistent across threads
     if context is not last:
         trace_id, span_id, _flags, valid = IDS.get(type(context), IDS_BY_NAME)(context)
-        ids = (format(trace_id, "032x"), format(span_id, "016x")) if valid else None
+        # "%x": what format(x, "032x") gives, without the format-spec parser (~2x faster)
+        ids = ("%032x" % trace_id, "%016x" % span_id) if valid else None  # noqa: UP031
         _last_hex = (context, ids)
     return ids
+
+
+def remember_hex_ids(context: trace.SpanContext, trace_id: str, span_id: str) -> None:
+    """Tell :func:`hex_ids` the hex ids of a valid ``context`` that the caller formatted.
+
+    The server span's ids are formatted once for the response headers; the request's log
+    lines and its access line then find them here instead of formatting them again.
+    """
+    global _last_hex
+    _last_hex = (context, (trace_id, span_id))
 
 
 def current_ids() -> tuple[str, str] | None:

@@ -33,6 +33,7 @@ from ._context import (
     client_request_id,
     get_span_context,
     mark_exception,
+    remember_hex_ids,
 )
 from ._fast_histogram import fast_histogram
 from ._fast_span import DirectSpans
@@ -145,6 +146,29 @@ def _route_of(scope: Scope) -> str | None:
     if root_path != app_root_path and root_path.startswith(app_root_path):
         return root_path[len(app_root_path) :] + str(path)
     return str(path)
+
+
+_hosts: dict[str, tuple[str, int | None]] = {}
+"""``Host`` header -> (``server.address``, ``server.port``): a service sees a few hosts."""
+_HOSTS_MAX = 64
+"""Past this many hosts (a scan, a client sending random ones) the cache starts over."""
+
+
+def _parse_host(host: str) -> tuple[str, int | None]:
+    """``server.address`` and ``server.port`` of a ``Host`` header value, remembered.
+
+    The port only if it is plain ASCII digits up to 65535 (not "²", not 1e20); an IPv6
+    literal keeps its brackets (``[::1]:8000`` -> ``[::1]``, 8000).
+    """
+    address, _, port = host.rpartition(":") if host.rfind(":") > host.rfind("]") else (host, "", "")
+    parsed = (
+        address or host,
+        int(port) if port.isascii() and port.isdigit() and int(port) <= 65535 else None,
+    )
+    if len(_hosts) >= _HOSTS_MAX:
+        _hosts.clear()
+    _hosts[host] = parsed
+    return parsed
 
 
 class _Request:
@@ -273,10 +297,10 @@ class ServerTelemetry:
         carrier: dict[str, str],
         parent: otel_context.Context,
         client_id: str | None,
-    ) -> tuple[Span, SpanContext, tuple[str, int, int], otel_context.Context]:
+    ) -> tuple[Span, SpanContext, tuple[str, str, int], otel_context.Context]:
         """The request span, its span context, its ids and ``set_span_in_context(span, parent)``.
 
-        The ids: the trace id in hex, the span id, the sampled flag (what the headers need).
+        The ids: the trace id and the span id in hex, the sampled flag (what the headers need).
         """
         attributes: dict[str, Any] = {
             "http.request.method": method,
@@ -291,12 +315,10 @@ class ServerTelemetry:
             attributes["url.query"] = _redact_query(query.decode("latin-1"))
         host = carrier.get("host")
         if host:
-            address, _, port = (
-                host.rpartition(":") if host.rfind(":") > host.rfind("]") else (host, "", "")
-            )
-            attributes["server.address"] = address or host
-            if port.isascii() and port.isdigit() and int(port) <= 65535:  # not "²", not 1e20
-                attributes["server.port"] = int(port)
+            address, port = _hosts.get(host) or _parse_host(host)
+            attributes["server.address"] = address
+            if port is not None:
+                attributes["server.port"] = port
         client = scope.get("client")
         if client:
             attributes["client.address"] = client[0]
@@ -319,7 +341,9 @@ class ServerTelemetry:
             span_context = _random_span_context()
             span = NonRecordingSpan(span_context)
             trace_id, span_id, flags, valid = IDS_BY_NAME(span_context)
-        ids = (format(trace_id, "032x"), span_id, flags & TraceFlags.SAMPLED)
+        # "%x": what format(x, "032x") gives, without the format-spec parser (~2x faster)
+        ids = ("%032x" % trace_id, "%016x" % span_id, flags & TraceFlags.SAMPLED)  # noqa: UP031
+        remember_hex_ids(span_context, ids[0], ids[1])  # for the access line and log lines
         if SPAN_KEY is None:
             return span, span_context, ids, trace.set_span_in_context(span, parent)
         # trace.set_span_in_context(span, parent), without its two calls
@@ -395,12 +419,11 @@ class ServerTelemetry:
                 otel_context.detach(token)
 
     def _response_headers(
-        self, trace_id: str, span_id: int, sampled: int
+        self, trace_id: str, span_id: str, sampled: int
     ) -> list[tuple[bytes, bytes]]:
         headers = [(self._id_header, trace_id.encode())]
         if self._traceresponse or self._server_timing:
-            flags = "01" if sampled else "00"
-            value = f"00-{trace_id}-{span_id:016x}-{flags}"
+            value = f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}"
             if self._traceresponse:
                 headers.append((b"traceresponse", value.encode()))
             if self._server_timing:

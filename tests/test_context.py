@@ -160,6 +160,18 @@ def test_positional_reads_are_the_properties(context: SpanContext) -> None:
     assert ids == ((f"{want[0]:032x}", f"{want[1]:016x}") if context.is_valid else None)
 
 
+def test_remembered_hex_ids_are_given_for_that_context_only() -> None:
+    """The middleware hands over the server span's formatted ids; another context (a child
+    span's, an equal copy) is formatted as before, and the "%x" text is format()'s."""
+    context = SpanContext(2**128 - 1, 2**64 - 1, is_remote=False, trace_flags=TraceFlags(1))
+    _context.remember_hex_ids(context, "a" * 32, "b" * 16)  # not its ids: proves the cache
+    assert _context.hex_ids(context) == ("a" * 32, "b" * 16)
+    copy = SpanContext(2**128 - 1, 2**64 - 1, is_remote=False, trace_flags=TraceFlags(1))
+    assert _context.hex_ids(copy) == ("f" * 32, "f" * 16)
+    small = SpanContext(1, 1, is_remote=False)
+    assert _context.hex_ids(small) == (format(1, "032x"), format(1, "016x"))
+
+
 def test_span_contexts_read_as_fields_are_the_methods() -> None:
     """The API's NonRecordingSpan and the SDK's span have their context read as a field;
     a subclass that overrides ``get_span_context`` is asked through it."""

@@ -637,6 +637,38 @@ async def test_hostile_host_ports_are_ignored(app: FastAPI, memory: Memory) -> N
     assert ports == [None, None, 8080]
 
 
+@pytest.mark.parametrize(
+    ("host", "want"),
+    [
+        ("example.com:8443", ("example.com", 8443)),
+        ("example.com", ("example.com", None)),
+        ("[::1]:8000", ("[::1]", 8000)),
+        ("[::1]", ("[::1]", None)),
+        (":8000", (":8000", 8000)),
+        ("h:\xb2", ("h", None)),
+        ("h:99999999999999999999", ("h", None)),
+        ("h:65536", ("h", None)),
+        ("h:", ("h", None)),
+    ],
+)
+def test_host_headers_parse_the_same_from_the_cache(host: str, want: tuple[Any, ...]) -> None:
+    """``server.address``/``server.port`` of a Host value, parsed once then remembered."""
+    from kiki_otel import _http_server
+
+    _http_server._hosts.pop(host, None)
+    assert _http_server._parse_host(host) == want
+    assert _http_server._hosts[host] == want
+
+
+def test_the_host_cache_is_bounded() -> None:
+    """A client sending a new Host every request cannot grow the cache without bound."""
+    from kiki_otel import _http_server
+
+    for i in range(3 * _http_server._HOSTS_MAX):
+        assert _http_server._parse_host(f"h{i}:{i}") == (f"h{i}", i)
+        assert len(_http_server._hosts) <= _http_server._HOSTS_MAX
+
+
 async def test_percent_encoded_sensitive_query_keys_are_redacted(
     app: FastAPI, memory: Memory
 ) -> None:
