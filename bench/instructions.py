@@ -16,6 +16,14 @@ splits each count into the request thread's and the other threads' (the exporter
 export threads' partial batches move a whole-process count by ~5k from run to run, the
 request thread's much less.
 
+``--cache`` runs cachegrind's cache model too (its L1: 32 KiB instructions, 32 KiB data)
+and adds the L1 misses a request (instruction reads and data reads; the model below was
+fitted on those). On this VM
+they explain what instructions alone do not: kiki's added instructions ran ~3x slower
+than bare's, and a model of ~0.09 ns an instruction plus ~3 ns an L1 miss fits bare,
+kiki, kiki's skeleton and a synthetic loop (docs/performance.md, "Tenth round"). Code
+run once per request, spread over many functions, misses where a loop does not.
+
 ``--functions SCENARIO`` shows where a scenario's request thread spends them instead:
 Python bytecodes executed per request, by function (``sys.settrace`` with opcode events,
 deterministic too), the top ``--top`` of them. Needs no valgrind.
@@ -54,9 +62,10 @@ def _env(name: str, endpoints: dict[str, str]) -> dict[str, str]:
 
 
 def _instructions(
-    name: str, requests: int, endpoints: dict[str, str], out: Path, threads: bool
-) -> tuple[int, int]:
-    """Instructions (``Ir``) of one ``bench.inprocess`` run: (request thread, other threads).
+    name: str, requests: int, endpoints: dict[str, str], out: Path, threads: bool, cache: bool
+) -> tuple[int, int, int]:
+    """Instructions (``Ir``) of one ``bench.inprocess`` run: (request thread, other threads,
+    L1 misses of the whole process, 0 without ``cache``).
 
     Without ``threads`` (cachegrind) the whole process is the first number, the second 0.
     """
@@ -64,7 +73,10 @@ def _instructions(
     target = out / f"{name.replace('%', 'pct')}.{requests}.cg"  # valgrind expands %
     tool = "callgrind" if threads else "cachegrind"
     cmd = ["valgrind", f"--tool={tool}", f"--{tool}-out-file={target}"]
-    cmd += ["--separate-threads=yes", "--dump-instr=no"] if threads else ["--cache-sim=no"]
+    if threads:
+        cmd += ["--separate-threads=yes", "--dump-instr=no"]
+    else:
+        cmd += [f"--cache-sim={'yes' if cache else 'no'}"]
     cmd += [PY, "-m", "bench.inprocess", scenario]
     subprocess.run(
         [*cmd, str(requests)],
@@ -75,48 +87,57 @@ def _instructions(
         check=True,
     )
     # callgrind writes one file per thread, "<target>-01" being the main (request) thread
-    counts = {}
+    counts: dict[str, dict[str, int]] = {}
     for path in sorted(out.glob(target.name + "*")):
+        events: list[str] = []
         for line in path.read_text().splitlines():
-            if line.startswith(("summary:", "totals:")):
-                counts[path.name] = int(line.split()[1])
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith(("summary:", "totals:")):
+                counts[path.name] = dict(zip(events, map(int, line.split()[1:]), strict=False))
                 break
     if not counts:
         raise SystemExit(f"no summary line in {target}*")
-    main = counts.get(f"{target.name}-01", 0) if threads else counts[target.name]
-    return main, sum(counts.values()) - main
+    whole = counts.get(target.name, {})  # cachegrind's one file (callgrind: none)
+    main = counts.get(f"{target.name}-01", {}).get("Ir", 0) if threads else whole["Ir"]
+    misses = sum(whole.get(event, 0) for event in ("I1mr", "D1mr"))
+    return main, sum(c.get("Ir", 0) for c in counts.values()) - main, misses
 
 
-def count(names: list[str], requests: int, threads: bool = False) -> None:
+def count(names: list[str], requests: int, threads: bool = False, cache: bool = False) -> None:
     if not shutil.which("valgrind"):
         raise SystemExit("needs valgrind (apt-get install valgrind)")
     receiver, urls = start_receiver("ok", os.environ.get("BENCH_RECEIVER_CPU", "1"))
     endpoints = {"ok": urls["http"], "ok-grpc": urls["grpc"]}
-    per_request: dict[str, tuple[float, float]] = {}
+    per_request: dict[str, tuple[float, float, float]] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for name in names:
                 if SCENARIOS[name][2] not in endpoints:
                     raise SystemExit(f"{name}: needs a dead collector, not counted here")
-                small = _instructions(name, SMALL, endpoints, Path(tmp), threads)
-                large = _instructions(name, SMALL + requests, endpoints, Path(tmp), threads)
-                main, rest = ((b - a) / requests for a, b in zip(small, large, strict=True))
-                per_request[name] = (main, rest)
+                small = _instructions(name, SMALL, endpoints, Path(tmp), threads, cache)
+                large = _instructions(name, SMALL + requests, endpoints, Path(tmp), threads, cache)
+                main, rest, misses = ((b - a) / requests for a, b in zip(small, large, strict=True))
+                per_request[name] = (main, rest, misses)
                 split = f" (request thread {main:,.0f}, others {rest:,.0f})" if threads else ""
+                split += f", {misses:,.0f} L1 misses" if cache else ""
                 print(f"  {name}: {main + rest:,.0f} instructions/request{split}", flush=True)
     finally:
         receiver.terminate()
         receiver.wait()
-    bare = sum(per_request["bare"]) if "bare" in per_request else None
+    bare = per_request.get("bare")
     rows = []
-    for name, (main, rest) in per_request.items():
+    for name, (main, rest, misses) in per_request.items():
         value = main + rest
-        over = f"{value - bare:+,.0f}" if bare is not None else "-"
-        ratio = f"{value / bare:.2f}x" if bare else "-"
+        over = f"{value - bare[0] - bare[1]:+,.0f}" if bare is not None else "-"
+        ratio = f"{value / (bare[0] + bare[1]):.2f}x" if bare else "-"
         split = [f"{main:,.0f}", f"{rest:,.0f}"] if threads else []
+        if cache:
+            split += [f"{misses:,.0f}", f"{misses - bare[2]:+,.0f}" if bare is not None else "-"]
         rows.append([name, f"{value:,.0f}", *split, over, ratio])
     head = ["scenario", "instructions/request"]
     head += ["request thread", "other threads"] if threads else []
+    head += ["L1 misses/request", "L1 misses over bare"] if cache else []
     print(fmt_table(rows, [*head, "over bare", "ratio to bare"]))
 
 
@@ -172,6 +193,7 @@ def main() -> None:
     parser.add_argument("--functions", metavar="SCENARIO", help="bytecodes by function instead")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--threads", action="store_true", help="callgrind, split by thread")
+    parser.add_argument("--cache", action="store_true", help="L1 misses too (cachegrind model)")
     args = parser.parse_args()
     if args.functions:
         functions(args.functions, args.requests, args.top)
@@ -180,7 +202,9 @@ def main() -> None:
     unknown = [s for s in names if s not in SCENARIOS]
     if unknown:
         raise SystemExit(f"unknown scenarios {unknown}: one of {', '.join(SCENARIOS)}")
-    count(names, args.requests, args.threads)
+    if args.cache and args.threads:
+        raise SystemExit("--cache counts the whole process: not with --threads")
+    count(names, args.requests, args.threads, args.cache)
 
 
 if __name__ == "__main__":
