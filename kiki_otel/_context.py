@@ -201,20 +201,25 @@ def hex_ids(context: trace.SpanContext) -> tuple[str, str] | None:
     last, ids = _last_hex  # one tuple read: consistent across threads
     if context is not last:
         trace_id, span_id, _flags, valid = IDS.get(type(context), IDS_BY_NAME)(context)
-        # "%x": what format(x, "032x") gives, without the format-spec parser (~2x faster)
-        ids = ("%032x" % trace_id, "%016x" % span_id) if valid else None  # noqa: UP031
-        _last_hex = (context, ids)
+        if not valid:
+            _last_hex = (context, None)
+            return None
+        return remember_hex_ids(context, trace_id, span_id)
     return ids
 
 
-def remember_hex_ids(context: trace.SpanContext, trace_id: str, span_id: str) -> None:
-    """Tell :func:`hex_ids` the hex ids of a valid ``context`` that the caller formatted.
+def remember_hex_ids(context: trace.SpanContext, trace_id: int, span_id: int) -> tuple[str, str]:
+    """The hex ids of a valid ``context`` (given its int ids), kept for :func:`hex_ids`.
 
-    The server span's ids are formatted once for the response headers; the request's log
-    lines and its access line then find them here instead of formatting them again.
+    The server span's ids are formatted here once, for the response headers; the request's
+    log lines and its access line then find them in :func:`hex_ids` without formatting them
+    again.
     """
     global _last_hex
-    _last_hex = (context, (trace_id, span_id))
+    # "%x": what format(x, "032x") gives, without the format-spec parser (~2x faster)
+    ids = ("%032x" % trace_id, "%016x" % span_id)  # noqa: UP031
+    _last_hex = (context, ids)
+    return ids
 
 
 def current_ids() -> tuple[str, str] | None:

@@ -164,8 +164,9 @@ def test_remembered_hex_ids_are_given_for_that_context_only() -> None:
     """The middleware hands over the server span's formatted ids; another context (a child
     span's, an equal copy) is formatted as before, and the "%x" text is format()'s."""
     context = SpanContext(2**128 - 1, 2**64 - 1, is_remote=False, trace_flags=TraceFlags(1))
-    _context.remember_hex_ids(context, "a" * 32, "b" * 16)  # not its ids: proves the cache
-    assert _context.hex_ids(context) == ("a" * 32, "b" * 16)
+    ids = _context.remember_hex_ids(context, 0xA, 0xB)  # not its ids: proves the cache
+    assert ids == (format(0xA, "032x"), format(0xB, "016x"))
+    assert _context.hex_ids(context) == ids
     copy = SpanContext(2**128 - 1, 2**64 - 1, is_remote=False, trace_flags=TraceFlags(1))
     assert _context.hex_ids(copy) == ("f" * 32, "f" * 16)
     small = SpanContext(1, 1, is_remote=False)
