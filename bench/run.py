@@ -54,6 +54,7 @@ SCENARIOS: dict[str, tuple[str, dict[str, str], str]] = {
         },
         "ok",
     ),
+    "kiki-pure": ("kiki", {"KIKI_OTEL_NO_SPEEDUPS": "1"}, "ok"),  # the Python encoder alone
     "kiki-official": ("kiki", {"KIKI_OTEL_EXPORTER": "official"}, "ok"),
     "kiki-grpc": ("kiki", {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "ok-grpc"),
     "kiki-grpc-official": (
@@ -233,8 +234,8 @@ def main() -> None:
     parser.add_argument(
         "--inprocess",
         default=(
-            "bare,kiki,kiki-10%,kiki-10%-trace-logs,kiki-official,kiki-grpc,kiki-grpc-official,"
-            "native,contrib"
+            "bare,kiki,kiki-10%,kiki-10%-trace-logs,kiki-pure,kiki-official,kiki-grpc,"
+            "kiki-grpc-official,native,contrib"
         ),
     )
     parser.add_argument("--no-server", action="store_true", help="in-process table only")

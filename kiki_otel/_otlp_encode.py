@@ -14,6 +14,7 @@ Field numbers are from opentelemetry-proto (``trace/v1/trace.proto``, ``logs/v1/
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,17 @@ from opentelemetry.trace.status import Status
 
 from ._context import SPAN_CONTEXT_TUPLE
 from ._ratelimit import Throttle
+
+_native: Any
+try:
+    from . import _speedups as _native
+except ImportError:  # built without a C compiler: the Python encoder does it all
+    _native = None
+if os.environ.get("KIKI_OTEL_NO_SPEEDUPS", "").strip().lower() in ("1", "true", "yes", "on"):
+    _native = None  # for a bug report, or the benchmark's pure-Python scenario
+_native_fields = _native.encode_fields if _native is not None else None
+_native_span = _native.encode_span if _native is not None else None
+_native_log_event = _native.encode_log_event if _native is not None else None
 
 __all__ = [
     "Encoded",
@@ -349,6 +361,10 @@ def _fields(
     a value that is not str/bool/int/float/None, an int beyond 64 bits), for the caller to
     convert. Otherwise such a field is encoded as ``AnyValue``, or reported and dropped.
     """
+    if _native_fields is not None and type(mapping) is dict:
+        native: bytes | None = _native_fields(tag, mapping, skip)
+        if native is not None:
+            return native
     cache = _field_cache.get(tag) or _tag_cache(tag)
     # Keys and values are read in two passes: from a copy, so that a mapping another
     # thread changes between them cannot pair a key with another key's value.
@@ -738,6 +754,30 @@ def _span_body(
 ) -> bytes:
     if type(context) is _TUPLE_CONTEXT:
         trace_id, span_id, _remote, _flags, state, _valid = context
+        if (
+            _native_span is not None
+            and state is DEFAULT_TRACE_STATE
+            and not (events or links or dropped_attributes or dropped_events or dropped_links)
+            and type(attributes) is dict
+            and type(status) is Status
+            and (parent is None or type(parent) is _TUPLE_CONTEXT)
+        ):
+            # The request span's case, in C; None when a value is not plain.
+            native: bytes | None = _native_span(
+                trace_id,
+                span_id,
+                parent[1] if parent is not None else None,
+                parent is not None and parent[2],
+                name,
+                kind._value_ + 1,
+                start_time,
+                end_time,
+                attributes,
+                status._status_code._value_,
+                status._description,
+            )
+            if native is not None:
+                return native
     else:
         trace_id, span_id, state = context.trace_id, context.span_id, context.trace_state
     parts = [b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big")]
@@ -952,6 +992,18 @@ def encode_log_event(
     None when a field is not a plain attribute (a key that is not a non-empty str, a value
     that is not str/bool/int/float/None, an int beyond 64 bits): the caller converts those.
     """
+    if _native_log_event is not None and type(event) is dict:
+        payload: bytes | None = _native_log_event(
+            timestamp,
+            _head(severity_number, severity_text, body),
+            event,
+            skip,
+            trace_id,
+            span_id,
+            trace_flags,
+        )
+        if payload is not None:
+            return _new_tuple(Encoded, (payload, resource, instrumentation_scope))  # type: ignore[no-any-return]
     fields = _fields(b"\x32", event, skip, True)
     if fields is None:
         return None
@@ -967,6 +1019,21 @@ def encode_log_event(
         resource,
         instrumentation_scope,
     )
+
+
+def _head(severity_number: Any, severity_text: str, body: Any) -> bytes:
+    """The fields between a record's time and its attributes: severity, its text, the body.
+
+    One per event name and level, cached (a structured body is encoded each time).
+    """
+    head_key = (severity_number, severity_text, body)
+    text_body = type(body) is str
+    head = _log_heads.get(head_key) if text_body else None
+    if head is None:
+        head = _log_fields(None, None, severity_number, severity_text, body, b"", 0, 0, 0, 0, None)
+        if text_body and len(_log_heads) < _TEXT_FIELDS_MAX and len(head) <= _FIELD_BYTES_MAX:
+            _log_heads[head_key] = head
+    return head
 
 
 def _emitted(
@@ -986,13 +1053,7 @@ def _emitted(
     The same bytes as :func:`_log_fields` (tested), with the fields between the time and
     the attributes (severity, its text, the body: one per event name and level) cached.
     """
-    head_key = (severity_number, severity_text, body)
-    text_body = type(body) is str  # a structured body (a dict) is encoded each time
-    head = _log_heads.get(head_key) if text_body else None
-    if head is None:
-        head = _log_fields(None, None, severity_number, severity_text, body, b"", 0, 0, 0, 0, None)
-        if text_body and len(_log_heads) < _TEXT_FIELDS_MAX and len(head) <= _FIELD_BYTES_MAX:
-            _log_heads[head_key] = head
+    head = _head(severity_number, severity_text, body)
     time_field = b"\x09" + _pack_fixed64(timestamp) if timestamp else b""
     payload = b"".join(
         (

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the demo and the tests need on a fresh Debian machine, idempotently:
 #   - Debian packages: redis-server, postgresql (real dependencies for health tests), wrk (benchmarks)
-#   - .venv with kiki-otel installed editable, with its dev extras
+#   - .venv with kiki-otel installed editable (its C encoder built in place), with its dev extras
 # Fast when everything is already there. Progress goes to stderr.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,7 +26,8 @@ if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
 stamp=.venv/.kiki-otel-installed
-if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+# setup.py or the C encoder changed: reinstall, which rebuilds kiki_otel/_speedups*.so in place.
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || setup.py -nt $stamp || kiki_otel/_speedups.c -nt $stamp ]]; then
   log "installing kiki-otel[dev] into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[dev]'

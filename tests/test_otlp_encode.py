@@ -9,6 +9,7 @@ give the official message.
 from __future__ import annotations
 
 import enum
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,6 +44,20 @@ RESOURCE = Resource.create(
     {"service.name": "svc", "service.version": "1.2.3", "host.cores": 2, "ratio": 0.5},
     schema_url="https://opentelemetry.io/schemas/1.26.0",
 )
+
+
+ENCODERS = ["python", "native"] if _otlp_encode._native is not None else ["python"]
+
+
+@pytest.fixture(autouse=True, params=ENCODERS)
+def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on the Python encoder, and again with the C one where it is built:
+    the same bytes either way. The C one bypasses the Python caches, so the tests that
+    look into those caches look only when the Python encoder ran."""
+    if request.param == "python":
+        for name in ("_native_fields", "_native_span", "_native_log_event"):
+            monkeypatch.setattr(_otlp_encode, name, None)
+    return str(request.param)
 
 
 @pytest.fixture(autouse=True)
@@ -232,7 +247,7 @@ def test_an_unencodable_attribute_is_skipped_like_the_official_encoder() -> None
     assert encode_logs([record]) == official_logs([record]).SerializeToString()
 
 
-def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch, encoder: str) -> None:
     """The attribute cache never grows past its bounds: a key with too many values stops
     caching (ids, durations), too many keys go uncached; the bytes never change."""
     monkeypatch.setattr(_otlp_encode, "_VALUES_MAX", 10)
@@ -247,15 +262,16 @@ def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         assert got == b"".join(
             _otlp_encode._ld(tag, _otlp_encode._key_value(k, v)) for k, v in attributes.items()
         )
-    cache = _otlp_encode._field_cache[tag]
-    keys = cache.keys
-    assert len(keys) <= 5
-    assert keys["id"].closed  # unbounded: closed, its fields given back
-    assert not any(k[0] == "id" for k in cache.fields)
-    assert not keys["route"].closed and keys["route"].count == 1
-    assert all(k.count <= 10 for k in keys.values())
-    for key, entry in keys.items():
-        assert entry.count == sum(1 for k in cache.fields if k[0] == key)
+    if encoder == "python":
+        cache = _otlp_encode._field_cache[tag]
+        keys = cache.keys
+        assert len(keys) <= 5
+        assert keys["id"].closed  # unbounded: closed, its fields given back
+        assert not any(k[0] == "id" for k in cache.fields)
+        assert not keys["route"].closed and keys["route"].count == 1
+        assert all(k.count <= 10 for k in keys.values())
+        for key, entry in keys.items():
+            assert entry.count == sum(1 for k in cache.fields if k[0] == key)
     _assert_counted()
     assert (encode_spans(spans), encode_logs(logs)) == before
     # the overall budget and the size cap: no more caching, same bytes
@@ -267,12 +283,15 @@ def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         for k, v in {"route": "/b", "long": "x" * 600}.items()
     )
     assert _otlp_encode._cached[0] == budget
-    assert ("route", "/b") not in cache.fields
+    if encoder == "python":
+        assert ("route", "/b") not in _otlp_encode._field_cache[tag].fields
     assert encode_spans(spans) == official_spans(spans).SerializeToString()
     assert encode_logs(logs) == official_logs(logs).SerializeToString()
 
 
-def test_unbounded_keys_encode_like_the_official_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unbounded_keys_encode_like_the_official_encoder(
+    monkeypatch: pytest.MonkeyPatch, encoder: str
+) -> None:
     """Values of a key whose cache closed (ids, durations) take a shorter path for strs and
     floats: the same bytes as the official encoder around every length-byte boundary (the
     value's, and the whole field's, which the key's length moves)."""
@@ -293,9 +312,10 @@ def test_unbounded_keys_encode_like_the_official_encoder(monkeypatch: pytest.Mon
             }
             expected = official_logs([record]).SerializeToString()
             assert encode_logs([record]) == expected, (round_, len(text))
-    cache = _otlp_encode._field_cache[b"\x32"]
-    assert cache.keys["text"].closed
-    assert not any(key[0] == "float" for key in cache.fields)  # floats are never cached
+    if encoder == "python":
+        cache = _otlp_encode._field_cache[b"\x32"]
+        assert cache.keys["text"].closed
+        assert not any(key[0] == "float" for key in cache.fields)  # floats are never cached
 
 
 def test_signed_zeros_and_nans_are_not_mistaken_for_cached_floats() -> None:
@@ -598,7 +618,7 @@ def _layouts(i: int) -> list[dict[Any, Any]]:
 
 
 def test_layouts_encode_like_the_official_encoder_while_their_keys_close(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, encoder: str
 ) -> None:
     """Repeated layouts go through their cached runs of fields; the bytes stay the official
     ones on every round: while the caches fill, once ids and paths stop caching (their
@@ -610,6 +630,9 @@ def test_layouts_encode_like_the_official_encoder_while_their_keys_close(
             record.log_record.attributes = attributes
             expected = official_logs([record]).SerializeToString()
             assert encode_logs([record]) == expected, (i, attributes)
+    _assert_counted()
+    if encoder != "python":
+        return
     cache = _otlp_encode._field_cache[b"\x32"]
     assert cache.keys["id"].closed and cache.keys["path"].closed
     assert not cache.keys["route"].closed and not cache.keys["status"].closed
@@ -617,7 +640,6 @@ def test_layouts_encode_like_the_official_encoder_while_their_keys_close(
     assert repeated.blocks is not None and len(repeated.blocks) == 1  # one run, reused
     with_ids = next(s for layout, s in cache.shapes.items() if "duration_ms" in layout[0])
     assert [key for _, key, _ in with_ids.varying] == ["duration_ms", "id"]
-    _assert_counted()
 
 
 def test_layout_caches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -694,7 +716,7 @@ def test_keys_and_values_are_read_from_one_snapshot() -> None:
         assert _otlp_encode._attributes(tag, Flipping()) in each.values()
 
 
-def test_long_values_and_odd_layouts_are_not_held() -> None:
+def test_long_values_and_odd_layouts_are_not_held(encoder: str) -> None:
     """Runs holding a field over 512 bytes are encoded each time, as such fields are; layouts
     with many fields, long keys or keys that are not exactly str are not held either (a
     str-enum key's layout would stand for the plain str layout, equal keys alike)."""
@@ -715,9 +737,10 @@ def test_long_values_and_odd_layouts_are_not_held() -> None:
         for attributes in layouts:
             record.log_record.attributes = attributes
             assert encode_logs([record]) == official_logs([record]).SerializeToString()
-    shapes = _otlp_encode._field_cache[b"\x32"].shapes
-    assert [list(layout[0]) for layout in shapes] == [["route", "sql"]]
-    assert not next(iter(shapes.values())).blocks  # the 600-byte value: no run kept
+    if encoder == "python":
+        shapes = _otlp_encode._field_cache[b"\x32"].shapes
+        assert [list(layout[0]) for layout in shapes] == [["route", "sql"]]
+        assert not next(iter(shapes.values())).blocks  # the 600-byte value: no run kept
     _assert_counted()
     resource, scope = Resource({"service.name": "svc"}), InstrumentationScope("kiki_otel.x")
     fields, ids = (1, SeverityNumber.INFO, "INFO", "e"), (0, 0, 0, resource, scope)
@@ -743,3 +766,11 @@ def test_each_item_is_one_length_delimited_field(size: int) -> None:
     length, start = _DecodeVarint(framed, 1)
     assert length == size and framed[start : start + size] == payload
     assert framed == (b"\x12" + _otlp_encode._varint(size) + payload) * 2
+
+
+def test_the_c_encoder_is_built_where_a_compiler_is() -> None:
+    """The C encoder: the install built it (setup.py's optional extension) when it could: a silent
+    pure-Python fallback on a machine with a compiler would hide a broken build."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler here: the pure-Python encoder is expected")
+    assert _otlp_encode._native is not None

@@ -1,0 +1,598 @@
+/* kiki_otel._speedups: the OTLP attribute encoder's common case, in C.
+ *
+ * ``encode_fields(tag, mapping, skip)`` writes the repeated ``KeyValue`` fields of a dict
+ * (its items in order, the keys in ``skip`` left out) as ``_otlp_encode._fields`` does: the
+ * same bytes, tested byte for byte against it. Only the plain case is handled: exact str
+ * keys (non-empty), values of exactly str, bool, int (64-bit), float or None. Anything else
+ * (a str subclass, a sequence, a lone surrogate, an int beyond 64 bits) returns None and the
+ * Python encoder does it as before, with its checks, reports and drops.
+ *
+ * Why C: in a request, the Python encoder is ~20 us of kiki's ~85 us, most of it L1 cache
+ * misses of code that runs once per request (docs/performance.md, eleventh round). This
+ * loop is ~1 KB of machine code. It runs no Python code and never releases the GIL, so a
+ * dict cannot change while it is read (the Python encoder copies it first for that).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef struct {
+    char *data;
+    Py_ssize_t size;
+    Py_ssize_t capacity;
+    char inline_data[1024];
+} Buffer;
+
+static int
+buffer_reserve(Buffer *buf, Py_ssize_t more)
+{
+    if (buf->size + more <= buf->capacity) {
+        return 0;
+    }
+    Py_ssize_t capacity = buf->capacity * 2;
+    while (capacity < buf->size + more) {
+        capacity *= 2;
+    }
+    char *data;
+    if (buf->data == buf->inline_data) {
+        data = PyMem_Malloc(capacity);
+        if (data != NULL) {
+            memcpy(data, buf->data, buf->size);
+        }
+    }
+    else {
+        data = PyMem_Realloc(buf->data, capacity);
+    }
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    buf->data = data;
+    buf->capacity = capacity;
+    return 0;
+}
+
+static void
+buffer_free(Buffer *buf)
+{
+    if (buf->data != buf->inline_data) {
+        PyMem_Free(buf->data);
+    }
+}
+
+static inline int
+varint_size(uint64_t value)
+{
+    int size = 1;
+    while (value > 127) {
+        value >>= 7;
+        size++;
+    }
+    return size;
+}
+
+static inline char *
+put_varint(char *out, uint64_t value)
+{
+    while (value > 127) {
+        *out++ = (char)((value & 0x7F) | 0x80);
+        value >>= 7;
+    }
+    *out++ = (char)value;
+    return out;
+}
+
+/* The AnyValue of one plain value: its kind, and what its body needs. */
+enum { ANY_NONE, ANY_BOOL, ANY_STR, ANY_INT, ANY_DOUBLE };
+
+typedef struct {
+    int kind;
+    const char *text; /* ANY_STR: UTF-8 */
+    Py_ssize_t text_size;
+    uint64_t number; /* ANY_BOOL, ANY_INT: the value (two's complement for ints) */
+    double real;     /* ANY_DOUBLE */
+    Py_ssize_t size; /* the AnyValue message's body size */
+} Value;
+
+/* 1: plain, filled in; 0: not plain (the Python encoder takes it); -1: error set. */
+static int
+read_value(PyObject *value, Value *out)
+{
+    PyTypeObject *type = Py_TYPE(value);
+    if (value == Py_None) {
+        out->kind = ANY_NONE;
+        out->size = 0;
+        return 1;
+    }
+    if (type == &PyBool_Type) {
+        out->kind = ANY_BOOL;
+        out->number = value == Py_True;
+        out->size = 2;
+        return 1;
+    }
+    if (type == &PyUnicode_Type) {
+        out->text = PyUnicode_AsUTF8AndSize(value, &out->text_size);
+        if (out->text == NULL) {
+            /* A lone surrogate: the Python encoder writes its escape. */
+            if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+                PyErr_Clear();
+                return 0;
+            }
+            return -1;
+        }
+        out->kind = ANY_STR;
+        out->size = 1 + varint_size((uint64_t)out->text_size) + out->text_size;
+        return 1;
+    }
+    if (type == &PyLong_Type) {
+        int overflow = 0;
+        long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow) {
+            return 0;
+        }
+        if (number == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        out->kind = ANY_INT;
+        out->number = (uint64_t)number;
+        out->size = 1 + varint_size(out->number);
+        return 1;
+    }
+    if (type == &PyFloat_Type) {
+        out->kind = ANY_DOUBLE;
+        out->real = PyFloat_AS_DOUBLE(value);
+        out->size = 9;
+        return 1;
+    }
+    return 0;
+}
+
+static char *
+put_value(char *out, const Value *value)
+{
+    switch (value->kind) {
+    case ANY_BOOL:
+        *out++ = 0x10;
+        *out++ = (char)value->number;
+        break;
+    case ANY_STR:
+        *out++ = 0x0A;
+        out = put_varint(out, (uint64_t)value->text_size);
+        memcpy(out, value->text, value->text_size);
+        out += value->text_size;
+        break;
+    case ANY_INT:
+        *out++ = 0x18;
+        out = put_varint(out, value->number);
+        break;
+    case ANY_DOUBLE:
+        *out++ = 0x21;
+        PyFloat_Pack8(value->real, out, 1);
+        out += 8;
+        break;
+    default: /* ANY_NONE: an empty AnyValue */
+        break;
+    }
+    return out;
+}
+
+/* 1: the field is written; 0: not plain; -1: error set. */
+typedef struct {
+    const char *data;
+    Py_ssize_t size;
+} Tag;
+
+static int
+put_field(Buffer *buf, Tag tag, PyObject *key, PyObject *value)
+{
+    if (Py_TYPE(key) != &PyUnicode_Type) {
+        return 0;
+    }
+    Py_ssize_t key_size;
+    const char *key_text = PyUnicode_AsUTF8AndSize(key, &key_size);
+    if (key_text == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+    if (key_size == 0) {
+        return 0;
+    }
+    Value any;
+    int plain = read_value(value, &any);
+    if (plain <= 0) {
+        return plain;
+    }
+    /* KeyValue: 1 key (string), 2 value (AnyValue, always present). */
+    Py_ssize_t body = 1 + varint_size((uint64_t)key_size) + key_size;
+    body += 1 + varint_size((uint64_t)any.size) + any.size;
+    if (buffer_reserve(buf, tag.size + varint_size((uint64_t)body) + body) < 0) {
+        return -1;
+    }
+    char *out = buf->data + buf->size;
+    memcpy(out, tag.data, tag.size);
+    out = put_varint(out + tag.size, (uint64_t)body);
+    *out++ = 0x0A;
+    out = put_varint(out, (uint64_t)key_size);
+    memcpy(out, key_text, key_size);
+    out += key_size;
+    *out++ = 0x12;
+    out = put_varint(out, (uint64_t)any.size);
+    out = put_value(out, &any);
+    buf->size = out - buf->data;
+    return 1;
+}
+
+/* The fields of a dict's items but skip: 1 written; 0 an item is not plain; -1 error. */
+static int
+put_fields(Buffer *buf, Tag tag, PyObject *mapping, PyObject *skip)
+{
+    int check_skip = skip != NULL && PySet_GET_SIZE(skip) > 0;
+    Py_ssize_t position = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(mapping, &position, &key, &value)) {
+        if (!PyUnicode_CheckExact(key)) {
+            return 0; /* before the skip lookup: hashing another type could run Python */
+        }
+        if (check_skip) {
+            int skipped = PySet_Contains(skip, key);
+            if (skipped != 0) {
+                if (skipped < 0) {
+                    return -1;
+                }
+                continue;
+            }
+        }
+        int written = put_field(buf, tag, key, value);
+        if (written <= 0) {
+            return written;
+        }
+    }
+    return 1;
+}
+
+static PyObject *
+finish(Buffer *buf, int written)
+{
+    PyObject *result = NULL;
+    if (written > 0) {
+        result = PyBytes_FromStringAndSize(buf->data, buf->size);
+    }
+    else if (written == 0) {
+        result = Py_NewRef(Py_None);
+    }
+    buffer_free(buf);
+    return result;
+}
+
+static int
+check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t expected)
+{
+    if (nargs != expected) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name, expected, nargs);
+        return 0;
+    }
+    return 1;
+}
+
+#define BUFFER_INIT(name) \
+    Buffer name = {.data = NULL, .size = 0, .capacity = sizeof(name.inline_data)}; \
+    name.data = name.inline_data
+
+static int
+check_skip(PyObject *skip)
+{
+    if (!PyAnySet_Check(skip)) {
+        PyErr_SetString(PyExc_TypeError, "skip must be a set or frozenset");
+        return -1;
+    }
+    return 0;
+}
+
+/* A field's tag and wire type, as the bytes the Python encoder uses (b"\x4a"...). */
+static int
+read_tag(PyObject *tag, Tag *out)
+{
+    if (!PyBytes_CheckExact(tag) || PyBytes_GET_SIZE(tag) < 1 || PyBytes_GET_SIZE(tag) > 5) {
+        PyErr_SetString(PyExc_TypeError, "tag must be bytes of 1 to 5 bytes (a varint)");
+        return -1;
+    }
+    out->data = PyBytes_AS_STRING(tag);
+    out->size = PyBytes_GET_SIZE(tag);
+    return 0;
+}
+
+static PyObject *
+encode_fields(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    Tag tag;
+    if (!check_nargs("encode_fields", nargs, 3) || read_tag(args[0], &tag) < 0
+        || check_skip(args[2]) < 0) {
+        return NULL;
+    }
+    if (!PyDict_CheckExact(args[1])) {
+        Py_RETURN_NONE;
+    }
+    BUFFER_INIT(buf);
+    return finish(&buf, put_fields(&buf, tag, args[1], args[2]));
+}
+
+/* An unsigned id of size bytes (16: a trace id, 8: a span id), big-endian. 1 / 0 / -1. */
+static int
+put_id(Buffer *buf, const char *head, PyObject *id, int size)
+{
+    if (!PyLong_CheckExact(id)) {
+        return 0;
+    }
+    if (buffer_reserve(buf, 2 + size) < 0) {
+        return -1;
+    }
+    unsigned char *out = (unsigned char *)buf->data + buf->size;
+    out[0] = (unsigned char)head[0];
+    out[1] = (unsigned char)head[1];
+#if PY_VERSION_HEX >= 0x030D0000
+    Py_ssize_t needed = PyLong_AsNativeBytes(
+        id, out + 2, size,
+        Py_ASNATIVEBYTES_BIG_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER
+            | Py_ASNATIVEBYTES_REJECT_NEGATIVE);
+    if (needed < 0) {
+        if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyErr_Clear();
+            return 0; /* negative: the Python encoder raises its OverflowError */
+        }
+        return -1;
+    }
+    if (needed > size) {
+        return 0; /* too big: the Python encoder raises its OverflowError */
+    }
+#else
+    if (_PyLong_AsByteArray((PyLongObject *)id, out + 2, size, 0, 0) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+#endif
+    buf->size += 2 + size;
+    return 1;
+}
+
+/* A field of a 64-bit time (tag, 8 bytes little-endian). 1 / 0 / -1. */
+static int
+put_fixed64(Buffer *buf, char tag, PyObject *value)
+{
+    if (!PyLong_CheckExact(value)) {
+        return 0;
+    }
+    unsigned long long number = PyLong_AsUnsignedLongLong(value);
+    if (number == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+    if (buffer_reserve(buf, 9) < 0) {
+        return -1;
+    }
+    char *out = buf->data + buf->size;
+    *out++ = tag;
+    for (int i = 0; i < 8; i++) {
+        *out++ = (char)((number >> (8 * i)) & 0xFF);
+    }
+    buf->size += 9;
+    return 1;
+}
+
+static int
+put_bytes(Buffer *buf, const char *data, Py_ssize_t size)
+{
+    if (buffer_reserve(buf, size) < 0) {
+        return -1;
+    }
+    memcpy(buf->data + buf->size, data, size);
+    buf->size += size;
+    return 1;
+}
+
+/* A length-delimited string field (tag, length, UTF-8). 1 / 0 / -1. */
+static int
+put_text(Buffer *buf, char tag, PyObject *text)
+{
+    if (!PyUnicode_CheckExact(text)) {
+        return 0;
+    }
+    Py_ssize_t size;
+    const char *data = PyUnicode_AsUTF8AndSize(text, &size);
+    if (data == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+    if (buffer_reserve(buf, 1 + varint_size((uint64_t)size) + size) < 0) {
+        return -1;
+    }
+    char *out = buf->data + buf->size;
+    *out++ = tag;
+    out = put_varint(out, (uint64_t)size);
+    memcpy(out, data, size);
+    buf->size = out + size - buf->data;
+    return 1;
+}
+
+static int
+put_small(Buffer *buf, char tag, long value)
+{
+    if (buffer_reserve(buf, 11) < 0) {
+        return -1;
+    }
+    char *out = buf->data + buf->size;
+    *out++ = tag;
+    out = put_varint(out, (uint64_t)value);
+    buf->size = out - buf->data;
+    return 1;
+}
+
+#define STEP(call) \
+    do { \
+        written = (call); \
+        if (written <= 0) { \
+            return finish(&buf, written); \
+        } \
+    } while (0)
+
+/* encode_span(trace_id, span_id, parent_span_id, parent_remote, name, kind, start, end,
+ *             attributes, status_code, status_description) -> bytes | None
+ *
+ * A span without trace state, events, links or dropped counts (the caller checks), as
+ * _otlp_encode._span_body writes it. parent_span_id: None for a root span; kind: the proto
+ * enum value; status_code: -1 for no status. */
+static PyObject *
+encode_span(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("encode_span", nargs, 11)) {
+        return NULL;
+    }
+    PyObject *parent = args[2], *name = args[4], *start = args[6], *end = args[7];
+    PyObject *attributes = args[8], *description = args[10];
+    int remote = PyObject_IsTrue(args[3]);
+    long kind = PyLong_AsLong(args[5]);
+    long status = PyLong_AsLong(args[9]);
+    if (remote < 0 || (kind == -1 && PyErr_Occurred()) || (status == -1 && PyErr_Occurred())) {
+        return NULL;
+    }
+    if (kind < 0 || kind > 127 || status < -1 || status > 127 || !PyDict_CheckExact(attributes)) {
+        Py_RETURN_NONE;
+    }
+    BUFFER_INIT(buf);
+    int written;
+    STEP(put_id(&buf, "\x0a\x10", args[0], 16));
+    STEP(put_id(&buf, "\x12\x08", args[1], 8));
+    int has_parent = parent != Py_None;
+    if (has_parent) {
+        STEP(put_id(&buf, "\x22\x08", parent, 8));
+    }
+    if (!PyUnicode_CheckExact(name)) {
+        return finish(&buf, 0);
+    }
+    if (PyUnicode_GET_LENGTH(name) > 0) {
+        STEP(put_text(&buf, 0x2A, name));
+    }
+    STEP(put_small(&buf, 0x30, kind));
+    if (PyObject_IsTrue(start) > 0) {
+        STEP(put_fixed64(&buf, 0x39, start));
+    }
+    if (PyObject_IsTrue(end) > 0) {
+        STEP(put_fixed64(&buf, 0x41, end));
+    }
+    STEP(put_fields(&buf, (Tag){"\x4a", 1}, attributes, NULL));
+    if (status >= 0) {
+        /* Status: 2 description, 3 code; present even when empty. */
+        Py_ssize_t mark = buf.size;
+        STEP(put_bytes(&buf, "\x7a\x00", 2));
+        if (description != Py_None && PyUnicode_CheckExact(description)
+            && PyUnicode_GET_LENGTH(description) > 0) {
+            STEP(put_text(&buf, 0x12, description));
+        }
+        else if (description != Py_None && !PyUnicode_CheckExact(description)) {
+            return finish(&buf, 0);
+        }
+        if (status > 0) {
+            STEP(put_small(&buf, 0x18, status));
+        }
+        Py_ssize_t body = buf.size - mark - 2;
+        if (body > 127) {
+            return finish(&buf, 0); /* a long description: the Python encoder frames it */
+        }
+        buf.data[mark + 1] = (char)body;
+    }
+    /* 16 flags (fixed32): HAS_IS_REMOTE, | IS_REMOTE for a remote parent. */
+    STEP(put_bytes(&buf, has_parent && remote ? "\x85\x01\x00\x03\x00\x00" : "\x85\x01\x00\x01\x00\x00", 6));
+    return finish(&buf, 1);
+}
+
+/* encode_log_event(timestamp, head, event, skip, trace_id, span_id, trace_flags)
+ *     -> bytes | None
+ *
+ * A log record emitted now, as _otlp_encode._emitted writes it: the time, the cached head
+ * (severity, its text, the body), the event's plain fields but skip, the span context's
+ * flags and ids, the time again as the observed time. */
+static PyObject *
+encode_log_event(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("encode_log_event", nargs, 7) || check_skip(args[3]) < 0) {
+        return NULL;
+    }
+    PyObject *timestamp = args[0], *head = args[1], *event = args[2];
+    PyObject *trace_id = args[4], *span_id = args[5];
+    if (!PyBytes_CheckExact(head) || !PyDict_CheckExact(event)) {
+        Py_RETURN_NONE;
+    }
+    long flags = PyLong_AsLong(args[6]);
+    if (flags == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (flags < 0 || flags > 255) {
+        Py_RETURN_NONE;
+    }
+    int has_time = PyObject_IsTrue(timestamp), has_trace = PyObject_IsTrue(trace_id);
+    int has_span = PyObject_IsTrue(span_id);
+    if (has_time < 0 || has_trace < 0 || has_span < 0) {
+        return NULL;
+    }
+    BUFFER_INIT(buf);
+    int written;
+    if (has_time) {
+        STEP(put_fixed64(&buf, 0x09, timestamp));
+    }
+    STEP(put_bytes(&buf, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head)));
+    STEP(put_fields(&buf, (Tag){"\x32", 1}, event, args[3]));
+    if (flags) {
+        char field[5] = {0x45, (char)flags, 0, 0, 0};
+        STEP(put_bytes(&buf, field, 5));
+    }
+    if (has_trace) {
+        STEP(put_id(&buf, "\x4a\x10", trace_id, 16));
+    }
+    if (has_span) {
+        STEP(put_id(&buf, "\x52\x08", span_id, 8));
+    }
+    if (has_time) {
+        STEP(put_fixed64(&buf, 0x59, timestamp));
+    }
+    return finish(&buf, 1);
+}
+
+static PyMethodDef speedups_methods[] = {
+    {"encode_fields", (PyCFunction)(void (*)(void))encode_fields, METH_FASTCALL,
+     "encode_fields(tag, mapping, skip) -> bytes | None\n\n"
+     "The repeated KeyValue fields (tag: the field's key bytes) of a dict's plain items but\n"
+     "skip, in order; None when an item is not plain (the Python encoder takes it)."},
+    {"encode_span", (PyCFunction)(void (*)(void))encode_span, METH_FASTCALL,
+     "encode_span(trace_id, span_id, parent_span_id, parent_remote, name, kind, start, end,\n"
+     "            attributes, status_code, status_description) -> bytes | None"},
+    {"encode_log_event", (PyCFunction)(void (*)(void))encode_log_event, METH_FASTCALL,
+     "encode_log_event(timestamp, head, event, skip, trace_id, span_id, trace_flags)\n"
+     "    -> bytes | None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "kiki_otel._speedups",
+    .m_doc = "The OTLP attribute encoder's common case in C (see _otlp_encode).",
+    .m_size = 0,
+    .m_methods = speedups_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModule_Create(&speedups_module);
+}

@@ -1,0 +1,30 @@
+"""Types of the C encoder (``_speedups.c``); see that file for what each function writes."""
+
+from collections.abc import Set
+from typing import Any
+
+def encode_fields(tag: bytes, mapping: Any, skip: Set[str], /) -> bytes | None: ...
+def encode_span(
+    trace_id: int,
+    span_id: int,
+    parent_span_id: int | None,
+    parent_remote: bool,
+    name: str,
+    kind: int,
+    start: int | None,
+    end: int | None,
+    attributes: Any,
+    status_code: int,
+    status_description: str | None,
+    /,
+) -> bytes | None: ...
+def encode_log_event(
+    timestamp: int,
+    head: bytes,
+    event: Any,
+    skip: Set[str],
+    trace_id: int,
+    span_id: int,
+    trace_flags: int,
+    /,
+) -> bytes | None: ...

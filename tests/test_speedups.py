@@ -1,0 +1,344 @@
+"""The C encoder (``kiki_otel._speedups``) writes the Python encoder's bytes, or hands back.
+
+Each function is compared with the Python path it replaces (``_otlp_encode`` with the C one
+switched off) over many generated inputs, including every case it must leave to Python
+(None: not plain) and the arguments it must refuse (a clear TypeError, nothing written).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from enum import StrEnum
+from typing import Any
+
+import pytest
+from opentelemetry.trace import SpanContext, SpanKind, StatusCode, TraceFlags
+from opentelemetry.trace.status import Status
+
+from kiki_otel import _otlp_encode
+
+speedups = pytest.importorskip("kiki_otel._speedups")
+
+_TAGS = (b"\x32", b"\x4a", b"\x0a", b"\xfa\x07")
+
+
+class _Key(StrEnum):
+    USER = "user"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> Iterator[None]:
+    _otlp_encode._field_cache.clear()
+    _otlp_encode._cached[0] = _otlp_encode._blocks_cached[0] = 0
+    yield
+    _otlp_encode._field_cache.clear()
+    _otlp_encode._cached[0] = _otlp_encode._blocks_cached[0] = 0
+
+
+@pytest.fixture
+def python_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_otlp_encode`` as it runs without the C module."""
+    for name in ("_native_fields", "_native_span", "_native_log_event"):
+        monkeypatch.setattr(_otlp_encode, name, None)
+
+
+def _plain_value(rng: random.Random) -> Any:
+    kind = rng.randrange(9)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.random() < 0.5
+    if kind == 2:
+        return rng.choice([0, 1, -1, 127, 128, 300, 16383, 16384, (1 << 63) - 1, -(1 << 63)])
+    if kind == 3:
+        return rng.randrange(-(1 << 63), 1 << 63)
+    if kind == 4:
+        return rng.choice([0.0, -0.0, 1.5, float("inf"), float("-inf"), float("nan"), 1e300])
+    if kind == 5:
+        return "".join(rng.choice("aé✓🚀x") for _ in range(rng.randrange(0, 140)))
+    if kind == 6:
+        return "x" * rng.choice([0, 1, 115, 116, 117, 118, 125, 126, 127, 128, 300, 20000])
+    return rng.choice(["GET", "/items/{id}", "", "grüße"])
+
+
+def _odd_value(rng: random.Random) -> Any:
+    """A value only the Python encoder takes (sequences, big ints, surrogates, subclasses)."""
+    return rng.choice(
+        [
+            ("a", "b"),
+            [1, 2],
+            1 << 64,
+            -(1 << 63) - 1,
+            "lone \ud800 surrogate",
+            _Key.USER,
+            b"raw",
+            {"nested": 1},
+            object(),
+        ]
+    )
+
+
+def _mapping(rng: random.Random, odd: bool) -> dict[Any, Any]:
+    keys = ["http.request.method", "url.path", "k" * rng.randrange(1, 130), "é", "status"]
+    mapping: dict[Any, Any] = {}
+    for i in range(rng.randrange(0, 12)):
+        mapping[f"{rng.choice(keys)}{i}"] = _plain_value(rng)
+    if odd:
+        position = rng.randrange(len(mapping) + 1)
+        items = list(mapping.items())
+        key: Any = rng.choice(["odd", "", _Key.USER, 3, "\ud800"])
+        items.insert(position, (key, _odd_value(rng) if key == "odd" else "v"))
+        mapping = dict(items)
+    return mapping
+
+
+def _python_fields(tag: bytes, mapping: dict[Any, Any], skip: frozenset[str]) -> bytes | None:
+    native = _otlp_encode._native_fields
+    _otlp_encode._native_fields = None
+    try:
+        return _otlp_encode._fields(tag, mapping, skip, True)
+    finally:
+        _otlp_encode._native_fields = native
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fields_are_the_python_encoders_bytes(seed: int) -> None:
+    """Plain dicts: the same bytes (floats' signed zeros and NaNs, every varint length
+    class, multi-byte UTF-8, two-byte tags); not plain: None, where the strict Python
+    encoder gives up too."""
+    rng = random.Random(seed)
+    for _ in range(200):
+        odd = rng.random() < 0.3
+        mapping = _mapping(rng, odd)
+        skip = frozenset(rng.sample(sorted(map(str, mapping)), k=min(2, len(mapping))))
+        tag = rng.choice(_TAGS)
+        got = speedups.encode_fields(tag, mapping, skip)
+        expected = _python_fields(tag, mapping, skip)
+        if got is None:
+            assert odd, mapping  # a plain dict is always written
+        else:
+            assert got == expected, mapping
+
+
+def test_fields_leave_non_dicts_and_odd_items_to_python() -> None:
+    """A Mapping that is not a dict (its methods are Python code), and each kind of item
+    the Python encoder must check, convert or report."""
+    from collections import OrderedDict, UserDict
+
+    skip: frozenset[str] = frozenset()
+    assert speedups.encode_fields(b"\x32", UserDict({"a": 1}), skip) is None
+    assert speedups.encode_fields(b"\x32", OrderedDict({"a": 1}), skip) is None
+    assert speedups.encode_fields(b"\x32", {}, skip) == b""
+    for item in (
+        {"": "empty key"},
+        {3: "int key"},
+        {_Key.USER: "str-enum key"},
+        {"\ud800": "surrogate key"},
+        {"v": "\udfff"},
+        {"v": 1 << 63},
+        {"v": -(1 << 63) - 1},
+        {"v": _Key.USER},
+        {"v": ("a",)},
+        {"v": b"x"},
+    ):
+        assert speedups.encode_fields(b"\x32", {"before": 1, **item}, skip) is None, item
+    # skipped items are not looked at: the record's own fields may be anything
+    assert speedups.encode_fields(b"\x32", {"v": 1 << 70}, frozenset({"v"})) == b""
+
+
+def test_a_key_whose_hash_runs_python_is_never_hashed() -> None:
+    """The skip lookup hashes a key; a key type other than str (whose ``__hash__`` could
+    change the dict being read) hands back to Python before that."""
+    calls = []
+
+    class Key:
+        def __hash__(self) -> int:
+            calls.append(1)
+            return 1
+
+    mapping: dict[Any, Any] = {"a": 1}
+    mapping[Key()] = 2
+    calls.clear()
+    assert speedups.encode_fields(b"\x32", mapping, frozenset({"x"})) is None
+    assert calls == []
+
+
+def test_bad_arguments_are_refused_clearly() -> None:
+    with pytest.raises(TypeError, match="takes 3 arguments"):
+        speedups.encode_fields(b"\x32", {})
+    with pytest.raises(TypeError, match="tag must be bytes"):
+        speedups.encode_fields(0x32, {}, frozenset())
+    with pytest.raises(TypeError, match="tag must be bytes"):
+        speedups.encode_fields(b"", {}, frozenset())
+    with pytest.raises(TypeError, match="skip must be a set"):
+        speedups.encode_fields(b"\x32", {}, ["a"])
+    with pytest.raises(TypeError, match="takes 11 arguments"):
+        speedups.encode_span(1, 2)
+    with pytest.raises(TypeError, match="takes 7 arguments"):
+        speedups.encode_log_event(1, b"", {}, frozenset(), 1, 2)
+    with pytest.raises(TypeError, match="skip must be a set"):
+        speedups.encode_log_event(1, b"", {}, None, 1, 2, 1)
+
+
+def _span_args(rng: random.Random) -> dict[str, Any]:
+    remote = rng.random() < 0.5
+    parent = (
+        None
+        if rng.random() < 0.3
+        else SpanContext(
+            rng.randrange(1, 1 << 128),
+            rng.randrange(1, 1 << 64),
+            is_remote=remote,
+            trace_flags=TraceFlags(1),
+        )
+    )
+    code = rng.choice([StatusCode.UNSET, StatusCode.OK, StatusCode.ERROR])
+    description = rng.choice([None, "", "boom", "é" * 70]) if code is StatusCode.ERROR else None
+    return {
+        "context": SpanContext(
+            rng.choice([1, rng.randrange(1, 1 << 128), (1 << 128) - 1]),
+            rng.choice([1, rng.randrange(1, 1 << 64), (1 << 64) - 1]),
+            is_remote=False,
+            trace_flags=TraceFlags(1),
+        ),
+        "parent": parent,
+        "name": rng.choice(["GET /items/{id}", "", "é" * 200, "HTTP"]),
+        "kind": rng.choice(list(SpanKind)),
+        "start_time": rng.choice([None, 0, 1, 1_700_000_000_123_456_789, (1 << 64) - 1]),
+        "end_time": rng.choice([None, 0, 1_700_000_000_223_456_789]),
+        "attributes": _mapping(rng, False),
+        "status": Status(code, description),
+    }
+
+
+def _span_body(args: dict[str, Any]) -> bytes:
+    return _otlp_encode._span_body(
+        args["context"],
+        args["parent"],
+        args["name"],
+        args["kind"],
+        args["start_time"],
+        args["end_time"],
+        args["attributes"],
+        0,
+        (),
+        0,
+        (),
+        0,
+        args["status"],
+    )
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_span_is_the_python_encoders_bytes(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random ids at their extremes, remote and local parents or none, long names and
+    descriptions, every kind and status, with and without times: the same bytes."""
+    rng = random.Random(seed)
+    calls = []
+    native_span = _otlp_encode._native_span
+    assert native_span is not None
+
+    def counting(*args: Any) -> bytes | None:
+        result = native_span(*args)
+        calls.append(result is not None)
+        return result
+
+    for _ in range(100):
+        args = _span_args(rng)
+        monkeypatch.setattr(_otlp_encode, "_native_span", counting)
+        got = _span_body(args)
+        monkeypatch.setattr(_otlp_encode, "_native_span", None)
+        monkeypatch.setattr(_otlp_encode, "_native_fields", None)
+        assert got == _span_body(args), args
+        monkeypatch.undo()
+        # written in C, but for a status too long for a one-byte length (Python frames it)
+        long_status = len((args["status"].description or "").encode()) + 4 > 127
+        assert calls.pop() is not long_status, args
+
+
+def test_span_leaves_odd_values_to_python() -> None:
+    base = (1, 2, None, False, "n", 2, 1, 2, {}, 0, None)
+    assert speedups.encode_span(*base) is not None
+    for index, value in (
+        (0, -1),  # a negative id
+        (0, 1 << 128),  # beyond 16 bytes
+        (1, 1 << 64),
+        (2, 1 << 64),
+        (4, "\ud800"),
+        (4, _Key.USER),
+        (6, 1 << 64),  # a time beyond 64 bits
+        (8, {"v": (1,)}),
+        (10, 3),  # a description that is not a str
+    ):
+        args = list(base)
+        args[index] = value
+        assert speedups.encode_span(*args) is None, (index, value)
+    # a status description too long for a one-byte length: framed by Python
+    assert speedups.encode_span(*base[:9], 2, "x" * 200) is None
+
+
+def test_log_event_is_the_python_encoders_bytes(python_encoder: None) -> None:
+    """The record's time, the cached head, the event's fields but the record's own, flags
+    and ids: the bytes ``_emitted`` writes, for ids and times at their extremes."""
+    from opentelemetry._logs import SeverityNumber
+
+    from kiki_otel._logging import _RECORD_FIELDS
+
+    rng = random.Random(7)
+    for _ in range(300):
+        event = {"event": "http.request", "level": "info", **_mapping(rng, False)}
+        timestamp = rng.choice([0, 1, 1_700_000_000_123_456_789, (1 << 64) - 1])
+        trace_id = rng.choice([0, 1, rng.randrange(1 << 128), (1 << 128) - 1])
+        span_id = rng.choice([0, rng.randrange(1 << 64), (1 << 64) - 1])
+        flags = rng.choice([0, 1])
+        head = _otlp_encode._head(SeverityNumber.INFO, "INFO", "http.request")
+        got = speedups.encode_log_event(
+            timestamp, head, event, _RECORD_FIELDS, trace_id, span_id, flags
+        )
+        expected = _otlp_encode.encode_log_event(
+            timestamp,
+            SeverityNumber.INFO,
+            "INFO",
+            "http.request",
+            event,
+            _RECORD_FIELDS,
+            trace_id,
+            span_id,
+            flags,
+            None,
+            None,
+        )
+        assert expected is not None
+        assert got == expected.payload
+
+
+def test_log_event_leaves_odd_values_to_python() -> None:
+    skip = frozenset({"event"})
+    assert speedups.encode_log_event(1, b"", {"a": 1}, skip, 1, 2, 1) is not None
+    assert speedups.encode_log_event(1, b"", {"a": (1,)}, skip, 1, 2, 1) is None
+    assert speedups.encode_log_event(1, b"", {"a": 1}, skip, 1 << 128, 2, 1) is None
+    assert speedups.encode_log_event(1, b"", {"a": 1}, skip, 1, 2, 256) is None
+    assert speedups.encode_log_event(1 << 64, b"", {"a": 1}, skip, 1, 2, 1) is None
+    assert speedups.encode_log_event(1, "head", {"a": 1}, skip, 1, 2, 1) is None
+
+
+def test_long_output_grows_past_the_inline_buffer() -> None:
+    """Fields past the 1 KB stack buffer move to the heap, byte for byte."""
+    mapping = {f"k{i}": "v" * (i * 37 % 3000) for i in range(200)}
+    got = speedups.encode_fields(b"\x4a", mapping, frozenset())
+    assert got == _python_fields(b"\x4a", mapping, frozenset())
+    assert len(got) > 200_000
+
+
+def test_the_switch_turns_the_c_encoder_off() -> None:
+    """``KIKI_OTEL_NO_SPEEDUPS=1``: the pure-Python encoder, for a bug report or a benchmark."""
+    code = "import kiki_otel._otlp_encode as e; print(e._native is None, e._native_span is None)"
+    env = {**os.environ, "KIKI_OTEL_NO_SPEEDUPS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["True", "True"]
