@@ -1,16 +1,19 @@
-/* kiki_otel._speedups: the OTLP attribute encoder's common case, in C.
+/* kiki_otel._speedups: the OTLP encoder's common case, in C.
  *
  * ``encode_fields(tag, mapping, skip)`` writes the repeated ``KeyValue`` fields of a dict
- * (its items in order, the keys in ``skip`` left out) as ``_otlp_encode._fields`` does: the
- * same bytes, tested byte for byte against it. Only the plain case is handled: exact str
- * keys (non-empty), values of exactly str, bool, int (64-bit), float or None. Anything else
- * (a str subclass, a sequence, a lone surrogate, an int beyond 64 bits) returns None and the
- * Python encoder does it as before, with its checks, reports and drops.
+ * (its items in order, the keys in ``skip`` left out) as ``_otlp_encode._fields`` does;
+ * ``encode_span`` a span without trace state, events or links as ``_span_body`` does;
+ * ``encode_log_event`` a log event's record as ``_emitted`` does. The same bytes, tested
+ * byte for byte against them. Only the plain case is handled: exact str keys, values of
+ * exactly str, bool, int (64-bit), float or None. Anything else (a str subclass, a
+ * sequence, a lone surrogate, an int beyond 64 bits) returns None and the Python encoder
+ * does it as before, with its checks, reports and drops.
  *
- * Why C: in a request, the Python encoder is ~20 us of kiki's ~85 us, most of it L1 cache
- * misses of code that runs once per request (docs/performance.md, eleventh round). This
- * loop is ~1 KB of machine code. It runs no Python code and never releases the GIL, so a
- * dict cannot change while it is read (the Python encoder copies it first for that).
+ * Why C: in a request, the Python encoder was ~20 us of kiki's ~84 us, most of it L1 cache
+ * misses of code that runs once per request (docs/performance.md, eleventh round); this is
+ * a few KB of machine code. It runs no Python code while it reads a dict and never
+ * releases the GIL, so the dict cannot change under it (the Python encoder copies it
+ * first for that).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -177,12 +180,13 @@ put_value(char *out, const Value *value)
     return out;
 }
 
-/* 1: the field is written; 0: not plain; -1: error set. */
+/* A field's tag and wire type, as bytes (b"\x4a", b"\xfa\x07"). */
 typedef struct {
     const char *data;
     Py_ssize_t size;
 } Tag;
 
+/* 1: the field is written; 0: not plain; -1: error set. */
 static int
 put_field(Buffer *buf, Tag tag, PyObject *key, PyObject *value)
 {
