@@ -63,6 +63,17 @@ def test_encode_512_spans_kiki(benchmark: Any, server_spans: list[Any]) -> None:
     benchmark(encode_spans, server_spans)
 
 
+def test_encode_512_spans_kiki_pure(
+    benchmark: Any, server_spans: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same without the C encoder (``KIKI_OTEL_NO_SPEEDUPS=1``): the Python one alone."""
+    from kiki_otel import _otlp_encode
+
+    for name in ("_native_fields", "_native_span", "_native_log_event"):
+        monkeypatch.setattr(_otlp_encode, name, None)
+    benchmark(encode_spans, server_spans)
+
+
 def test_encode_512_spans_official(benchmark: Any, server_spans: list[Any]) -> None:
     benchmark(lambda: official(server_spans).SerializeToString())
 
