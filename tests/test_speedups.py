@@ -342,3 +342,36 @@ def test_the_switch_turns_the_c_encoder_off() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["True", "True"]
+
+
+def test_a_dict_changed_by_another_thread_is_read_whole() -> None:
+    """The C encoder keeps the GIL and runs no Python code while it reads a dict, so a
+    thread changing the dict meanwhile can only be seen before or after: every output is
+    the encoding of one state the dict was in, never a mix (the Python encoder copies the
+    dict first for the same guarantee)."""
+    import threading
+
+    states: list[dict[str, Any]] = [{"a": 1, "b": "bee"}, {"a": 1, "c": 2.5}, {}]
+    valid = {speedups.encode_fields(b"\x32", state, frozenset()) for state in states}
+    shared: dict[str, Any] = dict(states[0])
+    stop = threading.Event()
+
+    def flip() -> None:
+        i = 0
+        while not stop.is_set():
+            shared.clear()  # {} until the update: a state of its own
+            shared.update(states[i % 2])
+            i += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over between (almost) every two bytecodes
+    thread = threading.Thread(target=flip)
+    thread.start()
+    try:
+        seen = {speedups.encode_fields(b"\x32", shared, frozenset()) for _ in range(20_000)}
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert seen <= valid
+    assert len(seen) > 1  # the other thread did change it meanwhile
