@@ -86,6 +86,22 @@ put_varint(char *out, uint64_t value)
     return out;
 }
 
+/* The UTF-8 of an exact str: 1 read; 0 a lone surrogate, invalid in UTF-8 and so in
+ * protobuf (the Python encoder writes its escape); -1 another error, set. */
+static int
+read_utf8(PyObject *text, const char **data, Py_ssize_t *size)
+{
+    *data = PyUnicode_AsUTF8AndSize(text, size);
+    if (*data != NULL) {
+        return 1;
+    }
+    if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+}
+
 /* The AnyValue of one plain value: its kind, and what its body needs. */
 enum { ANY_NONE, ANY_BOOL, ANY_STR, ANY_INT, ANY_DOUBLE };
 
@@ -115,14 +131,9 @@ read_value(PyObject *value, Value *out)
         return 1;
     }
     if (type == &PyUnicode_Type) {
-        out->text = PyUnicode_AsUTF8AndSize(value, &out->text_size);
-        if (out->text == NULL) {
-            /* A lone surrogate: the Python encoder writes its escape. */
-            if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
-                PyErr_Clear();
-                return 0;
-            }
-            return -1;
+        int read = read_utf8(value, &out->text, &out->text_size);
+        if (read <= 0) {
+            return read;
         }
         out->kind = ANY_STR;
         out->size = 1 + varint_size((uint64_t)out->text_size) + out->text_size;
@@ -194,16 +205,13 @@ put_field(Buffer *buf, Tag tag, PyObject *key, PyObject *value)
         return 0;
     }
     Py_ssize_t key_size;
-    const char *key_text = PyUnicode_AsUTF8AndSize(key, &key_size);
-    if (key_text == NULL) {
-        if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
-            PyErr_Clear();
-            return 0;
-        }
-        return -1;
+    const char *key_text;
+    int read = read_utf8(key, &key_text, &key_size);
+    if (read <= 0) {
+        return read;
     }
     if (key_size == 0) {
-        return 0;
+        return 0; /* an empty key: the Python encoder's to write or refuse */
     }
     Value any;
     int plain = read_value(value, &any);
@@ -411,13 +419,10 @@ put_text(Buffer *buf, char tag, PyObject *text)
         return 0;
     }
     Py_ssize_t size;
-    const char *data = PyUnicode_AsUTF8AndSize(text, &size);
-    if (data == NULL) {
-        if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
-            PyErr_Clear();
-            return 0;
-        }
-        return -1;
+    const char *data;
+    int read = read_utf8(text, &data, &size);
+    if (read <= 0) {
+        return read;
     }
     if (buffer_reserve(buf, 1 + varint_size((uint64_t)size) + size) < 0) {
         return -1;
