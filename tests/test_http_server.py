@@ -975,3 +975,124 @@ async def test_an_apps_own_request_id_header_gives_way_to_ours(memory: Memory, n
     assert response.headers.get_list("x-request-id") == [format(span.context.trace_id, "032x")]
     names = [k.lower() for k, _ in response.headers.raw]
     assert names.index(b"x-kept") < names.index(b"x-after") < names.index(b"x-request-id")
+
+
+def _turn_app() -> FastAPI:
+    """Each request binds its own structlog variable, so a line finished later must still
+    carry its own request's context."""
+    import structlog
+
+    app = FastAPI()
+
+    @app.get("/n/{n}")
+    async def numbered(n: int) -> dict[str, int]:
+        structlog.contextvars.bind_contextvars(n=n)
+        if n < 0:
+            raise ValueError("negative")
+        return {"n": n}
+
+    kiki_otel.configure(app, service_name="svc-test", metrics_exporter="none")
+    return app
+
+
+async def _serve(app: FastAPI, n: int) -> str:
+    """One request to ``/n/{n}``, driven as an ASGI server does; its request id."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(asgi_scope(f"/n/{n}"), receive, send)
+    return str(dict(sent[0]["headers"])[b"x-request-id"].decode())
+
+
+async def _in_one_turn(app: FastAPI, numbers: list[int]) -> list[str]:
+    """These requests, each in a task of its own as a server runs them, all started and
+    ended in one turn of the event loop (nothing in them suspends); their request ids.
+    The caller resumes in that same turn, after them."""
+    tasks = [asyncio.create_task(_serve(app, n)) for n in numbers]
+    await asyncio.sleep(0)
+    assert all(task.done() for task in tasks)
+    return [task.result() for task in tasks]
+
+
+async def test_requests_ending_in_one_turn_are_finished_together_at_the_next(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first request to end in a turn of the event loop is finished at once; the
+    others that end in the same turn are finished at the start of the next one, in the
+    order they ended, each with its own ids, bound variables and end time."""
+    app = _turn_app()
+    capsys.readouterr()
+    ids = await _in_one_turn(app, [1, 2, 3])
+    assert len(server_spans(memory)) == 1  # the first, at once
+    first = [line for line in log_lines(capsys.readouterr().out) if line["event"] == "http.request"]
+    assert [line["request_id"] for line in first] == ids[:1]
+    await asyncio.sleep(0)  # the next turn
+    spans = server_spans(memory)
+    assert [format(s.context.trace_id, "032x") for s in spans] == ids
+    lines = [line for line in log_lines(capsys.readouterr().out) if line["event"] == "http.request"]
+    assert [(line["request_id"], line["n"], line["path"]) for line in lines] == [
+        (ids[1], 2, "/n/2"),
+        (ids[2], 3, "/n/3"),
+    ]
+    ends = [s.end_time for s in spans]
+    assert ends == sorted(ends)  # taken when each ended, not when it was finished
+
+
+async def test_a_lone_request_is_finished_at_once(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One request a turn (a quiet service), and requests served one after the other in
+    one task (a test's client, in one turn or not): each span and line is out before the
+    caller goes on, as they always were."""
+    app = _turn_app()
+    await _in_one_turn(app, [1])
+    assert len(server_spans(memory)) == 1
+    await asyncio.sleep(0)  # a turn of its own for the rest
+    for n in (2, 3, 4):  # one task, no suspension between them: one turn
+        await _serve(app, n)
+        assert len(server_spans(memory)) == n
+    lines = [line for line in log_lines(capsys.readouterr().out) if line["event"] == "http.request"]
+    assert [line["n"] for line in lines] == [1, 2, 3, 4]
+
+
+async def test_a_long_turn_is_finished_in_batches_of_eight(memory: Memory) -> None:
+    """Past eight waiting, a turn's ended requests are finished in one go at once, so one
+    turn never holds the loop for more than a batch."""
+    from kiki_otel import _http_server
+
+    app = _turn_app()
+    ids = await _in_one_turn(app, list(range(1 + _http_server._BATCH_MAX + 1)))
+    assert len(server_spans(memory)) == 1 + _http_server._BATCH_MAX
+    await asyncio.sleep(0)
+    assert [format(s.context.trace_id, "032x") for s in server_spans(memory)] == ids
+
+
+async def test_a_failure_in_a_batch_costs_only_its_request(
+    memory: Memory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request whose telemetry fails (here its access line) is reported; the others in
+    its batch are finished, and the app's own exception still reached the server."""
+    from kiki_otel._access_log import DirectAccessLog
+
+    real = DirectAccessLog.__call__
+
+    def failing(self: DirectAccessLog, method: Any, path: str, *rest: Any) -> None:
+        if path == "/n/2":
+            raise RuntimeError("line failed")
+        real(self, method, path, *rest)
+
+    monkeypatch.setattr(DirectAccessLog, "__call__", failing)
+    app = _turn_app()
+    capsys.readouterr()
+    ids = await _in_one_turn(app, [1, 2, 3])
+    await asyncio.sleep(0)
+    assert [format(s.context.trace_id, "032x") for s in server_spans(memory)] == ids
+    lines = log_lines(capsys.readouterr().out)
+    assert [line["n"] for line in lines if line["event"] == "http.request"] == [1, 3]
+    (failed,) = [line for line in lines if line["event"] == "http.telemetry.failed"]
+    assert "line failed" in failed["error"]
