@@ -9,8 +9,6 @@ too. Pure ASGI (not ``BaseHTTPMiddleware``) so context variables flow into the a
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import re
 import time
 import traceback
@@ -74,9 +72,6 @@ _LAST_MESSAGE = frozenset({"http.response.body", "http.response.pathsend"})
 _NAME, _LOWER = itemgetter(0), methodcaller("lower")
 """A header's name, lowercased: looked for in C among the app's response headers."""
 _FASTAPI_NATIVE_KEY = "fastapi.telemetry"
-_BATCH_MAX = 8
-"""Ended requests finished in one go: enough to run warm (2 or 4 were not: eleventh
-round), few enough not to hold the event loop long (32 did: the p99 went to 4-7x)."""
 _TRACED_KEY = "kiki_otel.traced"
 """Set in the scope by the outermost kiki middleware: one kiki inside another (a mounted
 sub-app configured too) passes the request through, so there is one span and one id."""
@@ -226,8 +221,6 @@ class ServerTelemetry:
         self._client_id_max = http.client_request_id_max_length
         self._access_log = access_log() if http.access_log else None
         self._warn = RateLimitedLog(OwnLogger("kiki_otel.http"), interval=10.0)
-        self._batch: list[tuple[contextvars.Context, tuple[Any, ...]]] | None = None
-        self._batch_task: object = None  # the task that ended the first request of the turn
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
@@ -416,78 +409,13 @@ class ServerTelemetry:
         finally:
             try:
                 self._active.done(active_key)
-                self._end(scope, span, state, error, start, active_attrs)
+                self._finish(scope, span, state, error, start, active_attrs)
             except Exception as failure:  # never replace the app's outcome, never leak ids
-                self._failed(failure)
+                # (never raises: kiki's own lines survive a chain that fails them)
+                self._warn.warning("http.telemetry.failed", error=safe_repr(failure)[:200])
             finally:
                 client_request_id.reset(client_token)
                 otel_context.detach(token)
-
-    def _end(
-        self,
-        scope: Scope,
-        span: Span,
-        state: _Request,
-        error: BaseException | None,
-        start: float,
-        active_attrs: dict[str, Any],
-    ) -> None:
-        """Finish the request's telemetry now, or with the others that end in this turn.
-
-        The span's end, the metric, the access line and its record run cold at the end of
-        a request on a busy server: between two requests the server's own work (parsing,
-        the event loop, other connections) has taken the CPU caches. Run for several
-        requests in a row, the first warms them for the rest: through uvicorn, 15-40 us
-        less CPU a request (docs/performance.md, eleventh round). So the first request to
-        end in a turn of the event loop is finished at once, as a lone request always is
-        (a quiet service); the others that other tasks end in the same turn (a server runs
-        each request in a task of its own, and a busy one ends up to one per connection in
-        a turn) are finished together at the start of the next, in the order they ended,
-        each in its own context (its ids, its bound variables) and with its end times
-        taken when it ended. Requests served one after the other in one task (a test's
-        client) are finished at once, each.
-        """
-        if not state.sent:  # its duration and end time are now, whenever it is finished
-            state.sent, state.sent_ns = time.perf_counter(), time.time_ns()
-        item = (scope, span, state, error, start, active_attrs)
-        batch = self._batch
-        if batch is not None and asyncio.current_task() is not self._batch_task:
-            batch.append((contextvars.copy_context(), item))
-            if len(batch) >= _BATCH_MAX:  # a long turn: these now, in one go; then more
-                self._batch = []
-                self._finish_each(batch)
-            return
-        if batch is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # another event loop (trio): no batches
-                self._finish(*item)
-                return
-            self._batch = []
-            self._batch_task = asyncio.current_task()
-            # in an empty context: the handle must not keep this request's span alive
-            loop.call_soon(self._finish_batch, context=contextvars.Context())
-        self._finish(*item)
-
-    def _finish_batch(self) -> None:
-        """Finish the requests that ended after the first in the last turn, in order."""
-        batch, self._batch = self._batch, None
-        self._batch_task = None
-        self._finish_each(batch or [])
-
-    def _finish_each(self, batch: list[tuple[contextvars.Context, tuple[Any, ...]]]) -> None:
-        for context, item in batch:
-            context.run(self._finish_reported, *item)
-
-    def _finish_reported(self, *item: Any) -> None:
-        try:
-            self._finish(*item)
-        except Exception as failure:  # one request's failure must not cost the others'
-            self._failed(failure)
-
-    def _failed(self, failure: Exception) -> None:
-        # (never raises: kiki's own lines survive a chain that fails them)
-        self._warn.warning("http.telemetry.failed", error=safe_repr(failure)[:200])
 
     def _response_headers(
         self, trace_id: str, span_id: str, sampled: int
