@@ -86,11 +86,15 @@ put_varint(char *out, uint64_t value)
     return out;
 }
 
-/* The UTF-8 of an exact str: 1 read; 0 a lone surrogate, invalid in UTF-8 and so in
- * protobuf (the Python encoder writes its escape); -1 another error, set. */
+/* The UTF-8 of an exact str: 1 read; 0 not an exact str (a subclass may encode itself
+ * otherwise), or a lone surrogate, invalid in UTF-8 and so in protobuf (the Python
+ * encoder writes its escape); -1 another error, set. */
 static int
 read_utf8(PyObject *text, const char **data, Py_ssize_t *size)
 {
+    if (!PyUnicode_CheckExact(text)) {
+        return 0;
+    }
     *data = PyUnicode_AsUTF8AndSize(text, size);
     if (*data != NULL) {
         return 1;
@@ -201,9 +205,6 @@ typedef struct {
 static int
 put_field(Buffer *buf, Tag tag, PyObject *key, PyObject *value)
 {
-    if (Py_TYPE(key) != &PyUnicode_Type) {
-        return 0;
-    }
     Py_ssize_t key_size;
     const char *key_text;
     int read = read_utf8(key, &key_text, &key_size);
@@ -415,9 +416,6 @@ put_bytes(Buffer *buf, const char *data, Py_ssize_t size)
 static int
 put_text(Buffer *buf, char tag, PyObject *text)
 {
-    if (!PyUnicode_CheckExact(text)) {
-        return 0;
-    }
     Py_ssize_t size;
     const char *data;
     int read = read_utf8(text, &data, &size);
