@@ -15,12 +15,14 @@ the line goes through structlog as before (:class:`StructlogAccessLog`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import structlog
 
 from ._context import client_request_id, current_span_context, hex_ids
-from ._logging import add_timestamp, get_logger, installed_chain, structure_exception
+from ._json import json_dumps
+from ._logging import get_logger, installed_chain, iso_timestamp, structure_exception
 
 __all__ = ["ACCESS_EVENT", "ACCESS_LOGGER", "AccessLog", "access_log"]
 
@@ -81,6 +83,17 @@ class DirectAccessLog:
         self._info = chain.min_level <= logging.INFO
         self._error = chain.min_level <= logging.ERROR
         self._merge = structlog.contextvars.merge_contextvars
+        # structlog's JSON renderer over kiki's serializer: its call, without its frame
+        renderer = chain.renderer
+        self._dumps: Callable[..., bytes] | None = None
+        self._default: object = None
+        if (
+            type(renderer) is structlog.processors.JSONRenderer
+            and getattr(renderer, "_dumps", None) is json_dumps
+            and set(getattr(renderer, "_dumps_kw", ())) == {"default"}
+        ):
+            self._dumps = json_dumps
+            self._default = renderer._dumps_kw["default"]
 
     def __call__(
         self,
@@ -112,7 +125,8 @@ class DirectAccessLog:
             "logger": ACCESS_LOGGER,
             "level": level,
         }
-        add_timestamp(None, level, event)
+        now = time.time_ns()  # the line's timestamp and its record's
+        event["timestamp"] = iso_timestamp(now)
         self._merge(None, level, event)
         # The current span, as add_correlation and the OTel record take it: the request
         # span, unless the app left one of its own current.
@@ -128,8 +142,12 @@ class DirectAccessLog:
         if "exc_info" in event:  # only a context variable can bring it
             structure_exception(None, level, event)
         if chain.emitter is not None:
-            chain.emitter.emit_current(level, event, span_context)
-        chain.output.write(chain.renderer(None, level, event))  # type: ignore[arg-type]
+            chain.emitter.emit_current(level, event, span_context, ACCESS_LOGGER, now)
+        dumps = self._dumps
+        if dumps is not None:
+            chain.output.write(dumps(event, self._default))
+        else:
+            chain.output.write(chain.renderer(None, level, event))  # type: ignore[arg-type]
 
 
 def access_log() -> AccessLog:

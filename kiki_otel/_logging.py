@@ -92,15 +92,20 @@ def add_timestamp(_logger: WrappedLogger, _method: str, event_dict: EventDict) -
     (no fraction when the microseconds are 0), ``Z`` for UTC; the date/time part is
     formatted once per second instead of per line.
     """
+    event_dict["timestamp"] = iso_timestamp(time.time_ns())
+    return event_dict
+
+
+def iso_timestamp(time_ns: int) -> str:
+    """:func:`add_timestamp`'s text for a ``time.time_ns()`` reading."""
     global _second_prefix
-    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    seconds, nanos = divmod(time_ns, 1_000_000_000)
     cached_second, prefix = _second_prefix
     if cached_second != seconds:
         prefix = datetime.fromtimestamp(seconds, UTC).isoformat()[:19]
         _second_prefix = (seconds, prefix)
     micros = nanos // 1000
-    event_dict["timestamp"] = f"{prefix}.{micros:06d}Z" if micros else f"{prefix}Z"
-    return event_dict
+    return f"{prefix}.{micros:06d}Z" if micros else f"{prefix}Z"
 
 
 def add_correlation(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
@@ -218,16 +223,24 @@ class OTelEmitter:
             local.state = _IDLE
         return event_dict
 
-    def emit_current(self, level: str, event_dict: EventDict, span_context: SpanContext) -> None:
+    def emit_current(
+        self,
+        level: str,
+        event_dict: EventDict,
+        span_context: SpanContext,
+        name: str,
+        timestamp: int,
+    ) -> None:
         """``self(None, level, event_dict)``, for a caller holding the current span context.
 
-        The access line's path: its logger is exported and it runs on a request thread, so
-        once this thread's state and its logger's entry are known, the record goes straight
-        to the direct path (the emitter's own checks, fewer calls); anything else takes
-        :meth:`__call__`.
+        The access line's path: its logger (``name``, the event's ``logger``) is exported
+        and it runs on a request thread, so once this thread's state and its logger's entry
+        are known, the record goes straight to the direct path (the emitter's own checks,
+        fewer calls); anything else takes :meth:`__call__`. ``timestamp``: the record's
+        time (``time.time_ns()``), the line's own.
         """
         try:
-            entry = self._loggers.get(str(event_dict.get("logger", "")))
+            entry = self._loggers.get(name)
             direct = entry[1] if entry is not None else None
             if direct is None or getattr(self._local, "state", None) is not _IDLE:
                 self(None, level, event_dict)
@@ -239,7 +252,7 @@ class OTelEmitter:
             if not (
                 direct.usable(len(event_dict))
                 and direct.emit_event(
-                    time.time_ns(), severity, text, body, event_dict, _RECORD_FIELDS, span_context
+                    timestamp, severity, text, body, event_dict, _RECORD_FIELDS, span_context
                 )
             ):
                 self(None, level, event_dict)

@@ -365,7 +365,7 @@ class DirectLogs:
     ) -> None:
         """Queue one record; ``attributes`` must hold valid values under non-empty str keys."""
         fields = (timestamp, severity, text, body, attributes)
-        if not self._queue(current_span_context(), encode_log, *fields):
+        if not self._queue(current_span_context(), encode_log, fields):
             self._logger.emit(  # our encoder failed: the record still goes, the SDK's way
                 timestamp=timestamp,
                 severity_number=severity,
@@ -392,12 +392,15 @@ class DirectLogs:
         if span_context is None:
             span_context = current_span_context()
         fields = (timestamp, severity, text, body, event, skip)
-        return self._queue(span_context, encode_log_event, *fields)
+        return self._queue(span_context, encode_log_event, fields)
 
-    def _queue(self, span_context: SpanContext, encode: Callable[..., Any], *fields: Any) -> bool:
+    def _queue(
+        self, span_context: SpanContext, encode: Callable[..., Any], fields: tuple[Any, ...]
+    ) -> bool:
         """Encode the record and queue it; False when nothing was queued.
 
-        The span context's ids and the logger's resource and scope go after ``fields``.
+        The span context's ids and the logger's resource and scope go after ``fields``
+        (a tuple, not ``*fields``: a log line's record comes here once per line).
         """
         logger = self._logger
         try:

@@ -538,6 +538,10 @@ ACCESS_EVENT = {
 }
 
 
+_NOW = ("kiki_otel.access", 1_790_000_000_123_456_789)
+"""emit_current's logger name and time: the access line's, and the clock the tests fix."""
+
+
 @pytest.mark.parametrize("trace_based", [False, True])
 @pytest.mark.parametrize("sampled", [True, False])
 def test_emit_current_queues_what_the_emitter_queues(
@@ -561,8 +565,8 @@ def test_emit_current_queues_what_the_emitter_queues(
     queue.clear()
     error_event = {**ACCESS_EVENT, "level": "error"}
     with trace.use_span(NonRecordingSpan(span_context)):
-        emitter.emit_current("info", dict(ACCESS_EVENT), span_context)
-        emitter.emit_current("error", dict(error_event), span_context)
+        emitter.emit_current("info", dict(ACCESS_EVENT), span_context, *_NOW)
+        emitter.emit_current("error", dict(error_event), span_context, *_NOW)
         emitter(None, "info", dict(ACCESS_EVENT))
         emitter(None, "error", dict(error_event))
     assert calls == ["info", "info", "error"]  # emit_current never needed the call
@@ -578,12 +582,12 @@ def test_emit_current_steps_aside_as_the_emitter_would(monkeypatch: pytest.Monke
     limit, the record takes the emitter's call (which skips or converts it)."""
     emitter, queue = _direct_emitter()
     span_context = SpanContext(0xAB, 0xCD, is_remote=False, trace_flags=TraceFlags(1))
-    emitter.emit_current("info", dict(ACCESS_EVENT), span_context)  # learns the logger
+    emitter.emit_current("info", dict(ACCESS_EVENT), span_context, *_NOW)  # learns the logger
     assert len(queue) == 1
     on_worker: list[int] = []
 
     def worker() -> None:
-        emitter.emit_current("info", dict(ACCESS_EVENT), span_context)
+        emitter.emit_current("info", dict(ACCESS_EVENT), span_context, *_NOW)
         on_worker.append(len(queue))
 
     thread = threading.Thread(target=worker, name="OtelBatchLogRecordProcessor")
@@ -593,7 +597,7 @@ def test_emit_current_steps_aside_as_the_emitter_would(monkeypatch: pytest.Monke
     direct = emitter._loggers["kiki_otel.access"][1]
     assert direct is not None
     monkeypatch.setattr(direct, "_limit", 3)  # as built under LogRecordLimits(max_attributes=3)
-    emitter.emit_current("info", dict(ACCESS_EVENT), span_context)
+    emitter.emit_current("info", dict(ACCESS_EVENT), span_context, *_NOW)
     assert len(queue) == 2 and type(queue[0]).__name__ != "Encoded"  # the SDK's record
 
 
