@@ -236,8 +236,8 @@ class OTelEmitter:
         The access line's path: its logger (``name``, the event's ``logger``) is exported
         and it runs on a request thread, so once this thread's state and its logger's entry
         are known, the record goes straight to the direct path (the emitter's own checks,
-        fewer calls); anything else takes :meth:`__call__`. ``timestamp``: the record's
-        time (``time.time_ns()``), the line's own.
+        fewer calls); anything else takes :meth:`__call__`. ``timestamp``: the direct
+        record's time (``time.time_ns()``, the clock read the line's own timestamp came from).
         """
         try:
             entry = self._loggers.get(name)

@@ -577,6 +577,21 @@ def test_emit_current_queues_what_the_emitter_queues(
         assert len(payloads) == 4 and payloads[:2] == payloads[2:] and payloads[0] != payloads[1]
 
 
+def test_emit_current_stamps_the_record_with_the_lines_time() -> None:
+    """The access line reads the clock once: its record carries that reading, not another."""
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+    emitter, queue = _direct_emitter()
+    span_context = SpanContext(0xAB, 0xCD, is_remote=False, trace_flags=TraceFlags(1))
+    emitter.emit_current("info", dict(ACCESS_EVENT), span_context, *_NOW)  # learns the logger
+    queue.clear()
+    emitter.emit_current("info", dict(ACCESS_EVENT), span_context, "kiki_otel.access", 12345)
+    (item,) = queue
+    record = LogRecord.FromString(item.payload)
+    assert record.time_unix_nano == 12345
+    assert record.span_id == (0xCD).to_bytes(8, "big")
+
+
 def test_emit_current_steps_aside_as_the_emitter_would(monkeypatch: pytest.MonkeyPatch) -> None:
     """Before its logger is known, on an SDK worker thread, and past the attribute count
     limit, the record takes the emitter's call (which skips or converts it)."""
