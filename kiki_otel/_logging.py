@@ -30,18 +30,22 @@ from opentelemetry.context import Context
 from opentelemetry.trace import (
     NonRecordingSpan,
     SpanContext,
+    TraceFlags,
     get_current_span,
     set_span_in_context,
 )
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 from ._context import (
+    IDS,
+    IDS_BY_NAME,
     client_request_id,
     current_ids,
     current_span_context,
     marked_span_context,
 )
 from ._json import json_dumps, safe_repr
+from ._otlp_encode import log_head, native_log_event
 from ._otlp_http import DirectLogs, direct_logs
 from ._settings import Settings
 
@@ -105,7 +109,8 @@ def iso_timestamp(time_ns: int) -> str:
         prefix = datetime.fromtimestamp(seconds, UTC).isoformat()[:19]
         _second_prefix = (seconds, prefix)
     micros = nanos // 1000
-    return f"{prefix}.{micros:06d}Z" if micros else f"{prefix}Z"
+    # "%06d": what the f-string's "06d" gives, without the format-spec parser
+    return "%s.%06dZ" % (prefix, micros) if micros else prefix + "Z"  # noqa: UP031
 
 
 def add_correlation(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
@@ -230,6 +235,7 @@ class OTelEmitter:
         span_context: SpanContext,
         name: str,
         timestamp: int,
+        head: bytes | None = None,
     ) -> None:
         """``self(None, level, event_dict)``, for a caller holding the current span context.
 
@@ -238,6 +244,8 @@ class OTelEmitter:
         are known, the record goes straight to the direct path (the emitter's own checks,
         fewer calls); anything else takes :meth:`__call__`. ``timestamp``: the direct
         record's time (``time.time_ns()``, the clock read the line's own timestamp came from).
+        ``head``: :meth:`record_head` of the event's level and ``event``, when the caller
+        knows it: then a record of plain fields is encoded in one C call.
         """
         try:
             entry = self._loggers.get(name)
@@ -245,19 +253,36 @@ class OTelEmitter:
             if direct is None or getattr(self._local, "state", None) is not _IDLE:
                 self(None, level, event_dict)
                 return
-            if self._trace_based and span_context.is_valid and not span_context.trace_flags.sampled:
+            trace_id, span_id, flags, valid = IDS.get(type(span_context), IDS_BY_NAME)(span_context)
+            if self._trace_based and valid and not flags & TraceFlags.SAMPLED:
                 return
+            if not direct.usable(len(event_dict)):
+                self(None, level, event_dict)
+                return
+            if head is not None and native_log_event is not None:
+                try:
+                    payload = native_log_event(
+                        timestamp, head, event_dict, _RECORD_FIELDS, trace_id, span_id, flags
+                    )
+                except Exception:  # the Python encoder below reports it
+                    payload = None
+                if payload is not None:
+                    direct.emit_encoded(payload)
+                    return
             severity, text = _SEVERITY.get(level, (SeverityNumber.INFO, "INFO"))
             body = str(event_dict.get("event", ""))
-            if not (
-                direct.usable(len(event_dict))
-                and direct.emit_event(
-                    timestamp, severity, text, body, event_dict, _RECORD_FIELDS, span_context
-                )
+            if not direct.emit_event(
+                timestamp, severity, text, body, event_dict, _RECORD_FIELDS, span_context
             ):
                 self(None, level, event_dict)
         except Exception:  # noqa: S110 - as __call__: telemetry must never break logging
             pass
+
+    @staticmethod
+    def record_head(level: str, body: str) -> bytes:
+        """The encoded severity, its text and the body of a record at ``level``."""
+        severity, text = _SEVERITY.get(level, (SeverityNumber.INFO, "INFO"))
+        return log_head(severity, text, body)
 
     def _emit(self, method: str, event_dict: EventDict, name: str) -> None:
         if self._trace_based:

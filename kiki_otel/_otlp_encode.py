@@ -38,6 +38,13 @@ if os.environ.get("KIKI_OTEL_NO_SPEEDUPS", "").strip().lower() in ("1", "true", 
 _native_fields = _native.encode_fields if _native is not None else None
 _native_span = _native.encode_span if _native is not None else None
 _native_log_event = _native.encode_log_event if _native is not None else None
+native_json_line = _native.json_line if _native is not None else None
+"""``orjson.dumps`` of a dict of plain items in C (None for any other), or None without
+the C module: the access line's JSON, written beside its record (``_access_log``)."""
+native_log_event = _native_log_event
+""":func:`encode_log_event`'s C case, for a caller holding the record's :func:`log_head`
+(the access line's record: one call instead of three frames), or None without the C
+module. The payload of an :class:`Encoded`, or None when a field is not plain."""
 
 __all__ = [
     "Encoded",
@@ -1019,6 +1026,11 @@ def encode_log_event(
         resource,
         instrumentation_scope,
     )
+
+
+def log_head(severity_number: Any, severity_text: str, body: str) -> bytes:
+    """The record fields between its time and its attributes (severity, text, a str body)."""
+    return _head(severity_number, severity_text, body)
 
 
 def _head(severity_number: Any, severity_text: str, body: Any) -> bytes:

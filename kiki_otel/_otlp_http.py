@@ -50,7 +50,7 @@ from opentelemetry.trace import SpanContext
 
 from ._context import IDS, IDS_BY_NAME, current_span_context
 from ._otlp_client import Attempt, RetryingClient, basic_auth, export_logger, redact
-from ._otlp_encode import encode_log, encode_log_event, encode_logs, encode_spans
+from ._otlp_encode import Encoded, encode_log, encode_log_event, encode_logs, encode_spans
 from ._ratelimit import Throttle
 
 __all__ = [
@@ -64,6 +64,7 @@ __all__ = [
 ]
 
 _logger = export_logger
+_new_tuple = tuple.__new__
 _RETRYABLE = frozenset({429, 502, 503, 504})
 _USER_AGENT = "kiki-otel OTLP/HTTP exporter"
 _MAX_BODY = 64 * 1024
@@ -393,6 +394,14 @@ class DirectLogs:
             span_context = current_span_context()
         fields = (timestamp, severity, text, body, event, skip)
         return self._queue(span_context, encode_log_event, fields)
+
+    def emit_encoded(self, payload: bytes) -> None:
+        """Queue a record its caller encoded for this logger (``native_log_event``'s)."""
+        if self._metrics is not None:
+            self._metrics.emit_log()
+        logger = self._logger
+        item = (payload, logger._resource, logger._instrumentation_scope)
+        enqueue(self._batch, _new_tuple(Encoded, item))
 
     def _queue(
         self, span_context: SpanContext, encode: Callable[..., Any], fields: tuple[Any, ...]

@@ -576,6 +576,157 @@ encode_log_event(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     return finish(&buf, 1);
 }
 
+/* ---------------------------------------------------------------- the JSON line */
+
+/* A JSON string as orjson writes it: '"', '\\' and the C0 controls escaped (\b \t \n \f
+ * \r by name, the others as \u00xx in lowercase hex), everything else as its UTF-8. */
+static int
+put_json_string(Buffer *buf, const char *text, Py_ssize_t size)
+{
+    static const char hex[] = "0123456789abcdef";
+    /* at most 6 bytes for each input byte, and the quotes */
+    if (buffer_reserve(buf, 6 * size + 2) < 0) {
+        return -1;
+    }
+    char *out = buf->data + buf->size;
+    *out++ = '"';
+    for (Py_ssize_t i = 0; i < size; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *out++ = (char)c;
+            continue;
+        }
+        *out++ = '\\';
+        switch (c) {
+        case '"': *out++ = '"'; break;
+        case '\\': *out++ = '\\'; break;
+        case '\b': *out++ = 'b'; break;
+        case '\t': *out++ = 't'; break;
+        case '\n': *out++ = 'n'; break;
+        case '\f': *out++ = 'f'; break;
+        case '\r': *out++ = 'r'; break;
+        default:
+            *out++ = 'u';
+            *out++ = '0';
+            *out++ = '0';
+            *out++ = hex[c >> 4];
+            *out++ = hex[c & 0xF];
+        }
+    }
+    *out++ = '"';
+    buf->size = out - buf->data;
+    return 0;
+}
+
+static int
+put_ascii(Buffer *buf, const char *text, Py_ssize_t size)
+{
+    if (buffer_reserve(buf, size) < 0) {
+        return -1;
+    }
+    memcpy(buf->data + buf->size, text, size);
+    buf->size += size;
+    return 0;
+}
+
+/* A float as orjson writes it, when that is Python's repr: the same shortest round-trip
+ * digits, and both write them without an exponent for 1e-4 <= |x| < 1e16 (and zero).
+ * 1 written; 0 another case (an exponent, inf, nan: orjson's own to write). */
+static int
+put_json_float(Buffer *buf, double real)
+{
+    char *text = PyOS_double_to_string(real, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (text == NULL) {
+        return -1;
+    }
+    int plain = strpbrk(text, "eEni") == NULL;
+    int result = plain ? (put_ascii(buf, text, (Py_ssize_t)strlen(text)) < 0 ? -1 : 1) : 0;
+    PyMem_Free(text);
+    return result;
+}
+
+/* 1 written; 0 not plain; -1 error set. */
+static int
+put_json_value(Buffer *buf, PyObject *value)
+{
+    PyTypeObject *type = Py_TYPE(value);
+    if (value == Py_None) {
+        return put_ascii(buf, "null", 4) < 0 ? -1 : 1;
+    }
+    if (type == &PyBool_Type) {
+        return (value == Py_True ? put_ascii(buf, "true", 4) : put_ascii(buf, "false", 5)) < 0
+                   ? -1
+                   : 1;
+    }
+    if (type == &PyUnicode_Type) {
+        const char *text;
+        Py_ssize_t size;
+        int read = read_utf8(value, &text, &size);
+        if (read <= 0) {
+            return read;
+        }
+        return put_json_string(buf, text, size) < 0 ? -1 : 1;
+    }
+    if (type == &PyLong_Type) {
+        int overflow = 0;
+        long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow) {
+            return 0;
+        }
+        if (number == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        /* the decimal digits, backwards from the end (no printf: a cold, large path) */
+        char digits[24];
+        char *end = digits + sizeof(digits), *start = end;
+        unsigned long long magnitude =
+            number < 0 ? 0ULL - (unsigned long long)number : (unsigned long long)number;
+        do {
+            *--start = (char)('0' + magnitude % 10);
+            magnitude /= 10;
+        } while (magnitude);
+        if (number < 0) {
+            *--start = '-';
+        }
+        return put_ascii(buf, start, end - start) < 0 ? -1 : 1;
+    }
+    if (type == &PyFloat_Type) {
+        return put_json_float(buf, PyFloat_AS_DOUBLE(value));
+    }
+    return 0;
+}
+
+/* json_line(mapping): orjson.dumps(mapping) for a dict of plain items, else None. */
+static PyObject *
+json_line(PyObject *Py_UNUSED(module), PyObject *mapping)
+{
+    if (!PyDict_CheckExact(mapping)) {
+        Py_RETURN_NONE;
+    }
+    BUFFER_INIT(buf);
+    int written = put_ascii(&buf, "{", 1) < 0 ? -1 : 1;
+    Py_ssize_t position = 0;
+    PyObject *key, *value;
+    while (written > 0 && PyDict_Next(mapping, &position, &key, &value)) {
+        const char *text;
+        Py_ssize_t size;
+        written = read_utf8(key, &text, &size);
+        if (written <= 0) {
+            break;
+        }
+        if ((buf.size > 1 && put_ascii(&buf, ",", 1) < 0) || put_json_string(&buf, text, size) < 0
+            || put_ascii(&buf, ":", 1) < 0) {
+            written = -1;
+            break;
+        }
+        written = put_json_value(&buf, value);
+    }
+    if (written > 0 && put_ascii(&buf, "}", 1) < 0) {
+        written = -1;
+    }
+    return finish(&buf, written);
+}
+
 static PyMethodDef speedups_methods[] = {
     {"encode_fields", (PyCFunction)(void (*)(void))encode_fields, METH_FASTCALL,
      "encode_fields(tag, mapping, skip) -> bytes | None\n\n"
@@ -587,6 +738,11 @@ static PyMethodDef speedups_methods[] = {
     {"encode_log_event", (PyCFunction)(void (*)(void))encode_log_event, METH_FASTCALL,
      "encode_log_event(timestamp, head, event, skip, trace_id, span_id, trace_flags)\n"
      "    -> bytes | None"},
+    {"json_line", (PyCFunction)json_line, METH_O,
+     "json_line(mapping) -> bytes | None\n\n"
+     "orjson.dumps(mapping) for a dict of plain items (exact str keys; values of exactly str,\n"
+     "bool, int within 64 bits, a float written without an exponent, or None); None for any\n"
+     "other (orjson's own to write)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -29,6 +29,15 @@ from tests.conftest import Memory
 NOW_NS = 1_790_000_000_123_456_789
 
 
+@pytest.fixture(autouse=True, params=["c-line", "orjson-line"])
+def line_writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test with the line's JSON written in C (when built) and by orjson alone."""
+    if request.param == "orjson-line":
+        monkeypatch.setattr(_access_log, "native_json_line", None)
+    elif _access_log.native_json_line is None:
+        pytest.skip("the C module is not built here")
+
+
 @pytest.fixture
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(time, "time_ns", lambda: NOW_NS)
@@ -74,6 +83,11 @@ CASES = [
         {"exc_info": False, "level": "debug", "client_request_id": "bound"},
         id="context-vars-exc-info-level-client-id",
     ),
+    pytest.param(  # values the C line leaves to orjson and the stdlib, the record to Python
+        ("GET", '/q"\u2028\x01', "/q", 200, 1e-05),
+        {"ratio": 1e20, "tags": ["a", "b"], "big": 1 << 70, "nan": float("nan"), "k\x7f": "é"},
+        id="values-the-c-line-hands-back",
+    ),
 ]
 
 
@@ -90,6 +104,7 @@ def test_direct_line_and_record_equal_the_chains(
     _configure()
     direct, chain = access_log(), StructlogAccessLog()
     assert isinstance(direct, DirectAccessLog)
+    assert direct._json_line is _access_log.native_json_line  # the writer under test
     tracer = trace.get_tracer("test")
     token = client_request_id.set(client_id)
     try:

@@ -592,6 +592,28 @@ def test_emit_current_stamps_the_record_with_the_lines_time() -> None:
     assert record.span_id == (0xCD).to_bytes(8, "big")
 
 
+@pytest.mark.parametrize("level", ["info", "error"])
+@pytest.mark.parametrize("flags", [0, 1])
+def test_emit_current_with_a_head_queues_the_same_bytes(
+    monkeypatch: pytest.MonkeyPatch, level: str, flags: int
+) -> None:
+    """Given the record's head, the record is encoded in one C call: the same bytes as the
+    encoder's own path; a field it cannot take goes the emitter's call (its own clock
+    read, fixed here), with or without the head."""
+    monkeypatch.setattr(time, "time_ns", lambda: _NOW[1])
+    emitter, queue = _direct_emitter()
+    span_context = SpanContext(0xAB, 0xCD, is_remote=False, trace_flags=TraceFlags(flags))
+    emitter.emit_current(level, dict(ACCESS_EVENT), span_context, *_NOW)  # learns the logger
+    queue.clear()
+    head = emitter.record_head(level, str(ACCESS_EVENT["event"]))
+    for event in [dict(ACCESS_EVENT), {**ACCESS_EVENT, "tags": ["a", "b"], "big": 1 << 70}]:
+        emitter.emit_current(level, dict(event), span_context, *_NOW)
+        emitter.emit_current(level, dict(event), span_context, *_NOW, head)
+        without, with_head = (item.payload for item in reversed(queue))
+        assert with_head == without
+        queue.clear()
+
+
 def test_emit_current_steps_aside_as_the_emitter_would(monkeypatch: pytest.MonkeyPatch) -> None:
     """Before its logger is known, on an SDK worker thread, and past the attribute count
     limit, the record takes the emitter's call (which skips or converts it)."""

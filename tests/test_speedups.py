@@ -7,14 +7,18 @@ switched off) over many generated inputs, including every case it must leave to 
 
 from __future__ import annotations
 
+import collections
+import math
 import os
 import random
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any
 
+import orjson
 import pytest
 from opentelemetry.trace import SpanContext, SpanKind, StatusCode, TraceFlags
 from opentelemetry.trace.status import Status
@@ -385,3 +389,73 @@ def test_a_dict_changed_by_another_thread_is_read_whole() -> None:
         sys.setswitchinterval(interval)
     assert flips[0] >= 1000  # it was changed meanwhile, over and over
     assert seen <= valid
+
+
+# ----------------------------------------------------------------------- json_line
+
+_JSON_CHARS = [chr(c) for c in range(0x80)] + ["é", "\u2028", "\u2029", "\ufeff", "✓", "🚀"]
+
+
+def _json_value(rng: random.Random) -> Any:
+    kind = rng.randrange(6)
+    if kind == 0:
+        return "".join(rng.choice(_JSON_CHARS) for _ in range(rng.randrange(0, 40)))
+    if kind == 1:  # any double, by its bits: every exponent, subnormals, inf and nan
+        return struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+    if kind == 2:  # durations in ms as the access line rounds them, and near the edges
+        return round(rng.uniform(0, 10) ** rng.uniform(-6, 17), rng.randrange(0, 7))
+    if kind == 3:
+        return rng.choice([0, -1, 9, 10, -10, (1 << 63) - 1, -(1 << 63), rng.getrandbits(63)])
+    return _plain_value(rng)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_json_line_is_orjsons_bytes(seed: int) -> None:
+    """Plain dicts render as orjson renders them; the cases orjson writes its own way (an
+    exponent, inf, nan) are handed back, and only those."""
+    rng = random.Random(seed)
+    handed_back = 0
+    for _ in range(2_000):
+        mapping = {
+            rng.choice(_JSON_CHARS) * rng.randrange(1, 4) + str(i): _json_value(rng)
+            for i in range(rng.randrange(0, 8))
+        }
+        line = speedups.json_line(mapping)
+        if line is None:
+            handed_back += 1
+            floats = [v for v in mapping.values() if type(v) is float]
+            assert any("e" in repr(v) or not math.isfinite(v) for v in floats), mapping
+            continue
+        assert line == orjson.dumps(mapping)
+    assert handed_back < 2_000 / 2  # most lines are written here
+
+
+def test_json_line_leaves_what_is_not_plain_to_orjson() -> None:
+    """Not a dict, a dict subclass, a key or value that is not exactly a plain type, an int
+    beyond 64 bits, a lone surrogate: None, for orjson (or the stdlib) to write."""
+    for mapping in [
+        [("a", 1)],
+        collections.OrderedDict(a=1),
+        {1: "a"},
+        {_Key.USER: "a"},
+        {"a": _Key.USER},
+        {"a": [1, 2]},
+        {"a": {"b": 1}},
+        {"a": 1 << 63},
+        {"a": -(1 << 63) - 1},
+        {"a": "lone \ud800"},
+        {"\ud800": 1},
+        {"a": float("nan")},
+        {"a": float("-inf")},
+        {"a": 1e16},
+        {"a": 1e-5},
+        {"a": b"raw"},
+        {"a": object()},
+    ]:
+        assert speedups.json_line(mapping) is None, mapping
+    assert speedups.json_line({}) == b"{}"
+
+
+def test_json_line_grows_past_the_inline_buffer() -> None:
+    mapping = {f"k{i}": '\x01"\\' * (i * 37 % 3000) for i in range(100)}
+    assert speedups.json_line(mapping) == orjson.dumps(mapping)
