@@ -1,0 +1,169 @@
+"""Instructions, L1 and L2 misses per request through a real uvicorn, counted by valgrind.
+
+``.venv/bin/python bench/server_cache.py [--scenarios bare,kiki] [--server plain]
+[--requests 2500] [--l2 1048576]``
+
+``bench/instructions.py --cache`` counts in-process, where kiki adds about the same
+instructions and L1 misses as it does through a server; but through uvicorn kiki costs
+~1.5-2x its in-process CPU. This counts through the server: each scenario's uvicorn
+(``bench.run``'s command, ``--loop``/``--http`` of the flavour) runs under ``valgrind
+--tool=cachegrind --cache-sim=yes`` with the last-level cache set to this machine's L2
+(``--l2`` bytes, 8-way, 64-byte lines; L1 as cachegrind finds it), serves ``WARMUP``
+requests and then ``SMALL`` or ``SMALL + requests`` requests to 16 keep-alive clients (a
+fixed-count client in this process: under valgrind the server is the bottleneck, so 16
+requests stay in flight as under wrk), and is stopped with SIGINT. The difference of the
+two runs over ``requests`` is per request, start-up and shutdown cancelled out; every thread
+of the server is counted. The finding it was written for (docs/performance.md, "Twelfth
+round"): the L2 misses kiki adds grow ~2.3x through a server, and they, not instructions or
+L1 misses, are what a request costs more there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.run import PY, SCENARIOS, SERVERS, fmt_table, free_port, start_receiver  # noqa: E402
+
+WARMUP = 300
+SMALL = 500
+CLIENTS = 16
+_EVENTS = ("Ir", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")
+
+
+def _serve(
+    name: str, server: str, requests: int, endpoints: dict[str, str], out: Path, l2: int
+) -> dict[str, int]:
+    """Cachegrind's totals for one server run that serves ``WARMUP + requests`` requests."""
+    scenario, extra, collector = SCENARIOS[name]
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KIKI_OTEL_"))}
+    env.update(
+        {
+            "BENCH_SCENARIO": scenario,
+            "PYTHONPATH": str(REPO),
+            "PYTHONHASHSEED": "0",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoints[collector],
+            **extra,
+        }
+    )
+    target = out / f"{name.replace('%', 'pct')}.{server}.{requests}.cg"  # valgrind expands %
+    cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=yes", f"--LL={l2},8,64"]
+    cmd += [f"--cachegrind-out-file={target}", PY, "-m", "uvicorn", "bench.app:app"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log", *SERVERS[server]]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        asyncio.run(_drive(port, requests))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    events: list[str] = []
+    for line in target.read_text().splitlines():
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        elif line.startswith("summary:"):
+            return dict(zip(events, map(int, line.split()[1:]), strict=False))
+    raise SystemExit(f"no summary line in {target}")
+
+
+async def _drive(port: int, requests: int) -> None:
+    """``WARMUP`` then ``requests`` GETs over ``CLIENTS`` keep-alive connections."""
+    for _ in range(1200):  # valgrind starts a server in ~10-60 s
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.25)
+            continue
+        writer.close()
+        break
+    else:
+        raise SystemExit("the server under valgrind did not start in 5 minutes")
+    request = f"GET /items/42 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    for total in (WARMUP, requests):
+        left = [total]
+
+        async def client(left: list[int] = left) -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            while left[0] > 0:
+                left[0] -= 1
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                if length is None:
+                    raise SystemExit(f"unexpected response: {head!r}")
+                await reader.readexactly(int(length.group(1)))
+            writer.close()
+
+        await asyncio.gather(*(client() for _ in range(CLIENTS)))
+
+
+def count(names: list[str], server: str, requests: int, l2: int) -> None:
+    if not shutil.which("valgrind"):
+        raise SystemExit("needs valgrind (apt-get install valgrind)")
+    receiver, urls = start_receiver("ok", os.environ.get("BENCH_RECEIVER_CPU", "1"))
+    endpoints = {"ok": urls["http"], "ok-grpc": urls["grpc"]}
+    per_request: dict[str, tuple[float, float, float]] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in names:
+                if SCENARIOS[name][2] not in endpoints:
+                    raise SystemExit(f"{name}: needs a dead collector, not counted here")
+                small = _serve(name, server, SMALL, endpoints, Path(tmp), l2)
+                large = _serve(name, server, SMALL + requests, endpoints, Path(tmp), l2)
+                delta = {e: (large.get(e, 0) - small.get(e, 0)) / requests for e in _EVENTS}
+                l1 = delta["I1mr"] + delta["D1mr"] + delta["D1mw"]
+                last = delta["ILmr"] + delta["DLmr"] + delta["DLmw"]
+                per_request[name] = (delta["Ir"], l1, last)
+                print(
+                    f"  {name}: {delta['Ir']:,.0f} instructions, {l1:,.0f} L1 and "
+                    f"{last:,.0f} L2 misses a request",
+                    flush=True,
+                )
+    finally:
+        receiver.terminate()
+        receiver.wait()
+    bare = per_request.get("bare")
+    rows = []
+    for name, values in per_request.items():
+        row = [name]
+        for i, value in enumerate(values):
+            row += [f"{value:,.0f}", f"{value - bare[i]:+,.0f}" if bare is not None else "-"]
+        rows.append(row)
+    head = ["scenario", "instructions", "over bare", "L1 misses", "over bare"]
+    print(fmt_table(rows, [*head, f"L2 misses ({l2 // 1024} KiB)", "over bare"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--scenarios", default="bare,kiki")
+    parser.add_argument("--server", choices=sorted(SERVERS), default="plain")
+    parser.add_argument("--requests", type=int, default=2500)
+    parser.add_argument("--l2", type=int, default=1 << 20, help="L2 bytes (this machine's: 1 MiB)")
+    args = parser.parse_args()
+    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenarios: {unknown}; known: {sorted(SCENARIOS)}")
+    count(names, args.server, args.requests, args.l2)
+
+
+if __name__ == "__main__":
+    main()
