@@ -1,13 +1,15 @@
-/* kiki_otel._speedups: the OTLP encoder's common case, in C.
+/* kiki_otel._speedups: the OTLP encoder's and the access line's common case, in C.
  *
  * ``encode_fields(tag, mapping, skip)`` writes the repeated ``KeyValue`` fields of a dict
  * (its items in order, the keys in ``skip`` left out) as ``_otlp_encode._fields`` does;
  * ``encode_span`` a span without trace state, events or links as ``_span_body`` does;
- * ``encode_log_event`` a log event's record as ``_emitted`` does. The same bytes, tested
- * byte for byte against them. Only the plain case is handled: exact str keys, values of
+ * ``encode_log_event`` a log event's record as ``_emitted`` does; ``json_line`` the access
+ * line's JSON as orjson writes it (``_access_log``). The same bytes, tested byte for byte
+ * against them. Only the plain case is handled: exact str keys, values of
  * exactly str, bool, int (64-bit), float or None. Anything else (a str subclass, a
- * sequence, a lone surrogate, an int beyond 64 bits) returns None and the Python encoder
- * does it as before, with its checks, reports and drops.
+ * sequence, a lone surrogate, an int beyond 64 bits; for the JSON also a float with an
+ * exponent, inf or nan) returns None and the Python encoder (or orjson) does it as before,
+ * with its checks, reports and drops.
  *
  * Why C: in a request, the Python encoder was ~20 us of kiki's ~84 us, most of it L1 cache
  * misses of code that runs once per request (docs/performance.md, eleventh round); this is
@@ -749,7 +751,7 @@ static PyMethodDef speedups_methods[] = {
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "kiki_otel._speedups",
-    .m_doc = "The OTLP attribute encoder's common case in C (see _otlp_encode).",
+    .m_doc = "The OTLP encoder's and the access line's common case in C (see _otlp_encode).",
     .m_size = 0,
     .m_methods = speedups_methods,
 };
