@@ -34,12 +34,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import io
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,27 +106,36 @@ def _instructions(
     return main, sum(c.get("Ir", 0) for c in counts.values()) - main, misses
 
 
-def count(names: list[str], requests: int, threads: bool = False, cache: bool = False) -> None:
+@contextlib.contextmanager
+def counting(names: list[str]) -> Iterator[tuple[dict[str, str], Path]]:
+    """What counting ``names`` under valgrind needs: the OTLP endpoints of a discard
+    receiver (running until the block ends) and a scratch directory."""
     if not shutil.which("valgrind"):
         raise SystemExit("needs valgrind (apt-get install valgrind)")
     receiver, urls = start_receiver("ok", os.environ.get("BENCH_RECEIVER_CPU", "1"))
     endpoints = {"ok": urls["http"], "ok-grpc": urls["grpc"]}
-    per_request: dict[str, tuple[float, float, float]] = {}
     try:
+        for name in names:
+            if SCENARIOS[name][2] not in endpoints:
+                raise SystemExit(f"{name}: needs a dead collector, not counted here")
         with tempfile.TemporaryDirectory() as tmp:
-            for name in names:
-                if SCENARIOS[name][2] not in endpoints:
-                    raise SystemExit(f"{name}: needs a dead collector, not counted here")
-                small = _instructions(name, SMALL, endpoints, Path(tmp), threads, cache)
-                large = _instructions(name, SMALL + requests, endpoints, Path(tmp), threads, cache)
-                main, rest, misses = ((b - a) / requests for a, b in zip(small, large, strict=True))
-                per_request[name] = (main, rest, misses)
-                split = f" (request thread {main:,.0f}, others {rest:,.0f})" if threads else ""
-                split += f", {misses:,.0f} L1 misses" if cache else ""
-                print(f"  {name}: {main + rest:,.0f} instructions/request{split}", flush=True)
+            yield endpoints, Path(tmp)
     finally:
         receiver.terminate()
         receiver.wait()
+
+
+def count(names: list[str], requests: int, threads: bool = False, cache: bool = False) -> None:
+    per_request: dict[str, tuple[float, float, float]] = {}
+    with counting(names) as (endpoints, tmp):
+        for name in names:
+            small = _instructions(name, SMALL, endpoints, tmp, threads, cache)
+            large = _instructions(name, SMALL + requests, endpoints, tmp, threads, cache)
+            main, rest, misses = ((b - a) / requests for a, b in zip(small, large, strict=True))
+            per_request[name] = (main, rest, misses)
+            split = f" (request thread {main:,.0f}, others {rest:,.0f})" if threads else ""
+            split += f", {misses:,.0f} L1 misses" if cache else ""
+            print(f"  {name}: {main + rest:,.0f} instructions/request{split}", flush=True)
     bare = per_request.get("bare")
     rows = []
     for name, (main, rest, misses) in per_request.items():

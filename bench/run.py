@@ -139,11 +139,11 @@ def run_wrk(cpu: str, url: str, seconds: float, connections: int) -> tuple[Resul
     return Result(rps, p50, p99, 0.0, requests, errors), out
 
 
-def run_server_scenario(
-    name: str, server: str, endpoints: dict[str, str], args: argparse.Namespace
-) -> Result:
+def server_command(
+    name: str, server: str, endpoints: dict[str, str], port: int
+) -> tuple[list[str], dict[str, str]]:
+    """The uvicorn command (without a CPU pin) and environment serving scenario ``name``."""
     scenario, extra, collector = SCENARIOS[name]
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KIKI_OTEL_"))}
     env.update(
         {
@@ -153,8 +153,16 @@ def run_server_scenario(
             **extra,
         }
     )
-    cmd = ["taskset", "-c", args.server_cpu, PY, "-m", "uvicorn", "bench.app:app"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log", *SERVERS[server]]
+    cmd = [PY, "-m", "uvicorn", "bench.app:app", "--host", "127.0.0.1", "--port", str(port)]
+    return [*cmd, "--no-access-log", *SERVERS[server]], env
+
+
+def run_server_scenario(
+    name: str, server: str, endpoints: dict[str, str], args: argparse.Namespace
+) -> Result:
+    port = free_port()
+    server_cmd, env = server_command(name, server, endpoints, port)
+    cmd = ["taskset", "-c", args.server_cpu, *server_cmd]
     proc = subprocess.Popen(
         cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

@@ -22,20 +22,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.run import PY, SCENARIOS, SERVERS, fmt_table, free_port, start_receiver  # noqa: E402
+from bench.instructions import counting  # noqa: E402
+from bench.run import SCENARIOS, SERVERS, fmt_table, free_port, server_command  # noqa: E402
 
 WARMUP = 300
 SMALL = 500
@@ -47,22 +45,12 @@ def _serve(
     name: str, server: str, requests: int, endpoints: dict[str, str], out: Path, l2: int
 ) -> dict[str, int]:
     """Cachegrind's totals for one server run that serves ``WARMUP + requests`` requests."""
-    scenario, extra, collector = SCENARIOS[name]
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KIKI_OTEL_"))}
-    env.update(
-        {
-            "BENCH_SCENARIO": scenario,
-            "PYTHONPATH": str(REPO),
-            "PYTHONHASHSEED": "0",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoints[collector],
-            **extra,
-        }
-    )
+    server_cmd, env = server_command(name, server, endpoints, port)
+    env["PYTHONHASHSEED"] = "0"  # the same dict and set layouts every run
     target = out / f"{name.replace('%', 'pct')}.{server}.{requests}.cg"  # valgrind expands %
     cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=yes", f"--LL={l2},8,64"]
-    cmd += [f"--cachegrind-out-file={target}", PY, "-m", "uvicorn", "bench.app:app"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log", *SERVERS[server]]
+    cmd += [f"--cachegrind-out-file={target}", *server_cmd]
     proc = subprocess.Popen(
         cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -116,30 +104,20 @@ async def _drive(port: int, requests: int) -> None:
 
 
 def count(names: list[str], server: str, requests: int, l2: int) -> None:
-    if not shutil.which("valgrind"):
-        raise SystemExit("needs valgrind (apt-get install valgrind)")
-    receiver, urls = start_receiver("ok", os.environ.get("BENCH_RECEIVER_CPU", "1"))
-    endpoints = {"ok": urls["http"], "ok-grpc": urls["grpc"]}
     per_request: dict[str, tuple[float, float, float]] = {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for name in names:
-                if SCENARIOS[name][2] not in endpoints:
-                    raise SystemExit(f"{name}: needs a dead collector, not counted here")
-                small = _serve(name, server, SMALL, endpoints, Path(tmp), l2)
-                large = _serve(name, server, SMALL + requests, endpoints, Path(tmp), l2)
-                delta = {e: (large.get(e, 0) - small.get(e, 0)) / requests for e in _EVENTS}
-                l1 = delta["I1mr"] + delta["D1mr"] + delta["D1mw"]
-                last = delta["ILmr"] + delta["DLmr"] + delta["DLmw"]
-                per_request[name] = (delta["Ir"], l1, last)
-                print(
-                    f"  {name}: {delta['Ir']:,.0f} instructions, {l1:,.0f} L1 and "
-                    f"{last:,.0f} L2 misses a request",
-                    flush=True,
-                )
-    finally:
-        receiver.terminate()
-        receiver.wait()
+    with counting(names) as (endpoints, tmp):
+        for name in names:
+            small = _serve(name, server, SMALL, endpoints, tmp, l2)
+            large = _serve(name, server, SMALL + requests, endpoints, tmp, l2)
+            delta = {e: (large.get(e, 0) - small.get(e, 0)) / requests for e in _EVENTS}
+            l1 = delta["I1mr"] + delta["D1mr"] + delta["D1mw"]
+            last = delta["ILmr"] + delta["DLmr"] + delta["DLmw"]
+            per_request[name] = (delta["Ir"], l1, last)
+            print(
+                f"  {name}: {delta['Ir']:,.0f} instructions, {l1:,.0f} L1 and "
+                f"{last:,.0f} L2 misses a request",
+                flush=True,
+            )
     bare = per_request.get("bare")
     rows = []
     for name, values in per_request.items():

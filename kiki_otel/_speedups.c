@@ -620,17 +620,6 @@ put_json_string(Buffer *buf, const char *text, Py_ssize_t size)
     return 0;
 }
 
-static int
-put_ascii(Buffer *buf, const char *text, Py_ssize_t size)
-{
-    if (buffer_reserve(buf, size) < 0) {
-        return -1;
-    }
-    memcpy(buf->data + buf->size, text, size);
-    buf->size += size;
-    return 0;
-}
-
 /* A float as orjson writes it, when that is Python's repr: the same shortest round-trip
  * digits, and both write them without an exponent for 1e-4 <= |x| < 1e16 (and zero).
  * 1 written; 0 another case (an exponent, inf, nan: orjson's own to write). */
@@ -642,7 +631,7 @@ put_json_float(Buffer *buf, double real)
         return -1;
     }
     int plain = strpbrk(text, "eEni") == NULL;
-    int result = plain ? (put_ascii(buf, text, (Py_ssize_t)strlen(text)) < 0 ? -1 : 1) : 0;
+    int result = plain ? (put_bytes(buf, text, (Py_ssize_t)strlen(text)) < 0 ? -1 : 1) : 0;
     PyMem_Free(text);
     return result;
 }
@@ -653,10 +642,10 @@ put_json_value(Buffer *buf, PyObject *value)
 {
     PyTypeObject *type = Py_TYPE(value);
     if (value == Py_None) {
-        return put_ascii(buf, "null", 4) < 0 ? -1 : 1;
+        return put_bytes(buf, "null", 4) < 0 ? -1 : 1;
     }
     if (type == &PyBool_Type) {
-        return (value == Py_True ? put_ascii(buf, "true", 4) : put_ascii(buf, "false", 5)) < 0
+        return (value == Py_True ? put_bytes(buf, "true", 4) : put_bytes(buf, "false", 5)) < 0
                    ? -1
                    : 1;
     }
@@ -690,7 +679,7 @@ put_json_value(Buffer *buf, PyObject *value)
         if (number < 0) {
             *--start = '-';
         }
-        return put_ascii(buf, start, end - start) < 0 ? -1 : 1;
+        return put_bytes(buf, start, end - start) < 0 ? -1 : 1;
     }
     if (type == &PyFloat_Type) {
         return put_json_float(buf, PyFloat_AS_DOUBLE(value));
@@ -706,7 +695,7 @@ json_line(PyObject *Py_UNUSED(module), PyObject *mapping)
         Py_RETURN_NONE;
     }
     BUFFER_INIT(buf);
-    int written = put_ascii(&buf, "{", 1) < 0 ? -1 : 1;
+    int written = put_bytes(&buf, "{", 1) < 0 ? -1 : 1;
     Py_ssize_t position = 0;
     PyObject *key, *value;
     while (written > 0 && PyDict_Next(mapping, &position, &key, &value)) {
@@ -716,14 +705,14 @@ json_line(PyObject *Py_UNUSED(module), PyObject *mapping)
         if (written <= 0) {
             break;
         }
-        if ((buf.size > 1 && put_ascii(&buf, ",", 1) < 0) || put_json_string(&buf, text, size) < 0
-            || put_ascii(&buf, ":", 1) < 0) {
+        if ((buf.size > 1 && put_bytes(&buf, ",", 1) < 0) || put_json_string(&buf, text, size) < 0
+            || put_bytes(&buf, ":", 1) < 0) {
             written = -1;
             break;
         }
         written = put_json_value(&buf, value);
     }
-    if (written > 0 && put_ascii(&buf, "}", 1) < 0) {
+    if (written > 0 && put_bytes(&buf, "}", 1) < 0) {
         written = -1;
     }
     return finish(&buf, written);
