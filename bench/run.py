@@ -176,12 +176,17 @@ def run_server_scenario(
         result.cpu_us = used / max(result.requests, 1) * 1e6
         return result
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc, 15)
+
+
+def stop_server(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGINT (uvicorn's graceful stop, exporters flushed), then a kill past ``timeout`` s."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def run_inprocess(

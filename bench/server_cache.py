@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.instructions import counting  # noqa: E402
-from bench.run import SCENARIOS, SERVERS, fmt_table, free_port, server_command  # noqa: E402
+from bench.run import SCENARIOS, SERVERS, fmt_table, free_port, server_command, stop_server  # noqa: E402
 
 WARMUP = 300
 SMALL = 500
@@ -57,12 +56,7 @@ def _serve(
     try:
         asyncio.run(_drive(port, requests))
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=300)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc, 300)  # valgrind writes its counts on the way out
     events: list[str] = []
     for line in target.read_text().splitlines():
         if line.startswith("events:"):

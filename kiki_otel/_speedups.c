@@ -108,6 +108,21 @@ read_utf8(PyObject *text, const char **data, Py_ssize_t *size)
     return -1;
 }
 
+/* An exact int's value: 1 read; 0 beyond 64 bits (the Python side's to write); -1 error. */
+static int
+read_int64(PyObject *value, long long *number)
+{
+    int overflow = 0;
+    *number = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow) {
+        return 0;
+    }
+    if (*number == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    return 1;
+}
+
 /* The AnyValue of one plain value: its kind, and what its body needs. */
 enum { ANY_NONE, ANY_BOOL, ANY_STR, ANY_INT, ANY_DOUBLE };
 
@@ -146,13 +161,10 @@ read_value(PyObject *value, Value *out)
         return 1;
     }
     if (type == &PyLong_Type) {
-        int overflow = 0;
-        long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
-        if (overflow) {
-            return 0;
-        }
-        if (number == -1 && PyErr_Occurred()) {
-            return -1;
+        long long number;
+        int read = read_int64(value, &number);
+        if (read <= 0) {
+            return read;
         }
         out->kind = ANY_INT;
         out->number = (uint64_t)number;
@@ -659,13 +671,10 @@ put_json_value(Buffer *buf, PyObject *value)
         return put_json_string(buf, text, size) < 0 ? -1 : 1;
     }
     if (type == &PyLong_Type) {
-        int overflow = 0;
-        long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
-        if (overflow) {
-            return 0;
-        }
-        if (number == -1 && PyErr_Occurred()) {
-            return -1;
+        long long number;
+        int read = read_int64(value, &number);
+        if (read <= 0) {
+            return read;
         }
         /* the decimal digits, backwards from the end (no printf: a cold, large path) */
         char digits[24];
