@@ -161,7 +161,7 @@ SPAN_CONTEXT_OF: dict[type, Callable[[Any], SpanContext]] = _field_readers()
 """``SPAN_CONTEXT_OF.get(type(span), get_span_context)(span)``: the span's context, read
 in C for the classes whose method only returns a field."""
 
-_span_types: dict[type, Callable[[Any], SpanContext]] = {
+SPAN_READERS: dict[type, Callable[[Any], SpanContext]] = {
     trace.NonRecordingSpan: get_span_context,
     **SPAN_CONTEXT_OF,
 }
@@ -179,15 +179,24 @@ def current_span_context() -> trace.SpanContext:
     if SPAN_KEY is None:
         return trace.get_current_span().get_span_context()
     span: Any = (CURRENT.get() if CURRENT is not None else otel_context.get_current()).get(SPAN_KEY)
+    read = SPAN_READERS.get(type(span)) or span_reader(span)
+    return read(span) if read is not None else trace.INVALID_SPAN_CONTEXT
+
+
+def span_reader(span: object) -> Callable[[Any], SpanContext] | None:
+    """How to read ``span``'s context if it is a span (``isinstance(span, Span)``), else None.
+
+    ``SPAN_READERS.get(type(span)) or span_reader(span)``: the exact types already seen
+    to be spans answer from the dict, without the ABC's check (a weak reference and two
+    set lookups in C per call).
+    """
+    if span is None or not isinstance(span, trace.Span):
+        return None
     kind = type(span)
-    read = _span_types.get(kind)
-    if read is not None:
-        return read(span)
-    if isinstance(span, trace.Span):
-        if len(_span_types) < 16:
-            _span_types[kind] = SPAN_CONTEXT_OF.get(kind, get_span_context)
-        return span.get_span_context()
-    return trace.INVALID_SPAN_CONTEXT
+    read = SPAN_CONTEXT_OF.get(kind, get_span_context)
+    if len(SPAN_READERS) < 16:
+        SPAN_READERS[kind] = read
+    return read
 
 
 _last_hex: tuple[object, tuple[str, str] | None] = (None, None)

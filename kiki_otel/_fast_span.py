@@ -48,14 +48,20 @@ from opentelemetry.trace import (
     INVALID_SPAN_ID,
     INVALID_TRACE_ID,
     NonRecordingSpan,
-    Span,
     SpanContext,
     SpanKind,
     TraceFlags,
 )
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-from ._context import SPAN_CONTEXT_TUPLE, SPAN_ID_MAX, SPAN_KEY, TRACE_ID_MAX
+from ._context import (
+    SPAN_CONTEXT_TUPLE,
+    SPAN_ID_MAX,
+    SPAN_KEY,
+    SPAN_READERS,
+    TRACE_ID_MAX,
+    span_reader,
+)
 from ._otlp_encode import encode_span
 from ._otlp_http import FastSpanExporter, enqueue, has_queue
 
@@ -260,8 +266,9 @@ class DirectSpans:
         # (SPAN_KEY is not None: _inspect checked)
         current = context.get(SPAN_KEY) if context is not None else trace.get_current_span()  # type: ignore[arg-type]
         parent: SpanContext | None = None
-        if isinstance(current, Span):
-            parent = current.get_span_context()
+        read = SPAN_READERS.get(type(current)) or span_reader(current)  # isinstance(.., Span)
+        if read is not None:
+            parent = read(current)
         if parent is None or not parent.is_valid:
             parent = None
             trace_id = tracer.id_generator.generate_trace_id()

@@ -109,7 +109,7 @@ def test_current_span_context_of_what_is_not_a_span(value: Any) -> None:
 
 def test_current_span_context_of_any_span(monkeypatch: pytest.MonkeyPatch) -> None:
     """A virtual subclass of the ABC counts as a span, as for the API, once and after."""
-    monkeypatch.setattr(_context, "_span_types", {NonRecordingSpan: _context.get_span_context})
+    monkeypatch.setattr(_context, "SPAN_READERS", {NonRecordingSpan: _context.get_span_context})
     span_context = SpanContext(0xAB, 0xCD, is_remote=False, trace_flags=TraceFlags(1))
     virtual: Any = _Virtual(span_context)
     assert current_span_context() is trace.INVALID_SPAN_CONTEXT  # no span at all
@@ -120,7 +120,7 @@ def test_current_span_context_of_any_span(monkeypatch: pytest.MonkeyPatch) -> No
         for _ in range(2):  # found by the ABC, then by its exact type
             assert current_span_context() is span_context
             assert trace.get_current_span().get_span_context() is span_context
-        assert _Virtual in _context._span_types
+        assert _Virtual in _context.SPAN_READERS
     finally:
         otel_context.detach(token)
 
