@@ -36,9 +36,10 @@ from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.trace import INVALID_SPAN, Span, TraceFlags
+from opentelemetry.trace import INVALID_SPAN, TraceFlags
 
-from ._context import CURRENT, IDS, IDS_BY_NAME, SPAN_CONTEXT_OF, SPAN_KEY, get_span_context
+from ._context import CURRENT, IDS, IDS_BY_NAME, SPAN_KEY, SPAN_READERS, span_reader
+from ._native import speedups
 
 __all__ = ["FastHistogram", "fast_histogram"]
 
@@ -73,9 +74,9 @@ class FastHistogram:
         self._histogram = histogram
         self._consumer: Any = getattr(histogram, "_measurement_consumer", None)
         self._storages: Any = None
-        # attribute items -> (aggregation, reservoir offered directly or None) of every
-        # reader for that attribute set
-        self._cache: dict[tuple[tuple[str, Any], ...], list[tuple[Any, Any]]] = {}
+        # attribute items -> (aggregation, reservoir offered directly or None, the C
+        # aggregate for it or None) of every reader for that attribute set
+        self._cache: dict[tuple[tuple[str, Any], ...], list[tuple[Any, Any, Any]]] = {}
 
     def record(self, value: float, attributes: dict[str, Any]) -> None:
         """Record ``value`` (finite, >= 0: a duration) with ``attributes`` (str/int values)."""
@@ -101,24 +102,32 @@ class FastHistogram:
         if type(exemplar_filter) is self._trace_based:  # its should_sample, inline:
             # trace.get_current_span(ctx); SPAN_KEY is not None here (see __init__)
             span = ctx.get(SPAN_KEY)  # type: ignore[arg-type]
-            if not isinstance(span, Span) or span == INVALID_SPAN:
+            read = SPAN_READERS.get(type(span)) or span_reader(span)  # isinstance(span, Span)
+            if read is None or span == INVALID_SPAN:
                 sample = False
             else:  # span.get_span_context().trace_flags.sampled, the fields read in C
-                context = SPAN_CONTEXT_OF.get(type(span), get_span_context)(span)
+                context = read(span)
                 trace_id, span_id, flags, _valid = IDS.get(type(context), IDS_BY_NAME)(context)
                 sample = bool(flags & _SAMPLED)
                 if sample:
                     offered = (value, now, attributes, span_id, trace_id, True)
         else:
             sample = exemplar_filter.should_sample(value, now, attributes, ctx)
-        measurement = _new_tuple(_Measurement, (value, now, self._histogram, ctx, attributes))
-        if offered is None:
-            for aggregation, _reservoir in aggregations:
+        measurement = None
+        for aggregation, reservoir, native in aggregations:
+            if native is not None:  # in C: the counts, and the exemplar when it goes in directly
+                if offered is None:
+                    if not sample and native(aggregation, value, None, None, None):
+                        continue
+                elif reservoir is not None and native(
+                    aggregation, value, reservoir, _BUCKET_FIELDS, offered
+                ):
+                    continue
+            if measurement is None:
+                fields = (value, now, self._histogram, ctx, attributes)
+                measurement = _new_tuple(_Measurement, fields)
+            if offered is None or reservoir is None:
                 aggregation.aggregate(measurement, sample)
-            return
-        for aggregation, reservoir in aggregations:
-            if reservoir is None:
-                aggregation.aggregate(measurement, True)
                 continue
             aggregation.aggregate(measurement, False)  # counts; the exemplar below
             with reservoir._lock:  # what its offer() stores, where it stores it
@@ -143,7 +152,7 @@ class FastHistogram:
 
     def _aggregations_for(
         self, attributes: dict[str, Any]
-    ) -> tuple[Any, list[tuple[Any, Any]]] | None:
+    ) -> tuple[Any, list[tuple[Any, Any, Any]]] | None:
         from opentelemetry.sdk.metrics._internal._view_instrument_match import (
             _hash_attributes,
         )
@@ -167,7 +176,9 @@ class FastHistogram:
                 aggregation = match._attributes_aggregation.get(_hash_attributes(seen))
                 if aggregation is None:  # overflowed the cardinality limit: SDK path
                     return None
-                aggregations.append((aggregation, _direct_reservoir(aggregation)))
+                aggregations.append(
+                    (aggregation, _direct_reservoir(aggregation), _native_aggregate(aggregation))
+                )
         return storages, aggregations
 
 
@@ -249,6 +260,94 @@ def _direct_reservoir(aggregation: Any) -> Any:
     except (AttributeError, TypeError):  # pragma: no cover - another SDK shape
         return None
     return reservoir
+
+
+def _probe_native() -> tuple[Any, Any]:
+    """The C aggregate and the SDK ``aggregate`` it was checked against, or ``(None, None)``.
+
+    Twin SDK explicit-bucket aggregations, each with its aligned exemplar reservoir, take
+    the same measurements: one through the SDK's own ``aggregate`` (sampling the exemplar:
+    the reservoir's ``offer`` reads the span from the context), the other through
+    ``_speedups.histogram_aggregate``; afterwards every field of both, and of their
+    reservoirs' buckets, must be equal, of the same types. An SDK release that keeps its
+    state otherwise turns the C path off, not the answers wrong.
+    """
+    native = getattr(speedups, "histogram_aggregate", None)
+    if native is None or _BUCKET_FIELDS is None:
+        return None, None
+    try:
+        from opentelemetry.sdk.metrics._internal.aggregation import (
+            AggregationTemporality,
+            _ExplicitBucketHistogramAggregation,
+        )
+        from opentelemetry.sdk.metrics._internal.exemplar.exemplar_reservoir import (
+            AlignedHistogramBucketExemplarReservoir,
+        )
+
+        sdk_aggregate: Any = _ExplicitBucketHistogramAggregation.aggregate
+        bounds = [0.005, 0.5, 1.0, 2.5]  # a list, as a view's advisory boundaries come
+
+        def twin() -> Any:
+            reservoir: Any = AlignedHistogramBucketExemplarReservoir
+            return _ExplicitBucketHistogramAggregation(
+                {"probe": 1}, AggregationTemporality.CUMULATIVE, 0, reservoir, boundaries=bounds
+            )
+
+        sdk, ours = twin(), twin()
+        context = trace.SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(1))
+        ctx = trace.set_span_in_context(trace.NonRecordingSpan(context))
+        for time_ns, value in enumerate((0.7, 3.0, 0.0, 1.0, 0.7, 0.004, 2.5)):
+            attributes = {"probe": time_ns}
+            sdk_aggregate(sdk, _new_tuple(_Measurement, (value, time_ns, None, ctx, attributes)))
+            offered = (value, time_ns, attributes, 0xDEF, 0xABC, True)
+            if native(ours, value, ours._reservoir, _BUCKET_FIELDS, offered) is not True:
+                return None, None
+        if native(ours, 1, None, None, None) is not False:  # not a float: handed back
+            return None, None
+        theirs, mine = sdk._reservoir, ours._reservoir
+        if not (
+            _same_fields(sdk, ours, skip={"_lock", "_reservoir"})
+            and _same_fields(theirs, mine, skip={"_lock", "_reservoir_storage"})
+            and theirs._reservoir_storage.keys() == mine._reservoir_storage.keys()
+            and all(
+                _same_fields(bucket, mine._reservoir_storage[index], skip=set())
+                for index, bucket in theirs._reservoir_storage.items()
+            )
+        ):
+            return None, None
+    except (ImportError, TypeError, AttributeError, ValueError):  # another SDK shape
+        return None, None
+    return native, sdk_aggregate
+
+
+def _same_fields(expected: object, got: object, skip: set[str]) -> bool:
+    mine, theirs = vars(expected), vars(got)
+    return mine.keys() == theirs.keys() and all(
+        type(value) is type(theirs[name]) and value == theirs[name]
+        for name, value in mine.items()
+        if name not in skip
+    )
+
+
+_NATIVE, _SDK_AGGREGATE = _probe_native()
+
+
+def _native_aggregate(aggregation: Any) -> Any:
+    """``_speedups.histogram_aggregate`` when it may aggregate into ``aggregation``, else None.
+
+    Only for the SDK's exact explicit-bucket aggregation with the ``aggregate`` it was
+    probed against (:func:`_probe_native`): not a subclass, not a patched method.
+    """
+    if _NATIVE is None:
+        return None
+    from opentelemetry.sdk.metrics._internal.aggregation import (
+        _ExplicitBucketHistogramAggregation,
+    )
+
+    kind = type(aggregation)
+    if kind is not _ExplicitBucketHistogramAggregation or kind.aggregate is not _SDK_AGGREGATE:
+        return None
+    return _NATIVE
 
 
 def fast_histogram(histogram: metrics.Histogram) -> FastHistogram | None:

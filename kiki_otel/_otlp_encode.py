@@ -14,7 +14,6 @@ Field numbers are from opentelemetry-proto (``trace/v1/trace.proto``, ``logs/v1/
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,15 +25,10 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.trace.status import Status
 
 from ._context import SPAN_CONTEXT_TUPLE
+from ._native import speedups
 from ._ratelimit import Throttle
 
-_native: Any
-try:
-    from . import _speedups as _native
-except ImportError:  # built without a C compiler: the Python encoder does it all
-    _native = None
-if os.environ.get("KIKI_OTEL_NO_SPEEDUPS", "").strip().lower() in ("1", "true", "yes", "on"):
-    _native = None  # for a bug report, or the benchmark's pure-Python scenario
+_native: Any = speedups  # the C module, or None (built without it, or switched off)
 _native_fields = _native.encode_fields if _native is not None else None
 _native_span = _native.encode_span if _native is not None else None
 _native_log_event = _native.encode_log_event if _native is not None else None

@@ -727,6 +727,258 @@ json_line(PyObject *Py_UNUSED(module), PyObject *mapping)
     return finish(&buf, written);
 }
 
+/* ------------------------------------------------------------------ histogram aggregation
+ *
+ * ``histogram_aggregate(aggregation, value, reservoir, names, values)``: what
+ * ``_fast_histogram.FastHistogram.record`` does for one SDK explicit-bucket aggregation,
+ * ``aggregation.aggregate(measurement, False)`` and then, when ``reservoir`` is not None,
+ * the exemplar stored in its bucket (``bucket.__dict__.update(zip(names, values))`` under
+ * the reservoir's lock): the same fields written under the same locks, in the same order.
+ * Returns True when done, False when it changed nothing and the Python path must run
+ * (``value`` not an exact float, boundaries not exact floats, a field missing, counts of
+ * another length). The fields are read and written in the instances' ``__dict__``: the
+ * caller has checked the classes (the SDK's own, unpatched: no descriptors for them) and
+ * probed that this writes what the SDK writes (``_fast_histogram._probe_native``).
+ */
+
+static PyObject *str_lock, *str_value, *str_sum, *str_min, *str_max, *str_record_min_max;
+static PyObject *str_boundaries, *str_acquire, *str_release, *str_storage;
+
+/* bisect_left(bounds, value) over a tuple or list of exact floats; -1 for anything else
+ * (the aggregation holds a tuple, its reservoir the boundaries as given: often a list). */
+static Py_ssize_t
+bucket_index(PyObject *bounds, double value)
+{
+    if (bounds == NULL || (!PyTuple_CheckExact(bounds) && !PyList_CheckExact(bounds))) {
+        return -1;
+    }
+    Py_ssize_t low = 0, high = PySequence_Fast_GET_SIZE(bounds);
+    while (low < high) {
+        Py_ssize_t middle = low + (high - low) / 2;
+        PyObject *bound = PySequence_Fast_GET_ITEM(bounds, middle);
+        if (!PyFloat_CheckExact(bound)) {
+            return -1;
+        }
+        if (PyFloat_AS_DOUBLE(bound) < value) { /* bisect_left's "a[mid] < x" */
+            low = middle + 1;
+        }
+        else {
+            high = middle;
+        }
+    }
+    return low;
+}
+
+static int
+call_method(PyObject *target, PyObject *name)
+{
+    PyObject *result = PyObject_CallMethodNoArgs(target, name);
+    Py_XDECREF(result);
+    return result == NULL ? -1 : 0;
+}
+
+/* lock.release() after ``status`` (-1: an error is set and kept, as a with statement's
+ * exit keeps it); the status, or -1 if releasing failed. */
+static int
+release(PyObject *lock, int status)
+{
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    int released = call_method(lock, str_release);
+    if (type != NULL) {
+        if (released < 0) {
+            PyErr_Clear();
+        }
+        PyErr_Restore(type, value, traceback);
+        return -1;
+    }
+    return released < 0 ? -1 : status;
+}
+
+/* An instance's field (borrowed), NULL if missing (no error) or on error (set). */
+static PyObject *
+field(PyObject *fields, PyObject *name)
+{
+    return PyDict_GetItemWithError(fields, name);
+}
+
+/* The aggregation's part, its lock held: 1 done, 0 nothing changed (a field missing or
+ * counts of another length), -1 error. */
+static int
+aggregate_locked(PyObject *fields, PyObject *value, Py_ssize_t index, Py_ssize_t buckets,
+                 int record_min_max)
+{
+    PyObject *counts = field(fields, str_value);
+    PyObject *sum = counts != NULL ? field(fields, str_sum) : NULL;
+    PyObject *low = sum != NULL ? field(fields, str_min) : NULL;
+    PyObject *high = low != NULL ? field(fields, str_max) : NULL;
+    if (high == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    if (counts != Py_None && (!PyList_CheckExact(counts) || PyList_GET_SIZE(counts) != buckets)) {
+        return 0;
+    }
+    Py_INCREF(counts);
+    Py_INCREF(sum);
+    Py_INCREF(low);
+    Py_INCREF(high);
+    int status = -1;
+    PyObject *new_sum = NULL, *count = NULL;
+    if (counts == Py_None) { /* self._value = self._get_empty_bucket_counts() */
+        Py_DECREF(counts);
+        counts = PyList_New(buckets);
+        if (counts == NULL) {
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < buckets; i++) {
+            PyList_SET_ITEM(counts, i, PyLong_FromLong(0)); /* a cached small int */
+        }
+        if (PyDict_SetItem(fields, str_value, counts) < 0) {
+            goto done;
+        }
+    }
+    new_sum = PyNumber_Add(sum, value);
+    if (new_sum == NULL || PyDict_SetItem(fields, str_sum, new_sum) < 0) {
+        goto done;
+    }
+    if (record_min_max) { /* min()/max() of two: the held one stays unless beyond */
+        int below = PyObject_RichCompareBool(value, low, Py_LT);
+        if (below < 0 || (below && PyDict_SetItem(fields, str_min, value) < 0)) {
+            goto done;
+        }
+        int above = PyObject_RichCompareBool(value, high, Py_GT);
+        if (above < 0 || (above && PyDict_SetItem(fields, str_max, value) < 0)) {
+            goto done;
+        }
+    }
+    PyObject *one = PyLong_FromLong(1);
+    count = PyNumber_Add(PyList_GET_ITEM(counts, index), one);
+    Py_DECREF(one);
+    if (count == NULL) {
+        goto done;
+    }
+    PyList_SetItem(counts, index, count); /* steals count; index < buckets */
+    status = 1;
+done:
+    Py_XDECREF(new_sum);
+    Py_XDECREF(counts);
+    Py_DECREF(sum);
+    Py_DECREF(low);
+    Py_DECREF(high);
+    return status;
+}
+
+/* The exemplar's part: values under names in bucket ``index``, under the reservoir's lock. */
+static int
+store_exemplar(PyObject *lock, PyObject *storage, Py_ssize_t index, PyObject *names,
+               PyObject *values)
+{
+    if (call_method(lock, str_acquire) < 0) {
+        return -1;
+    }
+    int status = -1;
+    PyObject *key = PyLong_FromSsize_t(index);
+    PyObject *bucket = key != NULL ? PyObject_GetItem(storage, key) : NULL;
+    PyObject *fields = bucket != NULL ? PyObject_GenericGetDict(bucket, NULL) : NULL;
+    if (fields != NULL && PyDict_Check(fields)) {
+        status = 1;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++) {
+            if (PyDict_SetItem(fields, PyTuple_GET_ITEM(names, i), PyTuple_GET_ITEM(values, i))
+                < 0) {
+                status = -1;
+                break;
+            }
+        }
+    }
+    else if (fields != NULL) {
+        PyErr_SetString(PyExc_TypeError, "an exemplar bucket's __dict__ is not a dict");
+    }
+    Py_XDECREF(fields);
+    Py_XDECREF(bucket);
+    Py_XDECREF(key);
+    return release(lock, status);
+}
+
+/* ``instance.__dict__`` (new reference), NULL with an error set. */
+static PyObject *
+fields_of(PyObject *instance)
+{
+    PyObject *fields = PyObject_GenericGetDict(instance, NULL);
+    if (fields != NULL && !PyDict_Check(fields)) {
+        Py_DECREF(fields);
+        PyErr_SetString(PyExc_TypeError, "__dict__ is not a dict");
+        return NULL;
+    }
+    return fields;
+}
+
+static PyObject *
+histogram_aggregate(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("histogram_aggregate", nargs, 5)) {
+        return NULL;
+    }
+    PyObject *aggregation = args[0], *value = args[1], *reservoir = args[2];
+    PyObject *names = args[3], *values = args[4];
+    if (reservoir != Py_None
+        && (!PyTuple_CheckExact(names) || !PyTuple_CheckExact(values)
+            || PyTuple_GET_SIZE(names) != PyTuple_GET_SIZE(values))) {
+        PyErr_SetString(PyExc_TypeError, "names and values must be tuples of one size");
+        return NULL;
+    }
+    if (!PyFloat_CheckExact(value)) {
+        Py_RETURN_FALSE;
+    }
+    double real = PyFloat_AS_DOUBLE(value);
+    PyObject *fields = fields_of(aggregation);
+    PyObject *mine = reservoir != Py_None && fields != NULL ? fields_of(reservoir) : NULL;
+    if (fields == NULL || (reservoir != Py_None && mine == NULL)) {
+        Py_XDECREF(fields);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    /* Everything checked before anything changes; borrowed from the two dicts, which only
+     * this call's own writes (other keys) change while it holds them. */
+    PyObject *bounds = field(fields, str_boundaries);
+    PyObject *flag = field(fields, str_record_min_max);
+    PyObject *lock = field(fields, str_lock);
+    PyObject *exemplar_lock = mine != NULL ? field(mine, str_lock) : NULL;
+    PyObject *storage = mine != NULL ? field(mine, str_storage) : NULL;
+    Py_ssize_t index = bucket_index(bounds, real);
+    Py_ssize_t exemplar_index = mine != NULL ? bucket_index(field(mine, str_boundaries), real) : 0;
+    if (PyErr_Occurred()) {
+        goto done;
+    }
+    if (index < 0 || exemplar_index < 0 || flag == NULL || !PyBool_Check(flag) || lock == NULL
+        || (mine != NULL && (exemplar_lock == NULL || storage == NULL))) {
+        result = Py_NewRef(Py_False);
+        goto done;
+    }
+    Py_INCREF(bounds);
+    Py_INCREF(lock);
+    Py_XINCREF(exemplar_lock);
+    Py_XINCREF(storage);
+    int status = call_method(lock, str_acquire);
+    if (status == 0) {
+        Py_ssize_t buckets = PySequence_Fast_GET_SIZE(bounds) + 1;
+        status = release(lock, aggregate_locked(fields, value, index, buckets, flag == Py_True));
+    }
+    if (status > 0 && mine != NULL) {
+        status = store_exemplar(exemplar_lock, storage, exemplar_index, names, values);
+    }
+    Py_DECREF(bounds);
+    Py_DECREF(lock);
+    Py_XDECREF(exemplar_lock);
+    Py_XDECREF(storage);
+    if (status >= 0) {
+        result = PyBool_FromLong(status);
+    }
+done:
+    Py_DECREF(fields);
+    Py_XDECREF(mine);
+    return result;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"encode_fields", (PyCFunction)(void (*)(void))encode_fields, METH_FASTCALL,
      "encode_fields(tag, mapping, skip) -> bytes | None\n\n"
@@ -743,6 +995,11 @@ static PyMethodDef speedups_methods[] = {
      "orjson.dumps(mapping) for a dict of plain items (exact str keys; values of exactly str,\n"
      "bool, int within 64 bits, a float written without an exponent, or None); None for any\n"
      "other (orjson's own to write)."},
+    {"histogram_aggregate", (PyCFunction)(void (*)(void))histogram_aggregate, METH_FASTCALL,
+     "histogram_aggregate(aggregation, value, reservoir, names, values) -> bool\n\n"
+     "aggregation.aggregate(measurement, False) for the SDK's explicit-bucket histogram\n"
+     "aggregation, then (reservoir not None) values stored under names in the value's\n"
+     "exemplar bucket; False when it changed nothing (the Python path's to do)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -754,8 +1011,40 @@ static struct PyModuleDef speedups_module = {
     .m_methods = speedups_methods,
 };
 
+static int
+intern_names(void)
+{
+    struct {
+        PyObject **slot;
+        const char *text;
+    } names[] = {
+        {&str_lock, "_lock"},
+        {&str_value, "_value"},
+        {&str_sum, "_sum"},
+        {&str_min, "_min"},
+        {&str_max, "_max"},
+        {&str_record_min_max, "_record_min_max"},
+        {&str_boundaries, "_boundaries"},
+        {&str_acquire, "acquire"},
+        {&str_release, "release"},
+        {&str_storage, "_reservoir_storage"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (*names[i].slot == NULL) {
+            *names[i].slot = PyUnicode_InternFromString(names[i].text);
+            if (*names[i].slot == NULL) {
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
+    if (intern_names() < 0) {
+        return NULL;
+    }
     return PyModule_Create(&speedups_module);
 }

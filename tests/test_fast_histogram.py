@@ -37,6 +37,20 @@ ATTRS: list[dict[str, Any]] = [
 ]
 
 
+@pytest.fixture(autouse=True, params=["c-aggregate", "python-aggregate"])
+def aggregate_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: counts and exemplars stored by ``_speedups.histogram_aggregate``,
+    and by the SDK's ``aggregate`` with the Python exemplar store (the C path off)."""
+    from kiki_otel import _fast_histogram
+
+    if request.param == "c-aggregate":
+        if _fast_histogram._NATIVE is None:
+            pytest.skip("the C module is not built here, or KIKI_OTEL_NO_SPEEDUPS is set")
+    else:
+        monkeypatch.setattr(_fast_histogram, "_NATIVE", None)
+    return str(request.param)
+
+
 def _pair(reader: InMemoryMetricReader, **kw: Any) -> tuple[Histogram, FastHistogram]:
     """Two histograms on one provider: ``sdk`` takes the SDK path, ``fast`` ours."""
     meter = MeterProvider(metric_readers=[reader], **kw).get_meter("t")
@@ -294,8 +308,9 @@ def test_exemplars_offered_directly_are_the_reservoirs_own() -> None:
                     with tracer.start_as_current_span(f"r{collection}{round_}"):
                         sdk.record(value, dict(attrs))
                         fast.record(value, dict(attrs))
-        ((aggregation, reservoir), *_) = next(iter(fast._cache.values()))
+        ((aggregation, reservoir, native), *_) = next(iter(fast._cache.values()))
         assert reservoir is aggregation._reservoir  # offered directly
+        assert native is _fast_histogram._NATIVE  # in C where it is built
         found = _exemplars(reader)
         assert found["fast"]  # every bucket of every point holds one
         got = sorted(found["fast"], key=repr)
@@ -331,7 +346,54 @@ def test_another_bucket_layout_is_offered_by_the_sdk(monkeypatch: pytest.MonkeyP
                 with tracer.start_as_current_span("r"):
                     sdk.record(value, dict(ATTRS[0]))
                     fast.record(value, dict(ATTRS[0]))
-            assert all(r is None for entry in fast._cache.values() for _a, r in entry)
+            assert all(r is None for entry in fast._cache.values() for _a, r, _n in entry)
             found = _exemplars(reader)
             assert sorted(e[:2] for e in found["fast"]) == sorted(e[:2] for e in found["sdk"])
             assert found["fast"]
+
+
+def test_the_c_aggregate_is_used_only_as_probed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C aggregate is probed against the SDK's own ``aggregate`` once: one that leaves
+    a field otherwise (here: the max) is not used, and neither is it for a subclass of the
+    SDK's aggregation or a patched ``aggregate``."""
+    from types import SimpleNamespace
+
+    from opentelemetry.sdk.metrics._internal.aggregation import (
+        AggregationTemporality,
+        _ExplicitBucketHistogramAggregation,
+    )
+    from opentelemetry.sdk.metrics._internal.exemplar.exemplar_reservoir import (
+        AlignedHistogramBucketExemplarReservoir,
+    )
+
+    from kiki_otel import _fast_histogram
+
+    if _fast_histogram.speedups is None:
+        pytest.skip("the C module is not built here, or KIKI_OTEL_NO_SPEEDUPS is set")
+    real = _fast_histogram.speedups.histogram_aggregate
+
+    def forgets_the_max(aggregation: Any, value: Any, *rest: Any) -> Any:
+        held = aggregation._max
+        done = real(aggregation, value, *rest)
+        aggregation._max = held
+        return done
+
+    fake = SimpleNamespace(histogram_aggregate=forgets_the_max)
+    monkeypatch.setattr(_fast_histogram, "speedups", fake)
+    assert _fast_histogram._probe_native() == (None, None)
+    monkeypatch.setattr(_fast_histogram, "speedups", SimpleNamespace(histogram_aggregate=real))
+    native, sdk_aggregate = _fast_histogram._probe_native()
+    assert native is real and sdk_aggregate is _ExplicitBucketHistogramAggregation.aggregate
+
+    class Sub(_ExplicitBucketHistogramAggregation):
+        pass
+
+    args = ({}, AggregationTemporality.CUMULATIVE, 0, AlignedHistogramBucketExemplarReservoir)
+    assert _fast_histogram._native_aggregate(Sub(*args, boundaries=[1.0])) is None
+    exact = _ExplicitBucketHistogramAggregation(*args, boundaries=[1.0])
+    if _fast_histogram._NATIVE is not None:  # the autouse fixture's C run
+        assert _fast_histogram._native_aggregate(exact) is real
+    monkeypatch.setattr(
+        _ExplicitBucketHistogramAggregation, "aggregate", lambda self, m, s=True: None
+    )
+    assert _fast_histogram._native_aggregate(exact) is None

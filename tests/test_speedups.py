@@ -459,3 +459,173 @@ def test_json_line_leaves_what_is_not_plain_to_orjson() -> None:
 def test_json_line_grows_past_the_inline_buffer() -> None:
     mapping = {f"k{i}": '\x01"\\' * (i * 37 % 3000) for i in range(100)}
     assert speedups.json_line(mapping) == orjson.dumps(mapping)
+
+
+# ----------------------------------------------------------------- histogram_aggregate
+
+
+def _twin_histograms(bounds: list[float]) -> tuple[Any, Any]:
+    """Two SDK explicit-bucket aggregations with aligned reservoirs, as the SDK makes them."""
+    from opentelemetry.sdk.metrics._internal.aggregation import (
+        AggregationTemporality,
+        _ExplicitBucketHistogramAggregation,
+    )
+    from opentelemetry.sdk.metrics._internal.exemplar.exemplar_reservoir import (
+        AlignedHistogramBucketExemplarReservoir,
+    )
+
+    def one() -> Any:
+        return _ExplicitBucketHistogramAggregation(
+            {"route": "/a"},
+            AggregationTemporality.CUMULATIVE,
+            0,
+            AlignedHistogramBucketExemplarReservoir,
+            boundaries=bounds,
+        )
+
+    return one(), one()
+
+
+def _state(aggregation: Any) -> tuple[Any, ...]:
+    buckets = aggregation._reservoir._reservoir_storage
+    return (
+        aggregation._value,
+        aggregation._sum,
+        aggregation._min,
+        aggregation._max,
+        {index: dict(vars(bucket)) for index, bucket in buckets.items()},
+    )
+
+
+def test_histogram_aggregate_writes_what_the_sdk_writes() -> None:
+    """Random durations, every boundary and its neighbours, 0 and beyond the last bound:
+    counts, sum, min, max and every exemplar bucket as the SDK's own ``aggregate`` leaves
+    them (offering the exemplar to the reservoir for two measurements in three), and the
+    same points collected twice in between."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.metrics._internal.aggregation import AggregationTemporality
+
+    from kiki_otel._fast_histogram import _BUCKET_FIELDS, _Measurement
+
+    assert _BUCKET_FIELDS is not None
+    bounds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+    rng = random.Random(7)
+    values = [b + d for b in bounds for d in (-1e-12, 0.0, 1e-12)] + [0.0, 1e9]
+    values += [rng.expovariate(20) for _ in range(3000)]
+    sdk, ours = _twin_histograms(bounds)
+    for step, value in enumerate(values):
+        span_id, trace_id = rng.getrandbits(64) or 1, rng.getrandbits(128) or 1
+        context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(1))
+        ctx = trace.set_span_in_context(trace.NonRecordingSpan(context))
+        attributes = {"n": step}
+        sampled = step % 3 != 0  # the others: counts only, no exemplar offered
+        sdk.aggregate(tuple.__new__(_Measurement, (value, step, None, ctx, attributes)), sampled)
+        offered = (value, step, attributes, span_id, trace_id, True)
+        reservoir = ours._reservoir if sampled else None
+        assert speedups.histogram_aggregate(ours, value, reservoir, _BUCKET_FIELDS, offered)
+        assert _state(ours) == _state(sdk)
+        if step in (1000, 2000):
+            cumulative = AggregationTemporality.CUMULATIVE
+            assert sdk.collect(cumulative, step) == ours.collect(cumulative, step)
+    assert sum(ours._value) == len(values) - 2001  # what came after the last collection
+
+
+def test_histogram_aggregate_hands_back_without_changing_anything() -> None:
+    """Not an exact float, boundaries that are not floats, a field missing, counts of
+    another length: False, and every field as it was (the Python path runs instead)."""
+    from kiki_otel._fast_histogram import _BUCKET_FIELDS
+
+    offered = (0.5, 1, {}, 2, 3, True)
+    cases: list[tuple[Any, Any]] = [(1, None), (True, None)]
+    for value, _ in cases:
+        _, ours = _twin_histograms([0.1, 1.0])
+        before = _state(ours)
+        assert speedups.histogram_aggregate(ours, value, None, None, None) is False
+        assert _state(ours) == before
+    _, ours = _twin_histograms([0.1, 1.0])
+    ours._boundaries = (0.1, 1)  # an int bound
+    assert speedups.histogram_aggregate(ours, 0.5, None, None, None) is False
+    _, ours = _twin_histograms([0.1, 1.0])
+    ours._reservoir._boundaries = [0.1, "1.0"]
+    before = _state(ours)
+    assert not speedups.histogram_aggregate(ours, 0.5, ours._reservoir, _BUCKET_FIELDS, offered)
+    assert _state(ours) == before
+    for name in ("_sum", "_max", "_lock", "_record_min_max", "_boundaries"):
+        _, ours = _twin_histograms([0.1, 1.0])
+        delattr(ours, name)  # another SDK's layout
+        before = {k: v for k, v in vars(ours).items() if k != "_reservoir"}
+        assert speedups.histogram_aggregate(ours, 0.5, None, None, None) is False, name
+        assert {k: v for k, v in vars(ours).items() if k != "_reservoir"} == before
+    _, ours = _twin_histograms([0.1, 1.0])
+    del ours._reservoir._reservoir_storage
+    assert not speedups.histogram_aggregate(ours, 0.5, ours._reservoir, _BUCKET_FIELDS, offered)
+    assert ours._value is None
+    _, ours = _twin_histograms([0.1, 1.0])
+    ours._value = [0, 0]  # not len(boundaries) + 1
+    assert speedups.histogram_aggregate(ours, 0.5, None, None, None) is False
+    assert ours._value == [0, 0] and ours._sum == 0
+    with pytest.raises(TypeError, match="names and values"):
+        speedups.histogram_aggregate(ours, 0.5, ours._reservoir, ("a",), (1, 2))
+    with pytest.raises(TypeError, match="takes 5 arguments"):
+        speedups.histogram_aggregate(ours, 0.5)
+
+
+def test_histogram_aggregate_releases_its_locks_on_an_error() -> None:
+    """An error inside (a sum that cannot add, a storage that cannot be indexed) propagates
+    with both locks released, as the SDK's ``with`` blocks leave them."""
+    from kiki_otel._fast_histogram import _BUCKET_FIELDS
+
+    class NoAdd:
+        def __add__(self, other: object) -> Any:
+            raise ArithmeticError("no")
+
+    _, ours = _twin_histograms([0.1, 1.0])
+    ours._sum = NoAdd()
+    with pytest.raises(ArithmeticError):
+        speedups.histogram_aggregate(ours, 0.5, None, None, None)
+    assert ours._lock.acquire(blocking=False)
+    ours._lock.release()
+    _, ours = _twin_histograms([0.1, 1.0])
+    ours._reservoir._reservoir_storage = {}  # not a defaultdict: KeyError
+    offered = (0.5, 1, {}, 2, 3, True)
+    with pytest.raises(KeyError):
+        speedups.histogram_aggregate(ours, 0.5, ours._reservoir, _BUCKET_FIELDS, offered)
+    assert ours._value == [0, 1, 0]  # the counts went in before the exemplar failed
+    for lock in (ours._lock, ours._reservoir._lock):
+        assert lock.acquire(blocking=False)
+        lock.release()
+
+
+def test_histogram_aggregate_from_threads_loses_no_count() -> None:
+    """Four threads aggregating at once, with a collector thread collecting: every
+    measurement is in exactly one collection (the aggregation's lock, taken in C)."""
+    import threading
+
+    from opentelemetry.sdk.metrics._internal.aggregation import AggregationTemporality
+
+    _, ours = _twin_histograms([0.1, 1.0])
+    ours._instrument_aggregation_temporality = AggregationTemporality.DELTA
+    collected: list[int] = []
+    done = threading.Event()
+
+    def collect() -> None:
+        while not done.is_set():
+            point = ours.collect(AggregationTemporality.DELTA, 1)
+            if point is not None:
+                collected.append(point.count)
+
+    def record() -> None:
+        for i in range(5000):
+            assert speedups.histogram_aggregate(ours, (i % 7) / 3, None, None, None)
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    workers = [threading.Thread(target=record) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    done.set()
+    collector.join()
+    last = ours.collect(AggregationTemporality.DELTA, 2)
+    assert sum(collected) + (last.count if last is not None else 0) == 20000
