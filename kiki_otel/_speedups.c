@@ -632,12 +632,56 @@ put_json_string(Buffer *buf, const char *text, Py_ssize_t size)
     return 0;
 }
 
+/* A whole number of thousandths (the access line's duration in ms, to the us), written
+ * without dtoa: for 1e-3 <= |x| < 1e11, if x is the double nearest n / 1000, Python's
+ * repr of x is n / 1000's decimal text with its trailing zeros dropped. (Any other
+ * decimal as short would differ from it by at least 1e-4 and could not round to x:
+ * doubles below 1e11 are less than 2e-5 apart.) 1 written, 0 not such a number. */
+static int
+put_thousandths(Buffer *buf, double real)
+{
+    double magnitude = real < 0 ? -real : real;
+    if (!(magnitude >= 1e-3 && magnitude < 1e11)) { /* nan fails both */
+        return 0;
+    }
+    long long thousandths = (long long)(magnitude * 1000.0 + 0.5);
+    if ((double)thousandths / 1000.0 != magnitude) { /* exact: n < 2**53 */
+        return 0;
+    }
+    char text[32];
+    char *end = text + sizeof(text), *start = end;
+    int fraction = (int)(thousandths % 1000);
+    int places = 3;
+    while (places > 1 && fraction % 10 == 0) { /* "1.5", "2.0": one place at least */
+        fraction /= 10;
+        places--;
+    }
+    for (; places > 0; places--) {
+        *--start = (char)('0' + fraction % 10);
+        fraction /= 10;
+    }
+    *--start = '.';
+    long long whole = thousandths / 1000;
+    do {
+        *--start = (char)('0' + whole % 10);
+        whole /= 10;
+    } while (whole);
+    if (real < 0) {
+        *--start = '-';
+    }
+    return put_bytes(buf, start, end - start) < 0 ? -1 : 1;
+}
+
 /* A float as orjson writes it, when that is Python's repr: the same shortest round-trip
  * digits, and both write them without an exponent for 1e-4 <= |x| < 1e16 (and zero).
  * 1 written; 0 another case (an exponent, inf, nan: orjson's own to write). */
 static int
 put_json_float(Buffer *buf, double real)
 {
+    int written = put_thousandths(buf, real);
+    if (written != 0) {
+        return written;
+    }
     char *text = PyOS_double_to_string(real, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     if (text == NULL) {
         return -1;

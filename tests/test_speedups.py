@@ -629,3 +629,23 @@ def test_histogram_aggregate_from_threads_loses_no_count() -> None:
     collector.join()
     last = ours.collect(AggregationTemporality.DELTA, 2)
     assert sum(collected) + (last.count if last is not None else 0) == 20000
+
+
+def test_json_line_writes_thousandths_as_orjson_does() -> None:
+    """The access line's duration (ms to the us) is written without dtoa: every whole
+    number of thousandths, of either sign, at the edges of that path (1e-3, 1e11) and
+    beyond them, rounded as the server rounds it, exactly as orjson writes it."""
+    rng = random.Random(11)
+    counts = [1, 2, 5, 9, 10, 999, 1000, 1001, 1010, 1500, 99_999_999_999_999]
+    counts += [10**k + d for k in range(15) for d in (-1, 0, 1)]
+    counts += [rng.randrange(1, 10**14) for _ in range(20_000)]
+    counts += [rng.randrange(1, 10**7) for _ in range(20_000)]
+    values = [sign * n / 1000 for n in counts for sign in (1, -1)]
+    values += [round(rng.expovariate(1 / 50) * 1e6) / 1e3 for _ in range(20_000)]
+    values += [math.nextafter(v, math.inf) for v in values[:2000]]  # near, not on, one
+    for value in values:
+        mapping = {"duration_ms": value}
+        got = speedups.json_line(mapping)
+        assert got is None or got == orjson.dumps(mapping), value
+        if 1e-3 <= abs(value) < 1e11 and value == round(value * 1000) / 1000:
+            assert got is not None, value  # taken, never handed to orjson
