@@ -225,8 +225,9 @@ def remember_hex_ids(context: trace.SpanContext, trace_id: int, span_id: int) ->
     again.
     """
     global _last_hex
-    # "%x": what format(x, "032x") gives, without the format-spec parser (~2x faster)
-    ids = ("%032x" % trace_id, "%016x" % span_id)  # noqa: UP031
+    # format(x, "032x"), without the format-spec parser or str's % (cold code a request
+    # would run only here and in the line's timestamp: ~150 L1 misses); ids are in range
+    ids = (trace_id.to_bytes(16, "big").hex(), span_id.to_bytes(8, "big").hex())
     _last_hex = (context, ids)
     return ids
 
