@@ -648,3 +648,23 @@ def test_a_server_logger_a_config_disabled_stays_disabled(memory: Memory) -> Non
         assert error_logger.disabled and error_logger.propagate
     finally:
         error_logger.disabled = False
+
+
+def test_iso_timestamp_is_datetimes_isoformat() -> None:
+    """The line's ``timestamp`` is ``datetime.fromtimestamp(t, UTC).isoformat()`` with ``Z``
+    (structlog's ``TimeStamper(fmt="iso", utc=True)``), to the microsecond, floor-rounded:
+    every microsecond digit, no fraction at .000000, across second and day boundaries."""
+    import random
+    from datetime import UTC, datetime
+
+    from kiki_otel._logging import iso_timestamp
+
+    rng = random.Random(5)
+    base = 1_795_000_000 * 10**9  # 2026
+    stamps = [base + micros * 1000 + rng.randrange(1000) for micros in (0, 1, 9, 10, 999_999)]
+    stamps += [base - 1, base + 86_399 * 10**9 + 999_999_999]
+    stamps += [rng.randrange(0, 4 * 10**18) for _ in range(5000)]
+    for stamp in stamps:
+        seconds, nanos = divmod(stamp, 10**9)
+        when = datetime.fromtimestamp(seconds, UTC).replace(microsecond=nanos // 1000)
+        assert iso_timestamp(stamp) == when.isoformat().replace("+00:00", "Z"), stamp
