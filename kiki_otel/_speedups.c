@@ -1,4 +1,6 @@
-/* kiki_otel._speedups: the OTLP encoder's and the access line's common case, in C.
+/* kiki_otel._speedups: the request path's hottest pieces, in C: the OTLP encoder's and
+ * the access line's common case, and the request histogram's aggregation (at the end,
+ * ``histogram_aggregate``: see there).
  *
  * ``encode_fields(tag, mapping, skip)`` writes the repeated ``KeyValue`` fields of a dict
  * (its items in order, the keys in ``skip`` left out) as ``_otlp_encode._fields`` does;
@@ -1050,7 +1052,7 @@ static PyMethodDef speedups_methods[] = {
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "kiki_otel._speedups",
-    .m_doc = "The OTLP encoder's and the access line's common case in C (see _otlp_encode).",
+    .m_doc = "The OTLP encoder's, the access line's and the histogram's common case in C.",
     .m_size = 0,
     .m_methods = speedups_methods,
 };
