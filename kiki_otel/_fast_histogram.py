@@ -40,6 +40,7 @@ from opentelemetry.trace import INVALID_SPAN, TraceFlags
 
 from ._context import CURRENT, IDS, IDS_BY_NAME, SPAN_KEY, SPAN_READERS, span_reader
 from ._native import speedups
+from ._probe import same_code
 
 __all__ = ["FastHistogram", "fast_histogram"]
 
@@ -78,18 +79,30 @@ class FastHistogram:
         # aggregate for it or None) of every reader for that attribute set
         self._cache: dict[tuple[tuple[str, Any], ...], list[tuple[Any, Any, Any]]] = {}
 
-    def record(self, value: float, attributes: dict[str, Any]) -> None:
-        """Record ``value`` (finite, >= 0: a duration) with ``attributes`` (str/int values)."""
+    def record(
+        self,
+        value: float,
+        attributes: dict[str, Any],
+        current: tuple[otel_context.Context, int, int, int] | None = None,
+    ) -> None:
+        """Record ``value`` (finite, >= 0: a duration) with ``attributes`` (str/int values).
+
+        ``current``, if given: a context the caller made current, and the trace id, span
+        id and trace flags of the span it holds, a span that is not ``INVALID_SPAN``. While
+        that context is still the current one, the exemplar filter's answer is read from
+        those instead of from the span (the request's middleware knows them: it made both).
+        """
         consumer = self._consumer
         if consumer is None:
             self._histogram.record(value, attributes)
             return
         key = tuple(attributes.items())
         aggregations = self._cache.get(key)
+        config = self._histogram._meter_config  # type: ignore[attr-defined]
         if (
             aggregations is None
             or consumer._reader_storages is not self._storages
-            or not self._histogram._is_enabled()  # type: ignore[attr-defined]
+            or not (config is None or config.is_enabled)  # the SDK's _is_enabled(), inline
         ):
             self._histogram.record(value, attributes)
             self._learn(key, attributes)
@@ -99,7 +112,14 @@ class FastHistogram:
         exemplar_filter = consumer._sdk_config.exemplar_filter
         # what a bucket's offer() stores, when the exemplar goes in directly
         offered: tuple[float, int, dict[str, Any], int, int, bool] | None = None
-        if type(exemplar_filter) is self._trace_based:  # its should_sample, inline:
+        if type(exemplar_filter) is not self._trace_based:
+            sample = exemplar_filter.should_sample(value, now, attributes, ctx)
+        elif current is not None and current[0] is ctx:  # the caller's span: its ids
+            _ctx, trace_id, span_id, flags = current
+            sample = bool(flags & _SAMPLED)
+            if sample:
+                offered = (value, now, attributes, span_id, trace_id, True)
+        else:  # its should_sample, inline:
             # trace.get_current_span(ctx); SPAN_KEY is not None here (see __init__)
             span = ctx.get(SPAN_KEY)  # type: ignore[arg-type]
             read = SPAN_READERS.get(type(span)) or span_reader(span)  # isinstance(span, Span)
@@ -111,8 +131,6 @@ class FastHistogram:
                 sample = bool(flags & _SAMPLED)
                 if sample:
                     offered = (value, now, attributes, span_id, trace_id, True)
-        else:
-            sample = exemplar_filter.should_sample(value, now, attributes, ctx)
         measurement = None
         for aggregation, reservoir, native in aggregations:
             if native is not None:  # in C: the counts, and the exemplar when it goes in directly
@@ -350,6 +368,25 @@ def _native_aggregate(aggregation: Any) -> Any:
     return _NATIVE
 
 
+# What ``record`` runs inline of the SDK's ``_Synchronous._is_enabled`` (1.45). No docstring:
+# its code is compared with the SDK's, constants included (``_probe.same_code``).
+def _is_enabled_as_inlined(self: Any) -> bool:
+    return self._meter_config is None or self._meter_config.is_enabled
+
+
+def _sdk_is_enabled() -> Any:
+    """The SDK's ``_Synchronous._is_enabled`` if it is :func:`_is_enabled_as_inlined`, or None."""
+    try:
+        from opentelemetry.sdk.metrics._internal.instrument import _Synchronous
+    except ImportError:  # pragma: no cover - another SDK shape
+        return None
+    sdk = getattr(_Synchronous, "_is_enabled", None)
+    return sdk if same_code(sdk, _is_enabled_as_inlined) else None
+
+
+_SDK_IS_ENABLED = _sdk_is_enabled()
+
+
 def fast_histogram(histogram: metrics.Histogram) -> FastHistogram | None:
     """A :class:`FastHistogram` for an SDK histogram, None for any other implementation."""
     try:
@@ -363,7 +400,9 @@ def fast_histogram(histogram: metrics.Histogram) -> FastHistogram | None:
     if (
         not hasattr(consumer, "_reader_storages")
         or not hasattr(config, "exemplar_filter")
-        or not callable(getattr(histogram, "_is_enabled", None))
+        or _SDK_IS_ENABLED is None
+        or getattr(type(histogram), "_is_enabled", None) is not _SDK_IS_ENABLED
+        or not hasattr(histogram, "_meter_config")
     ):
         return None
     return FastHistogram(histogram)

@@ -171,6 +171,10 @@ def _parse_host(host: str) -> tuple[str, int | None]:
     return parsed
 
 
+_Current = tuple[otel_context.Context, int, int, int]
+"""The request's context, and its span's trace id, span id and trace flags."""
+
+
 class _Request:
     """Per-request state shared between the send wrapper and the finally block.
 
@@ -210,7 +214,8 @@ class ServerTelemetry:
             # Advisory too, so seconds buckets hold even in a provider we joined (no views).
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self._duration: Any = fast_histogram(duration_histogram) or duration_histogram
+        self._fast_duration = fast_histogram(duration_histogram)
+        self._duration: Any = self._fast_duration or duration_histogram
         self._active = _active_requests(meter_provider, meter)
         self._direct = DirectSpans.for_tracer(self._tracer)
         http = settings.http
@@ -297,10 +302,12 @@ class ServerTelemetry:
         carrier: dict[str, str],
         parent: otel_context.Context,
         client_id: str | None,
-    ) -> tuple[Span, SpanContext, tuple[str, str, int], otel_context.Context]:
-        """The request span, its span context, its ids and ``set_span_in_context(span, parent)``.
+    ) -> tuple[Span, SpanContext, tuple[str, str, int], _Current]:
+        """The request span, its span context, its ids and its context with its int ids.
 
         The ids: the trace id and the span id in hex, the sampled flag (what the headers need).
+        The context: ``set_span_in_context(span, parent)``, with the span's trace id, span id
+        and trace flags (what the histogram's exemplar filter reads, see ``_finish``).
         """
         attributes: dict[str, Any] = {
             "http.request.method": method,
@@ -344,11 +351,12 @@ class ServerTelemetry:
         trace_hex, span_hex = remember_hex_ids(span_context, trace_id, span_id)
         ids = (trace_hex, span_hex, flags & TraceFlags.SAMPLED)
         if SPAN_KEY is None:
-            return span, span_context, ids, trace.set_span_in_context(span, parent)
-        # trace.set_span_in_context(span, parent), without its two calls
-        values = (parent if parent is not None else otel_context.get_current()).copy()
-        values[SPAN_KEY] = span
-        return span, span_context, ids, otel_context.Context(values)
+            ctx = trace.set_span_in_context(span, parent)
+        else:  # trace.set_span_in_context(span, parent), without its two calls
+            values = (parent if parent is not None else otel_context.get_current()).copy()
+            values[SPAN_KEY] = span
+            ctx = otel_context.Context(values)
+        return span, span_context, ids, (ctx, trace_id, span_id, flags)
 
     async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
@@ -357,7 +365,10 @@ class ServerTelemetry:
         method = scope.get("method", "GET")
         method = method if method in _KNOWN_METHODS else "_OTHER"
         parent = _extract(carrier, propagator, w3c_only)
-        span, span_context, ids, ctx = self._start_span(scope, method, carrier, parent, client_id)
+        span, span_context, ids, current = self._start_span(
+            scope, method, carrier, parent, client_id
+        )
+        ctx = current[0]
         extra_headers = self._response_headers(*ids)
         if CURRENT is not None:  # otel_context.get_current() and attach(ctx), without calls
             outer = CURRENT.get()
@@ -409,7 +420,7 @@ class ServerTelemetry:
         finally:
             try:
                 self._active.done(active_key)
-                self._finish(scope, span, state, error, start, active_attrs)
+                self._finish(scope, span, current, state, error, start, active_attrs)
             except Exception as failure:  # never replace the app's outcome, never leak ids
                 # (never raises: kiki's own lines survive a chain that fails them)
                 self._warn.warning("http.telemetry.failed", error=safe_repr(failure)[:200])
@@ -447,6 +458,7 @@ class ServerTelemetry:
         self,
         scope: Scope,
         span: Span,
+        current: _Current,
         state: _Request,
         error: BaseException | None,
         start: float,
@@ -493,7 +505,10 @@ class ServerTelemetry:
         # raised after all three, for the caller to report.
         failure: Exception | None = None
         try:
-            self._duration.record(duration, metric_attrs)
+            if self._fast_duration is not None:  # the exemplar filter's answer from the ids
+                self._fast_duration.record(duration, metric_attrs, current)
+            else:
+                self._duration.record(duration, metric_attrs)
         except Exception as exc:
             failure = exc
         try:

@@ -19,6 +19,7 @@ from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, SpanContext, TraceFlags
 
+from kiki_otel import _fast_histogram
 from kiki_otel._context import SPAN_KEY
 from kiki_otel._fast_histogram import FastHistogram, fast_histogram
 from tests.conftest import metric_points
@@ -161,14 +162,39 @@ def test_not_an_sdk_histogram() -> None:
 
 
 def test_a_disabled_meter_records_nothing() -> None:
+    """Disabled the SDK's way (its meter configurator), after the path was cached."""
+    from opentelemetry.sdk.metrics._internal import _disable_meter_configurator
+
     reader = InMemoryMetricReader()
-    _, fast = _pair(reader)
+    provider = MeterProvider(metric_readers=[reader])
+    meter = provider.get_meter("t")
+    fast = fast_histogram(
+        meter.create_histogram("fast", unit="s", explicit_bucket_boundaries_advisory=BOUNDS)
+    )
+    assert fast is not None
     fast.record(0.01, dict(ATTRS[0]))
     fast.record(0.01, dict(ATTRS[0]))
-    fast._histogram._is_enabled = lambda: False  # type: ignore[attr-defined]
+    provider._set_meter_configurator(meter_configurator=_disable_meter_configurator)
     fast.record(0.01, dict(ATTRS[0]))
     (point,) = metric_points(reader, "fast")
     assert point.count == 2
+
+
+def test_an_sdk_is_enabled_other_than_the_inlined_one_is_left_to_the_sdk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``record`` inlines ``_is_enabled`` only while the SDK's code is what it inlines."""
+    from opentelemetry.sdk.metrics._internal.instrument import _Synchronous
+
+    def is_enabled(self: Any) -> bool:
+        return False
+
+    assert _fast_histogram._sdk_is_enabled() is _Synchronous._is_enabled
+    monkeypatch.setattr(_Synchronous, "_is_enabled", is_enabled)
+    assert _fast_histogram._sdk_is_enabled() is None
+    monkeypatch.setattr(_fast_histogram, "_SDK_IS_ENABLED", None)
+    meter = MeterProvider(metric_readers=[InMemoryMetricReader()]).get_meter("t")
+    assert fast_histogram(meter.create_histogram("h")) is None
 
 
 class _EqualsAnySpan(NonRecordingSpan):
@@ -256,6 +282,42 @@ def test_exemplars_are_the_sdks_in_every_context(
     if exemplar_filter is None:
         ids = recording.get_span_context()
         assert got == [("/a", 0.007, ids.trace_id, ids.span_id), ("/a", 0.03, 0xABC, 0xDEF)]
+
+
+def test_the_callers_ids_answer_only_while_its_context_is_current() -> None:
+    """``record(..., current)``: the caller's context and its span's ids. While that
+    context is the current one the exemplar takes those ids (sampled) or none (not
+    sampled), as the SDK's filter reading the span would; once another context is current
+    (an app that left its own span current), the filter reads that one's span."""
+    reader = InMemoryMetricReader()
+    sdk, fast = _pair(reader)
+    tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
+    request = tracer.start_span("request")
+    ids = request.get_span_context()
+    ctx = trace.set_span_in_context(request, otel_context.Context())
+    unsampled = NonRecordingSpan(SpanContext(0x1, 0x2, False, TraceFlags(0)))
+    quiet_ctx = trace.set_span_in_context(unsampled, otel_context.Context())
+    for attrs in ATTRS[:2]:  # first sight: the SDK path; the rest are direct
+        sdk.record(2.0, dict(attrs))
+        fast.record(2.0, dict(attrs))
+    cases = [  # (attached, the caller's current, value): one bucket each
+        (ctx, (ctx, ids.trace_id, ids.span_id, int(ids.trace_flags)), 0.001),
+        (quiet_ctx, (quiet_ctx, 0x1, 0x2, 0), 0.007),
+    ]
+    with tracer.start_as_current_span("the app's own") as own:
+        cases.append((otel_context.get_current(), (ctx, ids.trace_id, ids.span_id, 1), 0.03))
+    for attached, current, value in cases:
+        token = otel_context.attach(attached)
+        try:
+            sdk.record(value, dict(ATTRS[0]))
+            fast.record(value, dict(ATTRS[0]), current)
+        finally:
+            otel_context.detach(token)
+    found = _exemplars(reader)
+    got = sorted((e[1], e[2], e[3]) for e in found["fast"] if e[0] == "/a")
+    assert got == sorted((e[1], e[2], e[3]) for e in found["sdk"] if e[0] == "/a")
+    mine = own.get_span_context()
+    assert got == [(0.001, ids.trace_id, ids.span_id), (0.03, mine.trace_id, mine.span_id)]
 
 
 def _exemplars(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
