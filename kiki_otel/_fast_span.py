@@ -43,7 +43,7 @@ from typing import Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.trace import sampling
+from opentelemetry.sdk.trace import Span, sampling
 from opentelemetry.trace import (
     INVALID_SPAN_ID,
     INVALID_TRACE_ID,
@@ -62,8 +62,10 @@ from ._context import (
     TRACE_ID_MAX,
     span_reader,
 )
+from ._native import speedups
 from ._otlp_encode import encode_span
 from ._otlp_http import FastSpanExporter, enqueue, has_queue
+from ._probe import same_code
 
 __all__ = ["DirectSpans"]
 
@@ -185,7 +187,11 @@ class DirectSpans:
         from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor, Tracer, _Span
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
-        if type(tracer) is not Tracer or not _attribute_blind(tracer.sampler):
+        if (
+            type(tracer) is not Tracer
+            or not _attribute_blind(tracer.sampler)
+            or _Span.__new__ not in (object.__new__, _SKIPPED_NEW)  # made without calling it
+        ):
             return None
         multi = tracer.span_processor
         limits = tracer._span_limits
@@ -291,17 +297,15 @@ class DirectSpans:
             sampled_attributes = None
         span_id = tracer.id_generator.generate_span_id()
         # SpanContext(trace_id, span_id, is_remote=False, trace_flags=..., trace_state=...)
-        span_context = tuple.__new__(
+        span_context = _new_tuple(
             SpanContext,
-            (
-                trace_id,
-                span_id,
-                False,
-                self._flags[decision is self._sample, bool(random_id)],
-                DEFAULT_TRACE_STATE if trace_state is None else trace_state,
-                INVALID_TRACE_ID < trace_id <= TRACE_ID_MAX
-                and INVALID_SPAN_ID < span_id <= SPAN_ID_MAX,
-            ),
+            trace_id,
+            span_id,
+            False,
+            self._flags[decision is self._sample, bool(random_id)],
+            DEFAULT_TRACE_STATE if trace_state is None else trace_state,
+            INVALID_TRACE_ID < trace_id <= TRACE_ID_MAX
+            and INVALID_SPAN_ID < span_id <= SPAN_ID_MAX,
         )
         tracer_metrics = tracer._tracer_metrics
         if type(tracer_metrics) is self._no_metrics[0]:  # off (the default): what it returns
@@ -320,26 +324,28 @@ class DirectSpans:
             )
             bounded._dict.update(attributes)
         else:  # BoundedAttributes(max, None, immutable=False, max_value_len=None), filled
-            bounded = object.__new__(self._new_attributes)
-            held = bounded.__dict__
-            held.update(self._empty_attributes)
-            held["_dict"] = attributes
-            held["maxlen"] = limits.max_span_attributes
-            held["_lock"] = threading.Lock()
-        span = self._span_class.__new__(self._span_class)
-        fields = span.__dict__
-        fields.update(self._template)
-        fields["_name"] = name
-        fields["_context"] = span_context
-        fields["_parent"] = parent
-        fields["_resource"] = tracer.resource
-        fields["_sampler"] = sampler
-        fields["_attributes"] = bounded
-        fields["_events"] = self._new_list(limits.max_events)
-        fields["_links"] = self._new_list(limits.max_links)
-        fields["_lock"] = threading.Lock()
-        fields["_record_end_metrics"] = record_end_metrics
-        fields["_start_time"] = time.time_ns()
+            bounded = _new_instance(
+                self._new_attributes,
+                self._empty_attributes,
+                _dict=attributes,
+                maxlen=limits.max_span_attributes,
+                _lock=threading.Lock(),
+            )
+        span = _new_instance(
+            self._span_class,
+            self._template,
+            _name=name,
+            _context=span_context,
+            _parent=parent,
+            _resource=tracer.resource,
+            _sampler=sampler,
+            _attributes=bounded,
+            _events=self._new_list(limits.max_events),
+            _links=self._new_list(limits.max_links),
+            _lock=threading.Lock(),
+            _record_end_metrics=record_end_metrics,
+            _start_time=time.time_ns(),
+        )
         # on_start of the SDK's batch/simple processors does nothing: not called.
         return cast(trace.Span, span)
 
@@ -405,6 +411,42 @@ class DirectSpans:
 
 
 _SAMPLED = TraceFlags.SAMPLED
+
+
+class _SdkSpanNew:
+    """The SDK's ``Span.__new__`` (1.45), which :meth:`DirectSpans.start` does not call.
+
+    For any class but ``Span`` itself it is ``object.__new__(cls)``, which the span is made
+    with. Used only while the SDK's compiles to this code (``_probe.same_code``).
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is Span:
+            raise TypeError("Span must be instantiated via a tracer.")
+        return super().__new__(cls)
+
+
+_SKIPPED_NEW = Span.__new__ if same_code(Span.__new__, _SdkSpanNew.__new__) else None
+
+
+def _new_instance_py(cls: type, template: dict[str, Any], /, **fields: Any) -> Any:
+    """``_speedups.new_instance`` in Python: ``object.__new__(cls)``, filled."""
+    instance: Any = object.__new__(cls)
+    values = instance.__dict__
+    values.update(template)
+    values.update(fields)
+    return instance
+
+
+def _new_tuple_py(cls: type, /, *items: Any) -> Any:
+    """``_speedups.new_tuple`` in Python: ``tuple.__new__(cls, items)``."""
+    return tuple.__new__(cls, items)
+
+
+# A span's SDK objects made without their constructors (see DirectSpans.start), in one C
+# call each where the C module is built.
+_new_instance: Any = getattr(speedups, "new_instance", None) or _new_instance_py
+_new_tuple: Any = getattr(speedups, "new_tuple", None) or _new_tuple_py
 
 
 def _no_tracer_metrics() -> tuple[type | None, Any]:

@@ -1,6 +1,7 @@
 /* kiki_otel._speedups: the request path's hottest pieces, in C: the OTLP encoder's and
- * the access line's common case, and the request histogram's aggregation (at the end,
- * ``histogram_aggregate``: see there).
+ * the access line's common case, the request span's objects made without their
+ * constructors (``new_instance``, ``new_tuple``) and the request histogram's aggregation
+ * (at the end, ``histogram_aggregate``: see there).
  *
  * ``encode_fields(tag, mapping, skip)`` writes the repeated ``KeyValue`` fields of a dict
  * (its items in order, the keys in ``skip`` left out) as ``_otlp_encode._fields`` does;
@@ -1025,6 +1026,80 @@ done:
     return result;
 }
 
+/* ---- objects filled field by field: the request span's parts -------------------------
+ *
+ * ``_fast_span`` builds the SDK's span, its attributes and its span context without their
+ * constructors (their arguments are re-checked per call there, fixed here): in Python that
+ * is ``object.__new__(cls)``, then ``__dict__`` updates (the caller checks that the
+ * class's own ``__new__``, if any, would have done no more). These are the same objects in one
+ * call, with none of the code a request would run only for them (``__new__``'s wrapper, the
+ * ``__dict__`` getter), and attributes set as ``setattr`` sets them, so an instance keeps
+ * its class's shared-key layout. */
+
+static PyObject *empty_tuple;
+
+static PyObject *
+new_instance(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs,
+             PyObject *kwnames)
+{
+    if (!check_nargs("new_instance", nargs, 2)) {
+        return NULL;
+    }
+    PyObject *cls = args[0], *template = args[1];
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "new_instance: cls must be a class");
+        return NULL;
+    }
+    if (!PyDict_Check(template)) {
+        PyErr_SetString(PyExc_TypeError, "new_instance: template must be a dict");
+        return NULL;
+    }
+    PyObject *instance = PyBaseObject_Type.tp_new((PyTypeObject *)cls, empty_tuple, NULL);
+    if (instance == NULL) {
+        return NULL;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(template, &pos, &key, &value)) {
+        if (PyObject_SetAttr(instance, key, value) < 0) {
+            goto error;
+        }
+    }
+    Py_ssize_t fields = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < fields; i++) {
+        if (PyObject_SetAttr(instance, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+            goto error;
+        }
+    }
+    return instance;
+error:
+    Py_DECREF(instance);
+    return NULL;
+}
+
+static PyObject *
+new_tuple(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || !PyType_Check(args[0]) || args[0] == (PyObject *)&PyTuple_Type
+        || !PyType_IsSubtype((PyTypeObject *)args[0], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "new_tuple: the first argument must be a tuple subclass");
+        return NULL;
+    }
+    PyTypeObject *cls = (PyTypeObject *)args[0];
+    /* What tuple.__new__(cls, items) makes (tuple_subtype_new), without the items' tuple. */
+    PyObject *made = cls->tp_alloc(cls, nargs - 1);
+    if (made == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 1; i < nargs; i++) {
+        PyTuple_SET_ITEM(made, i - 1, Py_NewRef(args[i]));
+    }
+    if (!PyObject_GC_IsTracked(made)) {
+        PyObject_GC_Track(made);
+    }
+    return made;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"encode_fields", (PyCFunction)(void (*)(void))encode_fields, METH_FASTCALL,
      "encode_fields(tag, mapping, skip) -> bytes | None\n\n"
@@ -1046,13 +1121,21 @@ static PyMethodDef speedups_methods[] = {
      "aggregation.aggregate(measurement, False) for the SDK's explicit-bucket histogram\n"
      "aggregation, then (reservoir not None) values stored under names in the value's\n"
      "exemplar bucket; False when it changed nothing (the Python path's to do)."},
+    {"new_instance", (PyCFunction)(void (*)(void))new_instance, METH_FASTCALL | METH_KEYWORDS,
+     "new_instance(cls, template, /, **fields) -> object\n\n"
+     "object.__new__(cls) (not cls's own __new__), then setattr for each of template's\n"
+     "items and each field, in order."},
+    {"new_tuple", (PyCFunction)(void (*)(void))new_tuple, METH_FASTCALL,
+     "new_tuple(cls, *items) -> tuple\n\n"
+     "tuple.__new__(cls, items) for a subclass cls of tuple, without the items' tuple."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "kiki_otel._speedups",
-    .m_doc = "The OTLP encoder's, the access line's and the histogram's common case in C.",
+    .m_doc = "The OTLP encoder's, the access line's, the span's and the histogram's common "
+             "case in C.",
     .m_size = 0,
     .m_methods = speedups_methods,
 };
@@ -1090,6 +1173,9 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     if (intern_names() < 0) {
+        return NULL;
+    }
+    if (empty_tuple == NULL && (empty_tuple = PyTuple_New(0)) == NULL) {
         return NULL;
     }
     return PyModule_Create(&speedups_module);

@@ -140,11 +140,22 @@ MIXED = ParentBased(
     ],
     ids=["default", "always-off", "always-on", "ratio-1", "parentbased-ratio-0", "mixed"],
 )
-def test_started_span_equals_the_sdk_span(sampler: Any) -> None:
+@pytest.mark.parametrize("made_in", ["c", "python"])
+def test_started_span_equals_the_sdk_span(
+    sampler: Any, made_in: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """For every kind of parent and attribute-blind sampler: same span class and fields.
 
     Decisions of static samplers (alone or as a ParentBased delegate) are taken without
-    the sampler's call: the parents cover each delegate, with and without trace state."""
+    the sampler's call: the parents cover each delegate, with and without trace state.
+    The span's objects made by the C module and by its Python twins alike."""
+    from kiki_otel import _fast_span
+
+    if made_in == "python":
+        monkeypatch.setattr(_fast_span, "_new_instance", _fast_span._new_instance_py)
+        monkeypatch.setattr(_fast_span, "_new_tuple", _fast_span._new_tuple_py)
+    elif _fast_span._new_instance is _fast_span._new_instance_py:
+        pytest.skip("the C module is not built here, or KIKI_OTEL_NO_SPEEDUPS is set")
     provider = TracerProvider(
         sampler=sampler, resource=Resource.create({"service.name": "s"}), shutdown_on_exit=False
     )
@@ -328,6 +339,24 @@ def test_unknown_span_fields_turn_it_off(monkeypatch: pytest.MonkeyPatch) -> Non
     tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
     assert DirectSpans.for_tracer(tracer) is not None
     monkeypatch.setattr(_fast_span, "_SPAN_FIELDS", _fast_span._SPAN_FIELDS - {"_kind"})
+    assert DirectSpans.for_tracer(tracer) is None
+
+
+def test_a_span_new_other_than_the_sdks_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The span is made without calling ``Span.__new__``: only while that is the SDK's
+    (which, for ``_Span``, is ``object.__new__``)."""
+    from opentelemetry.sdk.trace import Span
+
+    from kiki_otel import _fast_span
+
+    tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
+    assert _fast_span._SKIPPED_NEW is Span.__new__
+    assert DirectSpans.for_tracer(tracer) is not None
+
+    def counting_new(cls: type, *args: Any, **kwargs: Any) -> Any:
+        return object.__new__(cls)
+
+    monkeypatch.setattr(Span, "__new__", counting_new)
     assert DirectSpans.for_tracer(tracer) is None
 
 

@@ -649,3 +649,102 @@ def test_json_line_writes_thousandths_as_orjson_does() -> None:
         assert got is None or got == orjson.dumps(mapping), value
         if 1e-3 <= abs(value) < 1e11 and value == round(value * 1000) / 1000:
             assert got is not None, value  # taken, never handed to orjson
+
+
+class _Plain:
+    """Fields set by its constructor, as the SDK's span sets its own."""
+
+    def __init__(self) -> None:
+        self.a = 1
+        self.b = "two"
+        self.c: Any = None
+
+
+class _Guarded(_Plain):
+    """A property that refuses one value: ``new_instance`` sets through ``setattr``."""
+
+    @property
+    def c(self) -> Any:
+        return self.__dict__.get("_c")
+
+    @c.setter
+    def c(self, value: Any) -> None:
+        if value == "refused":
+            raise ValueError("refused")
+        self.__dict__["_c"] = value
+
+
+class _Made(Exception):
+    pass
+
+
+class _OwnNew(_Plain):
+    """A class whose ``__new__`` runs code: ``new_instance`` does not call it."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise _Made
+
+
+def test_new_instance_is_the_python_twins_object() -> None:
+    """Same class, same fields in the same order as ``_fast_span``'s Python twin, and
+    attributes that read back as any instance's (no dict of its own needed)."""
+    from kiki_otel._fast_span import _new_instance_py
+
+    _Plain()  # the class's shared keys hold a, b, c
+    template = {"a": 10, "b": "t"}
+    for cls in (_Plain, _Guarded, _OwnNew):
+        made = speedups.new_instance(cls, template, c=[1], d=2.5)
+        twin = _new_instance_py(cls, template, c=[1], d=2.5)
+        assert type(made) is cls and type(twin) is cls
+        assert (made.a, made.b, made.c, made.d) == (10, "t", [1], 2.5)
+        if cls is not _Guarded:  # the twin writes __dict__ past the property
+            assert list(vars(made).items()) == list(vars(twin).items())
+    assert vars(speedups.new_instance(_Plain, {})) == {}
+    with pytest.raises(_Made):
+        _OwnNew()  # its own __new__, skipped above
+
+
+def test_new_instance_refuses_bad_arguments_and_drops_a_half_made_object() -> None:
+    import gc
+    import weakref
+
+    class Slotted:
+        __slots__ = ("__weakref__", "a")
+
+    with pytest.raises(TypeError, match="must be a class"):
+        speedups.new_instance("not a class", {})
+    with pytest.raises(TypeError, match="must be a dict"):
+        speedups.new_instance(_Plain, [("a", 1)])
+    with pytest.raises(TypeError):
+        speedups.new_instance(_Plain)
+    with pytest.raises(ValueError, match="refused"):
+        speedups.new_instance(_Guarded, {}, c="refused")
+    with pytest.raises(AttributeError):
+        speedups.new_instance(Slotted, {"b": 1})
+    made = speedups.new_instance(Slotted, {"a": 1})
+    assert made.a == 1
+    gone = weakref.ref(made)
+    del made
+    gc.collect()
+    assert gone() is None
+
+
+def test_new_tuple_is_tuple_new() -> None:
+    """A tuple subclass made from the items, as ``tuple.__new__(cls, items)`` makes it,
+    tracked by the garbage collector (it may hold a cycle)."""
+    import gc
+
+    from kiki_otel._fast_span import _new_tuple_py
+
+    items = (0xABC, 0xDEF, False, TraceFlags(1), None, True)
+    made = speedups.new_tuple(SpanContext, *items)
+    assert type(made) is SpanContext and made == items == _new_tuple_py(SpanContext, *items)
+    assert made.trace_id == 0xABC and made.is_valid is True
+    assert gc.is_tracked(made)
+    assert speedups.new_tuple(SpanContext) == ()
+    cycle: list[Any] = []
+    held = speedups.new_tuple(SpanContext, cycle)
+    cycle.append(held)
+    for bad in ((), (tuple, 1), (list, 1), ("SpanContext", 1)):
+        with pytest.raises(TypeError, match="tuple subclass"):
+            speedups.new_tuple(*bad)
