@@ -147,7 +147,8 @@ class DirectAccessLog:
         client_id = client_request_id.get()
         if client_id is not None:
             event.setdefault("client_request_id", client_id)
-        event.setdefault("service", chain.service)
+        if "service" not in event:  # setdefault: C code a request would run only here
+            event["service"] = chain.service
         if "exc_info" in event:  # only a context variable can bring it
             structure_exception(None, level, event)
         if chain.emitter is not None:

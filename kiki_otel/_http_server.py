@@ -228,10 +228,11 @@ class ServerTelemetry:
         self._warn = RateLimitedLog(OwnLogger("kiki_otel.http"), interval=10.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            # FastAPI's own nested-app guard: with this key present, no FastAPI below us (a
-            # mounted sub-app, say) starts native telemetry, so there is one server span.
-            scope.setdefault(_FASTAPI_NATIVE_KEY, None)
+        # FastAPI's own nested-app guard: with this key present, no FastAPI below us (a
+        # mounted sub-app, say) starts native telemetry, so there is one server span. (Not
+        # setdefault: C code a request would run only for this.)
+        if scope["type"] in ("http", "websocket") and _FASTAPI_NATIVE_KEY not in scope:
+            scope[_FASTAPI_NATIVE_KEY] = None
         if scope["type"] != "http" or _TRACED_KEY in scope:
             await self.app(scope, receive, send)
             return
@@ -376,7 +377,13 @@ class ServerTelemetry:
         else:
             outer = otel_context.get_current()
             token = otel_context.attach(ctx)
-        client_token = client_request_id.set(client_id)
+        # set only to change it: None, the default, in nearly every request (a context var's
+        # set and reset cost ~100 L1 misses a request: cold code bare never runs)
+        client_token = (
+            client_request_id.set(client_id)
+            if client_id is not None or client_request_id.get() is not None
+            else None
+        )
         active_attrs = {"http.request.method": method, "url.scheme": scope.get("scheme", "http")}
         active_key = self._active.add(active_attrs)
         state = _Request()
@@ -425,7 +432,8 @@ class ServerTelemetry:
                 # (never raises: kiki's own lines survive a chain that fails them)
                 self._warn.warning("http.telemetry.failed", error=safe_repr(failure)[:200])
             finally:
-                client_request_id.reset(client_token)
+                if client_token is not None:
+                    client_request_id.reset(client_token)
                 otel_context.detach(token)
 
     def _response_headers(

@@ -338,6 +338,34 @@ async def test_valid_client_request_id_is_recorded_not_used(
     assert line["client_request_id"] == "legacy-abc.123:x"
 
 
+async def test_the_client_request_id_is_the_requests_own_and_restored_after(
+    memory: Memory,
+) -> None:
+    """Inside a request the client's id is its own header's, or None without one, even
+    when the caller's context had one (a request served inside another's context); after
+    the request the caller's value is back."""
+    from kiki_otel._context import client_request_id
+
+    app = FastAPI()
+    kiki_otel.configure(app, service_name="svc-test", metrics_exporter="none")
+    seen: list[str | None] = []
+
+    @app.get("/seen")
+    async def seen_endpoint() -> None:
+        seen.append(client_request_id.get())
+
+    async with client(app) as c:
+        for outer in (None, "outer-1"):
+            token = client_request_id.set(outer)
+            try:
+                await c.get("/seen")
+                await c.get("/seen", headers={"X-Request-ID": "mine-1"})
+                assert client_request_id.get() == outer
+            finally:
+                client_request_id.reset(token)
+    assert seen == [None, "mine-1", None, "mine-1"]
+
+
 @pytest.mark.parametrize(
     "value",
     [
