@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from typing import Any, cast
 
 from opentelemetry import context as otel_context
@@ -127,9 +128,11 @@ class DirectSpans:
         "_batch",
         "_drop",
         "_empty_attributes",
+        "_empty_lists",
         "_fixed",
         "_flags",
         "_limits",
+        "_list_fields",
         "_multi",
         "_new_attributes",
         "_new_list",
@@ -143,7 +146,12 @@ class DirectSpans:
     )
 
     def __init__(
-        self, tracer: Any, template: dict[str, Any], batch: Any, empty_attributes: dict[str, Any]
+        self,
+        tracer: Any,
+        template: dict[str, Any],
+        batch: Any,
+        empty_attributes: dict[str, Any],
+        list_fields: dict[str, Any],
     ) -> None:
         from opentelemetry.attributes import BoundedAttributes
         from opentelemetry.sdk.trace import _Span
@@ -164,6 +172,15 @@ class DirectSpans:
         self._new_attributes: Any = BoundedAttributes
         self._empty_attributes = empty_attributes
         self._new_list: Any = BoundedList
+        # BoundedList(maxlen) for the span's events and links: its fields but the deque and
+        # the lock, and an empty deque of each length to copy (no argument parser per span;
+        # the limits are fixed once the provider is made, as _inspect's checks assume)
+        self._list_fields = list_fields
+        limits = self._limits
+        self._empty_lists: tuple[deque[Any], deque[Any]] = (
+            deque(maxlen=limits.max_events),
+            deque(maxlen=limits.max_links),
+        )
         self._no_metrics = _no_tracer_metrics()
         random = TraceFlags.RANDOM_TRACE_ID
         # (sampled, random trace id) -> the flags start_span would build
@@ -223,10 +240,12 @@ class DirectSpans:
             )
         )
         empty_attributes = _empty_attributes(BoundedAttributes)
+        list_fields = _empty_list_fields()
         if (
             set(template) != _SPAN_FIELDS
             or not SPAN_CONTEXT_TUPLE
             or not empty_attributes
+            or list_fields is None
             or SPAN_KEY is None
         ):
             return None
@@ -239,7 +258,7 @@ class DirectSpans:
         ):
             batch = processors[0]._batch_processor
         shared = {k: v for k, v in template.items() if k not in _PER_SPAN}
-        return cls(tracer, shared, batch, empty_attributes)
+        return cls(tracer, shared, batch, empty_attributes, list_fields)
 
     def usable(self, count: int) -> bool:
         """True while the span can be direct: same processors, tracer on, room for ``count``."""
@@ -331,6 +350,7 @@ class DirectSpans:
                 maxlen=limits.max_span_attributes,
                 _lock=threading.Lock(),
             )
+        events, links = self._empty_lists
         span = _new_instance(
             self._span_class,
             self._template,
@@ -340,8 +360,12 @@ class DirectSpans:
             _resource=tracer.resource,
             _sampler=sampler,
             _attributes=bounded,
-            _events=self._new_list(limits.max_events),
-            _links=self._new_list(limits.max_links),
+            _events=_new_instance(
+                self._new_list, self._list_fields, _dq=events.copy(), _lock=threading.Lock()
+            ),
+            _links=_new_instance(
+                self._new_list, self._list_fields, _dq=links.copy(), _lock=threading.Lock()
+            ),
             _lock=threading.Lock(),
             _record_end_metrics=record_end_metrics,
             _start_time=time.time_ns(),
@@ -563,3 +587,19 @@ def _empty_attributes(kind: Any) -> dict[str, Any] | None:
     if set(fields) != _ATTRIBUTE_FIELDS or type(fields["_dict"]) is not dict:
         return None
     return {k: v for k, v in fields.items() if k not in ("_dict", "maxlen", "_lock")}
+
+
+_LIST_FIELDS = frozenset({"dropped", "_dq", "_lock"})
+"""Every field of an SDK ``BoundedList`` (opentelemetry-sdk 1.45)."""
+
+
+def _empty_list_fields() -> dict[str, Any] | None:
+    """An empty ``BoundedList``'s fields but its deque and its lock; None for another layout."""
+    from opentelemetry.sdk.util import BoundedList
+
+    if BoundedList.__new__ is not object.__new__:
+        return None
+    fields = vars(BoundedList(1))
+    if set(fields) != _LIST_FIELDS or type(fields["_dq"]) is not deque:
+        return None
+    return {k: v for k, v in fields.items() if k not in ("_dq", "_lock")}

@@ -106,7 +106,13 @@ def _compare(direct: Any, sdk: Any) -> None:
                 value._immutable,
             )
         elif name in ("_events", "_links"):
-            assert (list(got), got._dq.maxlen) == (list(value), value._dq.maxlen)
+            assert type(got) is type(value) and list(vars(got)) == list(vars(value))
+            assert (list(got), got._dq.maxlen, got.dropped) == (
+                list(value),
+                value._dq.maxlen,
+                value.dropped,
+            )
+            assert type(got._dq) is type(value._dq) and type(got._lock) is type(value._lock)
         else:
             assert got == value, name
     d, s = direct.context, sdk.context
@@ -339,6 +345,37 @@ def test_unknown_span_fields_turn_it_off(monkeypatch: pytest.MonkeyPatch) -> Non
     tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
     assert DirectSpans.for_tracer(tracer) is not None
     monkeypatch.setattr(_fast_span, "_SPAN_FIELDS", _fast_span._SPAN_FIELDS - {"_kind"})
+    assert DirectSpans.for_tracer(tracer) is None
+
+
+def test_each_span_has_its_own_event_and_link_lists() -> None:
+    """The lists are made from empty ones of the limits' lengths: each span's are its own,
+    hold what the SDK's would, and drop past the limit as the SDK's do."""
+    provider = TracerProvider(
+        span_limits=SpanLimits(max_events=2, max_links=1), shutdown_on_exit=False
+    )
+    tracer = provider.get_tracer("t")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None
+    spans: list[Any] = [direct.start("GET", otel_context.Context(), dict(ATTRIBUTES)) for _ in "ab"]
+    sdk: Any = tracer.start_span("GET", kind=SpanKind.SERVER, attributes=ATTRIBUTES)
+    for name in ("e1", "e2", "e3"):
+        spans[0].add_event(name)
+        sdk.add_event(name)
+    assert [e.name for e in spans[0].events] == [e.name for e in sdk.events] == ["e2", "e3"]
+    assert spans[0]._events.dropped == sdk._events.dropped == 1
+    assert list(spans[1].events) == [] and spans[1]._events.dropped == 0
+    assert spans[0]._events._lock is not spans[1]._events._lock
+    assert spans[0]._links._dq is not spans[1]._links._dq
+    assert (spans[1]._links._dq.maxlen, spans[1]._events._dq.maxlen) == (1, 2)
+    assert all(not lst for lst in direct._empty_lists)
+
+
+def test_another_bounded_list_layout_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiki_otel import _fast_span
+
+    tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
+    monkeypatch.setattr(_fast_span, "_LIST_FIELDS", _fast_span._LIST_FIELDS | {"_extra"})
     assert DirectSpans.for_tracer(tracer) is None
 
 
