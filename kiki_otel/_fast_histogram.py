@@ -39,19 +39,18 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import INVALID_SPAN, TraceFlags
 
 from ._context import CURRENT, IDS, IDS_BY_NAME, SPAN_KEY, SPAN_READERS, span_reader
-from ._native import speedups
+from ._native import new_tuple, speedups
 from ._probe import same_code
 
 __all__ = ["FastHistogram", "fast_histogram"]
 
-_new_tuple = tuple.__new__
 _SAMPLED = TraceFlags.SAMPLED
 
 
 class _Measurement(NamedTuple):
     """Duck-typed ``opentelemetry.sdk.metrics`` ``Measurement``: what aggregations read.
 
-    A named tuple built with ``tuple.__new__``: no Python frame to make one, and its
+    A named tuple made with ``_native.new_tuple``: no Python frame to make one, and its
     fields read in C.
     """
 
@@ -142,8 +141,8 @@ class FastHistogram:
                 ):
                     continue
             if measurement is None:
-                fields = (value, now, self._histogram, ctx, attributes)
-                measurement = _new_tuple(_Measurement, fields)
+                histogram = self._histogram
+                measurement = new_tuple(_Measurement, value, now, histogram, ctx, attributes)
             if offered is None or reservoir is None:
                 aggregation.aggregate(measurement, sample)
                 continue
@@ -316,7 +315,7 @@ def _probe_native() -> tuple[Any, Any]:
         ctx = trace.set_span_in_context(trace.NonRecordingSpan(context))
         for time_ns, value in enumerate((0.7, 3.0, 0.0, 1.0, 0.7, 0.004, 2.5)):
             attributes = {"probe": time_ns}
-            sdk_aggregate(sdk, _new_tuple(_Measurement, (value, time_ns, None, ctx, attributes)))
+            sdk_aggregate(sdk, new_tuple(_Measurement, value, time_ns, None, ctx, attributes))
             offered = (value, time_ns, attributes, 0xDEF, 0xABC, True)
             if native(ours, value, ours._reservoir, _BUCKET_FIELDS, offered) is not True:
                 return None, None

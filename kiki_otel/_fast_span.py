@@ -63,7 +63,7 @@ from ._context import (
     TRACE_ID_MAX,
     span_reader,
 )
-from ._native import speedups
+from ._native import new_instance, new_tuple
 from ._otlp_encode import encode_span
 from ._otlp_http import FastSpanExporter, enqueue, has_queue
 from ._probe import same_code
@@ -316,7 +316,7 @@ class DirectSpans:
             sampled_attributes = None
         span_id = tracer.id_generator.generate_span_id()
         # SpanContext(trace_id, span_id, is_remote=False, trace_flags=..., trace_state=...)
-        span_context = _new_tuple(
+        span_context = new_tuple(
             SpanContext,
             trace_id,
             span_id,
@@ -343,7 +343,7 @@ class DirectSpans:
             )
             bounded._dict.update(attributes)
         else:  # BoundedAttributes(max, None, immutable=False, max_value_len=None), filled
-            bounded = _new_instance(
+            bounded = new_instance(
                 self._new_attributes,
                 self._empty_attributes,
                 _dict=attributes,
@@ -351,7 +351,7 @@ class DirectSpans:
                 _lock=threading.Lock(),
             )
         events, links = self._empty_lists
-        span = _new_instance(
+        span = new_instance(
             self._span_class,
             self._template,
             _name=name,
@@ -360,10 +360,10 @@ class DirectSpans:
             _resource=tracer.resource,
             _sampler=sampler,
             _attributes=bounded,
-            _events=_new_instance(
+            _events=new_instance(
                 self._new_list, self._list_fields, _dq=events.copy(), _lock=threading.Lock()
             ),
-            _links=_new_instance(
+            _links=new_instance(
                 self._new_list, self._list_fields, _dq=links.copy(), _lock=threading.Lock()
             ),
             _lock=threading.Lock(),
@@ -451,26 +451,6 @@ class _SdkSpanNew:
 
 
 _SKIPPED_NEW = Span.__new__ if same_code(Span.__new__, _SdkSpanNew.__new__) else None
-
-
-def _new_instance_py(cls: type, template: dict[str, Any], /, **fields: Any) -> Any:
-    """``_speedups.new_instance`` in Python: ``object.__new__(cls)``, filled."""
-    instance: Any = object.__new__(cls)
-    values = instance.__dict__
-    values.update(template)
-    values.update(fields)
-    return instance
-
-
-def _new_tuple_py(cls: type, /, *items: Any) -> Any:
-    """``_speedups.new_tuple`` in Python: ``tuple.__new__(cls, items)``."""
-    return tuple.__new__(cls, items)
-
-
-# A span's SDK objects made without their constructors (see DirectSpans.start), in one C
-# call each where the C module is built.
-_new_instance: Any = getattr(speedups, "new_instance", None) or _new_instance_py
-_new_tuple: Any = getattr(speedups, "new_tuple", None) or _new_tuple_py
 
 
 def _no_tracer_metrics() -> tuple[type | None, Any]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+__all__ = ["new_instance", "new_instance_py", "new_tuple", "new_tuple_py", "speedups"]
+
 speedups: Any
 try:
     from . import _speedups as speedups
@@ -18,3 +20,23 @@ except ImportError:  # built without a C compiler: the Python paths do it all
     speedups = None
 if os.environ.get("KIKI_OTEL_NO_SPEEDUPS", "").strip().lower() in ("1", "true", "yes", "on"):
     speedups = None
+
+
+def new_instance_py(cls: type, template: dict[str, Any], /, **fields: Any) -> Any:
+    """``_speedups.new_instance`` in Python: ``object.__new__(cls)``, filled."""
+    instance: Any = object.__new__(cls)
+    values = instance.__dict__
+    values.update(template)
+    values.update(fields)
+    return instance
+
+
+def new_tuple_py(cls: type, /, *items: Any) -> Any:
+    """``_speedups.new_tuple`` in Python: ``tuple.__new__(cls, items)``."""
+    return tuple.__new__(cls, items)
+
+
+# Objects made on the request path without their constructors (a named tuple's or the SDK
+# span's run Python code per call): in one C call each where the C module is built.
+new_instance: Any = getattr(speedups, "new_instance", None) or new_instance_py
+new_tuple: Any = getattr(speedups, "new_tuple", None) or new_tuple_py

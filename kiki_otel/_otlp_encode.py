@@ -25,7 +25,7 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.trace.status import Status
 
 from ._context import SPAN_CONTEXT_TUPLE
-from ._native import speedups
+from ._native import new_tuple, speedups
 from ._ratelimit import Throttle
 
 _native: Any = speedups  # the C module, or None (built without it, or switched off)
@@ -249,16 +249,13 @@ class Encoded(NamedTuple):
     service): that was the p99. The export request groups these by resource and scope like
     any other item and copies the payload in as is: the same bytes.
 
-    A named tuple, made on the hot paths with ``tuple.__new__``: no Python frame to build
-    one (its constructor is Python code), and its fields are read in C.
+    A named tuple, made on the hot paths with ``_native.new_tuple``: no Python frame to
+    build one (its constructor is Python code), and its fields are read in C.
     """
 
     payload: bytes
     resource: Any
     instrumentation_scope: Any
-
-
-_new_tuple: Any = tuple.__new__
 
 
 def _encode_each(items: Sequence[Any], encode: Any, tag: bytes) -> bytes:
@@ -868,8 +865,9 @@ def encode_span(span: Any) -> Encoded:
     """An ended span (SDK ``ReadableSpan``), encoded now for a later :func:`encode_spans`."""
     if type(span) in _SDK_SPAN_TYPES:  # the fields behind the two properties
         fields = span.__dict__
-        item = (_span(span), fields["_resource"], fields["_instrumentation_scope"])
-        return _new_tuple(Encoded, item)  # type: ignore[no-any-return]
+        return new_tuple(  # type: ignore[no-any-return]
+            Encoded, _span(span), fields["_resource"], fields["_instrumentation_scope"]
+        )
     return Encoded(_span(span), span.resource, span.instrumentation_scope)
 
 
@@ -1004,7 +1002,7 @@ def encode_log_event(
             trace_flags,
         )
         if payload is not None:
-            return _new_tuple(Encoded, (payload, resource, instrumentation_scope))  # type: ignore[no-any-return]
+            return new_tuple(Encoded, payload, resource, instrumentation_scope)  # type: ignore[no-any-return]
     fields = _fields(b"\x32", event, skip, True)
     if fields is None:
         return None
@@ -1072,7 +1070,7 @@ def _emitted(
             b"\x59" + time_field[1:] if timestamp else b"",
         )
     )
-    return _new_tuple(Encoded, (payload, resource, instrumentation_scope))  # type: ignore[no-any-return]
+    return new_tuple(Encoded, payload, resource, instrumentation_scope)  # type: ignore[no-any-return]
 
 
 def encode_logs(batch: Sequence[Any]) -> bytes:

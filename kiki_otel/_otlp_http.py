@@ -49,6 +49,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext
 
 from ._context import IDS, IDS_BY_NAME, current_span_context
+from ._native import new_tuple
 from ._otlp_client import Attempt, RetryingClient, basic_auth, export_logger, redact
 from ._otlp_encode import Encoded, encode_log, encode_log_event, encode_logs, encode_spans
 from ._ratelimit import Throttle
@@ -64,7 +65,6 @@ __all__ = [
 ]
 
 _logger = export_logger
-_new_tuple = tuple.__new__
 _RETRYABLE = frozenset({429, 502, 503, 504})
 _USER_AGENT = "kiki-otel OTLP/HTTP exporter"
 _MAX_BODY = 64 * 1024
@@ -400,8 +400,8 @@ class DirectLogs:
         if self._metrics is not None:
             self._metrics.emit_log()
         logger = self._logger
-        item = (payload, logger._resource, logger._instrumentation_scope)
-        enqueue(self._batch, _new_tuple(Encoded, item))
+        item = new_tuple(Encoded, payload, logger._resource, logger._instrumentation_scope)
+        enqueue(self._batch, item)
 
     def _queue(
         self, span_context: SpanContext, encode: Callable[..., Any], fields: tuple[Any, ...]

@@ -155,12 +155,12 @@ def test_started_span_equals_the_sdk_span(
     Decisions of static samplers (alone or as a ParentBased delegate) are taken without
     the sampler's call: the parents cover each delegate, with and without trace state.
     The span's objects made by the C module and by its Python twins alike."""
-    from kiki_otel import _fast_span
+    from kiki_otel import _fast_span, _native
 
     if made_in == "python":
-        monkeypatch.setattr(_fast_span, "_new_instance", _fast_span._new_instance_py)
-        monkeypatch.setattr(_fast_span, "_new_tuple", _fast_span._new_tuple_py)
-    elif _fast_span._new_instance is _fast_span._new_instance_py:
+        monkeypatch.setattr(_fast_span, "new_instance", _native.new_instance_py)
+        monkeypatch.setattr(_fast_span, "new_tuple", _native.new_tuple_py)
+    elif _fast_span.new_instance is _native.new_instance_py:
         pytest.skip("the C module is not built here, or KIKI_OTEL_NO_SPEEDUPS is set")
     provider = TracerProvider(
         sampler=sampler, resource=Resource.create({"service.name": "s"}), shutdown_on_exit=False

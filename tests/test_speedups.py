@@ -686,15 +686,15 @@ class _OwnNew(_Plain):
 
 
 def test_new_instance_is_the_python_twins_object() -> None:
-    """Same class, same fields in the same order as ``_fast_span``'s Python twin, and
+    """Same class, same fields in the same order as its Python twin, and
     attributes that read back as any instance's (no dict of its own needed)."""
-    from kiki_otel._fast_span import _new_instance_py
+    from kiki_otel._native import new_instance_py
 
     _Plain()  # the class's shared keys hold a, b, c
     template = {"a": 10, "b": "t"}
     for cls in (_Plain, _Guarded, _OwnNew):
         made = speedups.new_instance(cls, template, c=[1], d=2.5)
-        twin = _new_instance_py(cls, template, c=[1], d=2.5)
+        twin = new_instance_py(cls, template, c=[1], d=2.5)
         assert type(made) is cls and type(twin) is cls
         assert (made.a, made.b, made.c, made.d) == (10, "t", [1], 2.5)
         if cls is not _Guarded:  # the twin writes __dict__ past the property
@@ -734,11 +734,11 @@ def test_new_tuple_is_tuple_new() -> None:
     tracked by the garbage collector (it may hold a cycle)."""
     import gc
 
-    from kiki_otel._fast_span import _new_tuple_py
+    from kiki_otel._native import new_tuple_py
 
     items = (0xABC, 0xDEF, False, TraceFlags(1), None, True)
     made = speedups.new_tuple(SpanContext, *items)
-    assert type(made) is SpanContext and made == items == _new_tuple_py(SpanContext, *items)
+    assert type(made) is SpanContext and made == items == new_tuple_py(SpanContext, *items)
     assert made.trace_id == 0xABC and made.is_valid is True
     assert gc.is_tracked(made)
     assert speedups.new_tuple(SpanContext) == ()
