@@ -175,6 +175,12 @@ _Current = tuple[otel_context.Context, int, int, int]
 """The request's context, and its span's trace id, span id and trace flags."""
 
 
+_detach: Any = CURRENT.reset if CURRENT is not None else otel_context.detach
+"""``otel_context.detach`` of a token ``CURRENT.set`` gave, without its two Python calls
+(which reset the same variable, in a ``try`` that logs a failure: the callers fall back to
+it for that)."""
+
+
 class _Request:
     """Per-request state shared between the send wrapper and the finally block.
 
@@ -411,7 +417,10 @@ class ServerTelemetry:
                     await send(message)
                     state.sent, state.sent_ns = time.perf_counter(), time.time_ns()
                 finally:
-                    otel_context.detach(outer_token)
+                    try:
+                        _detach(outer_token)
+                    except Exception:  # the API's detach logs why
+                        otel_context.detach(outer_token)
                 return
             await send(message)
 
@@ -434,7 +443,10 @@ class ServerTelemetry:
             finally:
                 if client_token is not None:
                     client_request_id.reset(client_token)
-                otel_context.detach(token)
+                try:
+                    _detach(token)
+                except Exception:  # the API's detach logs why
+                    otel_context.detach(token)
 
     def _response_headers(
         self, trace_id: str, span_id: str, sampled: int

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException
 from fastapi.responses import JSONResponse
+from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, StatusCode
 
 import kiki_otel
@@ -336,6 +337,30 @@ async def test_valid_client_request_id_is_recorded_not_used(
     assert span.attributes["http.request.header.x-request-id"] == ("legacy-abc.123:x",)
     line = next(l for l in log_lines(capsys.readouterr().out) if l["event"] == "item.loaded")
     assert line["client_request_id"] == "legacy-abc.123:x"
+
+
+async def test_a_context_reset_that_fails_falls_back_to_the_apis_detach(
+    app: FastAPI, memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request's contexts are reset directly; if that raises, the API's detach runs
+    (and logs what it cannot do): the request still answers and the caller's context is
+    back after it."""
+    from kiki_otel import _http_server
+
+    calls: list[object] = []
+
+    def failing(token: object) -> None:
+        calls.append(token)
+        raise ValueError("reset refused")
+
+    monkeypatch.setattr(_http_server, "_detach", failing)
+    before = otel_context.get_current()
+    async with client(app) as c:
+        response = await c.get("/items/1")
+    assert response.status_code == 200 and len(calls) == 2  # the response's and the request's
+    assert otel_context.get_current() is before
+    (span,) = server_spans(memory)
+    assert response.headers["x-request-id"] == format(span.context.trace_id, "032x")
 
 
 async def test_the_client_request_id_is_the_requests_own_and_restored_after(
