@@ -13,6 +13,7 @@ import re
 import time
 import traceback
 import weakref
+from collections.abc import Iterable
 from operator import itemgetter, methodcaller
 from typing import Any
 from urllib.parse import unquote_plus
@@ -39,6 +40,7 @@ from ._fast_histogram import fast_histogram
 from ._fast_span import DirectSpans
 from ._json import safe_repr
 from ._logging import OwnLogger
+from ._native import speedups
 from ._providers import DURATION_BUCKETS
 from ._ratelimit import RateLimitedLog
 from ._settings import Settings
@@ -92,7 +94,10 @@ def _redact_query(query: str) -> str:
 
 _w3c_only: tuple[object, bool] = (None, False)
 """The last global propagator seen by :func:`_propagator`, and whether it is W3C-only."""
-_W3C_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage", b"host", b"user-agent"})
+_W3C_HEADERS = {
+    raw: raw.decode("latin-1")
+    for raw in (b"traceparent", b"tracestate", b"baggage", b"host", b"user-agent")
+}
 """The request headers a span needs when the propagators are W3C-only; a browser sends ~15."""
 
 
@@ -181,6 +186,40 @@ _detach: Any = CURRENT.reset if CURRENT is not None else otel_context.detach
 it for that)."""
 
 
+def _scan_headers_py(
+    headers: Iterable[tuple[bytes, bytes]], id_header: bytes, wanted: dict[bytes, str] | None
+) -> tuple[dict[str, str], int, list[bytes] | None]:
+    """The propagators' carrier, the count of ``traceparent`` headers, the client's ids.
+
+    The carrier holds the ``wanted`` headers by name (all of them if ``wanted`` is None), a
+    repeated one joined with ","; ``wanted`` maps their raw names to their names as ``str``,
+    made once. The ids: the ``id_header`` values, or None.
+    """
+    carrier: dict[str, str] = {}
+    traceparents = 0
+    client_ids: list[bytes] | None = None
+    for raw_name, raw_value in headers:
+        if raw_name == id_header:
+            client_ids = client_ids if client_ids is not None else []
+            client_ids.append(raw_value)
+            continue
+        if wanted is None:
+            name = raw_name.decode("latin-1")
+        elif (found := wanted.get(raw_name)) is not None:
+            name = found
+        else:
+            continue
+        if raw_name == b"traceparent":
+            traceparents += 1
+        value = raw_value.decode("latin-1")
+        carrier[name] = f"{carrier[name]},{value}" if name in carrier else value
+    return carrier, traceparents, client_ids
+
+
+_scan_headers: Any = getattr(speedups, "scan_headers", None) or _scan_headers_py
+"""``_scan_headers_py`` in C for a list or tuple of bytes pairs (None: the Python loop's)."""
+
+
 class _Request:
     """Per-request state shared between the send wrapper and the finally block.
 
@@ -264,21 +303,11 @@ class ServerTelemetry:
         Under W3C-only propagators only the headers they and the span read are decoded;
         another propagator (B3, Jaeger, a vendor's) gets them all.
         """
-        carrier: dict[str, str] = {}
-        traceparents = 0
-        client_ids: list[bytes] = []
-        wanted = _W3C_HEADERS if w3c_only else None
-        for raw_name, raw_value in scope["headers"]:
-            if raw_name == self._id_header:
-                client_ids.append(raw_value)
-                continue
-            if wanted is not None and raw_name not in wanted:
-                continue
-            name = raw_name.decode("latin-1")
-            if name == "traceparent":
-                traceparents += 1
-            value = raw_value.decode("latin-1")
-            carrier[name] = f"{carrier[name]},{value}" if name in carrier else value
+        headers, wanted = scope["headers"], _W3C_HEADERS if w3c_only else None
+        scanned = _scan_headers(headers, self._id_header, wanted)  # None: not plain, for C
+        if scanned is None:
+            scanned = _scan_headers_py(headers, self._id_header, wanted)
+        carrier, traceparents, client_ids = scanned
         if traceparents > 1:
             carrier.pop("traceparent", None)
             carrier.pop("tracestate", None)

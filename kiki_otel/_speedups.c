@@ -1100,6 +1100,129 @@ new_tuple(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     return made;
 }
 
+/* ---- the request's headers -------------------------------------------------------------
+ *
+ * ``_http_server._scan_headers`` in C: one pass over the ASGI scope's headers that decodes
+ * only those the propagators and the span read, with their names already made (and hashed)
+ * once, not per request. */
+
+/* ``(name, value)`` of one ASGI header as exact bytes (borrowed), or 0. */
+static int
+header_pair(PyObject *item, PyObject **name, PyObject **value)
+{
+    if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2) {
+        *name = PyTuple_GET_ITEM(item, 0);
+        *value = PyTuple_GET_ITEM(item, 1);
+    }
+    else if (PyList_CheckExact(item) && PyList_GET_SIZE(item) == 2) {
+        *name = PyList_GET_ITEM(item, 0);
+        *value = PyList_GET_ITEM(item, 1);
+    }
+    else {
+        return 0;
+    }
+    return PyBytes_CheckExact(*name) && PyBytes_CheckExact(*value);
+}
+
+/* carrier[name] = the value decoded, joined to an earlier one as "first,second". */
+static int
+set_header(PyObject *carrier, PyObject *name, PyObject *raw_value)
+{
+    PyObject *text = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(raw_value),
+                                            PyBytes_GET_SIZE(raw_value), NULL);
+    if (text == NULL) {
+        return -1;
+    }
+    PyObject *seen = PyDict_GetItemWithError(carrier, name); /* borrowed */
+    if (seen != NULL) {
+        Py_SETREF(text, PyUnicode_FromFormat("%U,%U", seen, text));
+    }
+    int status = text != NULL && !PyErr_Occurred() ? PyDict_SetItem(carrier, name, text) : -1;
+    Py_XDECREF(text);
+    return status;
+}
+
+static PyObject *
+scan_headers(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("scan_headers", nargs, 3)) {
+        return NULL;
+    }
+    PyObject *headers = args[0], *id_header = args[1], *wanted = args[2];
+    if (!PyBytes_CheckExact(id_header) || (wanted != Py_None && !PyDict_CheckExact(wanted))) {
+        PyErr_SetString(PyExc_TypeError, "scan_headers: id_header must be bytes, wanted a dict");
+        return NULL;
+    }
+    if (!PyList_CheckExact(headers) && !PyTuple_CheckExact(headers)) {
+        Py_RETURN_NONE;
+    }
+    /* Only C code runs below (bytes and str hashing and comparing, dict writes of str
+     * keys): the list cannot change under the loop. */
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(headers);
+    PyObject **items = PySequence_Fast_ITEMS(headers);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *name, *value;
+        if (!header_pair(items[i], &name, &value)) {
+            Py_RETURN_NONE; /* not plain: the Python loop reads them */
+        }
+    }
+    PyObject *carrier = PyDict_New(), *client_ids = NULL;
+    long traceparents = 0;
+    if (carrier == NULL) {
+        return NULL;
+    }
+    Py_ssize_t id_size = PyBytes_GET_SIZE(id_header);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *raw_name, *raw_value, *name;
+        header_pair(items[i], &raw_name, &raw_value);
+        Py_ssize_t size = PyBytes_GET_SIZE(raw_name);
+        if (size == id_size && memcmp(PyBytes_AS_STRING(raw_name), PyBytes_AS_STRING(id_header),
+                                      (size_t)size) == 0) {
+            if ((client_ids == NULL && (client_ids = PyList_New(0)) == NULL)
+                || PyList_Append(client_ids, raw_value) < 0) {
+                goto error;
+            }
+            continue;
+        }
+        if (wanted != Py_None) {
+            name = PyDict_GetItemWithError(wanted, raw_name); /* borrowed */
+            if (name == NULL) {
+                if (PyErr_Occurred()) {
+                    goto error;
+                }
+                continue;
+            }
+            Py_INCREF(name);
+        }
+        else if ((name = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(raw_name), size, NULL))
+                 == NULL) {
+            goto error;
+        }
+        if (size == 11 && memcmp(PyBytes_AS_STRING(raw_name), "traceparent", 11) == 0) {
+            traceparents++;
+        }
+        int status = set_header(carrier, name, raw_value);
+        Py_DECREF(name);
+        if (status < 0) {
+            goto error;
+        }
+    }
+    PyObject *result = PyTuple_New(3), *number = PyLong_FromLong(traceparents);
+    if (result == NULL || number == NULL) {
+        Py_XDECREF(result);
+        Py_XDECREF(number);
+        goto error;
+    }
+    PyTuple_SET_ITEM(result, 0, carrier);
+    PyTuple_SET_ITEM(result, 1, number);
+    PyTuple_SET_ITEM(result, 2, client_ids != NULL ? client_ids : Py_NewRef(Py_None));
+    return result;
+error:
+    Py_DECREF(carrier);
+    Py_XDECREF(client_ids);
+    return NULL;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"encode_fields", (PyCFunction)(void (*)(void))encode_fields, METH_FASTCALL,
      "encode_fields(tag, mapping, skip) -> bytes | None\n\n"
@@ -1128,6 +1251,10 @@ static PyMethodDef speedups_methods[] = {
     {"new_tuple", (PyCFunction)(void (*)(void))new_tuple, METH_FASTCALL,
      "new_tuple(cls, *items) -> tuple\n\n"
      "tuple.__new__(cls, items) for a subclass cls of tuple, without the items' tuple."},
+    {"scan_headers", (PyCFunction)(void (*)(void))scan_headers, METH_FASTCALL,
+     "scan_headers(headers, id_header, wanted) -> (carrier, traceparents, client_ids) | None\n\n"
+     "_http_server._scan_headers for a list or tuple of (bytes, bytes) pairs; None for any\n"
+     "other headers (the Python loop's to read)."},
     {NULL, NULL, 0, NULL},
 };
 

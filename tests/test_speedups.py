@@ -748,3 +748,57 @@ def test_new_tuple_is_tuple_new() -> None:
     for bad in ((), (tuple, 1), (list, 1), ("SpanContext", 1)):
         with pytest.raises(TypeError, match="tuple subclass"):
             speedups.new_tuple(*bad)
+
+
+def _random_headers(rng: random.Random) -> list[Any]:
+    names = [b"host", b"user-agent", b"traceparent", b"tracestate", b"baggage", b"x-request-id"]
+    names += [b"accept", b"cookie", b"x-\xe9t\xe9", b""]
+    headers: list[Any] = []
+    for _ in range(rng.randrange(12)):
+        value = bytes(rng.randrange(256) for _ in range(rng.randrange(20)))
+        pair = (rng.choice(names), value)
+        headers.append(list(pair) if rng.random() < 0.2 else pair)
+    return headers
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_scan_headers_is_the_python_loops(seed: int) -> None:
+    """Carrier (repeated headers joined, latin-1 decoded), traceparent count and client ids
+    equal the Python loop's, for every header set, W3C-only or not; the names of the W3C
+    headers are the very strings made once."""
+    from kiki_otel._http_server import _W3C_HEADERS, _scan_headers_py
+
+    rng = random.Random(seed)
+    for _ in range(2_000):
+        headers = _random_headers(rng)
+        if rng.random() < 0.1:
+            headers = tuple(headers)  # type: ignore[assignment]
+        for wanted in (None, _W3C_HEADERS):
+            got = speedups.scan_headers(headers, b"x-request-id", wanted)
+            assert got == _scan_headers_py(headers, b"x-request-id", wanted)
+            if wanted is not None:
+                assert all(name is _W3C_HEADERS[name.encode("latin-1")] for name in got[0])
+
+
+def test_scan_headers_leaves_other_header_shapes_to_python() -> None:
+    from kiki_otel._http_server import _W3C_HEADERS
+
+    odd: list[Any] = [
+        iter([(b"host", b"h")]),  # any iterable is valid ASGI: the Python loop reads it
+        [(b"host", b"h", b"extra")],
+        [(b"host",)],
+        [(bytearray(b"host"), b"h")],
+        [(b"host", "h")],
+        [("host", b"h")],
+        [b"host"],
+        [(b"host", b"h"), None],
+    ]
+    for headers in odd:
+        assert speedups.scan_headers(headers, b"x-request-id", _W3C_HEADERS) is None
+    assert speedups.scan_headers([], b"x-request-id", None) == ({}, 0, None)
+    with pytest.raises(TypeError, match="id_header must be bytes"):
+        speedups.scan_headers([], "x-request-id", None)
+    with pytest.raises(TypeError, match="wanted a dict"):
+        speedups.scan_headers([], b"x-request-id", frozenset())
+    with pytest.raises(TypeError):
+        speedups.scan_headers([], b"x-request-id")
