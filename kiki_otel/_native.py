@@ -23,7 +23,11 @@ if os.environ.get("KIKI_OTEL_NO_SPEEDUPS", "").strip().lower() in ("1", "true", 
 
 
 def new_instance_py(cls: type, template: dict[str, Any], /, **fields: Any) -> Any:
-    """``_speedups.new_instance`` in Python: ``object.__new__(cls)``, filled."""
+    """``_speedups.new_instance`` in Python: ``object.__new__(cls)``, filled.
+
+    Through ``__dict__``, where the C function sets attributes: the same for the fields
+    it is used for, which no descriptor of their classes handles.
+    """
     instance: Any = object.__new__(cls)
     values = instance.__dict__
     values.update(template)
