@@ -697,26 +697,27 @@ def _bounded(items: Any) -> tuple[Any, int]:
 
 def _span(span: Any) -> bytes:
     if type(span) in _SDK_SPAN_TYPES:
-        fields = span.__dict__
-        attributes = fields["_attributes"]
+        # The fields behind the properties, read as attributes: not through ``__dict__``,
+        # which would make a dict of an instance that keeps its class's shared-key layout.
+        attributes = span._attributes
         # BoundedAttributes' Mapping methods go through the ABC: hand its dict over.
         inner = getattr(attributes, "_dict", None)
-        events, dropped_events = _bounded(fields["_events"])
-        links, dropped_links = _bounded(fields["_links"])
+        events, dropped_events = _bounded(span._events)
+        links, dropped_links = _bounded(span._links)
         return _span_body(
-            fields["_context"],
-            fields["_parent"],
-            fields["_name"],
-            fields["_kind"],
-            fields["_start_time"],
-            fields["_end_time"],
+            span._context,
+            span._parent,
+            span._name,
+            span._kind,
+            span._start_time,
+            span._end_time,
             inner if type(inner) is dict else attributes,
             getattr(attributes, "dropped", 0),
             events,
             dropped_events,
             links,
             dropped_links,
-            fields["_status"],
+            span._status,
         )
     return _span_body(
         span.context,
@@ -864,9 +865,8 @@ def _export_request(items: Sequence[Any], encode_item: Callable[[Any], bytes]) -
 def encode_span(span: Any) -> Encoded:
     """An ended span (SDK ``ReadableSpan``), encoded now for a later :func:`encode_spans`."""
     if type(span) in _SDK_SPAN_TYPES:  # the fields behind the two properties
-        fields = span.__dict__
         return new_tuple(  # type: ignore[no-any-return]
-            Encoded, _span(span), fields["_resource"], fields["_instrumentation_scope"]
+            Encoded, _span(span), span._resource, span._instrumentation_scope
         )
     return Encoded(_span(span), span.resource, span.instrumentation_scope)
 
