@@ -802,3 +802,72 @@ def test_scan_headers_leaves_other_header_shapes_to_python() -> None:
         speedups.scan_headers([], b"x-request-id", frozenset())
     with pytest.raises(TypeError):
         speedups.scan_headers([], b"x-request-id")
+
+
+def _batch_processor(max_queue_size: int = 8, max_export_batch_size: int = 4) -> Any:
+    """An SDK batch processor whose worker waits a minute: the queue holds what goes in."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    processor = BatchSpanProcessor(
+        InMemorySpanExporter(),
+        max_queue_size=max_queue_size,
+        max_export_batch_size=max_export_batch_size,
+        schedule_delay_millis=60_000,
+    )
+    return processor._batch_processor
+
+
+def test_queue_item_queues_what_enqueue_would_and_hands_back_the_rest() -> None:
+    """An item that fits goes to the front of the queue, as ``enqueue`` puts it; the item
+    that would fill a batch (the worker to wake), a full queue, a processor shut down or
+    of another process is handed back untouched, for ``enqueue``."""
+    from kiki_otel._otlp_http import enqueue
+
+    batch, twin = _batch_processor(), _batch_processor()
+    try:
+        for item in ("a", "b", "c"):
+            assert speedups.queue_item(batch, item) is True
+            enqueue(twin, item)
+        assert list(batch._queue) == list(twin._queue) == ["c", "b", "a"]
+        assert speedups.queue_item(batch, "d") is False  # the 4th fills a batch of 4
+        assert list(batch._queue) == ["c", "b", "a"]
+        enqueue(batch, "d")  # enqueue's to do: it wakes the worker
+        assert batch._worker_awaken.is_set()
+
+        for field, value in (("_shutdown", True), ("_pid", os.getpid() + 1)):
+            other = _batch_processor()
+            setattr(other, field, value)
+            assert speedups.queue_item(other, "x") is False and not other._queue
+            if field != "_shutdown":
+                other.shutdown()
+        full = _batch_processor(max_queue_size=2, max_export_batch_size=2)
+        full._queue.extend(["q1", "q2"])  # (the worker is not woken: it sleeps a minute)
+        assert speedups.queue_item(full, "x") is False and list(full._queue) == ["q1", "q2"]
+        full.shutdown()
+    finally:
+        batch.shutdown()
+        twin.shutdown()
+
+
+def test_queue_item_hands_back_other_layouts_and_refuses_bad_arguments() -> None:
+    class Plain:
+        pass
+
+    odd = _batch_processor()
+    try:
+        odd._queue = list(odd._queue)  # not a deque
+        assert speedups.queue_item(odd, "x") is False and odd._queue == []
+        odd._queue = collections.deque()
+        odd._max_queue_size = 2.5  # not an int
+        assert speedups.queue_item(odd, "x") is False
+        odd._max_queue_size = 2**70  # beyond 64 bits
+        assert speedups.queue_item(odd, "x") is False and not odd._queue
+    finally:
+        odd._max_queue_size = 8
+        odd.shutdown()
+    assert speedups.queue_item(Plain(), "x") is False
+    with pytest.raises(AttributeError):
+        speedups.queue_item(object(), "x")  # no __dict__
+    with pytest.raises(TypeError):
+        speedups.queue_item(Plain())
