@@ -65,7 +65,7 @@ from ._context import (
 )
 from ._native import new_instance, new_tuple
 from ._otlp_encode import encode_span
-from ._otlp_http import FastSpanExporter, enqueue, has_queue, queue_item
+from ._otlp_http import FastSpanExporter, enqueue, has_queue
 from ._probe import same_code
 
 __all__ = ["DirectSpans"]
@@ -431,8 +431,7 @@ class DirectSpans:
             except Exception:  # a bug in our encoder must not cost the span: export it later
                 _logger.exception("kiki_otel: could not encode span %s", span.name)
                 item = span
-            if queue_item is None or not queue_item(batch, item):
-                enqueue(batch, item)
+            enqueue(batch, item)
 
 
 _SAMPLED = TraceFlags.SAMPLED

@@ -49,7 +49,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext
 
 from ._context import IDS, IDS_BY_NAME, current_span_context
-from ._native import new_tuple, speedups
+from ._native import new_tuple
 from ._otlp_client import Attempt, RetryingClient, basic_auth, export_logger, redact
 from ._otlp_encode import Encoded, encode_log, encode_log_event, encode_logs, encode_spans
 from ._ratelimit import Throttle
@@ -62,7 +62,6 @@ __all__ = [
     "direct_logs",
     "enqueue",
     "has_queue",
-    "queue_item",
 ]
 
 _logger = export_logger
@@ -402,8 +401,7 @@ class DirectLogs:
             self._metrics.emit_log()
         logger = self._logger
         item = new_tuple(Encoded, payload, logger._resource, logger._instrumentation_scope)
-        if queue_item is None or not queue_item(self._batch, item):
-            enqueue(self._batch, item)
+        enqueue(self._batch, item)
 
     def _queue(
         self, span_context: SpanContext, encode: Callable[..., Any], fields: tuple[Any, ...]
@@ -431,8 +429,7 @@ class DirectLogs:
             return False
         if self._metrics is not None:
             self._metrics.emit_log()
-        if queue_item is None or not queue_item(self._batch, item):
-            enqueue(self._batch, item)
+        enqueue(self._batch, item)
         return True
 
 
@@ -486,11 +483,6 @@ def enqueue(batch: Any, item: Any) -> None:
     if len(queue) >= batch._max_export_batch_size and not batch._worker_awaken.is_set():
         batch._worker_awaken.set()
 
-
-queue_item: Any = getattr(speedups, "queue_item", None)
-"""``enqueue``'s common case in C (an item that fits, no worker to wake): True when it
-queued the item; False, having changed nothing, for ``enqueue`` to do. Callers try it
-first."""
 
 _dropped: dict[str, int] = {}
 """Items the direct paths dropped from a full export queue, per signal, in this process."""

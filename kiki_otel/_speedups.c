@@ -24,12 +24,6 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
-#ifdef _WIN32
-#include <process.h>
-#define getpid _getpid
-#else
-#include <unistd.h>
-#endif
 
 typedef struct {
     char *data;
@@ -1229,69 +1223,6 @@ error:
     return NULL;
 }
 
-/* ---- the export queue ---------------------------------------------------------------
- *
- * ``_otlp_http.enqueue``'s common case: an item that fits, queued without a Python frame.
- * Everything else (shut down, another process, a full queue, a batch that wakes the
- * worker, another layout) is handed back untouched, for ``enqueue`` to do. */
-
-static PyObject *str_shutdown, *str_pid, *str_queue, *str_max_queue_size;
-static PyObject *str_max_export_batch_size, *str_appendleft, *deque_type;
-
-/* A field that must be an exact int: its value, or -1 (missing, another type, an error). */
-static long long
-int_field(PyObject *fields, PyObject *name)
-{
-    PyObject *value = field(fields, name);
-    long long number;
-    if (value == NULL || !PyLong_CheckExact(value) || read_int64(value, &number) != 1) {
-        PyErr_Clear();
-        return -1;
-    }
-    return number;
-}
-
-static PyObject *
-queue_item(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
-{
-    if (!check_nargs("queue_item", nargs, 2)) {
-        return NULL;
-    }
-    if (deque_type == NULL) { /* collections.deque, looked up on first use */
-        PyObject *collections = PyImport_ImportModule("collections");
-        deque_type = collections != NULL ? PyObject_GetAttrString(collections, "deque") : NULL;
-        Py_XDECREF(collections);
-        if (deque_type == NULL) {
-            return NULL;
-        }
-    }
-    PyObject *fields = fields_of(args[0]);
-    if (fields == NULL) {
-        return NULL;
-    }
-    PyObject *result = Py_False;
-    /* Borrowed from the processor's dict, which nothing below changes. */
-    PyObject *shutdown = field(fields, str_shutdown);
-    PyObject *queue = field(fields, str_queue);
-    long long pid = int_field(fields, str_pid);
-    long long most = int_field(fields, str_max_queue_size);
-    long long batch = int_field(fields, str_max_export_batch_size);
-    if (shutdown == Py_False && queue != NULL && Py_IS_TYPE(queue, (PyTypeObject *)deque_type)
-        && pid == (long long)getpid() && most > 0 && batch > 0) {
-        Py_ssize_t size = PyObject_Size(queue);
-        if (size >= 0 && size < most && size + 1 < batch) {
-            PyObject *done = PyObject_CallMethodOneArg(queue, str_appendleft, args[1]);
-            result = done != NULL ? Py_True : NULL;
-            Py_XDECREF(done);
-        }
-        else if (size < 0) {
-            result = NULL;
-        }
-    }
-    Py_DECREF(fields);
-    return Py_XNewRef(result);
-}
-
 static PyMethodDef speedups_methods[] = {
     {"encode_fields", (PyCFunction)(void (*)(void))encode_fields, METH_FASTCALL,
      "encode_fields(tag, mapping, skip) -> bytes | None\n\n"
@@ -1324,11 +1255,6 @@ static PyMethodDef speedups_methods[] = {
      "scan_headers(headers, id_header, wanted) -> (carrier, traceparents, client_ids) | None\n\n"
      "_http_server._scan_headers for a list or tuple of (bytes, bytes) pairs; None for any\n"
      "other headers (the Python loop's to read)."},
-    {"queue_item", (PyCFunction)(void (*)(void))queue_item, METH_FASTCALL,
-     "queue_item(batch, item) -> bool\n\n"
-     "_otlp_http.enqueue(batch, item) when the item fits without waking the worker: the\n"
-     "SDK batch processor's queue, not shut down, this process's; False, untouched, for\n"
-     "anything else."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1358,12 +1284,6 @@ intern_names(void)
         {&str_acquire, "acquire"},
         {&str_release, "release"},
         {&str_storage, "_reservoir_storage"},
-        {&str_shutdown, "_shutdown"},
-        {&str_pid, "_pid"},
-        {&str_queue, "_queue"},
-        {&str_max_queue_size, "_max_queue_size"},
-        {&str_max_export_batch_size, "_max_export_batch_size"},
-        {&str_appendleft, "appendleft"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL) {
