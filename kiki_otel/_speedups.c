@@ -1,7 +1,8 @@
 /* kiki_otel._speedups: the request path's hottest pieces, in C: the OTLP encoder's and
- * the access line's common case, the request span's objects made without their
- * constructors (``new_instance``, ``new_tuple``) and the request histogram's aggregation
- * (at the end, ``histogram_aggregate``: see there).
+ * the access line's common case, the request histogram's aggregation
+ * (``histogram_aggregate``), and after it the request span's objects made without their
+ * constructors (``new_instance``, ``new_tuple``) and the request headers' scan
+ * (``scan_headers``): see each.
  *
  * ``encode_fields(tag, mapping, skip)`` writes the repeated ``KeyValue`` fields of a dict
  * (its items in order, the keys in ``skip`` left out) as ``_otlp_encode._fields`` does;
@@ -1261,8 +1262,8 @@ static PyMethodDef speedups_methods[] = {
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "kiki_otel._speedups",
-    .m_doc = "The OTLP encoder's, the access line's, the span's and the histogram's common "
-             "case in C.",
+    .m_doc = "The request path's common cases in C: the OTLP encoder, the access line, the "
+             "histogram, the span's objects and the headers' scan.",
     .m_size = 0,
     .m_methods = speedups_methods,
 };
