@@ -1030,12 +1030,12 @@ done:
 /* ---- objects filled field by field: the request span's parts -------------------------
  *
  * ``_fast_span`` builds the SDK's span, its attributes and its span context without their
- * constructors (their arguments are re-checked per call there, fixed here): in Python that
- * is ``object.__new__(cls)``, then ``__dict__`` updates (the caller checks that the
- * class's own ``__new__``, if any, would have done no more). These are the same objects in one
- * call, with none of the code a request would run only for them (``__new__``'s wrapper, the
- * ``__dict__`` getter), and attributes set as ``setattr`` sets them, so an instance keeps
- * its class's shared-key layout. */
+ * constructors (their arguments are re-checked per call there, fixed here): in Python
+ * that is ``object.__new__(cls)``, then ``__dict__`` updates (the caller checks that the
+ * class's own ``__new__``, if any, would have done no more). These are the same objects
+ * in one call, with none of the code a request would run only for them (``__new__``'s
+ * wrapper, the ``__dict__`` getter), and attributes set as ``setattr`` sets them, so an
+ * instance keeps its class's shared-key layout. */
 
 static PyObject *empty_tuple;
 
@@ -1062,7 +1062,13 @@ new_instance(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     Py_ssize_t pos = 0;
     PyObject *key, *value;
     while (PyDict_Next(template, &pos, &key, &value)) {
-        if (PyObject_SetAttr(instance, key, value) < 0) {
+        /* held: a descriptor's __set__ is Python code, which could change the template */
+        Py_INCREF(key);
+        Py_INCREF(value);
+        int status = PyObject_SetAttr(instance, key, value);
+        Py_DECREF(key);
+        Py_DECREF(value);
+        if (status < 0) {
             goto error;
         }
     }
@@ -1143,6 +1149,38 @@ set_header(PyObject *carrier, PyObject *name, PyObject *raw_value)
     return status;
 }
 
+/* One header into the carrier, or the client's ids: 0 done, -1 error. */
+static int
+scan_header(PyObject *carrier, PyObject **client_ids, long *traceparents, PyObject *raw_name,
+            PyObject *raw_value, PyObject *id_header, PyObject *wanted)
+{
+    Py_ssize_t size = PyBytes_GET_SIZE(raw_name);
+    if (size == PyBytes_GET_SIZE(id_header)
+        && memcmp(PyBytes_AS_STRING(raw_name), PyBytes_AS_STRING(id_header), (size_t)size) == 0) {
+        if (*client_ids == NULL && (*client_ids = PyList_New(0)) == NULL) {
+            return -1;
+        }
+        return PyList_Append(*client_ids, raw_value);
+    }
+    PyObject *name;
+    if (wanted != Py_None) {
+        name = PyDict_GetItemWithError(wanted, raw_name); /* borrowed */
+        if (name == NULL) {
+            return PyErr_Occurred() ? -1 : 0; /* not wanted */
+        }
+        Py_INCREF(name);
+    }
+    else if ((name = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(raw_name), size, NULL)) == NULL) {
+        return -1;
+    }
+    if (size == 11 && memcmp(PyBytes_AS_STRING(raw_name), "traceparent", 11) == 0) {
+        ++*traceparents;
+    }
+    int status = set_header(carrier, name, raw_value);
+    Py_DECREF(name);
+    return status;
+}
+
 static PyObject *
 scan_headers(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1157,13 +1195,10 @@ scan_headers(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     if (!PyList_CheckExact(headers) && !PyTuple_CheckExact(headers)) {
         Py_RETURN_NONE;
     }
-    /* Only C code runs below (bytes and str hashing and comparing, dict writes of str
-     * keys): the list cannot change under the loop. */
     Py_ssize_t count = PySequence_Fast_GET_SIZE(headers);
-    PyObject **items = PySequence_Fast_ITEMS(headers);
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *name, *value;
-        if (!header_pair(items[i], &name, &value)) {
+        if (!header_pair(PySequence_Fast_ITEMS(headers)[i], &name, &value)) {
             Py_RETURN_NONE; /* not plain: the Python loop reads them */
         }
     }
@@ -1172,38 +1207,20 @@ scan_headers(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     if (carrier == NULL) {
         return NULL;
     }
-    Py_ssize_t id_size = PyBytes_GET_SIZE(id_header);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *raw_name, *raw_value, *name;
-        header_pair(items[i], &raw_name, &raw_value);
-        Py_ssize_t size = PyBytes_GET_SIZE(raw_name);
-        if (size == id_size && memcmp(PyBytes_AS_STRING(raw_name), PyBytes_AS_STRING(id_header),
-                                      (size_t)size) == 0) {
-            if ((client_ids == NULL && (client_ids = PyList_New(0)) == NULL)
-                || PyList_Append(client_ids, raw_value) < 0) {
-                goto error;
-            }
-            continue;
-        }
-        if (wanted != Py_None) {
-            name = PyDict_GetItemWithError(wanted, raw_name); /* borrowed */
-            if (name == NULL) {
-                if (PyErr_Occurred()) {
-                    goto error;
-                }
-                continue;
-            }
-            Py_INCREF(name);
-        }
-        else if ((name = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(raw_name), size, NULL))
-                 == NULL) {
+    /* Only C code runs below, but an allocation may run the garbage collector, and a
+     * finalizer is Python code: the list is read afresh and each pair held while used. */
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(headers); i++) {
+        PyObject *raw_name, *raw_value;
+        if (!header_pair(PySequence_Fast_ITEMS(headers)[i], &raw_name, &raw_value)) {
+            PyErr_SetString(PyExc_RuntimeError, "scan_headers: headers changed while read");
             goto error;
         }
-        if (size == 11 && memcmp(PyBytes_AS_STRING(raw_name), "traceparent", 11) == 0) {
-            traceparents++;
-        }
-        int status = set_header(carrier, name, raw_value);
-        Py_DECREF(name);
+        Py_INCREF(raw_name);
+        Py_INCREF(raw_value);
+        int status = scan_header(carrier, &client_ids, &traceparents, raw_name, raw_value,
+                                 id_header, wanted);
+        Py_DECREF(raw_name);
+        Py_DECREF(raw_value);
         if (status < 0) {
             goto error;
         }

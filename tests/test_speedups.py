@@ -729,6 +729,27 @@ def test_new_instance_refuses_bad_arguments_and_drops_a_half_made_object() -> No
     assert gone() is None
 
 
+def test_new_instance_survives_a_setter_that_empties_its_template() -> None:
+    """A property's setter is Python code: one that clears the template while it is read
+    ends the template's items there, without a crash; the fields still go in."""
+    template: dict[str, Any] = {}
+
+    class Clearing:
+        @property
+        def first(self) -> Any:
+            return self.__dict__["_first"]
+
+        @first.setter
+        def first(self, value: Any) -> None:
+            template.clear()  # frees the template's other items
+            self.__dict__["_first"] = value
+
+    template.update(first=object(), second=[object()])
+    made = speedups.new_instance(Clearing, template, third=3)
+    assert type(made.first) is object and made.third == 3
+    assert not hasattr(made, "second")
+
+
 def test_new_tuple_is_tuple_new() -> None:
     """A tuple subclass made from the items, as ``tuple.__new__(cls, items)`` makes it,
     tracked by the garbage collector (it may hold a cycle)."""
