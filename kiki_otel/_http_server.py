@@ -259,8 +259,9 @@ class ServerTelemetry:
             # Advisory too, so seconds buckets hold even in a provider we joined (no views).
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
+        # the fast record when the histogram is the SDK's, else the histogram itself
         self._fast_duration = fast_histogram(duration_histogram)
-        self._duration: Any = self._fast_duration or duration_histogram
+        self._duration = duration_histogram
         self._active = _active_requests(meter_provider, meter)
         self._direct = DirectSpans.for_tracer(self._tracer)
         http = settings.http
