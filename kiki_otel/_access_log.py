@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import structlog
 
-from ._context import client_request_id, current_span_context, hex_ids
+from ._context import client_request_id_get, current_span_context, hex_ids
 from ._json import json_dumps
 from ._logging import get_logger, installed_chain, iso_timestamp, structure_exception
 from ._otlp_encode import native_json_line
@@ -144,7 +144,7 @@ class DirectAccessLog:
         if ids is not None:
             event["trace_id"] = event["request_id"] = ids[0]
             event["span_id"] = ids[1]
-        client_id = client_request_id.get()
+        client_id = client_request_id_get()
         if client_id is not None:
             event.setdefault("client_request_id", client_id)
         if "service" not in event:  # setdefault: C code a request would run only here
@@ -162,7 +162,7 @@ class DirectAccessLog:
         chain.output.write(line if line is not None else dumps(event, self._default))
 
 
-def access_log() -> AccessLog:
+def access_log() -> DirectAccessLog | StructlogAccessLog:
     """The direct access line while kiki's chain is structlog's configuration, else structlog's."""
     chain = installed_chain()
     if chain is not None and chain.is_current():

@@ -38,7 +38,15 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import INVALID_SPAN, TraceFlags
 
-from ._context import CURRENT, IDS, IDS_BY_NAME, SPAN_KEY, SPAN_READERS, span_reader
+from ._context import (
+    CURRENT,
+    IDS_BY_NAME,
+    SPAN_KEY,
+    current_get,
+    ids_of,
+    span_reader,
+    span_reader_of,
+)
 from ._native import new_tuple, speedups
 from ._probe import same_code
 
@@ -107,7 +115,7 @@ class FastHistogram:
             self._learn(key, attributes)
             return
         now = time.time_ns()
-        ctx = CURRENT.get() if CURRENT is not None else otel_context.get_current()
+        ctx = current_get() if CURRENT is not None else otel_context.get_current()
         exemplar_filter = consumer._sdk_config.exemplar_filter
         # what a bucket's offer() stores, when the exemplar goes in directly
         offered: tuple[float, int, dict[str, Any], int, int, bool] | None = None
@@ -121,12 +129,12 @@ class FastHistogram:
         else:  # its should_sample, inline:
             # trace.get_current_span(ctx); SPAN_KEY is not None here (see __init__)
             span = ctx.get(SPAN_KEY)  # type: ignore[arg-type]
-            read = SPAN_READERS.get(type(span)) or span_reader(span)  # isinstance(span, Span)
+            read = span_reader_of(type(span)) or span_reader(span)  # isinstance(span, Span)
             if read is None or span == INVALID_SPAN:
                 sample = False
             else:  # span.get_span_context().trace_flags.sampled, the fields read in C
                 context = read(span)
-                trace_id, span_id, flags, _valid = IDS.get(type(context), IDS_BY_NAME)(context)
+                trace_id, span_id, flags, _valid = ids_of(type(context), IDS_BY_NAME)(context)
                 sample = bool(flags & _SAMPLED)
                 if sample:
                     offered = (value, now, attributes, span_id, trace_id, True)

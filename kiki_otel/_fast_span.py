@@ -59,9 +59,9 @@ from ._context import (
     SPAN_CONTEXT_TUPLE,
     SPAN_ID_MAX,
     SPAN_KEY,
-    SPAN_READERS,
     TRACE_ID_MAX,
     span_reader,
+    span_reader_of,
 )
 from ._native import new_instance, new_tuple
 from ._otlp_encode import encode_span
@@ -291,7 +291,7 @@ class DirectSpans:
         # (SPAN_KEY is not None: _inspect checked)
         current = context.get(SPAN_KEY) if context is not None else trace.get_current_span()  # type: ignore[arg-type]
         parent: SpanContext | None = None
-        read = SPAN_READERS.get(type(current)) or span_reader(current)  # isinstance(.., Span)
+        read = span_reader_of(type(current)) or span_reader(current)  # isinstance(.., Span)
         if read is not None:
             parent = read(current)
         if parent is None or not parent.is_valid:

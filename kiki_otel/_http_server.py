@@ -23,18 +23,21 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 from opentelemetry.trace.span import Span
 
-from ._access_log import access_log
+from ._access_log import AccessLog, access_log
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
 from ._context import (
     CURRENT,
-    IDS,
     IDS_BY_NAME,
-    SPAN_CONTEXT_OF,
     SPAN_KEY,
     client_request_id,
+    client_request_id_get,
+    current_get,
+    current_set,
     get_span_context,
+    ids_of,
     mark_exception,
     remember_hex_ids,
+    span_context_of,
 )
 from ._fast_histogram import fast_histogram
 from ._fast_span import DirectSpans
@@ -69,6 +72,7 @@ _SENSITIVE_QUERY = frozenset(
     }
 )
 _INTERNAL_ERROR = b"Internal Server Error"
+_SAMPLED = TraceFlags.SAMPLED  # a class attribute: a generic lookup per request on 3.11
 _LAST_MESSAGE = frozenset({"http.response.body", "http.response.pathsend"})
 """Message types that end a response unless ``more_body`` (pathsend never has more)."""
 _NAME, _LOWER = itemgetter(0), methodcaller("lower")
@@ -270,7 +274,9 @@ class ServerTelemetry:
         self._server_timing = http.server_timing
         self._accept_client_id = http.accept_client_request_id
         self._client_id_max = http.client_request_id_max_length
-        self._access_log = access_log() if http.access_log else None
+        log = access_log() if http.access_log else None
+        # its bound __call__: a call of the object itself takes the interpreter's generic path
+        self._access_log: AccessLog | None = log.__call__ if log is not None else None
         self._warn = RateLimitedLog(OwnLogger("kiki_otel.http"), interval=10.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -378,15 +384,15 @@ class ServerTelemetry:
             span = self._tracer.start_span(
                 name, context=parent, kind=SpanKind.SERVER, attributes=attributes
             )
-        span_context = SPAN_CONTEXT_OF.get(type(span), get_span_context)(span)
-        trace_id, span_id, flags, valid = IDS.get(type(span_context), IDS_BY_NAME)(span_context)
+        span_context = span_context_of(type(span), get_span_context)(span)
+        trace_id, span_id, flags, valid = ids_of(type(span_context), IDS_BY_NAME)(span_context)
         if not valid:
             # No SDK (OTEL_SDK_DISABLED): still give the request an id, W3C-shaped.
             span_context = _random_span_context()
             span = NonRecordingSpan(span_context)
             trace_id, span_id, flags, valid = IDS_BY_NAME(span_context)
         trace_hex, span_hex = remember_hex_ids(span_context, trace_id, span_id)
-        ids = (trace_hex, span_hex, flags & TraceFlags.SAMPLED)
+        ids = (trace_hex, span_hex, flags & _SAMPLED)
         if SPAN_KEY is None:
             ctx = trace.set_span_in_context(span, parent)
         else:  # trace.set_span_in_context(span, parent), without its two calls
@@ -406,10 +412,10 @@ class ServerTelemetry:
             scope, method, carrier, parent, client_id
         )
         ctx = current[0]
-        extra_headers = self._response_headers(*ids)
+        extra_headers = self._response_headers(ids)
         if CURRENT is not None:  # otel_context.get_current() and attach(ctx), without calls
-            outer = CURRENT.get()
-            token = CURRENT.set(ctx)
+            outer = current_get()
+            token = current_set(ctx)
         else:
             outer = otel_context.get_current()
             token = otel_context.attach(ctx)
@@ -417,7 +423,7 @@ class ServerTelemetry:
         # set and reset cost ~100 L1 misses a request: cold code bare never runs)
         client_token = (
             client_request_id.set(client_id)
-            if client_id is not None or client_request_id.get() is not None
+            if client_id is not None or client_request_id_get() is not None
             else None
         )
         active_attrs = {"http.request.method": method, "url.scheme": scope.get("scheme", "http")}
@@ -441,7 +447,7 @@ class ServerTelemetry:
                 # fires or the heap is compacted (cancelled timers stay: ~100 of them).
                 # Spans held that long get promoted, and promotions trigger full GCs.
                 outer_token = (
-                    CURRENT.set(outer) if CURRENT is not None else otel_context.attach(outer)
+                    current_set(outer) if CURRENT is not None else otel_context.attach(outer)
                 )
                 try:
                     await send(message)
@@ -478,9 +484,9 @@ class ServerTelemetry:
                 except Exception:  # the API's detach logs why
                     otel_context.detach(token)
 
-    def _response_headers(
-        self, trace_id: str, span_id: str, sampled: int
-    ) -> list[tuple[bytes, bytes]]:
+    def _response_headers(self, ids: tuple[str, str, int]) -> list[tuple[bytes, bytes]]:
+        # ids as one argument: a call with *ids makes a bound method object per request
+        trace_id, span_id, sampled = ids
         headers = [(self._id_header, trace_id.encode())]
         if self._traceresponse or self._server_timing:
             value = f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}"
@@ -628,8 +634,7 @@ class _ActiveRequests:
         entry[0] += 1
         return entry
 
-    @staticmethod
-    def done(entry: list[Any]) -> None:
+    def done(self, entry: list[Any]) -> None:  # not static: a static one is a slower lookup
         entry[0] -= 1
 
     def _observe(self, _options: metrics.CallbackOptions) -> list[metrics.Observation]:

@@ -37,11 +37,11 @@ from opentelemetry.trace import (
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 from ._context import (
-    IDS,
     IDS_BY_NAME,
-    client_request_id,
+    client_request_id_get,
     current_ids,
     current_span_context,
+    ids_of,
     marked_span_context,
 )
 from ._json import json_dumps, safe_repr
@@ -120,7 +120,7 @@ def add_correlation(_logger: WrappedLogger, _method: str, event_dict: EventDict)
     if ids is not None:
         event_dict["trace_id"] = event_dict["request_id"] = ids[0]
         event_dict["span_id"] = ids[1]
-    client_id = client_request_id.get()
+    client_id = client_request_id_get()
     if client_id is not None:
         event_dict.setdefault("client_request_id", client_id)
     return event_dict
@@ -254,7 +254,7 @@ class OTelEmitter:
             if direct is None or getattr(self._local, "state", None) is not _IDLE:
                 self(None, level, event_dict)
                 return
-            trace_id, span_id, flags, valid = IDS.get(type(span_context), IDS_BY_NAME)(span_context)
+            trace_id, span_id, flags, valid = ids_of(type(span_context), IDS_BY_NAME)(span_context)
             if self._trace_based and valid and not flags & TraceFlags.SAMPLED:
                 return
             if not direct.usable(len(event_dict)):

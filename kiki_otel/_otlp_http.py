@@ -48,7 +48,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext
 
-from ._context import IDS, IDS_BY_NAME, current_span_context
+from ._context import IDS_BY_NAME, current_span_context, ids_of
 from ._native import new_tuple
 from ._otlp_client import Attempt, RetryingClient, basic_auth, export_logger, redact
 from ._otlp_encode import Encoded, encode_log, encode_log_event, encode_logs, encode_spans
@@ -413,7 +413,7 @@ class DirectLogs:
         """
         logger = self._logger
         try:
-            trace_id, span_id, flags, _ = IDS.get(type(span_context), IDS_BY_NAME)(span_context)
+            trace_id, span_id, flags, _ = ids_of(type(span_context), IDS_BY_NAME)(span_context)
             item = encode(
                 *fields,
                 trace_id,
