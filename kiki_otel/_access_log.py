@@ -22,7 +22,13 @@ import structlog
 
 from ._context import client_request_id_get, current_span_context, hex_ids
 from ._json import json_dumps
-from ._logging import get_logger, installed_chain, iso_timestamp, structure_exception
+from ._logging import (
+    get_logger,
+    installed_chain,
+    iso_timestamp,
+    iso_timestamp_py,
+    structure_exception,
+)
 from ._otlp_encode import native_json_line
 
 __all__ = ["ACCESS_EVENT", "ACCESS_LOGGER", "AccessLog", "access_log"]
@@ -135,7 +141,7 @@ class DirectAccessLog:
             "level": level,
         }
         now = time.time_ns()  # the line's timestamp and its record's
-        event["timestamp"] = iso_timestamp(now)
+        event["timestamp"] = iso_timestamp(now, iso_timestamp_py)
         self._merge(None, level, event)
         # The current span, as add_correlation and the OTel record take it: the request
         # span, unless the app left one of its own current.

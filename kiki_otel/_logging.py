@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from contextvars import Token
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -45,6 +45,7 @@ from ._context import (
     marked_span_context,
 )
 from ._json import json_dumps, safe_repr
+from ._native import speedups
 from ._otlp_encode import log_head, native_log_event
 from ._otlp_http import DirectLogs, direct_logs
 from ._settings import Settings
@@ -96,12 +97,15 @@ def add_timestamp(_logger: WrappedLogger, _method: str, event_dict: EventDict) -
     (no fraction when the microseconds are 0), ``Z`` for UTC; the date/time part is
     formatted once per second instead of per line.
     """
-    event_dict["timestamp"] = iso_timestamp(time.time_ns())
+    event_dict["timestamp"] = iso_timestamp(time.time_ns(), iso_timestamp_py)
     return event_dict
 
 
-def iso_timestamp(time_ns: int) -> str:
-    """:func:`add_timestamp`'s text for a ``time.time_ns()`` reading."""
+def iso_timestamp_py(time_ns: int, _fallback: object = None) -> str:
+    """:func:`add_timestamp`'s text for a ``time.time_ns()`` reading.
+
+    :data:`iso_timestamp` in Python, and its fallback in C (before 1970, past 2262).
+    """
     global _second_prefix
     seconds, nanos = divmod(time_ns, 1_000_000_000)
     cached_second, prefix = _second_prefix
@@ -112,6 +116,13 @@ def iso_timestamp(time_ns: int) -> str:
     # "%06d" by str() and a slice: neither the format-spec parser nor str's % (see
     # _context.remember_hex_ids, its other user in a request)
     return f"{prefix}.{str(1_000_000 + micros)[1:]}Z" if micros else prefix + "Z"
+
+
+iso_timestamp: Callable[[int, Callable[[int], str]], str] = (
+    getattr(speedups, "iso_timestamp", None) or iso_timestamp_py
+)
+"""``iso_timestamp(time_ns, iso_timestamp_py)``: :func:`iso_timestamp_py` in C, one call
+instead of its frame (each log line and the access line take one)."""
 
 
 def add_correlation(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:

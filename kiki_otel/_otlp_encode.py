@@ -687,6 +687,37 @@ def _sdk_span_types() -> tuple[type, ...]:
 _SDK_SPAN_TYPES = _sdk_span_types()
 
 
+def _native_sdk_span_types() -> tuple[Any, ...] | None:
+    """The types ``_speedups.sdk_span`` checks a span's fields against, or None (no C path).
+
+    The enums' members in value order, so C finds a member's value by identity (an enum's
+    ``__hash__`` is Python code): only while their values are 0, 1, 2...
+    """
+    if _native is None or not _SDK_SPAN_TYPES or _TUPLE_CONTEXT is None:
+        return None
+    from opentelemetry.attributes import BoundedAttributes
+    from opentelemetry.sdk.util import BoundedList
+    from opentelemetry.trace import SpanKind
+    from opentelemetry.trace.status import StatusCode
+
+    kinds = tuple(sorted(SpanKind, key=lambda kind: kind.value))
+    codes = tuple(sorted(StatusCode, key=lambda code: code.value))
+    if [kind.value for kind in kinds] != list(range(len(kinds))) or [
+        code.value for code in codes
+    ] != list(range(len(codes))):
+        return None  # pragma: no cover - another API shape
+    return (
+        _TUPLE_CONTEXT,
+        BoundedAttributes,
+        BoundedList,
+        Status,
+        DEFAULT_TRACE_STATE,
+        Encoded,
+        kinds,
+        codes,
+    )
+
+
 def _bounded(items: Any) -> tuple[Any, int]:
     """The items of an SDK ``BoundedList`` (or any sequence) and its dropped count."""
     dq = getattr(items, "_dq", None)
@@ -865,10 +896,32 @@ def _export_request(items: Sequence[Any], encode_item: Callable[[Any], bytes]) -
 def encode_span(span: Any) -> Encoded:
     """An ended span (SDK ``ReadableSpan``), encoded now for a later :func:`encode_spans`."""
     if type(span) in _SDK_SPAN_TYPES:  # the fields behind the two properties
+        if _NATIVE_SDK_SPAN is not None:  # the request span's case: one C call, no frames
+            item = _native_sdk_span(
+                span._context,
+                span._parent,
+                span._name,
+                span._kind,
+                span._start_time,
+                span._end_time,
+                span._attributes,
+                span._events,
+                span._links,
+                span._status,
+                span._resource,
+                span._instrumentation_scope,
+                _NATIVE_SDK_SPAN,
+            )
+            if item is not None:
+                return item  # type: ignore[no-any-return]
         return new_tuple(  # type: ignore[no-any-return]
             Encoded, _span(span), span._resource, span._instrumentation_scope
         )
     return Encoded(_span(span), span.resource, span.instrumentation_scope)
+
+
+_NATIVE_SDK_SPAN = _native_sdk_span_types()
+_native_sdk_span: Any = _native.sdk_span if _NATIVE_SDK_SPAN is not None else None
 
 
 def encode_spans(spans: Sequence[Any]) -> bytes:

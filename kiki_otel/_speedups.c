@@ -1,8 +1,9 @@
 /* kiki_otel._speedups: the request path's hottest pieces, in C: the OTLP encoder's and
  * the access line's common case, the request histogram's aggregation
  * (``histogram_aggregate``), and after it the request span's objects made without their
- * constructors (``new_instance``, ``new_tuple``) and the request headers' scan
- * (``scan_headers``): see each.
+ * constructors (``new_instance``, ``new_tuple``), the request headers' scan
+ * (``scan_headers``), a line's timestamp (``iso_timestamp``) and an SDK span's encoding
+ * from its fields (``sdk_span``): see each.
  *
  * ``encode_fields(tag, mapping, skip)`` writes the repeated ``KeyValue`` fields of a dict
  * (its items in order, the keys in ``skip`` left out) as ``_otlp_encode._fields`` does;
@@ -25,6 +26,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct {
     char *data;
@@ -472,74 +474,218 @@ put_small(Buffer *buf, char tag, long value)
         } \
     } while (0)
 
+/* A span without trace state, events, links or dropped counts (the caller checks), as
+ * _otlp_encode._span_body writes it: 1 written, 0 not plain (nothing usable), -1 error.
+ * parent: the parent's span id, or Py_None for a root span; kind: the proto enum value;
+ * status: -1 for no status. */
+static int
+put_span(Buffer *buf, PyObject *trace_id, PyObject *span_id, PyObject *parent, int remote,
+         PyObject *name, long kind, PyObject *start, PyObject *end, PyObject *attributes,
+         long status, PyObject *description)
+{
+    int written;
+#define PUT(call) \
+    do { \
+        written = (call); \
+        if (written <= 0) { \
+            return written; \
+        } \
+    } while (0)
+    if (kind < 0 || kind > 127 || status < -1 || status > 127 || !PyDict_CheckExact(attributes)
+        || !PyUnicode_CheckExact(name)) {
+        return 0;
+    }
+    PUT(put_id(buf, "\x0a\x10", trace_id, 16));
+    PUT(put_id(buf, "\x12\x08", span_id, 8));
+    int has_parent = parent != Py_None;
+    if (has_parent) {
+        PUT(put_id(buf, "\x22\x08", parent, 8));
+    }
+    if (PyUnicode_GET_LENGTH(name) > 0) {
+        PUT(put_text(buf, 0x2A, name));
+    }
+    PUT(put_small(buf, 0x30, kind));
+    if (PyObject_IsTrue(start) > 0) {
+        PUT(put_fixed64(buf, 0x39, start));
+    }
+    if (PyObject_IsTrue(end) > 0) {
+        PUT(put_fixed64(buf, 0x41, end));
+    }
+    PUT(put_fields(buf, (Tag){"\x4a", 1}, attributes, NULL));
+    if (status >= 0) {
+        /* Status: 2 description, 3 code; present even when empty. */
+        Py_ssize_t mark = buf->size;
+        PUT(put_bytes(buf, "\x7a\x00", 2));
+        if (description != Py_None && PyUnicode_CheckExact(description)
+            && PyUnicode_GET_LENGTH(description) > 0) {
+            PUT(put_text(buf, 0x12, description));
+        }
+        else if (description != Py_None && !PyUnicode_CheckExact(description)) {
+            return 0;
+        }
+        if (status > 0) {
+            PUT(put_small(buf, 0x18, status));
+        }
+        Py_ssize_t body = buf->size - mark - 2;
+        if (body > 127) {
+            return 0; /* a long description: the Python encoder frames it */
+        }
+        buf->data[mark + 1] = (char)body;
+    }
+    /* 16 flags (fixed32): HAS_IS_REMOTE, | IS_REMOTE for a remote parent. */
+    return put_bytes(
+        buf, has_parent && remote ? "\x85\x01\x00\x03\x00\x00" : "\x85\x01\x00\x01\x00\x00", 6);
+#undef PUT
+}
+
 /* encode_span(trace_id, span_id, parent_span_id, parent_remote, name, kind, start, end,
  *             attributes, status_code, status_description) -> bytes | None
  *
- * A span without trace state, events, links or dropped counts (the caller checks), as
- * _otlp_encode._span_body writes it. parent_span_id: None for a root span; kind: the proto
- * enum value; status_code: -1 for no status. */
+ * put_span's bytes, None when a value is not plain. */
 static PyObject *
 encode_span(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     if (!check_nargs("encode_span", nargs, 11)) {
         return NULL;
     }
-    PyObject *parent = args[2], *name = args[4], *start = args[6], *end = args[7];
-    PyObject *attributes = args[8], *description = args[10];
     int remote = PyObject_IsTrue(args[3]);
     long kind = PyLong_AsLong(args[5]);
     long status = PyLong_AsLong(args[9]);
     if (remote < 0 || (kind == -1 && PyErr_Occurred()) || (status == -1 && PyErr_Occurred())) {
         return NULL;
     }
-    if (kind < 0 || kind > 127 || status < -1 || status > 127 || !PyDict_CheckExact(attributes)) {
+    BUFFER_INIT(buf);
+    return finish(&buf, put_span(&buf, args[0], args[1], args[2], remote, args[4], kind, args[6],
+                                 args[7], args[8], status, args[10]));
+}
+
+static PyObject *str_dict, *str_dropped, *str_dq, *str_status_code, *str_description;
+
+/* The index of member in the tuple members (an enum's, in value order), or -1. */
+static long
+member_index(PyObject *members, PyObject *member)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(members); i++) {
+        if (PyTuple_GET_ITEM(members, i) == member) {
+            return (long)i;
+        }
+    }
+    return -1;
+}
+
+/* 1 when getattr(owner, name) is an exact int 0, 0 when it is anything else, -1 on error. */
+static int
+zero_field(PyObject *owner, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(owner, name);
+    if (value == NULL) {
+        return -1;
+    }
+    int zero = PyLong_CheckExact(value) && PyObject_IsTrue(value) == 0;
+    Py_DECREF(value);
+    return zero;
+}
+
+/* 1 when list (an SDK BoundedList) is empty and dropped nothing, 0 if not, -1 on error. */
+static int
+empty_list(PyObject *list, PyObject *list_type)
+{
+    if ((PyObject *)Py_TYPE(list) != list_type) {
+        return 0;
+    }
+    PyObject *items = PyObject_GetAttr(list, str_dq);
+    if (items == NULL) {
+        return -1;
+    }
+    Py_ssize_t size = PyObject_Size(items);
+    Py_DECREF(items);
+    if (size != 0) {
+        return size < 0 ? -1 : 0;
+    }
+    return zero_field(list, str_dropped);
+}
+
+enum { T_CONTEXT, T_ATTRIBUTES, T_LIST, T_STATUS, T_DEFAULT_STATE, T_ENCODED, T_KINDS, T_CODES, T_COUNT };
+
+/* sdk_span(context, parent, name, kind, start, end, attributes, events, links, status,
+ *          resource, scope, types) -> Encoded | None
+ *
+ * _otlp_encode.encode_span of an SDK span, from its fields (``span._context``...: the
+ * caller reads them, as attributes), for the plain case ``encode_span`` takes (no trace
+ * state, events, links or dropped counts, plain values); None for any other span.
+ * types: (SpanContext, BoundedAttributes, BoundedList, Status, DEFAULT_TRACE_STATE, Encoded,
+ * the SpanKind members and the StatusCode members, each in value order). */
+static PyObject *
+sdk_span(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("sdk_span", nargs, 13)) {
+        return NULL;
+    }
+    PyObject *types = args[12];
+    if (!PyTuple_CheckExact(types) || PyTuple_GET_SIZE(types) != T_COUNT
+        || !PyTuple_CheckExact(PyTuple_GET_ITEM(types, T_KINDS))
+        || !PyTuple_CheckExact(PyTuple_GET_ITEM(types, T_CODES))
+        || !PyType_Check(PyTuple_GET_ITEM(types, T_ENCODED))
+        || !PyType_IsSubtype((PyTypeObject *)PyTuple_GET_ITEM(types, T_ENCODED), &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "sdk_span: types is not what _otlp_encode passes");
+        return NULL;
+    }
+#define TYPE(index) PyTuple_GET_ITEM(types, index)
+    PyObject *context = args[0], *parent = args[1], *attributes = args[6], *status = args[9];
+    long kind = member_index(TYPE(T_KINDS), args[3]);
+    if ((PyObject *)Py_TYPE(context) != TYPE(T_CONTEXT) || PyTuple_GET_SIZE(context) < 5
+        || PyTuple_GET_ITEM(context, 4) != TYPE(T_DEFAULT_STATE) || kind < 0
+        || (parent != Py_None
+            && ((PyObject *)Py_TYPE(parent) != TYPE(T_CONTEXT) || PyTuple_GET_SIZE(parent) < 3))
+        || (PyObject *)Py_TYPE(attributes) != TYPE(T_ATTRIBUTES)
+        || (PyObject *)Py_TYPE(status) != TYPE(T_STATUS)) {
         Py_RETURN_NONE;
     }
-    BUFFER_INIT(buf);
-    int written;
-    STEP(put_id(&buf, "\x0a\x10", args[0], 16));
-    STEP(put_id(&buf, "\x12\x08", args[1], 8));
-    int has_parent = parent != Py_None;
-    if (has_parent) {
-        STEP(put_id(&buf, "\x22\x08", parent, 8));
+    int remote = parent != Py_None ? PyObject_IsTrue(PyTuple_GET_ITEM(parent, 2)) : 0;
+    int plain = remote < 0 ? -1 : zero_field(attributes, str_dropped);
+    if (plain > 0) {
+        plain = empty_list(args[7], TYPE(T_LIST));
     }
-    if (!PyUnicode_CheckExact(name)) {
-        return finish(&buf, 0);
+    if (plain > 0) {
+        plain = empty_list(args[8], TYPE(T_LIST));
     }
-    if (PyUnicode_GET_LENGTH(name) > 0) {
-        STEP(put_text(&buf, 0x2A, name));
+    if (plain <= 0) {
+        return plain < 0 ? NULL : Py_NewRef(Py_None);
     }
-    STEP(put_small(&buf, 0x30, kind));
-    if (PyObject_IsTrue(start) > 0) {
-        STEP(put_fixed64(&buf, 0x39, start));
-    }
-    if (PyObject_IsTrue(end) > 0) {
-        STEP(put_fixed64(&buf, 0x41, end));
-    }
-    STEP(put_fields(&buf, (Tag){"\x4a", 1}, attributes, NULL));
-    if (status >= 0) {
-        /* Status: 2 description, 3 code; present even when empty. */
-        Py_ssize_t mark = buf.size;
-        STEP(put_bytes(&buf, "\x7a\x00", 2));
-        if (description != Py_None && PyUnicode_CheckExact(description)
-            && PyUnicode_GET_LENGTH(description) > 0) {
-            STEP(put_text(&buf, 0x12, description));
+    PyObject *values = PyObject_GetAttr(attributes, str_dict);
+    PyObject *code = values != NULL ? PyObject_GetAttr(status, str_status_code) : NULL;
+    PyObject *description = code != NULL ? PyObject_GetAttr(status, str_description) : NULL;
+    PyObject *result = NULL;
+    if (description != NULL) {
+        long status_code = member_index(TYPE(T_CODES), code);
+        BUFFER_INIT(buf);
+        int written = status_code < 0 ? 0
+            : put_span(&buf, PyTuple_GET_ITEM(context, 0), PyTuple_GET_ITEM(context, 1),
+                       parent != Py_None ? PyTuple_GET_ITEM(parent, 1) : Py_None, remote,
+                       args[2], kind + 1, args[4], args[5], values, status_code, description);
+        PyObject *payload = finish(&buf, written);
+        if (payload != NULL && payload != Py_None) {
+            PyTypeObject *cls = (PyTypeObject *)TYPE(T_ENCODED);
+            result = cls->tp_alloc(cls, 3); /* Encoded(payload, resource, scope) */
+            if (result != NULL) {
+                PyTuple_SET_ITEM(result, 0, Py_NewRef(payload));
+                PyTuple_SET_ITEM(result, 1, Py_NewRef(args[10]));
+                PyTuple_SET_ITEM(result, 2, Py_NewRef(args[11]));
+                if (!PyObject_GC_IsTracked(result)) {
+                    PyObject_GC_Track(result);
+                }
+            }
+            Py_DECREF(payload);
         }
-        else if (description != Py_None && !PyUnicode_CheckExact(description)) {
-            return finish(&buf, 0);
+        else {
+            result = payload;
         }
-        if (status > 0) {
-            STEP(put_small(&buf, 0x18, status));
-        }
-        Py_ssize_t body = buf.size - mark - 2;
-        if (body > 127) {
-            return finish(&buf, 0); /* a long description: the Python encoder frames it */
-        }
-        buf.data[mark + 1] = (char)body;
     }
-    /* 16 flags (fixed32): HAS_IS_REMOTE, | IS_REMOTE for a remote parent. */
-    STEP(put_bytes(&buf, has_parent && remote ? "\x85\x01\x00\x03\x00\x00" : "\x85\x01\x00\x01\x00\x00", 6));
-    return finish(&buf, 1);
+#undef TYPE
+    Py_XDECREF(values);
+    Py_XDECREF(code);
+    Py_XDECREF(description);
+    return result;
 }
 
 /* encode_log_event(timestamp, head, event, skip, trace_id, span_id, trace_flags)
@@ -1241,6 +1387,68 @@ error:
     return NULL;
 }
 
+/* ---- a log line's timestamp ------------------------------------------------------------
+ *
+ * ``_logging.iso_timestamp`` in C: ``datetime.fromtimestamp(s, UTC).isoformat()`` with the
+ * microseconds floor-rounded from a ``time.time_ns()`` reading, and ``Z``; the date and
+ * time formatted once per second. Read and written under the GIL, with no Python code run
+ * in between. */
+
+static long long stamp_second = -1;
+static char stamp_prefix[20];
+
+static PyObject *
+iso_timestamp(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("iso_timestamp", nargs, 2)) {
+        return NULL;
+    }
+    int overflow = 0;
+    long long nanos = PyLong_Check(args[0]) ? PyLong_AsLongLongAndOverflow(args[0], &overflow) : -1;
+    if (nanos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (overflow || nanos < 0) { /* before 1970 or past 2262: the Python twin's */
+        return PyObject_CallOneArg(args[1], args[0]);
+    }
+    long long seconds = nanos / 1000000000;
+    if (seconds != stamp_second) {
+        time_t when = (time_t)seconds;
+        struct tm parts;
+#ifdef _WIN32
+        int failed = gmtime_s(&parts, &when) != 0;
+#else
+        int failed = gmtime_r(&when, &parts) == NULL;
+#endif
+        if (failed || parts.tm_year + 1900 > 9999) {
+            return PyObject_CallOneArg(args[1], args[0]);
+        }
+        snprintf(stamp_prefix, sizeof(stamp_prefix), "%04d-%02d-%02dT%02d:%02d:%02d",
+                 parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday, parts.tm_hour,
+                 parts.tm_min, parts.tm_sec);
+        stamp_second = seconds;
+    }
+    long micros = (long)(nanos % 1000000000 / 1000);
+    PyObject *text = PyUnicode_New(micros ? 27 : 20, 127);
+    if (text == NULL) {
+        return NULL;
+    }
+    char *out = (char *)PyUnicode_1BYTE_DATA(text);
+    memcpy(out, stamp_prefix, 19);
+    if (micros) {
+        out[19] = '.';
+        for (int i = 25; i > 19; i--) {
+            out[i] = (char)('0' + micros % 10);
+            micros /= 10;
+        }
+        out[26] = 'Z';
+    }
+    else {
+        out[19] = 'Z';
+    }
+    return text;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"encode_fields", (PyCFunction)(void (*)(void))encode_fields, METH_FASTCALL,
      "encode_fields(tag, mapping, skip) -> bytes | None\n\n"
@@ -1249,6 +1457,11 @@ static PyMethodDef speedups_methods[] = {
     {"encode_span", (PyCFunction)(void (*)(void))encode_span, METH_FASTCALL,
      "encode_span(trace_id, span_id, parent_span_id, parent_remote, name, kind, start, end,\n"
      "            attributes, status_code, status_description) -> bytes | None"},
+    {"sdk_span", (PyCFunction)(void (*)(void))sdk_span, METH_FASTCALL,
+     "sdk_span(context, parent, name, kind, start, end, attributes, events, links, status,\n"
+     "         resource, scope, types) -> Encoded | None\n\n"
+     "_otlp_encode.encode_span for an SDK span's fields, in its plain case; None for any\n"
+     "other span (the Python encoder's)."},
     {"encode_log_event", (PyCFunction)(void (*)(void))encode_log_event, METH_FASTCALL,
      "encode_log_event(timestamp, head, event, skip, trace_id, span_id, trace_flags)\n"
      "    -> bytes | None"},
@@ -1262,6 +1475,10 @@ static PyMethodDef speedups_methods[] = {
      "aggregation.aggregate(measurement, False) for the SDK's explicit-bucket histogram\n"
      "aggregation, then (reservoir not None) values stored under names in the value's\n"
      "exemplar bucket; False when it changed nothing (the Python path's to do)."},
+    {"iso_timestamp", (PyCFunction)(void (*)(void))iso_timestamp, METH_FASTCALL,
+     "iso_timestamp(time_ns, fallback) -> str\n\n"
+     "_logging.iso_timestamp(time_ns); fallback(time_ns) for a time before 1970 or past the\n"
+     "C library's range."},
     {"new_instance", (PyCFunction)(void (*)(void))new_instance, METH_FASTCALL | METH_KEYWORDS,
      "new_instance(cls, template, /, **fields) -> object\n\n"
      "object.__new__(cls) (not cls's own __new__), then setattr for each of template's\n"
@@ -1280,7 +1497,7 @@ static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "kiki_otel._speedups",
     .m_doc = "The request path's common cases in C: the OTLP encoder, the access line, the "
-             "histogram, the span's objects and the headers' scan.",
+             "histogram, the span's objects, the headers' scan and a line's timestamp.",
     .m_size = 0,
     .m_methods = speedups_methods,
 };
@@ -1302,6 +1519,11 @@ intern_names(void)
         {&str_acquire, "acquire"},
         {&str_release, "release"},
         {&str_storage, "_reservoir_storage"},
+        {&str_dict, "_dict"},
+        {&str_dropped, "dropped"},
+        {&str_dq, "_dq"},
+        {&str_status_code, "_status_code"},
+        {&str_description, "_description"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL) {

@@ -1,6 +1,6 @@
 """Types of the C encoder (``_speedups.c``); see that file for what each function writes."""
 
-from collections.abc import Set
+from collections.abc import Callable, Set
 from typing import Any
 
 def encode_fields(tag: bytes, mapping: Any, skip: Set[str], /) -> bytes | None: ...
@@ -18,6 +18,22 @@ def encode_span(
     status_description: str | None,
     /,
 ) -> bytes | None: ...
+def sdk_span(
+    context: Any,
+    parent: Any,
+    name: Any,
+    kind: Any,
+    start: Any,
+    end: Any,
+    attributes: Any,
+    events: Any,
+    links: Any,
+    status: Any,
+    resource: Any,
+    scope: Any,
+    types: tuple[Any, ...],
+    /,
+) -> Any: ...
 def encode_log_event(
     timestamp: int,
     head: bytes,
@@ -42,3 +58,4 @@ def new_tuple(cls: type, /, *items: Any) -> Any: ...
 def scan_headers(
     headers: Any, id_header: bytes, wanted: dict[bytes, str] | None, /
 ) -> tuple[dict[str, str], int, list[bytes] | None] | None: ...
+def iso_timestamp(time_ns: int, fallback: Callable[[int], str], /) -> str: ...

@@ -657,14 +657,19 @@ def test_iso_timestamp_is_datetimes_isoformat() -> None:
     import random
     from datetime import UTC, datetime
 
-    from kiki_otel._logging import iso_timestamp
+    from kiki_otel._logging import iso_timestamp, iso_timestamp_py
 
     rng = random.Random(5)
     base = 1_795_000_000 * 10**9  # 2026
     stamps = [base + micros * 1000 + rng.randrange(1000) for micros in (0, 1, 9, 10, 999_999)]
-    stamps += [base - 1, base + 86_399 * 10**9 + 999_999_999]
+    stamps += [base - 1, base + 86_399 * 10**9 + 999_999_999, 0, 1, 999, 1000]
     stamps += [rng.randrange(0, 4 * 10**18) for _ in range(5000)]
-    for stamp in stamps:
+    stamps += [(1 << 63) - 1, -1, -(10**9) - 1]  # the C range's ends; before 1970: fallback
+    for stamp in stamps + sorted(stamps):  # sorted: the same second again, cached
         seconds, nanos = divmod(stamp, 10**9)
         when = datetime.fromtimestamp(seconds, UTC).replace(microsecond=nanos // 1000)
-        assert iso_timestamp(stamp) == when.isoformat().replace("+00:00", "Z"), stamp
+        expected = when.isoformat().replace("+00:00", "Z")
+        assert iso_timestamp(stamp, iso_timestamp_py) == expected, stamp
+        assert iso_timestamp_py(stamp) == expected, stamp
+    if iso_timestamp is not iso_timestamp_py:  # in C: beyond its range, the fallback's text
+        assert iso_timestamp(1 << 64, lambda t: f"fallback {t}") == f"fallback {1 << 64}"

@@ -823,3 +823,125 @@ def test_scan_headers_leaves_other_header_shapes_to_python() -> None:
         speedups.scan_headers([], b"x-request-id", frozenset())
     with pytest.raises(TypeError):
         speedups.scan_headers([], b"x-request-id")
+
+
+def _sdk_spans(rng: random.Random) -> Iterator[tuple[Any, bool]]:
+    """Ended SDK spans, and whether each is ``sdk_span``'s plain case."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+    from opentelemetry.trace import Link, NonRecordingSpan, TraceState
+
+    tracer = TracerProvider(span_limits=SpanLimits(max_attributes=8)).get_tracer("t")
+    for _ in range(60):
+        args = _span_args(rng)
+        shape = rng.randrange(8)
+        parent_context = args["parent"]
+        if shape == 1 and parent_context is not None:  # a parent with a trace state
+            parent_context = SpanContext(
+                parent_context.trace_id,
+                parent_context.span_id,
+                is_remote=parent_context.is_remote,
+                trace_flags=TraceFlags(1),
+                trace_state=TraceState([("k", "v")]),
+            )
+        context = (
+            trace.set_span_in_context(NonRecordingSpan(parent_context))
+            if parent_context is not None
+            else None
+        )
+        attributes = dict(list(args["attributes"].items())[:8])
+        if shape == 2:  # past the limit: a dropped count
+            attributes = {f"a{i}": i for i in range(9)}
+        if shape == 3:
+            attributes["odd"] = 1 << 70  # not plain: a value beyond 64 bits
+        links = [Link(args["context"])] if shape == 4 else None
+        span = tracer.start_span(
+            args["name"],
+            context=context,
+            kind=args["kind"],
+            attributes=attributes,
+            links=links,
+            start_time=args["start_time"] or None,
+        )
+        if shape == 5:
+            span.add_event("e", {"x": 1})
+        status = args["status"]
+        if status.status_code is not trace.StatusCode.UNSET:
+            span.set_status(status)
+        long_status = len((status.description or "").encode()) + 4 > 127
+        span.end(end_time=args["end_time"] or None)
+        plain = shape not in (2, 3, 4, 5) and not (shape == 1 and parent_context is not None)
+        yield span, plain and not long_status
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sdk_span_is_the_python_encoders_item(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SDK spans of every shape: the plain ones in C, the same ``Encoded`` item either way."""
+    assert _otlp_encode._native_sdk_span is not None
+    native = _otlp_encode._native_sdk_span
+    calls: list[bool] = []
+
+    def counting(*args: Any) -> Any:
+        result = native(*args)
+        calls.append(result is not None)
+        return result
+
+    for span, plain in _sdk_spans(random.Random(seed)):
+        monkeypatch.setattr(_otlp_encode, "_native_sdk_span", counting)
+        got = _otlp_encode.encode_span(span)
+        monkeypatch.setattr(_otlp_encode, "_NATIVE_SDK_SPAN", None)
+        monkeypatch.setattr(_otlp_encode, "_native_span", None)
+        monkeypatch.setattr(_otlp_encode, "_native_fields", None)
+        expected = _otlp_encode.encode_span(span)
+        monkeypatch.undo()
+        assert type(got) is _otlp_encode.Encoded
+        assert tuple(got) == tuple(expected), span.name
+        assert got[1] is span.resource and got[2] is span.instrumentation_scope
+        assert calls.pop() is plain, (span.name, span.attributes, span.events, span.links)
+
+
+def test_sdk_span_leaves_other_objects_to_python() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    types = _otlp_encode._NATIVE_SDK_SPAN
+    assert types is not None
+    span = TracerProvider().get_tracer("t").start_span("n", attributes={"k": 1})
+    span.end()
+    fields = [
+        span._context,
+        span._parent,
+        span._name,
+        span._kind,
+        1,
+        2,
+        span._attributes,
+        span._events,
+        span._links,
+        span._status,
+        span._resource,
+        span._instrumentation_scope,
+    ]
+    assert speedups.sdk_span(*fields, types) is not None
+    for index, value in (
+        (0, (1, 2, False, 1, None, True)),  # a plain tuple, not a SpanContext
+        (1, (1, 2, False)),
+        (2, _Key.USER),  # a str subclass as the name
+        (3, 1),  # not a SpanKind member
+        (6, {"k": 1}),  # a dict, not BoundedAttributes
+        (7, [1]),  # a list, not BoundedList
+        (9, None),  # no Status
+    ):
+        changed = list(fields)
+        changed[index] = value
+        assert speedups.sdk_span(*changed, types) is None, (index, value)
+
+
+def test_sdk_span_refuses_bad_arguments() -> None:
+    with pytest.raises(TypeError, match="takes 13 arguments"):
+        speedups.sdk_span(1, 2)
+    with pytest.raises(TypeError, match="types is not what"):
+        speedups.sdk_span(*range(12), ())
+    types = list(_otlp_encode._NATIVE_SDK_SPAN or ())
+    types[5] = dict  # Encoded must be a tuple subclass
+    with pytest.raises(TypeError, match="types is not what"):
+        speedups.sdk_span(*range(12), tuple(types))
