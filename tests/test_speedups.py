@@ -945,3 +945,48 @@ def test_sdk_span_refuses_bad_arguments() -> None:
     types[5] = dict  # Encoded must be a tuple subclass
     with pytest.raises(TypeError, match="types is not what"):
         speedups.sdk_span(*range(12), tuple(types))
+
+
+def _python_each(items: Any, tag: bytes) -> bytes:
+    native = _otlp_encode._native_frame
+    _otlp_encode._native_frame = None
+    try:
+        return _otlp_encode._encode_each(items, None, tag)
+    finally:
+        _otlp_encode._native_frame = native
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_frame_items_is_the_python_loops_bytes(seed: int) -> None:
+    """Payloads of every length class of their varint (1, 2 and 3 bytes), any tag, lists
+    and tuples: the Python loop's bytes."""
+    rng = random.Random(seed)
+    encoded = _otlp_encode.Encoded
+    for _ in range(300):
+        sizes = [rng.choice([0, 1, 127, 128, 300, 16383, 16384, 70000]) for _ in range(8)]
+        items: Any = [encoded(bytes([i % 256]) * size, None, None) for i, size in enumerate(sizes)]
+        items = items[: rng.randrange(0, 9)]
+        if rng.random() < 0.3:
+            items = tuple(items)
+        tag = rng.choice(_TAGS)
+        assert speedups.frame_items(items, tag, encoded) == _python_each(items, tag)
+        assert _otlp_encode._encode_each(items, None, tag) == _python_each(items, tag)
+
+
+def test_frame_items_leaves_other_items_to_python() -> None:
+    encoded = _otlp_encode.Encoded
+    good = encoded(b"x", None, None)
+    for items in (
+        [good, (b"x", None, None)],  # a plain tuple, not an Encoded
+        [good, encoded(bytearray(b"x"), None, None)],  # a payload that is not bytes
+        [good, object()],
+        iter([good]),  # not a list or tuple
+    ):
+        assert speedups.frame_items(items, b"\x12", encoded) is None
+    assert speedups.frame_items([], b"\x12", encoded) == b""
+    with pytest.raises(TypeError, match="tag must be bytes"):
+        speedups.frame_items([good], "x", encoded)
+    with pytest.raises(TypeError, match="tuple subclass"):
+        speedups.frame_items([good], b"\x12", dict)
+    with pytest.raises(TypeError, match="takes 3 arguments"):
+        speedups.frame_items([good], b"\x12")
