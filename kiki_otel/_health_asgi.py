@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from ._asgi import ASGIApp, Receive, Scope, Send
+from ._asgi import ASGIApp, Receive, Scope, Send, direct_call
 from ._health import CheckResult, HealthRegistry, HealthReport, HealthStatus
 from ._logging import OwnLogger
 from ._settings import HealthSettings
@@ -112,6 +112,7 @@ class HealthEndpoints:
 
     def __init__(self, app: ASGIApp, *, registry: HealthRegistry, settings: HealthSettings) -> None:
         self.app = app
+        self._app = direct_call(app)
         self._registry = registry
         self._routes: dict[str, Callable[[bool], Awaitable[tuple[int, Body]]]] = {
             settings.path: self._full,
@@ -123,11 +124,11 @@ class HealthEndpoints:
         """Route one ASGI event."""
         # Every request passes here: most are not health probes, and leave after one lookup.
         if scope.get("path") not in self._routes and not scope.get("root_path"):
-            await self.app(scope, receive, send)
+            await self._app(scope, receive, send)
             return
         handler = self._match(scope)
         if handler is None:
-            await self.app(scope, receive, send)
+            await self._app(scope, receive, send)
             return
         ietf = _wants_ietf(scope)
         try:

@@ -24,7 +24,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusC
 from opentelemetry.trace.span import Span
 
 from ._access_log import AccessLog, access_log
-from ._asgi import ASGIApp, Message, Receive, Scope, Send
+from ._asgi import ASGIApp, Message, Receive, Scope, Send, direct_call
 from ._context import (
     CURRENT,
     IDS_BY_NAME,
@@ -253,6 +253,7 @@ class ServerTelemetry:
         meter_provider: metrics.MeterProvider,
     ) -> None:
         self.app = app
+        self._app = direct_call(app)
         self._excluded = settings.excluded_paths()
         self._tracer = tracer_provider.get_tracer("kiki_otel.http.server")
         meter = meter_provider.get_meter("kiki_otel.http.server")
@@ -286,11 +287,11 @@ class ServerTelemetry:
         if scope["type"] in ("http", "websocket") and _FASTAPI_NATIVE_KEY not in scope:
             scope[_FASTAPI_NATIVE_KEY] = None
         if scope["type"] != "http" or _TRACED_KEY in scope:
-            await self.app(scope, receive, send)
+            await self._app(scope, receive, send)
             return
         scope[_TRACED_KEY] = True
         if scope["path"] in self._excluded or (scope.get("root_path") and self._below_root(scope)):
-            await self.app(scope, receive, send)
+            await self._app(scope, receive, send)
             return
         await self._traced(scope, receive, send)
 
@@ -462,7 +463,7 @@ class ServerTelemetry:
 
         error: BaseException | None = None
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self._app(scope, receive, send_wrapper)
         except BaseException as exc:
             error = exc
             mark_exception(exc, span_context)  # for the server's line about it, logged later

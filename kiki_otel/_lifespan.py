@@ -13,7 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._asgi import ASGIApp, Message, Receive, Scope, Send
+from ._asgi import ASGIApp, Message, Receive, Scope, Send, direct_call
 from ._lifecycle import Lifecycle
 from ._logging import OwnLogger
 from ._shutdown import ShutdownCoordinator
@@ -57,6 +57,7 @@ class LifespanHooks:
         on_started: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.app = app
+        self._app = direct_call(app)
         self._lifecycle = lifecycle
         self._shutdown = shutdown
         self._on_started = on_started  # e.g. health's background refresh, on the server's loop
@@ -72,7 +73,7 @@ class LifespanHooks:
                 if not self._lifespan_seen and self._lifecycle.state == "starting":
                     self._lifecycle.mark_ready()
                 self._started = self._lifespan_seen or self._lifecycle.state != "starting"
-            await self.app(scope, receive, send)
+            await self._app(scope, receive, send)
             return
         self._lifespan_seen = True
         if self._lifecycle.shutting_down and not self._warned_restart:
@@ -101,7 +102,7 @@ class LifespanHooks:
                 await self._shutdown.run()
             await send(message)
 
-        await self.app(scope, receive_hooked, send_hooked)
+        await self._app(scope, receive_hooked, send_hooked)
 
     def _warn_restart(self) -> None:
         """Say, once, that a lifespan after shutdown runs without telemetry.

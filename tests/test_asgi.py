@@ -1,0 +1,47 @@
+"""``direct_call``: what kiki's ASGI wrappers call to run the app they wrap."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from kiki_otel._asgi import direct_call
+
+
+class _App:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.calls.append((scope, receive, send))
+
+
+class _Sub(_App):
+    """Inherits its ``__call__``."""
+
+
+class _Static:
+    @staticmethod
+    async def __call__(scope: Any, receive: Any, send: Any) -> None:
+        scope["static"] = True
+
+
+async def _function(scope: Any, receive: Any, send: Any) -> None:
+    scope["function"] = True
+
+
+async def test_an_instance_is_called_through_its_bound_call() -> None:
+    for app in (_App(), _Sub()):
+        call = direct_call(app)
+        assert call is not app and call.__self__ is app  # type: ignore[attr-defined]
+        await call("scope", "receive", "send")  # type: ignore[arg-type]
+        assert app.calls == [("scope", "receive", "send")]
+
+
+async def test_anything_else_is_called_itself() -> None:
+    static, partial = _Static(), functools.partial(_function)
+    for app in (_function, static, partial):
+        assert direct_call(app) is app  # type: ignore[arg-type]
+    scope: dict[str, Any] = {}
+    await direct_call(static)(scope, None, None)  # type: ignore[arg-type]
+    assert scope == {"static": True}  # a static __call__ is not bound to the instance
