@@ -54,6 +54,7 @@ SCENARIOS: dict[str, tuple[str, dict[str, str], str]] = {
         },
         "ok",
     ),
+    "kiki-at-once": ("kiki", {"KIKI_OTEL_HTTP__FINISH_BATCH": "1"}, "ok"),  # each finished at once
     "kiki-pure": ("kiki", {"KIKI_OTEL_NO_SPEEDUPS": "1"}, "ok"),  # the Python encoder alone
     "kiki-official": ("kiki", {"KIKI_OTEL_EXPORTER": "official"}, "ok"),
     "kiki-grpc": ("kiki", {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "ok-grpc"),

@@ -13,7 +13,10 @@ import re
 import time
 import traceback
 import weakref
+from asyncio import AbstractEventLoop, current_task
+from asyncio.events import _get_running_loop
 from collections.abc import Iterable
+from contextvars import Context, copy_context
 from operator import itemgetter, methodcaller
 from typing import Any
 from urllib.parse import unquote_plus
@@ -279,6 +282,11 @@ class ServerTelemetry:
         # its bound __call__: a call of the object itself takes the interpreter's generic path
         self._access_log: AccessLog | None = log.__call__ if log is not None else None
         self._warn = RateLimitedLog(OwnLogger("kiki_otel.http"), interval=10.0)
+        self._batch_max = http.finish_batch
+        self._batch: list[tuple[Context, tuple[Any, ...]]] | None = None
+        self._batch_task: object = None  # the task that ended the quiet loop's request
+        self._loop: AbstractEventLoop | None = None  # the loop the waiting requests ended on
+        self._grown = False  # a request joined them in this turn of the loop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # FastAPI's own nested-app guard: with this key present, no FastAPI below us (a
@@ -473,10 +481,12 @@ class ServerTelemetry:
         finally:
             try:
                 self._active.done(active_key)
-                self._finish(scope, span, current, state, error, start, active_attrs)
+                if self._batch_max > 1:
+                    self._end(scope, span, current, state, error, start, active_attrs)
+                else:
+                    self._finish(scope, span, current, state, error, start, active_attrs)
             except Exception as failure:  # never replace the app's outcome, never leak ids
-                # (never raises: kiki's own lines survive a chain that fails them)
-                self._warn.warning("http.telemetry.failed", error=safe_repr(failure)[:200])
+                self._failed(failure)
             finally:
                 if client_token is not None:
                     client_request_id.reset(client_token)
@@ -484,6 +494,75 @@ class ServerTelemetry:
                     _detach(token)
                 except Exception:  # the API's detach logs why
                     otel_context.detach(token)
+
+    def _end(self, *item: Any) -> None:
+        """Finish the request's telemetry now, or with other requests' in a moment.
+
+        The span's end, the metric, the access line and its record run cold at the end of
+        a request on a busy server: between two requests the server's own work (parsing,
+        the event loop, other connections) has taken the CPU caches. Run for several
+        requests in a row, the first warms them for the rest (docs/performance.md,
+        eleventh and sixteenth rounds). So a request that ends while the loop is quiet is
+        finished at once, and so is each later one ended by the same task (a test's
+        client); requests that other tasks end meanwhile (a server runs each request in a
+        task of its own) wait, each with its context (ids, bound variables) and its end
+        times, and are finished together, in the order they ended: when ``finish_batch``
+        of them wait (at that request's end, where its own work would have run), or once
+        a turn of the event loop has ended no request (at the start of the next).
+        """
+        state: _Request = item[3]
+        if not state.sent:  # its duration and end time are now, whenever it is finished
+            state.sent, state.sent_ns = time.perf_counter(), time.time_ns()
+        loop = _get_running_loop()
+        batch = self._batch
+        if batch is not None and loop is self._loop:
+            if current_task() is not self._batch_task:
+                batch.append((copy_context(), item))
+                self._grown = True
+                if len(batch) >= self._batch_max:
+                    self._batch = []
+                    self._finish_each(batch)
+                return
+        elif batch is not None:  # they ended on a loop that is gone (a test's, say)
+            self.finish_pending()
+        if loop is None:  # not asyncio's loop (trio): no batches
+            self._finish(*item)
+            return
+        if self._batch is None:
+            self._batch, self._loop, self._grown = [], loop, False
+            self._batch_task = current_task()
+            # in an empty context: the handle must not keep this request's span alive
+            loop.call_soon(self._turn_ended, loop, context=Context())
+        self._finish(*item)
+
+    def _turn_ended(self, loop: AbstractEventLoop) -> None:
+        """Finish the waiting requests if the last turn of the loop ended none.
+
+        Runs at the start of each turn while requests wait.
+        """
+        if self._grown and self._batch is not None:
+            self._grown = False
+            loop.call_soon(self._turn_ended, loop, context=Context())
+        else:
+            self.finish_pending()
+
+    def finish_pending(self) -> None:
+        """Finish the requests that wait now (the shutdown's flush calls it first)."""
+        batch, self._batch = self._batch, None
+        self._batch_task = self._loop = None
+        if batch:
+            self._finish_each(batch)
+
+    def _finish_each(self, batch: list[tuple[Context, tuple[Any, ...]]]) -> None:
+        for context, item in batch:
+            try:
+                context.run(self._finish, *item)
+            except Exception as failure:  # one request's failure must not cost the others'
+                self._failed(failure)
+
+    def _failed(self, failure: Exception) -> None:
+        # (never raises: kiki's own lines survive a chain that fails them)
+        self._warn.warning("http.telemetry.failed", error=safe_repr(failure)[:200])
 
     def _response_headers(self, ids: tuple[str, str, int]) -> list[tuple[bytes, bytes]]:
         # ids as one argument: a call with *ids makes a bound method object per request

@@ -218,6 +218,7 @@ class ShutdownCoordinator:
         self._providers = providers  # {"traces": TracerProvider, ...}: only the ones we own
         self._dropped_before = dropped_items()  # the report counts this instance's drops
         self._cleanups: list[Cleanup] = []
+        self._before_flush: list[Callable[[], None]] = []
         self._init_state()
         after_fork_in_child(self._after_fork)
 
@@ -242,6 +243,13 @@ class ShutdownCoordinator:
         require_callable(fn, "on_shutdown() cleanup")
         self._cleanups.append(fn)
         return fn
+
+    def before_flush(self, fn: Callable[[], None]) -> None:
+        """Register telemetry that must reach the exporters before they flush.
+
+        The requests whose span end and access line still wait to be finished with others'.
+        """
+        self._before_flush.append(fn)
 
     async def begin(self) -> float:
         """Flip readiness to 503 and wait the drain delay; returns the seconds drained.
@@ -291,6 +299,8 @@ class ShutdownCoordinator:
             try:
                 if deadline is None:  # cancelled during the drain
                     deadline = time.monotonic() + budget
+                for finish in self._before_flush:
+                    finish()  # (never raises: each request's failure is reported apart)
                 reserve = min(_FINAL_LOGS_MAX_S, _FINAL_LOGS_SHARE * budget)
                 await _in_thread(lambda: self._flush(report, deadline, reserve), "flush")
                 self._lifecycle.mark_stopped()

@@ -75,12 +75,13 @@ class Telemetry:
             from ._health_asgi import HealthEndpoints
 
             inner = HealthEndpoints(inner, registry=self.health, settings=self.settings.health)
-        inner = ServerTelemetry(
+        inner = server = ServerTelemetry(
             inner,
             settings=self.settings,
             tracer_provider=self.providers.tracer_provider,
             meter_provider=self.providers.meter_provider,
         )
+        self._shutdown.before_flush(server.finish_pending)
         return LifespanHooks(
             inner, lifecycle=self.lifecycle, shutdown=self._shutdown, on_started=self.health.start
         )

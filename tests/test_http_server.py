@@ -1028,3 +1028,186 @@ async def test_an_apps_own_request_id_header_gives_way_to_ours(memory: Memory, n
     assert response.headers.get_list("x-request-id") == [format(span.context.trace_id, "032x")]
     names = [k.lower() for k, _ in response.headers.raw]
     assert names.index(b"x-kept") < names.index(b"x-after") < names.index(b"x-request-id")
+
+
+def _batch_app(finish_batch: int = 8) -> FastAPI:
+    """Each request binds its own structlog variable, so a line finished later must still
+    carry its own request's context."""
+    import structlog
+
+    app = FastAPI()
+
+    @app.get("/n/{n}")
+    async def numbered(n: int) -> dict[str, int]:
+        structlog.contextvars.bind_contextvars(n=n)
+        return {"n": n}
+
+    kiki_otel.configure(
+        app, service_name="svc-test", metrics_exporter="none", http={"finish_batch": finish_batch}
+    )
+    return app
+
+
+async def _serve(app: FastAPI, n: int) -> str:
+    """One request to ``/n/{n}``, driven as an ASGI server does; its request id."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(asgi_scope(f"/n/{n}"), receive, send)
+    return str(dict(sent[0]["headers"])[b"x-request-id"].decode())
+
+
+async def _in_one_turn(app: FastAPI, numbers: list[int]) -> list[str]:
+    """These requests, each in a task of its own as a server runs them, all started and
+    ended in one turn of the event loop (nothing in them suspends); their request ids.
+    The caller resumes in that same turn, after them."""
+    tasks = [asyncio.create_task(_serve(app, n)) for n in numbers]
+    await asyncio.sleep(0)
+    assert all(task.done() for task in tasks)
+    return [task.result() for task in tasks]
+
+
+def _ids(memory: Memory) -> list[str]:
+    return [format(s.context.trace_id, "032x") for s in server_spans(memory)]
+
+
+def _access(out: str) -> list[dict[str, Any]]:
+    return [line for line in log_lines(out) if line["event"] == "http.request"]
+
+
+async def test_requests_ended_while_busy_are_finished_together_in_a_quiet_turn(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first request to end on a quiet loop is finished at once; those other tasks end
+    while it is busy wait until a turn has ended none, and are finished at the start of
+    the next, in the order they ended, each with its own ids, bound variables and end time."""
+    app = _batch_app()
+    capsys.readouterr()
+    ids = await _in_one_turn(app, [1, 2, 3])
+    assert _ids(memory) == ids[:1]  # the first, at once; 2 and 3 ended in a busy turn
+    assert [line["request_id"] for line in _access(capsys.readouterr().out)] == ids[:1]
+    await asyncio.sleep(0)  # a turn in which nothing ends
+    assert _ids(memory) == ids[:1]
+    await asyncio.sleep(0)  # the next: it starts with them
+    assert _ids(memory) == ids
+    lines = _access(capsys.readouterr().out)
+    assert [(line["request_id"], line["n"], line["path"]) for line in lines] == [
+        (ids[1], 2, "/n/2"),
+        (ids[2], 3, "/n/3"),
+    ]
+    ends = [s.end_time for s in server_spans(memory)]
+    assert ends == sorted(ends)  # taken when each ended, not when it was finished
+
+
+async def test_requests_wait_while_every_turn_ends_one(memory: Memory) -> None:
+    """A turn that ends a request keeps the others waiting (a busy server ends some in
+    nearly every turn); after the first turn that ends none, they are all finished."""
+    app = _batch_app()
+    first = await _in_one_turn(app, [1, 2])
+    more = await _in_one_turn(app, [3])  # the next turn: it ends one too
+    assert _ids(memory) == first[:1]
+    await asyncio.sleep(0)  # ends none
+    assert _ids(memory) == first[:1]
+    await asyncio.sleep(0)
+    assert _ids(memory) == first + more
+
+
+async def test_a_lone_request_and_one_clients_requests_are_finished_at_once(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One request on a quiet loop, and requests served one after the other in one task (a
+    test's client, in one turn or not): each span and line is out before the caller goes
+    on, as they are without batches."""
+    app = _batch_app()
+    await _in_one_turn(app, [1])
+    assert len(server_spans(memory)) == 1
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # quiet again
+    for n in (2, 3, 4):  # one task, no suspension between them: one turn
+        await _serve(app, n)
+        assert len(server_spans(memory)) == n
+    assert [line["n"] for line in _access(capsys.readouterr().out)] == [1, 2, 3, 4]
+
+
+async def test_a_full_batch_is_finished_at_its_last_requests_end(memory: Memory) -> None:
+    """When ``finish_batch`` requests wait, they are finished there and then, where the
+    last one's own work would have run: one turn never holds the loop for more than a
+    batch, and the loop's quiet turns are not the only way out."""
+    app = _batch_app(finish_batch=4)
+    tasks = [asyncio.create_task(_serve(app, n)) for n in range(7)]
+    for _ in range(3):  # let them all end (the first at once, then 4 together, 2 waiting)
+        await asyncio.sleep(0)
+        if all(task.done() for task in tasks):
+            break
+    ids = [task.result() for task in tasks]
+    assert sorted(_ids(memory)[:5]) == sorted(ids[:5]) and len(_ids(memory)) in (5, 7)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert sorted(_ids(memory)) == sorted(ids)
+
+
+async def test_finish_batch_1_finishes_each_request_at_once(memory: Memory) -> None:
+    """``KIKI_OTEL_HTTP__FINISH_BATCH=1``: no request waits, whoever ends it."""
+    app = _batch_app(finish_batch=1)
+    ids = await _in_one_turn(app, [1, 2, 3])
+    assert _ids(memory) == ids
+
+
+async def test_a_failure_in_a_batch_costs_only_its_request(
+    memory: Memory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request whose telemetry fails (here its access line) is reported; the others in
+    its batch are finished."""
+    from kiki_otel._access_log import DirectAccessLog
+
+    real = DirectAccessLog.__call__
+
+    def failing(self: DirectAccessLog, method: Any, path: str, *rest: Any) -> None:
+        if path == "/n/2":
+            raise RuntimeError("line failed")
+        real(self, method, path, *rest)
+
+    monkeypatch.setattr(DirectAccessLog, "__call__", failing)
+    app = _batch_app()
+    capsys.readouterr()
+    ids = await _in_one_turn(app, [1, 2, 3])
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert _ids(memory) == ids
+    lines = log_lines(capsys.readouterr().out)
+    assert [line["n"] for line in lines if line["event"] == "http.request"] == [1, 3]
+    (failed,) = [line for line in lines if line["event"] == "http.telemetry.failed"]
+    assert "line failed" in failed["error"]
+
+
+def test_requests_left_waiting_by_a_closed_loop_are_finished_on_the_next(
+    memory: Memory,
+) -> None:
+    """A loop closed while requests waited (a test's loop, a portal's) strands nothing:
+    the next request to end, on another loop, finishes them first."""
+    app = _batch_app()
+    loop = asyncio.new_event_loop()
+    try:
+        ids = loop.run_until_complete(_in_one_turn(app, [1, 2]))
+    finally:
+        loop.close()  # before the turn that would have finished request 2
+    assert _ids(memory) == ids[:1]
+    later = asyncio.run(_serve(app, 3))
+    assert _ids(memory) == [*ids, later]
+
+
+async def test_the_shutdown_finishes_waiting_requests_before_its_flush(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What waits when the shutdown starts is finished before the exporters flush."""
+    app = _batch_app()
+    ids = await _in_one_turn(app, [1, 2, 3])
+    report = await kiki_otel.configure().ashutdown()
+    assert report.clean
+    assert _ids(memory) == ids
+    assert [line["n"] for line in _access(capsys.readouterr().out)] == [1, 2, 3]

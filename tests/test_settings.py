@@ -353,3 +353,17 @@ def test_good_sdk_read_variables_pass() -> None:
             "OTEL_BSP_EXPORT_TIMEOUT": "",
         }
     )
+
+
+@pytest.mark.parametrize("raw", ["0", "65", "eight", "-1"])
+def test_finish_batch_out_of_range_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    """``KIKI_OTEL_HTTP__FINISH_BATCH`` is 1 (each request at once) to 64: a batch longer
+    than that would hold the event loop for milliseconds; outside it, an error naming it."""
+    monkeypatch.setenv("KIKI_OTEL_HTTP__FINISH_BATCH", raw)
+    with pytest.raises(ConfigurationError, match="KIKI_OTEL_HTTP__FINISH_BATCH"):
+        load_settings(Settings, {})
+    for good in ("1", "64"):
+        monkeypatch.setenv("KIKI_OTEL_HTTP__FINISH_BATCH", good)
+        assert load_settings(Settings, {}).http.finish_batch == int(good)
