@@ -883,19 +883,36 @@ def _status(status: Any) -> bytes:
 
 
 def _export_request(items: Sequence[Any], encode_item: Callable[[Any], bytes]) -> bytes:
-    """The shared shape of OTLP export requests: resource -> scope -> items (field 2 each)."""
-    out = []
+    """The shared shape of OTLP export requests: resource -> scope -> items (field 2 each).
+
+    Built as one list of parts, each length prefix computed from its parts' sizes, and
+    joined once: the framed items are copied once more, not once per level. A request is
+    ~100-200 KB, and each copy streams it through the L2 cache the request thread shares
+    when the server has one core (sixteenth round: five copies were ~60 L2 misses a
+    request in `memcpy` alone).
+    """
+    parts: list[bytes] = []
     for resource, scopes in _group(items):
-        body = [_resource(resource)]
+        at = len(parts)
+        field = _resource(resource)
+        parts += (b"", field)  # the resource's tag and length, once its size is known
+        size = len(field)
         for scope, scope_items in scopes:
-            scope_body = _scope(scope) + _encode_each(scope_items, encode_item, b"\x12")
+            field = _scope(scope)
+            framed = _encode_each(scope_items, encode_item, b"\x12")
+            schema = b""
             if scope is not None and scope.schema_url:
-                scope_body += _ld(b"\x1a", _utf8(scope.schema_url))
-            body.append(_ld(b"\x12", scope_body))
+                schema = _ld(b"\x1a", _utf8(scope.schema_url))
+            inner = len(field) + len(framed) + len(schema)
+            head = b"\x12" + _varint(inner)
+            parts += (head, field, framed, schema)
+            size += len(head) + inner
         if resource.schema_url:
-            body.append(_ld(b"\x1a", _utf8(resource.schema_url)))
-        out.append(_ld(b"\x0a", b"".join(body)))
-    return b"".join(out)
+            schema = _ld(b"\x1a", _utf8(resource.schema_url))
+            parts.append(schema)
+            size += len(schema)
+        parts[at] = b"\x0a" + _varint(size)
+    return b"".join(parts)
 
 
 def encode_span(span: Any) -> Encoded:
