@@ -16,6 +16,10 @@ two runs over ``requests`` is per request, start-up and shutdown cancelled out; 
 of the server is counted. The finding it was written for (docs/performance.md, "Twelfth
 round"): the L2 misses kiki adds grow ~2.3x through a server, and they, not instructions or
 L1 misses, are what a request costs more there.
+
+``--functions N`` also lists the N functions whose L2 misses a request differ most from
+bare's (every thread; sixteenth round: three quarters are data reads, a third of them in the
+interpreter loop reading code objects, functions and module dicts gone cold).
 """
 
 from __future__ import annotations
@@ -38,6 +42,41 @@ WARMUP = 300
 SMALL = 500
 CLIENTS = 16
 _EVENTS = ("Ir", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")
+
+
+def _by_function(path: Path) -> dict[tuple[str, str], list[int]]:
+    """Cachegrind's ``_EVENTS`` counts per (file, function) from its output file."""
+    counts: dict[tuple[str, str], list[int]] = {}
+    index: list[int] = []
+    where = ("", "")
+    for line in path.read_text().splitlines():
+        if line.startswith("events:"):
+            events = line.split()[1:]
+            index = [events.index(e) for e in _EVENTS]
+        elif line.startswith("fl="):
+            where = (line[3:], where[1])
+        elif line.startswith("fn="):
+            where = (where[0], line[3:])
+        elif line[:1].isdigit():
+            values = line.split()[1:]
+            row = counts.setdefault(where, [0] * len(_EVENTS))
+            for k, i in enumerate(index):
+                if i < len(values):
+                    row[k] += int(values[i])
+    return counts
+
+
+def _l2_by_function(small: Path, large: Path, requests: int) -> dict[str, float]:
+    """L2 misses a request per function: the two runs' difference over ``requests``."""
+    a, b = _by_function(small), _by_function(large)
+    zero = [0] * len(_EVENTS)
+    l2 = [_EVENTS.index(e) for e in ("ILmr", "DLmr", "DLmw")]
+    return {
+        f"{fn} ({Path(fl).name})": sum(b.get(key, zero)[i] - a.get(key, zero)[i] for i in l2)
+        / requests
+        for key in set(a) | set(b)
+        for fl, fn in [key]
+    }
 
 
 def _serve(
@@ -97,12 +136,18 @@ async def _drive(port: int, requests: int) -> None:
         await asyncio.gather(*(client() for _ in range(CLIENTS)))
 
 
-def count(names: list[str], server: str, requests: int, l2: int) -> None:
+def count(names: list[str], server: str, requests: int, l2: int, functions: int = 0) -> None:
     per_request: dict[str, tuple[float, float, float]] = {}
+    by_function: dict[str, dict[str, float]] = {}
     with counting(names) as (endpoints, tmp):
         for name in names:
             small = _serve(name, server, SMALL, endpoints, tmp, l2)
             large = _serve(name, server, SMALL + requests, endpoints, tmp, l2)
+            if functions:
+                stem = f"{name.replace('%', 'pct')}.{server}"
+                by_function[name] = _l2_by_function(
+                    tmp / f"{stem}.{SMALL}.cg", tmp / f"{stem}.{SMALL + requests}.cg", requests
+                )
             delta = {e: (large.get(e, 0) - small.get(e, 0)) / requests for e in _EVENTS}
             l1 = delta["I1mr"] + delta["D1mr"] + delta["D1mw"]
             last = delta["ILmr"] + delta["DLmr"] + delta["DLmw"]
@@ -121,6 +166,19 @@ def count(names: list[str], server: str, requests: int, l2: int) -> None:
         rows.append(row)
     head = ["scenario", "instructions", "over bare", "L1 misses", "over bare"]
     print(fmt_table(rows, [*head, f"L2 misses ({l2 // 1024} KiB)", "over bare"]))
+    base = by_function.get("bare", {})
+    for name, misses in by_function.items():
+        if name == "bare":
+            continue
+        over = {fn: n - base.get(fn, 0.0) for fn, n in misses.items()}
+        top = sorted(over, key=lambda fn: -abs(over[fn]))[:functions]
+        print(f"\n{name}: L2 misses a request by function, over bare (every thread)")
+        print(
+            fmt_table(
+                [[fn, f"{misses[fn]:,.1f}", f"{over[fn]:+,.1f}"] for fn in top],
+                ["function", "L2 misses", "over bare"],
+            )
+        )
 
 
 def main() -> None:
@@ -129,12 +187,19 @@ def main() -> None:
     parser.add_argument("--server", choices=sorted(SERVERS), default="plain")
     parser.add_argument("--requests", type=int, default=2500)
     parser.add_argument("--l2", type=int, default=1 << 20, help="L2 bytes (this machine's: 1 MiB)")
+    parser.add_argument(
+        "--functions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also the N functions whose L2 misses differ most from bare's",
+    )
     args = parser.parse_args()
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise SystemExit(f"unknown scenarios: {unknown}; known: {sorted(SCENARIOS)}")
-    count(names, args.server, args.requests, args.l2)
+    count(names, args.server, args.requests, args.l2, args.functions)
 
 
 if __name__ == "__main__":
