@@ -300,7 +300,10 @@ class ShutdownCoordinator:
                 if deadline is None:  # cancelled during the drain
                     deadline = time.monotonic() + budget
                 for finish in self._before_flush:
-                    finish()  # (never raises: each request's failure is reported apart)
+                    try:
+                        finish()  # each request's own failure is reported apart
+                    except Exception:  # and nothing of it may cost the flush
+                        log.exception("shutdown.before_flush_failed")
                 reserve = min(_FINAL_LOGS_MAX_S, _FINAL_LOGS_SHARE * budget)
                 await _in_thread(lambda: self._flush(report, deadline, reserve), "flush")
                 self._lifecycle.mark_stopped()

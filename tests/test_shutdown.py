@@ -620,3 +620,30 @@ def test_official_exporter_retries_abandoned_at_the_deadline_stop(protocol: str)
         thread.join(5.0)
     # allowed: 5 s against the ~31 s of retries the abandoned flush would otherwise run
     assert not flushing()
+
+
+async def test_before_flush_work_runs_before_the_flush_and_its_failure_costs_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What must reach the exporters first (requests waiting to be finished) runs before
+    the providers flush, after the cleanups; one that raises is logged and the flush
+    still runs, as do the others."""
+    order: list[str] = []
+
+    class Recording(OkProvider):
+        def shutdown(self) -> None:
+            order.append("flush")
+
+    shutdown, _ = coordinator({"traces": Recording()})
+    shutdown.on_shutdown(lambda: order.append("cleanup"))
+
+    def broken() -> None:
+        order.append("broken")
+        raise RuntimeError("finishing failed")
+
+    shutdown.before_flush(broken)
+    shutdown.before_flush(lambda: order.append("finished"))
+    report = await shutdown.run()
+    assert order == ["cleanup", "broken", "finished", "flush"]
+    assert report.abandoned == []
+    assert "shutdown.before_flush_failed" in capsys.readouterr().out
