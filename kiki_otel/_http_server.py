@@ -495,7 +495,16 @@ class ServerTelemetry:
                 except Exception:  # the API's detach logs why
                     otel_context.detach(token)
 
-    def _end(self, *item: Any) -> None:
+    def _end(
+        self,
+        scope: Scope,
+        span: Span,
+        current: _Current,
+        state: _Request,
+        error: BaseException | None,
+        start: float,
+        active_attrs: dict[str, Any],
+    ) -> None:
         """Finish the request's telemetry now, or with other requests' in a moment.
 
         The span's end, the metric, the access line and its record run cold at the end of
@@ -510,13 +519,13 @@ class ServerTelemetry:
         of them wait (at that request's end, where its own work would have run), or once
         a turn of the event loop has ended no request (at the start of the next).
         """
-        state: _Request = item[3]
         if not state.sent:  # its duration and end time are now, whenever it is finished
             state.sent, state.sent_ns = time.perf_counter(), time.time_ns()
         loop = _get_running_loop()
         batch = self._batch
         if batch is not None and loop is self._loop:
-            if current_task() is not self._batch_task:
+            if current_task(loop) is not self._batch_task:
+                item = (scope, span, current, state, error, start, active_attrs)
                 batch.append((copy_context(), item))
                 self._grown = True
                 if len(batch) >= self._batch_max:
@@ -525,15 +534,12 @@ class ServerTelemetry:
                 return
         elif batch is not None:  # they ended on a loop that is gone (a test's, say)
             self.finish_pending()
-        if loop is None:  # not asyncio's loop (trio): no batches
-            self._finish(*item)
-            return
-        if self._batch is None:
+        if loop is not None and self._batch is None:  # (None: not asyncio's loop, no batches)
             self._batch, self._loop, self._grown = [], loop, False
-            self._batch_task = current_task()
+            self._batch_task = current_task(loop)
             # in an empty context: the handle must not keep this request's span alive
             loop.call_soon(self._turn_ended, loop, context=Context())
-        self._finish(*item)
+        self._finish(scope, span, current, state, error, start, active_attrs)
 
     def _turn_ended(self, loop: AbstractEventLoop) -> None:
         """Finish the waiting requests if the last turn of the loop ended none.
