@@ -278,15 +278,32 @@ class DirectSpans:
         :meth:`usable` must have been true for their count. The span keeps the dict
         itself as its attribute dict (no copy): the caller must not use it afterwards.
         """
-        tracer = self._tracer
-        sampler = tracer.sampler
-        if sampler is not self._sampler:
-            # Set on the tracer later: never found attribute-blind (it may read the
-            # attributes, which the direct path adds after its call), so the SDK's way.
-            sdk_span: trace.Span = tracer.start_span(
+        span = self.start_open(name, context, attributes)
+        if span is None:
+            sdk_span: trace.Span = self._tracer.start_span(
                 name, context, kind=SpanKind.SERVER, attributes=attributes
             )
             return sdk_span
+        return span
+
+    def start_open(
+        self, name: str, context: otel_context.Context, attributes: dict[str, Any]
+    ) -> trace.Span | None:
+        """:meth:`start`'s span, whose attribute dict is ``attributes`` itself, or None.
+
+        The caller may go on adding attributes to the dict until it hands the span to
+        anything else: nothing has seen the span yet (the sampler is attribute-blind, and
+        the processors' ``on_start`` does nothing). So a caller builds the attributes a
+        dropped span (a ``NonRecordingSpan``) would not keep only after it knows: at 10%
+        sampling, nine requests in ten. :meth:`usable` must have been true for the count
+        the dict will reach. None: the sampler was set on the tracer after setup, and the
+        span must start the SDK's way, with all its attributes (never found
+        attribute-blind, that sampler may read them).
+        """
+        tracer = self._tracer
+        sampler = tracer.sampler
+        if sampler is not self._sampler:
+            return None
         # trace.get_current_span(context).get_span_context(), without its two calls
         # (SPAN_KEY is not None: _inspect checked)
         current = context.get(SPAN_KEY) if context is not None else trace.get_current_span()  # type: ignore[arg-type]
@@ -341,7 +358,11 @@ class DirectSpans:
                 immutable=False,
                 max_value_len=limits.max_span_attribute_length,
             )
-            bounded._dict.update(attributes)
+            ours = attributes.copy()
+            attributes.clear()
+            attributes.update(bounded._dict)
+            attributes.update(ours)
+            bounded._dict = attributes  # still the caller's dict, which it may fill
         else:  # BoundedAttributes(max, None, immutable=False, max_value_len=None), filled
             bounded = new_instance(
                 self._new_attributes,

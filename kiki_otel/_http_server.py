@@ -75,6 +75,9 @@ _SENSITIVE_QUERY = frozenset(
     }
 )
 _INTERNAL_ERROR = b"Internal Server Error"
+_START_ATTRIBUTES_MAX = 11
+"""The most attributes :meth:`ServerTelemetry._start_span` gives a span (a span limit below
+it sends every span the SDK's way)."""
 _SAMPLED = TraceFlags.SAMPLED  # a class attribute: a generic lookup per request on 3.11
 _LAST_MESSAGE = frozenset({"http.response.body", "http.response.pathsend"})
 """Message types that end a response unless ``more_body`` (pathsend never has more)."""
@@ -361,38 +364,40 @@ class ServerTelemetry:
         The context: ``set_span_in_context(span, parent)``, with the span's trace id, span id
         and trace flags (what the histogram's exemplar filter reads, see ``_finish``).
         """
+        name = "HTTP" if method == "_OTHER" else method
         attributes: dict[str, Any] = {
             "http.request.method": method,
             "url.scheme": scope.get("scheme", "http"),
             "url.path": scope["path"],
             "network.protocol.version": scope.get("http_version", "1.1"),
         }
-        if method == "_OTHER":
-            attributes["http.request.method_original"] = scope.get("method", "")
-        query = scope.get("query_string", b"")
-        if query:
-            attributes["url.query"] = _redact_query(query.decode("latin-1"))
-        host = carrier.get("host")
-        if host:
-            address, port = _hosts.get(host) or _parse_host(host)
-            attributes["server.address"] = address
-            if port is not None:
-                attributes["server.port"] = port
-        client = scope.get("client")
-        if client:
-            attributes["client.address"] = client[0]
-        agent = carrier.get("user-agent")
-        if agent:
-            attributes["user_agent.original"] = agent
-        if client_id is not None:
-            attributes["http.request.header.x-request-id"] = (client_id,)
-        name = "HTTP" if method == "_OTHER" else method
-        if self._direct is not None and self._direct.usable(len(attributes)):
-            span = self._direct.start(name, parent, attributes)  # the same span, cheaper
-        else:
-            span = self._tracer.start_span(
-                name, context=parent, kind=SpanKind.SERVER, attributes=attributes
-            )
+        span: Span | None = None
+        if self._direct is not None and self._direct.usable(_START_ATTRIBUTES_MAX):
+            span = self._direct.start_open(name, parent, attributes)  # the same span, cheaper
+        if span is None or type(span) is not NonRecordingSpan:  # (a dropped one keeps none)
+            if method == "_OTHER":
+                attributes["http.request.method_original"] = scope.get("method", "")
+            query = scope.get("query_string", b"")
+            if query:
+                attributes["url.query"] = _redact_query(query.decode("latin-1"))
+            host = carrier.get("host")
+            if host:
+                address, port = _hosts.get(host) or _parse_host(host)
+                attributes["server.address"] = address
+                if port is not None:
+                    attributes["server.port"] = port
+            client = scope.get("client")
+            if client:
+                attributes["client.address"] = client[0]
+            agent = carrier.get("user-agent")
+            if agent:
+                attributes["user_agent.original"] = agent
+            if client_id is not None:
+                attributes["http.request.header.x-request-id"] = (client_id,)
+            if span is None:
+                span = self._tracer.start_span(
+                    name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+                )
         span_context = span_context_of(type(span), get_span_context)(span)
         trace_id, span_id, flags, valid = ids_of(type(span_context), IDS_BY_NAME)(span_context)
         if not valid:
@@ -611,19 +616,22 @@ class ServerTelemetry:
         route = _route_of(scope)
         metric_attrs = dict(active_attrs)
         metric_attrs["network.protocol.version"] = scope.get("http_version", "1.1")
-        span_attrs: dict[str, Any] = {}
-        name = None
         if route is not None:
-            metric_attrs["http.route"] = span_attrs["http.route"] = route
-            method = active_attrs["http.request.method"]
-            name = f"{'HTTP' if method == '_OTHER' else method} {route}"
+            metric_attrs["http.route"] = route
         if status:
             metric_attrs["http.response.status_code"] = status
-            span_attrs["http.response.status_code"] = status
         # An unsampled request's span (NonRecordingSpan: every method does nothing) is left
         # alone: at 10% sampling, nine requests in ten.
         live = type(span) is not NonRecordingSpan
-        if span_attrs and live:  # span_attrs holds http.route whenever there is a name
+        if live and (route is not None or status):
+            span_attrs: dict[str, Any] = {}
+            name = None
+            if route is not None:
+                span_attrs["http.route"] = route
+                method = active_attrs["http.request.method"]
+                name = f"{'HTTP' if method == '_OTHER' else method} {route}"
+            if status:
+                span_attrs["http.response.status_code"] = status
             if self._direct is not None:
                 self._direct.set_attributes(span, span_attrs, name)
             else:

@@ -608,6 +608,38 @@ def test_a_samplers_own_attributes_come_first(monkeypatch: pytest.MonkeyPatch) -
     want: Any = tracer.start_span("GET", kind=SpanKind.SERVER, attributes=ATTRIBUTES)
     _compare(got, want)
     assert next(iter(got.attributes)) == "sampler.note"
+    attributes = dict(ATTRIBUTES)
+    opened: Any = direct.start_open("GET", otel_context.Context(), attributes)
+    attributes["added.later"] = 1  # still the span's dict: after the sampler's
+    assert opened._attributes._dict is attributes
+    assert list(opened.attributes) == ["sampler.note", *ATTRIBUTES, "added.later"]
+
+
+def test_an_open_span_takes_attributes_until_it_is_handed_on(receiver: OTLPReceiver) -> None:
+    """``start_open`` leaves the caller's dict in the span: what the caller adds before
+    anything else sees the span is the span's, on the wire too. A dropped span is a
+    ``NonRecordingSpan`` that keeps nothing; a sampler set later means the SDK's path."""
+    exporter = FastSpanExporter(OTLPHttpClient(receiver.http_url("traces")))
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    tracer: Any = provider.get_tracer("t")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None
+    attributes: dict[str, Any] = {"http.request.method": "GET"}
+    span: Any = direct.start_open("GET", otel_context.Context(), attributes)
+    attributes["url.path"] = "/items/3"
+    direct.end(span)
+    provider.force_flush()
+    (got,) = receiver.wait_for_spans(1)
+    assert got.attributes == {"http.request.method": "GET", "url.path": "/items/3"}
+    tracer.sampler = ALWAYS_OFF
+    assert direct.start_open("GET", otel_context.Context(), {}) is None
+    provider.shutdown()
+    provider = TracerProvider(sampler=ALWAYS_OFF, shutdown_on_exit=False)
+    direct = DirectSpans.for_tracer(provider.get_tracer("t"))
+    assert direct is not None
+    dropped = direct.start_open("GET", otel_context.Context(), attributes)
+    assert type(dropped) is NonRecordingSpan and dropped.get_span_context().is_valid
 
 
 def test_the_span_key_is_the_apis() -> None:

@@ -109,6 +109,40 @@ async def test_direct_span_attributes_equal_the_sdk_path(memory: Memory) -> None
     assert list(dict(direct.attributes)) == list(dict(sdk.attributes))  # same order too
 
 
+async def test_a_sampler_set_later_is_asked_with_every_start_attribute(memory: Memory) -> None:
+    """The direct path adds most start attributes once it knows the span is recorded (a
+    dropped one keeps none); a sampler set on the tracer after setup, never checked
+    attribute-blind, is asked the SDK's way, and sees them all."""
+    app = _app()
+    kiki_otel.configure(app, service_name="svc-test", metrics_exporter="none")
+    await _request(app)
+    middleware = _middleware(app)
+    assert middleware._direct is not None
+    seen: list[dict[str, Any]] = []
+
+    class Noting(Sampler):
+        def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+            attributes = kwargs.get("attributes") or args[4] or {}
+            seen.append(dict(attributes))
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)  # the span's
+
+        def get_description(self) -> str:
+            return "noting"
+
+    middleware._tracer.sampler = Noting()  # type: ignore[attr-defined]
+    memory.span_exporter.clear()
+    await _request(app)
+    (span,) = memory.spans()
+    assert (
+        len(seen) == 1
+        and list(seen[0].items()) == list(dict(span.attributes or {}).items())[: len(seen[0])]
+    )
+    assert seen[0]["url.query"] == "token=REDACTED&x=1"
+    assert seen[0]["server.address"] == "testserver"
+    assert seen[0]["user_agent.original"] == "ua/1"
+    assert seen[0]["http.request.header.x-request-id"] == ("client-1",)
+
+
 def test_direct_span_attributes_only_when_nothing_could_tell() -> None:
     """Built-in attribute-blind samplers and the SDK's own processors: direct. A custom
     sampler, a custom processor or a value length limit: the SDK path."""
