@@ -24,6 +24,10 @@ than bare's, and a model of ~0.09 ns an instruction plus ~3 ns an L1 miss fits b
 kiki, kiki's skeleton and a synthetic loop (docs/performance.md, "Tenth round"). Code
 run once per request, spread over many functions, misses where a loop does not.
 
+A scenario may carry settings: ``kiki-10%+KIKI_OTEL_HTTP__ACCESS_LOG=false`` is
+``kiki-10%`` without its access line, so a run with and without one part counts that part
+(docs/performance.md, "Seventeenth round").
+
 ``--functions SCENARIO`` shows where a scenario's request thread spends them instead:
 Python bytecodes executed per request, by function (``sys.settrace`` with opcode events,
 deterministic too), the top ``--top`` of them. Needs no valgrind.
@@ -54,8 +58,23 @@ SMALL = 500
 """Requests of the shorter run (after ``bench.inprocess``'s own 2,000 warm-up requests)."""
 
 
+def _variant(name: str) -> tuple[str, dict[str, str]]:
+    """A scenario name with ``+KEY=VALUE`` settings after it: its ``bench.run`` name and them.
+
+    ``kiki-10%+KIKI_OTEL_HTTP__ACCESS_LOG=false`` is ``kiki-10%`` without the access line:
+    one part of a scenario switched off, to count what it costs.
+    """
+    base, *settings = name.split("+")
+    if base not in SCENARIOS or not all("=" in kv for kv in settings):
+        known = ", ".join(SCENARIOS)
+        raise SystemExit(f"unknown scenario {name!r}: one of {known}, then any +KEY=VALUE")
+    return base, dict(kv.split("=", 1) for kv in settings)
+
+
 def _env(name: str, endpoints: dict[str, str]) -> dict[str, str]:
-    scenario, extra, collector = SCENARIOS[name]
+    base, settings = _variant(name)
+    scenario, extra, collector = SCENARIOS[base]
+    extra = {**extra, **settings}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KIKI_OTEL_"))}
     env.update({"PYTHONPATH": str(REPO), "BENCH_SCENARIO": scenario, **extra})
     env["PYTHONHASHSEED"] = "0"  # the same dict and set layouts (probe counts) every run
@@ -71,8 +90,9 @@ def _instructions(
 
     Without ``threads`` (cachegrind) the whole process is the first number, the second 0.
     """
-    scenario = SCENARIOS[name][0]
-    target = out / f"{name.replace('%', 'pct')}.{requests}.cg"  # valgrind expands %
+    scenario = SCENARIOS[_variant(name)[0]][0]
+    label = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    target = out / f"{label}.{requests}.cg"  # valgrind expands %
     tool = "callgrind" if threads else "cachegrind"
     cmd = ["valgrind", f"--tool={tool}", f"--{tool}-out-file={target}"]
     if threads:
@@ -116,7 +136,7 @@ def counting(names: list[str]) -> Iterator[tuple[dict[str, str], Path]]:
     endpoints = {"ok": urls["http"], "ok-grpc": urls["grpc"]}
     try:
         for name in names:
-            if SCENARIOS[name][2] not in endpoints:
+            if SCENARIOS[_variant(name)[0]][2] not in endpoints:
                 raise SystemExit(f"{name}: needs a dead collector, not counted here")
         with tempfile.TemporaryDirectory() as tmp:
             yield endpoints, Path(tmp)
@@ -210,9 +230,8 @@ def main() -> None:
         functions(args.functions, args.requests, args.top)
         return
     names = [s for s in args.scenarios.split(",") if s]
-    unknown = [s for s in names if s not in SCENARIOS]
-    if unknown:
-        raise SystemExit(f"unknown scenarios {unknown}: one of {', '.join(SCENARIOS)}")
+    for name in names:
+        _variant(name)  # exits on an unknown one
     if args.cache and args.threads:
         raise SystemExit("--cache counts the whole process: not with --threads")
     count(names, args.requests, args.threads, args.cache)
