@@ -456,6 +456,22 @@ def test_json_line_leaves_what_is_not_plain_to_orjson() -> None:
     assert speedups.json_line({}) == b"{}"
 
 
+def test_json_line_escapes_a_character_wherever_it_falls_in_a_word() -> None:
+    """Strings are scanned eight bytes at a time: each character that needs an escape (and
+    neighbours that must not be taken for one: 0x20, '#', '[', ']', 0x7f, UTF-8 bytes) at
+    each position of strings of every length around the word size, as key and as value."""
+    specials = [chr(c) for c in range(0x20)] + ['"', "\\"]
+    neighbours = [" ", "!", "#", "[", "]", "\x7f", "é", "\u2028", "🚀"]
+    for size in range(0, 26):
+        for special in [*specials, *neighbours]:
+            for position in range(size):
+                text = "a" * position + special + "b" * (size - position - 1)
+                for mapping in ({"k": text}, {text: 1}, {"k": text + "\\", text: text}):
+                    assert speedups.json_line(mapping) == orjson.dumps(mapping), mapping
+        plain = "x" * size
+        assert speedups.json_line({plain: plain}) == orjson.dumps({plain: plain})
+
+
 def test_json_line_grows_past_the_inline_buffer() -> None:
     mapping = {f"k{i}": '\x01"\\' * (i * 37 % 3000) for i in range(100)}
     assert speedups.json_line(mapping) == orjson.dumps(mapping)
