@@ -37,6 +37,7 @@ __all__ = [
     "mark_exception",
     "marked_span_context",
     "remember_hex_ids",
+    "remember_ids",
     "span_context_of",
     "span_reader_of",
 ]
@@ -247,16 +248,23 @@ def hex_ids(context: trace.SpanContext) -> tuple[str, str] | None:
 def remember_hex_ids(context: trace.SpanContext, trace_id: int, span_id: int) -> tuple[str, str]:
     """The hex ids of a valid ``context`` (given its int ids), kept for :func:`hex_ids`.
 
-    The server span's ids are formatted here once, for the response headers; the request's
-    log lines and its access line then find them in :func:`hex_ids` without formatting them
-    again.
+    :func:`hex_ids` formats a span context's ids here the first time it is asked.
     """
-    global _last_hex
     # format(x, "032x"), without the format-spec parser or str's % (cold code a request
     # would run only here and in the line's timestamp: ~150 L1 misses); ids are in range
     ids = (trace_id.to_bytes(16, "big").hex(), span_id.to_bytes(8, "big").hex())
-    _last_hex = (context, ids)
+    remember_ids(context, ids)
     return ids
+
+
+def remember_ids(context: trace.SpanContext, ids: tuple[str, str]) -> None:
+    """Keep ``ids``, the hex ids of a valid ``context``, for :func:`hex_ids`.
+
+    The server span's ids are formatted once, with the response headers that carry them
+    (``_http_server``); the request's log lines and its access line then find them here.
+    """
+    global _last_hex
+    _last_hex = (context, ids)
 
 
 def current_ids() -> tuple[str, str] | None:

@@ -39,7 +39,7 @@ from ._context import (
     get_span_context,
     ids_of,
     mark_exception,
-    remember_hex_ids,
+    remember_ids,
     span_context_of,
 )
 from ._fast_histogram import fast_histogram
@@ -230,6 +230,32 @@ _scan_headers: Any = getattr(speedups, "scan_headers", None) or _scan_headers_py
 """``_scan_headers_py`` in C for a list or tuple of bytes pairs (None: the Python loop's)."""
 
 
+def _request_ids_py(
+    trace_id: int, span_id: int, sampled: int, which: tuple[bytes, bool, bool]
+) -> tuple[tuple[str, str], list[tuple[bytes, bytes]]]:
+    """The request span's ids in lowercase hex, and the response headers that carry them.
+
+    ``which``: the request id header's name (its value: the trace id), and whether W3C
+    ``traceresponse`` and ``Server-Timing`` (both ``00-{trace}-{span}-{flags}``) are sent.
+    ``_speedups.request_ids`` in Python; the ids must be in range (a valid span's).
+    """
+    id_header, traceresponse, server_timing = which
+    # format(x, "032x") without the format-spec parser (see _context.remember_hex_ids)
+    ids = (trace_id.to_bytes(16, "big").hex(), span_id.to_bytes(8, "big").hex())
+    headers = [(id_header, ids[0].encode())]
+    if traceresponse or server_timing:
+        value = f"00-{ids[0]}-{ids[1]}-{'01' if sampled else '00'}"
+        if traceresponse:
+            headers.append((b"traceresponse", value.encode()))
+        if server_timing:
+            headers.append((b"server-timing", f'traceparent;desc="{value}"'.encode()))
+    return ids, headers
+
+
+_request_ids: Any = getattr(speedups, "request_ids", None) or _request_ids_py
+"""``_request_ids_py`` in C (None for ids out of range: the Python twin raises for them)."""
+
+
 class _Request:
     """Per-request state shared between the send wrapper and the finally block.
 
@@ -277,8 +303,9 @@ class ServerTelemetry:
         self._direct = DirectSpans.for_tracer(self._tracer)
         http = settings.http
         self._id_header = http.request_id_header.lower().encode("latin-1")
-        self._traceresponse = http.traceresponse
-        self._server_timing = http.server_timing
+        # the response headers that carry the ids: the id header's name, then whether
+        # traceresponse and Server-Timing are on
+        self._id_headers = (self._id_header, http.traceresponse, http.server_timing)
         self._accept_client_id = http.accept_client_request_id
         self._client_id_max = http.client_request_id_max_length
         log = access_log() if http.access_log else None
@@ -357,12 +384,13 @@ class ServerTelemetry:
         carrier: dict[str, str],
         parent: otel_context.Context,
         client_id: str | None,
-    ) -> tuple[Span, SpanContext, tuple[str, str, int], _Current]:
-        """The request span, its span context, its ids and its context with its int ids.
+    ) -> tuple[Span, SpanContext, list[tuple[bytes, bytes]], _Current]:
+        """The request span, its span context, the response headers and its context.
 
-        The ids: the trace id and the span id in hex, the sampled flag (what the headers need).
-        The context: ``set_span_in_context(span, parent)``, with the span's trace id, span id
-        and trace flags (what the histogram's exemplar filter reads, see ``_finish``).
+        The headers: those that carry the span's ids (see :func:`_request_ids_py`), whose
+        hex ids are kept for the request's log lines (``remember_ids``). The context:
+        ``set_span_in_context(span, parent)``, with the span's trace id, span id and trace
+        flags (what the histogram's exemplar filter reads, see ``_finish``).
         """
         name = "HTTP" if method == "_OTHER" else method
         attributes: dict[str, Any] = {
@@ -405,15 +433,17 @@ class ServerTelemetry:
             span_context = _random_span_context()
             span = NonRecordingSpan(span_context)
             trace_id, span_id, flags, valid = IDS_BY_NAME(span_context)
-        trace_hex, span_hex = remember_hex_ids(span_context, trace_id, span_id)
-        ids = (trace_hex, span_hex, flags & _SAMPLED)
+        sampled, which = flags & _SAMPLED, self._id_headers
+        made = _request_ids(trace_id, span_id, sampled, which)  # None: for the Python twin
+        hex_ids, headers = made or _request_ids_py(trace_id, span_id, sampled, which)
+        remember_ids(span_context, hex_ids)
         if SPAN_KEY is None:
             ctx = trace.set_span_in_context(span, parent)
         else:  # trace.set_span_in_context(span, parent), without its two calls
             values = (parent if parent is not None else otel_context.get_current()).copy()
             values[SPAN_KEY] = span
             ctx = otel_context.Context(values)
-        return span, span_context, ids, (ctx, trace_id, span_id, flags)
+        return span, span_context, headers, (ctx, trace_id, span_id, flags)
 
     async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
@@ -422,11 +452,10 @@ class ServerTelemetry:
         method = scope.get("method", "GET")
         method = method if method in _KNOWN_METHODS else "_OTHER"
         parent = _extract(carrier, propagator, w3c_only)
-        span, span_context, ids, current = self._start_span(
+        span, span_context, extra_headers, current = self._start_span(
             scope, method, carrier, parent, client_id
         )
         ctx = current[0]
-        extra_headers = self._response_headers(ids)
         if CURRENT is not None:  # otel_context.get_current() and attach(ctx), without calls
             outer = current_get()
             token = current_set(ctx)
@@ -574,18 +603,6 @@ class ServerTelemetry:
     def _failed(self, failure: Exception) -> None:
         # (never raises: kiki's own lines survive a chain that fails them)
         self._warn.warning("http.telemetry.failed", error=safe_repr(failure)[:200])
-
-    def _response_headers(self, ids: tuple[str, str, int]) -> list[tuple[bytes, bytes]]:
-        # ids as one argument: a call with *ids makes a bound method object per request
-        trace_id, span_id, sampled = ids
-        headers = [(self._id_header, trace_id.encode())]
-        if self._traceresponse or self._server_timing:
-            value = f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}"
-            if self._traceresponse:
-                headers.append((b"traceresponse", value.encode()))
-            if self._server_timing:
-                headers.append((b"server-timing", f'traceparent;desc="{value}"'.encode()))
-        return headers
 
     @staticmethod
     async def _send_500(send: Send) -> None:

@@ -2,9 +2,10 @@
  * the access line's common case, the request histogram's aggregation
  * (``histogram_aggregate``), and after it the request span's objects made without their
  * constructors (``new_instance``, ``new_tuple``), the request headers' scan
- * (``scan_headers``), a line's timestamp (``iso_timestamp``), an SDK span's encoding
- * from its fields (``sdk_span``) and an export request's items framed (``frame_items``):
- * see each.
+ * (``scan_headers``), the response headers that carry the request's ids
+ * (``request_ids``), a line's timestamp (``iso_timestamp``), an SDK span's encoding from
+ * its fields (``sdk_span``) and an export request's items framed (``frame_items``): see
+ * each.
  *
  * ``encode_fields(tag, mapping, skip)`` writes the repeated ``KeyValue`` fields of a dict
  * (its items in order, the keys in ``skip`` left out) as ``_otlp_encode._fields`` does;
@@ -354,7 +355,42 @@ encode_fields(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     return finish(&buf, put_fields(&buf, tag, args[1], args[2]));
 }
 
-/* An unsigned id of size bytes (16: a trace id, 8: a span id), big-endian. 1 / 0 / -1. */
+/* An unsigned id of size bytes (16: a trace id, 8: a span id) at out, big-endian: 1; 0 for
+ * anything but an int in range (the Python encoder raises its OverflowError); -1 error. */
+static int
+read_id(PyObject *id, unsigned char *out, int size)
+{
+    if (!PyLong_CheckExact(id)) {
+        return 0;
+    }
+#if PY_VERSION_HEX >= 0x030D0000
+    Py_ssize_t needed = PyLong_AsNativeBytes(
+        id, out, size,
+        Py_ASNATIVEBYTES_BIG_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER
+            | Py_ASNATIVEBYTES_REJECT_NEGATIVE);
+    if (needed < 0) {
+        if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyErr_Clear();
+            return 0; /* negative */
+        }
+        return -1;
+    }
+    if (needed > size) {
+        return 0; /* too big */
+    }
+#else
+    if (_PyLong_AsByteArray((PyLongObject *)id, out, size, 0, 0) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+#endif
+    return 1;
+}
+
+/* An id's field: head (its tag and length), then the id as read_id reads it. 1 / 0 / -1. */
 static int
 put_id(Buffer *buf, const char *head, PyObject *id, int size)
 {
@@ -367,32 +403,11 @@ put_id(Buffer *buf, const char *head, PyObject *id, int size)
     unsigned char *out = (unsigned char *)buf->data + buf->size;
     out[0] = (unsigned char)head[0];
     out[1] = (unsigned char)head[1];
-#if PY_VERSION_HEX >= 0x030D0000
-    Py_ssize_t needed = PyLong_AsNativeBytes(
-        id, out + 2, size,
-        Py_ASNATIVEBYTES_BIG_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER
-            | Py_ASNATIVEBYTES_REJECT_NEGATIVE);
-    if (needed < 0) {
-        if (PyErr_ExceptionMatches(PyExc_ValueError)) {
-            PyErr_Clear();
-            return 0; /* negative: the Python encoder raises its OverflowError */
-        }
-        return -1;
+    int read = read_id(id, out + 2, size);
+    if (read > 0) {
+        buf->size += 2 + size;
     }
-    if (needed > size) {
-        return 0; /* too big: the Python encoder raises its OverflowError */
-    }
-#else
-    if (_PyLong_AsByteArray((PyLongObject *)id, out + 2, size, 0, 0) < 0) {
-        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
-            PyErr_Clear();
-            return 0;
-        }
-        return -1;
-    }
-#endif
-    buf->size += 2 + size;
-    return 1;
+    return read;
 }
 
 /* A field of a 64-bit time (tag, 8 bytes little-endian). 1 / 0 / -1. */
@@ -1439,6 +1454,123 @@ error:
     return NULL;
 }
 
+/* ---- the request's ids in its response headers -------------------------------------------
+ *
+ * ``request_ids(trace_id, span_id, sampled, which)``: ``_http_server._request_ids_py``, the
+ * request span's ids in lowercase hex and the response headers that carry them (``which``:
+ * the id header's name, whether traceresponse and Server-Timing are on), in one call where
+ * Python made them in six calls and ~75 bytecodes.
+ */
+
+static PyObject *bytes_traceresponse, *bytes_server_timing;
+
+/* size bytes as 2 * size lowercase hex digits at out */
+static void
+put_hex(char *out, const unsigned char *bytes, int size)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 0; i < size; i++) {
+        out[2 * i] = digits[bytes[i] >> 4];
+        out[2 * i + 1] = digits[bytes[i] & 0xF];
+    }
+}
+
+/* A (name, value) header of bytes, the value ``prefix`` + traceparent + ``suffix``. */
+static PyObject *
+traceparent_header(PyObject *name, const char *prefix, const char *traceparent,
+                   const char *suffix)
+{
+    size_t head = strlen(prefix), tail = strlen(suffix);
+    PyObject *value = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(head + 55 + tail));
+    if (value == NULL) {
+        return NULL;
+    }
+    char *out = PyBytes_AS_STRING(value);
+    memcpy(out, prefix, head);
+    memcpy(out + head, traceparent, 55);
+    memcpy(out + head + 55, suffix, tail);
+    PyObject *pair = PyTuple_Pack(2, name, value);
+    Py_DECREF(value);
+    return pair;
+}
+
+static PyObject *
+request_ids(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("request_ids", nargs, 4)) {
+        return NULL;
+    }
+    PyObject *which = args[3];
+    if (!PyTuple_CheckExact(which) || PyTuple_GET_SIZE(which) != 3
+        || !PyBytes_CheckExact(PyTuple_GET_ITEM(which, 0))) {
+        PyErr_SetString(PyExc_TypeError, "which must be a tuple (id_header: bytes, bool, bool)");
+        return NULL;
+    }
+    PyObject *id_header = PyTuple_GET_ITEM(which, 0);
+    int traceresponse = PyObject_IsTrue(PyTuple_GET_ITEM(which, 1));
+    int server_timing = PyObject_IsTrue(PyTuple_GET_ITEM(which, 2));
+    int sampled = PyObject_IsTrue(args[2]);
+    if (traceresponse < 0 || server_timing < 0 || sampled < 0) {
+        return NULL;
+    }
+    unsigned char trace_bytes[16], span_bytes[8];
+    int read = read_id(args[0], trace_bytes, 16);
+    if (read > 0) {
+        read = read_id(args[1], span_bytes, 8);
+    }
+    if (read <= 0) {
+        if (read < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE; /* not ids in range: the Python twin's to format, or to raise */
+    }
+    /* "00-" trace "-" span "-" flags: the traceparent, whose parts are the hex ids */
+    char traceparent[56];
+    memcpy(traceparent, "00-", 3);
+    put_hex(traceparent + 3, trace_bytes, 16);
+    traceparent[35] = '-';
+    put_hex(traceparent + 36, span_bytes, 8);
+    memcpy(traceparent + 52, sampled ? "-01" : "-00", 3);
+    PyObject *trace_hex = PyUnicode_New(32, 127), *span_hex = PyUnicode_New(16, 127);
+    PyObject *trace_value = PyBytes_FromStringAndSize(traceparent + 3, 32);
+    PyObject *headers = PyList_New(0), *ids = NULL, *pair = NULL, *result = NULL;
+    if (trace_hex == NULL || span_hex == NULL || trace_value == NULL || headers == NULL) {
+        goto done;
+    }
+    memcpy(PyUnicode_1BYTE_DATA(trace_hex), traceparent + 3, 32);
+    memcpy(PyUnicode_1BYTE_DATA(span_hex), traceparent + 36, 16);
+    pair = PyTuple_Pack(2, id_header, trace_value);
+    if (pair == NULL || PyList_Append(headers, pair) < 0) {
+        goto done;
+    }
+    if (traceresponse) {
+        Py_SETREF(pair, traceparent_header(bytes_traceresponse, "", traceparent, ""));
+        if (pair == NULL || PyList_Append(headers, pair) < 0) {
+            goto done;
+        }
+    }
+    if (server_timing) {
+        Py_SETREF(pair,
+                  traceparent_header(bytes_server_timing, "traceparent;desc=\"", traceparent,
+                                     "\""));
+        if (pair == NULL || PyList_Append(headers, pair) < 0) {
+            goto done;
+        }
+    }
+    ids = PyTuple_Pack(2, trace_hex, span_hex);
+    if (ids != NULL) {
+        result = PyTuple_Pack(2, ids, headers);
+    }
+done:
+    Py_XDECREF(trace_hex);
+    Py_XDECREF(span_hex);
+    Py_XDECREF(trace_value);
+    Py_XDECREF(headers);
+    Py_XDECREF(ids);
+    Py_XDECREF(pair);
+    return result;
+}
+
 /* ---- an export request's items -------------------------------------------------------
  *
  * ``_otlp_encode._encode_each`` for a batch of ``Encoded`` items (what the direct paths
@@ -1593,6 +1725,10 @@ static PyMethodDef speedups_methods[] = {
     {"new_tuple", (PyCFunction)(void (*)(void))new_tuple, METH_FASTCALL,
      "new_tuple(cls, *items) -> tuple\n\n"
      "tuple.__new__(cls, items) for a subclass cls of tuple, without the items' tuple."},
+    {"request_ids", (PyCFunction)(void (*)(void))request_ids, METH_FASTCALL,
+     "request_ids(trace_id, span_id, sampled, which)\n"
+     "    -> ((trace_hex, span_hex), headers) | None\n\n"
+     "_http_server._request_ids_py for ids in range; None for any other (the Python twin's)."},
     {"scan_headers", (PyCFunction)(void (*)(void))scan_headers, METH_FASTCALL,
      "scan_headers(headers, id_header, wanted) -> (carrier, traceparents, client_ids) | None\n\n"
      "_http_server._scan_headers for a list or tuple of (bytes, bytes) pairs; None for any\n"
@@ -1604,7 +1740,8 @@ static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "kiki_otel._speedups",
     .m_doc = "The request path's common cases in C: the OTLP encoder, the access line, the "
-             "histogram, the span's objects, the headers' scan and a line's timestamp.",
+             "histogram, the span's objects, the headers' scan, the response's id headers and "
+             "a line's timestamp.",
     .m_size = 0,
     .m_methods = speedups_methods,
 };
@@ -1650,6 +1787,14 @@ PyInit__speedups(void)
         return NULL;
     }
     if (empty_tuple == NULL && (empty_tuple = PyTuple_New(0)) == NULL) {
+        return NULL;
+    }
+    if (bytes_traceresponse == NULL
+        && (bytes_traceresponse = PyBytes_FromString("traceresponse")) == NULL) {
+        return NULL;
+    }
+    if (bytes_server_timing == NULL
+        && (bytes_server_timing = PyBytes_FromString("server-timing")) == NULL) {
         return NULL;
     }
     return PyModule_Create(&speedups_module);

@@ -1006,3 +1006,49 @@ def test_frame_items_leaves_other_items_to_python() -> None:
         speedups.frame_items([good], b"\x12", dict)
     with pytest.raises(TypeError, match="takes 3 arguments"):
         speedups.frame_items([good], b"\x12")
+
+
+# ------------------------------------------------------------------------ request_ids
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_request_ids_are_the_python_twins(seed: int) -> None:
+    """The hex ids and the response headers equal ``_request_ids_py``'s, for ids of every
+    size (the range's ends too), either flag, each header switched on or off."""
+    from kiki_otel._http_server import _request_ids_py
+
+    rng = random.Random(seed)
+    edges = [(1, 1), ((1 << 128) - 1, (1 << 64) - 1), (1 << 64, 1 << 32), (0xFF, 0x100)]
+    for i in range(2_000):
+        trace_id, span_id = (
+            edges[i]
+            if i < len(edges)
+            else (
+                rng.getrandbits(rng.randrange(1, 129)),
+                rng.getrandbits(rng.randrange(1, 65)),
+            )
+        )
+        sampled = rng.choice([0, 1, True, False])
+        which = (
+            rng.choice([b"x-request-id", b"x-correlation-id"]),
+            *rng.choices([True, False], k=2),
+        )
+        got = speedups.request_ids(trace_id, span_id, sampled, which)
+        assert got == _request_ids_py(trace_id, span_id, sampled, which)
+        (trace_hex, span_hex), headers = got
+        assert int(trace_hex, 16) == trace_id and len(trace_hex) == 32
+        assert int(span_hex, 16) == span_id and len(span_hex) == 16
+        assert headers[0] == (which[0], trace_hex.encode())
+
+
+def test_request_ids_leave_ids_out_of_range_to_python() -> None:
+    """An id too large, negative or not an int: None (the Python twin raises for it); a
+    ``which`` of another shape: a clear TypeError."""
+    which = (b"x-request-id", True, True)
+    for trace_id, span_id in [(1 << 128, 1), (1, 1 << 64), (-1, 1), (1, -1), (1.0, 1), (1, "1")]:
+        assert speedups.request_ids(trace_id, span_id, 1, which) is None
+    for odd in [("x-request-id", True, True), (b"x-request-id", True), [b"x-request-id", 1, 1]]:
+        with pytest.raises(TypeError, match="which must be a tuple"):
+            speedups.request_ids(1, 1, 1, odd)
+    with pytest.raises(TypeError):
+        speedups.request_ids(1, 1, 1)
