@@ -355,6 +355,13 @@ encode_fields(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     return finish(&buf, put_fields(&buf, tag, args[1], args[2]));
 }
 
+/* The last trace id (16 bytes) and span id (8) read_id read, held, and their bytes: a
+ * request reads its span's ids two to four times (its response headers, its access line's
+ * record, its span), and CPython's int-to-bytes conversion is a generic loop (~300
+ * instructions an id). An int is immutable: the same object, the same bytes. */
+static PyObject *id_read[2];
+static unsigned char id_read_bytes[2][16];
+
 /* An unsigned id of size bytes (16: a trace id, 8: a span id) at out, big-endian: 1; 0 for
  * anything but an int in range (the Python encoder raises its OverflowError); -1 error. */
 static int
@@ -363,30 +370,55 @@ read_id(PyObject *id, unsigned char *out, int size)
     if (!PyLong_CheckExact(id)) {
         return 0;
     }
+    int slot = size == 16 ? 0 : 1;
+    if (id == id_read[slot]) {
+        memcpy(out, id_read_bytes[slot], size);
+        return 1;
+    }
+    if (size == 8) { /* a span id: one machine word, ~10x cheaper than the generic read */
+        unsigned long long word = PyLong_AsUnsignedLongLong(id);
+        if (word == (unsigned long long)-1 && PyErr_Occurred()) {
+            if (PyErr_ExceptionMatches(PyExc_OverflowError)) { /* negative or too big */
+                PyErr_Clear();
+                return 0;
+            }
+            return -1;
+        }
+        for (int i = 7; i >= 0; i--, word >>= 8) {
+            out[i] = (unsigned char)(word & 0xFF);
+        }
+    }
+    else {
 #if PY_VERSION_HEX >= 0x030D0000
-    Py_ssize_t needed = PyLong_AsNativeBytes(
-        id, out, size,
-        Py_ASNATIVEBYTES_BIG_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER
-            | Py_ASNATIVEBYTES_REJECT_NEGATIVE);
-    if (needed < 0) {
-        if (PyErr_ExceptionMatches(PyExc_ValueError)) {
-            PyErr_Clear();
-            return 0; /* negative */
+        Py_ssize_t needed = PyLong_AsNativeBytes(
+            id, out, size,
+            Py_ASNATIVEBYTES_BIG_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER
+                | Py_ASNATIVEBYTES_REJECT_NEGATIVE);
+        if (needed < 0) {
+            if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+                PyErr_Clear();
+                return 0; /* negative */
+            }
+            return -1;
         }
-        return -1;
-    }
-    if (needed > size) {
-        return 0; /* too big */
-    }
+        if (needed > size) {
+            return 0; /* too big */
+        }
 #else
-    if (_PyLong_AsByteArray((PyLongObject *)id, out, size, 0, 0) < 0) {
-        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
-            PyErr_Clear();
-            return 0;
+        if (_PyLong_AsByteArray((PyLongObject *)id, out, size, 0, 0) < 0) {
+            if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                PyErr_Clear();
+                return 0;
+            }
+            return -1;
         }
-        return -1;
-    }
 #endif
+    }
+    if (size == 16 || size == 8) {
+        memcpy(id_read_bytes[slot], out, size);
+        Py_INCREF(id);
+        Py_XSETREF(id_read[slot], id); /* an int's deallocation runs no Python code */
+    }
     return 1;
 }
 

@@ -1052,3 +1052,21 @@ def test_request_ids_leave_ids_out_of_range_to_python() -> None:
             speedups.request_ids(1, 1, 1, odd)
     with pytest.raises(TypeError):
         speedups.request_ids(1, 1, 1)
+
+
+def test_an_id_read_again_is_the_same_bytes_and_another_is_its_own() -> None:
+    """The last trace and span id read are kept by identity: the same int objects read
+    again, interleaved with others (equal values in other objects, other values, ids of
+    the other size), give each its own bytes, in the headers and in an encoded span."""
+    from kiki_otel._http_server import _request_ids_py
+
+    which = (b"x-request-id", True, False)
+    trace_ids = [(1 << 127) + 5, int("7" * 32, 16), (1 << 64) + 1, 3]
+    span_ids = [(1 << 63) + 9, int("1" * 16, 16), 2]
+    for trace_id in [*trace_ids, *trace_ids[::-1]]:
+        for span_id in [*span_ids, span_ids[0], int(str(span_ids[0]))]:
+            for _ in range(2):
+                got = speedups.request_ids(trace_id, span_id, 1, which)
+                assert got == _request_ids_py(trace_id, span_id, 1, which)
+            as_span = speedups.request_ids(span_id, trace_id & ((1 << 64) - 1), 0, which)
+            assert as_span == _request_ids_py(span_id, trace_id & ((1 << 64) - 1), 0, which)
