@@ -370,51 +370,36 @@ read_id(PyObject *id, unsigned char *out, int size)
     if (!PyLong_CheckExact(id)) {
         return 0;
     }
-    int slot = size == 16 ? 0 : 1;
-    if (id == id_read[slot]) {
+    int slot = size == 16 ? 0 : size == 8 ? 1 : -1; /* -1: no id size, not kept */
+    if (slot >= 0 && id == id_read[slot]) {
         memcpy(out, id_read_bytes[slot], size);
         return 1;
     }
-    if (size == 8) { /* a span id: one machine word, ~10x cheaper than the generic read */
-        unsigned long long word = PyLong_AsUnsignedLongLong(id);
-        if (word == (unsigned long long)-1 && PyErr_Occurred()) {
-            if (PyErr_ExceptionMatches(PyExc_OverflowError)) { /* negative or too big */
-                PyErr_Clear();
-                return 0;
-            }
-            return -1;
-        }
-        for (int i = 7; i >= 0; i--, word >>= 8) {
-            out[i] = (unsigned char)(word & 0xFF);
-        }
-    }
-    else {
 #if PY_VERSION_HEX >= 0x030D0000
-        Py_ssize_t needed = PyLong_AsNativeBytes(
-            id, out, size,
-            Py_ASNATIVEBYTES_BIG_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER
-                | Py_ASNATIVEBYTES_REJECT_NEGATIVE);
-        if (needed < 0) {
-            if (PyErr_ExceptionMatches(PyExc_ValueError)) {
-                PyErr_Clear();
-                return 0; /* negative */
-            }
-            return -1;
+    Py_ssize_t needed = PyLong_AsNativeBytes(
+        id, out, size,
+        Py_ASNATIVEBYTES_BIG_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER
+            | Py_ASNATIVEBYTES_REJECT_NEGATIVE);
+    if (needed < 0) {
+        if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyErr_Clear();
+            return 0; /* negative */
         }
-        if (needed > size) {
-            return 0; /* too big */
-        }
-#else
-        if (_PyLong_AsByteArray((PyLongObject *)id, out, size, 0, 0) < 0) {
-            if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
-                PyErr_Clear();
-                return 0;
-            }
-            return -1;
-        }
-#endif
+        return -1;
     }
-    if (size == 16 || size == 8) {
+    if (needed > size) {
+        return 0; /* too big */
+    }
+#else
+    if (_PyLong_AsByteArray((PyLongObject *)id, out, size, 0, 0) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+#endif
+    if (slot >= 0) {
         memcpy(id_read_bytes[slot], out, size);
         Py_INCREF(id);
         Py_XSETREF(id_read[slot], id); /* an int's deallocation runs no Python code */
