@@ -411,9 +411,6 @@ read_id(PyObject *id, unsigned char *out, int size)
 static int
 put_id(Buffer *buf, const char *head, PyObject *id, int size)
 {
-    if (!PyLong_CheckExact(id)) {
-        return 0;
-    }
     if (buffer_reserve(buf, 2 + size) < 0) {
         return -1;
     }
