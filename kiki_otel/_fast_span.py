@@ -37,14 +37,18 @@ sends spans the SDK way from then on.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import Span, sampling
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import (
     INVALID_SPAN_ID,
     INVALID_TRACE_ID,
@@ -68,7 +72,7 @@ from ._otlp_encode import encode_span
 from ._otlp_http import FastSpanExporter, enqueue, has_queue
 from ._probe import same_code
 
-__all__ = ["DirectSpans"]
+__all__ = ["NO_ATTRIBUTES", "DirectSpans"]
 
 _logger = logging.getLogger(__name__)
 
@@ -308,13 +312,22 @@ class DirectSpans:
         # (SPAN_KEY is not None: _inspect checked)
         current = context.get(SPAN_KEY) if context is not None else trace.get_current_span()  # type: ignore[arg-type]
         parent: SpanContext | None = None
-        read = span_reader_of(type(current)) or span_reader(current)  # isinstance(.., Span)
-        if read is not None:
-            parent = read(current)
+        if current is not None:  # (None: no span in the context, a new trace)
+            read = span_reader_of(type(current)) or span_reader(current)  # isinstance(.., Span)
+            if read is not None:
+                parent = read(current)
+        generator = tracer.id_generator
+        random_ids = type(generator) is _RANDOM_IDS  # its methods' code inline, as it is
         if parent is None or not parent.is_valid:
             parent = None
-            trace_id = tracer.id_generator.generate_trace_id()
-            random_id = tracer.id_generator.is_trace_id_random()
+            if random_ids:
+                trace_id = random.getrandbits(128)
+                while trace_id == trace.INVALID_TRACE_ID:
+                    trace_id = random.getrandbits(128)
+                random_id = True
+            else:
+                trace_id = generator.generate_trace_id()
+                random_id = generator.is_trace_id_random()
             kind = None
         else:
             trace_id = parent.trace_id
@@ -331,7 +344,12 @@ class DirectSpans:
         else:  # what that sampler returns: its decision, the parent's trace state
             trace_state = None if parent is None else parent.trace_state
             sampled_attributes = None
-        span_id = tracer.id_generator.generate_span_id()
+        if random_ids:
+            span_id = random.getrandbits(64)
+            while span_id == trace.INVALID_SPAN_ID:
+                span_id = random.getrandbits(64)
+        else:
+            span_id = generator.generate_span_id()
         # SpanContext(trace_id, span_id, is_remote=False, trace_flags=..., trace_state=...)
         span_context = new_tuple(
             SpanContext,
@@ -395,7 +413,7 @@ class DirectSpans:
         return cast(trace.Span, span)
 
     def set_attributes(
-        self, span: Any, attributes: dict[str, Any], name: str | None = None
+        self, span: Any, attributes: Mapping[str, Any], name: str | None = None
     ) -> None:
         """``span.update_name(name)`` unless ``name`` is None, then ``span.set_attributes``.
 
@@ -425,12 +443,32 @@ class DirectSpans:
 
     def end(self, span: Any, end_time: int | None = None) -> None:
         """``span.end(end_time)``, encoded straight into the queue if that is the only consumer."""
+        self.finish(span, NO_ATTRIBUTES, None, end_time)
+
+    def finish(
+        self,
+        span: Any,
+        attributes: Mapping[str, Any],
+        name: str | None = None,
+        end_time: int | None = None,
+    ) -> None:
+        """:meth:`set_attributes` then :meth:`end`, under one hold of the span's lock.
+
+        The request span's last values (route, status, the name with the route) go in as
+        it ends: one call, one lock, one set of checks, where the two calls took two.
+        """
         batch = self._batch
+        bounded = getattr(span, "_attributes", None)
+        values = getattr(bounded, "_dict", None)
         if (
             batch is None
             or type(span) is not self._span_class
             or self._multi._span_processors is not self._processors
+            or type(values) is not dict
+            or (bounded.maxlen is not None and len(values) + len(attributes) > bounded.maxlen)  # type: ignore[union-attr]
         ):
+            if attributes or name is not None:
+                self.set_attributes(span, attributes, name)
             span.end(end_time)
             return
         with span._lock:
@@ -438,10 +476,17 @@ class DirectSpans:
                 ended = True
             else:
                 ended = False
+                if name is not None:
+                    span._name = name
+                for key, value in attributes.items():
+                    values.pop(key, None)  # a key set again moves to the end, as in the SDK
+                    values[key] = value
                 span._end_time = end_time if end_time is not None else time.time_ns()
-                span._attributes._immutable = True
-        if ended:
-            span.end(end_time)  # the SDK's own error or warning
+                bounded._immutable = True  # type: ignore[union-attr]
+        if ended:  # the SDK's own errors or warnings
+            if attributes or name is not None:
+                self.set_attributes(span, attributes, name)
+            span.end(end_time)
             return
         record_end_metrics = span._record_end_metrics
         if record_end_metrics and record_end_metrics is not self._no_metrics[1]:
@@ -455,6 +500,8 @@ class DirectSpans:
             enqueue(batch, item)
 
 
+NO_ATTRIBUTES: Mapping[str, Any] = MappingProxyType({})
+"""No attributes to add (:meth:`DirectSpans.end`, a request span without route or status)."""
 _SAMPLED = TraceFlags.SAMPLED
 
 
@@ -472,6 +519,39 @@ class _SdkSpanNew:
 
 
 _SKIPPED_NEW = Span.__new__ if same_code(Span.__new__, _SdkSpanNew.__new__) else None
+
+
+class _SdkRandomIds:
+    """The SDK's ``RandomIdGenerator`` methods (1.45), run inline by ``start_open``.
+
+    Three frames a span. Used only while the SDK's compile to this code.
+    """
+
+    def generate_span_id(self) -> int:
+        span_id = random.getrandbits(64)
+        while span_id == trace.INVALID_SPAN_ID:
+            span_id = random.getrandbits(64)
+        return span_id
+
+    def generate_trace_id(self) -> int:
+        trace_id = random.getrandbits(128)
+        while trace_id == trace.INVALID_TRACE_ID:
+            trace_id = random.getrandbits(128)
+        return trace_id
+
+    def is_trace_id_random(self) -> bool:
+        return True
+
+
+_RANDOM_IDS: type | None = (
+    RandomIdGenerator
+    if all(
+        same_code(getattr(RandomIdGenerator, name), getattr(_SdkRandomIds, name))
+        for name in ("generate_span_id", "generate_trace_id", "is_trace_id_random")
+    )
+    else None
+)
+"""The SDK's id generator, while its methods are :class:`_SdkRandomIds`' code."""
 
 
 def _no_tracer_metrics() -> tuple[type | None, Any]:

@@ -43,7 +43,7 @@ from ._context import (
     span_context_of,
 )
 from ._fast_histogram import fast_histogram
-from ._fast_span import DirectSpans
+from ._fast_span import NO_ATTRIBUTES, DirectSpans
 from ._json import safe_repr
 from ._logging import OwnLogger
 from ._native import speedups
@@ -640,17 +640,22 @@ class ServerTelemetry:
         # An unsampled request's span (NonRecordingSpan: every method does nothing) is left
         # alone: at 10% sampling, nine requests in ten.
         live = type(span) is not NonRecordingSpan
+        direct = self._direct
+        span_attrs = NO_ATTRIBUTES
+        name = None
         if live and (route is not None or status):
-            span_attrs: dict[str, Any] = {}
-            name = None
+            span_attrs = {}
             if route is not None:
                 span_attrs["http.route"] = route
                 method = active_attrs["http.request.method"]
                 name = f"{'HTTP' if method == '_OTHER' else method} {route}"
             if status:
                 span_attrs["http.response.status_code"] = status
-            if self._direct is not None:
-                self._direct.set_attributes(span, span_attrs, name)
+            if direct is not None and error is None and status < 500:
+                pass  # they go in as the span ends (DirectSpans.finish), in one call
+            elif direct is not None:  # before the error's attributes, as in the SDK's order
+                direct.set_attributes(span, span_attrs, name)
+                span_attrs, name = NO_ATTRIBUTES, None
             else:
                 if name is not None:
                     span.update_name(name)
@@ -679,8 +684,8 @@ class ServerTelemetry:
         except Exception as exc:
             failure = exc
         try:
-            if live and self._direct is not None:
-                self._direct.end(span, state.sent_ns or None)
+            if live and direct is not None:
+                direct.finish(span, span_attrs, name, state.sent_ns or None)
             elif live:
                 span.end(state.sent_ns or None)
         except Exception as exc:

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider, _Span
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider, _Span
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
@@ -42,7 +42,7 @@ import kiki_otel
 from kiki_otel._context import SPAN_KEY
 from kiki_otel._fast_span import DirectSpans
 from kiki_otel._http_server import ServerTelemetry
-from kiki_otel._otlp_encode import encode_span
+from kiki_otel._otlp_encode import Encoded, encode_span
 from kiki_otel._otlp_http import FastSpanExporter, OTLPHttpClient
 from tests.support.otlp_receiver import OTLPReceiver, ReceivedSpan
 
@@ -317,6 +317,52 @@ def test_end_is_the_sdks_for_misuse_and_for_other_consumers(
     batch._batch_processor._queue.clear()
 
 
+def test_finish_is_set_attributes_then_end_in_one_call(caplog: pytest.LogCaptureFixture) -> None:
+    """The request span's last values go in as it ends: the span the SDK's update_name,
+    set_attributes and end would leave (a key set again moves to the end), queued encoded.
+    Ended: the SDK's three warnings, nothing changed or queued. Another consumer, a full
+    count: the SDK's calls."""
+    provider = TracerProvider(span_limits=SpanLimits(max_span_attributes=4), shutdown_on_exit=False)
+    exporter = FastSpanExporter(OTLPHttpClient("http://127.0.0.1:9/v1/traces"))
+    batch = BatchSpanProcessor(exporter, schedule_delay_millis=60_000)
+    provider.add_span_processor(batch)
+    tracer = provider.get_tracer("t")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None
+    last = {"url.path": "/x", "http.route": "/x"}
+    span: Any = direct.start("GET", otel_context.Context(), {"url.path": "/y", "a": 1})
+    sdk: Any = tracer.start_span("GET", kind=SpanKind.SERVER, attributes={"url.path": "/y", "a": 1})
+    direct.finish(span, last, "GET /x", 123)
+    sdk.update_name("GET /x")
+    sdk.set_attributes(last)
+    sdk.end(123)
+    assert (span.name, span.end_time, list(span.attributes.items())) == (
+        sdk.name,
+        sdk.end_time,
+        list(sdk.attributes.items()),
+    )
+    assert span._attributes._immutable and not span.is_recording()
+    queue = batch._batch_processor._queue
+    assert [type(item) for item in queue] == [ReadableSpan, Encoded]  # the SDK: its copy
+    assert queue[-1].payload == encode_span(span).payload
+    queue.clear()
+    caplog.clear()
+    direct.finish(span, {"b": 2}, "again", 456)
+    assert (span.name, span.end_time, "b" in span.attributes) == ("GET /x", 123, False)
+    assert not queue and caplog.text.count("ended span") == 3
+    full: Any = direct.start("GET", otel_context.Context(), {"a": 1, "b": 2, "c": 3})
+    direct.finish(full, {"d": 4, "e": 5}, None)  # one past the limit: the SDK drops the oldest
+    assert list(full.attributes) == ["b", "c", "d", "e"] and full._attributes.dropped == 1
+    assert len(queue) == 1
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    other: Any = tracer.start_span("other")
+    direct.finish(other, {"http.route": "/z"}, "GET /z")
+    (ended,) = memory.get_finished_spans()
+    assert (ended.name, dict(ended.attributes)) == ("GET /z", {"http.route": "/z"})
+    batch._batch_processor._queue.clear()
+
+
 def test_direct_path_only_when_nothing_could_tell() -> None:
     """Off for a value length limit, a disabled tracer, a full count; start-only (SDK end)
     with more than the one batch processor over the fast exporter."""
@@ -518,6 +564,62 @@ def test_span_context_validity_is_the_sdks(ids: tuple[int, int]) -> None:
     )
     _compare(got, want)
     assert tuple(got.get_span_context()) == tuple(want.get_span_context())
+
+
+def test_the_default_ids_are_the_sdks_from_the_same_random_state() -> None:
+    """``RandomIdGenerator``'s code runs inline: the same draws from ``random``, in the same
+    order (trace id, then span id), give the same ids, new trace or child of a parent."""
+    import random
+
+    from kiki_otel import _fast_span
+
+    tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None and _fast_span._RANDOM_IDS is type(tracer.id_generator)
+    parent = trace.set_span_in_context(
+        tracer.start_span("parent", otel_context.Context(), kind=SpanKind.SERVER)
+    )
+    for context in (otel_context.Context(), parent) * 50:
+        seed = random.getrandbits(32)
+        random.seed(seed)
+        got: Any = direct.start("GET", context, dict(ATTRIBUTES))
+        random.seed(seed)
+        want: Any = tracer.start_span("GET", context, kind=SpanKind.SERVER, attributes=ATTRIBUTES)
+        assert tuple(got.get_span_context()) == tuple(want.get_span_context())
+        _compare(got, want)
+
+
+def test_an_id_generator_method_other_than_the_sdks_is_called(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The inline ids are only for the SDK's generator while its code is what runs inline:
+    a changed method (a new release's) is probed off and then called, as is a subclass's."""
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    from kiki_otel import _fast_span
+    from kiki_otel._probe import same_code
+
+    def generate_trace_id(self: Any) -> int:
+        return 5
+
+    assert not same_code(generate_trace_id, _fast_span._SdkRandomIds.generate_trace_id)
+    monkeypatch.setattr(RandomIdGenerator, "generate_trace_id", generate_trace_id)
+    monkeypatch.setattr(_fast_span, "_RANDOM_IDS", None)  # what the probe then gives
+    direct = DirectSpans.for_tracer(TracerProvider(shutdown_on_exit=False).get_tracer("t"))
+    assert direct is not None
+    span: Any = direct.start("GET", otel_context.Context(), dict(ATTRIBUTES))
+    assert span.get_span_context().trace_id == 5
+    monkeypatch.undo()
+
+    class Fives(RandomIdGenerator):
+        def generate_span_id(self) -> int:
+            return 5
+
+    tracer = TracerProvider(id_generator=Fives(), shutdown_on_exit=False).get_tracer("t")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None
+    span = direct.start("GET", otel_context.Context(), dict(ATTRIBUTES))
+    assert span.get_span_context().span_id == 5
 
 
 def test_another_span_context_layout_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
