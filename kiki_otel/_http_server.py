@@ -15,7 +15,7 @@ import traceback
 import weakref
 from asyncio import AbstractEventLoop, current_task
 from asyncio.events import _get_running_loop
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from contextvars import Context, copy_context
 from operator import itemgetter, methodcaller
 from typing import Any
@@ -256,21 +256,73 @@ _request_ids: Any = getattr(speedups, "request_ids", None) or _request_ids_py
 """``_request_ids_py`` in C (None for ids out of range: the Python twin raises for them)."""
 
 
-class _Request:
-    """Per-request state shared between the send wrapper and the finally block.
+class _SendWrapper:
+    """The ``send`` a request's app gets, and the request's state for the middleware's end.
 
-    ``sent``/``sent_ns`` (perf counter, epoch ns): when the last response message was
-    handed to the server, 0 until then. The request ends there: FastAPI's background tasks
-    run after it, within the same ASGI call, but the client already has its response.
+    It adds the request's id ``headers`` to the response start (the app's own id header
+    dropped: ours wins) and sends the response's last message in the ``outer`` context
+    (see :func:`_send`). ``status``: the response's, 0 before it starts. ``sent`` /
+    ``sent_ns`` (perf counter, epoch ns): when the last response message was handed to
+    the server, 0 until then. The request ends there: FastAPI's background tasks run after
+    it, within the same ASGI call, but the client already has its response.
+    ``_speedups.send_wrapper`` makes the same object in C, whose response start and
+    messages before the last go to the server without a coroutine of ours; for the rest
+    it calls :func:`_send` too.
     """
 
-    __slots__ = ("sent", "sent_ns", "started", "status")
+    __slots__ = ("headers", "id_header", "outer", "send", "sent", "sent_ns", "started", "status")
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        id_header: bytes,
+        outer: otel_context.Context,
+        slow: object = None,  # (the C one's: what it calls for the rest, _send)
+    ) -> None:
+        self.send, self.headers, self.id_header, self.outer = send, headers, id_header, outer
         self.status = 0
         self.started = False
         self.sent = 0.0
         self.sent_ns = 0
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        return _send(self, message)
+
+
+async def _send(wrapper: _SendWrapper, message: Message) -> None:
+    """``wrapper(message)``: the message, with the request's ids if it starts the response."""
+    if message["type"] == "http.response.start":
+        wrapper.status = message["status"]
+        wrapper.started = True
+        headers = [*message.get("headers", ())]
+        id_header = wrapper.id_header
+        if id_header in map(_LOWER, map(_NAME, headers)):  # the app's own: ours wins
+            headers = [h for h in headers if h[0].lower() != id_header]
+        headers.extend(wrapper.headers)
+        message["headers"] = headers
+    elif message["type"] in _LAST_MESSAGE and not message.get("more_body"):
+        # The server's end-of-response work runs outside the request's trace: it arms its
+        # keep-alive timer there, and asyncio's call_later keeps a copy of the current
+        # context, span included, in the timer heap until the timer fires or the heap is
+        # compacted (cancelled timers stay: ~100 of them). Spans held that long get
+        # promoted, and promotions trigger full GCs.
+        outer = wrapper.outer
+        outer_token = current_set(outer) if CURRENT is not None else otel_context.attach(outer)
+        try:
+            await wrapper.send(message)
+            wrapper.sent, wrapper.sent_ns = time.perf_counter(), time.time_ns()
+        finally:
+            try:
+                _detach(outer_token)
+            except Exception:  # the API's detach logs why
+                otel_context.detach(outer_token)
+        return
+    await wrapper.send(message)
+
+
+_new_send_wrapper: Any = getattr(speedups, "send_wrapper", None) or _SendWrapper
+"""``_SendWrapper(send, headers, id_header, outer, _send)``, made in C when it is built."""
 
 
 class ServerTelemetry:
@@ -471,46 +523,17 @@ class ServerTelemetry:
         )
         active_attrs = {"http.request.method": method, "url.scheme": scope.get("scheme", "http")}
         active_key = self._active.add(active_attrs)
-        state = _Request()
-        id_header = self._id_header
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                state.status = message["status"]
-                state.started = True
-                headers = [*message.get("headers", ())]
-                if id_header in map(_LOWER, map(_NAME, headers)):  # the app's own: ours wins
-                    headers = [h for h in headers if h[0].lower() != id_header]
-                headers.extend(extra_headers)
-                message["headers"] = headers
-            elif message["type"] in _LAST_MESSAGE and not message.get("more_body"):
-                # The server's end-of-response work runs outside the request's trace: it
-                # arms its keep-alive timer there, and asyncio's call_later keeps a copy of
-                # the current context, span included, in the timer heap until the timer
-                # fires or the heap is compacted (cancelled timers stay: ~100 of them).
-                # Spans held that long get promoted, and promotions trigger full GCs.
-                outer_token = (
-                    current_set(outer) if CURRENT is not None else otel_context.attach(outer)
-                )
-                try:
-                    await send(message)
-                    state.sent, state.sent_ns = time.perf_counter(), time.time_ns()
-                finally:
-                    try:
-                        _detach(outer_token)
-                    except Exception:  # the API's detach logs why
-                        otel_context.detach(outer_token)
-                return
-            await send(message)
+        # the app's send, which keeps the request's state (status, when the response was sent)
+        state: _SendWrapper = _new_send_wrapper(send, extra_headers, self._id_header, outer, _send)
 
         error: BaseException | None = None
         try:
-            await self._app(scope, receive, send_wrapper)
+            await self._app(scope, receive, state)
         except BaseException as exc:
             error = exc
             mark_exception(exc, span_context)  # for the server's line about it, logged later
             if not state.started and isinstance(exc, Exception):
-                await self._send_500(send_wrapper)
+                await self._send_500(state)
             raise
         finally:
             try:
@@ -534,7 +557,7 @@ class ServerTelemetry:
         scope: Scope,
         span: Span,
         current: _Current,
-        state: _Request,
+        state: _SendWrapper,
         error: BaseException | None,
         start: float,
         active_attrs: dict[str, Any],
@@ -623,7 +646,7 @@ class ServerTelemetry:
         scope: Scope,
         span: Span,
         current: _Current,
-        state: _Request,
+        state: _SendWrapper,
         error: BaseException | None,
         start: float,
         active_attrs: dict[str, Any],

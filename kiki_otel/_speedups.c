@@ -4,8 +4,8 @@
  * constructors (``new_instance``, ``new_tuple``), the request headers' scan
  * (``scan_headers``), the response headers that carry the request's ids
  * (``request_ids``), a line's timestamp (``iso_timestamp``), an SDK span's encoding from
- * its fields (``sdk_span``) and an export request's items framed (``frame_items``): see
- * each.
+ * its fields (``sdk_span``), an export request's items framed (``frame_items``) and the
+ * request's ASGI send (``send_wrapper``): see each.
  *
  * ``encode_fields(tag, mapping, skip)`` writes the repeated ``KeyValue`` fields of a dict
  * (its items in order, the keys in ``skip`` left out) as ``_otlp_encode._fields`` does;
@@ -26,6 +26,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -1698,6 +1699,268 @@ iso_timestamp(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     return text;
 }
 
+/* ---- the request's ASGI send ---------------------------------------------------------
+ *
+ * ``send_wrapper(send, headers, id_header, outer, slow)``: what ``_http_server._SendWrapper``
+ * is, in C: the ``send`` the app gets, which adds the request's id ``headers`` to the
+ * response start (the app's own id header dropped: ours wins) and keeps the request's state
+ * (``status``, ``started``, ``sent``, ``sent_ns``) for the middleware's end. A response
+ * start and a message that does not end the response go straight to the server's ``send``:
+ * its awaitable is returned as is, with no coroutine of ours around it. The message that
+ * ends the response (its send runs in the ``outer`` context and is timed), and any message
+ * not in the plain shape (not a dict, no str type, headers other than a list or tuple of
+ * pairs with a bytes name), are ``slow(wrapper, message)``: ``_http_server._send``, the
+ * Python twin's own ``__call__``, so both behave the same. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *send, *headers, *id_header, *outer, *slow;
+    PyObject *status, *sent, *sent_ns;
+    char started;
+} SendWrapper;
+
+static PyObject *str_type, *str_status, *str_headers, *str_more_body;
+static PyObject *str_response_start, *str_response_body, *str_response_pathsend;
+
+/* 1 if s is the str (interned or not) `known`, 0 if not, -1 on error */
+static int
+same_str(PyObject *s, PyObject *known)
+{
+    if (s == known) {
+        return 1;
+    }
+    return PyUnicode_Compare(s, known) == 0 ? 1 : (PyErr_Occurred() ? -1 : 0);
+}
+
+/* 1 if the bytes name is id_header (bytes, lowercase) once lowercased (ASCII, as
+ * bytes.lower()), 0 if not */
+static int
+is_id_header(PyObject *name, PyObject *id_header)
+{
+    Py_ssize_t size = PyBytes_GET_SIZE(name);
+    if (size != PyBytes_GET_SIZE(id_header)) {
+        return 0;
+    }
+    const char *a = PyBytes_AS_STRING(name), *b = PyBytes_AS_STRING(id_header);
+    for (Py_ssize_t i = 0; i < size; i++) {
+        char c = a[i];
+        if (c >= 'A' && c <= 'Z') {
+            c = (char)(c + ('a' - 'A'));
+        }
+        if (c != b[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The response start's new headers: the app's but its id header, then ours. NULL without
+ * an error when they are not in the plain shape (the slow path's). */
+static PyObject *
+start_headers(SendWrapper *self, PyObject *given)
+{
+    Py_ssize_t size = 0;
+    if (given != NULL && !PyList_CheckExact(given) && !PyTuple_CheckExact(given)) {
+        return NULL;
+    }
+    if (given != NULL) {
+        size = PySequence_Fast_GET_SIZE(given);
+    }
+    PyObject **items = given != NULL ? PySequence_Fast_ITEMS(given) : NULL;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        PyObject *item = items[i];
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2
+            || !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 0))) {
+            return NULL;
+        }
+    }
+    Py_ssize_t ours = PyList_GET_SIZE(self->headers);
+    PyObject *result = PyList_New(0);
+    if (result == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < size + ours; i++) {
+        PyObject *item = i < size ? items[i] : PyList_GET_ITEM(self->headers, i - size);
+        if (i < size && is_id_header(PyTuple_GET_ITEM(item, 0), self->id_header)) {
+            continue;
+        }
+        if (PyList_Append(result, item) < 0) {
+            Py_DECREF(result);
+            return NULL;
+        }
+    }
+    return result;
+}
+
+static PyObject *
+send_slow(SendWrapper *self, PyObject *message)
+{
+    PyObject *args[2] = {(PyObject *)self, message};
+    return PyObject_Vectorcall(self->slow, args, 2, NULL);
+}
+
+static PyObject *
+send_wrapper_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    SendWrapper *self = (SendWrapper *)op;
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "send() takes one argument, the message");
+        return NULL;
+    }
+    PyObject *message = args[0];
+    if (!PyDict_CheckExact(message)) {
+        return send_slow(self, message);
+    }
+    PyObject *type = PyDict_GetItemWithError(message, str_type); /* borrowed */
+    if (type == NULL || !PyUnicode_CheckExact(type)) {
+        return PyErr_Occurred() ? NULL : send_slow(self, message);
+    }
+    int start = same_str(type, str_response_start);
+    if (start < 0) {
+        return NULL;
+    }
+    if (start) {
+        PyObject *status = PyDict_GetItemWithError(message, str_status);
+        PyObject *given = status != NULL ? PyDict_GetItemWithError(message, str_headers) : NULL;
+        if (status == NULL || PyErr_Occurred()) {
+            return PyErr_Occurred() ? NULL : send_slow(self, message);
+        }
+        PyObject *headers = start_headers(self, given);
+        if (headers == NULL) {
+            return PyErr_Occurred() ? NULL : send_slow(self, message);
+        }
+        Py_INCREF(status); /* before the dict's item is replaced: it may be its last ref */
+        int set = PyDict_SetItem(message, str_headers, headers);
+        Py_DECREF(headers);
+        if (set < 0) {
+            Py_DECREF(status);
+            return NULL;
+        }
+        Py_SETREF(self->status, status);
+        self->started = 1;
+    }
+    else {
+        int last = same_str(type, str_response_body);
+        if (last == 0) {
+            last = same_str(type, str_response_pathsend);
+        }
+        if (last < 0) {
+            return NULL;
+        }
+        if (last) {
+            PyObject *more = PyDict_GetItemWithError(message, str_more_body);
+            int more_body = more != NULL ? PyObject_IsTrue(more) : 0;
+            if (more_body < 0 || (more == NULL && PyErr_Occurred())) {
+                return NULL;
+            }
+            if (!more_body) { /* the last one: timed, in the outer context */
+                return send_slow(self, message);
+            }
+        }
+    }
+    return PyObject_Vectorcall(self->send, &message, 1, NULL);
+}
+
+static int
+send_wrapper_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    SendWrapper *self = (SendWrapper *)op;
+    Py_VISIT(self->send);
+    Py_VISIT(self->headers);
+    Py_VISIT(self->id_header);
+    Py_VISIT(self->outer);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->status);
+    Py_VISIT(self->sent);
+    Py_VISIT(self->sent_ns);
+    return 0;
+}
+
+static int
+send_wrapper_clear(PyObject *op)
+{
+    SendWrapper *self = (SendWrapper *)op;
+    Py_CLEAR(self->send);
+    Py_CLEAR(self->headers);
+    Py_CLEAR(self->id_header);
+    Py_CLEAR(self->outer);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->status);
+    Py_CLEAR(self->sent);
+    Py_CLEAR(self->sent_ns);
+    return 0;
+}
+
+static void
+send_wrapper_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    send_wrapper_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+static PyMemberDef send_wrapper_members[] = {
+    {"send", T_OBJECT, offsetof(SendWrapper, send), READONLY, "the server's send"},
+    {"headers", T_OBJECT, offsetof(SendWrapper, headers), READONLY,
+     "the response headers that carry the request's ids"},
+    {"id_header", T_OBJECT, offsetof(SendWrapper, id_header), READONLY,
+     "the id header's name, lowercase bytes"},
+    {"outer", T_OBJECT, offsetof(SendWrapper, outer), READONLY,
+     "the context the response's last message is sent in"},
+    {"status", T_OBJECT, offsetof(SendWrapper, status), 0, "the response's status, 0 before"},
+    {"started", T_BOOL, offsetof(SendWrapper, started), 0, "the response has started"},
+    {"sent", T_OBJECT, offsetof(SendWrapper, sent), 0,
+     "perf_counter() when the last message was sent, 0.0 before"},
+    {"sent_ns", T_OBJECT, offsetof(SendWrapper, sent_ns), 0,
+     "time_ns() when the last message was sent, 0 before"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject SendWrapperType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kiki_otel._speedups.SendWrapper",
+    .tp_basicsize = sizeof(SendWrapper),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "A request's ASGI send, made by send_wrapper().",
+    .tp_vectorcall_offset = offsetof(SendWrapper, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_traverse = send_wrapper_traverse,
+    .tp_clear = send_wrapper_clear,
+    .tp_dealloc = send_wrapper_dealloc,
+    .tp_members = send_wrapper_members,
+};
+
+static PyObject *zero_float, *zero_int;
+
+static PyObject *
+send_wrapper(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("send_wrapper", nargs, 5)) {
+        return NULL;
+    }
+    if (!PyList_CheckExact(args[1]) || !PyBytes_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "send_wrapper: headers must be a list, id_header bytes");
+        return NULL;
+    }
+    SendWrapper *self = PyObject_GC_New(SendWrapper, &SendWrapperType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = send_wrapper_call;
+    self->send = Py_NewRef(args[0]);
+    self->headers = Py_NewRef(args[1]);
+    self->id_header = Py_NewRef(args[2]);
+    self->outer = Py_NewRef(args[3]);
+    self->slow = Py_NewRef(args[4]);
+    self->status = Py_NewRef(zero_int);
+    self->sent = Py_NewRef(zero_float);
+    self->sent_ns = Py_NewRef(zero_int);
+    self->started = 0;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"encode_fields", (PyCFunction)(void (*)(void))encode_fields, METH_FASTCALL,
      "encode_fields(tag, mapping, skip) -> bytes | None\n\n"
@@ -1743,6 +2006,11 @@ static PyMethodDef speedups_methods[] = {
      "request_ids(trace_id, span_id, sampled, which)\n"
      "    -> ((trace_hex, span_hex), headers) | None\n\n"
      "_http_server._request_ids_py for ids in range; None for any other (the Python twin's)."},
+    {"send_wrapper", (PyCFunction)(void (*)(void))send_wrapper, METH_FASTCALL,
+     "send_wrapper(send, headers, id_header, outer, slow) -> SendWrapper\n\n"
+     "_http_server._SendWrapper(send, headers, id_header, outer), whose response start and\n"
+     "messages before the last go to send without a coroutine; the rest is slow(wrapper,\n"
+     "message)."},
     {"scan_headers", (PyCFunction)(void (*)(void))scan_headers, METH_FASTCALL,
      "scan_headers(headers, id_header, wanted) -> (carrier, traceparents, client_ids) | None\n\n"
      "_http_server._scan_headers for a list or tuple of (bytes, bytes) pairs; None for any\n"
@@ -1754,8 +2022,8 @@ static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "kiki_otel._speedups",
     .m_doc = "The request path's common cases in C: the OTLP encoder, the access line, the "
-             "histogram, the span's objects, the headers' scan, the response's id headers and "
-             "a line's timestamp.",
+             "histogram, the span's objects, the headers' scan, the response's id headers, "
+             "a line's timestamp and the request's send.",
     .m_size = 0,
     .m_methods = speedups_methods,
 };
@@ -1782,6 +2050,13 @@ intern_names(void)
         {&str_dq, "_dq"},
         {&str_status_code, "_status_code"},
         {&str_description, "_description"},
+        {&str_type, "type"},
+        {&str_status, "status"},
+        {&str_headers, "headers"},
+        {&str_more_body, "more_body"},
+        {&str_response_start, "http.response.start"},
+        {&str_response_body, "http.response.body"},
+        {&str_response_pathsend, "http.response.pathsend"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL) {
@@ -1809,6 +2084,15 @@ PyInit__speedups(void)
     }
     if (bytes_server_timing == NULL
         && (bytes_server_timing = PyBytes_FromString("server-timing")) == NULL) {
+        return NULL;
+    }
+    if (zero_float == NULL && (zero_float = PyFloat_FromDouble(0.0)) == NULL) {
+        return NULL;
+    }
+    if (zero_int == NULL && (zero_int = PyLong_FromLong(0)) == NULL) {
+        return NULL;
+    }
+    if (PyType_Ready(&SendWrapperType) < 0) {
         return NULL;
     }
     return PyModule_Create(&speedups_module);

@@ -7,6 +7,7 @@ switched off) over many generated inputs, including every case it must leave to 
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import math
 import os
@@ -1070,3 +1071,155 @@ def test_an_id_read_again_is_the_same_bytes_and_another_is_its_own() -> None:
                 assert got == _request_ids_py(trace_id, span_id, 1, which)
             as_span = speedups.request_ids(span_id, trace_id & ((1 << 64) - 1), 0, which)
             assert as_span == _request_ids_py(span_id, trace_id & ((1 << 64) - 1), 0, which)
+
+
+class _Server:
+    """An ASGI server's ``send``: records each message and the OTel context it ran in."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.got: list[tuple[Any, Any]] = []
+        self.fail_on = fail_on
+
+    async def __call__(self, message: Any) -> None:
+        from opentelemetry import context as otel_context
+
+        await asyncio.sleep(0)  # a server's send may wait (flow control)
+        self.got.append(
+            (dict(message) if isinstance(message, dict) else message, otel_context.get_value("who"))
+        )
+        if self.fail_on is not None and message.get("type") == self.fail_on:
+            raise ConnectionResetError("client went away")
+
+
+_OURS = [(b"x-request-id", b"0af7651916cd43dd8448eb211c80319c"), (b"traceresponse", b"00-...")]
+
+_CONVERSATIONS: list[list[Any]] = [
+    [  # the usual: the app's own id header (any case) gives way to ours, the rest stays
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/plain"),
+                (b"X-Request-ID", b"app"),
+                (b"x-b", b"1"),
+            ],
+        },
+        {"type": "http.response.body", "body": b"a", "more_body": True},
+        {"type": "http.response.body", "body": b"b"},
+    ],
+    [  # headers as a tuple, no headers at all; the last message with more_body False
+        {"type": "http.response.start", "status": 404, "headers": ((b"x-a", b"1"),)},
+        {"type": "http.response.body", "body": b"", "more_body": False},
+    ],
+    [
+        {"type": "http.response.start", "status": 204},
+        {"type": "http.response.pathsend", "path": "/f"},
+    ],
+    [  # other shapes, the Python path's: list pairs, a str name, a non-list
+        {"type": "http.response.start", "status": 200, "headers": [[b"x-request-id", b"app"]]},
+        {"type": "http.response.trailers", "headers": [], "more_trailers": False},
+        {"type": "http.response.body", "body": b"x", "more_body": 0},
+    ],
+    [
+        {"type": "http.response.start", "status": 200, "headers": [("X-Request-Id", "a")]},
+        {"type": "http.response.body", "more_body": None},
+    ],
+    [{"type": "http.response.start", "status": 500, "headers": iter([(b"a", b"b")])}],
+    [{"type": "http.response.start", "status": 200, "headers": [(b"x-request-id",)]}],
+    [collections.OrderedDict(type="http.response.start", status=201), {"type": "websocket.send"}],
+]
+
+
+async def _converse(make: Any, messages: list[Any], server: _Server) -> tuple[Any, ...]:
+    from opentelemetry import context as otel_context
+
+    from kiki_otel._http_server import _send
+
+    outer = otel_context.set_value("who", "outer", otel_context.Context())
+    token = otel_context.attach(otel_context.set_value("who", "request"))
+    try:
+        wrapper = make(server, list(_OURS), b"x-request-id", outer, _send)
+        outcome: list[Any] = []
+        for message in messages:
+            try:
+                await wrapper(message)
+                outcome.append("ok")
+            except Exception as exc:
+                outcome.append(type(exc).__name__)
+            assert otel_context.get_value("who") == "request"  # the request's context after
+        sent = wrapper.sent
+        return (
+            outcome,
+            server.got,
+            wrapper.status,
+            wrapper.started,
+            sent > 0,
+            wrapper.sent_ns > 0,
+            [dict(m) if isinstance(m, dict) else m for m in messages],
+        )
+    finally:
+        otel_context.detach(token)
+
+
+@pytest.mark.parametrize("messages", _CONVERSATIONS)
+async def test_send_wrapper_is_the_python_twins(messages: list[Any]) -> None:
+    """The same messages through the C send and the Python one reach the server the same,
+    in the same contexts (the last one in the outer context), leave the same state (status,
+    started, sent at the last message only) and the same messages; errors are the same."""
+    import copy
+
+    from kiki_otel._http_server import _SendWrapper
+
+    results = []
+    for make in (speedups.send_wrapper, _SendWrapper):
+        results.append(await _converse(make, copy.deepcopy(messages), _Server()))
+    assert results[0] == results[1]
+
+
+async def test_send_wrapper_sends_the_start_in_the_requests_context_and_times_the_last() -> None:
+    from kiki_otel._http_server import _SendWrapper
+
+    for make in (speedups.send_wrapper, _SendWrapper):
+        server = _Server()
+        outcome, got, status, started, sent, sent_ns, _ = await _converse(
+            make, copy_of(_CONVERSATIONS[0]), server
+        )
+        assert outcome == ["ok"] * 3 and (status, started, sent, sent_ns) == (200, True, True, True)
+        assert [who for _, who in got] == ["request", "request", "outer"]
+        assert got[0][0]["headers"] == [(b"content-type", b"text/plain"), (b"x-b", b"1"), *_OURS]
+
+
+def copy_of(messages: list[Any]) -> list[Any]:
+    import copy
+
+    return copy.deepcopy(messages)
+
+
+async def test_send_wrapper_errors_are_the_python_twins() -> None:
+    """A message without a type or status, a server that fails the last message (not
+    timed, the request's context back), a call with other arguments."""
+    from kiki_otel._http_server import _SendWrapper
+
+    cases = [
+        [{"status": 200}],
+        [{"type": "http.response.start"}],
+        [{"type": 5}],
+        [{"type": "http.response.start", "status": 200}, {"type": "http.response.body"}],
+    ]
+    for messages in cases:
+        results = [
+            await _converse(make, copy_of(messages), _Server(fail_on="http.response.body"))
+            for make in (speedups.send_wrapper, _SendWrapper)
+        ]
+        assert results[0] == results[1]
+    outcome = results[0]
+    assert outcome[0] == ["ok", "ConnectionResetError"] and not outcome[4]  # not sent
+    wrapper = speedups.send_wrapper(_Server(), [], b"x-request-id", None, None)
+    with pytest.raises(TypeError, match="one argument"):
+        wrapper({}, {})
+    with pytest.raises(TypeError, match="one argument"):
+        wrapper(message={})
+    with pytest.raises(TypeError, match="headers must be a list"):
+        speedups.send_wrapper(_Server(), (), b"x-request-id", None, None)
+    with pytest.raises(TypeError):
+        speedups.send_wrapper(_Server(), [])
