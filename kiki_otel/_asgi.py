@@ -24,7 +24,15 @@ def direct_call(app: ASGIApp) -> ASGIApp:
     request), and a bound method of a Python function through its specialised one (the
     frame pushed in the same interpreter loop). Bound once, when the wrapper is built: the
     class's ``__call__`` of that moment (a class patched later keeps the old one here).
+
+    A kiki layer's ``_dispatch`` comes first: its ``__call__`` without a coroutine of its
+    own, returning the one that runs the request (the inner app's, for a request the layer
+    passes on). Its ``__call__`` stays a coroutine function, which a server checks for.
     """
+    dispatch = getattr(type(app), "_dispatch", None)
+    if isinstance(dispatch, types.FunctionType):
+        bound_dispatch: ASGIApp = dispatch.__get__(app)
+        return bound_dispatch
     for klass in type(app).__mro__:  # the raw attribute: a staticmethod must not be bound
         call = vars(klass).get("__call__")
         if call is not None:

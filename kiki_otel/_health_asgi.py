@@ -122,10 +122,19 @@ class HealthEndpoints:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Route one ASGI event."""
-        # Every request passes here: most are not health probes, and leave after one lookup.
+        await self._dispatch(scope, receive, send)
+
+    def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """The event's coroutine: the app's, or :meth:`_route`'s for a health path.
+
+        What the layer outside calls (``_asgi.direct_call``): every request passes here,
+        and most are not health probes.
+        """
         if scope.get("path") not in self._routes and not scope.get("root_path"):
-            await self._app(scope, receive, send)
-            return
+            return self._app(scope, receive, send)
+        return self._route(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = self._match(scope)
         if handler is None:
             await self._app(scope, receive, send)

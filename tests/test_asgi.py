@@ -45,3 +45,37 @@ async def test_anything_else_is_called_itself() -> None:
     scope: dict[str, Any] = {}
     await direct_call(static)(scope, None, None)  # type: ignore[arg-type]
     assert scope == {"static": True}  # a static __call__ is not bound to the instance
+
+
+async def test_a_kiki_layers_dispatch_comes_first_and_its_call_stays_a_coroutine() -> None:
+    """kiki's inner layers are run through ``_dispatch`` (no coroutine of their own); the
+    ``__call__`` a server is given still is a coroutine function and does the same."""
+    import inspect
+
+    from kiki_otel._health_asgi import HealthEndpoints
+    from kiki_otel._http_server import ServerTelemetry
+
+    for layer in (HealthEndpoints, ServerTelemetry):
+        assert inspect.iscoroutinefunction(layer.__call__)
+        assert not inspect.iscoroutinefunction(layer._dispatch)
+
+    class Layer:
+        def __init__(self, app: Any) -> None:
+            self._app = direct_call(app)
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await self._dispatch(scope, receive, send)
+
+        def _dispatch(self, scope: Any, receive: Any, send: Any) -> Any:
+            scope["layer"] = True
+            return self._app(scope, receive, send)
+
+    inner = _App()
+    layer = Layer(inner)
+    call = direct_call(layer)
+    assert call.__func__ is Layer._dispatch and call.__self__ is layer  # type: ignore[attr-defined]
+    for run in (call, layer):
+        scope: dict[str, Any] = {}
+        await run(scope, "receive", "send")  # type: ignore[arg-type]
+        assert scope == {"layer": True}
+    assert inner.calls == [({"layer": True}, "receive", "send")] * 2

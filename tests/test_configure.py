@@ -173,6 +173,12 @@ async def test_wrap_instruments_any_asgi_app(memory: Memory) -> None:
     assert response.text == "hi"
     assert response.headers["x-request-id"] == format(span.context.trace_id, "032x")
     assert live.status_code == 200
+    # what uvicorn checks of the app it is given (its inner layers need not be coroutines)
+    import uvicorn
+
+    config = uvicorn.Config(wrapped, interface="auto", log_config=None)
+    config.load()
+    assert config.interface == "asgi3"
 
 
 async def test_background_health_starts_with_the_lifespan(memory: Memory) -> None:
