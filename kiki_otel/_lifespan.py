@@ -66,6 +66,14 @@ class LifespanHooks:
         self._warned_restart = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._dispatch(scope, receive, send)
+
+    def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """The event's coroutine: the app's for a request, :meth:`_lifespan`'s for lifespan.
+
+        No coroutine of its own: what a Starlette app runs as its middleware stack (see
+        ``Telemetry.instrument_app``) and ``_asgi.direct_call`` binds.
+        """
         if scope["type"] != "lifespan":
             if not self._started:
                 # A server without lifespan events: serving means started. The lifecycle
@@ -73,8 +81,10 @@ class LifespanHooks:
                 if not self._lifespan_seen and self._lifecycle.state == "starting":
                     self._lifecycle.mark_ready()
                 self._started = self._lifespan_seen or self._lifecycle.state != "starting"
-            await self._app(scope, receive, send)
-            return
+            return self._app(scope, receive, send)
+        return self._lifespan(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._lifespan_seen = True
         if self._lifecycle.shutting_down and not self._warned_restart:
             self._warn_restart()

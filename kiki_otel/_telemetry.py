@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.resources import Resource
 
-from ._asgi import ASGIApp
+from ._asgi import ASGIApp, direct_call
 from ._http_server import ServerTelemetry
 from ._lifecycle import Lifecycle
 from ._lifespan import LifespanHooks
@@ -102,7 +102,9 @@ class Telemetry:
         build = app.build_middleware_stack
 
         def build_middleware_stack() -> ASGIApp:
-            return self.wrap(build())
+            # the outermost layer's _dispatch: the app awaits what it returns (no coroutine
+            # of the layer's own, nor the generic call of an instance; _asgi.direct_call)
+            return direct_call(self.wrap(build()))
 
         app.build_middleware_stack = build_middleware_stack
         app.middleware_stack = None  # rebuilt on first call, with us outermost

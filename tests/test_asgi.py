@@ -48,14 +48,16 @@ async def test_anything_else_is_called_itself() -> None:
 
 
 async def test_a_kiki_layers_dispatch_comes_first_and_its_call_stays_a_coroutine() -> None:
-    """kiki's inner layers are run through ``_dispatch`` (no coroutine of their own); the
-    ``__call__`` a server is given still is a coroutine function and does the same."""
+    """kiki's layers are run through ``_dispatch`` (no coroutine of their own), the
+    outermost one by the Starlette app it is installed in; the ``__call__`` a server is
+    given still is a coroutine function and does the same."""
     import inspect
 
     from kiki_otel._health_asgi import HealthEndpoints
     from kiki_otel._http_server import ServerTelemetry
+    from kiki_otel._lifespan import LifespanHooks
 
-    for layer in (HealthEndpoints, ServerTelemetry):
+    for layer in (HealthEndpoints, ServerTelemetry, LifespanHooks):
         assert inspect.iscoroutinefunction(layer.__call__)
         assert not inspect.iscoroutinefunction(layer._dispatch)
 
@@ -79,3 +81,15 @@ async def test_a_kiki_layers_dispatch_comes_first_and_its_call_stays_a_coroutine
         await run(scope, "receive", "send")  # type: ignore[arg-type]
         assert scope == {"layer": True}
     assert inner.calls == [({"layer": True}, "receive", "send")] * 2
+
+
+def test_an_instrumented_app_runs_the_outermost_layers_dispatch() -> None:
+    from fastapi import FastAPI
+
+    import kiki_otel
+    from kiki_otel._lifespan import LifespanHooks
+
+    app = FastAPI()
+    kiki_otel.configure(app, metrics_exporter="none")
+    stack: Any = app.build_middleware_stack()
+    assert type(stack.__self__) is LifespanHooks and stack.__func__ is LifespanHooks._dispatch

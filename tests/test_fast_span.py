@@ -467,8 +467,8 @@ async def test_requests_take_the_direct_path_and_arrive(receiver: OTLPReceiver) 
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         ids = [(await client.get(f"/items/{i}")).headers["x-request-id"] for i in range(3)]
     stack: Any = app.middleware_stack
-    while not isinstance(stack, ServerTelemetry):
-        stack = stack.app
+    while not isinstance(stack, ServerTelemetry):  # (the outermost: its bound _dispatch)
+        stack = getattr(stack, "__self__", stack).app
     assert stack._direct is not None and stack._direct._batch is not None
     telemetry.providers.tracer_provider.force_flush()  # type: ignore[attr-defined]
     spans = receiver.wait_for_spans(3)

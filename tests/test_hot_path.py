@@ -64,8 +64,8 @@ def _app() -> FastAPI:
 
 def _middleware(app: FastAPI) -> ServerTelemetry:
     stack = app.middleware_stack or app.build_middleware_stack()
-    while not isinstance(stack, ServerTelemetry):
-        stack = stack.app  # type: ignore[attr-defined]
+    while not isinstance(stack, ServerTelemetry):  # (the outermost: its bound _dispatch)
+        stack = getattr(stack, "__self__", stack).app
     return stack
 
 
