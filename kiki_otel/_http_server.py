@@ -265,9 +265,10 @@ class _SendWrapper:
     ``sent_ns`` (perf counter, epoch ns): when the last response message was handed to
     the server, 0 until then. The request ends there: FastAPI's background tasks run after
     it, within the same ASGI call, but the client already has its response.
-    ``_speedups.send_wrapper`` makes the same object in C, whose response start and
-    messages before the last go to the server without a coroutine of ours; for the rest
-    it calls :func:`_send` too.
+    ``_speedups.send_wrapper`` makes the same object in C, whose messages go to the server
+    without a coroutine of ours (the last one through an awaitable that sets the API's
+    context variable around each step); for messages of another shape it calls
+    :func:`_send` too.
     """
 
     __slots__ = ("headers", "id_header", "outer", "send", "sent", "sent_ns", "started", "status")
@@ -279,6 +280,7 @@ class _SendWrapper:
         id_header: bytes,
         outer: otel_context.Context,
         slow: object = None,  # (the C one's: what it calls for the rest, _send)
+        var: object = None,  # (the C one's: the context variable it sets to outer)
     ) -> None:
         self.send, self.headers, self.id_header, self.outer = send, headers, id_header, outer
         self.status = 0
@@ -290,8 +292,12 @@ class _SendWrapper:
         return _send(self, message)
 
 
-async def _send(wrapper: _SendWrapper, message: Message) -> None:
-    """``wrapper(message)``: the message, with the request's ids if it starts the response."""
+async def _send(wrapper: _SendWrapper, message: Message) -> Any:
+    """``wrapper(message)``: the message, with the request's ids if it starts the response.
+
+    Returns what the server's send returns (None, from an ASGI server), as the C one does.
+    """
+    send: Any = wrapper.send
     if message["type"] == "http.response.start":
         wrapper.status = message["status"]
         wrapper.started = True
@@ -310,19 +316,19 @@ async def _send(wrapper: _SendWrapper, message: Message) -> None:
         outer = wrapper.outer
         outer_token = current_set(outer) if CURRENT is not None else otel_context.attach(outer)
         try:
-            await wrapper.send(message)
+            result = await send(message)
             wrapper.sent, wrapper.sent_ns = time.perf_counter(), time.time_ns()
         finally:
             try:
                 _detach(outer_token)
             except Exception:  # the API's detach logs why
                 otel_context.detach(outer_token)
-        return
-    await wrapper.send(message)
+        return result
+    return await send(message)
 
 
 _new_send_wrapper: Any = getattr(speedups, "send_wrapper", None) or _SendWrapper
-"""``_SendWrapper(send, headers, id_header, outer, _send)``, made in C when it is built."""
+"""``_SendWrapper(send, headers, id_header, outer, _send, CURRENT)``, in C when it is built."""
 
 
 class ServerTelemetry:
@@ -530,7 +536,9 @@ class ServerTelemetry:
         active_attrs = {"http.request.method": method, "url.scheme": scope.get("scheme", "http")}
         active_key = self._active.add(active_attrs)
         # the app's send, which keeps the request's state (status, when the response was sent)
-        state: _SendWrapper = _new_send_wrapper(send, extra_headers, self._id_header, outer, _send)
+        state: _SendWrapper = _new_send_wrapper(
+            send, extra_headers, self._id_header, outer, _send, CURRENT
+        )
 
         error: BaseException | None = None
         try:

@@ -1701,21 +1701,23 @@ iso_timestamp(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
 
 /* ---- the request's ASGI send ---------------------------------------------------------
  *
- * ``send_wrapper(send, headers, id_header, outer, slow)``: what ``_http_server._SendWrapper``
- * is, in C: the ``send`` the app gets, which adds the request's id ``headers`` to the
- * response start (the app's own id header dropped: ours wins) and keeps the request's state
- * (``status``, ``started``, ``sent``, ``sent_ns``) for the middleware's end. A response
- * start and a message that does not end the response go straight to the server's ``send``:
- * its awaitable is returned as is, with no coroutine of ours around it. The message that
- * ends the response (its send runs in the ``outer`` context and is timed), and any message
- * not in the plain shape (not a dict, no str type, headers other than a list or tuple of
- * pairs with a bytes name), are ``slow(wrapper, message)``: ``_http_server._send``, the
- * Python twin's own ``__call__``, so both behave the same. */
+ * ``send_wrapper(send, headers, id_header, outer, slow, var)``: what
+ * ``_http_server._SendWrapper`` is, in C: the ``send`` the app gets, which adds the
+ * request's id ``headers`` to the response start (the app's own id header dropped: ours
+ * wins) and keeps the request's state (``status``, ``started``, ``sent``, ``sent_ns``) for
+ * the middleware's end. A response start and a message that does not end the response go
+ * straight to the server's ``send``: its awaitable is returned as is, with no coroutine of
+ * ours around it. The message that ends the response is sent in the ``outer`` context (the
+ * API's context variable ``var`` set to it) and timed, by a ``LastSend`` awaitable (below).
+ * Any message not in the plain shape (not a dict, no str type, headers other than a list
+ * or tuple of pairs with a bytes name), and the last one when ``var`` is None, are
+ * ``slow(wrapper, message)``: ``_http_server._send``, the Python twin's own ``__call__``,
+ * so both behave the same. */
 
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
-    PyObject *send, *headers, *id_header, *outer, *slow;
+    PyObject *send, *headers, *id_header, *outer, *slow, *var;
     PyObject *status, *sent, *sent_ns;
     char started;
 } SendWrapper;
@@ -1800,6 +1802,303 @@ send_slow(SendWrapper *self, PyObject *message)
     return PyObject_Vectorcall(self->slow, args, 2, NULL);
 }
 
+/* The response's last message, sent as ``_http_server._send`` sends it: the server's send
+ * called and run in the ``outer`` context (the API's context variable set to it around
+ * each step, as the coroutine's ``current_set(outer)`` ... ``reset`` around its await), and
+ * timed when it returns (``sent``, ``sent_ns``), without a coroutine of ours: an awaitable
+ * that steps the server's own. */
+
+typedef struct {
+    PyObject_HEAD
+    SendWrapper *wrapper;
+    PyObject *message; /* until the first step calls send with it */
+    PyObject *inner;   /* the iterator of the awaitable send returned */
+    char done;
+} LastSend;
+
+static PyObject *time_perf_counter, *time_time_ns;
+
+/* The iterator `await awaitable` steps, as the interpreter gets it. */
+static PyObject *
+awaitable_iter(PyObject *awaitable)
+{
+    if (PyCoro_CheckExact(awaitable)) {
+        return Py_NewRef(awaitable);
+    }
+    PyAsyncMethods *methods = Py_TYPE(awaitable)->tp_as_async;
+    if (methods == NULL || methods->am_await == NULL) {
+        PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression",
+                     Py_TYPE(awaitable)->tp_name);
+        return NULL;
+    }
+    PyObject *iter = methods->am_await(awaitable);
+    if (iter != NULL && !PyIter_Check(iter)) {
+        PyErr_Format(PyExc_TypeError, "__await__() returned non-iterator of type '%.100s'",
+                     Py_TYPE(iter)->tp_name);
+        Py_CLEAR(iter);
+    }
+    return iter;
+}
+
+/* The value of the StopIteration being raised (None if none), which is cleared; NULL with
+ * the error kept for any other exception. */
+static PyObject *
+stop_value(void)
+{
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        return NULL;
+    }
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    PyObject *result = value != NULL ? PyObject_GetAttrString(value, "value") : Py_NewRef(Py_None);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+    return result;
+}
+
+/* One step of the server's send in the outer context: send arg in, or (throw != NULL) throw
+ * those arguments in. */
+static PySendResult
+last_step(LastSend *self, PyObject *arg, PyObject *const *throw, Py_ssize_t nthrow,
+          PyObject **result)
+{
+    *result = NULL;
+    if (self->done) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited send");
+        return PYGEN_ERROR;
+    }
+    SendWrapper *wrapper = self->wrapper;
+    PyObject *token = PyContextVar_Set(wrapper->var, wrapper->outer);
+    if (token == NULL) {
+        return PYGEN_ERROR;
+    }
+    PySendResult status = PYGEN_ERROR;
+    if (self->inner == NULL && throw != NULL) { /* thrown in before it started: raised */
+        if (nthrow >= 1 && PyExceptionInstance_Check(throw[0])) {
+            PyErr_SetObject((PyObject *)Py_TYPE(throw[0]), throw[0]);
+        }
+        else if (nthrow >= 1 && PyExceptionClass_Check(throw[0])) {
+            PyErr_SetObject(throw[0], nthrow > 1 ? throw[1] : NULL);
+        }
+        else {
+            PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException");
+        }
+        goto reset;
+    }
+    if (self->inner == NULL) {
+        PyObject *message = self->message;
+        self->message = NULL;
+        PyObject *awaitable = PyObject_Vectorcall(wrapper->send, &message, 1, NULL);
+        Py_DECREF(message);
+        if (awaitable == NULL) {
+            goto reset;
+        }
+        self->inner = awaitable_iter(awaitable);
+        Py_DECREF(awaitable);
+        if (self->inner == NULL) {
+            goto reset;
+        }
+    }
+    if (throw == NULL) {
+        status = PyIter_Send(self->inner, arg, result);
+    }
+    else {
+        PyObject *method = PyObject_GetAttrString(self->inner, "throw");
+        if (method != NULL) {
+            *result = PyObject_Vectorcall(method, throw, nthrow, NULL);
+            Py_DECREF(method);
+            if (*result != NULL) {
+                status = PYGEN_NEXT;
+            }
+            else if ((*result = stop_value()) != NULL) {
+                status = PYGEN_RETURN;
+            }
+        }
+    }
+reset:;
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback); /* the step's error, kept across the reset */
+    if (PyContextVar_Reset(wrapper->var, token) < 0) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    PyErr_Restore(type, value, traceback);
+    Py_DECREF(token);
+    if (status == PYGEN_NEXT) {
+        return status;
+    }
+    self->done = 1;
+    Py_CLEAR(self->inner);
+    if (status == PYGEN_RETURN) {
+        PyObject *sent = PyObject_CallNoArgs(time_perf_counter);
+        PyObject *sent_ns = sent != NULL ? PyObject_CallNoArgs(time_time_ns) : NULL;
+        if (sent_ns == NULL) {
+            Py_XDECREF(sent);
+            Py_CLEAR(*result);
+            return PYGEN_ERROR;
+        }
+        Py_SETREF(wrapper->sent, sent);
+        Py_SETREF(wrapper->sent_ns, sent_ns);
+    }
+    return status;
+}
+
+static PySendResult
+last_am_send(PyObject *op, PyObject *arg, PyObject **result)
+{
+    return last_step((LastSend *)op, arg, NULL, 0, result);
+}
+
+/* The result of a step as a call returns it: the value yielded, or NULL with StopIteration
+ * (its value, if not None) or the error. */
+static PyObject *
+last_returned(PySendResult status, PyObject *result, int raise_stop)
+{
+    if (status == PYGEN_NEXT) {
+        return result;
+    }
+    if (status == PYGEN_RETURN) {
+        if (result != Py_None || raise_stop) {
+            PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, result);
+            if (stop != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, stop);
+                Py_DECREF(stop);
+            }
+        }
+        Py_DECREF(result);
+    }
+    return NULL;
+}
+
+static PyObject *
+last_iternext(PyObject *op)
+{
+    PyObject *result;
+    PySendResult status = last_step((LastSend *)op, Py_None, NULL, 0, &result);
+    return last_returned(status, result, 0);
+}
+
+static PyObject *
+last_send(PyObject *op, PyObject *arg)
+{
+    PyObject *result;
+    PySendResult status = last_step((LastSend *)op, arg, NULL, 0, &result);
+    return last_returned(status, result, 1);
+}
+
+static PyObject *
+last_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *result;
+    PySendResult status = last_step((LastSend *)op, NULL, args, nargs, &result);
+    return last_returned(status, result, 1);
+}
+
+static PyObject *
+last_close(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    LastSend *self = (LastSend *)op;
+    self->done = 1;
+    Py_CLEAR(self->message);
+    PyObject *inner = self->inner;
+    self->inner = NULL;
+    if (inner != NULL) {
+        PyObject *method = PyObject_GetAttrString(inner, "close");
+        PyObject *closed = NULL;
+        if (method != NULL) {
+            closed = PyObject_CallNoArgs(method);
+            Py_DECREF(method);
+        }
+        else if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            closed = Py_NewRef(Py_None);
+        }
+        Py_DECREF(inner);
+        if (closed == NULL) {
+            return NULL;
+        }
+        Py_DECREF(closed);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+last_await(PyObject *op)
+{
+    return Py_NewRef(op);
+}
+
+static int
+last_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    LastSend *self = (LastSend *)op;
+    Py_VISIT(self->wrapper);
+    Py_VISIT(self->message);
+    Py_VISIT(self->inner);
+    return 0;
+}
+
+static int
+last_clear(PyObject *op)
+{
+    LastSend *self = (LastSend *)op;
+    Py_CLEAR(self->wrapper);
+    Py_CLEAR(self->message);
+    Py_CLEAR(self->inner);
+    return 0;
+}
+
+static void
+last_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    last_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+static PyAsyncMethods last_async = {
+    .am_await = last_await,
+    .am_send = last_am_send,
+};
+
+static PyMethodDef last_methods[] = {
+    {"send", (PyCFunction)last_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))last_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)last_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject LastSendType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kiki_otel._speedups.LastSend",
+    .tp_basicsize = sizeof(LastSend),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The response's last message being sent: awaited once.",
+    .tp_as_async = &last_async,
+    .tp_iter = last_await,
+    .tp_iternext = last_iternext,
+    .tp_methods = last_methods,
+    .tp_traverse = last_traverse,
+    .tp_clear = last_clear,
+    .tp_dealloc = last_dealloc,
+};
+
+static PyObject *
+last_send_new(SendWrapper *wrapper, PyObject *message)
+{
+    LastSend *self = PyObject_GC_New(LastSend, &LastSendType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->wrapper = (SendWrapper *)Py_NewRef(wrapper);
+    self->message = Py_NewRef(message);
+    self->inner = NULL;
+    self->done = 0;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
 static PyObject *
 send_wrapper_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -1855,7 +2154,8 @@ send_wrapper_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
                 return NULL;
             }
             if (!more_body) { /* the last one: timed, in the outer context */
-                return send_slow(self, message);
+                return self->var != NULL ? last_send_new(self, message)
+                                         : send_slow(self, message);
             }
         }
     }
@@ -1871,6 +2171,7 @@ send_wrapper_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->id_header);
     Py_VISIT(self->outer);
     Py_VISIT(self->slow);
+    Py_VISIT(self->var);
     Py_VISIT(self->status);
     Py_VISIT(self->sent);
     Py_VISIT(self->sent_ns);
@@ -1886,6 +2187,7 @@ send_wrapper_clear(PyObject *op)
     Py_CLEAR(self->id_header);
     Py_CLEAR(self->outer);
     Py_CLEAR(self->slow);
+    Py_CLEAR(self->var);
     Py_CLEAR(self->status);
     Py_CLEAR(self->sent);
     Py_CLEAR(self->sent_ns);
@@ -1936,11 +2238,14 @@ static PyObject *zero_float, *zero_int;
 static PyObject *
 send_wrapper(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!check_nargs("send_wrapper", nargs, 5)) {
+    if (!check_nargs("send_wrapper", nargs, 6)) {
         return NULL;
     }
-    if (!PyList_CheckExact(args[1]) || !PyBytes_CheckExact(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "send_wrapper: headers must be a list, id_header bytes");
+    if (!PyList_CheckExact(args[1]) || !PyBytes_CheckExact(args[2])
+        || (args[5] != Py_None && !PyContextVar_CheckExact(args[5]))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "send_wrapper: headers must be a list, id_header bytes, var a ContextVar "
+                        "or None");
         return NULL;
     }
     SendWrapper *self = PyObject_GC_New(SendWrapper, &SendWrapperType);
@@ -1953,6 +2258,7 @@ send_wrapper(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     self->id_header = Py_NewRef(args[2]);
     self->outer = Py_NewRef(args[3]);
     self->slow = Py_NewRef(args[4]);
+    self->var = args[5] != Py_None ? Py_NewRef(args[5]) : NULL;
     self->status = Py_NewRef(zero_int);
     self->sent = Py_NewRef(zero_float);
     self->sent_ns = Py_NewRef(zero_int);
@@ -2007,10 +2313,10 @@ static PyMethodDef speedups_methods[] = {
      "    -> ((trace_hex, span_hex), headers) | None\n\n"
      "_http_server._request_ids_py for ids in range; None for any other (the Python twin's)."},
     {"send_wrapper", (PyCFunction)(void (*)(void))send_wrapper, METH_FASTCALL,
-     "send_wrapper(send, headers, id_header, outer, slow) -> SendWrapper\n\n"
-     "_http_server._SendWrapper(send, headers, id_header, outer), whose response start and\n"
-     "messages before the last go to send without a coroutine; the rest is slow(wrapper,\n"
-     "message)."},
+     "send_wrapper(send, headers, id_header, outer, slow, var) -> SendWrapper\n\n"
+     "_http_server._SendWrapper(send, headers, id_header, outer), whose messages go to send\n"
+     "without a coroutine (the last one run with the ContextVar var set to outer; var None:\n"
+     "slow's); messages not in the plain shape are slow(wrapper, message)."},
     {"scan_headers", (PyCFunction)(void (*)(void))scan_headers, METH_FASTCALL,
      "scan_headers(headers, id_header, wanted) -> (carrier, traceparents, client_ids) | None\n\n"
      "_http_server._scan_headers for a list or tuple of (bytes, bytes) pairs; None for any\n"
@@ -2092,8 +2398,20 @@ PyInit__speedups(void)
     if (zero_int == NULL && (zero_int = PyLong_FromLong(0)) == NULL) {
         return NULL;
     }
-    if (PyType_Ready(&SendWrapperType) < 0) {
+    if (PyType_Ready(&SendWrapperType) < 0 || PyType_Ready(&LastSendType) < 0) {
         return NULL;
+    }
+    if (time_perf_counter == NULL) {
+        PyObject *time = PyImport_ImportModule("time");
+        if (time == NULL) {
+            return NULL;
+        }
+        time_perf_counter = PyObject_GetAttrString(time, "perf_counter");
+        time_time_ns = PyObject_GetAttrString(time, "time_ns");
+        Py_DECREF(time);
+        if (time_perf_counter == NULL || time_time_ns == NULL) {
+            return NULL;
+        }
     }
     return PyModule_Create(&speedups_module);
 }

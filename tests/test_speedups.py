@@ -1133,12 +1133,13 @@ _CONVERSATIONS: list[list[Any]] = [
 async def _converse(make: Any, messages: list[Any], server: _Server) -> tuple[Any, ...]:
     from opentelemetry import context as otel_context
 
+    from kiki_otel._context import CURRENT
     from kiki_otel._http_server import _send
 
     outer = otel_context.set_value("who", "outer", otel_context.Context())
     token = otel_context.attach(otel_context.set_value("who", "request"))
     try:
-        wrapper = make(server, list(_OURS), b"x-request-id", outer, _send)
+        wrapper = make(server, list(_OURS), b"x-request-id", outer, _send, CURRENT)
         outcome: list[Any] = []
         for message in messages:
             try:
@@ -1214,12 +1215,158 @@ async def test_send_wrapper_errors_are_the_python_twins() -> None:
         assert results[0] == results[1]
     outcome = results[0]
     assert outcome[0] == ["ok", "ConnectionResetError"] and not outcome[4]  # not sent
-    wrapper = speedups.send_wrapper(_Server(), [], b"x-request-id", None, None)
+    wrapper = speedups.send_wrapper(_Server(), [], b"x-request-id", None, None, None)
     with pytest.raises(TypeError, match="one argument"):
         wrapper({}, {})
     with pytest.raises(TypeError, match="one argument"):
         wrapper(message={})
     with pytest.raises(TypeError, match="headers must be a list"):
-        speedups.send_wrapper(_Server(), (), b"x-request-id", None, None)
+        speedups.send_wrapper(_Server(), (), b"x-request-id", None, None, None)
     with pytest.raises(TypeError):
         speedups.send_wrapper(_Server(), [])
+
+
+class _Gate:
+    """Awaited, yields to the loop until released (no loop needed to step it by hand)."""
+
+    def __init__(self) -> None:
+        self.released = False
+
+    def set(self) -> None:
+        self.released = True
+
+    def __await__(self) -> Any:
+        while not self.released:
+            yield
+        return True
+
+
+class _Waiting:
+    """A server whose send of the last message waits until released, and notes how it ends
+    and in which context each step of it ran."""
+
+    def __init__(self, swallow: bool = False) -> None:
+        self.release = _Gate()
+        self.steps: list[Any] = []
+        self.ended: str | None = None
+        self.swallow = swallow
+
+    async def __call__(self, message: Any) -> str:
+        from opentelemetry import context as otel_context
+
+        self.steps.append(otel_context.get_value("who"))
+        try:
+            await self.release
+            self.steps.append(otel_context.get_value("who"))
+            self.ended = "sent"
+        except asyncio.CancelledError:
+            self.steps.append(otel_context.get_value("who"))
+            self.ended = "cancelled"
+            if not self.swallow:
+                raise
+        except GeneratorExit:
+            self.ended = "closed"
+            raise
+        return "result"
+
+
+def _wrappers() -> list[Any]:
+    from kiki_otel._http_server import _SendWrapper
+
+    return [speedups.send_wrapper, _SendWrapper]
+
+
+async def _last_in_task(make: Any, server: Any, cancel: bool) -> tuple[Any, ...]:
+    from opentelemetry import context as otel_context
+
+    from kiki_otel._context import CURRENT
+    from kiki_otel._http_server import _send
+
+    outer = otel_context.set_value("who", "outer", otel_context.Context())
+
+    async def app() -> Any:
+        otel_context.attach(otel_context.set_value("who", "request"))
+        wrapper = make(server, [], b"x-request-id", outer, _send, CURRENT)
+        try:
+            result = await wrapper({"type": "http.response.body", "body": b"x"})
+        except asyncio.CancelledError:
+            result = "CancelledError"
+        return result, otel_context.get_value("who"), wrapper.sent > 0, wrapper.sent_ns > 0
+
+    task = asyncio.ensure_future(app())
+    for _ in range(3):
+        await asyncio.sleep(0)
+    if cancel:
+        task.cancel()
+    else:
+        server.release.set()
+    return (await task, server.steps, server.ended)
+
+
+async def test_the_last_send_steps_in_the_outer_context_and_is_timed_when_it_returns() -> None:
+    """Suspended and resumed, cancelled (the server sees it and raises, or swallows it and
+    returns): each step in the outer context, the request's context back after, timed only
+    when the server's send returned, as the Python twin does."""
+    for cancel, swallow in ((False, False), (True, False), (True, True)):
+        results = [
+            await _last_in_task(make, _Waiting(swallow=swallow), cancel) for make in _wrappers()
+        ]
+        assert results[0] == results[1], (cancel, swallow)
+    assert results[0] == (("result", "request", True, True), ["outer", "outer"], "cancelled")
+    sent = [await _last_in_task(make, _Waiting(), False) for make in _wrappers()]
+    assert sent[0] == sent[1] == (("result", "request", True, True), ["outer", "outer"], "sent")
+
+
+async def test_the_last_send_takes_any_awaitable_and_refuses_what_is_not_one() -> None:
+    from opentelemetry import context as otel_context
+
+    from kiki_otel._context import CURRENT
+    from kiki_otel._http_server import _send
+
+    class Awaitable:
+        def __await__(self) -> Any:
+            yield from asyncio.sleep(0).__await__()
+            return "awaited"
+
+    def future(message: Any) -> Any:
+        done = asyncio.get_running_loop().create_future()
+        done.set_result("future")
+        return done
+
+    outcomes = []
+    for make in _wrappers():
+        got = []
+        for send in (lambda message: Awaitable(), future, lambda message: None):
+            wrapper = make(send, [], b"x", otel_context.Context(), _send, CURRENT)
+            try:
+                got.append((await wrapper({"type": "http.response.body"}), wrapper.sent > 0))
+            except TypeError as exc:
+                got.append((str(exc), wrapper.sent > 0))
+        outcomes.append(got)
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][:2] == [("awaited", True), ("future", True)]
+    assert "can't be used in 'await' expression" in outcomes[0][2][0]
+
+
+def test_the_last_send_closed_while_waiting_closes_the_servers_and_is_not_reused() -> None:
+    """A coroutine closed while it waits in the last send (GeneratorExit): the server's send
+    is closed too; the awaitable, once done, refuses another round (as a coroutine does)."""
+    from opentelemetry import context as otel_context
+
+    from kiki_otel._context import CURRENT
+    from kiki_otel._http_server import _send
+
+    for make in _wrappers():
+        server = _Waiting()
+        wrapper = make(server, [], b"x", otel_context.Context(), _send, CURRENT)
+        awaitable = wrapper({"type": "http.response.body"})
+
+        async def app(awaitable: Any) -> None:
+            await awaitable
+
+        coroutine = app(awaitable)
+        coroutine.send(None)  # suspended in the server's wait
+        coroutine.close()
+        assert server.ended == "closed" and wrapper.sent == 0.0
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited"):
+            awaitable.send(None)
