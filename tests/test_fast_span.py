@@ -288,18 +288,24 @@ def test_ended_spans_are_the_same_on_the_wire(receiver: OTLPReceiver) -> None:
     provider.shutdown()
 
 
-def test_end_is_the_sdks_for_misuse_and_for_other_consumers(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A second end() warns as the SDK's does and queues nothing twice; a processor added
-    after setup gets its on_end (the SDK path from then on)."""
-    provider = TracerProvider(shutdown_on_exit=False)
+def _queued_direct(provider: TracerProvider) -> tuple[TracerProvider, Any, Any, DirectSpans]:
+    """``provider`` with one batch processor over the fast exporter (a dead port, a long
+    delay: items stay queued), its tracer and that tracer's direct path."""
     exporter = FastSpanExporter(OTLPHttpClient("http://127.0.0.1:9/v1/traces"))
     batch = BatchSpanProcessor(exporter, schedule_delay_millis=60_000)
     provider.add_span_processor(batch)
     tracer = provider.get_tracer("t")
     direct = DirectSpans.for_tracer(tracer)
     assert direct is not None
+    return provider, batch, tracer, direct
+
+
+def test_end_is_the_sdks_for_misuse_and_for_other_consumers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A second end() warns as the SDK's does and queues nothing twice; a processor added
+    after setup gets its on_end (the SDK path from then on)."""
+    provider, batch, tracer, direct = _queued_direct(TracerProvider(shutdown_on_exit=False))
     span = direct.start("GET", otel_context.Context(), {})
     direct.end(span)
     (queued,) = batch._batch_processor._queue
@@ -322,13 +328,10 @@ def test_finish_is_set_attributes_then_end_in_one_call(caplog: pytest.LogCapture
     set_attributes and end would leave (a key set again moves to the end), queued encoded.
     Ended: the SDK's three warnings, nothing changed or queued. Another consumer, a full
     count: the SDK's calls."""
-    provider = TracerProvider(span_limits=SpanLimits(max_span_attributes=4), shutdown_on_exit=False)
-    exporter = FastSpanExporter(OTLPHttpClient("http://127.0.0.1:9/v1/traces"))
-    batch = BatchSpanProcessor(exporter, schedule_delay_millis=60_000)
-    provider.add_span_processor(batch)
-    tracer = provider.get_tracer("t")
-    direct = DirectSpans.for_tracer(tracer)
-    assert direct is not None
+    limits = SpanLimits(max_span_attributes=4)
+    provider, batch, tracer, direct = _queued_direct(
+        TracerProvider(span_limits=limits, shutdown_on_exit=False)
+    )
     last = {"url.path": "/x", "http.route": "/x"}
     span: Any = direct.start("GET", otel_context.Context(), {"url.path": "/y", "a": 1})
     sdk: Any = tracer.start_span("GET", kind=SpanKind.SERVER, attributes={"url.path": "/y", "a": 1})
