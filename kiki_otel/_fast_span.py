@@ -467,9 +467,7 @@ class DirectSpans:
             or type(values) is not dict
             or (bounded.maxlen is not None and len(values) + len(attributes) > bounded.maxlen)  # type: ignore[union-attr]
         ):
-            if attributes or name is not None:
-                self.set_attributes(span, attributes, name)
-            span.end(end_time)
+            self._finish_sdk(span, attributes, name, end_time)
             return
         with span._lock:
             if span._start_time is None or span._end_time is not None:
@@ -484,9 +482,7 @@ class DirectSpans:
                 span._end_time = end_time if end_time is not None else time.time_ns()
                 bounded._immutable = True  # type: ignore[union-attr]
         if ended:  # the SDK's own errors or warnings
-            if attributes or name is not None:
-                self.set_attributes(span, attributes, name)
-            span.end(end_time)
+            self._finish_sdk(span, attributes, name, end_time)
             return
         record_end_metrics = span._record_end_metrics
         if record_end_metrics and record_end_metrics is not self._no_metrics[1]:
@@ -498,6 +494,14 @@ class DirectSpans:
                 _logger.exception("kiki_otel: could not encode span %s", span.name)
                 item = span
             enqueue(batch, item)
+
+    def _finish_sdk(
+        self, span: Any, attributes: Mapping[str, Any], name: str | None, end_time: int | None
+    ) -> None:
+        """:meth:`finish` through the span's own methods (their checks, warnings, processors)."""
+        if attributes or name is not None:
+            self.set_attributes(span, attributes, name)
+        span.end(end_time)
 
 
 NO_ATTRIBUTES: Mapping[str, Any] = MappingProxyType({})

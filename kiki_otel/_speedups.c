@@ -2129,7 +2129,7 @@ send_wrapper_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
         if (headers == NULL) {
             return PyErr_Occurred() ? NULL : send_slow(self, message);
         }
-        Py_INCREF(status); /* before the dict's item is replaced: it may be its last ref */
+        Py_INCREF(status); /* held: freeing the old headers may run code that edits the dict */
         int set = PyDict_SetItem(message, str_headers, headers);
         Py_DECREF(headers);
         if (set < 0) {
