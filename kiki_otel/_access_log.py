@@ -10,6 +10,11 @@ same OTel record (tested byte for byte), ~20% cheaper a line and ~26k instructio
 request (``bench/test_micro.py -k access_line``, ``bench/instructions.py``). Under any other
 configuration (a user's own ``structlog.configure()``, ``structlog.testing.capture_logs()``)
 the line goes through structlog as before (:class:`StructlogAccessLog`).
+
+What the middleware calls is ``DirectAccessLog.call``: with the C module, the same line in
+one C call (``_speedups.access_line``, whose twin and fallback is ``__call__``), given the
+request's context and ids by the middleware: the event dict, the emitter's common case and
+the JSON without a Python frame of their own (tested against the twin, item for item).
 """
 
 from __future__ import annotations
@@ -17,10 +22,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
-from ._context import client_request_id_get, current_span_context, hex_ids
+from ._context import (
+    CURRENT,
+    client_request_id,
+    client_request_id_get,
+    current_get,
+    current_span_context,
+    hex_ids,
+)
 from ._json import json_dumps
 from ._logging import (
     get_logger,
@@ -29,6 +42,7 @@ from ._logging import (
     iso_timestamp_py,
     structure_exception,
 )
+from ._native import speedups
 from ._otlp_encode import native_json_line
 
 __all__ = ["ACCESS_EVENT", "ACCESS_LOGGER", "AccessLog", "access_log"]
@@ -37,9 +51,11 @@ ACCESS_LOGGER = "kiki_otel.access"
 ACCESS_EVENT = "http.request"
 
 
-AccessLog = Callable[[str | None, str, str | None, int, float], None]
-"""Log a request: method, path, route, status, duration (ms); level error for a 5xx, info
-otherwise. Called while the request's context is current."""
+AccessLog = Callable[[str | None, str, str | None, int, float, Any], None]
+"""Log a request: method, path, route, status, duration (ms), and the context the caller
+made current with its span's ids (``(context, trace_id, span_id, flags, span_context,
+hex_ids)``, or None); level error for a 5xx, info otherwise. Called while the request's
+context is current."""
 
 
 class StructlogAccessLog:
@@ -48,6 +64,7 @@ class StructlogAccessLog:
     def __init__(self) -> None:
         # Bound now (after configure_logging): each line skips the lazy proxy's rebuild.
         self._logger = get_logger(ACCESS_LOGGER).bind()
+        self.call: AccessLog = self.__call__
 
     def __call__(
         self,
@@ -56,6 +73,7 @@ class StructlogAccessLog:
         route: str | None,
         status: int,
         duration_ms: float,
+        current: Any = None,  # (structlog finds the current span itself)
     ) -> None:
         log = self._logger.error if status >= 500 else self._logger.info
         log(
@@ -109,6 +127,34 @@ class DirectAccessLog:
             level: emitter.record_head(level, ACCESS_EVENT) if emitter is not None else None
             for level in ("info", "error")
         }
+        self.call: AccessLog = self._native() or self.__call__
+        """What the middleware calls: this in C (``_speedups.access_line``) when it is built."""
+
+    def _native(self) -> AccessLog | None:
+        native = getattr(speedups, "access_line", None)
+        if native is None or self._json_line is None or CURRENT is None:
+            return None
+        chain, heads = self._chain, self._heads
+        emitter = chain.emitter
+        return native(  # type: ignore[no-any-return]
+            self.__call__,
+            self._live,
+            self._installed,
+            (self._info, self._error),
+            self._merge,
+            CURRENT,
+            client_request_id,
+            chain.service,
+            structure_exception,
+            emitter.emit_current if emitter is not None else None,
+            (heads["info"], heads["error"]),
+            ACCESS_LOGGER,
+            self._dumps,
+            self._default,
+            chain.output.write,
+            iso_timestamp_py,
+            emitter.emit_current_spec() if emitter is not None else None,
+        )
 
     def __call__(
         self,
@@ -117,6 +163,7 @@ class DirectAccessLog:
         route: str | None,
         status: int,
         duration_ms: float,
+        current: Any = None,
     ) -> None:
         if self._live != self._installed:
             self._structlog(method, path, route, status, duration_ms)
@@ -144,9 +191,12 @@ class DirectAccessLog:
         event["timestamp"] = iso_timestamp(now, iso_timestamp_py)
         self._merge(None, level, event)
         # The current span, as add_correlation and the OTel record take it: the request
-        # span, unless the app left one of its own current.
-        span_context = current_span_context()
-        ids = hex_ids(span_context)
+        # span (whose ids the caller holds), unless the app left a context of its own current.
+        if current is not None and CURRENT is not None and current_get() is current[0]:
+            span_context, ids = current[4], current[5]
+        else:
+            span_context = current_span_context()
+            ids = hex_ids(span_context)
         if ids is not None:
             event["trace_id"] = event["request_id"] = ids[0]
             event["span_id"] = ids[1]

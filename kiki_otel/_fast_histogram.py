@@ -90,12 +90,13 @@ class FastHistogram:
         self,
         value: float,
         attributes: dict[str, Any],
-        current: tuple[otel_context.Context, int, int, int] | None = None,
+        current: tuple[Any, ...] | None = None,
     ) -> None:
         """Record ``value`` (finite, >= 0: a duration) with ``attributes`` (str/int values).
 
         ``current``, if given: a context the caller made current, and the trace id, span
-        id and trace flags of the span it holds, a span that is not ``INVALID_SPAN``. While
+        id and trace flags of the span it holds, a span that is not ``INVALID_SPAN`` (more
+        items may follow: the middleware's tuple carries what its access line reads). While
         that context is still the current one, the exemplar filter's answer is read from
         those instead of from the span (the request's middleware knows them: it made both).
         """
@@ -122,10 +123,9 @@ class FastHistogram:
         if type(exemplar_filter) is not self._trace_based:
             sample = exemplar_filter.should_sample(value, now, attributes, ctx)
         elif current is not None and current[0] is ctx:  # the caller's span: its ids
-            _ctx, trace_id, span_id, flags = current
-            sample = bool(flags & _SAMPLED)
+            sample = bool(current[3] & _SAMPLED)
             if sample:
-                offered = (value, now, attributes, span_id, trace_id, True)
+                offered = (value, now, attributes, current[2], current[1], True)
         else:  # its should_sample, inline:
             # trace.get_current_span(ctx); SPAN_KEY is not None here (see __init__)
             span = ctx.get(SPAN_KEY)  # type: ignore[arg-type]

@@ -186,8 +186,9 @@ def _parse_host(host: str) -> tuple[str, int | None]:
     return parsed
 
 
-_Current = tuple[otel_context.Context, int, int, int]
-"""The request's context, and its span's trace id, span id and trace flags."""
+_Current = tuple[otel_context.Context, int, int, int, SpanContext, tuple[str, str]]
+"""The request's context, and its span's trace id, span id, trace flags, span context and
+hex ids (what the histogram's exemplar filter and the access line read, see ``_finish``)."""
 
 
 _detach: Any = CURRENT.reset if CURRENT is not None else otel_context.detach
@@ -366,9 +367,8 @@ class ServerTelemetry:
         self._id_headers = (self._id_header, http.traceresponse, http.server_timing)
         self._accept_client_id = http.accept_client_request_id
         self._client_id_max = http.client_request_id_max_length
-        log = access_log() if http.access_log else None
-        # its bound __call__: a call of the object itself takes the interpreter's generic path
-        self._access_log: AccessLog | None = log.__call__ if log is not None else None
+        # (its call: the C one, or a bound __call__, not the object's generic call path)
+        self._access_log: AccessLog | None = access_log().call if http.access_log else None
         self._warn = RateLimitedLog(OwnLogger("kiki_otel.http"), interval=10.0)
         self._batch_max = http.finish_batch
         self._batch: list[tuple[Context, tuple[Any, ...]]] | None = None
@@ -507,7 +507,7 @@ class ServerTelemetry:
             values = (parent if parent is not None else otel_context.get_current()).copy()
             values[SPAN_KEY] = span
             ctx = otel_context.Context(values)
-        return span, span_context, headers, (ctx, trace_id, span_id, flags)
+        return span, span_context, headers, (ctx, trace_id, span_id, flags, span_context, hex_ids)
 
     async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
@@ -733,7 +733,8 @@ class ServerTelemetry:
                 # correctly rounded decimal conversion round(x, 3) runs (dtoa: ~2k
                 # instructions); the line's C JSON writes such a value without it too
                 millis = round(duration * 1e6) / 1e3
-                self._access_log(scope.get("method"), scope["path"], route, status, millis)
+                method = scope.get("method")
+                self._access_log(method, scope["path"], route, status, millis, current)
             except Exception as exc:
                 failure = failure or exc
         if failure is not None:

@@ -290,6 +290,17 @@ class OTelEmitter:
         except Exception:  # noqa: S110 - as __call__: telemetry must never break logging
             pass
 
+    def emit_current_spec(self) -> tuple[Any, ...] | None:
+        """What ``_speedups.access_line`` reads to run :meth:`emit_current` in C.
+
+        Its common case, with the method's own checks in its order (for anything else it
+        calls the method): the loggers, the thread-local state, the idle state, the
+        trace-based flag and the fields that are no attributes. None without the C encoder.
+        """
+        if native_log_event is None:
+            return None
+        return (self._loggers, self._local, _IDLE, self._trace_based, _RECORD_FIELDS)
+
     @staticmethod
     def record_head(level: str, body: str) -> bytes:
         """The encoded severity, its text and the body of a record at ``level``."""

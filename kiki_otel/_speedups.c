@@ -4,8 +4,9 @@
  * constructors (``new_instance``, ``new_tuple``), the request headers' scan
  * (``scan_headers``), the response headers that carry the request's ids
  * (``request_ids``), a line's timestamp (``iso_timestamp``), an SDK span's encoding from
- * its fields (``sdk_span``), an export request's items framed (``frame_items``) and the
- * request's ASGI send (``send_wrapper``): see each.
+ * its fields (``sdk_span``), an export request's items framed (``frame_items``), the
+ * request's ASGI send (``send_wrapper``) and its access line with the line's record
+ * (``access_line``): see each.
  *
  * ``encode_fields(tag, mapping, skip)`` writes the repeated ``KeyValue`` fields of a dict
  * (its items in order, the keys in ``skip`` left out) as ``_otlp_encode._fields`` does;
@@ -2267,6 +2268,363 @@ send_wrapper(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     return (PyObject *)self;
 }
 
+/* ------------------------------------------------------------------ the access line
+ *
+ * ``access_line(...)`` makes the callable the middleware logs a request with:
+ * ``_access_log.DirectAccessLog.__call__`` (its twin, and what it calls for anything but
+ * the common case) in one C call. The common case: kiki's chain still installed (the live
+ * processor list equal to the installed one) and the context the caller made current
+ * still current (``current``: the middleware's context and its span's ids, see
+ * ``_http_server.ServerTelemetry._start_span``); then the event dict is built key for key
+ * in the twin's order, the Python processors that matter are called as the twin calls
+ * them (the context variables' merge, the OTel emitter's ``emit_current``, the output's
+ * ``write``), and the line's JSON is ``json_line``'s (else the renderer's ``dumps``). What
+ * it saves is the twin's own frame and its lookups: ~190 bytecodes a request. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *twin;      /* DirectAccessLog.__call__, bound */
+    PyObject *live;      /* the processor list structlog holds */
+    PyObject *installed; /* what it held when kiki's chain was installed */
+    PyObject *merge;     /* structlog's merge_contextvars */
+    PyObject *var;       /* the API's current-context variable */
+    PyObject *client_var; /* the client's own request id */
+    PyObject *service;
+    PyObject *structure; /* structure_exception */
+    PyObject *emit;      /* the emitter's bound emit_current, or NULL */
+    PyObject *loggers;   /* its common case (see access_emit), or NULL: its loggers, */
+    PyObject *local;     /* its thread-local state, */
+    PyObject *idle;      /* the state of a thread not emitting, */
+    PyObject *skip;      /* the event's fields that are no attributes of the record */
+    char trace_based;    /* only records of sampled traces */
+    PyObject *heads;     /* (info head, error head) of the emitter's records */
+    PyObject *name;      /* the access logger's name */
+    PyObject *dumps, *dumps_default, *write, *stamp_fallback;
+    char levels[2];      /* info, error enabled */
+} AccessLine;
+
+static PyObject *str_method, *str_path, *str_route, *str_duration_ms, *str_event, *str_logger;
+static PyObject *str_level, *str_timestamp, *str_trace_id, *str_request_id, *str_span_id;
+static PyObject *str_client_request_id, *str_service, *str_exc_info, *str_info, *str_error;
+static PyObject *str_access_event, *str_time_ns, *str_state, *str_usable, *str_emit_encoded;
+static PyObject *int_500, *time_module;
+
+/* ``_logging.OTelEmitter.emit_current``'s common case for the line's record: the access
+ * logger's direct path known, this thread not emitting already, the record usable
+ * (``direct.usable``) and its fields plain (``encode_log_event``); then it is queued by
+ * ``direct.emit_encoded``. 1: done (or dropped by the trace-based filter, as the method
+ * drops it); 0: the method's to do (it checks the same again); -1: an error, set. */
+static int
+access_emit(AccessLine *self, PyObject *event, PyObject *current, PyObject *now, PyObject *head)
+{
+    PyObject *entry = PyDict_GetItemWithError(self->loggers, self->name); /* borrowed */
+    if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2
+        || PyTuple_GET_ITEM(entry, 1) == Py_None) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    PyObject *state = PyObject_GetAttr(self->local, str_state);
+    if (state == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return -1;
+        }
+        PyErr_Clear(); /* this thread's first record: the method sets its state */
+        return 0;
+    }
+    Py_DECREF(state); /* only compared */
+    if (state != self->idle) {
+        return 0;
+    }
+    PyObject *flags = PyTuple_GET_ITEM(current, 3);
+    long bits = PyLong_Check(flags) ? PyLong_AsLong(flags) : -1;
+    if (bits < 0 || bits > 255) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    if (self->trace_based && !(bits & 1)) {
+        return 1; /* a record of an unsampled trace: not exported */
+    }
+    PyObject *direct = Py_NewRef(PyTuple_GET_ITEM(entry, 1)); /* held: calls run Python */
+    PyObject *count = PyLong_FromSsize_t(PyDict_GET_SIZE(event));
+    PyObject *usable = count != NULL ? PyObject_CallMethodOneArg(direct, str_usable, count) : NULL;
+    Py_XDECREF(count);
+    int done = usable != NULL ? PyObject_IsTrue(usable) : -1;
+    Py_XDECREF(usable);
+    if (done > 0) {
+        PyObject *encode_args[7] = {now, head, event, self->skip, PyTuple_GET_ITEM(current, 1),
+                                    PyTuple_GET_ITEM(current, 2), flags};
+        PyObject *payload = encode_log_event(NULL, encode_args, 7);
+        if (payload == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
+            PyErr_Clear(); /* the method's Python encoder reports it */
+            done = 0;
+        }
+        else if (payload == NULL) {
+            done = -1;
+        }
+        else if (payload == Py_None) {
+            done = 0;
+        }
+        else {
+            PyObject *queued = PyObject_CallMethodOneArg(direct, str_emit_encoded, payload);
+            done = queued != NULL ? 1 : -1;
+            Py_XDECREF(queued);
+        }
+        Py_XDECREF(payload);
+    }
+    Py_DECREF(direct);
+    return done;
+}
+
+static PyObject *
+access_line_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    AccessLine *self = (AccessLine *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 6 || kwnames != NULL) {
+        return PyObject_Vectorcall(self->twin, args, nargsf, kwnames);
+    }
+    PyObject *current = args[5];
+    if (!PyTuple_CheckExact(current) || PyTuple_GET_SIZE(current) != 6) {
+        return PyObject_Vectorcall(self->twin, args, nargsf, NULL);
+    }
+    int changed = PyObject_RichCompareBool(self->live, self->installed, Py_NE);
+    if (changed != 0) {
+        return changed < 0 ? NULL : PyObject_Vectorcall(self->twin, args, nargsf, NULL);
+    }
+    PyObject *context;
+    if (PyContextVar_Get(self->var, NULL, &context) < 0) {
+        return NULL;
+    }
+    Py_XDECREF(context); /* only compared: the caller's tuple holds the one it made */
+    if (context != PyTuple_GET_ITEM(current, 0)) {
+        return PyObject_Vectorcall(self->twin, args, nargsf, NULL);
+    }
+    int failed = PyObject_RichCompareBool(args[3], int_500, Py_GE);
+    if (failed < 0) {
+        return NULL;
+    }
+    if (!self->levels[failed]) {
+        Py_RETURN_NONE;
+    }
+    PyObject *level = failed ? str_error : str_info;
+    PyObject *span_context = PyTuple_GET_ITEM(current, 4), *ids = PyTuple_GET_ITEM(current, 5);
+    PyObject *event = PyDict_New(), *now = NULL, *stamp = NULL, *client = NULL, *line = NULL;
+    PyObject *result = NULL;
+    if (event == NULL || PyDict_SetItem(event, str_method, args[0]) < 0
+        || PyDict_SetItem(event, str_path, args[1]) < 0
+        || PyDict_SetItem(event, str_route, args[2]) < 0
+        || PyDict_SetItem(event, str_status, args[3]) < 0
+        || PyDict_SetItem(event, str_duration_ms, args[4]) < 0
+        || PyDict_SetItem(event, str_event, str_access_event) < 0
+        || PyDict_SetItem(event, str_logger, self->name) < 0
+        || PyDict_SetItem(event, str_level, level) < 0) {
+        goto done;
+    }
+    /* the line's timestamp and its record's; looked up as the twin does (a test's clock) */
+    PyObject *clock = PyObject_GetAttr(time_module, str_time_ns);
+    now = clock != NULL ? PyObject_CallNoArgs(clock) : NULL;
+    Py_XDECREF(clock);
+    PyObject *stamp_args[2] = {now, self->stamp_fallback};
+    stamp = now != NULL ? iso_timestamp(NULL, stamp_args, 2) : NULL;
+    if (stamp == NULL || PyDict_SetItem(event, str_timestamp, stamp) < 0) {
+        goto done;
+    }
+    PyObject *merge_args[3] = {Py_None, level, event};
+    PyObject *merged = PyObject_Vectorcall(self->merge, merge_args, 3, NULL);
+    if (merged == NULL) {
+        goto done;
+    }
+    Py_DECREF(merged);
+    if (ids != Py_None) {
+        if (!PyTuple_CheckExact(ids) || PyTuple_GET_SIZE(ids) != 2) {
+            PyErr_SetString(PyExc_TypeError, "access_line: the ids must be a pair");
+            goto done;
+        }
+        PyObject *trace_hex = PyTuple_GET_ITEM(ids, 0);
+        if (PyDict_SetItem(event, str_trace_id, trace_hex) < 0
+            || PyDict_SetItem(event, str_request_id, trace_hex) < 0
+            || PyDict_SetItem(event, str_span_id, PyTuple_GET_ITEM(ids, 1)) < 0) {
+            goto done;
+        }
+    }
+    if (PyContextVar_Get(self->client_var, Py_None, &client) < 0) {
+        goto done;
+    }
+    if (client != Py_None) {
+        PyObject *kept = PyDict_SetDefault(event, str_client_request_id, client);
+        if (kept == NULL) {
+            goto done;
+        }
+    }
+    int has = PyDict_Contains(event, str_service);
+    if (has < 0 || (!has && PyDict_SetItem(event, str_service, self->service) < 0)) {
+        goto done;
+    }
+    has = PyDict_Contains(event, str_exc_info); /* only a context variable can bring it */
+    if (has < 0) {
+        goto done;
+    }
+    if (has) {
+        PyObject *structured = PyObject_Vectorcall(self->structure, merge_args, 3, NULL);
+        if (structured == NULL) {
+            goto done;
+        }
+        Py_DECREF(structured);
+    }
+    if (self->emit != NULL) {
+        /* As the method: an error is dropped (telemetry must never break logging). */
+        PyObject *head = PyTuple_GET_ITEM(self->heads, failed);
+        int emitted = self->loggers != NULL ? access_emit(self, event, current, now, head) : 0;
+        if (emitted == 0) {
+            PyObject *emit_args[6] = {level, event, span_context, self->name, now, head};
+            PyObject *called = PyObject_Vectorcall(self->emit, emit_args, 6, NULL);
+            emitted = called != NULL ? 1 : -1;
+            Py_XDECREF(called);
+        }
+        if (emitted < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                goto done;
+            }
+            PyErr_Clear();
+        }
+    }
+    line = json_line(NULL, event);
+    if (line == Py_None) {
+        PyObject *dumps_args[2] = {event, self->dumps_default};
+        Py_SETREF(line, PyObject_Vectorcall(self->dumps, dumps_args, 2, NULL));
+    }
+    if (line != NULL) {
+        result = PyObject_Vectorcall(self->write, &line, 1, NULL);
+    }
+done:
+    Py_XDECREF(event);
+    Py_XDECREF(now);
+    Py_XDECREF(stamp);
+    Py_XDECREF(client);
+    Py_XDECREF(line);
+    return result;
+}
+
+#define ACCESS_LINE_FIELDS(X)                                                              \
+    X(twin) X(live) X(installed) X(merge) X(var) X(client_var) X(service) X(structure)   \
+    X(emit) X(loggers) X(local) X(idle) X(skip) X(heads) X(name) X(dumps) X(dumps_default) \
+    X(write) X(stamp_fallback)
+
+static int
+access_line_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    AccessLine *self = (AccessLine *)op;
+#define VISIT(field) Py_VISIT(self->field);
+    ACCESS_LINE_FIELDS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int
+access_line_clear(PyObject *op)
+{
+    AccessLine *self = (AccessLine *)op;
+#define CLEAR(field) Py_CLEAR(self->field);
+    ACCESS_LINE_FIELDS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void
+access_line_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    access_line_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+static PyMemberDef access_line_members[] = {
+    {"twin", T_OBJECT, offsetof(AccessLine, twin), READONLY,
+     "what it calls for anything but the common case"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject AccessLineType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kiki_otel._speedups.AccessLine",
+    .tp_basicsize = sizeof(AccessLine),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "A request's access line, made by access_line().",
+    .tp_vectorcall_offset = offsetof(AccessLine, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_traverse = access_line_traverse,
+    .tp_clear = access_line_clear,
+    .tp_dealloc = access_line_dealloc,
+    .tp_members = access_line_members,
+};
+
+static PyObject *
+access_line(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("access_line", nargs, 17)) {
+        return NULL;
+    }
+    /* twin, live, installed, levels, merge, var, client_var, service, structure, emit,
+     * heads, name, dumps, dumps_default, write, stamp_fallback, emit_fast: None or
+     * (loggers, local, idle, trace_based, skip) */
+    PyObject *fast = args[16];
+    if (fast != Py_None
+        && (!PyTuple_CheckExact(fast) || PyTuple_GET_SIZE(fast) != 5
+            || !PyDict_CheckExact(PyTuple_GET_ITEM(fast, 0)) || args[9] == Py_None)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "access_line: emit_fast must be None or (loggers dict, local, idle, "
+                        "trace_based, skip), with emit");
+        return NULL;
+    }
+    int trace_based = fast != Py_None ? PyObject_IsTrue(PyTuple_GET_ITEM(fast, 3)) : 0;
+    if (trace_based < 0) {
+        return NULL;
+    }
+    PyObject *levels = args[3], *heads = args[10];
+    if (!PyList_CheckExact(args[1]) || !PyList_CheckExact(args[2]) || !PyTuple_CheckExact(levels)
+        || PyTuple_GET_SIZE(levels) != 2 || !PyContextVar_CheckExact(args[5])
+        || !PyContextVar_CheckExact(args[6]) || !PyTuple_CheckExact(heads)
+        || PyTuple_GET_SIZE(heads) != 2) {
+        PyErr_SetString(PyExc_TypeError,
+                        "access_line: live and installed must be lists, levels and heads "
+                        "pairs, var and client_var ContextVars");
+        return NULL;
+    }
+    int info = PyObject_IsTrue(PyTuple_GET_ITEM(levels, 0));
+    int error = PyObject_IsTrue(PyTuple_GET_ITEM(levels, 1));
+    if (info < 0 || error < 0) {
+        return NULL;
+    }
+    AccessLine *self = PyObject_GC_New(AccessLine, &AccessLineType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = access_line_call;
+    self->twin = Py_NewRef(args[0]);
+    self->live = Py_NewRef(args[1]);
+    self->installed = Py_NewRef(args[2]);
+    self->merge = Py_NewRef(args[4]);
+    self->var = Py_NewRef(args[5]);
+    self->client_var = Py_NewRef(args[6]);
+    self->service = Py_NewRef(args[7]);
+    self->structure = Py_NewRef(args[8]);
+    self->emit = args[9] != Py_None ? Py_NewRef(args[9]) : NULL;
+    self->loggers = fast != Py_None ? Py_NewRef(PyTuple_GET_ITEM(fast, 0)) : NULL;
+    self->local = fast != Py_None ? Py_NewRef(PyTuple_GET_ITEM(fast, 1)) : NULL;
+    self->idle = fast != Py_None ? Py_NewRef(PyTuple_GET_ITEM(fast, 2)) : NULL;
+    self->skip = fast != Py_None ? Py_NewRef(PyTuple_GET_ITEM(fast, 4)) : NULL;
+    self->trace_based = (char)trace_based;
+    self->heads = Py_NewRef(heads);
+    self->name = Py_NewRef(args[11]);
+    self->dumps = Py_NewRef(args[12]);
+    self->dumps_default = Py_NewRef(args[13]);
+    self->write = Py_NewRef(args[14]);
+    self->stamp_fallback = Py_NewRef(args[15]);
+    self->levels[0] = (char)info;
+    self->levels[1] = (char)error;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"encode_fields", (PyCFunction)(void (*)(void))encode_fields, METH_FASTCALL,
      "encode_fields(tag, mapping, skip) -> bytes | None\n\n"
@@ -2317,6 +2675,12 @@ static PyMethodDef speedups_methods[] = {
      "_http_server._SendWrapper(send, headers, id_header, outer), whose messages go to send\n"
      "without a coroutine (the last one run with the ContextVar var set to outer; var None:\n"
      "slow's); messages not in the plain shape are slow(wrapper, message)."},
+    {"access_line", (PyCFunction)(void (*)(void))access_line, METH_FASTCALL,
+     "access_line(twin, live, installed, levels, merge, var, client_var, service, structure,\n"
+     "            emit, heads, name, dumps, dumps_default, write, stamp_fallback, emit_fast)\n"
+     "    -> AccessLine\n\n"
+     "_access_log.DirectAccessLog.__call__ (twin) in C for its common case; twin(...) for\n"
+     "any other."},
     {"scan_headers", (PyCFunction)(void (*)(void))scan_headers, METH_FASTCALL,
      "scan_headers(headers, id_header, wanted) -> (carrier, traceparents, client_ids) | None\n\n"
      "_http_server._scan_headers for a list or tuple of (bytes, bytes) pairs; None for any\n"
@@ -2363,6 +2727,27 @@ intern_names(void)
         {&str_response_start, "http.response.start"},
         {&str_response_body, "http.response.body"},
         {&str_response_pathsend, "http.response.pathsend"},
+        {&str_method, "method"},
+        {&str_path, "path"},
+        {&str_route, "route"},
+        {&str_duration_ms, "duration_ms"},
+        {&str_event, "event"},
+        {&str_logger, "logger"},
+        {&str_level, "level"},
+        {&str_timestamp, "timestamp"},
+        {&str_trace_id, "trace_id"},
+        {&str_request_id, "request_id"},
+        {&str_span_id, "span_id"},
+        {&str_client_request_id, "client_request_id"},
+        {&str_service, "service"},
+        {&str_exc_info, "exc_info"},
+        {&str_info, "info"},
+        {&str_error, "error"},
+        {&str_access_event, "http.request"},
+        {&str_time_ns, "time_ns"},
+        {&str_state, "state"},
+        {&str_usable, "usable"},
+        {&str_emit_encoded, "emit_encoded"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL) {
@@ -2398,7 +2783,11 @@ PyInit__speedups(void)
     if (zero_int == NULL && (zero_int = PyLong_FromLong(0)) == NULL) {
         return NULL;
     }
-    if (PyType_Ready(&SendWrapperType) < 0 || PyType_Ready(&LastSendType) < 0) {
+    if (int_500 == NULL && (int_500 = PyLong_FromLong(500)) == NULL) {
+        return NULL;
+    }
+    if (PyType_Ready(&SendWrapperType) < 0 || PyType_Ready(&LastSendType) < 0
+        || PyType_Ready(&AccessLineType) < 0) {
         return NULL;
     }
     if (time_perf_counter == NULL) {
@@ -2408,7 +2797,7 @@ PyInit__speedups(void)
         }
         time_perf_counter = PyObject_GetAttrString(time, "perf_counter");
         time_time_ns = PyObject_GetAttrString(time, "time_ns");
-        Py_DECREF(time);
+        time_module = time;
         if (time_perf_counter == NULL || time_time_ns == NULL) {
             return NULL;
         }

@@ -29,13 +29,33 @@ from tests.conftest import Memory
 NOW_NS = 1_790_000_000_123_456_789
 
 
-@pytest.fixture(autouse=True, params=["c-line", "orjson-line"])
-def line_writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test with the line's JSON written in C (when built) and by orjson alone."""
+@pytest.fixture(autouse=True, params=["c-access-line", "c-json-line", "orjson-line"])
+def line_writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test with the whole line in C (``_speedups.access_line``, when built), with
+    its Python twin writing the JSON in C, and with orjson alone."""
     if request.param == "orjson-line":
         monkeypatch.setattr(_access_log, "native_json_line", None)
     elif _access_log.native_json_line is None:
         pytest.skip("the C module is not built here")
+    elif request.param == "c-json-line":
+        monkeypatch.setattr(DirectAccessLog, "_native", lambda self: None)
+    return str(request.param)
+
+
+def _current() -> tuple[Any, ...] | None:
+    """What the middleware passes with the line: the current context, its span's ids."""
+    ctx = otel_context.get_current()
+    span_context = trace.get_current_span(ctx).get_span_context()
+    if not span_context.is_valid:
+        return None
+    trace_id, span_id = span_context.trace_id, span_context.span_id
+    ids = (f"{trace_id:032x}", f"{span_id:016x}")
+    return (ctx, trace_id, span_id, span_context.trace_flags, span_context, ids)
+
+
+def _log(log: DirectAccessLog | StructlogAccessLog, *args: Any) -> None:
+    """A line, as the middleware logs it (its ``call``, with the current context's ids)."""
+    log.call(*args, _current())
 
 
 @pytest.fixture
@@ -113,8 +133,8 @@ def test_direct_line_and_record_equal_the_chains(
             structlog.contextvars.bound_contextvars(**bound),
         ):
             capsys.readouterr()
-            direct(*args)
-            chain(*args)
+            _log(direct, *args)
+            _log(chain, *args)
     finally:
         client_request_id.reset(token)
     direct_line, chain_line = capsys.readouterr().out.splitlines()
@@ -145,7 +165,7 @@ def test_other_chains_write_the_same_too(
     assert isinstance(direct, DirectAccessLog)
     capsys.readouterr()
     for path in (direct, chain):
-        path("GET", "/items/3", "/items/{item_id}", 200, 1.25)
+        _log(path, "GET", "/items/3", "/items/{item_id}", 200, 1.25)
     first, second = capsys.readouterr().out.splitlines()
     assert first == second and "http.request" in first
     records = [_record(r) for r in memory.logs() if r.body == "http.request"]
@@ -167,7 +187,7 @@ def test_the_level_filters_both_paths_alike(
     for path in (access_log(), StructlogAccessLog()):
         capsys.readouterr()
         for status in (200, 404, 500):
-            path("GET", "/x", "/x", status, 1.0)
+            _log(path, "GET", "/x", "/x", status, 1.0)
         statuses = [line for line in capsys.readouterr().out.splitlines() if "http.request" in line]
         assert [int(s.split('"status":')[1].split(",")[0]) for s in statuses] == logged
 
@@ -182,20 +202,22 @@ def test_the_ids_are_the_current_span_contexts(
     unsampled = SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(0))
     with trace.use_span(NonRecordingSpan(unsampled)):
         capsys.readouterr()
-        direct("GET", "/x", "/x", 200, 1.0)
-        direct("GET", "/x", "/x", 200, 1.0)  # the cached hex ids
+        _log(direct, "GET", "/x", "/x", 200, 1.0)
+        direct("GET", "/x", "/x", 200, 1.0)  # without the caller's ids: the cached hex ids
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     for line in lines:
         assert f'"trace_id":"{0xABC:032x}","request_id":"{0xABC:032x}"' in line
         assert f'"span_id":"{0xDEF:016x}"' in line
-    direct("GET", "/x", "/x", 200, 1.0)  # outside any span
+    _log(direct, "GET", "/x", "/x", 200, 1.0)  # outside any span
     assert "trace_id" not in capsys.readouterr().out
     tracer = trace.get_tracer("test")
-    with tracer.start_as_current_span("request"), tracer.start_as_current_span("left-current"):
-        direct("GET", "/x", "/x", 200, 1.0)
-        chain("GET", "/x", "/x", 200, 1.0)
-        current = trace.get_current_span().get_span_context()
+    with tracer.start_as_current_span("request"):
+        request = _current()  # the middleware's, while the app leaves a span of its own current:
+        with tracer.start_as_current_span("left-current"):
+            direct.call("GET", "/x", "/x", 200, 1.0, request)
+            chain("GET", "/x", "/x", 200, 1.0)
+            current = trace.get_current_span().get_span_context()
     first, second = capsys.readouterr().out.splitlines()
     assert first == second and f'"span_id":"{current.span_id:016x}"' in first
     direct_record, chain_record = (_record(r) for r in memory.logs()[-2:])
@@ -206,7 +228,7 @@ def test_the_ids_are_the_current_span_contexts(
     assert SPAN_KEY is not None
     token = otel_context.attach(otel_context.set_value(SPAN_KEY, "not a span"))
     try:
-        direct("GET", "/x", "/x", 200, 1.0)
+        direct.call("GET", "/x", "/x", 200, 1.0, request)
         chain("GET", "/x", "/x", 200, 1.0)
     finally:
         otel_context.detach(token)
@@ -275,10 +297,187 @@ def test_capture_logs_begun_later_still_gets_the_line(
     log = access_log()
     assert isinstance(log, DirectAccessLog)
     with structlog.testing.capture_logs() as captured:
-        log("GET", "/x", "/x", 200, 1.0)
+        _log(log, "GET", "/x", "/x", 200, 1.0)
     assert [(c["event"], c["status"], c["log_level"]) for c in captured] == [
         ("http.request", 200, "info")
     ]
     capsys.readouterr()
-    log("GET", "/x", "/x", 200, 1.0)  # and direct again afterwards
+    _log(log, "GET", "/x", "/x", 200, 1.0)  # and direct again afterwards
     assert '"event":"http.request"' in capsys.readouterr().out
+
+
+def test_the_middleware_calls_the_c_line_whose_twin_is_the_python_one(line_writer: str) -> None:
+    _configure()
+    direct = access_log()
+    assert isinstance(direct, DirectAccessLog)
+    if line_writer == "c-access-line":
+        assert type(direct.call).__name__ == "AccessLine"
+        assert direct.call.twin == direct.__call__  # type: ignore[attr-defined]
+    else:
+        assert direct.call == direct.__call__
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda log, args: log.call(*args), id="no-current"),
+        pytest.param(lambda log, args: log.call(*args, None), id="current-none"),
+        pytest.param(lambda log, args: log.call(*args, ("not", "it")), id="current-short"),
+        pytest.param(lambda log, args: log.call(*args[:4], duration_ms=args[4]), id="keyword"),
+    ],
+)
+def test_a_call_of_another_shape_writes_what_the_chain_writes(
+    memory: Memory,
+    frozen_clock: None,
+    capsys: pytest.CaptureFixture[str],
+    in_a_request: SpanContext,
+    call: Any,
+) -> None:
+    _configure()
+    direct, chain = access_log(), StructlogAccessLog()
+    args = ("GET", "/items/3", "/items/{item_id}", 200, 1.25)
+    capsys.readouterr()
+    call(direct, args)
+    chain(*args)
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == second and f'"span_id":"{in_a_request.span_id:016x}"' in first
+    direct_record, chain_record = (_record(r) for r in memory.logs()[-2:])
+    assert direct_record == chain_record
+
+
+def test_a_bad_status_raises_as_the_twin_does(
+    memory: Memory, capsys: pytest.CaptureFixture[str], in_a_request: SpanContext
+) -> None:
+    _configure()
+    direct = access_log()
+    capsys.readouterr()
+    with pytest.raises(TypeError, match="'>=' not supported"):
+        _log(direct, "GET", "/x", "/x", None, 1.0)
+    assert capsys.readouterr().out == ""
+
+
+def test_many_lines_keep_no_memory(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch, in_a_request: SpanContext
+) -> None:
+    """Every object a line makes is freed (the C line's references counted right)."""
+    import gc
+    import os
+    import sys
+    import tracemalloc
+
+    _configure(logs_exporter="none")
+    direct = access_log()
+    route, current = "/x", _current()
+    before = sys.getrefcount(route), sys.getrefcount(current)
+    with open(os.devnull, "w") as sink:
+        monkeypatch.setattr(sys, "stdout", sink)  # (a captured stdout keeps every line)
+        for _ in range(2_000):  # warm: caches, the timestamp's second
+            direct.call("GET", "/x", route, 200, 1.0, current)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            start = tracemalloc.take_snapshot()
+            for _ in range(20_000):
+                direct.call("GET", "/x", route, 200, 1.0, current)
+            end = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+    # what the line's code kept (not other tests' threads, still exporting meanwhile)
+    mine = [tracemalloc.Filter(True, p) for p in (__file__, "*/kiki_otel/*", "*/structlog/*")]
+    diff = end.filter_traces(mine).compare_to(start.filter_traces(mine), "filename")
+    grown = sum(d.size_diff for d in diff)
+    assert grown < 20_000  # bytes: well under one per line
+    assert (sys.getrefcount(route), sys.getrefcount(current)) == before
+
+
+@pytest.mark.parametrize("case", ["trace-based-unsampled", "thread-busy", "first-on-a-thread"])
+def test_the_record_goes_the_emitters_way_in_each_of_its_cases(
+    memory: Memory,
+    frozen_clock: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+) -> None:
+    """The C line emits its record as ``OTelEmitter.emit_current`` would, or calls it."""
+    import contextvars
+    import threading
+
+    from kiki_otel import _logging
+
+    _configure(log_trace_based=case == "trace-based-unsampled")
+    direct, chain = access_log(), StructlogAccessLog()
+    args = ("GET", "/items/3", "/items/{item_id}", 200, 1.25)
+
+    def both() -> None:
+        _log(direct, *args)
+        _log(chain, *args)
+
+    span: Any = trace.get_tracer("test").start_span("request")
+    if case == "trace-based-unsampled":
+        span = NonRecordingSpan(SpanContext(0xABC, 0xDEF, False, TraceFlags(0)))
+    capsys.readouterr()
+    with trace.use_span(span, end_on_exit=True):
+        if case == "thread-busy":  # a record logged while this thread emits one: not exported
+            chain_installed = _logging.installed_chain()
+            assert chain_installed is not None and chain_installed.emitter is not None
+            local = chain_installed.emitter._local
+            monkeypatch.setattr(local, "state", _logging._BUSY)
+            both()
+            local.state = _logging._IDLE
+        elif case == "first-on-a-thread":
+            thread = threading.Thread(target=contextvars.copy_context().run, args=(both,))
+            thread.start()
+            thread.join()
+        else:
+            both()
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == second
+    records = [_record(r) for r in memory.logs() if r.body == "http.request"]
+    exported = case not in ("trace-based-unsampled", "thread-busy")
+    assert len(records) == (2 if exported else 0)
+    assert records[:1] == records[1:]
+
+
+@pytest.mark.parametrize("status", [200, 503])
+@pytest.mark.parametrize("sampled", [True, False])
+@pytest.mark.parametrize("trace_based", [False, True])
+def test_the_record_queued_for_the_fast_exporter_is_the_twins(
+    frozen_clock: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    status: int,
+    sampled: bool,
+    trace_based: bool,
+) -> None:
+    """With kiki's own exporter the record is encoded and queued on the request thread (by
+    the C line in its own call): the same item as the Python twin's, byte for byte."""
+    from opentelemetry import _logs
+
+    monkeypatch.setenv("OTEL_BLRP_SCHEDULE_DELAY", "600000")  # the items stay queued
+    kiki_otel.configure(
+        FastAPI(),
+        service_name="svc-access",
+        exporter_otlp_endpoint="http://127.0.0.1:9",
+        metrics_exporter="none",
+        exporter_otlp_timeout=100,
+        log_trace_based=trace_based,
+    )
+    provider: Any = _logs.get_logger_provider()
+    queue = provider._multi_log_record_processor._log_record_processors[0]._batch_processor._queue
+    direct = access_log()
+    assert isinstance(direct, DirectAccessLog)
+    args = ("GET", "/items/3", "/items/{item_id}", status, 1.25)
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else 0)
+    with trace.use_span(NonRecordingSpan(SpanContext(0xAB, 0xCD, False, flags))):
+        _log(direct, *args)  # the emitter learns the logger and this thread
+        queue.clear()
+        _log(direct, *args)
+        direct(*args, _current())  # the Python twin
+        items = list(queue)
+    capsys.readouterr()
+    if trace_based and not sampled:
+        assert items == []
+        return
+    assert len(items) == 2 and type(items[0]).__name__ == "Encoded"
+    assert items[0] == items[1]
+    assert b"http.request" in items[0].payload and (b"ERROR" in items[0].payload) == (status > 500)
