@@ -69,7 +69,7 @@ from ._context import (
 )
 from ._native import new_instance, new_tuple
 from ._otlp_encode import encode_span
-from ._otlp_http import FastSpanExporter, enqueue, has_queue
+from ._otlp_http import FastSpanExporter, enqueue, has_queue, queue_item
 from ._probe import same_code
 
 __all__ = ["NO_ATTRIBUTES", "DirectSpans"]
@@ -493,7 +493,8 @@ class DirectSpans:
             except Exception:  # a bug in our encoder must not cost the span: export it later
                 _logger.exception("kiki_otel: could not encode span %s", span.name)
                 item = span
-            enqueue(batch, item)
+            if not queue_item(batch, item):
+                enqueue(batch, item)
 
     def _finish_sdk(
         self, span: Any, attributes: Mapping[str, Any], name: str | None, end_time: int | None

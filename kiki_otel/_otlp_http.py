@@ -49,7 +49,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext
 
 from ._context import IDS_BY_NAME, current_span_context, ids_of
-from ._native import new_tuple
+from ._native import new_tuple, speedups
 from ._otlp_client import Attempt, RetryingClient, basic_auth, export_logger, redact
 from ._otlp_encode import Encoded, encode_log, encode_log_event, encode_logs, encode_spans
 from ._ratelimit import Throttle
@@ -62,6 +62,7 @@ __all__ = [
     "direct_logs",
     "enqueue",
     "has_queue",
+    "queue_item",
 ]
 
 _logger = export_logger
@@ -401,7 +402,8 @@ class DirectLogs:
             self._metrics.emit_log()
         logger = self._logger
         item = new_tuple(Encoded, payload, logger._resource, logger._instrumentation_scope)
-        enqueue(self._batch, item)
+        if not queue_item(self._batch, item):
+            enqueue(self._batch, item)
 
     def _queue(
         self, span_context: SpanContext, encode: Callable[..., Any], fields: tuple[Any, ...]
@@ -429,7 +431,8 @@ class DirectLogs:
             return False
         if self._metrics is not None:
             self._metrics.emit_log()
-        enqueue(self._batch, item)
+        if not queue_item(self._batch, item):
+            enqueue(self._batch, item)
         return True
 
 
@@ -482,6 +485,16 @@ def enqueue(batch: Any, item: Any) -> None:
     queue.appendleft(item)  # what the SDK's emit does with an item that fits
     if len(queue) >= batch._max_export_batch_size and not batch._worker_awaken.is_set():
         batch._worker_awaken.set()
+
+
+def _not_queued(_batch: Any, _item: Any) -> bool:
+    return False
+
+
+queue_item: Callable[[Any, Any], bool] = getattr(speedups, "queue_item", None) or _not_queued
+"""``if not queue_item(batch, item): enqueue(batch, item)``: :func:`enqueue`'s common case in C
+(the item fits, the queue is this process's), its frame and ~40 bytecodes fewer; False
+when it did nothing (or without the C module), and :func:`enqueue` runs."""
 
 
 _dropped: dict[str, int] = {}

@@ -5,8 +5,8 @@
  * (``scan_headers``), the response headers that carry the request's ids
  * (``request_ids``), a line's timestamp (``iso_timestamp``), an SDK span's encoding from
  * its fields (``sdk_span``), an export request's items framed (``frame_items``), the
- * request's ASGI send (``send_wrapper``) and its access line with the line's record
- * (``access_line``): see each.
+ * request's ASGI send (``send_wrapper``), its access line with the line's record
+ * (``access_line``) and a batch queue's item (``queue_item``): see each.
  *
  * ``encode_fields(tag, mapping, skip)`` writes the repeated ``KeyValue`` fields of a dict
  * (its items in order, the keys in ``skip`` left out) as ``_otlp_encode._fields`` does;
@@ -31,6 +31,12 @@
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
+#ifndef _WIN32
+#include <unistd.h>
+#else
+#include <process.h>
+#define getpid _getpid
+#endif
 
 typedef struct {
     char *data;
@@ -2268,6 +2274,90 @@ send_wrapper(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     return (PyObject *)self;
 }
 
+/* ------------------------------------------------------------------ a batch queue's item
+ *
+ * ``queue_item(batch, item)``: ``_otlp_http.enqueue``'s common case (the item fits, the
+ * process is the queue's), reading and calling what it reads and calls, in its order.
+ * True when done (queued, or dropped after shutdown as ``enqueue`` drops it); False when
+ * nothing changed and ``enqueue`` must run (a fork the SDK has not seen, a full queue). */
+
+static PyObject *str_shutdown, *str_pid, *str_queue, *str_max_queue_size, *str_appendleft;
+static PyObject *str_max_export_batch_size, *str_worker_awaken, *str_is_set, *str_set;
+
+/* size >= getattr(target, name): 1 or 0, -1 on an error */
+static int
+reaches(PyObject *target, PyObject *name, Py_ssize_t size)
+{
+    PyObject *limit = PyObject_GetAttr(target, name);
+    PyObject *have = limit != NULL ? PyLong_FromSsize_t(size) : NULL;
+    int at = have != NULL ? PyObject_RichCompareBool(have, limit, Py_GE) : -1;
+    Py_XDECREF(limit);
+    Py_XDECREF(have);
+    return at;
+}
+
+static PyObject *
+queue_item(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("queue_item", nargs, 2)) {
+        return NULL;
+    }
+    PyObject *batch = args[0], *item = args[1];
+    PyObject *shutdown = PyObject_GetAttr(batch, str_shutdown);
+    int closed = shutdown != NULL ? PyObject_IsTrue(shutdown) : -1;
+    Py_XDECREF(shutdown);
+    if (closed != 0) {
+        return closed < 0 ? NULL : Py_NewRef(Py_True);
+    }
+    PyObject *pid = PyObject_GetAttr(batch, str_pid);
+    if (pid == NULL) {
+        return NULL;
+    }
+    long owner = PyLong_Check(pid) ? PyLong_AsLong(pid) : -1;
+    Py_DECREF(pid);
+    if (owner == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (owner != (long)getpid()) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *queue = PyObject_GetAttr(batch, str_queue);
+    if (queue == NULL) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t size = PyObject_Length(queue);
+    int full = size >= 0 ? reaches(batch, str_max_queue_size, size) : -1;
+    if (full != 0) {
+        result = full < 0 ? NULL : Py_NewRef(Py_False);
+        goto done;
+    }
+    PyObject *added = PyObject_CallMethodOneArg(queue, str_appendleft, item);
+    if (added == NULL) {
+        goto done;
+    }
+    Py_DECREF(added);
+    size = PyObject_Length(queue);
+    int wake = size >= 0 ? reaches(batch, str_max_export_batch_size, size) : -1;
+    if (wake > 0) {
+        PyObject *awaken = PyObject_GetAttr(batch, str_worker_awaken);
+        PyObject *set = awaken != NULL ? PyObject_CallMethodNoArgs(awaken, str_is_set) : NULL;
+        int is_set = set != NULL ? PyObject_IsTrue(set) : -1;
+        Py_XDECREF(set);
+        if (is_set == 0) {
+            set = PyObject_CallMethodNoArgs(awaken, str_set);
+            is_set = set != NULL ? 1 : -1;
+            Py_XDECREF(set);
+        }
+        Py_XDECREF(awaken);
+        wake = is_set < 0 ? -1 : 1;
+    }
+    result = wake < 0 ? NULL : Py_NewRef(Py_True);
+done:
+    Py_DECREF(queue);
+    return result;
+}
+
 /* ------------------------------------------------------------------ the access line
  *
  * ``access_line(...)`` makes the callable the middleware logs a request with:
@@ -2681,6 +2771,10 @@ static PyMethodDef speedups_methods[] = {
      "    -> AccessLine\n\n"
      "_access_log.DirectAccessLog.__call__ (twin) in C for its common case; twin(...) for\n"
      "any other."},
+    {"queue_item", (PyCFunction)(void (*)(void))queue_item, METH_FASTCALL,
+     "queue_item(batch, item) -> bool\n\n"
+     "_otlp_http.enqueue(batch, item) when the item fits in the queue of this process's\n"
+     "batch processor (or it is shut down); False, nothing done, for enqueue to run."},
     {"scan_headers", (PyCFunction)(void (*)(void))scan_headers, METH_FASTCALL,
      "scan_headers(headers, id_header, wanted) -> (carrier, traceparents, client_ids) | None\n\n"
      "_http_server._scan_headers for a list or tuple of (bytes, bytes) pairs; None for any\n"
@@ -2746,6 +2840,15 @@ intern_names(void)
         {&str_access_event, "http.request"},
         {&str_time_ns, "time_ns"},
         {&str_state, "state"},
+        {&str_shutdown, "_shutdown"},
+        {&str_pid, "_pid"},
+        {&str_queue, "_queue"},
+        {&str_max_queue_size, "_max_queue_size"},
+        {&str_appendleft, "appendleft"},
+        {&str_max_export_batch_size, "_max_export_batch_size"},
+        {&str_worker_awaken, "_worker_awaken"},
+        {&str_is_set, "is_set"},
+        {&str_set, "set"},
         {&str_usable, "usable"},
         {&str_emit_encoded, "emit_encoded"},
     };

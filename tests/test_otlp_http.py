@@ -646,13 +646,33 @@ def test_lines_after_shutdown_print_no_sdk_shutdown_notice(
     assert "Shutdown called" not in out
 
 
-def test_direct_items_wake_the_exporter_per_batch_and_after_a_fork(receiver: OTLPReceiver) -> None:
+def _put_by(path: str) -> Any:
+    """How the direct paths queue an item: ``enqueue``, or C's ``queue_item`` before it."""
+    from kiki_otel import _otlp_http
+
+    if path == "python":
+        return _otlp_http.enqueue
+    if _otlp_http.queue_item is _otlp_http._not_queued:
+        pytest.skip("the C module is not built here")
+
+    def put(batch: Any, item: Any) -> None:
+        if not _otlp_http.queue_item(batch, item):
+            _otlp_http.enqueue(batch, item)
+
+    return put
+
+
+@pytest.mark.parametrize("path", ["c", "python"])
+def test_direct_items_wake_the_exporter_per_batch_and_after_a_fork(
+    receiver: OTLPReceiver, path: str
+) -> None:
     """``enqueue`` queues as the SDK's emit does: the exporter thread is woken once a batch
     is full (no flush needed), and in a forked child the SDK's emit resets the processor
     (its inherited queue and thread) before the item goes in."""
     from kiki_otel import _otlp_http
     from kiki_otel._otlp_encode import encode_span
 
+    put = _put_by(path)
     spans = _spans()
     provider = TracerProvider(resource=RESOURCE)
     exporter = FastSpanExporter(OTLPHttpClient(receiver.http_url("traces"), timeout=5.0))
@@ -660,8 +680,8 @@ def test_direct_items_wake_the_exporter_per_batch_and_after_a_fork(receiver: OTL
     provider.add_span_processor(processor)
     batch = processor._batch_processor
     assert _otlp_http.has_queue(batch)
-    _otlp_http.enqueue(batch, encode_span(spans[0]))
-    _otlp_http.enqueue(batch, encode_span(spans[1]))  # a full batch: exported well before 60 s
+    put(batch, encode_span(spans[0]))
+    put(batch, encode_span(spans[1]))  # a full batch: exported well before 60 s
     assert {s.name for s in receiver.wait_for_spans(2, timeout=10)} == {
         spans[0].name,
         spans[1].name,
@@ -670,7 +690,7 @@ def test_direct_items_wake_the_exporter_per_batch_and_after_a_fork(receiver: OTL
     pid = os.fork()
     if pid == 0:  # the child: report what its queue holds after one item, then leave
         os.close(read)
-        _otlp_http.enqueue(batch, encode_span(spans[0]))
+        put(batch, encode_span(spans[0]))
         os.write(write, f"{batch._pid == os.getpid()} {len(batch._queue)}".encode())
         os._exit(0)
     os.close(write)
@@ -685,7 +705,7 @@ import ctypes, os, sys, time
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from kiki_otel._otlp_encode import encode_span
-from kiki_otel._otlp_http import FastSpanExporter, OTLPHttpClient, enqueue
+from kiki_otel._otlp_http import FastSpanExporter, OTLPHttpClient, enqueue, queue_item
 from tests.test_otlp_encode import _spans
 
 url = sys.argv[1]
@@ -697,14 +717,19 @@ spans = _spans()
 pid = ctypes.PyDLL(None).fork()  # libc's fork: Python's at-fork hooks do not run
 if pid == 0:
     for i in range(3):
-        enqueue(batch, encode_span(spans[i % len(spans)]))
+        item = encode_span(spans[i % len(spans)])
+        if sys.argv[2] == "python" or not queue_item(batch, item):
+            enqueue(batch, item)
     time.sleep(2)  # the SDK's new worker exports within its 100 ms delay
     os._exit(0)
 os.waitpid(pid, 0)
 """
 
 
-def test_a_child_forked_without_pythons_hooks_still_exports(receiver: OTLPReceiver) -> None:
+@pytest.mark.parametrize("path", ["c", "python"])
+def test_a_child_forked_without_pythons_hooks_still_exports(
+    receiver: OTLPReceiver, path: str
+) -> None:
     """A C extension's fork() runs no at-fork hooks: the child has the parent's queue and
     no worker thread. Each item checks the pid as the SDK's emit does, so the SDK resets
     the processor in the child and its items arrive."""
@@ -714,13 +739,74 @@ def test_a_child_forked_without_pythons_hooks_still_exports(receiver: OTLPReceiv
 
     root = Path(__file__).resolve().parents[1]
     subprocess.run(
-        [sys.executable, "-c", _HOOKLESS_FORK, receiver.http_url("traces")],
+        [sys.executable, "-c", _HOOKLESS_FORK, receiver.http_url("traces"), path],
         cwd=root,
         env={**os.environ, "PYTHONPATH": str(root)},
         check=True,
         timeout=60,
     )
     assert len(receiver.wait_for_spans(3, timeout=10)) >= 3
+
+
+def test_queue_item_does_what_enqueue_does_or_nothing() -> None:
+    """``queue_item`` against ``enqueue`` on two real SDK batch processors: an item that
+    fits (the worker woken at a full batch, once), one after shutdown (dropped), and the
+    cases it leaves to ``enqueue`` untouched (a full queue, another process's queue)."""
+    from kiki_otel import _otlp_http
+
+    if _otlp_http.queue_item is _otlp_http._not_queued:
+        pytest.skip("the C module is not built here")
+    client = OTLPHttpClient("http://127.0.0.1:9/v1/traces", timeout=0.1)
+
+    def batch() -> Any:
+        processor = BatchSpanProcessor(
+            FastSpanExporter(client),
+            max_queue_size=4,
+            max_export_batch_size=2,
+            schedule_delay_millis=600_000,
+        )
+        inner = processor._batch_processor
+        waiting.append((inner, inner._worker_awaken))
+        inner._worker_awaken = _CountedEvent()  # (the worker waits: set() is only counted)
+        return inner
+
+    waiting: list[tuple[Any, Any]] = []
+
+    c, python = batch(), batch()
+    for item in ("a", "b", "c", "d"):
+        assert _otlp_http.queue_item(c, item) is True
+        _otlp_http.enqueue(python, item)
+        assert list(c._queue) == list(python._queue)
+        assert c._worker_awaken.sets == python._worker_awaken.sets
+    assert list(c._queue) == ["d", "c", "b", "a"] and c._worker_awaken.sets == 1
+    assert _otlp_http.queue_item(c, "e") is False  # full: enqueue's drop and report
+    assert list(c._queue) == ["d", "c", "b", "a"]
+    c._pid, python._pid = -1, -1  # another process's queue: the SDK's emit resets it
+    assert _otlp_http.queue_item(c, "e") is False and len(c._queue) == 4
+    c._shutdown = python._shutdown = True
+    c._queue.clear()
+    assert _otlp_http.queue_item(c, "e") is True and not c._queue
+    _otlp_http.enqueue(python, "e")
+    assert len(python._queue) == 4  # unchanged: dropped alike
+    with pytest.raises(AttributeError):
+        _otlp_http.queue_item(object(), "e")
+    for inner, awaken in waiting:  # the workers end, with nothing to export
+        inner._shutdown = True
+        inner._queue.clear()
+        awaken.set()
+        inner._worker_thread.join(timeout=5)
+        assert not inner._worker_thread.is_alive()
+
+
+class _CountedEvent:
+    def __init__(self) -> None:
+        self.flag, self.sets = False, 0
+
+    def is_set(self) -> bool:
+        return self.flag
+
+    def set(self) -> None:
+        self.flag, self.sets = True, self.sets + 1
 
 
 def test_direct_paths_count_in_the_sdks_internal_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
