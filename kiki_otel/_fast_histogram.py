@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
@@ -72,7 +73,7 @@ class _Measurement(NamedTuple):
 class FastHistogram:
     """``record(value, attributes)`` for one histogram, direct to its aggregations when safe."""
 
-    __slots__ = ("_cache", "_consumer", "_histogram", "_storages", "_trace_based")
+    __slots__ = ("_cache", "_consumer", "_histogram", "_storages", "_trace_based", "call")
 
     def __init__(self, histogram: metrics.Histogram) -> None:
         from opentelemetry.sdk.metrics import TraceBasedExemplarFilter
@@ -85,6 +86,14 @@ class FastHistogram:
         # attribute items -> (aggregation, reservoir offered directly or None, the C
         # aggregate for it or None) of every reader for that attribute set
         self._cache: dict[tuple[tuple[str, Any], ...], list[tuple[Any, Any, Any]]] = {}
+        native = getattr(speedups, "histogram_record", None)
+        self.call: Callable[[float, dict[str, Any], tuple[Any, ...]], None] = (
+            native(self, CURRENT, _BUCKET_FIELDS)
+            if native is not None and CURRENT is not None and _BUCKET_FIELDS is not None
+            else self.record
+        )
+        """``record(value, attributes, current)``: in C for its common case
+        (``_speedups.histogram_record``, whose twin and fallback is :meth:`record`)."""
 
     def record(
         self,
@@ -138,8 +147,22 @@ class FastHistogram:
                 sample = bool(flags & _SAMPLED)
                 if sample:
                     offered = (value, now, attributes, span_id, trace_id, True)
+        self._aggregate_each(aggregations, 0, value, now, ctx, attributes, sample, offered)
+
+    def _aggregate_each(
+        self,
+        aggregations: list[tuple[Any, Any, Any]],
+        start: int,
+        value: float,
+        now: int,
+        ctx: otel_context.Context,
+        attributes: dict[str, Any],
+        sample: bool,
+        offered: tuple[float, int, dict[str, Any], int, int, bool] | None,
+    ) -> None:
+        """The measurement into each aggregation from ``start`` on (the C record's rest)."""
         measurement = None
-        for aggregation, reservoir, native in aggregations:
+        for aggregation, reservoir, native in aggregations[start:] if start else aggregations:
             if native is not None:  # in C: the counts, and the exemplar when it goes in directly
                 if offered is None:
                     if not sample and native(aggregation, value, None, None, None):

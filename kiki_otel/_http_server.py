@@ -355,8 +355,10 @@ class ServerTelemetry:
             # Advisory too, so seconds buckets hold even in a provider we joined (no views).
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        # the fast record when the histogram is the SDK's, else the histogram itself
-        self._fast_duration = fast_histogram(duration_histogram)
+        # the fast record (C's, or FastHistogram.record) when the histogram is the SDK's,
+        # else the histogram itself
+        fast = fast_histogram(duration_histogram)
+        self._fast_duration = fast.call if fast is not None else None
         self._duration = duration_histogram
         self._active = _active_requests(meter_provider, meter)
         self._direct = DirectSpans.for_tracer(self._tracer)
@@ -715,7 +717,7 @@ class ServerTelemetry:
         failure: Exception | None = None
         try:
             if self._fast_duration is not None:  # the exemplar filter's answer from the ids
-                self._fast_duration.record(duration, metric_attrs, current)
+                self._fast_duration(duration, metric_attrs, current)
             else:
                 self._duration.record(duration, metric_attrs)
         except Exception as exc:

@@ -6,7 +6,8 @@
  * (``request_ids``), a line's timestamp (``iso_timestamp``), an SDK span's encoding from
  * its fields (``sdk_span``), an export request's items framed (``frame_items``), the
  * request's ASGI send (``send_wrapper``), its access line with the line's record
- * (``access_line``) and a batch queue's item (``queue_item``): see each.
+ * (``access_line``), its duration's record (``histogram_record``) and a batch queue's
+ * item (``queue_item``): see each.
  *
  * ``encode_fields(tag, mapping, skip)`` writes the repeated ``KeyValue`` fields of a dict
  * (its items in order, the keys in ``skip`` left out) as ``_otlp_encode._fields`` does;
@@ -2715,6 +2716,283 @@ access_line(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     return (PyObject *)self;
 }
 
+/* ------------------------------------------------------------------ the request histogram
+ *
+ * ``histogram_record(fast, var, fields)`` makes the callable the middleware records a
+ * request's duration with: ``_fast_histogram.FastHistogram.record(value, attributes,
+ * current)`` (its twin, and what it calls for anything but the common case) in one C
+ * call. The common case: the attribute set's aggregations known and still the readers'
+ * (``fast``'s state, read per call), the meter enabled, the SDK's trace-based exemplar
+ * filter, the caller's context still current, and every aggregation with the C aggregate
+ * (with its reservoir when the trace is sampled); then each aggregation takes the value as
+ * the twin's loop gives it, with the exemplar from the caller's ids. An aggregate that
+ * hands back after another took the value leaves the rest to ``fast._aggregate_each``. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *fast;   /* the FastHistogram */
+    PyObject *twin;   /* its bound record */
+    PyObject *var;    /* the API's current-context variable */
+    PyObject *fields; /* an exemplar bucket's fields, in the order offered */
+} HistogramRecord;
+
+static PyObject *str_consumer, *str_cache, *str_histogram, *str_meter_config, *str_is_enabled;
+static PyObject *str_reader_storages, *str_storages, *str_sdk_config, *str_exemplar_filter;
+static PyObject *str_trace_based, *str_aggregate_each;
+
+/* The aggregations of attributes' set when the common case holds: a new reference; NULL
+ * with no error set when it does not; NULL with an error set on an error. */
+static PyObject *
+record_aggregations(HistogramRecord *self, PyObject *attributes, PyObject *current,
+                    PyObject **context)
+{
+    PyObject *fast = self->fast, *result = NULL, *key = NULL;
+    PyObject *consumer = PyObject_GetAttr(fast, str_consumer), *cache = NULL, *histogram = NULL;
+    PyObject *config = NULL, *storages = NULL, *mine = NULL, *sdk_config = NULL;
+    PyObject *filter = NULL, *trace_based = NULL;
+    if (consumer == NULL || consumer == Py_None || !PyDict_CheckExact(attributes)) {
+        goto done;
+    }
+    cache = PyObject_GetAttr(fast, str_cache);
+    if (cache == NULL || !PyDict_CheckExact(cache)) {
+        goto done;
+    }
+    key = PyTuple_New(PyDict_GET_SIZE(attributes)); /* tuple(attributes.items()) */
+    if (key == NULL) {
+        goto done;
+    }
+    Py_ssize_t position = 0, index = 0;
+    PyObject *name, *value;
+    while (PyDict_Next(attributes, &position, &name, &value)) {
+        PyObject *item = PyTuple_Pack(2, name, value);
+        if (item == NULL) {
+            goto done;
+        }
+        PyTuple_SET_ITEM(key, index++, item);
+    }
+    PyObject *found = PyDict_GetItemWithError(cache, key);
+    if (found == NULL || !PyList_CheckExact(found)) {
+        goto done;
+    }
+    Py_INCREF(found);
+    histogram = PyObject_GetAttr(fast, str_histogram);
+    config = histogram != NULL ? PyObject_GetAttr(histogram, str_meter_config) : NULL;
+    if (config == NULL) {
+        goto fail;
+    }
+    if (config != Py_None) {
+        PyObject *enabled = PyObject_GetAttr(config, str_is_enabled);
+        int on = enabled != NULL ? PyObject_IsTrue(enabled) : -1;
+        Py_XDECREF(enabled);
+        if (on <= 0) {
+            goto fail;
+        }
+    }
+    storages = PyObject_GetAttr(consumer, str_reader_storages);
+    mine = storages != NULL ? PyObject_GetAttr(fast, str_storages) : NULL;
+    if (mine == NULL || storages != mine) {
+        goto fail;
+    }
+    sdk_config = PyObject_GetAttr(consumer, str_sdk_config);
+    filter = sdk_config != NULL ? PyObject_GetAttr(sdk_config, str_exemplar_filter) : NULL;
+    trace_based = filter != NULL ? PyObject_GetAttr(fast, str_trace_based) : NULL;
+    if (trace_based == NULL || (PyObject *)Py_TYPE(filter) != trace_based) {
+        goto fail;
+    }
+    if (PyContextVar_Get(self->var, NULL, context) < 0) {
+        goto fail;
+    }
+    if (*context == NULL || *context != PyTuple_GET_ITEM(current, 0)) {
+        Py_CLEAR(*context);
+        goto fail;
+    }
+    result = found;
+    goto done;
+fail:
+    Py_DECREF(found);
+done:
+    Py_XDECREF(consumer);
+    Py_XDECREF(cache);
+    Py_XDECREF(key);
+    Py_XDECREF(histogram);
+    Py_XDECREF(config);
+    Py_XDECREF(storages);
+    Py_XDECREF(mine);
+    Py_XDECREF(sdk_config);
+    Py_XDECREF(filter);
+    Py_XDECREF(trace_based);
+    return result;
+}
+
+static PyObject *
+histogram_record_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    HistogramRecord *self = (HistogramRecord *)op;
+    PyObject *current = PyVectorcall_NARGS(nargsf) == 3 ? args[2] : NULL;
+    if (kwnames != NULL || current == NULL || !PyTuple_CheckExact(current)
+        || PyTuple_GET_SIZE(current) < 4 || !PyLong_Check(PyTuple_GET_ITEM(current, 3))) {
+        return PyObject_Vectorcall(self->twin, args, nargsf, kwnames);
+    }
+    PyObject *value = args[0], *attributes = args[1], *context = NULL;
+    PyObject *aggregations = record_aggregations(self, attributes, current, &context);
+    if (aggregations == NULL) {
+        return PyErr_Occurred() ? NULL : PyObject_Vectorcall(self->twin, args, nargsf, NULL);
+    }
+    long flags = PyLong_AsLong(PyTuple_GET_ITEM(current, 3));
+    int sample = flags != -1 && (flags & 1);
+    PyObject *result = NULL, *now = NULL, *offered = NULL;
+    if (flags == -1 && PyErr_Occurred()) {
+        goto done;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(aggregations);
+    for (Py_ssize_t i = 0; i < count; i++) { /* each with the C aggregate (and reservoir) */
+        PyObject *each = PyList_GET_ITEM(aggregations, i);
+        if (!PyTuple_CheckExact(each) || PyTuple_GET_SIZE(each) != 3
+            || PyTuple_GET_ITEM(each, 2) == Py_None
+            || (sample && PyTuple_GET_ITEM(each, 1) == Py_None)) {
+            result = PyObject_Vectorcall(self->twin, args, nargsf, NULL);
+            goto done;
+        }
+    }
+    if (sample) { /* what a bucket's offer() stores: the caller's ids */
+        PyObject *clock = PyObject_GetAttr(time_module, str_time_ns);
+        now = clock != NULL ? PyObject_CallNoArgs(clock) : NULL;
+        Py_XDECREF(clock);
+        offered = now != NULL ? PyTuple_Pack(6, value, now, attributes, PyTuple_GET_ITEM(current, 2),
+                                             PyTuple_GET_ITEM(current, 1), Py_True)
+                              : NULL;
+        if (offered == NULL) {
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *each = PyList_GET_ITEM(aggregations, i);
+        PyObject *call[5] = {PyTuple_GET_ITEM(each, 0), value, Py_None, Py_None, Py_None};
+        if (sample) {
+            call[2] = PyTuple_GET_ITEM(each, 1);
+            call[3] = self->fields;
+            call[4] = offered;
+        }
+        PyObject *took = PyObject_Vectorcall(PyTuple_GET_ITEM(each, 2), call, 5, NULL);
+        int done = took != NULL ? PyObject_IsTrue(took) : -1;
+        Py_XDECREF(took);
+        if (done < 0) {
+            goto done;
+        }
+        if (!done && i == 0) { /* nothing changed yet: all of it the twin's */
+            result = PyObject_Vectorcall(self->twin, args, nargsf, NULL);
+            goto done;
+        }
+        if (!done) { /* the rest the Python loop's, from this one on */
+            if (now == NULL) {
+                PyObject *clock = PyObject_GetAttr(time_module, str_time_ns);
+                now = clock != NULL ? PyObject_CallNoArgs(clock) : NULL;
+                Py_XDECREF(clock);
+                if (now == NULL) {
+                    goto done;
+                }
+            }
+            PyObject *start = PyLong_FromSsize_t(i);
+            if (start == NULL) {
+                goto done;
+            }
+            PyObject *rest[9] = {self->fast, aggregations, start, value, now, context, attributes,
+                                 sample ? Py_True : Py_False, offered != NULL ? offered : Py_None};
+            result = PyObject_VectorcallMethod(str_aggregate_each, rest,
+                                               9 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            Py_DECREF(start);
+            goto done;
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    Py_DECREF(aggregations);
+    Py_XDECREF(context);
+    Py_XDECREF(now);
+    Py_XDECREF(offered);
+    return result;
+}
+
+static int
+histogram_record_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    HistogramRecord *self = (HistogramRecord *)op;
+    Py_VISIT(self->fast);
+    Py_VISIT(self->twin);
+    Py_VISIT(self->var);
+    Py_VISIT(self->fields);
+    return 0;
+}
+
+static int
+histogram_record_clear(PyObject *op)
+{
+    HistogramRecord *self = (HistogramRecord *)op;
+    Py_CLEAR(self->fast);
+    Py_CLEAR(self->twin);
+    Py_CLEAR(self->var);
+    Py_CLEAR(self->fields);
+    return 0;
+}
+
+static void
+histogram_record_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    histogram_record_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+static PyMemberDef histogram_record_members[] = {
+    {"twin", T_OBJECT, offsetof(HistogramRecord, twin), READONLY,
+     "what it calls for anything but the common case"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject HistogramRecordType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kiki_otel._speedups.HistogramRecord",
+    .tp_basicsize = sizeof(HistogramRecord),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "A histogram's record, made by histogram_record().",
+    .tp_vectorcall_offset = offsetof(HistogramRecord, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_traverse = histogram_record_traverse,
+    .tp_clear = histogram_record_clear,
+    .tp_dealloc = histogram_record_dealloc,
+    .tp_members = histogram_record_members,
+};
+
+static PyObject *
+histogram_record(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("histogram_record", nargs, 3)) {
+        return NULL;
+    }
+    if (!PyContextVar_CheckExact(args[1]) || !PyTuple_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "histogram_record: var must be a ContextVar, fields a tuple");
+        return NULL;
+    }
+    PyObject *twin = PyObject_GetAttrString(args[0], "record");
+    if (twin == NULL) {
+        return NULL;
+    }
+    HistogramRecord *self = PyObject_GC_New(HistogramRecord, &HistogramRecordType);
+    if (self == NULL) {
+        Py_DECREF(twin);
+        return NULL;
+    }
+    self->vectorcall = histogram_record_call;
+    self->fast = Py_NewRef(args[0]);
+    self->twin = twin;
+    self->var = Py_NewRef(args[1]);
+    self->fields = Py_NewRef(args[2]);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"encode_fields", (PyCFunction)(void (*)(void))encode_fields, METH_FASTCALL,
      "encode_fields(tag, mapping, skip) -> bytes | None\n\n"
@@ -2771,6 +3049,10 @@ static PyMethodDef speedups_methods[] = {
      "    -> AccessLine\n\n"
      "_access_log.DirectAccessLog.__call__ (twin) in C for its common case; twin(...) for\n"
      "any other."},
+    {"histogram_record", (PyCFunction)(void (*)(void))histogram_record, METH_FASTCALL,
+     "histogram_record(fast, var, fields) -> HistogramRecord\n\n"
+     "_fast_histogram.FastHistogram.record (fast's) in C for its common case; fast.record\n"
+     "for any other."},
     {"queue_item", (PyCFunction)(void (*)(void))queue_item, METH_FASTCALL,
      "queue_item(batch, item) -> bool\n\n"
      "_otlp_http.enqueue(batch, item) when the item fits in the queue of this process's\n"
@@ -2840,6 +3122,17 @@ intern_names(void)
         {&str_access_event, "http.request"},
         {&str_time_ns, "time_ns"},
         {&str_state, "state"},
+        {&str_consumer, "_consumer"},
+        {&str_cache, "_cache"},
+        {&str_histogram, "_histogram"},
+        {&str_meter_config, "_meter_config"},
+        {&str_is_enabled, "is_enabled"},
+        {&str_reader_storages, "_reader_storages"},
+        {&str_storages, "_storages"},
+        {&str_sdk_config, "_sdk_config"},
+        {&str_exemplar_filter, "exemplar_filter"},
+        {&str_trace_based, "_trace_based"},
+        {&str_aggregate_each, "_aggregate_each"},
         {&str_shutdown, "_shutdown"},
         {&str_pid, "_pid"},
         {&str_queue, "_queue"},
@@ -2890,7 +3183,7 @@ PyInit__speedups(void)
         return NULL;
     }
     if (PyType_Ready(&SendWrapperType) < 0 || PyType_Ready(&LastSendType) < 0
-        || PyType_Ready(&AccessLineType) < 0) {
+        || PyType_Ready(&AccessLineType) < 0 || PyType_Ready(&HistogramRecordType) < 0) {
         return NULL;
     }
     if (time_perf_counter == NULL) {

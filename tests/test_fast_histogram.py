@@ -52,6 +52,47 @@ def aggregate_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     return str(request.param)
 
 
+@pytest.fixture(autouse=True, params=["c-record", "python-record"])
+def record_path(request: pytest.FixtureRequest) -> str:
+    """Every test twice more: each record through ``FastHistogram.call`` as the middleware
+    makes it (C's ``histogram_record`` when built, given the current context's ids), and
+    through ``FastHistogram.record`` (its Python twin) without them."""
+    global _record_path
+    if request.param == "c-record" and type(_probe_call()).__name__ != "HistogramRecord":
+        pytest.skip("the C module is not built here, or KIKI_OTEL_NO_SPEEDUPS is set")
+    _record_path = str(request.param)
+    return _record_path
+
+
+_record_path = "python-record"
+
+
+def _probe_call() -> Any:
+    fast = fast_histogram(
+        MeterProvider(metric_readers=[InMemoryMetricReader()]).get_meter("t").create_histogram("x")
+    )
+    assert fast is not None
+    return fast.call
+
+
+def _current() -> tuple[Any, ...] | None:
+    """What the middleware passes: the current context, its span's ids and flags, for a
+    span that is not ``INVALID_SPAN`` (its own span never is); None otherwise."""
+    ctx = otel_context.get_current()
+    span = trace.get_current_span(ctx)
+    if span == INVALID_SPAN:
+        return None
+    ids = span.get_span_context()
+    return (ctx, ids.trace_id, ids.span_id, ids.trace_flags)
+
+
+def _rec(fast: FastHistogram, value: float, attributes: dict[str, Any]) -> None:
+    if _record_path == "c-record":
+        fast.call(value, attributes, _current())
+    else:
+        fast.record(value, attributes)
+
+
 def _pair(reader: InMemoryMetricReader, **kw: Any) -> tuple[Histogram, FastHistogram]:
     """Two histograms on one provider: ``sdk`` takes the SDK path, ``fast`` ours."""
     meter = MeterProvider(metric_readers=[reader], **kw).get_meter("t")
@@ -68,7 +109,7 @@ def _record_both(sdk: Histogram, fast: FastHistogram, rounds: int = 3) -> None:
         for attrs in ATTRS:
             for value in VALUES:
                 sdk.record(value, dict(attrs))
-                fast.record(value, dict(attrs))
+                _rec(fast, value, dict(attrs))
 
 
 def _summary(reader: InMemoryMetricReader, name: str) -> dict[Any, Any]:
@@ -133,9 +174,9 @@ def test_exemplars_link_the_current_span() -> None:
     reader = InMemoryMetricReader()
     _, fast = _pair(reader)
     tracer = TracerProvider().get_tracer("t")
-    fast.record(0.01, dict(ATTRS[0]))  # first sight: SDK path
+    _rec(fast, 0.01, dict(ATTRS[0]))  # first sight: SDK path
     with tracer.start_as_current_span("req") as span:
-        fast.record(0.02, dict(ATTRS[0]))  # direct path
+        _rec(fast, 0.02, dict(ATTRS[0]))  # direct path
         trace_id = span.get_span_context().trace_id
     (point,) = metric_points(reader, "fast")
     assert trace_id in {e.trace_id for e in point.exemplars}
@@ -172,10 +213,10 @@ def test_a_disabled_meter_records_nothing() -> None:
         meter.create_histogram("fast", unit="s", explicit_bucket_boundaries_advisory=BOUNDS)
     )
     assert fast is not None
-    fast.record(0.01, dict(ATTRS[0]))
-    fast.record(0.01, dict(ATTRS[0]))
+    _rec(fast, 0.01, dict(ATTRS[0]))
+    _rec(fast, 0.01, dict(ATTRS[0]))
     provider._set_meter_configurator(meter_configurator=_disable_meter_configurator)
-    fast.record(0.01, dict(ATTRS[0]))
+    _rec(fast, 0.01, dict(ATTRS[0]))
     (point,) = metric_points(reader, "fast")
     assert point.count == 2
 
@@ -257,12 +298,12 @@ def test_exemplars_are_the_sdks_in_every_context(
     ]
     for attrs in ATTRS[:2]:
         sdk.record(2.0, dict(attrs))
-        fast.record(2.0, dict(attrs))  # first sight: the SDK path; the rest are direct
+        _rec(fast, 2.0, dict(attrs))  # first sight: the SDK path; the rest are direct
     for which, value, ctx in contexts:
         token = otel_context.attach(ctx)
         try:
             sdk.record(value, dict(ATTRS[which]))
-            fast.record(value, dict(ATTRS[which]))
+            _rec(fast, value, dict(ATTRS[which]))
         finally:
             otel_context.detach(token)
     assert fast._cache
@@ -299,7 +340,7 @@ def test_the_callers_ids_answer_only_while_its_context_is_current() -> None:
     quiet_ctx = trace.set_span_in_context(unsampled, otel_context.Context())
     for attrs in ATTRS[:2]:  # first sight: the SDK path; the rest are direct
         sdk.record(2.0, dict(attrs))
-        fast.record(2.0, dict(attrs))
+        _rec(fast, 2.0, dict(attrs))
     cases = [  # (attached, the caller's current, value): one bucket each
         (ctx, (ctx, ids.trace_id, ids.span_id, int(ids.trace_flags)), 0.001),
         (quiet_ctx, (quiet_ctx, 0x1, 0x2, 0), 0.007),
@@ -310,7 +351,8 @@ def test_the_callers_ids_answer_only_while_its_context_is_current() -> None:
         token = otel_context.attach(attached)
         try:
             sdk.record(value, dict(ATTRS[0]))
-            fast.record(value, dict(ATTRS[0]), current)
+            record = fast.call if _record_path == "c-record" else fast.record
+            record(value, dict(ATTRS[0]), current)
         finally:
             otel_context.detach(token)
     found = _exemplars(reader)
@@ -369,7 +411,7 @@ def test_exemplars_offered_directly_are_the_reservoirs_own() -> None:
                 for attrs in ATTRS:
                     with tracer.start_as_current_span(f"r{collection}{round_}"):
                         sdk.record(value, dict(attrs))
-                        fast.record(value, dict(attrs))
+                        _rec(fast, value, dict(attrs))
         ((aggregation, reservoir, native), *_) = next(iter(fast._cache.values()))
         assert reservoir is aggregation._reservoir  # offered directly
         assert native is _fast_histogram._NATIVE  # in C where it is built
@@ -407,7 +449,7 @@ def test_another_bucket_layout_is_offered_by_the_sdk(monkeypatch: pytest.MonkeyP
             for value in VALUES * 2:
                 with tracer.start_as_current_span("r"):
                     sdk.record(value, dict(ATTRS[0]))
-                    fast.record(value, dict(ATTRS[0]))
+                    _rec(fast, value, dict(ATTRS[0]))
             assert all(r is None for entry in fast._cache.values() for _a, r, _n in entry)
             found = _exemplars(reader)
             assert sorted(e[:2] for e in found["fast"]) == sorted(e[:2] for e in found["sdk"])
@@ -459,3 +501,93 @@ def test_the_c_aggregate_is_used_only_as_probed(monkeypatch: pytest.MonkeyPatch)
         _ExplicitBucketHistogramAggregation, "aggregate", lambda self, m, s=True: None
     )
     assert _fast_histogram._native_aggregate(exact) is None
+
+
+@pytest.mark.parametrize("declines", [0, 1])
+def test_an_aggregate_that_declines_leaves_the_rest_to_the_python_loop(
+    declines: int, record_path: str, aggregate_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two readers, so two aggregations per attribute set; the C aggregate of one of them
+    hands back (as for a value it does not take). The first: the whole record is the
+    twin's; the second: the first aggregation keeps its value and the Python loop
+    aggregates the second from there. Either way both readers see what the SDK records."""
+    if aggregate_path != "c-aggregate":
+        pytest.skip("only the C aggregate hands back")
+    readers = [InMemoryMetricReader(), InMemoryMetricReader()]
+    meter = MeterProvider(metric_readers=readers).get_meter("t")
+    sdk = meter.create_histogram("sdk", unit="s", explicit_bucket_boundaries_advisory=BOUNDS)
+    fast = fast_histogram(
+        meter.create_histogram("fast", unit="s", explicit_bucket_boundaries_advisory=BOUNDS)
+    )
+    assert fast is not None
+    sdk.record(2.0, dict(ATTRS[0]))
+    _rec(fast, 2.0, dict(ATTRS[0]))  # first sight: learns both aggregations
+    (aggregations,) = fast._cache.values()
+    assert len(aggregations) == 2 and all(native is not None for _a, _r, native in aggregations)
+    aggregation, reservoir, _native = aggregations[declines]
+    aggregations[declines] = (aggregation, reservoir, lambda *args: False)
+    starts: list[int] = []
+    real = FastHistogram._aggregate_each
+
+    def counted(self: FastHistogram, aggregations: Any, start: int, *rest: Any) -> None:
+        starts.append(start)
+        real(self, aggregations, start, *rest)
+
+    monkeypatch.setattr(FastHistogram, "_aggregate_each", counted)
+    recording = TracerProvider(shutdown_on_exit=False).get_tracer("t").start_span("req")
+    unsampled = NonRecordingSpan(SpanContext(0xABC, 0xDEF, False, TraceFlags(0)))
+    for span in (recording, unsampled):
+        with trace.use_span(span):
+            for value in VALUES:
+                sdk.record(value, dict(ATTRS[0]))
+                _rec(fast, value, dict(ATTRS[0]))
+    # C: from the aggregation that declined (the first: the twin's record, from 0); the
+    # twin's own loop always starts at 0 and goes past one that declines
+    assert starts == [declines if record_path == "c-record" else 0] * (2 * len(VALUES))
+    for reader in readers:
+        assert _summary(reader, "fast") == _summary(reader, "sdk")
+
+
+def test_many_c_records_keep_no_memory(record_path: str) -> None:
+    """Every object a record makes is freed (the C record's references counted right)."""
+    import gc
+    import sys
+    import tracemalloc
+
+    reader = InMemoryMetricReader()
+    _sdk, fast = _pair(reader)
+    attrs = dict(ATTRS[0])
+    tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
+    with tracer.start_as_current_span("req"):
+        sampled = _current()
+    unsampled_span = NonRecordingSpan(SpanContext(0xABC, 0xDEF, False, TraceFlags(0)))
+    with trace.use_span(unsampled_span):
+        unsampled = _current()
+    assert sampled is not None and unsampled is not None
+    record = fast.call if record_path == "c-record" else fast.record
+    for current in (sampled, unsampled):
+        token = otel_context.attach(current[0])
+        try:
+            for _ in range(200):  # warm: the first sight, caches
+                record(0.02, attrs, current)
+            before = sys.getrefcount(attrs), sys.getrefcount(current)
+            gc.collect()
+            tracemalloc.start()
+            try:
+                start = tracemalloc.take_snapshot()
+                for _ in range(20_000):
+                    record(0.02, attrs, current)
+                end = tracemalloc.take_snapshot()
+            finally:
+                tracemalloc.stop()
+        finally:
+            otel_context.detach(token)
+        mine = [
+            tracemalloc.Filter(True, p) for p in (__file__, "*/kiki_otel/*", "*/opentelemetry/*")
+        ]
+        diff = end.filter_traces(mine).compare_to(start.filter_traces(mine), "filename")
+        assert sum(d.size_diff for d in diff) < 20_000  # bytes: well under one per record
+        # the last exemplar holds the attributes (sampled): one reference, either way
+        assert sys.getrefcount(attrs) == before[0] and sys.getrefcount(current) == before[1]
+    (point,) = metric_points(reader, "fast")
+    assert point.count == 2 * (20_000 + 200)
