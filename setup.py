@@ -20,6 +20,7 @@ setup(
             ["kiki_otel/_speedups.c"],
             optional=True,
             extra_compile_args=SIZE,
+            libraries=[] if sys.platform == "win32" else ["m"],  # round(), for request_end
         ),
     ]
 )

@@ -372,6 +372,21 @@ class ServerTelemetry:
         # (its call: the C one, or a bound __call__, not the object's generic call path)
         self._access_log: AccessLog | None = access_log().call if http.access_log else None
         self._warn = RateLimitedLog(OwnLogger("kiki_otel.http"), interval=10.0)
+        native_end = getattr(speedups, "request_end", None)
+        # _finish's common case in C (its twin, and what it calls for the rest), when built
+        self._finish_request: Any = (
+            native_end(
+                self._finish,
+                self._fast_duration,
+                self._direct.finish if self._direct is not None else None,
+                self._access_log,
+                NonRecordingSpan,
+                NO_ATTRIBUTES,
+                _route_of,
+            )
+            if native_end is not None and self._fast_duration is not None
+            else self._finish
+        )
         self._batch_max = http.finish_batch
         self._batch: list[tuple[Context, tuple[Any, ...]]] | None = None
         self._batch_task: object = None  # the task that ended the quiet loop's request
@@ -557,7 +572,7 @@ class ServerTelemetry:
                 if self._batch_max > 1:
                     self._end(scope, span, current, state, error, start, active_attrs)
                 else:
-                    self._finish(scope, span, current, state, error, start, active_attrs)
+                    self._finish_request(scope, span, current, state, error, start, active_attrs)
             except Exception as failure:  # never replace the app's outcome, never leak ids
                 self._failed(failure)
             finally:
@@ -612,7 +627,7 @@ class ServerTelemetry:
             self._batch_task = current_task(loop)
             # in an empty context: the handle must not keep this request's span alive
             loop.call_soon(self._turn_ended, loop, context=Context())
-        self._finish(scope, span, current, state, error, start, active_attrs)
+        self._finish_request(scope, span, current, state, error, start, active_attrs)
 
     def _turn_ended(self, loop: AbstractEventLoop) -> None:
         """Finish the waiting requests if the last turn of the loop ended none.
@@ -635,7 +650,7 @@ class ServerTelemetry:
     def _finish_each(self, batch: list[tuple[Context, tuple[Any, ...]]]) -> None:
         for context, item in batch:
             try:
-                context.run(self._finish, *item)
+                context.run(self._finish_request, *item)
             except Exception as failure:  # one request's failure must not cost the others'
                 self._failed(failure)
 

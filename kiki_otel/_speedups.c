@@ -6,8 +6,8 @@
  * (``request_ids``), a line's timestamp (``iso_timestamp``), an SDK span's encoding from
  * its fields (``sdk_span``), an export request's items framed (``frame_items``), the
  * request's ASGI send (``send_wrapper``), its access line with the line's record
- * (``access_line``), its duration's record (``histogram_record``) and a batch queue's
- * item (``queue_item``): see each.
+ * (``access_line``), its duration's record (``histogram_record``), its end
+ * (``request_end``) and a batch queue's item (``queue_item``): see each.
  *
  * ``encode_fields(tag, mapping, skip)`` writes the repeated ``KeyValue`` fields of a dict
  * (its items in order, the keys in ``skip`` left out) as ``_otlp_encode._fields`` does;
@@ -32,6 +32,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
+#include <math.h>
 #ifndef _WIN32
 #include <unistd.h>
 #else
@@ -2993,6 +2994,361 @@ histogram_record(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     return (PyObject *)self;
 }
 
+/* ------------------------------------------------------------------ the request's end
+ *
+ * ``request_end(twin, record, direct_finish, access, non_recording, no_attributes,
+ * route_of)`` makes what the middleware finishes a request with:
+ * ``_http_server.ServerTelemetry._finish(scope, span, current, state, error, start,
+ * active_attrs)`` (``twin``, also what it calls for anything but the common case) in one
+ * C call. The common case: no error, a status below 500 (or none), the request histogram's
+ * fast record (``record``), and for a span that records (not ``non_recording``) the direct
+ * span path's ``finish`` (``direct_finish``). Then the duration, the route, the metric's
+ * and the span's attributes and name are worked out as the twin does, and the histogram,
+ * the span and the access line (``access``, or NULL) each go out even when another one
+ * raises, the first failure raised after all three, as in the twin. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *twin, *record, *direct_finish, *access, *non_recording, *no_attributes;
+    PyObject *route_of;
+} RequestEnd;
+
+static PyObject *str_route_key, *str_root_path, *str_app_root_path, *str_http_version;
+static PyObject *str_default_version, *str_network_version, *str_http_route, *str_status_attr;
+static PyObject *str_method_attr, *str_other, *str_http_word, *str_perf_counter, *str_round;
+static PyObject *float_1e6, *float_1e3, *str_sent, *str_sent_ns;
+
+/* ``_http_server._route_of(scope)`` (a new reference, or None): its common case here (no
+ * mount below the server's root path), the rest by the function itself. */
+static PyObject *
+end_route(RequestEnd *self, PyObject *scope)
+{
+    PyObject *route = PyDict_GetItemWithError(scope, str_route_key); /* borrowed */
+    if (route == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *path = NULL; /* getattr(route, "path", None) */
+#if PY_VERSION_HEX >= 0x030D0000
+    if (route != NULL && PyObject_GetOptionalAttr(route, str_path, &path) < 0) {
+        return NULL;
+    }
+#else
+    if (route != NULL && _PyObject_LookupAttr(route, str_path, &path) < 0) {
+        return NULL;
+    }
+#endif
+    if (path == NULL || path == Py_None) {
+        Py_XDECREF(path);
+        Py_RETURN_NONE;
+    }
+    PyObject *root = PyDict_GetItemWithError(scope, str_root_path);
+    PyObject *app_root = root != NULL ? PyDict_GetItemWithError(scope, str_app_root_path) : NULL;
+    if (PyErr_Occurred()) {
+        Py_DECREF(path);
+        return NULL;
+    }
+    int plain = root == NULL || (PyUnicode_CheckExact(root) && PyUnicode_GET_LENGTH(root) == 0
+                                 && (app_root == NULL || app_root == root));
+    if (!plain) { /* a root path: the function's */
+        Py_DECREF(path);
+        return PyObject_CallOneArg(self->route_of, scope);
+    }
+    PyObject *text = PyObject_Str(path);
+    Py_DECREF(path);
+    return text;
+}
+
+/* A failure of one of the three outputs: kept (the first) if it is an Exception, else 0
+ * for the caller to return it now. */
+static int
+end_keep(PyObject **failure)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        return 0;
+    }
+    PyObject *type, *error, *traceback;
+    PyErr_Fetch(&type, &error, &traceback);
+    PyErr_NormalizeException(&type, &error, &traceback);
+    if (traceback != NULL && error != NULL) {
+        PyException_SetTraceback(error, traceback);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    if (*failure == NULL) {
+        *failure = error;
+    }
+    else {
+        Py_XDECREF(error);
+    }
+    return 1;
+}
+
+/* Raise a failure end_keep kept (the reference is taken). */
+static void
+end_raise(PyObject *failure)
+{
+    PyErr_Restore(Py_NewRef(Py_TYPE(failure)), failure, PyException_GetTraceback(failure));
+}
+
+static PyObject *
+request_end_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    RequestEnd *self = (RequestEnd *)op;
+    if (PyVectorcall_NARGS(nargsf) != 7 || kwnames != NULL) {
+        return PyObject_Vectorcall(self->twin, args, nargsf, kwnames);
+    }
+    PyObject *scope = args[0], *span = args[1], *current = args[2], *state = args[3];
+    PyObject *start = args[5], *active = args[6];
+    int live = (PyObject *)Py_TYPE(span) != self->non_recording;
+    if (args[4] != Py_None || !PyDict_CheckExact(scope) || !PyDict_CheckExact(active)
+        || (live && self->direct_finish == NULL)) {
+        return PyObject_Vectorcall(self->twin, args, nargsf, NULL);
+    }
+    PyObject *sent = NULL, *status = NULL, *sent_ns = NULL, *duration = NULL, *route = NULL;
+    PyObject *metric = NULL, *span_attrs = NULL, *name = NULL, *failure = NULL;
+    PyObject *result = NULL;
+    if (Py_IS_TYPE(state, &SendWrapperType)) {
+        SendWrapper *wrapper = (SendWrapper *)state;
+        sent = Py_NewRef(wrapper->sent);
+        status = Py_NewRef(wrapper->status);
+    }
+    else {
+        sent = PyObject_GetAttr(state, str_sent);
+        status = sent != NULL ? PyObject_GetAttr(state, str_status) : NULL;
+        if (status == NULL) {
+            goto done;
+        }
+    }
+    int truth = PyObject_IsTrue(status);
+    if (truth < 0) {
+        goto done;
+    }
+    if (!truth) {
+        Py_SETREF(status, Py_NewRef(zero_int));
+    }
+    int failed = PyObject_RichCompareBool(status, int_500, Py_GE);
+    if (failed != 0) { /* an error status: the twin's */
+        result = failed < 0 ? NULL : PyObject_Vectorcall(self->twin, args, nargsf, NULL);
+        goto done;
+    }
+    truth = PyObject_IsTrue(sent);
+    if (truth < 0) {
+        goto done;
+    }
+    if (!truth) {
+        PyObject *clock = PyObject_GetAttr(time_module, str_perf_counter);
+        Py_SETREF(sent, clock != NULL ? PyObject_CallNoArgs(clock) : NULL);
+        Py_XDECREF(clock);
+        if (sent == NULL) {
+            goto done;
+        }
+    }
+    duration = PyNumber_Subtract(sent, start);
+    route = duration != NULL ? end_route(self, scope) : NULL;
+    metric = route != NULL ? PyDict_Copy(active) : NULL;
+    if (metric == NULL) {
+        goto done;
+    }
+    PyObject *version = PyDict_GetItemWithError(scope, str_http_version);
+    if ((version == NULL && PyErr_Occurred())
+        || PyDict_SetItem(metric, str_network_version, version != NULL ? version
+                                                                        : str_default_version) < 0
+        || (route != Py_None && PyDict_SetItem(metric, str_http_route, route) < 0)) {
+        goto done;
+    }
+    int has_status = PyObject_IsTrue(status);
+    if (has_status < 0 || (has_status && PyDict_SetItem(metric, str_status_attr, status) < 0)) {
+        goto done;
+    }
+    if (live && (route != Py_None || has_status)) {
+        span_attrs = PyDict_New();
+        if (span_attrs == NULL) {
+            goto done;
+        }
+        if (route != Py_None) {
+            PyObject *method = PyDict_GetItemWithError(active, str_method_attr);
+            if (method == NULL) {
+                if (!PyErr_Occurred()) {
+                    PyErr_SetObject(PyExc_KeyError, str_method_attr);
+                }
+                goto done;
+            }
+            int other = PyUnicode_Check(method) ? same_str(method, str_other) : 0;
+            if (other < 0 || PyDict_SetItem(span_attrs, str_http_route, route) < 0) {
+                goto done;
+            }
+            name = PyUnicode_FromFormat("%S %S", other ? str_http_word : method, route);
+            if (name == NULL) {
+                goto done;
+            }
+        }
+        if (has_status && PyDict_SetItem(span_attrs, str_status_attr, status) < 0) {
+            goto done;
+        }
+    }
+    PyObject *record_args[3] = {duration, metric, current};
+    PyObject *called = PyObject_Vectorcall(self->record, record_args, 3, NULL);
+    if (called == NULL && !end_keep(&failure)) {
+        goto done;
+    }
+    Py_XDECREF(called);
+    if (live) {
+        if (Py_IS_TYPE(state, &SendWrapperType)) {
+            sent_ns = Py_NewRef(((SendWrapper *)state)->sent_ns);
+        }
+        else if ((sent_ns = PyObject_GetAttr(state, str_sent_ns)) == NULL) {
+            if (!end_keep(&failure)) {
+                goto done;
+            }
+        }
+        truth = sent_ns != NULL ? PyObject_IsTrue(sent_ns) : 0;
+        if (truth < 0 && !end_keep(&failure)) {
+            goto done;
+        }
+        if (sent_ns != NULL && truth >= 0) {
+            PyObject *finish_args[4] = {span, span_attrs != NULL ? span_attrs : self->no_attributes,
+                                        name != NULL ? name : Py_None, truth ? sent_ns : Py_None};
+            called = PyObject_Vectorcall(self->direct_finish, finish_args, 4, NULL);
+            if (called == NULL && !end_keep(&failure)) {
+                goto done;
+            }
+            Py_XDECREF(called);
+        }
+    }
+    if (self->access != NULL) {
+        /* round(duration * 1e6) / 1e3: half-even to the microsecond, as the twin's */
+        PyObject *micros = PyNumber_Multiply(duration, float_1e6), *millis = NULL;
+        if (micros != NULL && PyFloat_CheckExact(micros) && isfinite(PyFloat_AS_DOUBLE(micros))) {
+            double x = PyFloat_AS_DOUBLE(micros), whole = round(x); /* float.__round__ */
+            if (fabs(x - whole) == 0.5) {
+                whole = 2.0 * round(x / 2.0);
+            }
+            millis = PyFloat_FromDouble(whole / 1e3); /* an int below 2**53: exact as double */
+        }
+        else if (micros != NULL) {
+            PyObject *whole = PyObject_CallMethodNoArgs(micros, str_round);
+            millis = whole != NULL ? PyNumber_TrueDivide(whole, float_1e3) : NULL;
+            Py_XDECREF(whole);
+        }
+        Py_XDECREF(micros);
+        PyObject *method = NULL, *path = NULL;
+        if (millis != NULL) {
+            method = PyDict_GetItemWithError(scope, str_method);
+            path = method != NULL || !PyErr_Occurred() ? PyDict_GetItemWithError(scope, str_path)
+                                                       : NULL;
+            if (path == NULL && !PyErr_Occurred()) {
+                PyErr_SetObject(PyExc_KeyError, str_path);
+            }
+        }
+        if (path != NULL) {
+            PyObject *line_args[6] = {method != NULL ? method : Py_None, path, route, status,
+                                      millis, current};
+            called = PyObject_Vectorcall(self->access, line_args, 6, NULL);
+            Py_XDECREF(called);
+        }
+        Py_XDECREF(millis);
+        if (PyErr_Occurred() && !end_keep(&failure)) {
+            goto done;
+        }
+    }
+    if (failure != NULL) {
+        end_raise(failure);
+        failure = NULL;
+    }
+    else {
+        result = Py_NewRef(Py_None);
+    }
+done:
+    Py_XDECREF(sent);
+    Py_XDECREF(status);
+    Py_XDECREF(sent_ns);
+    Py_XDECREF(duration);
+    Py_XDECREF(route);
+    Py_XDECREF(metric);
+    Py_XDECREF(span_attrs);
+    Py_XDECREF(name);
+    Py_XDECREF(failure);
+    return result;
+}
+
+#define REQUEST_END_FIELDS(X)                                                              \
+    X(twin) X(record) X(direct_finish) X(access) X(non_recording) X(no_attributes) X(route_of)
+
+static int
+request_end_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    RequestEnd *self = (RequestEnd *)op;
+#define VISIT(field) Py_VISIT(self->field);
+    REQUEST_END_FIELDS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int
+request_end_clear(PyObject *op)
+{
+    RequestEnd *self = (RequestEnd *)op;
+#define CLEAR(field) Py_CLEAR(self->field);
+    REQUEST_END_FIELDS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void
+request_end_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    request_end_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+static PyMemberDef request_end_members[] = {
+    {"twin", T_OBJECT, offsetof(RequestEnd, twin), READONLY,
+     "what it calls for anything but the common case"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject RequestEndType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kiki_otel._speedups.RequestEnd",
+    .tp_basicsize = sizeof(RequestEnd),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "A request's end, made by request_end().",
+    .tp_vectorcall_offset = offsetof(RequestEnd, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_traverse = request_end_traverse,
+    .tp_clear = request_end_clear,
+    .tp_dealloc = request_end_dealloc,
+    .tp_members = request_end_members,
+};
+
+static PyObject *
+request_end(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("request_end", nargs, 7)) {
+        return NULL;
+    }
+    if (!PyType_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "request_end: non_recording must be a class");
+        return NULL;
+    }
+    RequestEnd *self = PyObject_GC_New(RequestEnd, &RequestEndType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = request_end_call;
+    self->twin = Py_NewRef(args[0]);
+    self->record = Py_NewRef(args[1]);
+    self->direct_finish = args[2] != Py_None ? Py_NewRef(args[2]) : NULL;
+    self->access = args[3] != Py_None ? Py_NewRef(args[3]) : NULL;
+    self->non_recording = Py_NewRef(args[4]);
+    self->no_attributes = Py_NewRef(args[5]);
+    self->route_of = Py_NewRef(args[6]);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"encode_fields", (PyCFunction)(void (*)(void))encode_fields, METH_FASTCALL,
      "encode_fields(tag, mapping, skip) -> bytes | None\n\n"
@@ -3048,6 +3404,11 @@ static PyMethodDef speedups_methods[] = {
      "            emit, heads, name, dumps, dumps_default, write, stamp_fallback, emit_fast)\n"
      "    -> AccessLine\n\n"
      "_access_log.DirectAccessLog.__call__ (twin) in C for its common case; twin(...) for\n"
+     "any other."},
+    {"request_end", (PyCFunction)(void (*)(void))request_end, METH_FASTCALL,
+     "request_end(twin, record, direct_finish, access, non_recording, no_attributes,\n"
+     "            route_of) -> RequestEnd\n\n"
+     "_http_server.ServerTelemetry._finish (twin) in C for its common case; twin(...) for\n"
      "any other."},
     {"histogram_record", (PyCFunction)(void (*)(void))histogram_record, METH_FASTCALL,
      "histogram_record(fast, var, fields) -> HistogramRecord\n\n"
@@ -3122,6 +3483,21 @@ intern_names(void)
         {&str_access_event, "http.request"},
         {&str_time_ns, "time_ns"},
         {&str_state, "state"},
+        {&str_route_key, "route"},
+        {&str_root_path, "root_path"},
+        {&str_app_root_path, "app_root_path"},
+        {&str_http_version, "http_version"},
+        {&str_default_version, "1.1"},
+        {&str_network_version, "network.protocol.version"},
+        {&str_http_route, "http.route"},
+        {&str_status_attr, "http.response.status_code"},
+        {&str_method_attr, "http.request.method"},
+        {&str_other, "_OTHER"},
+        {&str_http_word, "HTTP"},
+        {&str_perf_counter, "perf_counter"},
+        {&str_round, "__round__"},
+        {&str_sent, "sent"},
+        {&str_sent_ns, "sent_ns"},
         {&str_consumer, "_consumer"},
         {&str_cache, "_cache"},
         {&str_histogram, "_histogram"},
@@ -3182,8 +3558,15 @@ PyInit__speedups(void)
     if (int_500 == NULL && (int_500 = PyLong_FromLong(500)) == NULL) {
         return NULL;
     }
+    if (float_1e6 == NULL && (float_1e6 = PyFloat_FromDouble(1e6)) == NULL) {
+        return NULL;
+    }
+    if (float_1e3 == NULL && (float_1e3 = PyFloat_FromDouble(1e3)) == NULL) {
+        return NULL;
+    }
     if (PyType_Ready(&SendWrapperType) < 0 || PyType_Ready(&LastSendType) < 0
-        || PyType_Ready(&AccessLineType) < 0 || PyType_Ready(&HistogramRecordType) < 0) {
+        || PyType_Ready(&AccessLineType) < 0 || PyType_Ready(&HistogramRecordType) < 0
+        || PyType_Ready(&RequestEndType) < 0) {
         return NULL;
     }
     if (time_perf_counter == NULL) {

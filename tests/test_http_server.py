@@ -1214,3 +1214,137 @@ async def test_the_shutdown_finishes_waiting_requests_before_its_flush(
     assert report.clean
     assert _ids(memory) == ids
     assert [line["n"] for line in _access(capsys.readouterr().out)] == [1, 2, 3]
+
+
+def _mounted_app() -> FastAPI:
+    """make_app() with a sub-application mounted at /sub (a route below a root path)."""
+    outer = make_app()
+    sub = FastAPI()
+
+    @sub.get("/plans/{plan_id}")
+    async def plan(plan_id: int) -> dict[str, int]:
+        return {"plan": plan_id}
+
+    outer.mount("/sub", sub)
+    return outer
+
+
+async def _finished_by(end: str, sampler: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """What requests leave behind when ``_finish`` is C's (``end``: "c") or its twin's."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from kiki_otel import _http_server
+    from kiki_otel._settings import Settings
+
+    if end == "python":
+        monkeypatch.setattr(_http_server, "speedups", None)
+    spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    tracer_provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    telemetry = _http_server.ServerTelemetry(
+        _mounted_app(),
+        settings=Settings(),
+        tracer_provider=tracer_provider,
+        meter_provider=MeterProvider(metric_readers=[reader], shutdown_on_exit=False),
+    )
+    kind = type(telemetry._finish_request).__name__
+    assert kind == ("RequestEnd" if end == "c" else "method")
+    transport = httpx.ASGITransport(app=telemetry, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        for path in ("/items/3", "/nope", "/items/x", "/teapot", "/forbidden", "/boom"):
+            await c.get(path)
+        await c.request("BREW", "/items/3")
+        await c.get("/sub/plans/7", headers={"user-agent": "t"})
+    monkeypatch.undo()
+    points = sorted(
+        (sorted(p.attributes.items()), p.count)
+        for scope in reader.get_metrics_data().resource_metrics[0].scope_metrics  # type: ignore[union-attr]
+        for metric in scope.metrics
+        if metric.name == "http.server.request.duration"
+        for p in metric.data.data_points
+    )
+    finished = [
+        (s.name, sorted(s.attributes.items()), s.status.status_code, len(s.events))
+        for s in spans.get_finished_spans()
+    ]
+    return points, finished
+
+
+@pytest.mark.parametrize("sampled", [True, False])
+async def test_the_c_end_finishes_requests_as_its_twin(
+    memory: Memory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    sampled: bool,
+) -> None:
+    """``_speedups.request_end`` against ``ServerTelemetry._finish``: the same metric
+    points, spans (names, attributes, status) and access lines for each kind of request,
+    the ones it hands to its twin (errors, 5xx) included, a mounted route among them."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
+
+    from kiki_otel import _http_server
+
+    if getattr(_http_server.speedups, "request_end", None) is None:
+        pytest.skip("the C module is not built here")
+    kiki_otel.configure(FastAPI(), service_name="svc-end", metrics_exporter="none")
+    sampler = ALWAYS_ON if sampled else ALWAYS_OFF
+    ignored = {"timestamp", "duration_ms", "trace_id", "request_id", "span_id"}
+    results = []
+    for end in ("c", "python"):
+        capsys.readouterr()
+        points, finished = await _finished_by(end, sampler, monkeypatch)
+        lines = [
+            {k: v for k, v in line.items() if k not in ignored}
+            for line in log_lines(capsys.readouterr().out)
+            if line["event"] == "http.request"
+        ]
+        results.append((points, finished, lines))
+    assert results[0] == results[1]
+    points, finished, lines = results[0]
+    assert len(lines) == 8 and len(finished) == (8 if sampled else 0)
+    assert {"route": "/sub/plans/{plan_id}", "status": 200}.items() <= lines[-1].items()
+    assert [line["status"] for line in lines] == [200, 404, 422, 418, 403, 500, 405, 200]
+
+
+class _GoneStorages:
+    """A measurement consumer whose readers cannot be read (a broken SDK internal)."""
+
+    @property
+    def _reader_storages(self) -> Any:
+        raise RuntimeError("storages gone")
+
+
+@pytest.mark.parametrize("end", ["c", "python"])
+async def test_a_failing_metric_still_ends_the_span_and_logs_the_line(
+    memory: Memory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, end: str
+) -> None:
+    """The histogram's record raises: the span still ends, the access line is still
+    written, and the failure is reported once the request's telemetry is done."""
+    from kiki_otel import _http_server
+
+    if end == "python":
+        monkeypatch.setattr(_http_server, "speedups", None)
+    elif getattr(_http_server.speedups, "request_end", None) is None:
+        pytest.skip("the C module is not built here")
+    app = make_app()
+    kiki_otel.configure(app, service_name="svc-end", metrics_exporter="none")
+    async with client(app) as c:
+        await c.get("/items/1")  # built on the first request
+        stack: Any = app.middleware_stack
+        telemetry = getattr(stack, "__self__", stack)
+        while not isinstance(telemetry, _http_server.ServerTelemetry):
+            telemetry = getattr(telemetry.app, "__self__", telemetry.app)
+        fast = getattr(telemetry._fast_duration, "twin", telemetry._fast_duration).__self__
+        fast._consumer = _GoneStorages()
+        capsys.readouterr()
+        response = await c.get("/items/2")
+    assert response.status_code == 200
+    lines = log_lines(capsys.readouterr().out)
+    assert [line["path"] for line in lines if line["event"] == "http.request"] == ["/items/2"]
+    (failed,) = [line for line in lines if line["event"] == "http.telemetry.failed"]
+    assert "storages gone" in failed["error"]
+    assert [s.attributes["url.path"] for s in server_spans(memory)] == ["/items/1", "/items/2"]
