@@ -2276,6 +2276,54 @@ send_wrapper(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     return (PyObject *)self;
 }
 
+/* ------------------------------------------------------------------ C twins of Python code
+ *
+ * ``access_line``, ``histogram_record`` and ``request_end`` each make a callable object
+ * holding a Python callable, its ``twin`` (what it calls for anything but its common case),
+ * and a few more objects. ``TWIN_TYPE`` defines such a type from the list of its object
+ * fields (``FIELDS(X)``): traverse, clear, dealloc, the ``twin`` member and the type
+ * object, called through the ``vectorcall`` each instance holds. */
+
+#define TWIN_VISIT(field) Py_VISIT(self->field);
+#define TWIN_CLEAR(field) Py_CLEAR(self->field);
+#define TWIN_TYPE(prefix, Type, type_object, FIELDS, doc)                                   \
+    static int prefix##_traverse(PyObject *op, visitproc visit, void *arg)                  \
+    {                                                                                       \
+        Type *self = (Type *)op;                                                            \
+        FIELDS(TWIN_VISIT)                                                                  \
+        return 0;                                                                           \
+    }                                                                                       \
+    static int prefix##_clear(PyObject *op)                                                 \
+    {                                                                                       \
+        Type *self = (Type *)op;                                                            \
+        FIELDS(TWIN_CLEAR)                                                                  \
+        return 0;                                                                           \
+    }                                                                                       \
+    static void prefix##_dealloc(PyObject *op)                                              \
+    {                                                                                       \
+        PyObject_GC_UnTrack(op);                                                            \
+        prefix##_clear(op);                                                                 \
+        Py_TYPE(op)->tp_free(op);                                                           \
+    }                                                                                       \
+    static PyMemberDef prefix##_members[] = {                                               \
+        {"twin", T_OBJECT, offsetof(Type, twin), READONLY,                                  \
+         "what it calls for anything but the common case"},                                 \
+        {NULL, 0, 0, 0, NULL},                                                              \
+    };                                                                                      \
+    static PyTypeObject type_object = {                                                     \
+        PyVarObject_HEAD_INIT(NULL, 0)                                                      \
+        .tp_name = "kiki_otel._speedups." #Type,                                            \
+        .tp_basicsize = sizeof(Type),                                                       \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,   \
+        .tp_doc = doc,                                                                      \
+        .tp_vectorcall_offset = offsetof(Type, vectorcall),                                 \
+        .tp_call = PyVectorcall_Call,                                                       \
+        .tp_traverse = prefix##_traverse,                                                   \
+        .tp_clear = prefix##_clear,                                                         \
+        .tp_dealloc = prefix##_dealloc,                                                     \
+        .tp_members = prefix##_members,                                                     \
+    };
+
 /* ------------------------------------------------------------------ a batch queue's item
  *
  * ``queue_item(batch, item)``: ``_otlp_http.enqueue``'s common case (the item fits, the
@@ -2602,53 +2650,8 @@ done:
     X(emit) X(loggers) X(local) X(idle) X(skip) X(heads) X(name) X(dumps) X(dumps_default) \
     X(write) X(stamp_fallback)
 
-static int
-access_line_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    AccessLine *self = (AccessLine *)op;
-#define VISIT(field) Py_VISIT(self->field);
-    ACCESS_LINE_FIELDS(VISIT)
-#undef VISIT
-    return 0;
-}
-
-static int
-access_line_clear(PyObject *op)
-{
-    AccessLine *self = (AccessLine *)op;
-#define CLEAR(field) Py_CLEAR(self->field);
-    ACCESS_LINE_FIELDS(CLEAR)
-#undef CLEAR
-    return 0;
-}
-
-static void
-access_line_dealloc(PyObject *op)
-{
-    PyObject_GC_UnTrack(op);
-    access_line_clear(op);
-    Py_TYPE(op)->tp_free(op);
-}
-
-static PyMemberDef access_line_members[] = {
-    {"twin", T_OBJECT, offsetof(AccessLine, twin), READONLY,
-     "what it calls for anything but the common case"},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static PyTypeObject AccessLineType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "kiki_otel._speedups.AccessLine",
-    .tp_basicsize = sizeof(AccessLine),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "A request's access line, made by access_line().",
-    .tp_vectorcall_offset = offsetof(AccessLine, vectorcall),
-    .tp_call = PyVectorcall_Call,
-    .tp_traverse = access_line_traverse,
-    .tp_clear = access_line_clear,
-    .tp_dealloc = access_line_dealloc,
-    .tp_members = access_line_members,
-};
+TWIN_TYPE(access_line, AccessLine, AccessLineType, ACCESS_LINE_FIELDS,
+          "A request's access line, made by access_line().")
 
 static PyObject *
 access_line(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
@@ -2861,8 +2864,8 @@ histogram_record_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObje
         PyObject *clock = PyObject_GetAttr(time_module, str_time_ns);
         now = clock != NULL ? PyObject_CallNoArgs(clock) : NULL;
         Py_XDECREF(clock);
-        offered = now != NULL ? PyTuple_Pack(6, value, now, attributes, PyTuple_GET_ITEM(current, 2),
-                                             PyTuple_GET_ITEM(current, 1), Py_True)
+        PyObject *trace_id = PyTuple_GET_ITEM(current, 1), *span_id = PyTuple_GET_ITEM(current, 2);
+        offered = now != NULL ? PyTuple_Pack(6, value, now, attributes, span_id, trace_id, Py_True)
                               : NULL;
         if (offered == NULL) {
             goto done;
@@ -2916,55 +2919,10 @@ done:
     return result;
 }
 
-static int
-histogram_record_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    HistogramRecord *self = (HistogramRecord *)op;
-    Py_VISIT(self->fast);
-    Py_VISIT(self->twin);
-    Py_VISIT(self->var);
-    Py_VISIT(self->fields);
-    return 0;
-}
+#define HISTOGRAM_RECORD_FIELDS(X) X(twin) X(fast) X(var) X(fields)
 
-static int
-histogram_record_clear(PyObject *op)
-{
-    HistogramRecord *self = (HistogramRecord *)op;
-    Py_CLEAR(self->fast);
-    Py_CLEAR(self->twin);
-    Py_CLEAR(self->var);
-    Py_CLEAR(self->fields);
-    return 0;
-}
-
-static void
-histogram_record_dealloc(PyObject *op)
-{
-    PyObject_GC_UnTrack(op);
-    histogram_record_clear(op);
-    Py_TYPE(op)->tp_free(op);
-}
-
-static PyMemberDef histogram_record_members[] = {
-    {"twin", T_OBJECT, offsetof(HistogramRecord, twin), READONLY,
-     "what it calls for anything but the common case"},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static PyTypeObject HistogramRecordType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "kiki_otel._speedups.HistogramRecord",
-    .tp_basicsize = sizeof(HistogramRecord),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "A histogram's record, made by histogram_record().",
-    .tp_vectorcall_offset = offsetof(HistogramRecord, vectorcall),
-    .tp_call = PyVectorcall_Call,
-    .tp_traverse = histogram_record_traverse,
-    .tp_clear = histogram_record_clear,
-    .tp_dealloc = histogram_record_dealloc,
-    .tp_members = histogram_record_members,
-};
+TWIN_TYPE(histogram_record, HistogramRecord, HistogramRecordType, HISTOGRAM_RECORD_FIELDS,
+          "A histogram's record, made by histogram_record().")
 
 static PyObject *
 histogram_record(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
@@ -3276,53 +3234,8 @@ done:
 #define REQUEST_END_FIELDS(X)                                                              \
     X(twin) X(record) X(direct_finish) X(access) X(non_recording) X(no_attributes) X(route_of)
 
-static int
-request_end_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    RequestEnd *self = (RequestEnd *)op;
-#define VISIT(field) Py_VISIT(self->field);
-    REQUEST_END_FIELDS(VISIT)
-#undef VISIT
-    return 0;
-}
-
-static int
-request_end_clear(PyObject *op)
-{
-    RequestEnd *self = (RequestEnd *)op;
-#define CLEAR(field) Py_CLEAR(self->field);
-    REQUEST_END_FIELDS(CLEAR)
-#undef CLEAR
-    return 0;
-}
-
-static void
-request_end_dealloc(PyObject *op)
-{
-    PyObject_GC_UnTrack(op);
-    request_end_clear(op);
-    Py_TYPE(op)->tp_free(op);
-}
-
-static PyMemberDef request_end_members[] = {
-    {"twin", T_OBJECT, offsetof(RequestEnd, twin), READONLY,
-     "what it calls for anything but the common case"},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static PyTypeObject RequestEndType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "kiki_otel._speedups.RequestEnd",
-    .tp_basicsize = sizeof(RequestEnd),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "A request's end, made by request_end().",
-    .tp_vectorcall_offset = offsetof(RequestEnd, vectorcall),
-    .tp_call = PyVectorcall_Call,
-    .tp_traverse = request_end_traverse,
-    .tp_clear = request_end_clear,
-    .tp_dealloc = request_end_dealloc,
-    .tp_members = request_end_members,
-};
+TWIN_TYPE(request_end, RequestEnd, RequestEndType, REQUEST_END_FIELDS,
+          "A request's end, made by request_end().")
 
 static PyObject *
 request_end(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
