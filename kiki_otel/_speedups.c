@@ -1723,6 +1723,30 @@ iso_timestamp(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
  * ``slow(wrapper, message)``: ``_http_server._send``, the Python twin's own ``__call__``,
  * so both behave the same. */
 
+/* Traverse, clear and dealloc of a GC type whose object fields ``FIELDS(X)`` lists (the
+ * request's send, its last message and the C twins below): the list is written once. */
+#define FIELD_VISIT(field) Py_VISIT(self->field);
+#define FIELD_CLEAR(field) Py_CLEAR(self->field);
+#define GC_FIELDS(prefix, Type, FIELDS)                                                     \
+    static int prefix##_traverse(PyObject *op, visitproc visit, void *arg)                  \
+    {                                                                                       \
+        Type *self = (Type *)op;                                                            \
+        FIELDS(FIELD_VISIT)                                                                 \
+        return 0;                                                                           \
+    }                                                                                       \
+    static int prefix##_clear(PyObject *op)                                                 \
+    {                                                                                       \
+        Type *self = (Type *)op;                                                            \
+        FIELDS(FIELD_CLEAR)                                                                 \
+        return 0;                                                                           \
+    }                                                                                       \
+    static void prefix##_dealloc(PyObject *op)                                              \
+    {                                                                                       \
+        PyObject_GC_UnTrack(op);                                                            \
+        prefix##_clear(op);                                                                 \
+        Py_TYPE(op)->tp_free(op);                                                           \
+    }
+
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
@@ -2038,33 +2062,9 @@ last_await(PyObject *op)
     return Py_NewRef(op);
 }
 
-static int
-last_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    LastSend *self = (LastSend *)op;
-    Py_VISIT(self->wrapper);
-    Py_VISIT(self->message);
-    Py_VISIT(self->inner);
-    return 0;
-}
+#define LAST_SEND_FIELDS(X) X(wrapper) X(message) X(inner)
 
-static int
-last_clear(PyObject *op)
-{
-    LastSend *self = (LastSend *)op;
-    Py_CLEAR(self->wrapper);
-    Py_CLEAR(self->message);
-    Py_CLEAR(self->inner);
-    return 0;
-}
-
-static void
-last_dealloc(PyObject *op)
-{
-    PyObject_GC_UnTrack(op);
-    last_clear(op);
-    Py_TYPE(op)->tp_free(op);
-}
+GC_FIELDS(last, LastSend, LAST_SEND_FIELDS)
 
 static PyAsyncMethods last_async = {
     .am_await = last_await,
@@ -2171,45 +2171,10 @@ send_wrapper_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
     return PyObject_Vectorcall(self->send, &message, 1, NULL);
 }
 
-static int
-send_wrapper_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    SendWrapper *self = (SendWrapper *)op;
-    Py_VISIT(self->send);
-    Py_VISIT(self->headers);
-    Py_VISIT(self->id_header);
-    Py_VISIT(self->outer);
-    Py_VISIT(self->slow);
-    Py_VISIT(self->var);
-    Py_VISIT(self->status);
-    Py_VISIT(self->sent);
-    Py_VISIT(self->sent_ns);
-    return 0;
-}
+#define SEND_WRAPPER_FIELDS(X)                                                             \
+    X(send) X(headers) X(id_header) X(outer) X(slow) X(var) X(status) X(sent) X(sent_ns)
 
-static int
-send_wrapper_clear(PyObject *op)
-{
-    SendWrapper *self = (SendWrapper *)op;
-    Py_CLEAR(self->send);
-    Py_CLEAR(self->headers);
-    Py_CLEAR(self->id_header);
-    Py_CLEAR(self->outer);
-    Py_CLEAR(self->slow);
-    Py_CLEAR(self->var);
-    Py_CLEAR(self->status);
-    Py_CLEAR(self->sent);
-    Py_CLEAR(self->sent_ns);
-    return 0;
-}
-
-static void
-send_wrapper_dealloc(PyObject *op)
-{
-    PyObject_GC_UnTrack(op);
-    send_wrapper_clear(op);
-    Py_TYPE(op)->tp_free(op);
-}
+GC_FIELDS(send_wrapper, SendWrapper, SEND_WRAPPER_FIELDS)
 
 static PyMemberDef send_wrapper_members[] = {
     {"send", T_OBJECT, offsetof(SendWrapper, send), READONLY, "the server's send"},
@@ -2281,30 +2246,11 @@ send_wrapper(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
  * ``access_line``, ``histogram_record`` and ``request_end`` each make a callable object
  * holding a Python callable, its ``twin`` (what it calls for anything but its common case),
  * and a few more objects. ``TWIN_TYPE`` defines such a type from the list of its object
- * fields (``FIELDS(X)``): traverse, clear, dealloc, the ``twin`` member and the type
+ * fields (``FIELDS(X)``): ``GC_FIELDS``' functions, the ``twin`` member and the type
  * object, called through the ``vectorcall`` each instance holds. */
 
-#define TWIN_VISIT(field) Py_VISIT(self->field);
-#define TWIN_CLEAR(field) Py_CLEAR(self->field);
 #define TWIN_TYPE(prefix, Type, type_object, FIELDS, doc)                                   \
-    static int prefix##_traverse(PyObject *op, visitproc visit, void *arg)                  \
-    {                                                                                       \
-        Type *self = (Type *)op;                                                            \
-        FIELDS(TWIN_VISIT)                                                                  \
-        return 0;                                                                           \
-    }                                                                                       \
-    static int prefix##_clear(PyObject *op)                                                 \
-    {                                                                                       \
-        Type *self = (Type *)op;                                                            \
-        FIELDS(TWIN_CLEAR)                                                                  \
-        return 0;                                                                           \
-    }                                                                                       \
-    static void prefix##_dealloc(PyObject *op)                                              \
-    {                                                                                       \
-        PyObject_GC_UnTrack(op);                                                            \
-        prefix##_clear(op);                                                                 \
-        Py_TYPE(op)->tp_free(op);                                                           \
-    }                                                                                       \
+    GC_FIELDS(prefix, Type, FIELDS)                                                         \
     static PyMemberDef prefix##_members[] = {                                               \
         {"twin", T_OBJECT, offsetof(Type, twin), READONLY,                                  \
          "what it calls for anything but the common case"},                                 \
