@@ -30,7 +30,9 @@ from ._access_log import AccessLog, access_log
 from ._asgi import ASGIApp, Message, Receive, Scope, Send, direct_call
 from ._context import (
     CURRENT,
+    IDS,
     IDS_BY_NAME,
+    SPAN_CONTEXT_OF,
     SPAN_KEY,
     client_request_id,
     client_request_id_get,
@@ -331,6 +333,14 @@ async def _send(wrapper: _SendWrapper, message: Message) -> Any:
 _new_send_wrapper: Any = getattr(speedups, "send_wrapper", None) or _SendWrapper
 """``_SendWrapper(send, headers, id_header, outer, _send, CURRENT)``, in C when it is built."""
 
+_Begun = tuple[
+    _SendWrapper, Span, SpanContext, _Current, Any, Any, dict[str, Any], list[Any], float
+]
+"""A request's start (:meth:`ServerTelemetry._begin`): the app's send (with the request's
+state), the span, its span context, the request's ``_Current``, the token that detaches its
+context, the client request id's token (None: not set), the active-request count's
+attributes and entry, and the start time (perf counter)."""
+
 
 class ServerTelemetry:
     """The outermost middleware: server span, request id headers, HTTP metrics, access log."""
@@ -386,6 +396,42 @@ class ServerTelemetry:
             )
             if native_end is not None and self._fast_duration is not None
             else self._finish
+        )
+        native_begin = getattr(speedups, "request_begin", None)
+        direct = self._direct
+        # _begin's common case in C (its twin, and what it calls for the rest), when built
+        self._begin_request: Any = (
+            native_begin(
+                self._begin,
+                globals(),  # (it reads _w3c_only, the last propagator seen)
+                propagate,
+                _W3C_HEADERS,
+                self._id_header,
+                _KNOWN_METHODS,
+                self._client_id,
+                otel_context.Context,
+                direct.usable,
+                _START_ATTRIBUTES_MAX,
+                direct.start_open,
+                self._recorded,
+                self._span_ids,
+                NonRecordingSpan,
+                SPAN_CONTEXT_OF,
+                SpanContext if SpanContext in IDS else None,  # (read by position)
+                self._id_headers,
+                remember_ids,
+                SPAN_KEY,
+                CURRENT,
+                client_request_id,
+                self._active.add,
+                _new_send_wrapper,
+                _send,
+            )
+            if native_begin is not None
+            and direct is not None
+            and CURRENT is not None
+            and SPAN_KEY is not None
+            else self._begin
         )
         self._batch_max = http.finish_batch
         self._batch: list[tuple[Context, tuple[Any, ...]]] | None = None
@@ -470,8 +516,9 @@ class ServerTelemetry:
 
         The headers: those that carry the span's ids (see :func:`_request_ids_py`), whose
         hex ids are kept for the request's log lines (``remember_ids``). The context:
-        ``set_span_in_context(span, parent)``, with the span's trace id, span id and trace
-        flags (what the histogram's exemplar filter reads, see ``_finish``).
+        ``set_span_in_context(span, parent)``, with the span's trace id, span id, trace
+        flags, span context and hex ids (what the histogram's exemplar filter and the
+        access line read, see ``_finish``).
         """
         name = "HTTP" if method == "_OTHER" else method
         attributes: dict[str, Any] = {
@@ -484,29 +531,65 @@ class ServerTelemetry:
         if self._direct is not None and self._direct.usable(_START_ATTRIBUTES_MAX):
             span = self._direct.start_open(name, parent, attributes)  # the same span, cheaper
         if span is None or type(span) is not NonRecordingSpan:  # (a dropped one keeps none)
-            if method == "_OTHER":
-                attributes["http.request.method_original"] = scope.get("method", "")
-            query = scope.get("query_string", b"")
-            if query:
-                attributes["url.query"] = _redact_query(query.decode("latin-1"))
-            host = carrier.get("host")
-            if host:
-                address, port = _hosts.get(host) or _parse_host(host)
-                attributes["server.address"] = address
-                if port is not None:
-                    attributes["server.port"] = port
-            client = scope.get("client")
-            if client:
-                attributes["client.address"] = client[0]
-            agent = carrier.get("user-agent")
-            if agent:
-                attributes["user_agent.original"] = agent
-            if client_id is not None:
-                attributes["http.request.header.x-request-id"] = (client_id,)
-            if span is None:
-                span = self._tracer.start_span(
-                    name, context=parent, kind=SpanKind.SERVER, attributes=attributes
-                )
+            span = self._recorded(scope, method, name, carrier, parent, client_id, attributes, span)
+        span, span_context, trace_id, span_id, flags, hex_ids, headers = self._span_ids(span)
+        remember_ids(span_context, hex_ids)
+        if SPAN_KEY is None:
+            ctx = trace.set_span_in_context(span, parent)
+        else:  # trace.set_span_in_context(span, parent), without its two calls
+            values = (parent if parent is not None else otel_context.get_current()).copy()
+            values[SPAN_KEY] = span
+            ctx = otel_context.Context(values)
+        return span, span_context, headers, (ctx, trace_id, span_id, flags, span_context, hex_ids)
+
+    def _recorded(
+        self,
+        scope: Scope,
+        method: str,
+        name: str,
+        carrier: dict[str, str],
+        parent: otel_context.Context,
+        client_id: str | None,
+        attributes: dict[str, Any],
+        span: Span | None,
+    ) -> Span:
+        """The attributes only a recording span keeps, added to its ``attributes``.
+
+        ``span``: the direct path's span (its attribute dict is ``attributes``), or None:
+        then the span starts here the SDK's way, with all of them.
+        """
+        if method == "_OTHER":
+            attributes["http.request.method_original"] = scope.get("method", "")
+        query = scope.get("query_string", b"")
+        if query:
+            attributes["url.query"] = _redact_query(query.decode("latin-1"))
+        host = carrier.get("host")
+        if host:
+            address, port = _hosts.get(host) or _parse_host(host)
+            attributes["server.address"] = address
+            if port is not None:
+                attributes["server.port"] = port
+        client = scope.get("client")
+        if client:
+            attributes["client.address"] = client[0]
+        agent = carrier.get("user-agent")
+        if agent:
+            attributes["user_agent.original"] = agent
+        if client_id is not None:
+            attributes["http.request.header.x-request-id"] = (client_id,)
+        if span is None:
+            span = self._tracer.start_span(
+                name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+            )
+        return span
+
+    def _span_ids(
+        self, span: Span
+    ) -> tuple[Span, SpanContext, int, int, int, tuple[str, str], list[tuple[bytes, bytes]]]:
+        """The span (replaced if it is invalid), its context, ids, flags, hex ids, headers.
+
+        The headers: those that carry the ids (see :func:`_request_ids_py`).
+        """
         span_context = span_context_of(type(span), get_span_context)(span)
         trace_id, span_id, flags, valid = ids_of(type(span_context), IDS_BY_NAME)(span_context)
         if not valid:
@@ -517,16 +600,13 @@ class ServerTelemetry:
         sampled, which = flags & _SAMPLED, self._id_headers
         made = _request_ids(trace_id, span_id, sampled, which)  # None: for the Python twin
         hex_ids, headers = made or _request_ids_py(trace_id, span_id, sampled, which)
-        remember_ids(span_context, hex_ids)
-        if SPAN_KEY is None:
-            ctx = trace.set_span_in_context(span, parent)
-        else:  # trace.set_span_in_context(span, parent), without its two calls
-            values = (parent if parent is not None else otel_context.get_current()).copy()
-            values[SPAN_KEY] = span
-            ctx = otel_context.Context(values)
-        return span, span_context, headers, (ctx, trace_id, span_id, flags, span_context, hex_ids)
+        return span, span_context, trace_id, span_id, flags, hex_ids, headers
 
-    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _begin(self, scope: Scope, send: Send) -> _Begun:
+        """The request's start, up to the app's call (see :data:`_Begun`).
+
+        ``_speedups.request_begin`` runs its common case in C (this is its twin).
+        """
         start = time.perf_counter()
         propagator, w3c_only = _propagator()
         carrier, client_id = self._read_headers(scope, w3c_only)
@@ -556,7 +636,23 @@ class ServerTelemetry:
         state: _SendWrapper = _new_send_wrapper(
             send, extra_headers, self._id_header, outer, _send, CURRENT
         )
+        return (
+            state,
+            span,
+            span_context,
+            current,
+            token,
+            client_token,
+            active_attrs,
+            active_key,
+            start,
+        )
 
+    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
+        begun = self._begin_request(scope, send)
+        state, span, span_context, current, token, client_token, active_attrs, active_key, start = (
+            begun
+        )
         error: BaseException | None = None
         try:
             await self._app(scope, receive, state)

@@ -3209,6 +3209,389 @@ request_end(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     return (PyObject *)self;
 }
 
+/* ------------------------------------------------------------------ a request's start
+ *
+ * ``request_begin(...)`` makes ``ServerTelemetry._begin_request``: ``_begin``'s common case
+ * (the propagator seen before, the headers plain with at most one ``traceparent``, the
+ * direct span path), reading and calling what ``_begin`` reads and calls, in its order.
+ * What it does not take is decided before the first step with an effect (the client id's
+ * check, which may warn) and goes to the twin; the rarer cases after that step (a
+ * recording span's attributes, a span context of another shape) call the twin's own
+ * helpers, ``_recorded`` and ``_span_ids``. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *twin, *globals, *propagate, *w3c_headers, *id_header, *known_methods;
+    PyObject *client_id, *context_class, *usable, *start_max, *start_open, *recorded;
+    PyObject *span_ids, *non_recording, *span_context_of, *span_context_class, *which, *remember_ids;
+    PyObject *span_key, *current_var, *client_var, *active_add, *new_send, *send_slow;
+} RequestBegin;
+
+static PyObject *str_w3c_only, *str_get_global_textmap, *str_extract, *str_traceparent;
+static PyObject *str_baggage, *str_scheme, *str_http_scheme, *str_get_word, *str_scheme_attr;
+static PyObject *str_path_attr, *str_copy;
+
+/* ``scope.get(key, default)``: a new reference, NULL on error */
+static PyObject *
+scope_get(PyObject *scope, PyObject *key, PyObject *default_value)
+{
+    PyObject *value = PyDict_GetItemWithError(scope, key);
+    if (value == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    return Py_NewRef(value != NULL ? value : default_value);
+}
+
+/* ``_extract(carrier, propagator, w3c_only)``: a new reference, NULL on error */
+static PyObject *
+begin_extract(RequestBegin *self, PyObject *carrier, PyObject *textmap, int w3c_only)
+{
+    if (w3c_only) {
+        int found = PyDict_Contains(carrier, str_traceparent);
+        if (found == 0) {
+            found = PyDict_Contains(carrier, str_baggage);
+        }
+        if (found < 0) {
+            return NULL;
+        }
+        if (!found) {
+            return PyObject_CallNoArgs(self->context_class);
+        }
+    }
+    return PyObject_CallMethodOneArg(textmap, str_extract, carrier);
+}
+
+/* ``set_span_in_context(span, parent)`` as ``_start_span`` makes it: a new reference */
+static PyObject *
+begin_context(RequestBegin *self, PyObject *parent, PyObject *span)
+{
+    PyObject *values;
+    if (PyDict_CheckExact(parent) || Py_TYPE(parent) == (PyTypeObject *)self->context_class) {
+        values = PyDict_Copy(parent); /* dict.copy, which the API's Context keeps */
+    }
+    else {
+        values = PyObject_CallMethodNoArgs(parent, str_copy);
+    }
+    if (values == NULL || PyObject_SetItem(values, self->span_key, span) < 0) {
+        Py_XDECREF(values);
+        return NULL;
+    }
+    PyObject *ctx = PyObject_CallOneArg(self->context_class, values);
+    Py_DECREF(values);
+    return ctx;
+}
+
+/* The span's context, ids, flags, hex ids and headers, read as ``_span_ids`` reads them
+ * for an exact span context read by position; 0 (nothing set, no error) for anything
+ * else, which ``_span_ids`` itself answers. The references are the caller's to drop. */
+static int
+begin_ids(RequestBegin *self, PyObject *span, PyObject **context, PyObject **made)
+{
+    PyObject *reader = PyDict_GetItemWithError(self->span_context_of, (PyObject *)Py_TYPE(span));
+    if (reader == NULL || self->span_context_class == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    PyObject *read = PyObject_CallOneArg(reader, span);
+    if (read == NULL) {
+        return -1;
+    }
+    if ((PyObject *)Py_TYPE(read) != self->span_context_class || PyTuple_GET_SIZE(read) < 6
+        || PyTuple_GET_ITEM(read, 5) != Py_True || !PyLong_Check(PyTuple_GET_ITEM(read, 3))) {
+        Py_DECREF(read);
+        return 0;
+    }
+    long flags = PyLong_AsLong(PyTuple_GET_ITEM(read, 3));
+    if (flags == -1 && PyErr_Occurred()) {
+        Py_DECREF(read);
+        return -1;
+    }
+    PyObject *ids_args[4] = {PyTuple_GET_ITEM(read, 0), PyTuple_GET_ITEM(read, 1),
+                             (flags & 1) ? Py_True : Py_False, self->which};
+    PyObject *ids = request_ids(NULL, ids_args, 4);
+    if (ids == NULL || ids == Py_None) {
+        Py_DECREF(read);
+        Py_XDECREF(ids);
+        return ids == NULL ? -1 : 0;
+    }
+    *context = read;
+    *made = ids;
+    return 1;
+}
+
+static PyObject *
+request_begin_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    RequestBegin *self = (RequestBegin *)op;
+    if (PyVectorcall_NARGS(nargsf) != 2 || kwnames != NULL || !PyDict_CheckExact(args[0])) {
+        return PyObject_Vectorcall(self->twin, args, nargsf, kwnames);
+    }
+    PyObject *scope = args[0], *send = args[1];
+    PyObject *start = NULL, *textmap = NULL, *path = NULL, *scanned = NULL, *client_id = NULL;
+    PyObject *method = NULL, *parent = NULL, *scheme = NULL, *version = NULL;
+    PyObject *attributes = NULL, *span = NULL, *context = NULL, *made = NULL, *helper = NULL;
+    PyObject *ctx = NULL, *outer = NULL, *token = NULL, *client_token = NULL, *active = NULL;
+    PyObject *entry = NULL, *state = NULL, *current = NULL, *result = NULL;
+    PyObject *clock = PyObject_GetAttr(time_module, str_perf_counter);
+    start = clock != NULL ? PyObject_CallNoArgs(clock) : NULL;
+    Py_XDECREF(clock);
+    PyObject *get = start != NULL ? PyObject_GetAttr(self->propagate, str_get_global_textmap)
+                                  : NULL;
+    textmap = get != NULL ? PyObject_CallNoArgs(get) : NULL;
+    Py_XDECREF(get);
+    if (textmap == NULL) {
+        goto done;
+    }
+    /* _propagator(): the last propagator seen, and whether it is W3C-only */
+    PyObject *seen = PyDict_GetItemWithError(self->globals, str_w3c_only);
+    PyObject *headers = seen != NULL ? PyDict_GetItemWithError(scope, str_headers) : NULL;
+    path = headers != NULL ? PyDict_GetItemWithError(scope, str_path) : NULL;
+    if (PyErr_Occurred()) {
+        goto done;
+    }
+    if (path == NULL || !PyTuple_CheckExact(seen) || PyTuple_GET_SIZE(seen) != 2
+        || PyTuple_GET_ITEM(seen, 0) != textmap) {
+        path = NULL;
+        goto twin;
+    }
+    Py_INCREF(path);
+    int w3c_only = PyObject_IsTrue(PyTuple_GET_ITEM(seen, 1));
+    if (w3c_only < 0) {
+        goto done;
+    }
+    /* _read_headers(scope, w3c_only) */
+    PyObject *scan_args[3] = {headers, self->id_header, w3c_only ? self->w3c_headers : Py_None};
+    Py_INCREF(headers);
+    scanned = scan_headers(NULL, scan_args, 3);
+    Py_DECREF(headers);
+    if (scanned == NULL) {
+        goto done;
+    }
+    if (scanned == Py_None) {
+        goto twin;
+    }
+    long traceparents = PyLong_AsLong(PyTuple_GET_ITEM(scanned, 1));
+    if (traceparents > 1) { /* dropped, with a warning: the twin's */
+        goto twin;
+    }
+    PyObject *carrier = PyTuple_GET_ITEM(scanned, 0), *client_ids = PyTuple_GET_ITEM(scanned, 2);
+    if (client_ids != Py_None) {
+        client_id = PyObject_CallOneArg(self->client_id, client_ids);
+        if (client_id == NULL) {
+            goto done;
+        }
+    }
+    else {
+        client_id = Py_NewRef(Py_None);
+    }
+    /* the method, the parent context */
+    method = scope_get(scope, str_method, str_get_word);
+    int known = method != NULL ? PySet_Contains(self->known_methods, method) : -1;
+    if (known < 0) {
+        goto done;
+    }
+    if (!known) {
+        Py_SETREF(method, Py_NewRef(str_other));
+    }
+    parent = begin_extract(self, carrier, textmap, w3c_only);
+    if (parent == NULL) {
+        goto done;
+    }
+    /* _start_span(scope, method, carrier, parent, client_id) */
+    int other = same_str(method, str_other);
+    scheme = other >= 0 ? scope_get(scope, str_scheme, str_http_scheme) : NULL;
+    version = scheme != NULL ? scope_get(scope, str_http_version, str_default_version) : NULL;
+    attributes = version != NULL ? PyDict_New() : NULL;
+    if (attributes == NULL || PyDict_SetItem(attributes, str_method_attr, method) < 0
+        || PyDict_SetItem(attributes, str_scheme_attr, scheme) < 0
+        || PyDict_SetItem(attributes, str_path_attr, path) < 0
+        || PyDict_SetItem(attributes, str_network_version, version) < 0) {
+        goto done;
+    }
+    PyObject *name = other ? str_http_word : method;
+    PyObject *usable = PyObject_CallOneArg(self->usable, self->start_max);
+    int direct = usable != NULL ? PyObject_IsTrue(usable) : -1;
+    Py_XDECREF(usable);
+    if (direct < 0) {
+        goto done;
+    }
+    if (direct) {
+        PyObject *open_args[3] = {name, parent, attributes};
+        span = PyObject_Vectorcall(self->start_open, open_args, 3, NULL);
+        if (span == NULL) {
+            goto done;
+        }
+    }
+    else {
+        span = Py_NewRef(Py_None);
+    }
+    if ((PyObject *)Py_TYPE(span) != self->non_recording) { /* kept: its other attributes */
+        PyObject *recorded_args[8] = {scope, method, name, carrier, parent, client_id,
+                                      attributes, span};
+        Py_SETREF(span, PyObject_Vectorcall(self->recorded, recorded_args, 8, NULL));
+        if (span == NULL) {
+            goto done;
+        }
+    }
+    PyObject *trace_id, *span_id, *flags, *hex_ids, *response_headers;
+    int read = begin_ids(self, span, &context, &made);
+    if (read < 0) {
+        goto done;
+    }
+    if (read) {
+        trace_id = PyTuple_GET_ITEM(context, 0);
+        span_id = PyTuple_GET_ITEM(context, 1);
+        flags = PyTuple_GET_ITEM(context, 3);
+        hex_ids = PyTuple_GET_ITEM(made, 0);
+        response_headers = PyTuple_GET_ITEM(made, 1);
+    }
+    else { /* (span, span_context, trace_id, span_id, flags, hex_ids, headers) */
+        helper = PyObject_CallOneArg(self->span_ids, span);
+        if (helper == NULL) {
+            goto done;
+        }
+        if (!PyTuple_CheckExact(helper) || PyTuple_GET_SIZE(helper) != 7) {
+            PyErr_SetString(PyExc_TypeError, "request_begin: _span_ids must return 7 items");
+            goto done;
+        }
+        Py_SETREF(span, Py_NewRef(PyTuple_GET_ITEM(helper, 0)));
+        context = Py_NewRef(PyTuple_GET_ITEM(helper, 1));
+        trace_id = PyTuple_GET_ITEM(helper, 2);
+        span_id = PyTuple_GET_ITEM(helper, 3);
+        flags = PyTuple_GET_ITEM(helper, 4);
+        hex_ids = PyTuple_GET_ITEM(helper, 5);
+        response_headers = PyTuple_GET_ITEM(helper, 6);
+    }
+    PyObject *remember_args[2] = {context, hex_ids};
+    PyObject *remembered = PyObject_Vectorcall(self->remember_ids, remember_args, 2, NULL);
+    if (remembered == NULL) {
+        goto done;
+    }
+    Py_DECREF(remembered);
+    ctx = begin_context(self, parent, span);
+    if (ctx == NULL) {
+        goto done;
+    }
+    /* the request's context current, the client's id set only to change it */
+    if (PyContextVar_Get(self->current_var, NULL, &outer) < 0) {
+        goto done;
+    }
+    if (outer == NULL) {
+        PyErr_SetObject(PyExc_LookupError, self->current_var);
+        goto done;
+    }
+    token = PyContextVar_Set(self->current_var, ctx);
+    if (token == NULL) {
+        goto done;
+    }
+    if (client_id == Py_None) {
+        PyObject *was;
+        if (PyContextVar_Get(self->client_var, Py_None, &was) < 0) {
+            goto done;
+        }
+        int set = was != Py_None;
+        Py_DECREF(was);
+        client_token = set ? PyContextVar_Set(self->client_var, client_id) : Py_NewRef(Py_None);
+    }
+    else {
+        client_token = PyContextVar_Set(self->client_var, client_id);
+    }
+    active = client_token != NULL ? PyDict_New() : NULL;
+    if (active == NULL || PyDict_SetItem(active, str_method_attr, method) < 0
+        || PyDict_SetItem(active, str_scheme_attr, scheme) < 0) {
+        goto done;
+    }
+    entry = PyObject_CallOneArg(self->active_add, active);
+    if (entry == NULL) {
+        goto done;
+    }
+    PyObject *wrapper_args[6] = {send, response_headers, self->id_header, outer,
+                                 self->send_slow, self->current_var};
+    state = PyObject_Vectorcall(self->new_send, wrapper_args, 6, NULL);
+    current = state != NULL ? PyTuple_Pack(6, ctx, trace_id, span_id, flags, context, hex_ids)
+                            : NULL;
+    if (current != NULL) {
+        result = PyTuple_Pack(9, state, span, context, current, token, client_token, active,
+                              entry, start);
+    }
+    goto done;
+twin:
+    result = PyObject_Vectorcall(self->twin, args, nargsf, NULL);
+done:
+    Py_XDECREF(start);
+    Py_XDECREF(textmap);
+    Py_XDECREF(path);
+    Py_XDECREF(scanned);
+    Py_XDECREF(client_id);
+    Py_XDECREF(method);
+    Py_XDECREF(parent);
+    Py_XDECREF(scheme);
+    Py_XDECREF(version);
+    Py_XDECREF(attributes);
+    Py_XDECREF(span);
+    Py_XDECREF(context);
+    Py_XDECREF(made);
+    Py_XDECREF(helper);
+    Py_XDECREF(ctx);
+    Py_XDECREF(outer);
+    Py_XDECREF(token);
+    Py_XDECREF(client_token);
+    Py_XDECREF(active);
+    Py_XDECREF(entry);
+    Py_XDECREF(state);
+    Py_XDECREF(current);
+    return result;
+}
+
+#define REQUEST_BEGIN_FIELDS(X)                                                            \
+    X(twin) X(globals) X(propagate) X(w3c_headers) X(id_header) X(known_methods)           \
+    X(client_id) X(context_class) X(usable) X(start_max) X(start_open) X(recorded)        \
+    X(span_ids)                                                                            \
+    X(non_recording) X(span_context_of) X(span_context_class) X(which) X(remember_ids)     \
+    X(span_key) X(current_var) X(client_var) X(active_add) X(new_send) X(send_slow)
+
+TWIN_TYPE(request_begin, RequestBegin, RequestBeginType, REQUEST_BEGIN_FIELDS,
+          "A request's start, made by request_begin().")
+
+static PyObject *
+request_begin(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("request_begin", nargs, 24)) {
+        return NULL;
+    }
+    if (!PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[3]) || !PyBytes_CheckExact(args[4])
+        || !PyAnySet_Check(args[5]) || !PyType_Check(args[7]) || !PyType_Check(args[13])
+        || !PyDict_CheckExact(args[14]) || (args[15] != Py_None && !PyType_Check(args[15]))
+        || !PyContextVar_CheckExact(args[19]) || !PyContextVar_CheckExact(args[20])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "request_begin: globals, w3c_headers and span_context_of must be dicts, "
+                        "id_header bytes, known_methods a set, the classes types, the variables "
+                        "ContextVars");
+        return NULL;
+    }
+    RequestBegin *self = PyObject_GC_New(RequestBegin, &RequestBeginType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = request_begin_call;
+    PyObject **fields[] = {
+        &self->twin,          &self->globals,         &self->propagate,
+        &self->w3c_headers,   &self->id_header,       &self->known_methods,
+        &self->client_id,     &self->context_class,   &self->usable,
+        &self->start_max,     &self->start_open,      &self->recorded,
+        &self->span_ids,      &self->non_recording,   &self->span_context_of,
+        &self->span_context_class, &self->which,      &self->remember_ids,
+        &self->span_key,      &self->current_var,     &self->client_var,
+        &self->active_add,    &self->new_send,        &self->send_slow,
+    };
+    for (Py_ssize_t i = 0; i < 24; i++) {
+        *fields[i] = Py_NewRef(args[i]);
+    }
+    Py_SETREF(self->span_context_class, args[15] != Py_None ? Py_NewRef(args[15]) : NULL);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"encode_fields", (PyCFunction)(void (*)(void))encode_fields, METH_FASTCALL,
      "encode_fields(tag, mapping, skip) -> bytes | None\n\n"
@@ -3264,6 +3647,15 @@ static PyMethodDef speedups_methods[] = {
      "            emit, heads, name, dumps, dumps_default, write, stamp_fallback, emit_fast)\n"
      "    -> AccessLine\n\n"
      "_access_log.DirectAccessLog.__call__ (twin) in C for its common case; twin(...) for\n"
+     "any other."},
+    {"request_begin", (PyCFunction)(void (*)(void))request_begin, METH_FASTCALL,
+     "request_begin(twin, globals, propagate, w3c_headers, id_header, known_methods,\n"
+     "              client_id, context_class, usable, start_max, start_open, recorded,\n"
+     "              span_ids, non_recording, span_context_of, span_context_class, which,\n"
+     "              remember_ids, span_key, current_var, client_var, active_add, new_send,\n"
+     "              send_slow)\n"
+     "    -> RequestBegin\n\n"
+     "_http_server.ServerTelemetry._begin (twin) in C for its common case; twin(...) for\n"
      "any other."},
     {"request_end", (PyCFunction)(void (*)(void))request_end, METH_FASTCALL,
      "request_end(twin, record, direct_finish, access, non_recording, no_attributes,\n"
@@ -3380,6 +3772,17 @@ intern_names(void)
         {&str_set, "set"},
         {&str_usable, "usable"},
         {&str_emit_encoded, "emit_encoded"},
+        {&str_w3c_only, "_w3c_only"},
+        {&str_get_global_textmap, "get_global_textmap"},
+        {&str_extract, "extract"},
+        {&str_traceparent, "traceparent"},
+        {&str_baggage, "baggage"},
+        {&str_scheme, "scheme"},
+        {&str_http_scheme, "http"},
+        {&str_get_word, "GET"},
+        {&str_scheme_attr, "url.scheme"},
+        {&str_path_attr, "url.path"},
+        {&str_copy, "copy"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL) {
@@ -3426,7 +3829,7 @@ PyInit__speedups(void)
     }
     if (PyType_Ready(&SendWrapperType) < 0 || PyType_Ready(&LastSendType) < 0
         || PyType_Ready(&AccessLineType) < 0 || PyType_Ready(&HistogramRecordType) < 0
-        || PyType_Ready(&RequestEndType) < 0) {
+        || PyType_Ready(&RequestEndType) < 0 || PyType_Ready(&RequestBeginType) < 0) {
         return NULL;
     }
     if (time_perf_counter == NULL) {

@@ -1348,3 +1348,200 @@ async def test_a_failing_metric_still_ends_the_span_and_logs_the_line(
     (failed,) = [line for line in lines if line["event"] == "http.telemetry.failed"]
     assert "storages gone" in failed["error"]
     assert [s.attributes["url.path"] for s in server_spans(memory)] == ["/items/1", "/items/2"]
+
+
+_BEGIN_REQUESTS: list[tuple[str, str, list[tuple[str, str]]]] = [
+    ("GET", "/items/3", []),
+    ("GET", "/items/4?token=s&x=1", [("user-agent", "t"), ("host", "h:8080")]),
+    ("GET", "/items/5", [("traceparent", f"00-{TRACE}-{PARENT}-01")]),
+    ("GET", "/items/6", [("traceparent", f"00-{TRACE}-{PARENT}-00"), ("baggage", "k=v")]),
+    ("GET", "/items/7", [("x-request-id", "client-7")]),
+    ("GET", "/items/8", [("x-request-id", "bad id<script>")]),
+    ("BREW", "/items/9", []),
+    ("GET", "/nope", [("traceparent", "garbage")]),
+    ("GET", "/items/10", [("traceparent", f"00-{TRACE}-{PARENT}-01")] * 2),  # the twin's
+]
+
+
+async def _begun_by(
+    begin: str, sampler: Any, monkeypatch: pytest.MonkeyPatch, vendor: bool = False
+) -> tuple[list[Any], list[str]]:
+    """What ``_BEGIN_REQUESTS`` leave behind when ``_begin`` is C's (``begin``: "c") or
+    its twin's: per request its response's id headers, span and access line, with the
+    random ids seeded alike; and the paths of the requests the twin started."""
+    import random
+
+    from opentelemetry import propagate
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from kiki_otel import _http_server
+    from kiki_otel._settings import Settings
+
+    if vendor:  # a propagator kiki does not know: every request extracts
+        composite = CompositePropagator([TraceContextTextMapPropagator(), _NamedPropagator()])
+        monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", composite)
+    twin_calls = []
+    twin = _http_server.ServerTelemetry._begin
+
+    def counted(self: Any, scope: Any, send: Any) -> Any:
+        twin_calls.append(scope["path"])
+        return twin(self, scope, send)
+
+    monkeypatch.setattr(_http_server.ServerTelemetry, "_begin", counted)
+    monkeypatch.setattr(_http_server, "_w3c_only", (None, False))  # (the first: the twin's)
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    telemetry = _http_server.ServerTelemetry(
+        make_app(),
+        settings=Settings(),
+        tracer_provider=tracer_provider,
+        meter_provider=MeterProvider(shutdown_on_exit=False),
+    )
+    assert type(telemetry._begin_request).__name__ == "RequestBegin"
+    if begin == "python":
+        telemetry._begin_request = telemetry._begin
+    transport = httpx.ASGITransport(app=telemetry, raise_app_exceptions=False)
+    results = []
+    before = otel_context.get_current()
+    random.seed(21)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        for method, path, headers in _BEGIN_REQUESTS:
+            response = await c.request(method, path, headers=headers)
+            ids = (response.headers.get("x-request-id"), response.headers.get("traceresponse"))
+            results.append(ids)
+    assert otel_context.get_current() is before
+    monkeypatch.undo()
+    finished = [
+        (s.name, s.context.trace_id, s.context.span_id, s.parent, sorted(s.attributes.items()))
+        for s in spans.get_finished_spans()
+    ]
+    return [results, finished], twin_calls
+
+
+class _NamedPropagator:
+    """A propagator outside the W3C pair (``x-vendor-trace``), which finds nothing here."""
+
+    def extract(self, carrier: Any, context: Any = None, getter: Any = None) -> Any:
+        return context if context is not None else otel_context.Context()
+
+    def inject(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    @property
+    def fields(self) -> set[str]:
+        return {"x-vendor-trace"}
+
+
+@pytest.mark.parametrize(
+    ("sampled", "vendor"),
+    [(True, False), (False, False), (True, True)],
+    ids=["on", "off", "vendor"],
+)
+async def test_the_c_begin_starts_requests_as_its_twin(
+    memory: Memory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    sampled: bool,
+    vendor: bool,
+) -> None:
+    """``_speedups.request_begin`` against ``ServerTelemetry._begin``: the same ids in the
+    same response headers, the same spans (names, ids, parents, attributes) and access
+    lines, for new and continued traces, baggage, a client's id (good and rejected), an
+    unknown method and a bad traceparent; a propagator not seen before and a duplicated
+    traceparent go to the twin."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+
+    from kiki_otel import _http_server
+
+    if getattr(_http_server.speedups, "request_begin", None) is None:
+        pytest.skip("the C module is not built here")
+    kiki_otel.configure(FastAPI(), service_name="svc-begin", metrics_exporter="none")
+    sampler = ParentBased(ALWAYS_ON if sampled else ALWAYS_OFF)
+    ignored = {"timestamp", "duration_ms"}
+    results = []
+    for begin in ("c", "python"):
+        capsys.readouterr()
+        made, twin_calls = await _begun_by(begin, sampler, monkeypatch, vendor)
+        lines = [
+            {k: v for k, v in line.items() if k not in ignored}
+            for line in log_lines(capsys.readouterr().out)
+            if line["event"] in ("http.request", "item.loaded", "http.client_request_id.rejected")
+        ]
+        results.append((made, lines))
+        # C's: a propagator not seen before, a duplicated traceparent
+        assert twin_calls == (["/items/3", "/items/10"] if begin == "c" else twin_calls)
+    assert results[0] == results[1]
+    (ids, finished), lines = results[0]
+    assert len(ids) == len(_BEGIN_REQUESTS) and all(request_id for request_id, _ in ids)
+    assert ids[2][0] == TRACE and ids[3][0] == TRACE and ids[8][0] != TRACE
+    # ParentBased: all but the unsampled parent's, or only the sampled parent's
+    assert len(finished) == (len(_BEGIN_REQUESTS) - 1 if sampled else 1)
+    accepted = [line for line in lines if line.get("client_request_id") == "client-7"]
+    assert {line["event"] for line in accepted} == {"http.request", "item.loaded"}
+    assert [line["event"] for line in lines].count("http.client_request_id.rejected") == 1
+
+
+def test_a_request_start_frees_what_it_made(memory: Memory) -> None:
+    """The C start gives back what its twin gives (same seed, same ids), and keeps no
+    reference to what it made or was given: 20k starts, each undone as ``_traced`` does."""
+    import gc
+    import random
+    import sys
+    import tracemalloc
+
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from kiki_otel import _http_server
+    from kiki_otel._context import CURRENT, SPAN_KEY
+    from kiki_otel._settings import Settings
+
+    if getattr(_http_server.speedups, "request_begin", None) is None:
+        pytest.skip("the C module is not built here")
+    telemetry = _http_server.ServerTelemetry(
+        make_app(),
+        settings=Settings(),
+        tracer_provider=TracerProvider(shutdown_on_exit=False),
+        meter_provider=MeterProvider(shutdown_on_exit=False),
+    )
+    scope = asgi_scope("/items/1", headers=[(b"host", b"t"), (b"traceparent", b"bad")])
+
+    async def send(message: Any) -> None:
+        return None
+
+    def once(start: Any) -> tuple[Any, ...]:
+        state, span, span_context, current, token, client_token, active, entry, _ = start(
+            scope, send
+        )
+        telemetry._active.done(entry)
+        CURRENT.reset(token)  # type: ignore[union-attr]
+        assert client_token is None and current[4] is span_context
+        assert current[0][SPAN_KEY] is span
+        return state.headers, state.outer, current[1:], list(current[0]), active, entry
+
+    random.seed(5)
+    made = once(telemetry._begin_request)
+    random.seed(5)
+    assert made == once(telemetry._begin)
+    before = sys.getrefcount(scope), sys.getrefcount(send)
+    for _ in range(2_000):
+        once(telemetry._begin_request)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        first = tracemalloc.take_snapshot()
+        for _ in range(20_000):
+            once(telemetry._begin_request)
+        last = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    mine = [tracemalloc.Filter(True, p) for p in (__file__, "*/kiki_otel/*", "*/opentelemetry/*")]
+    diff = last.filter_traces(mine).compare_to(first.filter_traces(mine), "filename")
+    assert sum(d.size_diff for d in diff) < 20_000  # bytes: well under one per start
+    assert (sys.getrefcount(scope), sys.getrefcount(send)) == before
