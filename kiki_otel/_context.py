@@ -24,6 +24,7 @@ __all__ = [
     "SPAN_CONTEXT_OF",
     "SPAN_CONTEXT_TUPLE",
     "SPAN_KEY",
+    "SPAN_READERS",
     "client_request_id",
     "client_request_id_get",
     "current_get",

@@ -63,11 +63,12 @@ from ._context import (
     SPAN_CONTEXT_TUPLE,
     SPAN_ID_MAX,
     SPAN_KEY,
+    SPAN_READERS,
     TRACE_ID_MAX,
     span_reader,
     span_reader_of,
 )
-from ._native import new_instance, new_tuple
+from ._native import new_instance, new_tuple, speedups
 from ._otlp_encode import encode_span
 from ._otlp_http import FastSpanExporter, enqueue, has_queue, queue_item
 from ._probe import same_code
@@ -147,6 +148,7 @@ class DirectSpans:
         "_span_class",
         "_template",
         "_tracer",
+        "open",
     )
 
     def __init__(
@@ -186,13 +188,44 @@ class DirectSpans:
             deque(maxlen=limits.max_links),
         )
         self._no_metrics = _no_tracer_metrics()
-        random = TraceFlags.RANDOM_TRACE_ID
+        random_bit = TraceFlags.RANDOM_TRACE_ID
         # (sampled, random trace id) -> the flags start_span would build
         self._flags = {
-            (sampled, rand): TraceFlags((TraceFlags.SAMPLED if sampled else 0) | (random * rand))
+            (sampled, rand): TraceFlags(
+                (TraceFlags.SAMPLED if sampled else 0) | (random_bit * rand)
+            )
             for sampled in (False, True)
             for rand in (False, True)
         }
+        native_open = getattr(speedups, "span_open", None)
+        # start_open's common case in C (its twin, and what it calls for the rest), when built
+        self.open: Any = (
+            native_open(
+                self.start_open,
+                tracer,
+                self._sampler,
+                tuple(self._fixed.get(kind) for kind in _PARENT_KINDS),
+                self._drop,
+                self._sample,
+                tuple(
+                    self._flags[sampled, rand]
+                    for sampled in (False, True)
+                    for rand in (False, True)
+                ),
+                _RANDOM_IDS,
+                random,
+                SPAN_KEY,
+                SPAN_READERS,
+                SpanContext,
+                TraceFlags,
+                DEFAULT_TRACE_STATE,
+                *self._no_metrics,
+                NonRecordingSpan,
+                self._recording,
+            )
+            if native_open is not None
+            else self.start_open
+        )
 
     @classmethod
     def for_tracer(cls, tracer: trace.Tracer) -> DirectSpans | None:
@@ -282,7 +315,7 @@ class DirectSpans:
         :meth:`usable` must have been true for their count. The span keeps the dict
         itself as its attribute dict (no copy): the caller must not use it afterwards.
         """
-        span = self.start_open(name, context, attributes)
+        span: trace.Span | None = self.open(name, context, attributes)
         if span is None:
             sdk_span: trace.Span = self._tracer.start_span(
                 name, context, kind=SpanKind.SERVER, attributes=attributes
@@ -368,6 +401,24 @@ class DirectSpans:
             record_end_metrics = tracer_metrics.start_span(parent, decision)
         if decision is self._drop:  # not Decision.is_recording()
             return NonRecordingSpan(span_context)
+        return self._recording(
+            name, parent, span_context, sampler, sampled_attributes, attributes, record_end_metrics
+        )
+
+    def _recording(
+        self,
+        name: str,
+        parent: SpanContext | None,
+        span_context: SpanContext,
+        sampler: Any,
+        sampled_attributes: Any,
+        attributes: dict[str, Any],
+        record_end_metrics: Any,
+    ) -> trace.Span:
+        """:meth:`start_open`'s recording span, its ids and sampling decided.
+
+        ``sampled_attributes``: the sampler's own (None for the decisions taken inline).
+        """
         limits = self._limits
         if sampled_attributes:  # a sampler's own attributes first, cleaned by the SDK
             bounded = self._new_attributes(
@@ -396,7 +447,7 @@ class DirectSpans:
             _name=name,
             _context=span_context,
             _parent=parent,
-            _resource=tracer.resource,
+            _resource=self._tracer.resource,
             _sampler=sampler,
             _attributes=bounded,
             _events=new_instance(

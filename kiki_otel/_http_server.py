@@ -412,7 +412,7 @@ class ServerTelemetry:
                 otel_context.Context,
                 direct.usable,
                 _START_ATTRIBUTES_MAX,
-                direct.start_open,
+                direct.open,
                 self._recorded,
                 self._span_ids,
                 NonRecordingSpan,
@@ -529,7 +529,7 @@ class ServerTelemetry:
         }
         span: Span | None = None
         if self._direct is not None and self._direct.usable(_START_ATTRIBUTES_MAX):
-            span = self._direct.start_open(name, parent, attributes)  # the same span, cheaper
+            span = self._direct.open(name, parent, attributes)  # the same span, cheaper
         if span is None or type(span) is not NonRecordingSpan:  # (a dropped one keeps none)
             span = self._recorded(scope, method, name, carrier, parent, client_id, attributes, span)
         span, span_context, trace_id, span_id, flags, hex_ids, headers = self._span_ids(span)

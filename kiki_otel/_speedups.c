@@ -3209,6 +3209,243 @@ request_end(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     return (PyObject *)self;
 }
 
+/* ------------------------------------------------------------------ a request span's start
+ *
+ * ``span_open(...)`` makes ``DirectSpans.open``: ``DirectSpans.start_open``'s common case
+ * (the sampler set up with the tracer and deciding this kind of parent inline, the SDK's
+ * random ids, a parent of an exact ``SpanContext``, if any), reading and drawing what it
+ * reads and draws, in its order. What it does not take is decided before the first id is
+ * drawn and goes to the twin; a recording span is made by ``DirectSpans._recording``. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *twin, *tracer, *sampler, *fixed, *drop, *sample, *flags, *random_ids, *random;
+    PyObject *span_key, *span_readers, *span_context_class, *trace_flags_class;
+    PyObject *default_state, *no_metrics, *no_metrics_end, *non_recording, *recording;
+} SpanOpen;
+
+static PyObject *str_sampler, *str_id_generator, *str_getrandbits, *str_tracer_metrics;
+static PyObject *str_start_span, *int_128, *int_64;
+
+/* ``random.getrandbits(bits)`` until it is not 0, as the SDK's id generator draws: a new
+ * reference, NULL on error */
+static PyObject *
+draw_id(PyObject *draw, PyObject *bits)
+{
+    for (;;) {
+        PyObject *id = PyObject_CallOneArg(draw, bits);
+        if (id == NULL) {
+            return NULL;
+        }
+        int nonzero = PyObject_IsTrue(id);
+        if (nonzero != 0) {
+            if (nonzero < 0) {
+                Py_CLEAR(id);
+            }
+            return id;
+        }
+        Py_DECREF(id);
+    }
+}
+
+static PyObject *
+span_open_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    SpanOpen *self = (SpanOpen *)op;
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL || !PyDict_Check(args[1])) {
+        return PyObject_Vectorcall(self->twin, args, nargsf, kwnames);
+    }
+    PyObject *context = args[1];
+    PyObject *sampler = NULL, *parent = NULL, *generator = NULL, *draw = NULL;
+    PyObject *trace_id = NULL, *span_id = NULL, *span_context = NULL, *metrics = NULL;
+    PyObject *end = NULL, *result = NULL;
+    sampler = PyObject_GetAttr(self->tracer, str_sampler);
+    if (sampler == NULL) {
+        goto done;
+    }
+    if (sampler != self->sampler) {
+        goto twin;
+    }
+    /* the parent: the context's span's span context, if valid */
+    PyObject *current = PyDict_GetItemWithError(context, self->span_key);
+    if (current == NULL && PyErr_Occurred()) {
+        goto done;
+    }
+    if (current != NULL && current != Py_None) {
+        PyObject *read = PyDict_GetItemWithError(self->span_readers, (PyObject *)Py_TYPE(current));
+        if (read == NULL) {
+            if (PyErr_Occurred()) {
+                goto done;
+            }
+            goto twin; /* not a span type seen before */
+        }
+        Py_INCREF(current);
+        parent = PyObject_CallOneArg(read, current);
+        Py_DECREF(current);
+        if (parent == NULL) {
+            goto done;
+        }
+        if (parent == Py_None) {
+            Py_CLEAR(parent);
+        }
+    }
+    int remote = 0, sampled = 0, random_id = 1;
+    if (parent != NULL) {
+        if ((PyObject *)Py_TYPE(parent) != self->span_context_class
+            || PyTuple_GET_SIZE(parent) < 6) {
+            goto twin;
+        }
+        int valid = PyObject_IsTrue(PyTuple_GET_ITEM(parent, 5));
+        if (valid < 0) {
+            goto done;
+        }
+        if (!valid) {
+            Py_CLEAR(parent);
+        }
+    }
+    generator = PyObject_GetAttr(self->tracer, str_id_generator);
+    if (generator == NULL) {
+        goto done;
+    }
+    if (self->random_ids == NULL || (PyObject *)Py_TYPE(generator) != self->random_ids) {
+        goto twin;
+    }
+    Py_ssize_t kind = 0; /* _PARENT_KINDS' order: None, (T, T), (T, F), (F, T), (F, F) */
+    if (parent != NULL) {
+        PyObject *flags = PyTuple_GET_ITEM(parent, 3);
+        if ((PyObject *)Py_TYPE(flags) != self->trace_flags_class) {
+            goto twin;
+        }
+        long bits = PyLong_AsLong(flags);
+        remote = PyObject_IsTrue(PyTuple_GET_ITEM(parent, 2));
+        if ((bits == -1 && PyErr_Occurred()) || remote < 0) {
+            goto done;
+        }
+        sampled = (bits & 1) != 0;
+        random_id = (bits & 2) != 0;
+        kind = remote ? (sampled ? 1 : 2) : (sampled ? 3 : 4);
+    }
+    PyObject *decision = PyTuple_GET_ITEM(self->fixed, kind);
+    if (decision == Py_None) { /* the sampler's own call: the twin's */
+        goto twin;
+    }
+    draw = PyObject_GetAttr(self->random, str_getrandbits);
+    if (draw == NULL) {
+        goto done;
+    }
+    trace_id = parent != NULL ? Py_NewRef(PyTuple_GET_ITEM(parent, 0)) : draw_id(draw, int_128);
+    if (trace_id == NULL) {
+        goto done;
+    }
+    if (PyLong_CheckExact(decision)) { /* TraceIdRatioBased: the low 64 bits below its bound */
+        unsigned long long low = PyLong_AsUnsignedLongLongMask(trace_id);
+        PyObject *low_bits = low == (unsigned long long)-1 && PyErr_Occurred()
+                                 ? NULL
+                                 : PyLong_FromUnsignedLongLong(low);
+        int below = low_bits != NULL ? PyObject_RichCompareBool(low_bits, decision, Py_LT) : -1;
+        Py_XDECREF(low_bits);
+        if (below < 0) {
+            goto done;
+        }
+        decision = below ? self->sample : self->drop;
+    }
+    PyObject *state = parent != NULL ? PyTuple_GET_ITEM(parent, 4) : Py_None;
+    span_id = draw_id(draw, int_64);
+    if (span_id == NULL) {
+        goto done;
+    }
+    PyObject *flags = PyTuple_GET_ITEM(self->flags, (decision == self->sample) * 2 + random_id);
+    PyObject *made_args[7] = {self->span_context_class, trace_id, span_id, Py_False, flags,
+                              state != Py_None ? state : self->default_state, Py_True};
+    span_context = new_tuple(NULL, made_args, 7); /* ids in range: drawn, or a valid parent's */
+    if (span_context == NULL) {
+        goto done;
+    }
+    metrics = PyObject_GetAttr(self->tracer, str_tracer_metrics);
+    if (metrics == NULL) {
+        goto done;
+    }
+    if (self->no_metrics != NULL && (PyObject *)Py_TYPE(metrics) == self->no_metrics) {
+        end = Py_NewRef(self->no_metrics_end);
+    }
+    else {
+        PyObject *metric_args[3] = {metrics, parent != NULL ? parent : Py_None, decision};
+        end = PyObject_VectorcallMethod(str_start_span, metric_args,
+                                        3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (end == NULL) {
+            goto done;
+        }
+    }
+    if (decision == self->drop) {
+        result = PyObject_CallOneArg(self->non_recording, span_context);
+    }
+    else {
+        PyObject *recording_args[7] = {args[0],  parent != NULL ? parent : Py_None,
+                                       span_context, sampler, Py_None, args[2], end};
+        result = PyObject_Vectorcall(self->recording, recording_args, 7, NULL);
+    }
+    goto done;
+twin:
+    result = PyObject_Vectorcall(self->twin, args, nargsf, NULL);
+done:
+    Py_XDECREF(sampler);
+    Py_XDECREF(parent);
+    Py_XDECREF(generator);
+    Py_XDECREF(draw);
+    Py_XDECREF(trace_id);
+    Py_XDECREF(span_id);
+    Py_XDECREF(span_context);
+    Py_XDECREF(metrics);
+    Py_XDECREF(end);
+    return result;
+}
+
+#define SPAN_OPEN_FIELDS(X)                                                                \
+    X(twin) X(tracer) X(sampler) X(fixed) X(drop) X(sample) X(flags) X(random_ids)          \
+    X(random) X(span_key) X(span_readers) X(span_context_class) X(trace_flags_class)       \
+    X(default_state) X(no_metrics) X(no_metrics_end) X(non_recording) X(recording)
+
+TWIN_TYPE(span_open, SpanOpen, SpanOpenType, SPAN_OPEN_FIELDS,
+          "A request span's start, made by span_open().")
+
+static PyObject *
+span_open(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("span_open", nargs, 18)) {
+        return NULL;
+    }
+    if (!PyTuple_CheckExact(args[3]) || PyTuple_GET_SIZE(args[3]) != 5
+        || !PyTuple_CheckExact(args[6]) || PyTuple_GET_SIZE(args[6]) != 4
+        || (args[7] != Py_None && !PyType_Check(args[7])) || !PyDict_CheckExact(args[10])
+        || !PyType_Check(args[11]) || !PyType_IsSubtype((PyTypeObject *)args[11], &PyTuple_Type)
+        || !PyType_Check(args[12]) || (args[14] != Py_None && !PyType_Check(args[14]))
+        || !PyType_Check(args[16])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "span_open: fixed must be a 5-tuple, flags a 4-tuple, span_readers a "
+                        "dict, span_context_class a tuple type, the classes types or None");
+        return NULL;
+    }
+    SpanOpen *self = PyObject_GC_New(SpanOpen, &SpanOpenType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = span_open_call;
+    PyObject **fields[] = {
+        &self->twin,         &self->tracer,        &self->sampler,
+        &self->fixed,        &self->drop,          &self->sample,
+        &self->flags,        &self->random_ids,    &self->random,
+        &self->span_key,     &self->span_readers,  &self->span_context_class,
+        &self->trace_flags_class, &self->default_state, &self->no_metrics,
+        &self->no_metrics_end, &self->non_recording, &self->recording,
+    };
+    for (Py_ssize_t i = 0; i < 18; i++) {
+        *fields[i] = args[i] != Py_None || (i != 7 && i != 14) ? Py_NewRef(args[i]) : NULL;
+    }
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
 /* ------------------------------------------------------------------ a request's start
  *
  * ``request_begin(...)`` makes ``ServerTelemetry._begin_request``: ``_begin``'s common case
@@ -3648,6 +3885,13 @@ static PyMethodDef speedups_methods[] = {
      "    -> AccessLine\n\n"
      "_access_log.DirectAccessLog.__call__ (twin) in C for its common case; twin(...) for\n"
      "any other."},
+    {"span_open", (PyCFunction)(void (*)(void))span_open, METH_FASTCALL,
+     "span_open(twin, tracer, sampler, fixed, drop, sample, flags, random_ids, random,\n"
+     "          span_key, span_readers, span_context_class, trace_flags_class,\n"
+     "          default_state, no_metrics, no_metrics_end, non_recording, recording)\n"
+     "    -> SpanOpen\n\n"
+     "_fast_span.DirectSpans.start_open (twin) in C for its common case; twin(...) for any\n"
+     "other."},
     {"request_begin", (PyCFunction)(void (*)(void))request_begin, METH_FASTCALL,
      "request_begin(twin, globals, propagate, w3c_headers, id_header, known_methods,\n"
      "              client_id, context_class, usable, start_max, start_open, recorded,\n"
@@ -3783,6 +4027,11 @@ intern_names(void)
         {&str_scheme_attr, "url.scheme"},
         {&str_path_attr, "url.path"},
         {&str_copy, "copy"},
+        {&str_sampler, "sampler"},
+        {&str_id_generator, "id_generator"},
+        {&str_getrandbits, "getrandbits"},
+        {&str_tracer_metrics, "_tracer_metrics"},
+        {&str_start_span, "start_span"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL) {
@@ -3827,9 +4076,14 @@ PyInit__speedups(void)
     if (float_1e3 == NULL && (float_1e3 = PyFloat_FromDouble(1e3)) == NULL) {
         return NULL;
     }
+    if ((int_128 == NULL && (int_128 = PyLong_FromLong(128)) == NULL)
+        || (int_64 == NULL && (int_64 = PyLong_FromLong(64)) == NULL)) {
+        return NULL;
+    }
     if (PyType_Ready(&SendWrapperType) < 0 || PyType_Ready(&LastSendType) < 0
         || PyType_Ready(&AccessLineType) < 0 || PyType_Ready(&HistogramRecordType) < 0
-        || PyType_Ready(&RequestEndType) < 0 || PyType_Ready(&RequestBeginType) < 0) {
+        || PyType_Ready(&RequestEndType) < 0 || PyType_Ready(&RequestBeginType) < 0
+        || PyType_Ready(&SpanOpenType) < 0) {
         return NULL;
     }
     if (time_perf_counter == NULL) {

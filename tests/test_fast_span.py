@@ -146,7 +146,7 @@ MIXED = ParentBased(
     ],
     ids=["default", "always-off", "always-on", "ratio-1", "parentbased-ratio-0", "mixed"],
 )
-@pytest.mark.parametrize("made_in", ["c", "python"])
+@pytest.mark.parametrize("made_in", ["c", "c-objects", "python"])
 def test_started_span_equals_the_sdk_span(
     sampler: Any, made_in: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -154,7 +154,8 @@ def test_started_span_equals_the_sdk_span(
 
     Decisions of static samplers (alone or as a ParentBased delegate) are taken without
     the sampler's call: the parents cover each delegate, with and without trace state.
-    The span's objects made by the C module and by its Python twins alike."""
+    The span started by the C module (``c``), by its twin ``start_open`` with the objects
+    made in C (``c-objects``) and by the twin with its Python twins (``python``) alike."""
     from kiki_otel import _fast_span, _native
 
     if made_in == "python":
@@ -169,6 +170,10 @@ def test_started_span_equals_the_sdk_span(
     tracer = provider.get_tracer("kiki_otel.http.server", "1.0")
     direct = DirectSpans.for_tracer(tracer)
     assert direct is not None and direct.usable(len(ATTRIBUTES))
+    if made_in == "c":
+        assert type(direct.open).__name__ == "SpanOpen"
+    else:
+        direct.open = direct.start_open
     for label, ctx in _parents().items():
         got: Any = direct.start("GET", ctx, dict(ATTRIBUTES))
         want: Any = tracer.start_span("GET", ctx, kind=SpanKind.SERVER, attributes=ATTRIBUTES)
@@ -222,6 +227,58 @@ def test_ratio_decisions_taken_inline_are_the_samplers() -> None:
             want = tracer.start_span("GET", ctx, kind=SpanKind.SERVER, attributes=ATTRIBUTES)
             _compare(got, want)
             assert got.get_span_context().trace_id == trace_id
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [None, ALWAYS_OFF, TraceIdRatioBased(0.5), ParentBased(TraceIdRatioBased(0.5)), MIXED],
+    ids=["default", "always-off", "ratio", "parentbased-ratio", "mixed"],
+)
+def test_the_c_open_draws_and_decides_as_the_sdk(
+    sampler: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``_speedups.span_open`` against the SDK's ``start_span`` and against its twin
+    ``start_open``, from the same random state: the same ids, flags, trace state and span
+    (every kind of parent, ratio decisions at both sides of the bound over the seeds).
+    A value under the span key that no span type seen before holds goes to the twin."""
+    import random
+
+    from kiki_otel import _fast_span
+
+    if getattr(_fast_span.speedups, "span_open", None) is None:
+        pytest.skip("the C module is not built here")
+    twin_calls: list[Any] = []
+    twin = DirectSpans.start_open
+
+    def counted(self: Any, *args: Any) -> Any:
+        twin_calls.append(args[1])
+        return twin(self, *args)
+
+    monkeypatch.setattr(DirectSpans, "start_open", counted)
+    provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
+    tracer = provider.get_tracer("kiki_otel.http.server", "1.0")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None and type(direct.open).__name__ == "SpanOpen"
+    sampled = 0
+    for seed in range(16):
+        for ctx in _parents().values():
+            random.seed(seed)
+            got: Any = direct.open("GET", ctx, dict(ATTRIBUTES))
+            random.seed(seed)
+            want: Any = tracer.start_span("GET", ctx, kind=SpanKind.SERVER, attributes=ATTRIBUTES)
+            random.seed(seed)
+            again: Any = twin(direct, "GET", ctx, dict(ATTRIBUTES))
+            context = tuple(got.get_span_context())
+            assert context == tuple(want.get_span_context()) == tuple(again.get_span_context())
+            _compare(got, want)
+            _compare(got, again)
+            sampled += got.get_span_context().trace_flags.sampled
+    parents = _parents()
+    assert len(twin_calls) == 16 and all(
+        dict(ctx) == dict(parents["not-a-span"]) for ctx in twin_calls
+    )
+    if type(sampler) is TraceIdRatioBased:
+        assert 0 < sampled < 16 * len(parents)  # both sides of the bound
 
 
 def test_a_patched_sampler_class_is_called(monkeypatch: pytest.MonkeyPatch) -> None:

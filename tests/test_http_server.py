@@ -1541,7 +1541,13 @@ def test_a_request_start_frees_what_it_made(memory: Memory) -> None:
         last = tracemalloc.take_snapshot()
     finally:
         tracemalloc.stop()
-    mine = [tracemalloc.Filter(True, p) for p in (__file__, "*/kiki_otel/*", "*/opentelemetry/*")]
-    diff = last.filter_traces(mine).compare_to(first.filter_traces(mine), "filename")
-    assert sum(d.size_diff for d in diff) < 20_000  # bytes: well under one per start
+    # what the start's code kept (not other tests' threads, still exporting meanwhile)
+    mine = [
+        tracemalloc.Filter(True, p)
+        for p in (__file__, "*/kiki_otel/_http_server.py", "*/kiki_otel/_fast_span.py")
+    ]
+    diff = last.filter_traces(mine).compare_to(first.filter_traces(mine), "lineno")
+    # one object a start kept would be >= 320 kB; free lists filled meanwhile (a tuple of
+    # each size reused across tests) show as up to a few hundred objects
+    assert sum(d.size_diff for d in diff) < 100_000, [str(d) for d in diff[:8]]
     assert (sys.getrefcount(scope), sys.getrefcount(send)) == before
