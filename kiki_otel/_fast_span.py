@@ -222,6 +222,9 @@ class DirectSpans:
                 *self._no_metrics,
                 NonRecordingSpan,
                 self._recording,
+                self._multi,
+                self._processors,
+                self._limits,
             )
             if native_open is not None
             else self.start_open

@@ -423,6 +423,7 @@ class ServerTelemetry:
                 SPAN_KEY,
                 CURRENT,
                 client_request_id,
+                self._active.counts,
                 self._active.add,
                 _new_send_wrapper,
                 _send,
@@ -664,7 +665,7 @@ class ServerTelemetry:
             raise
         finally:
             try:
-                self._active.done(active_key)
+                active_key[0] -= 1  # (_ActiveRequests.add's entry: [count, attributes])
                 if self._batch_max > 1:
                     self._end(scope, span, current, state, error, start, active_attrs)
                 else:
@@ -885,7 +886,7 @@ class _ActiveRequests:
     """
 
     def __init__(self, meter: metrics.Meter) -> None:
-        self._counts: dict[tuple[str, str], list[Any]] = {}
+        self.counts: dict[tuple[str, str], list[Any]] = {}
         meter.create_observable_up_down_counter(
             "http.server.active_requests",
             callbacks=[self._observe],
@@ -894,18 +895,20 @@ class _ActiveRequests:
         )
 
     def add(self, attributes: dict[str, Any]) -> list[Any]:
+        """Count a request in: its entry in ``counts``, ``[count, attributes]``.
+
+        The request's end counts it out (``entry[0] -= 1``). ``_speedups.request_begin``
+        counts a known entry in itself.
+        """
         key = (attributes["http.request.method"], attributes["url.scheme"])
-        entry = self._counts.get(key)
+        entry = self.counts.get(key)
         if entry is None:
-            entry = self._counts.setdefault(key, [0, dict(attributes)])
+            entry = self.counts.setdefault(key, [0, dict(attributes)])
         entry[0] += 1
         return entry
 
-    def done(self, entry: list[Any]) -> None:  # not static: a static one is a slower lookup
-        entry[0] -= 1
-
     def _observe(self, _options: metrics.CallbackOptions) -> list[metrics.Observation]:
-        return [metrics.Observation(n, attrs) for n, attrs in list(self._counts.values())]
+        return [metrics.Observation(n, attrs) for n, attrs in list(self.counts.values())]
 
 
 _ACTIVE: weakref.WeakKeyDictionary[Any, _ActiveRequests] = weakref.WeakKeyDictionary()

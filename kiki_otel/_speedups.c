@@ -3223,10 +3223,35 @@ typedef struct {
     PyObject *twin, *tracer, *sampler, *fixed, *drop, *sample, *flags, *random_ids, *random;
     PyObject *span_key, *span_readers, *span_context_class, *trace_flags_class;
     PyObject *default_state, *no_metrics, *no_metrics_end, *non_recording, *recording;
+    PyObject *multi, *processors, *limits;
 } SpanOpen;
 
 static PyObject *str_sampler, *str_id_generator, *str_getrandbits, *str_tracer_metrics;
-static PyObject *str_start_span, *int_128, *int_64;
+static PyObject *str_start_span, *str_span_processors, *str_tracer_config;
+static PyObject *str_max_span_attributes, *int_128, *int_64, *int_one;
+
+/* ``DirectSpans.usable(count)``: 1 while the span can be direct (the same processors, the
+ * tracer on, room for ``count`` attributes), 0 if not, -1 on error */
+static int
+span_usable(SpanOpen *self, PyObject *count)
+{
+    PyObject *limit = PyObject_GetAttr(self->limits, str_max_span_attributes);
+    PyObject *now = limit != NULL ? PyObject_GetAttr(self->multi, str_span_processors) : NULL;
+    int usable = now != NULL ? now == self->processors : -1;
+    Py_XDECREF(now);
+    if (usable > 0) {
+        PyObject *config = PyObject_GetAttr(self->tracer, str_tracer_config);
+        PyObject *enabled = config != NULL ? PyObject_GetAttr(config, str_is_enabled) : NULL;
+        Py_XDECREF(config);
+        usable = enabled != NULL ? PyObject_IsTrue(enabled) : -1;
+        Py_XDECREF(enabled);
+    }
+    if (usable > 0 && limit != Py_None) {
+        usable = PyObject_RichCompareBool(count, limit, Py_LE);
+    }
+    Py_XDECREF(limit);
+    return usable;
+}
 
 /* ``random.getrandbits(bits)`` until it is not 0, as the SDK's id generator draws: a new
  * reference, NULL on error */
@@ -3404,7 +3429,8 @@ done:
 #define SPAN_OPEN_FIELDS(X)                                                                \
     X(twin) X(tracer) X(sampler) X(fixed) X(drop) X(sample) X(flags) X(random_ids)          \
     X(random) X(span_key) X(span_readers) X(span_context_class) X(trace_flags_class)       \
-    X(default_state) X(no_metrics) X(no_metrics_end) X(non_recording) X(recording)
+    X(default_state) X(no_metrics) X(no_metrics_end) X(non_recording) X(recording)        \
+    X(multi) X(processors) X(limits)
 
 TWIN_TYPE(span_open, SpanOpen, SpanOpenType, SPAN_OPEN_FIELDS,
           "A request span's start, made by span_open().")
@@ -3412,7 +3438,7 @@ TWIN_TYPE(span_open, SpanOpen, SpanOpenType, SPAN_OPEN_FIELDS,
 static PyObject *
 span_open(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!check_nargs("span_open", nargs, 18)) {
+    if (!check_nargs("span_open", nargs, 21)) {
         return NULL;
     }
     if (!PyTuple_CheckExact(args[3]) || PyTuple_GET_SIZE(args[3]) != 5
@@ -3438,8 +3464,9 @@ span_open(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         &self->span_key,     &self->span_readers,  &self->span_context_class,
         &self->trace_flags_class, &self->default_state, &self->no_metrics,
         &self->no_metrics_end, &self->non_recording, &self->recording,
+        &self->multi,        &self->processors,    &self->limits,
     };
-    for (Py_ssize_t i = 0; i < 18; i++) {
+    for (Py_ssize_t i = 0; i < 21; i++) {
         *fields[i] = args[i] != Py_None || (i != 7 && i != 14) ? Py_NewRef(args[i]) : NULL;
     }
     PyObject_GC_Track(self);
@@ -3462,7 +3489,8 @@ typedef struct {
     PyObject *twin, *globals, *propagate, *w3c_headers, *id_header, *known_methods;
     PyObject *client_id, *context_class, *usable, *start_max, *start_open, *recorded;
     PyObject *span_ids, *non_recording, *span_context_of, *span_context_class, *which, *remember_ids;
-    PyObject *span_key, *current_var, *client_var, *active_add, *new_send, *send_slow;
+    PyObject *span_key, *current_var, *client_var, *active_counts, *active_add, *new_send;
+    PyObject *send_slow;
 } RequestBegin;
 
 static PyObject *str_w3c_only, *str_get_global_textmap, *str_extract, *str_traceparent;
@@ -3646,9 +3674,15 @@ request_begin_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject 
         goto done;
     }
     PyObject *name = other ? str_http_word : method;
-    PyObject *usable = PyObject_CallOneArg(self->usable, self->start_max);
-    int direct = usable != NULL ? PyObject_IsTrue(usable) : -1;
-    Py_XDECREF(usable);
+    int direct;
+    if (Py_IS_TYPE(self->start_open, &SpanOpenType)) {
+        direct = span_usable((SpanOpen *)self->start_open, self->start_max);
+    }
+    else {
+        PyObject *usable = PyObject_CallOneArg(self->usable, self->start_max);
+        direct = usable != NULL ? PyObject_IsTrue(usable) : -1;
+        Py_XDECREF(usable);
+    }
     if (direct < 0) {
         goto done;
     }
@@ -3738,8 +3772,20 @@ request_begin_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject 
         || PyDict_SetItem(active, str_scheme_attr, scheme) < 0) {
         goto done;
     }
-    entry = PyObject_CallOneArg(self->active_add, active);
-    if (entry == NULL) {
+    /* _ActiveRequests.add(active): its count's entry, [count, attributes], counted */
+    PyObject *key = PyTuple_Pack(2, method, scheme);
+    PyObject *found = key != NULL ? PyDict_GetItemWithError(self->active_counts, key) : NULL;
+    Py_XDECREF(key);
+    if (found != NULL && PyList_CheckExact(found) && PyList_GET_SIZE(found) == 2
+        && PyLong_CheckExact(PyList_GET_ITEM(found, 0))) {
+        entry = Py_NewRef(found);
+        PyObject *count = PyNumber_Add(PyList_GET_ITEM(found, 0), int_one);
+        if (count == NULL || PyList_SetItem(entry, 0, count) < 0) {
+            goto done;
+        }
+    }
+    else if (key == NULL || PyErr_Occurred()
+             || (entry = PyObject_CallOneArg(self->active_add, active)) == NULL) {
         goto done;
     }
     PyObject *wrapper_args[6] = {send, response_headers, self->id_header, outer,
@@ -3785,7 +3831,8 @@ done:
     X(client_id) X(context_class) X(usable) X(start_max) X(start_open) X(recorded)        \
     X(span_ids)                                                                            \
     X(non_recording) X(span_context_of) X(span_context_class) X(which) X(remember_ids)     \
-    X(span_key) X(current_var) X(client_var) X(active_add) X(new_send) X(send_slow)
+    X(span_key) X(current_var) X(client_var) X(active_counts) X(active_add) X(new_send)    \
+    X(send_slow)
 
 TWIN_TYPE(request_begin, RequestBegin, RequestBeginType, REQUEST_BEGIN_FIELDS,
           "A request's start, made by request_begin().")
@@ -3793,15 +3840,17 @@ TWIN_TYPE(request_begin, RequestBegin, RequestBeginType, REQUEST_BEGIN_FIELDS,
 static PyObject *
 request_begin(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!check_nargs("request_begin", nargs, 24)) {
+    if (!check_nargs("request_begin", nargs, 25)) {
         return NULL;
     }
     if (!PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[3]) || !PyBytes_CheckExact(args[4])
         || !PyAnySet_Check(args[5]) || !PyType_Check(args[7]) || !PyType_Check(args[13])
         || !PyDict_CheckExact(args[14]) || (args[15] != Py_None && !PyType_Check(args[15]))
-        || !PyContextVar_CheckExact(args[19]) || !PyContextVar_CheckExact(args[20])) {
+        || !PyContextVar_CheckExact(args[19]) || !PyContextVar_CheckExact(args[20])
+        || !PyDict_CheckExact(args[21])) {
         PyErr_SetString(PyExc_TypeError,
-                        "request_begin: globals, w3c_headers and span_context_of must be dicts, "
+                        "request_begin: globals, w3c_headers, span_context_of and active_counts "
+                        "must be dicts, "
                         "id_header bytes, known_methods a set, the classes types, the variables "
                         "ContextVars");
         return NULL;
@@ -3819,9 +3868,10 @@ request_begin(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
         &self->span_ids,      &self->non_recording,   &self->span_context_of,
         &self->span_context_class, &self->which,      &self->remember_ids,
         &self->span_key,      &self->current_var,     &self->client_var,
-        &self->active_add,    &self->new_send,        &self->send_slow,
+        &self->active_counts, &self->active_add,      &self->new_send,
+        &self->send_slow,
     };
-    for (Py_ssize_t i = 0; i < 24; i++) {
+    for (Py_ssize_t i = 0; i < 25; i++) {
         *fields[i] = Py_NewRef(args[i]);
     }
     Py_SETREF(self->span_context_class, args[15] != Py_None ? Py_NewRef(args[15]) : NULL);
@@ -3888,7 +3938,8 @@ static PyMethodDef speedups_methods[] = {
     {"span_open", (PyCFunction)(void (*)(void))span_open, METH_FASTCALL,
      "span_open(twin, tracer, sampler, fixed, drop, sample, flags, random_ids, random,\n"
      "          span_key, span_readers, span_context_class, trace_flags_class,\n"
-     "          default_state, no_metrics, no_metrics_end, non_recording, recording)\n"
+     "          default_state, no_metrics, no_metrics_end, non_recording, recording,\n"
+     "          multi, processors, limits)\n"
      "    -> SpanOpen\n\n"
      "_fast_span.DirectSpans.start_open (twin) in C for its common case; twin(...) for any\n"
      "other."},
@@ -3896,8 +3947,8 @@ static PyMethodDef speedups_methods[] = {
      "request_begin(twin, globals, propagate, w3c_headers, id_header, known_methods,\n"
      "              client_id, context_class, usable, start_max, start_open, recorded,\n"
      "              span_ids, non_recording, span_context_of, span_context_class, which,\n"
-     "              remember_ids, span_key, current_var, client_var, active_add, new_send,\n"
-     "              send_slow)\n"
+     "              remember_ids, span_key, current_var, client_var, active_counts, active_add,\n"
+     "              new_send, send_slow)\n"
      "    -> RequestBegin\n\n"
      "_http_server.ServerTelemetry._begin (twin) in C for its common case; twin(...) for\n"
      "any other."},
@@ -4032,6 +4083,9 @@ intern_names(void)
         {&str_getrandbits, "getrandbits"},
         {&str_tracer_metrics, "_tracer_metrics"},
         {&str_start_span, "start_span"},
+        {&str_span_processors, "_span_processors"},
+        {&str_tracer_config, "_tracer_config"},
+        {&str_max_span_attributes, "max_span_attributes"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL) {
@@ -4077,7 +4131,8 @@ PyInit__speedups(void)
         return NULL;
     }
     if ((int_128 == NULL && (int_128 = PyLong_FromLong(128)) == NULL)
-        || (int_64 == NULL && (int_64 = PyLong_FromLong(64)) == NULL)) {
+        || (int_64 == NULL && (int_64 = PyLong_FromLong(64)) == NULL)
+        || (int_one == NULL && (int_one = PyLong_FromLong(1)) == NULL)) {
         return NULL;
     }
     if (PyType_Ready(&SendWrapperType) < 0 || PyType_Ready(&LastSendType) < 0

@@ -1519,7 +1519,7 @@ def test_a_request_start_frees_what_it_made(memory: Memory) -> None:
         state, span, span_context, current, token, client_token, active, entry, _ = start(
             scope, send
         )
-        telemetry._active.done(entry)
+        entry[0] -= 1
         CURRENT.reset(token)  # type: ignore[union-attr]
         assert client_token is None and current[4] is span_context
         assert current[0][SPAN_KEY] is span
@@ -1551,3 +1551,69 @@ def test_a_request_start_frees_what_it_made(memory: Memory) -> None:
     # each size reused across tests) show as up to a few hundred objects
     assert sum(d.size_diff for d in diff) < 100_000, [str(d) for d in diff[:8]]
     assert (sys.getrefcount(scope), sys.getrefcount(send)) == before
+
+
+def _starts(started: list[str]) -> Any:
+    """A span processor that notes each span's start (the direct path calls no on_start)."""
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class Starts(SpanProcessor):
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            started.append(span.name)
+
+    return Starts()
+
+
+@pytest.mark.parametrize("change", ["processor-added", "tracer-disabled", "few-attributes"])
+async def test_a_request_starts_the_sdks_way_when_the_direct_span_cannot_be(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """The start's check of the direct span path (``DirectSpans.usable``, in C with the C
+    start): a processor added after setup, a tracer turned off, a span limit below the
+    request's attributes each send the span the SDK's way, as the twin does."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from kiki_otel import _http_server
+    from kiki_otel._settings import Settings
+
+    limits = SpanLimits(max_span_attributes=5) if change == "few-attributes" else None
+    results = []
+    started: list[str] = []
+    for begin in ("c", "python"):
+        first, added = InMemorySpanExporter(), InMemorySpanExporter()
+        provider = TracerProvider(span_limits=limits, shutdown_on_exit=False)
+        provider.add_span_processor(SimpleSpanProcessor(first))
+        telemetry = _http_server.ServerTelemetry(
+            make_app(),
+            settings=Settings(),
+            tracer_provider=provider,
+            meter_provider=MeterProvider(shutdown_on_exit=False),
+        )
+        if begin == "python" or getattr(_http_server.speedups, "request_begin", None) is None:
+            telemetry._begin_request = telemetry._begin
+        tracer = telemetry._tracer
+        if change == "processor-added":  # (one that sees spans start, as the SDK's way does)
+            provider.add_span_processor(SimpleSpanProcessor(added))
+            provider.add_span_processor(_starts(started))
+        elif change == "tracer-disabled":
+            tracer._tracer_config = type(tracer._tracer_config)(is_enabled=False)  # type: ignore[attr-defined]
+        transport = httpx.ASGITransport(app=telemetry, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            for _ in range(2):  # (the first may be the twin's: a propagator not seen yet)
+                response = await c.get("/items/3?x=1", headers={"user-agent": "t"})
+                assert response.status_code == 200 and response.headers["x-request-id"]
+        spans = [(s.name, sorted(s.attributes)) for s in [*first.get_finished_spans()]] + [
+            (s.name, sorted(s.attributes)) for s in added.get_finished_spans()
+        ]
+        results.append(spans)
+    assert results[0] == results[1]
+    if change == "processor-added":  # both processors got both spans, all attributes
+        assert len(results[0]) == 4 and "user_agent.original" in results[0][1][1]
+        assert started == ["GET"] * 4
+    elif change == "tracer-disabled":
+        assert results[0] == []
+    else:
+        assert [len(attributes) for _, attributes in results[0]] == [5, 5]
