@@ -28,7 +28,12 @@ def direct_call(app: ASGIApp) -> ASGIApp:
     A kiki layer's ``_dispatch`` comes first: its ``__call__`` without a coroutine of its
     own, returning the one that runs the request (the inner app's, for a request the layer
     passes on). Its ``__call__`` stays a coroutine function, which a server checks for.
+    A layer that made its ``_dispatch`` in C keeps it as ``_native_dispatch``.
     """
+    own = getattr(app, "__dict__", None)
+    native = own.get("_native_dispatch") if isinstance(own, dict) else None
+    if native is not None:
+        return native  # type: ignore[no-any-return]
     dispatch = getattr(type(app), "_dispatch", None)
     if isinstance(dispatch, types.FunctionType):
         bound_dispatch: ASGIApp = dispatch.__get__(app)

@@ -434,6 +434,21 @@ class ServerTelemetry:
             and SPAN_KEY is not None
             else self._begin
         )
+        native_dispatch = getattr(speedups, "request_dispatch", None)
+        # _dispatch in C when built: what the layer outside calls (_asgi.direct_call)
+        self._native_dispatch: Any = (
+            native_dispatch(
+                self._dispatch,
+                self._app,
+                self._traced,
+                self._excluded,
+                self._below_root,
+                _FASTAPI_NATIVE_KEY,
+                _TRACED_KEY,
+            )
+            if native_dispatch is not None
+            else None
+        )
         self._batch_max = http.finish_batch
         self._batch: list[tuple[Context, tuple[Any, ...]]] | None = None
         self._batch_task: object = None  # the task that ended the quiet loop's request

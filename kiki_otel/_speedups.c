@@ -3209,6 +3209,110 @@ request_end(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     return (PyObject *)self;
 }
 
+/* ------------------------------------------------------------------ a request's dispatch
+ *
+ * ``request_dispatch(...)`` makes ``ServerTelemetry``'s ``_dispatch`` (what the layer
+ * outside calls, see ``_asgi.direct_call``): for a scope dict whose type is a str, the same
+ * reads and writes of the scope as the twin, in its order, and the same call, the app's
+ * (a request not traced) or ``_traced``'s. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *twin, *app, *traced, *excluded, *below_root, *fastapi_key, *traced_key;
+} RequestDispatch;
+
+static PyObject *str_http_type, *str_websocket;
+
+static PyObject *
+request_dispatch_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    RequestDispatch *self = (RequestDispatch *)op;
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL || !PyDict_CheckExact(args[0])) {
+        return PyObject_Vectorcall(self->twin, args, nargsf, kwnames);
+    }
+    PyObject *scope = args[0];
+    PyObject *kind = PyDict_GetItemWithError(scope, str_type);
+    if (kind == NULL || !PyUnicode_CheckExact(kind)) {
+        return PyErr_Occurred() ? NULL : PyObject_Vectorcall(self->twin, args, nargsf, NULL);
+    }
+    int http = same_str(kind, str_http_type);
+    int socket = http == 0 ? same_str(kind, str_websocket) : 0;
+    if (http < 0 || socket < 0) {
+        return NULL;
+    }
+    /* FastAPI's own nested-app guard: no native telemetry below us */
+    if (http || socket) {
+        int known = PyDict_Contains(scope, self->fastapi_key);
+        if (known < 0 || (!known && PyDict_SetItem(scope, self->fastapi_key, Py_None) < 0)) {
+            return NULL;
+        }
+    }
+    int traced = http ? PyDict_Contains(scope, self->traced_key) : 1;
+    if (traced < 0) {
+        return NULL;
+    }
+    if (traced) {
+        return PyObject_Vectorcall(self->app, args, 3, NULL);
+    }
+    if (PyDict_SetItem(scope, self->traced_key, Py_True) < 0) {
+        return NULL;
+    }
+    PyObject *path = PyDict_GetItemWithError(scope, str_path);
+    if (path == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetObject(PyExc_KeyError, str_path);
+        }
+        return NULL;
+    }
+    int excluded = PySet_Contains(self->excluded, path);
+    if (excluded == 0) {
+        PyObject *root = PyDict_GetItemWithError(scope, str_root_path);
+        excluded = root != NULL ? PyObject_IsTrue(root) : (PyErr_Occurred() ? -1 : 0);
+        if (excluded > 0) { /* below a root path: the twin's check */
+            PyObject *below = PyObject_CallOneArg(self->below_root, scope);
+            excluded = below != NULL ? PyObject_IsTrue(below) : -1;
+            Py_XDECREF(below);
+        }
+    }
+    if (excluded < 0) {
+        return NULL;
+    }
+    return PyObject_Vectorcall(excluded ? self->app : self->traced, args, 3, NULL);
+}
+
+#define REQUEST_DISPATCH_FIELDS(X)                                                         \
+    X(twin) X(app) X(traced) X(excluded) X(below_root) X(fastapi_key) X(traced_key)
+
+TWIN_TYPE(request_dispatch, RequestDispatch, RequestDispatchType, REQUEST_DISPATCH_FIELDS,
+          "A request's dispatch, made by request_dispatch().")
+
+static PyObject *
+request_dispatch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("request_dispatch", nargs, 7)) {
+        return NULL;
+    }
+    if (!PyAnySet_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "request_dispatch: excluded must be a set");
+        return NULL;
+    }
+    RequestDispatch *self = PyObject_GC_New(RequestDispatch, &RequestDispatchType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = request_dispatch_call;
+    self->twin = Py_NewRef(args[0]);
+    self->app = Py_NewRef(args[1]);
+    self->traced = Py_NewRef(args[2]);
+    self->excluded = Py_NewRef(args[3]);
+    self->below_root = Py_NewRef(args[4]);
+    self->fastapi_key = Py_NewRef(args[5]);
+    self->traced_key = Py_NewRef(args[6]);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
 /* ------------------------------------------------------------------ a request span's start
  *
  * ``span_open(...)`` makes ``DirectSpans.open``: ``DirectSpans.start_open``'s common case
@@ -3935,6 +4039,11 @@ static PyMethodDef speedups_methods[] = {
      "    -> AccessLine\n\n"
      "_access_log.DirectAccessLog.__call__ (twin) in C for its common case; twin(...) for\n"
      "any other."},
+    {"request_dispatch", (PyCFunction)(void (*)(void))request_dispatch, METH_FASTCALL,
+     "request_dispatch(twin, app, traced, excluded, below_root, fastapi_key, traced_key)\n"
+     "    -> RequestDispatch\n\n"
+     "_http_server.ServerTelemetry._dispatch (twin) in C for a scope dict whose type is a\n"
+     "str; twin(...) for any other."},
     {"span_open", (PyCFunction)(void (*)(void))span_open, METH_FASTCALL,
      "span_open(twin, tracer, sampler, fixed, drop, sample, flags, random_ids, random,\n"
      "          span_key, span_readers, span_context_class, trace_flags_class,\n"
@@ -4086,6 +4195,8 @@ intern_names(void)
         {&str_span_processors, "_span_processors"},
         {&str_tracer_config, "_tracer_config"},
         {&str_max_span_attributes, "max_span_attributes"},
+        {&str_http_type, "http"},
+        {&str_websocket, "websocket"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL) {
@@ -4138,7 +4249,7 @@ PyInit__speedups(void)
     if (PyType_Ready(&SendWrapperType) < 0 || PyType_Ready(&LastSendType) < 0
         || PyType_Ready(&AccessLineType) < 0 || PyType_Ready(&HistogramRecordType) < 0
         || PyType_Ready(&RequestEndType) < 0 || PyType_Ready(&RequestBeginType) < 0
-        || PyType_Ready(&SpanOpenType) < 0) {
+        || PyType_Ready(&SpanOpenType) < 0 || PyType_Ready(&RequestDispatchType) < 0) {
         return NULL;
     }
     if (time_perf_counter == NULL) {

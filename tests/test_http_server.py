@@ -1617,3 +1617,68 @@ async def test_a_request_starts_the_sdks_way_when_the_direct_span_cannot_be(
         assert results[0] == []
     else:
         assert [len(attributes) for _, attributes in results[0]] == [5, 5]
+
+
+_DISPATCH_SCOPES: list[dict[str, Any]] = [
+    asgi_scope("/items/1"),
+    asgi_scope("/items/1", **{"kiki_otel.traced": True}),  # an outer kiki traces it
+    asgi_scope("/items/1", **{"fastapi.telemetry": "theirs"}),
+    asgi_scope("/health"),
+    asgi_scope("/api/health/ready", root_path="/api"),
+    asgi_scope("/api/items/1", root_path="/api"),
+    asgi_scope("/other/health", root_path="/api"),
+    {"type": "websocket", "path": "/ws"},
+    {"type": "lifespan"},
+    {"type": 7, "path": "/items/1"},  # (the twin's)
+]
+
+
+def test_the_c_dispatch_routes_requests_as_its_twin() -> None:
+    """``_speedups.request_dispatch`` against ``ServerTelemetry._dispatch``: the same scope
+    afterwards (FastAPI's guard key, the traced key) and the same callee (the app or
+    ``_traced``), for traced, excluded, nested, websocket and lifespan scopes; a scope
+    without a type raises the same KeyError."""
+    import copy
+
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from kiki_otel import _asgi, _http_server
+    from kiki_otel._settings import Settings
+
+    if getattr(_http_server.speedups, "request_dispatch", None) is None:
+        pytest.skip("the C module is not built here")
+    telemetry = _http_server.ServerTelemetry(
+        make_app(),
+        settings=Settings(),
+        tracer_provider=TracerProvider(shutdown_on_exit=False),
+        meter_provider=MeterProvider(shutdown_on_exit=False),
+    )
+    assert _asgi.direct_call(telemetry) is telemetry._native_dispatch
+    called: list[str] = []
+    telemetry._app = lambda *args: called.append("app")  # type: ignore[assignment]
+    telemetry._traced = lambda *args: called.append("traced")  # type: ignore[method-assign]
+    native = _http_server.speedups.request_dispatch(
+        telemetry._dispatch,
+        telemetry._app,
+        telemetry._traced,
+        telemetry._excluded,
+        telemetry._below_root,
+        _http_server._FASTAPI_NATIVE_KEY,
+        _http_server._TRACED_KEY,
+    )
+    callees = []
+    for scope in _DISPATCH_SCOPES:
+        done = []
+        for dispatch in (native, telemetry._dispatch):
+            mine = copy.deepcopy(scope)
+            dispatch(mine, None, None)
+            done.append((mine, called.pop()))
+        assert done[0] == done[1], scope
+        callees.append(done[0][1])
+    assert callees == ["traced", "app", "traced", "app", "app", "traced", "traced"] + ["app"] * 3
+    for dispatch in (native, telemetry._dispatch):
+        with pytest.raises(KeyError, match="type"):
+            dispatch({"path": "/"}, None, None)
+        with pytest.raises(KeyError, match="path"):
+            dispatch({"type": "http"}, None, None)
