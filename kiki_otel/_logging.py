@@ -384,8 +384,13 @@ class _Output:
         self._lock = threading.RLock()
         self.dropped = 0
         self._failing = False
+        native = getattr(speedups, "output_write", None)
+        self.write: Callable[[str | bytes], None] = (
+            native(self._write, self, sys, self._lock) if native is not None else self._write
+        )
+        """Write one line (:meth:`_write`; in C for a line of bytes, when it is built)."""
 
-    def write(self, line: str | bytes) -> None:
+    def _write(self, line: str | bytes) -> None:
         stream = sys.stdout
         binary = getattr(stream, "buffer", None)
         with self._lock:

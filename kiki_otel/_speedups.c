@@ -3209,6 +3209,132 @@ request_end(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     return (PyObject *)self;
 }
 
+/* ------------------------------------------------------------------ a line to stdout
+ *
+ * ``output_write(twin, output, sys, lock)`` makes ``_logging._Output.write``: for a line of
+ * bytes and a ``sys.stdout`` with a binary ``buffer``, the twin's calls in its order under
+ * its lock (the text layer flushed first, the line and a newline written to the buffer,
+ * the buffer flushed) and its handling of a failed write (``_lost``, for an OSError or a
+ * ValueError). Anything else is the twin's. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *twin, *output, *sys, *lock;
+} OutputWrite;
+
+static PyObject *str_stdout, *str_buffer, *str_flush, *str_write, *str_lost, *str_failing;
+
+static PyObject *
+output_write_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    OutputWrite *self = (OutputWrite *)op;
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL || !PyBytes_CheckExact(args[0])) {
+        return PyObject_Vectorcall(self->twin, args, nargsf, kwnames);
+    }
+    PyObject *stream = PyObject_GetAttr(self->sys, str_stdout), *binary = NULL;
+#if PY_VERSION_HEX >= 0x030D0000
+    if (stream != NULL && PyObject_GetOptionalAttr(stream, str_buffer, &binary) < 0) {
+#else
+    if (stream != NULL && _PyObject_LookupAttr(stream, str_buffer, &binary) < 0) {
+#endif
+        Py_CLEAR(stream);
+    }
+    if (stream == NULL) {
+        return NULL;
+    }
+    if (binary == NULL || binary == Py_None) { /* a text-only stdout: the twin's */
+        Py_DECREF(stream);
+        Py_XDECREF(binary);
+        return PyObject_Vectorcall(self->twin, args, nargsf, NULL);
+    }
+    PyObject *result = NULL, *entered = PyObject_CallMethodNoArgs(self->lock, str_acquire);
+    if (entered == NULL) {
+        goto done;
+    }
+    Py_DECREF(entered);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    PyObject *line = NULL, *called = PyObject_CallMethodNoArgs(stream, str_flush);
+    if (called != NULL) {
+        Py_DECREF(called);
+        line = PyBytes_FromStringAndSize(NULL, size + 1); /* line + b"\n" */
+    }
+    if (line != NULL) {
+        memcpy(PyBytes_AS_STRING(line), PyBytes_AS_STRING(args[0]), (size_t)size);
+        PyBytes_AS_STRING(line)[size] = '\n';
+        called = PyObject_CallMethodOneArg(binary, str_write, line);
+        Py_DECREF(line);
+        Py_XDECREF(called);
+        called = called != NULL ? PyObject_CallMethodNoArgs(binary, str_flush) : NULL;
+        Py_XDECREF(called);
+    }
+    int status;
+    if (called != NULL) {
+        status = PyObject_SetAttr(self->output, str_failing, Py_False);
+    }
+    else if (PyErr_ExceptionMatches(PyExc_OSError) || PyErr_ExceptionMatches(PyExc_ValueError)) {
+        PyObject *type, *error, *traceback;
+        PyErr_Fetch(&type, &error, &traceback);
+        PyErr_NormalizeException(&type, &error, &traceback);
+        if (traceback != NULL && error != NULL) {
+            PyException_SetTraceback(error, traceback);
+        }
+        PyObject *lost = error != NULL ? PyObject_CallMethodOneArg(self->output, str_lost, error)
+                                       : NULL;
+        status = lost != NULL ? 0 : -1;
+        Py_XDECREF(lost);
+        Py_XDECREF(type);
+        Py_XDECREF(error);
+        Py_XDECREF(traceback);
+    }
+    else {
+        status = -1;
+    }
+    /* release the lock, keeping an error raised before */
+    PyObject *type, *error, *traceback;
+    PyErr_Fetch(&type, &error, &traceback);
+    PyObject *released = PyObject_CallMethodNoArgs(self->lock, str_release);
+    if (released == NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(error);
+        Py_XDECREF(traceback);
+        goto done;
+    }
+    Py_DECREF(released);
+    PyErr_Restore(type, error, traceback);
+    if (status == 0) {
+        result = Py_NewRef(Py_None);
+    }
+done:
+    Py_DECREF(stream);
+    Py_DECREF(binary);
+    return result;
+}
+
+#define OUTPUT_WRITE_FIELDS(X) X(twin) X(output) X(sys) X(lock)
+
+TWIN_TYPE(output_write, OutputWrite, OutputWriteType, OUTPUT_WRITE_FIELDS,
+          "A log line's write to stdout, made by output_write().")
+
+static PyObject *
+output_write(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("output_write", nargs, 4)) {
+        return NULL;
+    }
+    OutputWrite *self = PyObject_GC_New(OutputWrite, &OutputWriteType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = output_write_call;
+    self->twin = Py_NewRef(args[0]);
+    self->output = Py_NewRef(args[1]);
+    self->sys = Py_NewRef(args[2]);
+    self->lock = Py_NewRef(args[3]);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
 /* ------------------------------------------------------------------ a request's dispatch
  *
  * ``request_dispatch(...)`` makes ``ServerTelemetry``'s ``_dispatch`` (what the layer
@@ -4039,6 +4165,10 @@ static PyMethodDef speedups_methods[] = {
      "    -> AccessLine\n\n"
      "_access_log.DirectAccessLog.__call__ (twin) in C for its common case; twin(...) for\n"
      "any other."},
+    {"output_write", (PyCFunction)(void (*)(void))output_write, METH_FASTCALL,
+     "output_write(twin, output, sys, lock) -> OutputWrite\n\n"
+     "_logging._Output.write (twin) in C for a line of bytes and a stdout with a buffer;\n"
+     "twin(...) for any other."},
     {"request_dispatch", (PyCFunction)(void (*)(void))request_dispatch, METH_FASTCALL,
      "request_dispatch(twin, app, traced, excluded, below_root, fastapi_key, traced_key)\n"
      "    -> RequestDispatch\n\n"
@@ -4197,6 +4327,12 @@ intern_names(void)
         {&str_max_span_attributes, "max_span_attributes"},
         {&str_http_type, "http"},
         {&str_websocket, "websocket"},
+        {&str_stdout, "stdout"},
+        {&str_buffer, "buffer"},
+        {&str_flush, "flush"},
+        {&str_write, "write"},
+        {&str_lost, "_lost"},
+        {&str_failing, "_failing"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL) {
@@ -4249,7 +4385,8 @@ PyInit__speedups(void)
     if (PyType_Ready(&SendWrapperType) < 0 || PyType_Ready(&LastSendType) < 0
         || PyType_Ready(&AccessLineType) < 0 || PyType_Ready(&HistogramRecordType) < 0
         || PyType_Ready(&RequestEndType) < 0 || PyType_Ready(&RequestBeginType) < 0
-        || PyType_Ready(&SpanOpenType) < 0 || PyType_Ready(&RequestDispatchType) < 0) {
+        || PyType_Ready(&SpanOpenType) < 0 || PyType_Ready(&RequestDispatchType) < 0
+        || PyType_Ready(&OutputWriteType) < 0) {
         return NULL;
     }
     if (time_perf_counter == NULL) {

@@ -274,13 +274,20 @@ class _BrokenPipe(io.RawIOBase):
         raise BrokenPipeError(32, "Broken pipe")
 
 
+@pytest.mark.parametrize("writer", ["c", "python"])
 @pytest.mark.parametrize("failure", ["broken-pipe", "closed"])
 def test_failing_stdout_drops_lines_not_records(
-    memory: Memory, monkeypatch: pytest.MonkeyPatch, failure: str
+    memory: Memory, monkeypatch: pytest.MonkeyPatch, failure: str, writer: str
 ) -> None:
     """A stdout that fails (its reader gone, or closed) never raises into the code that
     logs, structlog and stdlib alike; the OTel records still go out, and the interpreter's
-    stderr gets one notice per outage, with the count."""
+    stderr gets one notice per outage, with the count. The C write as its twin."""
+    from kiki_otel import _logging
+
+    if writer == "python":
+        monkeypatch.setattr(_logging, "speedups", None)
+    elif getattr(_logging.speedups, "output_write", None) is None:
+        pytest.skip("the C module is not built here")
     kiki_otel.configure(service_name="svc-pipe")
     stdout = io.TextIOWrapper(io.BufferedWriter(_BrokenPipe()), write_through=True)
     if failure == "closed":
@@ -304,6 +311,39 @@ def test_failing_stdout_drops_lines_not_records(
     log.info("fourth")
     assert stderr.getvalue().count("kiki_otel: stdout write failed") == 2
     assert "(4 so far)" in stderr.getvalue()
+
+
+@pytest.mark.parametrize("writer", ["c", "python"])
+def test_a_line_follows_what_was_written_to_stdouts_text_layer(
+    monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    """Text still buffered in stdout's text layer goes out before the line (both ways:
+    bytes to the binary buffer, a str to the text layer); the lock is free afterwards."""
+    import threading
+
+    from kiki_otel import _logging
+
+    if writer == "python":
+        monkeypatch.setattr(_logging, "speedups", None)
+    elif getattr(_logging.speedups, "output_write", None) is None:
+        pytest.skip("the C module is not built here")
+    output = _logging._Output()
+    assert (type(output.write).__name__ == "OutputWrite") == (writer == "c")
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, write_through=False))
+    sys.stdout.write("print()ed, still buffered\n")
+    output.write(b'{"event":"bytes"}')
+    sys.stdout.write("again ")
+    output.write('{"event":"str"}')
+    output.write(b"")
+    assert (
+        raw.getvalue() == b'print()ed, still buffered\n{"event":"bytes"}\nagain {"event":"str"}\n\n'
+    )
+    free: list[bool] = []
+    thread = threading.Thread(target=lambda: free.append(output._lock.acquire(blocking=False)))
+    thread.start()
+    thread.join()
+    assert free == [True] and output.dropped == 0
 
 
 def test_values_orjson_refuses_are_logged_not_raised(
