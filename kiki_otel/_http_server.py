@@ -388,7 +388,7 @@ class ServerTelemetry:
             native_end(
                 self._finish,
                 self._fast_duration,
-                self._direct.finish if self._direct is not None else None,
+                self._direct.close if self._direct is not None else None,
                 self._access_log,
                 NonRecordingSpan,
                 NO_ATTRIBUTES,
@@ -851,7 +851,7 @@ class ServerTelemetry:
             failure = exc
         try:
             if live and direct is not None:
-                direct.finish(span, span_attrs, name, state.sent_ns or None)
+                direct.close(span, span_attrs, name, state.sent_ns or None)
             elif live:
                 span.end(state.sent_ns or None)
         except Exception as exc:

@@ -42,6 +42,7 @@ native_log_event = _native_log_event
 module. The payload of an :class:`Encoded`, or None when a field is not plain."""
 
 __all__ = [
+    "NATIVE_SDK_SPAN",
     "Encoded",
     "encode_log",
     "encode_log_event",
@@ -918,7 +919,7 @@ def _export_request(items: Sequence[Any], encode_item: Callable[[Any], bytes]) -
 def encode_span(span: Any) -> Encoded:
     """An ended span (SDK ``ReadableSpan``), encoded now for a later :func:`encode_spans`."""
     if type(span) in _SDK_SPAN_TYPES:  # the fields behind the two properties
-        if _NATIVE_SDK_SPAN is not None:  # the request span's case: one C call, no frames
+        if NATIVE_SDK_SPAN is not None:  # the request span's case: one C call, no frames
             item = _native_sdk_span(
                 span._context,
                 span._parent,
@@ -932,7 +933,7 @@ def encode_span(span: Any) -> Encoded:
                 span._status,
                 span._resource,
                 span._instrumentation_scope,
-                _NATIVE_SDK_SPAN,
+                NATIVE_SDK_SPAN,
             )
             if item is not None:
                 return item  # type: ignore[no-any-return]
@@ -942,8 +943,10 @@ def encode_span(span: Any) -> Encoded:
     return Encoded(_span(span), span.resource, span.instrumentation_scope)
 
 
-_NATIVE_SDK_SPAN = _native_sdk_span_types()
-_native_sdk_span: Any = _native.sdk_span if _NATIVE_SDK_SPAN is not None else None
+NATIVE_SDK_SPAN = _native_sdk_span_types()
+"""The classes and members ``_speedups.sdk_span`` checks a span's fields against (None: no
+C module, or an SDK whose shapes it does not know; then spans are encoded in Python)."""
+_native_sdk_span: Any = _native.sdk_span if NATIVE_SDK_SPAN is not None else None
 
 
 def encode_spans(spans: Sequence[Any]) -> bytes:

@@ -3703,6 +3703,268 @@ span_open(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     return (PyObject *)self;
 }
 
+/* ------------------------------------------------------------------ a request span's end
+ *
+ * ``span_close(...)`` makes ``DirectSpans.close``: ``DirectSpans.finish``'s common case
+ * (a span of the SDK's class, the processors of setup, the lone batch queue, room for the
+ * attributes, given as a dict or the empty mapping), reading and writing the span as
+ * ``finish`` does, in its order and under the span's lock; then the span, if sampled,
+ * encoded by ``sdk_span`` and queued by ``queue_item``. What it does not take is decided
+ * before the lock and goes to the twin; a span already ended goes to the twin's
+ * ``_finish_sdk``, a span C does not encode to ``_export`` and a full queue to
+ * ``enqueue``, as in ``finish``. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *twin, *batch, *span_class, *multi, *processors, *no_metrics_end, *types;
+    PyObject *finish_sdk, *export, *enqueue;
+} SpanClose;
+
+static PyObject *str_attributes_field, *str_maxlen, *str_start_time, *str_end_time;
+static PyObject *str_name_field, *str_immutable, *str_record_end_metrics, *str_context_field;
+static PyObject *str_parent_field, *str_kind_field, *str_events_field, *str_links_field;
+static PyObject *str_status_field, *str_resource_field, *str_scope_field;
+
+/* Under the span's lock: 1 if the span was open (now ended: name, attributes, end time,
+ * its attributes made immutable), 0 if already ended, -1 on error. */
+static int
+close_locked(PyObject *span, PyObject *bounded, PyObject *values, PyObject *attributes,
+             PyObject *name, PyObject *end_time)
+{
+    PyObject *start = PyObject_GetAttr(span, str_start_time);
+    PyObject *end = start != NULL ? PyObject_GetAttr(span, str_end_time) : NULL;
+    int open = end != NULL ? start != Py_None && end == Py_None : -1;
+    Py_XDECREF(start);
+    Py_XDECREF(end);
+    if (open <= 0) {
+        return open;
+    }
+    if (name != Py_None && PyObject_SetAttr(span, str_name_field, name) < 0) {
+        return -1;
+    }
+    if (PyDict_CheckExact(attributes)) {
+        Py_ssize_t position = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(attributes, &position, &key, &value)) {
+            Py_INCREF(key);
+            Py_INCREF(value);
+            /* values.pop(key, None): a key set again moves to the end, as in the SDK */
+            int status = PyDict_Contains(values, key);
+            if (status > 0) {
+                status = PyDict_DelItem(values, key);
+            }
+            if (status >= 0) {
+                status = PyDict_SetItem(values, key, value);
+            }
+            Py_DECREF(key);
+            Py_DECREF(value);
+            if (status < 0) {
+                return -1;
+            }
+        }
+    }
+    PyObject *now = Py_NewRef(end_time);
+    if (end_time == Py_None) {
+        PyObject *clock = PyObject_GetAttr(time_module, str_time_ns);
+        Py_SETREF(now, clock != NULL ? PyObject_CallNoArgs(clock) : NULL);
+        Py_XDECREF(clock);
+    }
+    int status = now != NULL ? PyObject_SetAttr(span, str_end_time, now) : -1;
+    Py_XDECREF(now);
+    if (status < 0 || PyObject_SetAttr(bounded, str_immutable, Py_True) < 0) {
+        return -1;
+    }
+    return 1;
+}
+
+/* The ended span, if sampled, encoded and queued as ``finish`` does: 0, or -1 on error. */
+static int
+close_export(SpanClose *self, PyObject *span)
+{
+    PyObject *context = PyObject_GetAttr(span, str_context_field);
+    if (context == NULL) {
+        return -1;
+    }
+    long flags = -1;
+    if (PyTuple_Check(context) && PyTuple_GET_SIZE(context) > 3) {
+        flags = PyLong_AsLong(PyTuple_GET_ITEM(context, 3));
+    }
+    if (flags == -1 && PyErr_Occurred()) {
+        Py_DECREF(context);
+        return -1;
+    }
+    if (flags >= 0 && !(flags & 1)) { /* not sampled: not exported */
+        Py_DECREF(context);
+        return 0;
+    }
+    PyObject *names[11] = {str_parent_field, str_name_field,      str_kind_field,
+                           str_start_time,   str_end_time,        str_attributes_field,
+                           str_events_field, str_links_field,     str_status_field,
+                           str_resource_field, str_scope_field};
+    PyObject *fields[13] = {context};
+    int read = 1;
+    for (int i = 0; i < 11; i++) {
+        fields[i + 1] = read ? PyObject_GetAttr(span, names[i]) : NULL;
+        read = fields[i + 1] != NULL;
+    }
+    fields[12] = self->types;
+    PyObject *item = NULL;
+    if (read && flags >= 0) {
+        item = sdk_span(NULL, fields, 13);
+        if (item == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
+            PyErr_Clear(); /* _export's encoder reports it */
+        }
+    }
+    for (int i = 0; i < 12; i++) {
+        Py_XDECREF(fields[i]);
+    }
+    if (!read || PyErr_Occurred()) {
+        Py_XDECREF(item);
+        return -1;
+    }
+    PyObject *called;
+    if (item == NULL || item == Py_None) { /* not C's to encode: the twin's _export */
+        called = PyObject_CallOneArg(self->export, span);
+    }
+    else {
+        PyObject *queue_args[2] = {self->batch, item};
+        called = queue_item(NULL, queue_args, 2);
+        if (called == Py_False) {
+            Py_SETREF(called, PyObject_Vectorcall(self->enqueue, queue_args, 2, NULL));
+        }
+    }
+    Py_XDECREF(item);
+    Py_XDECREF(called);
+    return called != NULL ? 0 : -1;
+}
+
+static PyObject *
+span_close_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    SpanClose *self = (SpanClose *)op;
+    if (PyVectorcall_NARGS(nargsf) != 4 || kwnames != NULL
+        || (PyObject *)Py_TYPE(args[0]) != self->span_class) {
+        return PyObject_Vectorcall(self->twin, args, nargsf, kwnames);
+    }
+    PyObject *span = args[0], *attributes = args[1];
+    PyObject *bounded = NULL, *values = NULL, *maxlen = NULL, *lock = NULL, *result = NULL;
+    PyObject *now = PyObject_GetAttr(self->multi, str_span_processors);
+    if (now == NULL) {
+        return NULL;
+    }
+    int common = now == self->processors;
+    Py_DECREF(now);
+    Py_ssize_t adding = common ? PyObject_Length(attributes) : 0;
+    if (adding < 0) {
+        return NULL;
+    }
+    if (common && adding > 0 && !PyDict_CheckExact(attributes)) {
+        common = 0; /* another mapping: the twin's */
+    }
+    bounded = common ? PyObject_GetAttr(span, str_attributes_field) : NULL;
+    values = bounded != NULL ? PyObject_GetAttr(bounded, str_dict) : NULL;
+    maxlen = values != NULL ? PyObject_GetAttr(bounded, str_maxlen) : NULL;
+    if (common && maxlen == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            goto done;
+        }
+        PyErr_Clear(); /* not the SDK's attributes: the twin's */
+        common = 0;
+    }
+    if (common && !PyDict_CheckExact(values)) {
+        common = 0;
+    }
+    if (common && maxlen != Py_None) {
+        PyObject *count = PyLong_FromSsize_t(PyDict_GET_SIZE(values) + adding);
+        int over = count != NULL ? PyObject_RichCompareBool(count, maxlen, Py_GT) : -1;
+        Py_XDECREF(count);
+        if (over < 0) {
+            goto done;
+        }
+        common = !over;
+    }
+    if (!common) {
+        result = PyObject_Vectorcall(self->twin, args, nargsf, NULL);
+        goto done;
+    }
+    lock = PyObject_GetAttr(span, str_lock);
+    PyObject *held = lock != NULL ? PyObject_CallMethodNoArgs(lock, str_acquire) : NULL;
+    if (held == NULL) {
+        goto done;
+    }
+    Py_DECREF(held);
+    int open = close_locked(span, bounded, values, attributes, args[2], args[3]);
+    PyObject *type, *error, *traceback;
+    PyErr_Fetch(&type, &error, &traceback);
+    PyObject *released = PyObject_CallMethodNoArgs(lock, str_release);
+    if (released == NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(error);
+        Py_XDECREF(traceback);
+        goto done;
+    }
+    Py_DECREF(released);
+    PyErr_Restore(type, error, traceback);
+    if (open < 0) {
+        goto done;
+    }
+    if (!open) { /* already ended: the SDK's own errors or warnings */
+        result = PyObject_Vectorcall(self->finish_sdk, args, 4, NULL);
+        goto done;
+    }
+    PyObject *record_end = PyObject_GetAttr(span, str_record_end_metrics);
+    int call = record_end != NULL ? PyObject_IsTrue(record_end) : -1;
+    if (call > 0 && record_end != self->no_metrics_end) {
+        PyObject *called = PyObject_CallNoArgs(record_end);
+        call = called != NULL ? 0 : -1;
+        Py_XDECREF(called);
+    }
+    Py_XDECREF(record_end);
+    if (call >= 0 && close_export(self, span) == 0) {
+        result = Py_NewRef(Py_None);
+    }
+done:
+    Py_XDECREF(bounded);
+    Py_XDECREF(values);
+    Py_XDECREF(maxlen);
+    Py_XDECREF(lock);
+    return result;
+}
+
+#define SPAN_CLOSE_FIELDS(X)                                                               \
+    X(twin) X(batch) X(span_class) X(multi) X(processors) X(no_metrics_end) X(types)        \
+    X(finish_sdk) X(export) X(enqueue)
+
+TWIN_TYPE(span_close, SpanClose, SpanCloseType, SPAN_CLOSE_FIELDS,
+          "A request span's end, made by span_close().")
+
+static PyObject *
+span_close(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("span_close", nargs, 10)) {
+        return NULL;
+    }
+    if (!PyType_Check(args[2]) || !PyTuple_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "span_close: span_class must be a class, types a tuple");
+        return NULL;
+    }
+    SpanClose *self = PyObject_GC_New(SpanClose, &SpanCloseType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = span_close_call;
+    PyObject **fields[] = {&self->twin,       &self->batch,          &self->span_class,
+                           &self->multi,      &self->processors,     &self->no_metrics_end,
+                           &self->types,      &self->finish_sdk,     &self->export,
+                           &self->enqueue};
+    for (Py_ssize_t i = 0; i < 10; i++) {
+        *fields[i] = Py_NewRef(args[i]);
+    }
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
 /* ------------------------------------------------------------------ a request's start
  *
  * ``request_begin(...)`` makes ``ServerTelemetry._begin_request``: ``_begin``'s common case
@@ -4165,6 +4427,11 @@ static PyMethodDef speedups_methods[] = {
      "    -> AccessLine\n\n"
      "_access_log.DirectAccessLog.__call__ (twin) in C for its common case; twin(...) for\n"
      "any other."},
+    {"span_close", (PyCFunction)(void (*)(void))span_close, METH_FASTCALL,
+     "span_close(twin, batch, span_class, multi, processors, no_metrics_end, types,\n"
+     "           finish_sdk, export, enqueue) -> SpanClose\n\n"
+     "_fast_span.DirectSpans.finish (twin) in C for its common case; twin(...) for any\n"
+     "other."},
     {"output_write", (PyCFunction)(void (*)(void))output_write, METH_FASTCALL,
      "output_write(twin, output, sys, lock) -> OutputWrite\n\n"
      "_logging._Output.write (twin) in C for a line of bytes and a stdout with a buffer;\n"
@@ -4333,6 +4600,21 @@ intern_names(void)
         {&str_write, "write"},
         {&str_lost, "_lost"},
         {&str_failing, "_failing"},
+        {&str_attributes_field, "_attributes"},
+        {&str_maxlen, "maxlen"},
+        {&str_start_time, "_start_time"},
+        {&str_end_time, "_end_time"},
+        {&str_name_field, "_name"},
+        {&str_immutable, "_immutable"},
+        {&str_record_end_metrics, "_record_end_metrics"},
+        {&str_context_field, "_context"},
+        {&str_parent_field, "_parent"},
+        {&str_kind_field, "_kind"},
+        {&str_events_field, "_events"},
+        {&str_links_field, "_links"},
+        {&str_status_field, "_status"},
+        {&str_resource_field, "_resource"},
+        {&str_scope_field, "_instrumentation_scope"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL) {
@@ -4386,7 +4668,7 @@ PyInit__speedups(void)
         || PyType_Ready(&AccessLineType) < 0 || PyType_Ready(&HistogramRecordType) < 0
         || PyType_Ready(&RequestEndType) < 0 || PyType_Ready(&RequestBeginType) < 0
         || PyType_Ready(&SpanOpenType) < 0 || PyType_Ready(&RequestDispatchType) < 0
-        || PyType_Ready(&OutputWriteType) < 0) {
+        || PyType_Ready(&OutputWriteType) < 0 || PyType_Ready(&SpanCloseType) < 0) {
         return NULL;
     }
     if (time_perf_counter == NULL) {

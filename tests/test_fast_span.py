@@ -380,19 +380,27 @@ def test_end_is_the_sdks_for_misuse_and_for_other_consumers(
     batch._batch_processor._queue.clear()
 
 
-def test_finish_is_set_attributes_then_end_in_one_call(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("how", ["close", "finish"])
+def test_finish_is_set_attributes_then_end_in_one_call(
+    caplog: pytest.LogCaptureFixture, how: str
+) -> None:
     """The request span's last values go in as it ends: the span the SDK's update_name,
     set_attributes and end would leave (a key set again moves to the end), queued encoded.
     Ended: the SDK's three warnings, nothing changed or queued. Another consumer, a full
-    count: the SDK's calls."""
+    count: the SDK's calls. Through the C ``close`` as through its twin ``finish``."""
+    from kiki_otel import _fast_span
+
     limits = SpanLimits(max_span_attributes=4)
     provider, batch, tracer, direct = _queued_direct(
         TracerProvider(span_limits=limits, shutdown_on_exit=False)
     )
+    if how == "close" and getattr(_fast_span.speedups, "span_close", None) is not None:
+        assert type(direct.close).__name__ == "SpanClose"
+    finish = getattr(direct, how)
     last = {"url.path": "/x", "http.route": "/x"}
     span: Any = direct.start("GET", otel_context.Context(), {"url.path": "/y", "a": 1})
     sdk: Any = tracer.start_span("GET", kind=SpanKind.SERVER, attributes={"url.path": "/y", "a": 1})
-    direct.finish(span, last, "GET /x", 123)
+    finish(span, last, "GET /x", 123)
     sdk.update_name("GET /x")
     sdk.set_attributes(last)
     sdk.end(123)
@@ -407,17 +415,17 @@ def test_finish_is_set_attributes_then_end_in_one_call(caplog: pytest.LogCapture
     assert queue[-1].payload == encode_span(span).payload
     queue.clear()
     caplog.clear()
-    direct.finish(span, {"b": 2}, "again", 456)
+    finish(span, {"b": 2}, "again", 456)
     assert (span.name, span.end_time, "b" in span.attributes) == ("GET /x", 123, False)
     assert not queue and caplog.text.count("ended span") == 3
     full: Any = direct.start("GET", otel_context.Context(), {"a": 1, "b": 2, "c": 3})
-    direct.finish(full, {"d": 4, "e": 5}, None)  # one past the limit: the SDK drops the oldest
+    finish(full, {"d": 4, "e": 5}, None)  # one past the limit: the SDK drops the oldest
     assert list(full.attributes) == ["b", "c", "d", "e"] and full._attributes.dropped == 1
     assert len(queue) == 1
     memory = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(memory))
     other: Any = tracer.start_span("other")
-    direct.finish(other, {"http.route": "/z"}, "GET /z")
+    finish(other, {"http.route": "/z"}, "GET /z")
     (ended,) = memory.get_finished_spans()
     assert (ended.name, dict(ended.attributes)) == ("GET /z", {"http.route": "/z"})
     batch._batch_processor._queue.clear()
@@ -542,27 +550,36 @@ async def test_requests_take_the_direct_path_and_arrive(receiver: OTLPReceiver) 
     ]
 
 
+@pytest.mark.parametrize("how", ["close", "finish"])
 def test_an_encoder_failure_costs_no_span(
-    receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch
+    receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    """If encoding at end() ever failed, the span is queued as it is and encoded at export."""
+    """If encoding at end() ever failed, the span is queued as it is and encoded at export.
+    The C ``close`` hands a span it does not encode (one with an event) to the twin's
+    ``_export``, which meets the failure."""
     from kiki_otel import _fast_span
 
     def broken(span: Any) -> Any:
         raise RuntimeError("encoder bug")
 
     monkeypatch.setattr(_fast_span, "encode_span", broken)
+    if how == "finish":
+        monkeypatch.setattr(_fast_span, "speedups", None)
     provider = TracerProvider(resource=Resource.create({"service.name": "s"}))
     exporter = FastSpanExporter(OTLPHttpClient(receiver.http_url("traces")))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     direct = DirectSpans.for_tracer(provider.get_tracer("t"))
     assert direct is not None
+    assert type(direct.close).__name__ == (
+        "SpanClose" if how == "close" and _fast_span.speedups is not None else "method"
+    )
     span = direct.start("GET", otel_context.Context(), dict(ATTRIBUTES))
+    span.add_event("retry")
     direct.end(span)
     provider.force_flush()
     (got,) = receiver.wait_for_spans(1)
     assert got.span_id == f"{span.get_span_context().span_id:016x}"
-    assert got.attributes["url.path"] == "/items/3"
+    assert got.attributes["url.path"] == "/items/3" and got.events[0].name == "retry"
     provider.shutdown()
 
 
@@ -819,3 +836,56 @@ def test_no_span_key_no_direct_spans(monkeypatch: pytest.MonkeyPatch) -> None:
     assert DirectSpans.for_tracer(tracer) is not None
     monkeypatch.setattr(_fast_span, "SPAN_KEY", None)
     assert DirectSpans.for_tracer(tracer) is None
+
+
+@pytest.mark.parametrize("how", ["c", "python"])
+def test_the_sdks_own_span_metrics_count_direct_spans_as_its_spans(
+    monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """With the SDK's internal metrics on (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED), a
+    direct span counts as started and live, and as no longer live once ended, as the
+    SDK's own span does: for a new trace, a remote parent and a dropped span."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from kiki_otel import _fast_span
+
+    if how == "python":
+        monkeypatch.setattr(_fast_span, "speedups", None)
+    monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+    points = []
+    for way in ("direct", "sdk"):
+        reader = InMemoryMetricReader()
+        provider = TracerProvider(
+            sampler=ParentBased(ALWAYS_ON),
+            meter_provider=MeterProvider(metric_readers=[reader], shutdown_on_exit=False),
+            shutdown_on_exit=False,
+        )
+        _, batch, tracer, direct = _queued_direct(provider)
+        if how == "c" and _fast_span.speedups is not None:
+            assert type(direct.open).__name__ == "SpanOpen"
+            assert type(direct.close).__name__ == "SpanClose"
+        parents = _parents()
+        for name in ("root", "remote-sampled", "remote-not-sampled", "root"):
+            if way == "direct":
+                span: Any = direct.start("GET", parents[name], dict(ATTRIBUTES))
+                if name != "root":
+                    direct.end(span)
+            else:
+                span = tracer.start_span("GET", parents[name], kind=SpanKind.SERVER)
+                if name != "root":
+                    span.end()
+        batch._batch_processor._queue.clear()
+        data = reader.get_metrics_data()
+        points.append(
+            sorted(
+                (metric.name, sorted(point.attributes.items()), point.value)
+                for resource in data.resource_metrics  # type: ignore[union-attr]
+                for scope in resource.scope_metrics
+                for metric in scope.metrics
+                for point in metric.data.data_points  # type: ignore[union-attr]
+            )
+        )
+    assert points[0] == points[1]
+    live = [value for name, _, value in points[0] if name == "otel.sdk.span.live"]
+    assert live == [2]  # the two roots never ended

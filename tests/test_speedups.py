@@ -906,7 +906,7 @@ def test_sdk_span_is_the_python_encoders_item(seed: int, monkeypatch: pytest.Mon
     for span, plain in _sdk_spans(random.Random(seed)):
         monkeypatch.setattr(_otlp_encode, "_native_sdk_span", counting)
         got = _otlp_encode.encode_span(span)
-        monkeypatch.setattr(_otlp_encode, "_NATIVE_SDK_SPAN", None)
+        monkeypatch.setattr(_otlp_encode, "NATIVE_SDK_SPAN", None)
         monkeypatch.setattr(_otlp_encode, "_native_span", None)
         monkeypatch.setattr(_otlp_encode, "_native_fields", None)
         expected = _otlp_encode.encode_span(span)
@@ -920,7 +920,7 @@ def test_sdk_span_is_the_python_encoders_item(seed: int, monkeypatch: pytest.Mon
 def test_sdk_span_leaves_other_objects_to_python() -> None:
     from opentelemetry.sdk.trace import TracerProvider
 
-    types = _otlp_encode._NATIVE_SDK_SPAN
+    types = _otlp_encode.NATIVE_SDK_SPAN
     assert types is not None
     span = TracerProvider().get_tracer("t").start_span("n", attributes={"k": 1})
     span.end()
@@ -958,7 +958,7 @@ def test_sdk_span_refuses_bad_arguments() -> None:
         speedups.sdk_span(1, 2)
     with pytest.raises(TypeError, match="types is not what"):
         speedups.sdk_span(*range(12), ())
-    types = list(_otlp_encode._NATIVE_SDK_SPAN or ())
+    types = list(_otlp_encode.NATIVE_SDK_SPAN or ())
     types[5] = dict  # Encoded must be a tuple subclass
     with pytest.raises(TypeError, match="types is not what"):
         speedups.sdk_span(*range(12), tuple(types))
