@@ -427,6 +427,9 @@ class ServerTelemetry:
                 self._active.add,
                 _new_send_wrapper,
                 _send,
+                _hosts,
+                _parse_host,
+                _redact_query,
             )
             if native_begin is not None
             and direct is not None
@@ -572,7 +575,8 @@ class ServerTelemetry:
         """The attributes only a recording span keeps, added to its ``attributes``.
 
         ``span``: the direct path's span (its attribute dict is ``attributes``), or None:
-        then the span starts here the SDK's way, with all of them.
+        then the span starts here the SDK's way, with all of them. (The C start adds them
+        to a direct span's dict itself: ``begin_recorded`` in ``_speedups.c``.)
         """
         if method == "_OTHER":
             attributes["http.request.method_original"] = scope.get("method", "")

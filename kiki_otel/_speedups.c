@@ -3982,12 +3982,14 @@ typedef struct {
     PyObject *client_id, *context_class, *usable, *start_max, *start_open, *recorded;
     PyObject *span_ids, *non_recording, *span_context_of, *span_context_class, *which, *remember_ids;
     PyObject *span_key, *current_var, *client_var, *active_counts, *active_add, *new_send;
-    PyObject *send_slow;
+    PyObject *send_slow, *hosts, *parse_host, *redact_query;
 } RequestBegin;
 
 static PyObject *str_w3c_only, *str_get_global_textmap, *str_extract, *str_traceparent;
 static PyObject *str_baggage, *str_scheme, *str_http_scheme, *str_get_word, *str_scheme_attr;
-static PyObject *str_path_attr, *str_copy;
+static PyObject *str_path_attr, *str_copy, *str_empty, *str_method_original, *str_query_string;
+static PyObject *str_url_query, *str_host, *str_server_address, *str_server_port, *str_client;
+static PyObject *str_client_address, *str_user_agent, *str_user_agent_attr, *str_client_id_attr;
 
 /* ``scope.get(key, default)``: a new reference, NULL on error */
 static PyObject *
@@ -4074,6 +4076,110 @@ begin_ids(RequestBegin *self, PyObject *span, PyObject **context, PyObject **mad
     *context = read;
     *made = ids;
     return 1;
+}
+
+/* ``value``'s truth, or -1 with an error set; NULL (absent) is false */
+static int
+truth_of(PyObject *value)
+{
+    return value != NULL ? PyObject_IsTrue(value) : (PyErr_Occurred() ? -1 : 0);
+}
+
+/* ``_recorded``'s additions to the direct span's attribute dict (the span not None): the
+ * attributes only a recording span keeps, in the twin's order. 0, or -1 on error. */
+static int
+begin_recorded(RequestBegin *self, PyObject *scope, PyObject *method, PyObject *carrier,
+               PyObject *client_id, PyObject *attributes)
+{
+    int other = same_str(method, str_other);
+    if (other != 0) {
+        PyObject *raw = other > 0 ? scope_get(scope, str_method, str_empty) : NULL;
+        int status = raw != NULL ? PyDict_SetItem(attributes, str_method_original, raw) : -1;
+        Py_XDECREF(raw);
+        if (status < 0) {
+            return -1;
+        }
+    }
+    PyObject *query = PyDict_GetItemWithError(scope, str_query_string);
+    int some = truth_of(query);
+    if (some < 0) {
+        return -1;
+    }
+    if (some) { /* _redact_query(query.decode("latin-1")) */
+        Py_INCREF(query);
+        PyObject *text = PyBytes_Check(query)
+            ? PyUnicode_DecodeLatin1(PyBytes_AS_STRING(query), PyBytes_GET_SIZE(query), NULL)
+            : PyObject_CallMethod(query, "decode", "s", "latin-1");
+        Py_DECREF(query);
+        PyObject *redacted = text != NULL ? PyObject_CallOneArg(self->redact_query, text) : NULL;
+        Py_XDECREF(text);
+        int status = redacted != NULL ? PyDict_SetItem(attributes, str_url_query, redacted) : -1;
+        Py_XDECREF(redacted);
+        if (status < 0) {
+            return -1;
+        }
+    }
+    PyObject *host = PyDict_GetItemWithError(carrier, str_host);
+    if ((some = truth_of(host)) < 0) {
+        return -1;
+    }
+    if (some) { /* _hosts.get(host) or _parse_host(host) */
+        Py_INCREF(host);
+        PyObject *parsed = PyDict_GetItemWithError(self->hosts, host);
+        int known = truth_of(parsed);
+        if (known > 0) {
+            Py_INCREF(parsed);
+        }
+        else {
+            parsed = known == 0 ? PyObject_CallOneArg(self->parse_host, host) : NULL;
+        }
+        Py_DECREF(host);
+        if (parsed == NULL) {
+            return -1;
+        }
+        int status = -1;
+        if (PyTuple_CheckExact(parsed) && PyTuple_GET_SIZE(parsed) == 2) {
+            PyObject *port = PyTuple_GET_ITEM(parsed, 1);
+            status = PyDict_SetItem(attributes, str_server_address, PyTuple_GET_ITEM(parsed, 0));
+            if (status == 0 && port != Py_None) {
+                status = PyDict_SetItem(attributes, str_server_port, port);
+            }
+        }
+        else {
+            PyErr_SetString(PyExc_TypeError, "request_begin: a parsed host must be a pair");
+        }
+        Py_DECREF(parsed);
+        if (status < 0) {
+            return -1;
+        }
+    }
+    PyObject *client = PyDict_GetItemWithError(scope, str_client);
+    if ((some = truth_of(client)) < 0) {
+        return -1;
+    }
+    if (some) {
+        PyObject *address = PySequence_GetItem(client, 0);
+        int status = address != NULL ? PyDict_SetItem(attributes, str_client_address, address)
+                                     : -1;
+        Py_XDECREF(address);
+        if (status < 0) {
+            return -1;
+        }
+    }
+    PyObject *agent = PyDict_GetItemWithError(carrier, str_user_agent);
+    if ((some = truth_of(agent)) < 0
+        || (some && PyDict_SetItem(attributes, str_user_agent_attr, agent) < 0)) {
+        return -1;
+    }
+    if (client_id != Py_None) {
+        PyObject *ids = PyTuple_Pack(1, client_id);
+        int status = ids != NULL ? PyDict_SetItem(attributes, str_client_id_attr, ids) : -1;
+        Py_XDECREF(ids);
+        if (status < 0) {
+            return -1;
+        }
+    }
+    return 0;
 }
 
 static PyObject *
@@ -4188,7 +4294,12 @@ request_begin_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject 
     else {
         span = Py_NewRef(Py_None);
     }
-    if ((PyObject *)Py_TYPE(span) != self->non_recording) { /* kept: its other attributes */
+    if (span != Py_None && (PyObject *)Py_TYPE(span) != self->non_recording) {
+        if (begin_recorded(self, scope, method, carrier, client_id, attributes) < 0) {
+            goto done; /* (the direct span's dict: the additions of _recorded) */
+        }
+    }
+    else if (span == Py_None) { /* the SDK's way, with all its attributes: the twin's */
         PyObject *recorded_args[8] = {scope, method, name, carrier, parent, client_id,
                                       attributes, span};
         Py_SETREF(span, PyObject_Vectorcall(self->recorded, recorded_args, 8, NULL));
@@ -4324,7 +4435,7 @@ done:
     X(span_ids)                                                                            \
     X(non_recording) X(span_context_of) X(span_context_class) X(which) X(remember_ids)     \
     X(span_key) X(current_var) X(client_var) X(active_counts) X(active_add) X(new_send)    \
-    X(send_slow)
+    X(send_slow) X(hosts) X(parse_host) X(redact_query)
 
 TWIN_TYPE(request_begin, RequestBegin, RequestBeginType, REQUEST_BEGIN_FIELDS,
           "A request's start, made by request_begin().")
@@ -4332,16 +4443,17 @@ TWIN_TYPE(request_begin, RequestBegin, RequestBeginType, REQUEST_BEGIN_FIELDS,
 static PyObject *
 request_begin(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!check_nargs("request_begin", nargs, 25)) {
+    if (!check_nargs("request_begin", nargs, 28)) {
         return NULL;
     }
     if (!PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[3]) || !PyBytes_CheckExact(args[4])
         || !PyAnySet_Check(args[5]) || !PyType_Check(args[7]) || !PyType_Check(args[13])
         || !PyDict_CheckExact(args[14]) || (args[15] != Py_None && !PyType_Check(args[15]))
         || !PyContextVar_CheckExact(args[19]) || !PyContextVar_CheckExact(args[20])
-        || !PyDict_CheckExact(args[21])) {
+        || !PyDict_CheckExact(args[21]) || !PyDict_CheckExact(args[25])) {
         PyErr_SetString(PyExc_TypeError,
-                        "request_begin: globals, w3c_headers, span_context_of and active_counts "
+                        "request_begin: globals, w3c_headers, span_context_of, active_counts "
+                        "and hosts "
                         "must be dicts, "
                         "id_header bytes, known_methods a set, the classes types, the variables "
                         "ContextVars");
@@ -4361,9 +4473,10 @@ request_begin(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
         &self->span_context_class, &self->which,      &self->remember_ids,
         &self->span_key,      &self->current_var,     &self->client_var,
         &self->active_counts, &self->active_add,      &self->new_send,
-        &self->send_slow,
+        &self->send_slow,     &self->hosts,           &self->parse_host,
+        &self->redact_query,
     };
-    for (Py_ssize_t i = 0; i < 25; i++) {
+    for (Py_ssize_t i = 0; i < 28; i++) {
         *fields[i] = Py_NewRef(args[i]);
     }
     Py_SETREF(self->span_context_class, args[15] != Py_None ? Py_NewRef(args[15]) : NULL);
@@ -4454,7 +4567,7 @@ static PyMethodDef speedups_methods[] = {
      "              client_id, context_class, usable, start_max, start_open, recorded,\n"
      "              span_ids, non_recording, span_context_of, span_context_class, which,\n"
      "              remember_ids, span_key, current_var, client_var, active_counts, active_add,\n"
-     "              new_send, send_slow)\n"
+     "              new_send, send_slow, hosts, parse_host, redact_query)\n"
      "    -> RequestBegin\n\n"
      "_http_server.ServerTelemetry._begin (twin) in C for its common case; twin(...) for\n"
      "any other."},
@@ -4615,6 +4728,18 @@ intern_names(void)
         {&str_status_field, "_status"},
         {&str_resource_field, "_resource"},
         {&str_scope_field, "_instrumentation_scope"},
+        {&str_empty, ""},
+        {&str_method_original, "http.request.method_original"},
+        {&str_query_string, "query_string"},
+        {&str_url_query, "url.query"},
+        {&str_host, "host"},
+        {&str_server_address, "server.address"},
+        {&str_server_port, "server.port"},
+        {&str_client, "client"},
+        {&str_client_address, "client.address"},
+        {&str_user_agent, "user-agent"},
+        {&str_user_agent_attr, "user_agent.original"},
+        {&str_client_id_attr, "http.request.header.x-request-id"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL) {
