@@ -3452,13 +3452,76 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyObject *twin, *tracer, *sampler, *fixed, *drop, *sample, *flags, *random_ids, *random;
     PyObject *span_key, *span_readers, *span_context_class, *trace_flags_class;
-    PyObject *default_state, *no_metrics, *no_metrics_end, *non_recording, *recording;
-    PyObject *multi, *processors, *limits;
+    PyObject *default_state, *no_metrics, *no_metrics_end, *non_recording, *new_attributes;
+    PyObject *empty_attributes, *new_list, *list_fields, *empty_events, *empty_links;
+    PyObject *span_class, *template, *threading, *multi, *processors, *limits;
 } SpanOpen;
 
 static PyObject *str_sampler, *str_id_generator, *str_getrandbits, *str_tracer_metrics;
 static PyObject *str_start_span, *str_span_processors, *str_tracer_config;
-static PyObject *str_max_span_attributes, *int_128, *int_64, *int_one;
+static PyObject *str_max_span_attributes, *int_128, *int_64, *int_one, *str_lock_class;
+static PyObject *str_resource, *str_copy, *kw_attributes, *kw_list, *kw_span;
+
+/* ``DirectSpans._recording``'s span for a decision taken inline (no sampler attributes):
+ * its BoundedAttributes around the caller's dict, its event and link lists, each with a
+ * new lock, and the span, made as the twin makes them, in its order. A new reference. */
+static PyObject *
+open_recording(SpanOpen *self, PyObject *name, PyObject *parent, PyObject *span_context,
+               PyObject *sampler, PyObject *attributes, PyObject *end)
+{
+    PyObject *lock_class = NULL, *maxlen = NULL, *locks[4] = {NULL, NULL, NULL, NULL};
+    PyObject *bounded = NULL, *resource = NULL, *queues[2] = {NULL, NULL};
+    PyObject *lists[2] = {NULL, NULL}, *now = NULL, *span = NULL;
+    maxlen = PyObject_GetAttr(self->limits, str_max_span_attributes);
+    lock_class = maxlen != NULL ? PyObject_GetAttr(self->threading, str_lock_class) : NULL;
+    locks[0] = lock_class != NULL ? PyObject_CallNoArgs(lock_class) : NULL;
+    if (locks[0] == NULL) {
+        goto done;
+    }
+    PyObject *bounded_args[5] = {self->new_attributes, self->empty_attributes, attributes,
+                                 maxlen, locks[0]};
+    bounded = new_instance(NULL, bounded_args, 2, kw_attributes);
+    resource = bounded != NULL ? PyObject_GetAttr(self->tracer, str_resource) : NULL;
+    if (resource == NULL) {
+        goto done;
+    }
+    PyObject *empty[2] = {self->empty_events, self->empty_links};
+    for (int i = 0; i < 2; i++) {
+        queues[i] = PyObject_CallMethodNoArgs(empty[i], str_copy);
+        locks[i + 1] = queues[i] != NULL ? PyObject_CallNoArgs(lock_class) : NULL;
+        if (locks[i + 1] == NULL) {
+            goto done;
+        }
+        PyObject *list_args[4] = {self->new_list, self->list_fields, queues[i], locks[i + 1]};
+        if ((lists[i] = new_instance(NULL, list_args, 2, kw_list)) == NULL) {
+            goto done;
+        }
+    }
+    locks[3] = PyObject_CallNoArgs(lock_class);
+    PyObject *clock = locks[3] != NULL ? PyObject_GetAttr(time_module, str_time_ns) : NULL;
+    now = clock != NULL ? PyObject_CallNoArgs(clock) : NULL;
+    Py_XDECREF(clock);
+    if (now != NULL) {
+        PyObject *span_args[13] = {self->span_class, self->template, name, span_context,
+                                   parent, resource, sampler, bounded, lists[0], lists[1],
+                                   locks[3], end, now};
+        span = new_instance(NULL, span_args, 2, kw_span);
+    }
+done:
+    Py_XDECREF(lock_class);
+    Py_XDECREF(maxlen);
+    for (int i = 0; i < 4; i++) {
+        Py_XDECREF(locks[i]);
+    }
+    Py_XDECREF(bounded);
+    Py_XDECREF(resource);
+    for (int i = 0; i < 2; i++) {
+        Py_XDECREF(queues[i]);
+        Py_XDECREF(lists[i]);
+    }
+    Py_XDECREF(now);
+    return span;
+}
 
 /* ``DirectSpans.usable(count)``: 1 while the span can be direct (the same processors, the
  * tracer on, room for ``count`` attributes), 0 if not, -1 on error */
@@ -3636,9 +3699,8 @@ span_open_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwn
         result = PyObject_CallOneArg(self->non_recording, span_context);
     }
     else {
-        PyObject *recording_args[7] = {args[0],  parent != NULL ? parent : Py_None,
-                                       span_context, sampler, Py_None, args[2], end};
-        result = PyObject_Vectorcall(self->recording, recording_args, 7, NULL);
+        result = open_recording(self, args[0], parent != NULL ? parent : Py_None, span_context,
+                                sampler, args[2], end);
     }
     goto done;
 twin:
@@ -3659,8 +3721,9 @@ done:
 #define SPAN_OPEN_FIELDS(X)                                                                \
     X(twin) X(tracer) X(sampler) X(fixed) X(drop) X(sample) X(flags) X(random_ids)          \
     X(random) X(span_key) X(span_readers) X(span_context_class) X(trace_flags_class)       \
-    X(default_state) X(no_metrics) X(no_metrics_end) X(non_recording) X(recording)        \
-    X(multi) X(processors) X(limits)
+    X(default_state) X(no_metrics) X(no_metrics_end) X(non_recording) X(new_attributes)   \
+    X(empty_attributes) X(new_list) X(list_fields) X(empty_events) X(empty_links)          \
+    X(span_class) X(template) X(threading) X(multi) X(processors) X(limits)
 
 TWIN_TYPE(span_open, SpanOpen, SpanOpenType, SPAN_OPEN_FIELDS,
           "A request span's start, made by span_open().")
@@ -3668,7 +3731,7 @@ TWIN_TYPE(span_open, SpanOpen, SpanOpenType, SPAN_OPEN_FIELDS,
 static PyObject *
 span_open(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!check_nargs("span_open", nargs, 21)) {
+    if (!check_nargs("span_open", nargs, 29)) {
         return NULL;
     }
     if (!PyTuple_CheckExact(args[3]) || PyTuple_GET_SIZE(args[3]) != 5
@@ -3676,10 +3739,13 @@ span_open(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         || (args[7] != Py_None && !PyType_Check(args[7])) || !PyDict_CheckExact(args[10])
         || !PyType_Check(args[11]) || !PyType_IsSubtype((PyTypeObject *)args[11], &PyTuple_Type)
         || !PyType_Check(args[12]) || (args[14] != Py_None && !PyType_Check(args[14]))
-        || !PyType_Check(args[16])) {
+        || !PyType_Check(args[16]) || !PyType_Check(args[17]) || !PyDict_Check(args[18])
+        || !PyType_Check(args[19]) || !PyDict_Check(args[20]) || !PyType_Check(args[23])
+        || !PyDict_Check(args[24])) {
         PyErr_SetString(PyExc_TypeError,
-                        "span_open: fixed must be a 5-tuple, flags a 4-tuple, span_readers a "
-                        "dict, span_context_class a tuple type, the classes types or None");
+                        "span_open: fixed must be a 5-tuple, flags a 4-tuple, span_readers, "
+                        "the templates and fields dicts, span_context_class a tuple type, the "
+                        "classes types or None");
         return NULL;
     }
     SpanOpen *self = PyObject_GC_New(SpanOpen, &SpanOpenType);
@@ -3693,10 +3759,13 @@ span_open(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         &self->flags,        &self->random_ids,    &self->random,
         &self->span_key,     &self->span_readers,  &self->span_context_class,
         &self->trace_flags_class, &self->default_state, &self->no_metrics,
-        &self->no_metrics_end, &self->non_recording, &self->recording,
-        &self->multi,        &self->processors,    &self->limits,
+        &self->no_metrics_end, &self->non_recording, &self->new_attributes,
+        &self->empty_attributes, &self->new_list,  &self->list_fields,
+        &self->empty_events, &self->empty_links,   &self->span_class,
+        &self->template,     &self->threading,     &self->multi,
+        &self->processors,   &self->limits,
     };
-    for (Py_ssize_t i = 0; i < 21; i++) {
+    for (Py_ssize_t i = 0; i < 29; i++) {
         *fields[i] = args[i] != Py_None || (i != 7 && i != 14) ? Py_NewRef(args[i]) : NULL;
     }
     PyObject_GC_Track(self);
@@ -3987,7 +4056,7 @@ typedef struct {
 
 static PyObject *str_w3c_only, *str_get_global_textmap, *str_extract, *str_traceparent;
 static PyObject *str_baggage, *str_scheme, *str_http_scheme, *str_get_word, *str_scheme_attr;
-static PyObject *str_path_attr, *str_copy, *str_empty, *str_method_original, *str_query_string;
+static PyObject *str_path_attr, *str_empty, *str_method_original, *str_query_string;
 static PyObject *str_url_query, *str_host, *str_server_address, *str_server_port, *str_client;
 static PyObject *str_client_address, *str_user_agent, *str_user_agent_attr, *str_client_id_attr;
 
@@ -4557,8 +4626,9 @@ static PyMethodDef speedups_methods[] = {
     {"span_open", (PyCFunction)(void (*)(void))span_open, METH_FASTCALL,
      "span_open(twin, tracer, sampler, fixed, drop, sample, flags, random_ids, random,\n"
      "          span_key, span_readers, span_context_class, trace_flags_class,\n"
-     "          default_state, no_metrics, no_metrics_end, non_recording, recording,\n"
-     "          multi, processors, limits)\n"
+     "          default_state, no_metrics, no_metrics_end, non_recording, new_attributes,\n"
+     "          empty_attributes, new_list, list_fields, empty_events, empty_links,\n"
+     "          span_class, template, threading, multi, processors, limits)\n"
      "    -> SpanOpen\n\n"
      "_fast_span.DirectSpans.start_open (twin) in C for its common case; twin(...) for any\n"
      "other."},
@@ -4740,6 +4810,8 @@ intern_names(void)
         {&str_user_agent, "user-agent"},
         {&str_user_agent_attr, "user_agent.original"},
         {&str_client_id_attr, "http.request.header.x-request-id"},
+        {&str_lock_class, "Lock"},
+        {&str_resource, "resource"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL) {
@@ -4782,6 +4854,16 @@ PyInit__speedups(void)
         return NULL;
     }
     if (float_1e3 == NULL && (float_1e3 = PyFloat_FromDouble(1e3)) == NULL) {
+        return NULL;
+    }
+    if (kw_span == NULL
+        && ((kw_attributes = Py_BuildValue("(sss)", "_dict", "maxlen", "_lock")) == NULL
+            || (kw_list = Py_BuildValue("(ss)", "_dq", "_lock")) == NULL
+            || (kw_span = Py_BuildValue("(sssssssssss)", "_name", "_context", "_parent",
+                                        "_resource", "_sampler", "_attributes", "_events",
+                                        "_links", "_lock", "_record_end_metrics",
+                                        "_start_time"))
+                   == NULL)) {
         return NULL;
     }
     if ((int_128 == NULL && (int_128 = PyLong_FromLong(128)) == NULL)
