@@ -437,6 +437,25 @@ class ServerTelemetry:
             and SPAN_KEY is not None
             else self._begin
         )
+        native_close = getattr(speedups, "request_close", None)
+        # _close's common case in C (its twin, and what it calls for the rest), when built
+        self._close_request: Any = (
+            native_close(
+                self._close,
+                self,
+                globals(),  # (it reads _detach)
+                _get_running_loop,
+                current_task,
+                self._finish_request,
+                self._end,
+                self._finish_each,
+                self._failed,
+                client_request_id,
+                otel_context.detach,
+            )
+            if native_close is not None
+            else self._close
+        )
         native_dispatch = getattr(speedups, "request_dispatch", None)
         # _dispatch in C when built: what the layer outside calls (_asgi.direct_call)
         self._native_dispatch: Any = (
@@ -683,21 +702,53 @@ class ServerTelemetry:
                 await self._send_500(state)
             raise
         finally:
+            self._close_request(
+                scope,
+                span,
+                current,
+                state,
+                error,
+                start,
+                active_attrs,
+                active_key,
+                client_token,
+                token,
+            )
+
+    def _close(
+        self,
+        scope: Scope,
+        span: Span,
+        current: _Current,
+        state: _SendWrapper,
+        error: BaseException | None,
+        start: float,
+        active_attrs: dict[str, Any],
+        active_key: list[Any],
+        client_token: Any,
+        token: Any,
+    ) -> None:
+        """The request's end, once the app is done.
+
+        Counted out, its telemetry finished (now, or with other requests': :meth:`_end`),
+        its context variables reset. A failure of the telemetry is reported, not raised.
+        ``_speedups.request_close`` runs its common case in C (this is its twin).
+        """
+        try:
+            active_key[0] -= 1  # (_ActiveRequests.add's entry: [count, attributes])
+            if self._batch_max > 1:
+                self._end(scope, span, current, state, error, start, active_attrs)
+            else:
+                self._finish_request(scope, span, current, state, error, start, active_attrs)
+        except Exception as failure:  # never replace the app's outcome, never leak ids
+            self._failed(failure)
+        finally:
+            if client_token is not None:
+                client_request_id.reset(client_token)
             try:
-                active_key[0] -= 1  # (_ActiveRequests.add's entry: [count, attributes])
-                if self._batch_max > 1:
-                    self._end(scope, span, current, state, error, start, active_attrs)
-                else:
-                    self._finish_request(scope, span, current, state, error, start, active_attrs)
-            except Exception as failure:  # never replace the app's outcome, never leak ids
-                self._failed(failure)
-            finally:
-                if client_token is not None:
-                    client_request_id.reset(client_token)
-                try:
-                    _detach(token)
-                except Exception:  # the API's detach logs why
-                    otel_context.detach(token)
+                _detach(token)
+            except Exception:  # the API's detach logs why
+                otel_context.detach(token)
 
     def _end(
         self,

@@ -4034,6 +4034,233 @@ span_close(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     return (PyObject *)self;
 }
 
+/* ------------------------------------------------------------------ a request's close
+ *
+ * ``request_close(...)`` makes ``ServerTelemetry._close_request``: ``_close`` (what
+ * ``_traced`` runs once the app is done) for its common case: the request counted out, its
+ * telemetry finished at once or joined to the waiting batch of this loop (``_end``'s two
+ * common cases, reading and writing the middleware's batch state as ``_end`` does), a
+ * failure handed to ``_failed``, then the client id's and the context's tokens reset, each
+ * as ``_close`` resets it. ``_end``'s other cases (no batch yet, another loop, another
+ * state object) are ``_end``'s own. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *twin, *telemetry, *globals, *get_loop, *current_task, *finish_request, *end;
+    PyObject *finish_each, *failed, *client_var, *api_detach;
+} RequestClose;
+
+static PyObject *str_batch_max, *str_batch_field, *str_loop_field, *str_batch_task;
+static PyObject *str_grown, *str_detach;
+
+/* ``_end(...)``'s common cases (args: its seven), else ``_end`` itself: 0, or -1 */
+static int
+close_end(RequestClose *self, PyObject *const *args)
+{
+    PyObject *state = args[3], *loop = NULL, *batch = NULL, *field = NULL, *task = NULL;
+    PyObject *called = NULL;
+    int status = -1;
+    if (!Py_IS_TYPE(state, &SendWrapperType)) {
+        goto other;
+    }
+    SendWrapper *wrapper = (SendWrapper *)state;
+    int sent = PyObject_IsTrue(wrapper->sent);
+    if (sent < 0) {
+        return -1;
+    }
+    if (!sent) { /* its duration and end time are now, whenever it is finished */
+        PyObject *clock = PyObject_GetAttr(time_module, str_perf_counter);
+        PyObject *now = clock != NULL ? PyObject_CallNoArgs(clock) : NULL;
+        Py_XDECREF(clock);
+        clock = now != NULL ? PyObject_GetAttr(time_module, str_time_ns) : NULL;
+        PyObject *now_ns = clock != NULL ? PyObject_CallNoArgs(clock) : NULL;
+        Py_XDECREF(clock);
+        if (now_ns == NULL) {
+            Py_XDECREF(now);
+            return -1;
+        }
+        Py_SETREF(wrapper->sent, now);
+        Py_SETREF(wrapper->sent_ns, now_ns);
+    }
+    loop = PyObject_CallNoArgs(self->get_loop);
+    batch = loop != NULL ? PyObject_GetAttr(self->telemetry, str_batch_field) : NULL;
+    field = batch != NULL ? PyObject_GetAttr(self->telemetry, str_loop_field) : NULL;
+    if (field == NULL) {
+        goto done;
+    }
+    if (batch == Py_None || !PyList_CheckExact(batch) || field != loop) {
+        goto other;
+    }
+    task = PyObject_CallOneArg(self->current_task, loop);
+    Py_SETREF(field, task != NULL ? PyObject_GetAttr(self->telemetry, str_batch_task) : NULL);
+    if (field == NULL) {
+        goto done;
+    }
+    if (task == field) { /* the task that ended the quiet loop's request: at once */
+        called = PyObject_Vectorcall(self->finish_request, args, 7, NULL);
+        status = called != NULL ? 0 : -1;
+        goto done;
+    }
+    /* another task's request, while the batch waits: it joins it, with its context */
+    PyObject *item = PyTuple_New(7);
+    if (item == NULL) {
+        goto done;
+    }
+    for (int i = 0; i < 7; i++) {
+        PyTuple_SET_ITEM(item, i, Py_NewRef(args[i]));
+    }
+    PyObject *context = PyContext_CopyCurrent();
+    PyObject *pair = context != NULL ? PyTuple_Pack(2, context, item) : NULL;
+    Py_XDECREF(context);
+    Py_DECREF(item);
+    status = pair != NULL ? PyList_Append(batch, pair) : -1;
+    Py_XDECREF(pair);
+    if (status < 0 || PyObject_SetAttr(self->telemetry, str_grown, Py_True) < 0) {
+        status = -1;
+        goto done;
+    }
+    Py_SETREF(field, PyObject_GetAttr(self->telemetry, str_batch_max));
+    PyObject *size = field != NULL ? PyLong_FromSsize_t(PyList_GET_SIZE(batch)) : NULL;
+    int full = size != NULL ? PyObject_RichCompareBool(size, field, Py_GE) : -1;
+    Py_XDECREF(size);
+    if (full > 0) {
+        PyObject *fresh = PyList_New(0);
+        if (fresh == NULL || PyObject_SetAttr(self->telemetry, str_batch_field, fresh) < 0) {
+            Py_XDECREF(fresh);
+            status = -1;
+            goto done;
+        }
+        Py_DECREF(fresh);
+        called = PyObject_CallOneArg(self->finish_each, batch);
+    }
+    status = full < 0 || (full > 0 && called == NULL) ? -1 : 0;
+    goto done;
+other:
+    called = PyObject_Vectorcall(self->end, args, 7, NULL);
+    status = called != NULL ? 0 : -1;
+done:
+    Py_XDECREF(loop);
+    Py_XDECREF(batch);
+    Py_XDECREF(field);
+    Py_XDECREF(task);
+    Py_XDECREF(called);
+    return status;
+}
+
+/* ``active_key[0] -= 1``, then the request's telemetry finished: 0, or -1 */
+static int
+close_finish(RequestClose *self, PyObject *const *args)
+{
+    PyObject *key = args[7];
+    PyObject *count = PySequence_GetItem(key, 0);
+    PyObject *less = count != NULL ? PyNumber_InPlaceSubtract(count, int_one) : NULL;
+    int status = less != NULL ? PySequence_SetItem(key, 0, less) : -1;
+    Py_XDECREF(count);
+    Py_XDECREF(less);
+    if (status < 0) {
+        return -1;
+    }
+    PyObject *most = PyObject_GetAttr(self->telemetry, str_batch_max);
+    int batched = most != NULL ? PyObject_RichCompareBool(most, int_one, Py_GT) : -1;
+    Py_XDECREF(most);
+    if (batched != 0) {
+        return batched < 0 ? -1 : close_end(self, args);
+    }
+    PyObject *called = PyObject_Vectorcall(self->finish_request, args, 7, NULL);
+    Py_XDECREF(called);
+    return called != NULL ? 0 : -1;
+}
+
+static PyObject *
+request_close_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    RequestClose *self = (RequestClose *)op;
+    if (PyVectorcall_NARGS(nargsf) != 10 || kwnames != NULL) {
+        return PyObject_Vectorcall(self->twin, args, nargsf, kwnames);
+    }
+    PyObject *client_token = args[8], *token = args[9];
+    if (close_finish(self, args) < 0 && PyErr_ExceptionMatches(PyExc_Exception)) {
+        /* never replace the app's outcome, never leak ids: reported */
+        PyObject *type, *error, *traceback;
+        PyErr_Fetch(&type, &error, &traceback);
+        PyErr_NormalizeException(&type, &error, &traceback);
+        if (traceback != NULL && error != NULL) {
+            PyException_SetTraceback(error, traceback);
+        }
+        PyObject *reported = error != NULL ? PyObject_CallOneArg(self->failed, error) : NULL;
+        Py_XDECREF(reported);
+        Py_XDECREF(type);
+        Py_XDECREF(error);
+        Py_XDECREF(traceback);
+    }
+    /* finally: the tokens reset, whatever happened (an error since is the one raised) */
+    PyObject *type, *error, *traceback;
+    PyErr_Fetch(&type, &error, &traceback);
+    int status = 0;
+    if (client_token != Py_None) {
+        status = PyContextVar_Reset(self->client_var, client_token);
+    }
+    if (status == 0) {
+        PyObject *detach = PyDict_GetItemWithError(self->globals, str_detach);
+        if (detach == NULL && !PyErr_Occurred()) {
+            PyErr_SetObject(PyExc_NameError, str_detach);
+        }
+        PyObject *done = detach != NULL ? PyObject_CallOneArg(detach, token) : NULL;
+        if (done == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
+            PyErr_Clear(); /* the API's detach logs why */
+            done = PyObject_CallOneArg(self->api_detach, token);
+        }
+        status = done != NULL ? 0 : -1;
+        Py_XDECREF(done);
+    }
+    if (status < 0) { /* raised in the finally: replaces what was raised before */
+        Py_XDECREF(type);
+        Py_XDECREF(error);
+        Py_XDECREF(traceback);
+        return NULL;
+    }
+    if (type != NULL) {
+        PyErr_Restore(type, error, traceback);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+#define REQUEST_CLOSE_FIELDS(X)                                                            \
+    X(twin) X(telemetry) X(globals) X(get_loop) X(current_task) X(finish_request) X(end)    \
+    X(finish_each) X(failed) X(client_var) X(api_detach)
+
+TWIN_TYPE(request_close, RequestClose, RequestCloseType, REQUEST_CLOSE_FIELDS,
+          "A request's close, made by request_close().")
+
+static PyObject *
+request_close(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("request_close", nargs, 11)) {
+        return NULL;
+    }
+    if (!PyDict_CheckExact(args[2]) || !PyContextVar_CheckExact(args[9])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "request_close: globals must be a dict, client_var a ContextVar");
+        return NULL;
+    }
+    RequestClose *self = PyObject_GC_New(RequestClose, &RequestCloseType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = request_close_call;
+    PyObject **fields[] = {&self->twin,         &self->telemetry,      &self->globals,
+                           &self->get_loop,     &self->current_task,   &self->finish_request,
+                           &self->end,          &self->finish_each,    &self->failed,
+                           &self->client_var,   &self->api_detach};
+    for (Py_ssize_t i = 0; i < 11; i++) {
+        *fields[i] = Py_NewRef(args[i]);
+    }
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
 /* ------------------------------------------------------------------ a request's start
  *
  * ``request_begin(...)`` makes ``ServerTelemetry._begin_request``: ``_begin``'s common case
@@ -4618,6 +4845,11 @@ static PyMethodDef speedups_methods[] = {
      "output_write(twin, output, sys, lock) -> OutputWrite\n\n"
      "_logging._Output.write (twin) in C for a line of bytes and a stdout with a buffer;\n"
      "twin(...) for any other."},
+    {"request_close", (PyCFunction)(void (*)(void))request_close, METH_FASTCALL,
+     "request_close(twin, telemetry, globals, get_loop, current_task, finish_request, end,\n"
+     "              finish_each, failed, client_var, api_detach) -> RequestClose\n\n"
+     "_http_server.ServerTelemetry._close (twin) in C for its common case; twin(...) for\n"
+     "any other."},
     {"request_dispatch", (PyCFunction)(void (*)(void))request_dispatch, METH_FASTCALL,
      "request_dispatch(twin, app, traced, excluded, below_root, fastapi_key, traced_key)\n"
      "    -> RequestDispatch\n\n"
@@ -4812,6 +5044,12 @@ intern_names(void)
         {&str_client_id_attr, "http.request.header.x-request-id"},
         {&str_lock_class, "Lock"},
         {&str_resource, "resource"},
+        {&str_batch_max, "_batch_max"},
+        {&str_batch_field, "_batch"},
+        {&str_loop_field, "_loop"},
+        {&str_batch_task, "_batch_task"},
+        {&str_grown, "_grown"},
+        {&str_detach, "_detach"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL) {
@@ -4875,7 +5113,8 @@ PyInit__speedups(void)
         || PyType_Ready(&AccessLineType) < 0 || PyType_Ready(&HistogramRecordType) < 0
         || PyType_Ready(&RequestEndType) < 0 || PyType_Ready(&RequestBeginType) < 0
         || PyType_Ready(&SpanOpenType) < 0 || PyType_Ready(&RequestDispatchType) < 0
-        || PyType_Ready(&OutputWriteType) < 0 || PyType_Ready(&SpanCloseType) < 0) {
+        || PyType_Ready(&OutputWriteType) < 0 || PyType_Ready(&SpanCloseType) < 0
+        || PyType_Ready(&RequestCloseType) < 0) {
         return NULL;
     }
     if (time_perf_counter == NULL) {

@@ -339,6 +339,7 @@ async def test_valid_client_request_id_is_recorded_not_used(
     assert line["client_request_id"] == "legacy-abc.123:x"
 
 
+@pytest.mark.usefixtures("close_path")
 async def test_a_context_reset_that_fails_falls_back_to_the_apis_detach(
     app: FastAPI, memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -365,6 +366,7 @@ async def test_a_context_reset_that_fails_falls_back_to_the_apis_detach(
     assert response.headers["x-request-id"] == format(span.context.trace_id, "032x")
 
 
+@pytest.mark.usefixtures("close_path")
 async def test_the_client_request_id_is_the_requests_own_and_restored_after(
     memory: Memory,
 ) -> None:
@@ -1032,6 +1034,31 @@ async def test_an_apps_own_request_id_header_gives_way_to_ours(memory: Memory, n
     assert names.index(b"x-kept") < names.index(b"x-after") < names.index(b"x-request-id")
 
 
+class _Without:
+    """The C module without one of its names (what a build without it would offer)."""
+
+    def __init__(self, module: Any, name: str) -> None:
+        self._module, self._name = module, name
+
+    def __getattr__(self, name: str) -> Any:
+        if name == self._name:
+            raise AttributeError(name)
+        return getattr(self._module, name)
+
+
+@pytest.fixture(params=["c", "python"])
+def close_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each request closed by the C close (``_speedups.request_close``) or by its twin."""
+    from kiki_otel import _http_server
+
+    if request.param == "python":
+        without = _Without(_http_server.speedups, "request_close")
+        monkeypatch.setattr(_http_server, "speedups", without)
+    elif getattr(_http_server.speedups, "request_close", None) is None:
+        pytest.skip("the C module is not built here")
+    return str(request.param)
+
+
 def _batch_app(finish_batch: int = 8) -> FastAPI:
     """Each request binds its own structlog variable, so a line finished later must still
     carry its own request's context."""
@@ -1082,6 +1109,7 @@ def _access(out: str) -> list[dict[str, Any]]:
     return [line for line in log_lines(out) if line["event"] == "http.request"]
 
 
+@pytest.mark.usefixtures("close_path")
 async def test_requests_ended_while_busy_are_finished_together_in_a_quiet_turn(
     memory: Memory, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1106,6 +1134,7 @@ async def test_requests_ended_while_busy_are_finished_together_in_a_quiet_turn(
     assert ends == sorted(ends)  # taken when each ended, not when it was finished
 
 
+@pytest.mark.usefixtures("close_path")
 async def test_requests_wait_while_every_turn_ends_one(memory: Memory) -> None:
     """A turn that ends a request keeps the others waiting (a busy server ends some in
     nearly every turn); after the first turn that ends none, they are all finished."""
@@ -1119,6 +1148,7 @@ async def test_requests_wait_while_every_turn_ends_one(memory: Memory) -> None:
     assert _ids(memory) == first + more
 
 
+@pytest.mark.usefixtures("close_path")
 async def test_a_lone_request_and_one_clients_requests_are_finished_at_once(
     memory: Memory, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1136,6 +1166,7 @@ async def test_a_lone_request_and_one_clients_requests_are_finished_at_once(
     assert [line["n"] for line in _access(capsys.readouterr().out)] == [1, 2, 3, 4]
 
 
+@pytest.mark.usefixtures("close_path")
 async def test_a_full_batch_is_finished_at_its_last_requests_end(memory: Memory) -> None:
     """When ``finish_batch`` requests wait, they are finished there and then, where the
     last one's own work would have run: one turn never holds the loop for more than a
@@ -1153,6 +1184,7 @@ async def test_a_full_batch_is_finished_at_its_last_requests_end(memory: Memory)
     assert sorted(_ids(memory)) == sorted(ids)
 
 
+@pytest.mark.usefixtures("close_path")
 async def test_finish_batch_1_finishes_each_request_at_once(memory: Memory) -> None:
     """``KIKI_OTEL_HTTP__FINISH_BATCH=1``: no request waits, whoever ends it."""
     app = _batch_app(finish_batch=1)
@@ -1160,6 +1192,7 @@ async def test_finish_batch_1_finishes_each_request_at_once(memory: Memory) -> N
     assert _ids(memory) == ids
 
 
+@pytest.mark.usefixtures("close_path")
 async def test_a_failure_in_a_batch_costs_only_its_request(
     memory: Memory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1188,6 +1221,7 @@ async def test_a_failure_in_a_batch_costs_only_its_request(
     assert "line failed" in failed["error"]
 
 
+@pytest.mark.usefixtures("close_path")
 def test_requests_left_waiting_by_a_closed_loop_are_finished_on_the_next(
     memory: Memory,
 ) -> None:
@@ -1204,6 +1238,7 @@ def test_requests_left_waiting_by_a_closed_loop_are_finished_on_the_next(
     assert _ids(memory) == [*ids, later]
 
 
+@pytest.mark.usefixtures("close_path")
 async def test_the_shutdown_finishes_waiting_requests_before_its_flush(
     memory: Memory, capsys: pytest.CaptureFixture[str]
 ) -> None:
