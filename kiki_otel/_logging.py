@@ -279,7 +279,7 @@ class OTelEmitter:
                 except Exception:  # the Python encoder below reports it
                     payload = None
                 if payload is not None:
-                    direct.emit_encoded(payload)
+                    direct.queue(payload)
                     return
             severity, text = _SEVERITY.get(level, (SeverityNumber.INFO, "INFO"))
             body = str(event_dict.get("event", ""))

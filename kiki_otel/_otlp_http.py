@@ -337,7 +337,7 @@ class DirectLogs:
     the record the SDK way instead.
     """
 
-    __slots__ = ("_batch", "_limit", "_logger", "_metrics", "_multi", "_processors")
+    __slots__ = ("_batch", "_limit", "_logger", "_metrics", "_multi", "_processors", "queue")
 
     def __init__(
         self,
@@ -353,6 +353,24 @@ class DirectLogs:
         metrics = logger._logger_metrics  # the SDK's, when on; off (the default) is a no-op
         self._metrics = None if type(metrics) is _NO_LOGGER_METRICS else metrics
         self._limit = limit
+        native = getattr(speedups, "logs_queue", None)
+        # emit_encoded in C when built (its twin); through it the C access line also checks
+        # usable() without a call
+        self.queue: Callable[[bytes], None] = (
+            native(
+                self.emit_encoded,
+                multi,
+                self._processors,
+                logger,
+                limit,
+                self._metrics,
+                self._batch,
+                Encoded,
+                enqueue,
+            )
+            if native is not None
+            else self.emit_encoded
+        )
 
     def usable(self, attribute_count: int) -> bool:
         """True when :meth:`emit` gives exactly what the SDK's ``Logger.emit`` would."""

@@ -2354,6 +2354,117 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------ a log record's queueing
+ *
+ * ``logs_queue(twin, multi, processors, logger, limit, metrics, batch, encoded, enqueue)``
+ * makes ``DirectLogs.queue``: ``DirectLogs.emit_encoded`` (its twin) as one C call, and
+ * ``DirectLogs.usable``'s check for the C access line (``logs_usable``), each reading what
+ * the methods read per call (the processors, the logger's config, its resource and scope)
+ * and holding what they hold. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *twin, *multi, *processors, *logger, *limit, *metrics, *batch, *encoded;
+    PyObject *enqueue;
+} LogsQueue;
+
+static PyObject *str_log_processors, *str_logger_config, *str_emit_log, *str_log_resource;
+static PyObject *str_queue_method;
+static PyObject *str_is_enabled, *str_scope_field; /* (defined with the histogram and span end) */
+
+/* ``DirectLogs.usable(count)``: 1, 0, or -1 on error */
+static int
+logs_usable(LogsQueue *self, Py_ssize_t count)
+{
+    PyObject *now = PyObject_GetAttr(self->multi, str_log_processors);
+    int usable = now != NULL ? now == self->processors : -1;
+    Py_XDECREF(now);
+    if (usable > 0) {
+        PyObject *config = PyObject_GetAttr(self->logger, str_logger_config);
+        PyObject *enabled = config != NULL ? PyObject_GetAttr(config, str_is_enabled) : NULL;
+        Py_XDECREF(config);
+        usable = enabled != NULL ? PyObject_IsTrue(enabled) : -1;
+        Py_XDECREF(enabled);
+    }
+    if (usable > 0 && self->limit != Py_None) {
+        PyObject *number = PyLong_FromSsize_t(count);
+        usable = number != NULL ? PyObject_RichCompareBool(number, self->limit, Py_LE) : -1;
+        Py_XDECREF(number);
+    }
+    return usable;
+}
+
+static PyObject *
+logs_queue_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    LogsQueue *self = (LogsQueue *)op;
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL) {
+        return PyObject_Vectorcall(self->twin, args, nargsf, kwnames);
+    }
+    if (self->metrics != Py_None) {
+        PyObject *counted = PyObject_CallMethodNoArgs(self->metrics, str_emit_log);
+        if (counted == NULL) {
+            return NULL;
+        }
+        Py_DECREF(counted);
+    }
+    PyObject *resource = PyObject_GetAttr(self->logger, str_log_resource);
+    PyObject *scope = resource != NULL ? PyObject_GetAttr(self->logger, str_scope_field) : NULL;
+    PyObject *item = NULL, *queued = NULL;
+    if (scope != NULL) {
+        PyObject *item_args[4] = {self->encoded, args[0], resource, scope};
+        item = new_tuple(NULL, item_args, 4); /* Encoded(payload, resource, scope) */
+    }
+    if (item != NULL) {
+        PyObject *queue_args[2] = {self->batch, item};
+        queued = queue_item(NULL, queue_args, 2);
+        if (queued == Py_False) {
+            Py_SETREF(queued, PyObject_Vectorcall(self->enqueue, queue_args, 2, NULL));
+        }
+    }
+    Py_XDECREF(resource);
+    Py_XDECREF(scope);
+    Py_XDECREF(item);
+    if (queued == NULL) {
+        return NULL;
+    }
+    Py_DECREF(queued);
+    Py_RETURN_NONE;
+}
+
+#define LOGS_QUEUE_FIELDS(X)                                                               \
+    X(twin) X(multi) X(processors) X(logger) X(limit) X(metrics) X(batch) X(encoded)        \
+    X(enqueue)
+
+TWIN_TYPE(logs_queue, LogsQueue, LogsQueueType, LOGS_QUEUE_FIELDS,
+          "A log record's queueing, made by logs_queue().")
+
+static PyObject *
+logs_queue(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("logs_queue", nargs, 9)) {
+        return NULL;
+    }
+    if (!PyType_Check(args[7]) || !PyType_IsSubtype((PyTypeObject *)args[7], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "logs_queue: encoded must be a tuple class");
+        return NULL;
+    }
+    LogsQueue *self = PyObject_GC_New(LogsQueue, &LogsQueueType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = logs_queue_call;
+    PyObject **fields[] = {&self->twin,  &self->multi,   &self->processors,
+                           &self->logger, &self->limit,  &self->metrics,
+                           &self->batch, &self->encoded, &self->enqueue};
+    for (Py_ssize_t i = 0; i < 9; i++) {
+        *fields[i] = Py_NewRef(args[i]);
+    }
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
 /* ------------------------------------------------------------------ the access line
  *
  * ``access_line(...)`` makes the callable the middleware logs a request with:
@@ -2394,14 +2505,15 @@ typedef struct {
 static PyObject *str_method, *str_path, *str_route, *str_duration_ms, *str_event, *str_logger;
 static PyObject *str_level, *str_timestamp, *str_trace_id, *str_request_id, *str_span_id;
 static PyObject *str_client_request_id, *str_service, *str_exc_info, *str_info, *str_error;
-static PyObject *str_access_event, *str_time_ns, *str_state, *str_usable, *str_emit_encoded;
+static PyObject *str_access_event, *str_time_ns, *str_state, *str_usable;
 static PyObject *int_500, *time_module;
 
 /* ``_logging.OTelEmitter.emit_current``'s common case for the line's record: the access
  * logger's direct path known, this thread not emitting already, the record usable
- * (``direct.usable``) and its fields plain (``encode_log_event``); then it is queued by
- * ``direct.emit_encoded``. 1: done (or dropped by the trace-based filter, as the method
- * drops it); 0: the method's to do (it checks the same again); -1: an error, set. */
+ * (``direct.usable``, in C through ``direct.queue``) and its fields plain
+ * (``encode_log_event``); then it is queued by ``direct.queue`` (``emit_encoded``, in C:
+ * ``logs_queue``). 1: done (or dropped by the trace-based filter, as the method drops it);
+ * 0: the method's to do (it checks the same again); -1: an error, set. */
 static int
 access_emit(AccessLine *self, PyObject *event, PyObject *current, PyObject *now, PyObject *head)
 {
@@ -2431,11 +2543,23 @@ access_emit(AccessLine *self, PyObject *event, PyObject *current, PyObject *now,
         return 1; /* a record of an unsampled trace: not exported */
     }
     PyObject *direct = Py_NewRef(PyTuple_GET_ITEM(entry, 1)); /* held: calls run Python */
-    PyObject *count = PyLong_FromSsize_t(PyDict_GET_SIZE(event));
-    PyObject *usable = count != NULL ? PyObject_CallMethodOneArg(direct, str_usable, count) : NULL;
-    Py_XDECREF(count);
-    int done = usable != NULL ? PyObject_IsTrue(usable) : -1;
-    Py_XDECREF(usable);
+    PyObject *queue = PyObject_GetAttr(direct, str_queue_method);
+    if (queue == NULL) {
+        Py_DECREF(direct);
+        return -1;
+    }
+    int done;
+    if (Py_IS_TYPE(queue, &LogsQueueType)) {
+        done = logs_usable((LogsQueue *)queue, PyDict_GET_SIZE(event));
+    }
+    else {
+        PyObject *count = PyLong_FromSsize_t(PyDict_GET_SIZE(event));
+        PyObject *usable = count != NULL ? PyObject_CallMethodOneArg(direct, str_usable, count)
+                                         : NULL;
+        Py_XDECREF(count);
+        done = usable != NULL ? PyObject_IsTrue(usable) : -1;
+        Py_XDECREF(usable);
+    }
     if (done > 0) {
         PyObject *encode_args[7] = {now, head, event, self->skip, PyTuple_GET_ITEM(current, 1),
                                     PyTuple_GET_ITEM(current, 2), flags};
@@ -2450,13 +2574,14 @@ access_emit(AccessLine *self, PyObject *event, PyObject *current, PyObject *now,
         else if (payload == Py_None) {
             done = 0;
         }
-        else {
-            PyObject *queued = PyObject_CallMethodOneArg(direct, str_emit_encoded, payload);
+        else { /* direct.queue(payload): emit_encoded, in C when built */
+            PyObject *queued = PyObject_CallOneArg(queue, payload);
             done = queued != NULL ? 1 : -1;
             Py_XDECREF(queued);
         }
         Py_XDECREF(payload);
     }
+    Py_DECREF(queue);
     Py_DECREF(direct);
     return done;
 }
@@ -4845,6 +4970,10 @@ static PyMethodDef speedups_methods[] = {
      "output_write(twin, output, sys, lock) -> OutputWrite\n\n"
      "_logging._Output.write (twin) in C for a line of bytes and a stdout with a buffer;\n"
      "twin(...) for any other."},
+    {"logs_queue", (PyCFunction)(void (*)(void))logs_queue, METH_FASTCALL,
+     "logs_queue(twin, multi, processors, logger, limit, metrics, batch, encoded, enqueue)\n"
+     "    -> LogsQueue\n\n"
+     "_otlp_http.DirectLogs.emit_encoded (twin) in C."},
     {"request_close", (PyCFunction)(void (*)(void))request_close, METH_FASTCALL,
      "request_close(twin, telemetry, globals, get_loop, current_task, finish_request, end,\n"
      "              finish_each, failed, client_var, api_detach) -> RequestClose\n\n"
@@ -4987,7 +5116,6 @@ intern_names(void)
         {&str_is_set, "is_set"},
         {&str_set, "set"},
         {&str_usable, "usable"},
-        {&str_emit_encoded, "emit_encoded"},
         {&str_w3c_only, "_w3c_only"},
         {&str_get_global_textmap, "get_global_textmap"},
         {&str_extract, "extract"},
@@ -5050,6 +5178,11 @@ intern_names(void)
         {&str_batch_task, "_batch_task"},
         {&str_grown, "_grown"},
         {&str_detach, "_detach"},
+        {&str_log_processors, "_log_record_processors"},
+        {&str_logger_config, "_logger_config"},
+        {&str_emit_log, "emit_log"},
+        {&str_log_resource, "_resource"},
+        {&str_queue_method, "queue"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL) {
@@ -5114,7 +5247,7 @@ PyInit__speedups(void)
         || PyType_Ready(&RequestEndType) < 0 || PyType_Ready(&RequestBeginType) < 0
         || PyType_Ready(&SpanOpenType) < 0 || PyType_Ready(&RequestDispatchType) < 0
         || PyType_Ready(&OutputWriteType) < 0 || PyType_Ready(&SpanCloseType) < 0
-        || PyType_Ready(&RequestCloseType) < 0) {
+        || PyType_Ready(&RequestCloseType) < 0 || PyType_Ready(&LogsQueueType) < 0) {
         return NULL;
     }
     if (time_perf_counter == NULL) {

@@ -481,3 +481,64 @@ def test_the_record_queued_for_the_fast_exporter_is_the_twins(
     assert len(items) == 2 and type(items[0]).__name__ == "Encoded"
     assert items[0] == items[1]
     assert b"http.request" in items[0].payload and (b"ERROR" in items[0].payload) == (status > 500)
+
+
+@pytest.mark.parametrize("change", ["processor-added", "logger-disabled", "few-attributes"])
+def test_the_record_takes_the_sdks_way_when_the_direct_one_is_not_usable(
+    frozen_clock: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    change: str,
+) -> None:
+    """The direct record's check (``DirectLogs.usable``, in C through ``DirectLogs.queue``
+    for the C line): a processor added after setup, a logger turned off and an attribute
+    limit below the line's fields each send the record the SDK's way (or nowhere), for the
+    C line as for its twin."""
+    from opentelemetry import _logs
+    from opentelemetry.sdk._logs.export import (
+        InMemoryLogRecordExporter,
+        SimpleLogRecordProcessor,
+    )
+
+    from kiki_otel import _logging
+
+    monkeypatch.setenv("OTEL_BLRP_SCHEDULE_DELAY", "600000")  # the items stay queued
+    if change == "few-attributes":
+        monkeypatch.setenv("OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT", "3")
+    kiki_otel.configure(
+        FastAPI(),
+        service_name="svc-access",
+        exporter_otlp_endpoint="http://127.0.0.1:9",
+        metrics_exporter="none",
+        exporter_otlp_timeout=100,
+    )
+    provider: Any = _logs.get_logger_provider()
+    queue = provider._multi_log_record_processor._log_record_processors[0]._batch_processor._queue
+    direct = access_log()
+    assert isinstance(direct, DirectAccessLog)
+    args = ("GET", "/items/3", "/items/{item_id}", 200, 1.25)
+    added = InMemoryLogRecordExporter()
+    with trace.use_span(NonRecordingSpan(SpanContext(0xAB, 0xCD, False, TraceFlags(1)))):
+        _log(direct, *args)  # the emitter learns the logger and this thread
+        if change == "processor-added":
+            provider.add_log_record_processor(SimpleLogRecordProcessor(added))
+        elif change == "logger-disabled":
+            chain = _logging.installed_chain()
+            assert chain is not None and chain.emitter is not None
+            logger, _ = chain.emitter._loggers["kiki_otel.access"]
+            logger._logger_config = type(logger._logger_config)(is_enabled=False)
+        queue.clear()
+        _log(direct, *args)
+        direct(*args, _current())  # the Python twin
+        items = list(queue)
+    capsys.readouterr()
+    if change == "logger-disabled":
+        assert items == []
+        return
+    assert len(items) == 2 and not any(type(item).__name__ == "Encoded" for item in items)
+    attributes = [dict(item.log_record.attributes) for item in items]
+    assert attributes[0] == attributes[1]
+    if change == "processor-added":
+        assert len(added.get_finished_logs()) == 2 and "path" in attributes[0]
+    else:
+        assert len(attributes[0]) == 3
