@@ -2270,6 +2270,32 @@ send_wrapper(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
         .tp_members = prefix##_members,                                                     \
     };
 
+/* A new object of a twin type whose object fields, ``twin`` to ``last``, are declared in its
+ * constructor's argument order: each holds its argument. ``count`` must be their number. */
+static PyObject *
+twin_new(PyTypeObject *type, size_t call_at, vectorcallfunc call, size_t first, size_t last,
+         PyObject *const *args, Py_ssize_t count)
+{
+    if ((Py_ssize_t)((last - first) / sizeof(PyObject *)) + 1 != count) {
+        PyErr_Format(PyExc_SystemError, "%s: %zd arguments for its fields", type->tp_name, count);
+        return NULL;
+    }
+    PyObject *self = PyType_GenericAlloc(type, 0); /* zeroed, and tracked */
+    if (self == NULL) {
+        return NULL;
+    }
+    *(vectorcallfunc *)((char *)self + call_at) = call;
+    PyObject **fields = (PyObject **)((char *)self + first);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        fields[i] = Py_NewRef(args[i]);
+    }
+    return self;
+}
+
+#define TWIN_NEW(Type, type_object, call, last, args, count)                                  \
+    twin_new(&type_object, offsetof(Type, vectorcall), call, offsetof(Type, twin),            \
+             offsetof(Type, last), args, count)
+
 /* ------------------------------------------------------------------ a batch queue's item
  *
  * ``queue_item(batch, item)``: ``_otlp_http.enqueue``'s common case (the item fits, the
@@ -2450,19 +2476,7 @@ logs_queue(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "logs_queue: encoded must be a tuple class");
         return NULL;
     }
-    LogsQueue *self = PyObject_GC_New(LogsQueue, &LogsQueueType);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->vectorcall = logs_queue_call;
-    PyObject **fields[] = {&self->twin,  &self->multi,   &self->processors,
-                           &self->logger, &self->limit,  &self->metrics,
-                           &self->batch, &self->encoded, &self->enqueue};
-    for (Py_ssize_t i = 0; i < 9; i++) {
-        *fields[i] = Py_NewRef(args[i]);
-    }
-    PyObject_GC_Track(self);
-    return (PyObject *)self;
+    return TWIN_NEW(LogsQueue, LogsQueueType, logs_queue_call, enqueue, args, 9);
 }
 
 /* ------------------------------------------------------------------ the access line
@@ -3318,19 +3332,12 @@ request_end(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_TypeError, "request_end: non_recording must be a class");
         return NULL;
     }
-    RequestEnd *self = PyObject_GC_New(RequestEnd, &RequestEndType);
-    if (self == NULL) {
-        return NULL;
+    RequestEnd *self = (RequestEnd *)TWIN_NEW(RequestEnd, RequestEndType, request_end_call,
+                                              route_of, args, 7);
+    if (self != NULL) { /* None: no direct finish, no access line */
+        Py_SETREF(self->direct_finish, args[2] != Py_None ? Py_NewRef(args[2]) : NULL);
+        Py_SETREF(self->access, args[3] != Py_None ? Py_NewRef(args[3]) : NULL);
     }
-    self->vectorcall = request_end_call;
-    self->twin = Py_NewRef(args[0]);
-    self->record = Py_NewRef(args[1]);
-    self->direct_finish = args[2] != Py_None ? Py_NewRef(args[2]) : NULL;
-    self->access = args[3] != Py_None ? Py_NewRef(args[3]) : NULL;
-    self->non_recording = Py_NewRef(args[4]);
-    self->no_attributes = Py_NewRef(args[5]);
-    self->route_of = Py_NewRef(args[6]);
-    PyObject_GC_Track(self);
     return (PyObject *)self;
 }
 
@@ -3447,17 +3454,7 @@ output_write(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     if (!check_nargs("output_write", nargs, 4)) {
         return NULL;
     }
-    OutputWrite *self = PyObject_GC_New(OutputWrite, &OutputWriteType);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->vectorcall = output_write_call;
-    self->twin = Py_NewRef(args[0]);
-    self->output = Py_NewRef(args[1]);
-    self->sys = Py_NewRef(args[2]);
-    self->lock = Py_NewRef(args[3]);
-    PyObject_GC_Track(self);
-    return (PyObject *)self;
+    return TWIN_NEW(OutputWrite, OutputWriteType, output_write_call, lock, args, 4);
 }
 
 /* ------------------------------------------------------------------ a request's dispatch
@@ -3548,20 +3545,8 @@ request_dispatch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
         PyErr_SetString(PyExc_TypeError, "request_dispatch: excluded must be a set");
         return NULL;
     }
-    RequestDispatch *self = PyObject_GC_New(RequestDispatch, &RequestDispatchType);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->vectorcall = request_dispatch_call;
-    self->twin = Py_NewRef(args[0]);
-    self->app = Py_NewRef(args[1]);
-    self->traced = Py_NewRef(args[2]);
-    self->excluded = Py_NewRef(args[3]);
-    self->below_root = Py_NewRef(args[4]);
-    self->fastapi_key = Py_NewRef(args[5]);
-    self->traced_key = Py_NewRef(args[6]);
-    PyObject_GC_Track(self);
-    return (PyObject *)self;
+    return TWIN_NEW(RequestDispatch, RequestDispatchType, request_dispatch_call, traced_key, args,
+                    7);
 }
 
 /* ------------------------------------------------------------------ a request span's start
@@ -3873,27 +3858,12 @@ span_open(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
                         "classes types or None");
         return NULL;
     }
-    SpanOpen *self = PyObject_GC_New(SpanOpen, &SpanOpenType);
-    if (self == NULL) {
-        return NULL;
+    SpanOpen *self = (SpanOpen *)TWIN_NEW(SpanOpen, SpanOpenType, span_open_call, limits, args,
+                                          29);
+    if (self != NULL) { /* None: not the SDK's id generator, no tracer metrics class */
+        Py_SETREF(self->random_ids, args[7] != Py_None ? Py_NewRef(args[7]) : NULL);
+        Py_SETREF(self->no_metrics, args[14] != Py_None ? Py_NewRef(args[14]) : NULL);
     }
-    self->vectorcall = span_open_call;
-    PyObject **fields[] = {
-        &self->twin,         &self->tracer,        &self->sampler,
-        &self->fixed,        &self->drop,          &self->sample,
-        &self->flags,        &self->random_ids,    &self->random,
-        &self->span_key,     &self->span_readers,  &self->span_context_class,
-        &self->trace_flags_class, &self->default_state, &self->no_metrics,
-        &self->no_metrics_end, &self->non_recording, &self->new_attributes,
-        &self->empty_attributes, &self->new_list,  &self->list_fields,
-        &self->empty_events, &self->empty_links,   &self->span_class,
-        &self->template,     &self->threading,     &self->multi,
-        &self->processors,   &self->limits,
-    };
-    for (Py_ssize_t i = 0; i < 29; i++) {
-        *fields[i] = args[i] != Py_None || (i != 7 && i != 14) ? Py_NewRef(args[i]) : NULL;
-    }
-    PyObject_GC_Track(self);
     return (PyObject *)self;
 }
 
@@ -4143,20 +4113,7 @@ span_close(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "span_close: span_class must be a class, types a tuple");
         return NULL;
     }
-    SpanClose *self = PyObject_GC_New(SpanClose, &SpanCloseType);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->vectorcall = span_close_call;
-    PyObject **fields[] = {&self->twin,       &self->batch,          &self->span_class,
-                           &self->multi,      &self->processors,     &self->no_metrics_end,
-                           &self->types,      &self->finish_sdk,     &self->export,
-                           &self->enqueue};
-    for (Py_ssize_t i = 0; i < 10; i++) {
-        *fields[i] = Py_NewRef(args[i]);
-    }
-    PyObject_GC_Track(self);
-    return (PyObject *)self;
+    return TWIN_NEW(SpanClose, SpanCloseType, span_close_call, enqueue, args, 10);
 }
 
 /* ------------------------------------------------------------------ a request's close
@@ -4370,20 +4327,7 @@ request_close(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
                         "request_close: globals must be a dict, client_var a ContextVar");
         return NULL;
     }
-    RequestClose *self = PyObject_GC_New(RequestClose, &RequestCloseType);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->vectorcall = request_close_call;
-    PyObject **fields[] = {&self->twin,         &self->telemetry,      &self->globals,
-                           &self->get_loop,     &self->current_task,   &self->finish_request,
-                           &self->end,          &self->finish_each,    &self->failed,
-                           &self->client_var,   &self->api_detach};
-    for (Py_ssize_t i = 0; i < 11; i++) {
-        *fields[i] = Py_NewRef(args[i]);
-    }
-    PyObject_GC_Track(self);
-    return (PyObject *)self;
+    return TWIN_NEW(RequestClose, RequestCloseType, request_close_call, api_detach, args, 11);
 }
 
 /* ------------------------------------------------------------------ a request's start
@@ -4880,28 +4824,11 @@ request_begin(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
                         "ContextVars");
         return NULL;
     }
-    RequestBegin *self = PyObject_GC_New(RequestBegin, &RequestBeginType);
-    if (self == NULL) {
-        return NULL;
+    RequestBegin *self = (RequestBegin *)TWIN_NEW(RequestBegin, RequestBeginType,
+                                                  request_begin_call, redact_query, args, 28);
+    if (self != NULL) { /* None: a span context not read by position */
+        Py_SETREF(self->span_context_class, args[15] != Py_None ? Py_NewRef(args[15]) : NULL);
     }
-    self->vectorcall = request_begin_call;
-    PyObject **fields[] = {
-        &self->twin,          &self->globals,         &self->propagate,
-        &self->w3c_headers,   &self->id_header,       &self->known_methods,
-        &self->client_id,     &self->context_class,   &self->usable,
-        &self->start_max,     &self->start_open,      &self->recorded,
-        &self->span_ids,      &self->non_recording,   &self->span_context_of,
-        &self->span_context_class, &self->which,      &self->remember_ids,
-        &self->span_key,      &self->current_var,     &self->client_var,
-        &self->active_counts, &self->active_add,      &self->new_send,
-        &self->send_slow,     &self->hosts,           &self->parse_host,
-        &self->redact_query,
-    };
-    for (Py_ssize_t i = 0; i < 28; i++) {
-        *fields[i] = Py_NewRef(args[i]);
-    }
-    Py_SETREF(self->span_context_class, args[15] != Py_None ? Py_NewRef(args[15]) : NULL);
-    PyObject_GC_Track(self);
     return (PyObject *)self;
 }
 

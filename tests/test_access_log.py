@@ -67,6 +67,19 @@ def _configure(**overrides: Any) -> None:
     kiki_otel.configure(FastAPI(), service_name="svc-access", metrics_exporter="none", **overrides)
 
 
+def _configure_queued(monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> None:
+    """kiki's own log exporter towards a dead port, its records left in the batch queue."""
+    monkeypatch.setenv("OTEL_BLRP_SCHEDULE_DELAY", "600000")
+    kiki_otel.configure(
+        FastAPI(),
+        service_name="svc-access",
+        exporter_otlp_endpoint="http://127.0.0.1:9",
+        metrics_exporter="none",
+        exporter_otlp_timeout=100,
+        **overrides,
+    )
+
+
 def _record(data: Any) -> tuple[Any, ...]:
     record = data
     return (
@@ -453,15 +466,7 @@ def test_the_record_queued_for_the_fast_exporter_is_the_twins(
     the C line in its own call): the same item as the Python twin's, byte for byte."""
     from opentelemetry import _logs
 
-    monkeypatch.setenv("OTEL_BLRP_SCHEDULE_DELAY", "600000")  # the items stay queued
-    kiki_otel.configure(
-        FastAPI(),
-        service_name="svc-access",
-        exporter_otlp_endpoint="http://127.0.0.1:9",
-        metrics_exporter="none",
-        exporter_otlp_timeout=100,
-        log_trace_based=trace_based,
-    )
+    _configure_queued(monkeypatch, log_trace_based=trace_based)
     provider: Any = _logs.get_logger_provider()
     queue = provider._multi_log_record_processor._log_record_processors[0]._batch_processor._queue
     direct = access_log()
@@ -502,16 +507,9 @@ def test_the_record_takes_the_sdks_way_when_the_direct_one_is_not_usable(
 
     from kiki_otel import _logging
 
-    monkeypatch.setenv("OTEL_BLRP_SCHEDULE_DELAY", "600000")  # the items stay queued
     if change == "few-attributes":
         monkeypatch.setenv("OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT", "3")
-    kiki_otel.configure(
-        FastAPI(),
-        service_name="svc-access",
-        exporter_otlp_endpoint="http://127.0.0.1:9",
-        metrics_exporter="none",
-        exporter_otlp_timeout=100,
-    )
+    _configure_queued(monkeypatch)
     provider: Any = _logs.get_logger_provider()
     queue = provider._multi_log_record_processor._log_record_processors[0]._batch_processor._queue
     direct = access_log()

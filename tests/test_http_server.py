@@ -1264,6 +1264,22 @@ def _mounted_app() -> FastAPI:
     return outer
 
 
+def _telemetry(app: Any, tracer_provider: Any = None, meter_provider: Any = None) -> Any:
+    """kiki's server middleware around ``app`` alone, with its own SDK providers."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from kiki_otel import _http_server
+    from kiki_otel._settings import Settings
+
+    return _http_server.ServerTelemetry(
+        app,
+        settings=Settings(),
+        tracer_provider=tracer_provider or TracerProvider(shutdown_on_exit=False),
+        meter_provider=meter_provider or MeterProvider(shutdown_on_exit=False),
+    )
+
+
 async def _finished_by(end: str, sampler: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """What requests leave behind when ``_finish`` is C's (``end``: "c") or its twin's."""
     from opentelemetry.sdk.metrics import MeterProvider
@@ -1273,18 +1289,16 @@ async def _finished_by(end: str, sampler: Any, monkeypatch: pytest.MonkeyPatch) 
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from kiki_otel import _http_server
-    from kiki_otel._settings import Settings
 
     if end == "python":
         monkeypatch.setattr(_http_server, "speedups", None)
     spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
     tracer_provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    telemetry = _http_server.ServerTelemetry(
+    telemetry = _telemetry(
         _mounted_app(),
-        settings=Settings(),
-        tracer_provider=tracer_provider,
-        meter_provider=MeterProvider(metric_readers=[reader], shutdown_on_exit=False),
+        tracer_provider,
+        MeterProvider(metric_readers=[reader], shutdown_on_exit=False),
     )
     kind = type(telemetry._finish_request).__name__
     assert kind == ("RequestEnd" if end == "c" else "method")
@@ -1408,14 +1422,12 @@ async def _begun_by(
 
     from opentelemetry import propagate
     from opentelemetry.propagators.composite import CompositePropagator
-    from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     from kiki_otel import _http_server
-    from kiki_otel._settings import Settings
 
     if vendor:  # a propagator kiki does not know: every request extracts
         composite = CompositePropagator([TraceContextTextMapPropagator(), _NamedPropagator()])
@@ -1432,12 +1444,7 @@ async def _begun_by(
     spans = InMemorySpanExporter()
     tracer_provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    telemetry = _http_server.ServerTelemetry(
-        make_app(),
-        settings=Settings(),
-        tracer_provider=tracer_provider,
-        meter_provider=MeterProvider(shutdown_on_exit=False),
-    )
+    telemetry = _telemetry(make_app(), tracer_provider)
     assert type(telemetry._begin_request).__name__ == "RequestBegin"
     if begin == "python":
         telemetry._begin_request = telemetry._begin
@@ -1530,21 +1537,12 @@ def test_a_request_start_frees_what_it_made(memory: Memory) -> None:
     import sys
     import tracemalloc
 
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.trace import TracerProvider
-
     from kiki_otel import _http_server
     from kiki_otel._context import CURRENT, SPAN_KEY
-    from kiki_otel._settings import Settings
 
     if getattr(_http_server.speedups, "request_begin", None) is None:
         pytest.skip("the C module is not built here")
-    telemetry = _http_server.ServerTelemetry(
-        make_app(),
-        settings=Settings(),
-        tracer_provider=TracerProvider(shutdown_on_exit=False),
-        meter_provider=MeterProvider(shutdown_on_exit=False),
-    )
+    telemetry = _telemetry(make_app())
     scope = asgi_scope("/items/1", headers=[(b"host", b"t"), (b"traceparent", b"bad")])
 
     async def send(message: Any) -> None:
@@ -1606,13 +1604,11 @@ async def test_a_request_starts_the_sdks_way_when_the_direct_span_cannot_be(
     """The start's check of the direct span path (``DirectSpans.usable``, in C with the C
     start): a processor added after setup, a tracer turned off, a span limit below the
     request's attributes each send the span the SDK's way, as the twin does."""
-    from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.trace import SpanLimits, TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from kiki_otel import _http_server
-    from kiki_otel._settings import Settings
 
     limits = SpanLimits(max_span_attributes=5) if change == "few-attributes" else None
     results = []
@@ -1621,12 +1617,7 @@ async def test_a_request_starts_the_sdks_way_when_the_direct_span_cannot_be(
         first, added = InMemorySpanExporter(), InMemorySpanExporter()
         provider = TracerProvider(span_limits=limits, shutdown_on_exit=False)
         provider.add_span_processor(SimpleSpanProcessor(first))
-        telemetry = _http_server.ServerTelemetry(
-            make_app(),
-            settings=Settings(),
-            tracer_provider=provider,
-            meter_provider=MeterProvider(shutdown_on_exit=False),
-        )
+        telemetry = _telemetry(make_app(), provider)
         if begin == "python" or getattr(_http_server.speedups, "request_begin", None) is None:
             telemetry._begin_request = telemetry._begin
         tracer = telemetry._tracer
@@ -1675,20 +1666,11 @@ def test_the_c_dispatch_routes_requests_as_its_twin() -> None:
     without a type raises the same KeyError."""
     import copy
 
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.trace import TracerProvider
-
     from kiki_otel import _asgi, _http_server
-    from kiki_otel._settings import Settings
 
     if getattr(_http_server.speedups, "request_dispatch", None) is None:
         pytest.skip("the C module is not built here")
-    telemetry = _http_server.ServerTelemetry(
-        make_app(),
-        settings=Settings(),
-        tracer_provider=TracerProvider(shutdown_on_exit=False),
-        meter_provider=MeterProvider(shutdown_on_exit=False),
-    )
+    telemetry = _telemetry(make_app())
     assert _asgi.direct_call(telemetry) is telemetry._native_dispatch
     called: list[str] = []
     telemetry._app = lambda *args: called.append("app")  # type: ignore[assignment]
