@@ -3103,14 +3103,11 @@ end_route(RequestEnd *self, PyObject *scope)
     return text;
 }
 
-/* A failure of one of the three outputs: kept (the first) if it is an Exception, else 0
- * for the caller to return it now. */
-static int
-end_keep(PyObject **failure)
+/* The error set, taken (cleared) as the exception object an ``except`` clause would see,
+ * its traceback on it: a new reference (NULL only if none was set). */
+static PyObject *
+fetch_error(void)
 {
-    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
-        return 0;
-    }
     PyObject *type, *error, *traceback;
     PyErr_Fetch(&type, &error, &traceback);
     PyErr_NormalizeException(&type, &error, &traceback);
@@ -3119,6 +3116,18 @@ end_keep(PyObject **failure)
     }
     Py_XDECREF(type);
     Py_XDECREF(traceback);
+    return error;
+}
+
+/* A failure of one of the three outputs: kept (the first) if it is an Exception, else 0
+ * for the caller to return it now. */
+static int
+end_keep(PyObject **failure)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        return 0;
+    }
+    PyObject *error = fetch_error();
     if (*failure == NULL) {
         *failure = error;
     }
@@ -3380,11 +3389,10 @@ output_write_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
         Py_XDECREF(binary);
         return PyObject_Vectorcall(self->twin, args, nargsf, NULL);
     }
-    PyObject *result = NULL, *entered = PyObject_CallMethodNoArgs(self->lock, str_acquire);
-    if (entered == NULL) {
+    PyObject *result = NULL;
+    if (call_method(self->lock, str_acquire) < 0) {
         goto done;
     }
-    Py_DECREF(entered);
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
     PyObject *line = NULL, *called = PyObject_CallMethodNoArgs(stream, str_flush);
     if (called != NULL) {
@@ -3405,36 +3413,17 @@ output_write_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
         status = PyObject_SetAttr(self->output, str_failing, Py_False);
     }
     else if (PyErr_ExceptionMatches(PyExc_OSError) || PyErr_ExceptionMatches(PyExc_ValueError)) {
-        PyObject *type, *error, *traceback;
-        PyErr_Fetch(&type, &error, &traceback);
-        PyErr_NormalizeException(&type, &error, &traceback);
-        if (traceback != NULL && error != NULL) {
-            PyException_SetTraceback(error, traceback);
-        }
+        PyObject *error = fetch_error();
         PyObject *lost = error != NULL ? PyObject_CallMethodOneArg(self->output, str_lost, error)
                                        : NULL;
         status = lost != NULL ? 0 : -1;
         Py_XDECREF(lost);
-        Py_XDECREF(type);
         Py_XDECREF(error);
-        Py_XDECREF(traceback);
     }
     else {
         status = -1;
     }
-    /* release the lock, keeping an error raised before */
-    PyObject *type, *error, *traceback;
-    PyErr_Fetch(&type, &error, &traceback);
-    PyObject *released = PyObject_CallMethodNoArgs(self->lock, str_release);
-    if (released == NULL) {
-        Py_XDECREF(type);
-        Py_XDECREF(error);
-        Py_XDECREF(traceback);
-        goto done;
-    }
-    Py_DECREF(released);
-    PyErr_Restore(type, error, traceback);
-    if (status == 0) {
+    if (release(self->lock, status) == 0) {
         result = Py_NewRef(Py_None);
     }
 done:
@@ -4053,23 +4042,10 @@ span_close_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kw
         goto done;
     }
     lock = PyObject_GetAttr(span, str_lock);
-    PyObject *held = lock != NULL ? PyObject_CallMethodNoArgs(lock, str_acquire) : NULL;
-    if (held == NULL) {
+    if (lock == NULL || call_method(lock, str_acquire) < 0) {
         goto done;
     }
-    Py_DECREF(held);
-    int open = close_locked(span, bounded, values, attributes, args[2], args[3]);
-    PyObject *type, *error, *traceback;
-    PyErr_Fetch(&type, &error, &traceback);
-    PyObject *released = PyObject_CallMethodNoArgs(lock, str_release);
-    if (released == NULL) {
-        Py_XDECREF(type);
-        Py_XDECREF(error);
-        Py_XDECREF(traceback);
-        goto done;
-    }
-    Py_DECREF(released);
-    PyErr_Restore(type, error, traceback);
+    int open = release(lock, close_locked(span, bounded, values, attributes, args[2], args[3]));
     if (open < 0) {
         goto done;
     }
@@ -4264,17 +4240,10 @@ request_close_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject 
     PyObject *client_token = args[8], *token = args[9];
     if (close_finish(self, args) < 0 && PyErr_ExceptionMatches(PyExc_Exception)) {
         /* never replace the app's outcome, never leak ids: reported */
-        PyObject *type, *error, *traceback;
-        PyErr_Fetch(&type, &error, &traceback);
-        PyErr_NormalizeException(&type, &error, &traceback);
-        if (traceback != NULL && error != NULL) {
-            PyException_SetTraceback(error, traceback);
-        }
+        PyObject *error = fetch_error();
         PyObject *reported = error != NULL ? PyObject_CallOneArg(self->failed, error) : NULL;
         Py_XDECREF(reported);
-        Py_XDECREF(type);
         Py_XDECREF(error);
-        Py_XDECREF(traceback);
     }
     /* finally: the tokens reset, whatever happened (an error since is the one raised) */
     PyObject *type, *error, *traceback;
