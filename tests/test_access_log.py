@@ -9,6 +9,8 @@ follows structlog's configuration.
 
 from __future__ import annotations
 
+import collections
+import contextvars
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -551,3 +553,70 @@ def test_the_record_takes_the_sdks_way_when_the_direct_one_is_not_usable(
         assert len(added.get_finished_logs()) == 2 and "path" in attributes[0]
     else:
         assert len(attributes[0]) == 3
+
+
+def _merge_cases() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(bound in structlog's context variables, the event before the merge)."""
+    return [
+        ({}, {"event": "x"}),
+        ({"user": "u-1", "n": 3}, {"event": "x"}),
+        ({"user": "u-1", "event": "bound", "": "empty-key"}, {"event": "x", "user": None}),
+        ({"a": [1], "b": None, "c": ...}, {}),
+    ]
+
+
+@pytest.mark.parametrize(("bound", "event"), _merge_cases())
+def test_the_c_merge_of_context_variables_is_structlogs(
+    bound: dict[str, Any], event: dict[str, Any]
+) -> None:
+    native = _access_log.merge_contextvars()
+    if native is structlog.contextvars.merge_contextvars:
+        pytest.skip("the C module is not built here")
+
+    def merged(merge: Any, mapping: Any) -> Any:
+        def run() -> Any:
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(gone="unbound", **bound)
+            structlog.contextvars.unbind_contextvars("gone")  # left as Ellipsis
+            # names structlog's prefix does not start, whatever their values
+            contextvars.ContextVar("structlog").set("no")
+            contextvars.ContextVar("xstructlog_no").set("no")
+            result = merge(None, "info", mapping)
+            assert result is mapping
+            return list(mapping.items())
+
+        return contextvars.Context().run(run)
+
+    assert merged(native, dict(event)) == merged(
+        structlog.contextvars.merge_contextvars, dict(event)
+    )
+    assert merged(native, _Mapping(event)) == merged(
+        structlog.contextvars.merge_contextvars, _Mapping(event)
+    )
+
+
+class _Mapping(collections.UserDict[str, Any]):
+    """An event dict that is no dict (a processor may hand one on)."""
+
+
+def test_the_c_merge_raises_what_structlogs_raises() -> None:
+    native = _access_log.merge_contextvars()
+    if native is structlog.contextvars.merge_contextvars:
+        pytest.skip("the C module is not built here")
+
+    def run(merge: Any) -> str:
+        structlog.contextvars.bind_contextvars(user="u-1")
+        with pytest.raises(AttributeError) as raised:
+            merge(None, "info", ("not", "a", "mapping"))
+        return str(raised.value)
+
+    assert contextvars.Context().run(run, native) == contextvars.Context().run(
+        run, structlog.contextvars.merge_contextvars
+    )
+    with pytest.raises(TypeError, match="merge_contextvars"):
+        native(None, {})
+
+
+def test_another_structlog_prefix_keeps_structlogs_merge(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(structlog.contextvars, "STRUCTLOG_KEY_PREFIX", "other_")
+    assert _access_log.merge_contextvars() is structlog.contextvars.merge_contextvars
