@@ -118,6 +118,7 @@ class FastHistogram:
         config = self._histogram._meter_config  # type: ignore[attr-defined]
         if (
             aggregations is None
+            or not _plain(attributes)
             or consumer._reader_storages is not self._storages
             or not (config is None or config.is_enabled)  # the SDK's _is_enabled(), inline
         ):
@@ -184,6 +185,8 @@ class FastHistogram:
 
     def _learn(self, key: tuple[tuple[str, Any], ...], attributes: dict[str, Any]) -> None:
         """Find the SDK aggregations that just took ``attributes``; cache them if it is safe."""
+        if not _plain(attributes):
+            return
         try:
             found = self._aggregations_for(attributes)
         except (AttributeError, ImportError, TypeError):  # SDK internals moved: stay slow
@@ -228,6 +231,24 @@ class FastHistogram:
                     (aggregation, _direct_reservoir(aggregation), _native_aggregate(aggregation))
                 )
         return storages, aggregations
+
+
+_PLAIN_VALUES = frozenset((str, int))
+_NAMES = frozenset((str,))
+
+
+def _plain(attributes: dict[str, Any]) -> bool:
+    """Whether the cache keeps ``attributes``' set: str names, values exactly str or int.
+
+    Its key, ``tuple(attributes.items())``, holds values by equality, where the SDK keeps
+    ``True``, ``1`` and ``1.0`` apart (``_hash_attributes``: type and value): a set with a
+    bool or float value would find another set's aggregations. Such sets (never the
+    request histogram's) take ``Histogram.record`` each time.
+    """
+    return (
+        set(map(type, attributes)) <= _NAMES
+        and set(map(type, attributes.values())) <= _PLAIN_VALUES
+    )
 
 
 def _bucket_fields() -> tuple[str, ...] | None:

@@ -2911,6 +2911,8 @@ access_line(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
  * the twin's loop gives it, with the exemplar from the caller's ids. An aggregate that
  * hands back after another took the value leaves the rest to ``fast._aggregate_each``. */
 
+#define RECORD_MEMO 8
+
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
@@ -2918,11 +2920,125 @@ typedef struct {
     PyObject *twin;   /* its bound record */
     PyObject *var;    /* the API's current-context variable */
     PyObject *fields; /* an exemplar bucket's fields, in the order offered */
+    PyObject *memo;   /* a list of RECORD_MEMO cache keys found before, or None each */
+    Py_hash_t memo_hash[RECORD_MEMO]; /* their hashes */
 } HistogramRecord;
 
 static PyObject *str_consumer, *str_cache, *str_histogram, *str_meter_config, *str_is_enabled;
 static PyObject *str_reader_storages, *str_storages, *str_sdk_config, *str_exemplar_filter;
 static PyObject *str_trace_based, *str_aggregate_each;
+
+/* The cache's key for attributes is ``tuple(attributes.items())``: a tuple of fresh pairs
+ * to make, hash and compare item by item with the key the cache holds, ~2.5k instructions
+ * a request. A request's attribute set is one of the few seen before, so a small memo
+ * keeps the keys found (and their hashes) by a mix of their items' hashes: attributes
+ * whose items equal a memo key's, in order, have that key (the cache keeps only sets of
+ * str and int items, whose equal ones hash alike and are equal in a key), and the cache
+ * is asked with it. */
+
+/* The memo slot of attributes with str names and str or int values (exact types: the only
+ * sets the cache keeps): 0..RECORD_MEMO-1; -1 for other attributes; -2 on an error (set). */
+static Py_ssize_t
+memo_slot(PyObject *attributes)
+{
+    Py_uhash_t mix = (Py_uhash_t)PyDict_GET_SIZE(attributes);
+    Py_ssize_t position = 0;
+    PyObject *name, *value;
+    while (PyDict_Next(attributes, &position, &name, &value)) {
+        if (!PyUnicode_CheckExact(name)
+            || !(PyUnicode_CheckExact(value) || PyLong_CheckExact(value))) {
+            return -1;
+        }
+        Py_hash_t hash = PyObject_Hash(value); /* a str's is kept in it */
+        if (hash == -1) {
+            return -2;
+        }
+        mix = mix * 1000003U ^ (Py_uhash_t)hash;
+    }
+    return (Py_ssize_t)(mix % RECORD_MEMO);
+}
+
+/* Whether attributes' items equal the pairs of key, in order (both of memo_slot's kinds):
+ * 1, 0, or -1 on an error. */
+static int
+memo_same(PyObject *key, PyObject *attributes)
+{
+    if (!PyTuple_CheckExact(key) || PyTuple_GET_SIZE(key) != PyDict_GET_SIZE(attributes)) {
+        return 0;
+    }
+    Py_ssize_t position = 0, index = 0;
+    PyObject *name, *value;
+    while (PyDict_Next(attributes, &position, &name, &value)) {
+        PyObject *pair = PyTuple_GET_ITEM(key, index++);
+        PyObject *known[2] = {PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1)};
+        PyObject *given[2] = {name, value};
+        for (int i = 0; i < 2; i++) {
+            if (known[i] == given[i]) {
+                continue;
+            }
+            if (Py_TYPE(known[i]) != Py_TYPE(given[i])) {
+                return 0;
+            }
+            int equal = PyObject_RichCompareBool(known[i], given[i], Py_EQ); /* str, int */
+            if (equal <= 0) {
+                return equal;
+            }
+        }
+    }
+    return 1;
+}
+
+/* The cache's entry for attributes (borrowed), through the memo: NULL if none (or on an
+ * error, set). */
+static PyObject *
+cached_aggregations(HistogramRecord *self, PyObject *cache, PyObject *attributes)
+{
+    Py_ssize_t slot = memo_slot(attributes);
+    if (slot < 0) { /* -1: a set the cache does not keep (FastHistogram's _plain) */
+        return NULL;
+    }
+    if (self->memo != NULL) { /* (a list of RECORD_MEMO, the constructor's; NULL: cleared) */
+        PyObject *known = PyList_GET_ITEM(self->memo, slot);
+        int same = known != Py_None ? memo_same(known, attributes) : 0;
+        if (same < 0) {
+            return NULL;
+        }
+        if (same) {
+#if PY_VERSION_HEX < 0x030E0000
+            return _PyDict_GetItem_KnownHash(cache, known, self->memo_hash[slot]);
+#else
+            return PyDict_GetItemWithError(cache, known);
+#endif
+        }
+    }
+    PyObject *key = PyTuple_New(PyDict_GET_SIZE(attributes)); /* tuple(attributes.items()) */
+    if (key == NULL) {
+        return NULL;
+    }
+    Py_ssize_t position = 0, index = 0;
+    PyObject *name, *value;
+    while (PyDict_Next(attributes, &position, &name, &value)) {
+        PyObject *item = PyTuple_Pack(2, name, value);
+        if (item == NULL) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(key, index++, item);
+    }
+    PyObject *found = PyDict_GetItemWithError(cache, key);
+    if (found != NULL && self->memo != NULL) { /* remembered, with the hash the lookup took */
+        Py_hash_t hash = PyObject_Hash(key);
+        if (hash == -1) {
+            found = NULL;
+        }
+        else {
+            self->memo_hash[slot] = hash;
+            PyList_SetItem(self->memo, slot, Py_NewRef(key)); /* steals; the old one goes */
+        }
+    }
+    Py_DECREF(key);
+    return found;
+}
 
 /* The aggregations of attributes' set when the common case holds: a new reference; NULL
  * with no error set when it does not; NULL with an error set on an error. */
@@ -2930,7 +3046,7 @@ static PyObject *
 record_aggregations(HistogramRecord *self, PyObject *attributes, PyObject *current,
                     PyObject **context)
 {
-    PyObject *fast = self->fast, *result = NULL, *key = NULL;
+    PyObject *fast = self->fast, *result = NULL;
     PyObject *consumer = PyObject_GetAttr(fast, str_consumer), *cache = NULL, *histogram = NULL;
     PyObject *config = NULL, *storages = NULL, *mine = NULL, *sdk_config = NULL;
     PyObject *filter = NULL, *trace_based = NULL;
@@ -2941,20 +3057,7 @@ record_aggregations(HistogramRecord *self, PyObject *attributes, PyObject *curre
     if (cache == NULL || !PyDict_CheckExact(cache)) {
         goto done;
     }
-    key = PyTuple_New(PyDict_GET_SIZE(attributes)); /* tuple(attributes.items()) */
-    if (key == NULL) {
-        goto done;
-    }
-    Py_ssize_t position = 0, index = 0;
-    PyObject *name, *value;
-    while (PyDict_Next(attributes, &position, &name, &value)) {
-        PyObject *item = PyTuple_Pack(2, name, value);
-        if (item == NULL) {
-            goto done;
-        }
-        PyTuple_SET_ITEM(key, index++, item);
-    }
-    PyObject *found = PyDict_GetItemWithError(cache, key);
+    PyObject *found = cached_aggregations(self, cache, attributes);
     if (found == NULL || !PyList_CheckExact(found)) {
         goto done;
     }
@@ -2997,7 +3100,6 @@ fail:
 done:
     Py_XDECREF(consumer);
     Py_XDECREF(cache);
-    Py_XDECREF(key);
     Py_XDECREF(histogram);
     Py_XDECREF(config);
     Py_XDECREF(storages);
@@ -3097,7 +3199,7 @@ done:
     return result;
 }
 
-#define HISTOGRAM_RECORD_FIELDS(X) X(twin) X(fast) X(var) X(fields)
+#define HISTOGRAM_RECORD_FIELDS(X) X(twin) X(fast) X(var) X(fields) X(memo)
 
 TWIN_TYPE(histogram_record, HistogramRecord, HistogramRecordType, HISTOGRAM_RECORD_FIELDS,
           "A histogram's record, made by histogram_record().")
@@ -3127,6 +3229,15 @@ histogram_record(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     self->twin = twin;
     self->var = Py_NewRef(args[1]);
     self->fields = Py_NewRef(args[2]);
+    self->memo = PyList_New(RECORD_MEMO);
+    if (self->memo == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < RECORD_MEMO; i++) {
+        PyList_SET_ITEM(self->memo, i, Py_NewRef(Py_None));
+        self->memo_hash[i] = -1;
+    }
     PyObject_GC_Track(self);
     return (PyObject *)self;
 }

@@ -591,3 +591,53 @@ def test_many_c_records_keep_no_memory(record_path: str) -> None:
         assert sys.getrefcount(attrs) == before[0] and sys.getrefcount(current) == before[1]
     (point,) = metric_points(reader, "fast")
     assert point.count == 2 * (20_000 + 200)
+
+
+def _many_sets() -> list[dict[str, Any]]:
+    """More attribute sets than the C record's memo has slots, of every kind it meets."""
+    sets: list[dict[str, Any]] = [
+        {"http.request.method": "GET", "http.route": f"/r{i}", "http.response.status_code": code}
+        for i in range(12)
+        for code in (200, 404)
+    ]
+    sets += [
+        {"http.request.method": "GET", "flag": True},  # a bool: not the memo's kind
+        {"http.request.method": "GET", "flag": 1},  # equal to the bool's key in the cache
+        {"http.request.method": "GET", "ratio": 0.5},
+        {"http.response.status_code": 200, "http.request.method": "GET"},  # another order
+        {},
+    ]
+    return sets
+
+
+def test_many_attribute_sets_land_where_the_sdk_puts_them() -> None:
+    reader = InMemoryMetricReader()
+    sdk, fast = _pair(reader)
+    sets = _many_sets()
+    span = NonRecordingSpan(SpanContext(0xAB, 0xCD, False, TraceFlags(0)))
+    with trace.use_span(span):  # the C record's common case: a current span's ids
+        for round_ in range(4):
+            for index, attrs in enumerate(sets):
+                # equal strings that are other objects each time, as a server's scope has them
+                fresh = {
+                    "".join(list(k)): "".join(list(v)) if type(v) is str else v
+                    for k, v in attrs.items()
+                }
+                value = VALUES[(index + round_) % len(VALUES)]
+                sdk.record(value, dict(attrs))
+                _rec(fast, value, fresh)
+            if round_ == 1:
+                fast._cache.clear()  # the memo's keys no longer the cache's: found again
+
+    def typed(name: str) -> dict[Any, Any]:  # True, 1 and 1.0 kept apart, as the SDK keeps them
+        return {
+            tuple(sorted((k, type(v).__name__, v) for k, v in p.attributes.items())): (
+                p.count,
+                p.sum,
+                tuple(p.bucket_counts),
+            )
+            for p in metric_points(reader, name)
+        }
+
+    assert typed("fast") == typed("sdk")
+    assert len(typed("fast")) == len(sets)
