@@ -641,3 +641,30 @@ def test_many_attribute_sets_land_where_the_sdk_puts_them() -> None:
 
     assert typed("fast") == typed("sdk")
     assert len(typed("fast")) == len(sets)
+
+
+def test_the_c_aggregate_waits_while_another_thread_holds_the_lock(aggregate_path: str) -> None:
+    """The C aggregate skips taking the aggregation's lock only when no thread holds it;
+    held (as ``collect`` holds it on the export thread), the record waits for it."""
+    import threading
+
+    if aggregate_path != "c-aggregate":
+        pytest.skip("the C aggregate's lock")
+    reader = InMemoryMetricReader()
+    sdk, fast = _pair(reader)
+    sdk.record(0.5, dict(ATTRS[0]))
+    _rec(fast, 0.5, dict(ATTRS[0]))  # first sight: learns the aggregation
+    ((aggregation, _reservoir, native),) = next(iter(fast._cache.values()))
+    assert native is not None
+    assert native(aggregation, 0.25, None, None, None)  # free: taken at once
+    held = aggregation._sum
+    with aggregation._lock:
+        recorder = threading.Thread(target=native, args=(aggregation, 0.125, None, None, None))
+        recorder.start()
+        recorder.join(0.2)
+        assert recorder.is_alive() and aggregation._sum == held  # waiting for the lock
+    recorder.join(10)
+    assert not recorder.is_alive() and aggregation._sum == held + 0.125
+    sdk.record(0.25, dict(ATTRS[0]))
+    sdk.record(0.125, dict(ATTRS[0]))
+    assert _summary(reader, "fast") == _summary(reader, "sdk")
