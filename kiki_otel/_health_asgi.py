@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from ._asgi import ASGIApp, Receive, Scope, Send, direct_call
+from ._asgi import ASGIApp, Receive, Scope, Send, direct_call, native_dispatch
 from ._health import CheckResult, HealthRegistry, HealthReport, HealthStatus
 from ._logging import OwnLogger
 from ._settings import HealthSettings
@@ -119,6 +119,8 @@ class HealthEndpoints:
             settings.live_path: self._live,
             settings.ready_path: self._ready,
         }
+        # _dispatch in C when built: what the layer outside calls (_asgi.direct_call)
+        self._native_dispatch = native_dispatch(self, "path", self._routes, blank="root_path")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Route one ASGI event."""
@@ -128,7 +130,8 @@ class HealthEndpoints:
         """The event's coroutine: the app's, or :meth:`_route`'s for a health path.
 
         What the layer outside calls (``_asgi.direct_call``): every request passes here,
-        and most are not health probes.
+        and most are not health probes; in C when built (``_native_dispatch``: a path not
+        the layer's, with no root path, passed on; all else here).
         """
         if scope.get("path") not in self._routes and not scope.get("root_path"):
             return self._app(scope, receive, send)

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._asgi import ASGIApp, Message, Receive, Scope, Send, direct_call
+from ._asgi import ASGIApp, Message, Receive, Scope, Send, direct_call, native_dispatch
 from ._lifecycle import Lifecycle
 from ._logging import OwnLogger
 from ._shutdown import ShutdownCoordinator
@@ -64,6 +64,8 @@ class LifespanHooks:
         self._lifespan_seen = False
         self._started = False  # past "starting" (then requests skip the check)
         self._warned_restart = False
+        # _dispatch in C when built: what the layer outside calls (_asgi.direct_call)
+        self._native_dispatch = native_dispatch(self, "type", {"lifespan": None}, ready="_started")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._dispatch(scope, receive, send)
@@ -72,7 +74,8 @@ class LifespanHooks:
         """The event's coroutine: the app's for a request, :meth:`_lifespan`'s for lifespan.
 
         No coroutine of its own: what a Starlette app runs as its middleware stack (see
-        ``Telemetry.instrument_app``) and ``_asgi.direct_call`` binds.
+        ``Telemetry.instrument_app``) and ``_asgi.direct_call`` binds; in C when built
+        (``_native_dispatch``: a request the layer has seen start passed on, all else here).
         """
         if scope["type"] != "lifespan":
             if not self._started:

@@ -3788,6 +3788,89 @@ request_dispatch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
                     7);
 }
 
+/* ------------------------------------------------------------------ an outer layer's dispatch
+ *
+ * ``layer_dispatch(twin, app, key, taken, blank, fields, ready)`` makes what an outer kiki
+ * layer (``_lifespan.LifespanHooks``, ``_health_asgi.HealthEndpoints``) runs an event
+ * with: its ``_dispatch`` (``twin``) for the events it answers itself, and ``app(scope,
+ * receive, send)``, the coroutine of the app inside, for the others, with no Python frame
+ * of its own. An event goes to the app when ``scope[key]`` is a str not in ``taken``,
+ * ``scope[blank]`` (if ``blank`` is not None) is missing or an empty str, and
+ * ``fields[ready]`` (if ``fields`` is not None: the layer's ``__dict__``) is True; anything
+ * else is the twin's, which decides it again as its Python does. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *twin, *app, *key, *taken, *blank, *fields, *ready;
+} LayerDispatch;
+
+/* 1: the app's, 0: the twin's, -1: an error (set). */
+static int
+layer_passes(LayerDispatch *self, PyObject *scope)
+{
+    PyObject *value = PyDict_GetItemWithError(scope, self->key);
+    if (value == NULL || !PyUnicode_CheckExact(value)) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    int taken = PyDict_Contains(self->taken, value);
+    if (taken != 0) {
+        return taken < 0 ? -1 : 0;
+    }
+    if (self->blank != Py_None) {
+        PyObject *blank = PyDict_GetItemWithError(scope, self->blank);
+        if (blank != NULL && (!PyUnicode_CheckExact(blank) || PyUnicode_GET_LENGTH(blank) > 0)) {
+            return 0;
+        }
+        if (blank == NULL && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    if (self->fields != Py_None) {
+        PyObject *ready = PyDict_GetItemWithError(self->fields, self->ready);
+        if (ready != Py_True) {
+            return PyErr_Occurred() ? -1 : 0;
+        }
+    }
+    return 1;
+}
+
+static PyObject *
+layer_dispatch_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    LayerDispatch *self = (LayerDispatch *)op;
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL || !PyDict_CheckExact(args[0])) {
+        return PyObject_Vectorcall(self->twin, args, nargsf, kwnames);
+    }
+    int passes = layer_passes(self, args[0]);
+    if (passes < 0) {
+        return NULL;
+    }
+    return PyObject_Vectorcall(passes ? self->app : self->twin, args, 3, NULL);
+}
+
+#define LAYER_DISPATCH_FIELDS(X) X(twin) X(app) X(key) X(taken) X(blank) X(fields) X(ready)
+
+TWIN_TYPE(layer_dispatch, LayerDispatch, LayerDispatchType, LAYER_DISPATCH_FIELDS,
+          "An outer layer's dispatch, made by layer_dispatch().")
+
+static PyObject *
+layer_dispatch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("layer_dispatch", nargs, 7)) {
+        return NULL;
+    }
+    if (!PyUnicode_CheckExact(args[2]) || !PyDict_CheckExact(args[3])
+        || (args[4] != Py_None && !PyUnicode_CheckExact(args[4]))
+        || (args[5] != Py_None && (!PyDict_CheckExact(args[5]) || !PyUnicode_CheckExact(args[6])))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "layer_dispatch: key must be a str, taken a dict, blank None or a str, "
+                        "fields None or a dict with ready a str");
+        return NULL;
+    }
+    return TWIN_NEW(LayerDispatch, LayerDispatchType, layer_dispatch_call, ready, args, 7);
+}
+
 /* ------------------------------------------------------------------ a request span's start
  *
  * ``span_open(...)`` makes ``DirectSpans.open``: ``DirectSpans.start_open``'s common case
@@ -5104,6 +5187,10 @@ static PyMethodDef speedups_methods[] = {
     {"merge_contextvars", (PyCFunction)(void (*)(void))merge_contextvars, METH_FASTCALL,
      "merge_contextvars(logger, method_name, event_dict) -> event_dict\n\n"
      "structlog.contextvars.merge_contextvars in C (for the prefix 'structlog_')."},
+    {"layer_dispatch", (PyCFunction)(void (*)(void))layer_dispatch, METH_FASTCALL,
+     "layer_dispatch(twin, app, key, taken, blank, fields, ready) -> LayerDispatch\n\n"
+     "An outer layer's _dispatch (twin) in C: app(scope, receive, send) for the events it\n"
+     "passes on, twin(...) for any other."},
     {"access_line", (PyCFunction)(void (*)(void))access_line, METH_FASTCALL,
      "access_line(twin, live, installed, levels, merge, var, client_var, service, structure,\n"
      "            emit, heads, name, dumps, dumps_default, write, stamp_fallback, emit_fast)\n"
@@ -5400,7 +5487,8 @@ PyInit__speedups(void)
         || PyType_Ready(&RequestEndType) < 0 || PyType_Ready(&RequestBeginType) < 0
         || PyType_Ready(&SpanOpenType) < 0 || PyType_Ready(&RequestDispatchType) < 0
         || PyType_Ready(&OutputWriteType) < 0 || PyType_Ready(&SpanCloseType) < 0
-        || PyType_Ready(&RequestCloseType) < 0 || PyType_Ready(&LogsQueueType) < 0) {
+        || PyType_Ready(&RequestCloseType) < 0 || PyType_Ready(&LogsQueueType) < 0
+        || PyType_Ready(&LayerDispatchType) < 0) {
         return NULL;
     }
     if (lock_type == NULL) {
