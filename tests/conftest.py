@@ -133,3 +133,10 @@ def header_sink() -> Iterator[HeaderSink]:
     sink = HeaderSink()
     yield sink
     sink.close()
+
+
+def layer_of(entry: Any) -> Any:
+    """The kiki layer a middleware-stack entry runs: the owner of its bound ``_dispatch``,
+    also through a C dispatch (whose ``twin`` that is); anything else is itself."""
+    entry = getattr(entry, "twin", entry)
+    return getattr(entry, "__self__", entry)

@@ -44,6 +44,7 @@ from kiki_otel._fast_span import DirectSpans
 from kiki_otel._http_server import ServerTelemetry
 from kiki_otel._otlp_encode import Encoded, encode_span
 from kiki_otel._otlp_http import FastSpanExporter, OTLPHttpClient
+from tests.conftest import layer_of
 from tests.support.otlp_receiver import OTLPReceiver, ReceivedSpan
 
 ATTRIBUTES: dict[str, Any] = {
@@ -536,7 +537,7 @@ async def test_requests_take_the_direct_path_and_arrive(receiver: OTLPReceiver) 
         ids = [(await client.get(f"/items/{i}")).headers["x-request-id"] for i in range(3)]
     stack: Any = app.middleware_stack
     while not isinstance(stack, ServerTelemetry):  # (the outermost: its bound _dispatch)
-        stack = getattr(stack, "__self__", stack).app
+        stack = layer_of(stack).app
     assert stack._direct is not None and stack._direct._batch is not None
     telemetry.providers.tracer_provider.force_flush()  # type: ignore[attr-defined]
     spans = receiver.wait_for_spans(3)

@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace.sampling import (
 import kiki_otel
 from kiki_otel._fast_span import DirectSpans
 from kiki_otel._http_server import ServerTelemetry
-from tests.conftest import Memory
+from tests.conftest import Memory, layer_of
 
 
 class _SeesStart(SpanProcessor):
@@ -65,7 +65,7 @@ def _app() -> FastAPI:
 def _middleware(app: FastAPI) -> ServerTelemetry:
     stack = app.middleware_stack or app.build_middleware_stack()
     while not isinstance(stack, ServerTelemetry):  # (the outermost: its bound _dispatch)
-        stack = getattr(stack, "__self__", stack).app
+        stack = layer_of(stack).app
     return stack
 
 

@@ -15,7 +15,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, StatusCode
 
 import kiki_otel
-from tests.conftest import HeaderSink, Memory
+from tests.conftest import HeaderSink, Memory, layer_of
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
@@ -1384,9 +1384,9 @@ async def test_a_failing_metric_still_ends_the_span_and_logs_the_line(
     async with client(app) as c:
         await c.get("/items/1")  # built on the first request
         stack: Any = app.middleware_stack
-        telemetry = getattr(stack, "__self__", stack)
+        telemetry = layer_of(stack)
         while not isinstance(telemetry, _http_server.ServerTelemetry):
-            telemetry = getattr(telemetry.app, "__self__", telemetry.app)
+            telemetry = layer_of(telemetry.app)
         fast = getattr(telemetry._fast_duration, "twin", telemetry._fast_duration).__self__
         fast._consumer = _GoneStorages()
         capsys.readouterr()
