@@ -48,7 +48,7 @@ from ._context import (
     span_reader,
     span_reader_of,
 )
-from ._native import new_tuple, speedups
+from ._native import new_tuple, plain_fields, speedups
 from ._probe import same_code
 
 __all__ = ["FastHistogram", "fast_histogram"]
@@ -73,8 +73,6 @@ class _Measurement(NamedTuple):
 class FastHistogram:
     """``record(value, attributes)`` for one histogram, direct to its aggregations when safe."""
 
-    __slots__ = ("_cache", "_consumer", "_histogram", "_storages", "_trace_based", "call")
-
     def __init__(self, histogram: metrics.Histogram) -> None:
         from opentelemetry.sdk.metrics import TraceBasedExemplarFilter
 
@@ -88,12 +86,28 @@ class FastHistogram:
         self._cache: dict[tuple[tuple[str, Any], ...], list[tuple[Any, Any, Any]]] = {}
         native = getattr(speedups, "histogram_record", None)
         self.call: Callable[[float, dict[str, Any], tuple[Any, ...]], None] = (
-            native(self, CURRENT, _BUCKET_FIELDS)
+            native(self, CURRENT, _BUCKET_FIELDS, self._held())
             if native is not None and CURRENT is not None and _BUCKET_FIELDS is not None
             else self.record
         )
         """``record(value, attributes, current)``: in C for its common case
         (``_speedups.histogram_record``, whose twin and fallback is :meth:`record`)."""
+
+    def _held(self) -> tuple[Any, ...]:
+        """What the C record reads attributes through (``_native.plain_fields``).
+
+        This object's ``__dict__``, then each SDK object it reads, with its own or None.
+        """
+        consumer = self._consumer
+        sdk_config = getattr(consumer, "_sdk_config", None)
+        held: list[Any] = [vars(self)]
+        for owner, names in (
+            (self._histogram, ("_meter_config",)),
+            (consumer, ("_reader_storages", "_sdk_config")),
+            (sdk_config, ("exemplar_filter",)),
+        ):
+            held += [owner, plain_fields(owner, names)]
+        return tuple(held)
 
     def record(
         self,

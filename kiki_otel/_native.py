@@ -11,7 +11,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["new_instance", "new_instance_py", "new_tuple", "new_tuple_py", "speedups"]
+__all__ = [
+    "new_instance",
+    "new_instance_py",
+    "new_tuple",
+    "new_tuple_py",
+    "plain_fields",
+    "speedups",
+]
 
 speedups: Any
 try:
@@ -44,3 +51,26 @@ def new_tuple_py(cls: type, /, *items: Any) -> Any:
 # span's run Python code per call): in one C call each where the C module is built.
 new_instance: Any = getattr(speedups, "new_instance", None) or new_instance_py
 new_tuple: Any = getattr(speedups, "new_tuple", None) or new_tuple_py
+
+
+def plain_fields(owner: Any, names: tuple[str, ...]) -> dict[str, Any] | None:
+    """``vars(owner)`` when each of ``names`` is a plain attribute of ``owner``, else None.
+
+    Plain: in its ``__dict__``, with no data descriptor of that name on its class (which
+    would be read instead). The C paths read such attributes of objects they hold from
+    that dict, the same value without the type's lookup ``getattr`` does each time.
+    """
+    fields = getattr(owner, "__dict__", None)
+    if type(fields) is not dict:
+        return None
+    for name in names:
+        if name not in fields:
+            return None
+        for klass in type(owner).__mro__:
+            found = vars(klass).get(name)
+            if found is not None:
+                kind = type(found)
+                if hasattr(kind, "__set__") or hasattr(kind, "__delete__"):
+                    return None
+                break
+    return fields

@@ -2947,7 +2947,7 @@ access_line(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
 
 /* ------------------------------------------------------------------ the request histogram
  *
- * ``histogram_record(fast, var, fields)`` makes the callable the middleware records a
+ * ``histogram_record(fast, var, fields, held)`` makes the callable the middleware records a
  * request's duration with: ``_fast_histogram.FastHistogram.record(value, attributes,
  * current)`` (its twin, and what it calls for anything but the common case) in one C
  * call. The common case: the attribute set's aggregations known and still the readers'
@@ -2955,7 +2955,9 @@ access_line(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
  * filter, the caller's context still current, and every aggregation with the C aggregate
  * (with its reservoir when the trace is sampled); then each aggregation takes the value as
  * the twin's loop gives it, with the exemplar from the caller's ids. An aggregate that
- * hands back after another took the value leaves the rest to ``fast._aggregate_each``. */
+ * hands back after another took the value leaves the rest to ``fast._aggregate_each``.
+ * The attributes it reads per call are read from the __dict__s in ``held`` where they are
+ * plain (``held_attr``). */
 
 #define RECORD_MEMO 8
 
@@ -2967,8 +2969,29 @@ typedef struct {
     PyObject *var;    /* the API's current-context variable */
     PyObject *fields; /* an exemplar bucket's fields, in the order offered */
     PyObject *memo;   /* a list of RECORD_MEMO cache keys found before, or None each */
+    /* what attributes are read through (``FastHistogram._held``): fast's __dict__, then
+     * (object, its __dict__ or None) for the histogram, the consumer, its SDK config */
+    PyObject *fast_fields, *histogram, *histogram_fields, *consumer, *consumer_fields;
+    PyObject *sdk_config, *sdk_config_fields;
     Py_hash_t memo_hash[RECORD_MEMO]; /* their hashes */
 } HistogramRecord;
+
+/* getattr(owner, name), from fields (the __dict__ of held, ``_native.plain_fields``'s)
+ * when owner is held and has it there: the same value, without the type's lookup. */
+static PyObject *
+held_attr(PyObject *owner, PyObject *held, PyObject *fields, PyObject *name)
+{
+    if (owner == held && fields != Py_None) {
+        PyObject *value = PyDict_GetItemWithError(fields, name);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    return PyObject_GetAttr(owner, name);
+}
 
 static PyObject *str_consumer, *str_cache, *str_histogram, *str_meter_config, *str_is_enabled;
 static PyObject *str_reader_storages, *str_storages, *str_sdk_config, *str_exemplar_filter;
@@ -3093,13 +3116,14 @@ record_aggregations(HistogramRecord *self, PyObject *attributes, PyObject *curre
                     PyObject **context)
 {
     PyObject *fast = self->fast, *result = NULL;
-    PyObject *consumer = PyObject_GetAttr(fast, str_consumer), *cache = NULL, *histogram = NULL;
+    PyObject *consumer = held_attr(fast, fast, self->fast_fields, str_consumer), *cache = NULL;
+    PyObject *histogram = NULL;
     PyObject *config = NULL, *storages = NULL, *mine = NULL, *sdk_config = NULL;
     PyObject *filter = NULL, *trace_based = NULL;
     if (consumer == NULL || consumer == Py_None || !PyDict_CheckExact(attributes)) {
         goto done;
     }
-    cache = PyObject_GetAttr(fast, str_cache);
+    cache = held_attr(fast, fast, self->fast_fields, str_cache);
     if (cache == NULL || !PyDict_CheckExact(cache)) {
         goto done;
     }
@@ -3108,8 +3132,10 @@ record_aggregations(HistogramRecord *self, PyObject *attributes, PyObject *curre
         goto done;
     }
     Py_INCREF(found);
-    histogram = PyObject_GetAttr(fast, str_histogram);
-    config = histogram != NULL ? PyObject_GetAttr(histogram, str_meter_config) : NULL;
+    histogram = held_attr(fast, fast, self->fast_fields, str_histogram);
+    config = histogram != NULL ? held_attr(histogram, self->histogram, self->histogram_fields,
+                                           str_meter_config)
+                               : NULL;
     if (config == NULL) {
         goto fail;
     }
@@ -3121,14 +3147,17 @@ record_aggregations(HistogramRecord *self, PyObject *attributes, PyObject *curre
             goto fail;
         }
     }
-    storages = PyObject_GetAttr(consumer, str_reader_storages);
-    mine = storages != NULL ? PyObject_GetAttr(fast, str_storages) : NULL;
+    storages = held_attr(consumer, self->consumer, self->consumer_fields, str_reader_storages);
+    mine = storages != NULL ? held_attr(fast, fast, self->fast_fields, str_storages) : NULL;
     if (mine == NULL || storages != mine) {
         goto fail;
     }
-    sdk_config = PyObject_GetAttr(consumer, str_sdk_config);
-    filter = sdk_config != NULL ? PyObject_GetAttr(sdk_config, str_exemplar_filter) : NULL;
-    trace_based = filter != NULL ? PyObject_GetAttr(fast, str_trace_based) : NULL;
+    sdk_config = held_attr(consumer, self->consumer, self->consumer_fields, str_sdk_config);
+    filter = sdk_config != NULL ? held_attr(sdk_config, self->sdk_config,
+                                            self->sdk_config_fields, str_exemplar_filter)
+                                : NULL;
+    trace_based = filter != NULL ? held_attr(fast, fast, self->fast_fields, str_trace_based)
+                                 : NULL;
     if (trace_based == NULL || (PyObject *)Py_TYPE(filter) != trace_based) {
         goto fail;
     }
@@ -3245,7 +3274,9 @@ done:
     return result;
 }
 
-#define HISTOGRAM_RECORD_FIELDS(X) X(twin) X(fast) X(var) X(fields) X(memo)
+#define HISTOGRAM_RECORD_FIELDS(X)                                                         \
+    X(twin) X(fast) X(var) X(fields) X(memo) X(fast_fields) X(histogram) X(histogram_fields) \
+    X(consumer) X(consumer_fields) X(sdk_config) X(sdk_config_fields)
 
 TWIN_TYPE(histogram_record, HistogramRecord, HistogramRecordType, HISTOGRAM_RECORD_FIELDS,
           "A histogram's record, made by histogram_record().")
@@ -3253,13 +3284,24 @@ TWIN_TYPE(histogram_record, HistogramRecord, HistogramRecordType, HISTOGRAM_RECO
 static PyObject *
 histogram_record(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!check_nargs("histogram_record", nargs, 3)) {
+    if (!check_nargs("histogram_record", nargs, 4)) {
         return NULL;
     }
-    if (!PyContextVar_CheckExact(args[1]) || !PyTuple_CheckExact(args[2])) {
+    PyObject *held = args[3];
+    if (!PyContextVar_CheckExact(args[1]) || !PyTuple_CheckExact(args[2])
+        || !PyTuple_CheckExact(held) || PyTuple_GET_SIZE(held) != 7
+        || !PyDict_CheckExact(PyTuple_GET_ITEM(held, 0))) {
         PyErr_SetString(PyExc_TypeError,
-                        "histogram_record: var must be a ContextVar, fields a tuple");
+                        "histogram_record: var must be a ContextVar, fields a tuple, held "
+                        "(fast's __dict__, then object and __dict__ or None, three times)");
         return NULL;
+    }
+    for (Py_ssize_t i = 2; i < 7; i += 2) {
+        PyObject *fields = PyTuple_GET_ITEM(held, i);
+        if (fields != Py_None && !PyDict_CheckExact(fields)) {
+            PyErr_SetString(PyExc_TypeError, "histogram_record: a held __dict__ is not a dict");
+            return NULL;
+        }
     }
     PyObject *twin = PyObject_GetAttrString(args[0], "record");
     if (twin == NULL) {
@@ -3275,6 +3317,12 @@ histogram_record(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     self->twin = twin;
     self->var = Py_NewRef(args[1]);
     self->fields = Py_NewRef(args[2]);
+    PyObject **slots[7] = {&self->fast_fields, &self->histogram, &self->histogram_fields,
+                           &self->consumer, &self->consumer_fields, &self->sdk_config,
+                           &self->sdk_config_fields};
+    for (Py_ssize_t i = 0; i < 7; i++) {
+        *slots[i] = Py_NewRef(PyTuple_GET_ITEM(held, i));
+    }
     self->memo = PyList_New(RECORD_MEMO);
     if (self->memo == NULL) {
         Py_DECREF(self);
@@ -5244,7 +5292,7 @@ static PyMethodDef speedups_methods[] = {
      "_http_server.ServerTelemetry._finish (twin) in C for its common case; twin(...) for\n"
      "any other."},
     {"histogram_record", (PyCFunction)(void (*)(void))histogram_record, METH_FASTCALL,
-     "histogram_record(fast, var, fields) -> HistogramRecord\n\n"
+     "histogram_record(fast, var, fields, held) -> HistogramRecord\n\n"
      "_fast_histogram.FastHistogram.record (fast's) in C for its common case; fast.record\n"
      "for any other."},
     {"queue_item", (PyCFunction)(void (*)(void))queue_item, METH_FASTCALL,

@@ -668,3 +668,25 @@ def test_the_c_aggregate_waits_while_another_thread_holds_the_lock(aggregate_pat
     sdk.record(0.25, dict(ATTRS[0]))
     sdk.record(0.125, dict(ATTRS[0]))
     assert _summary(reader, "fast") == _summary(reader, "sdk")
+
+
+def test_plain_fields_only_for_attributes_no_descriptor_takes() -> None:
+    from kiki_otel._native import plain_fields
+
+    class Owner:
+        kept = "class"
+
+        @property
+        def computed(self) -> str:
+            return "property"
+
+    class Slotted:
+        __slots__ = ("value",)
+
+    owner = Owner()
+    owner.__dict__.update(kept="own", computed="shadowed", other=1)
+    assert plain_fields(owner, ("kept", "other")) is vars(owner)  # a class attribute: shadowed
+    assert plain_fields(owner, ("kept", "computed")) is None  # the property is what getattr reads
+    assert plain_fields(owner, ("missing",)) is None
+    assert plain_fields(Slotted(), ("value",)) is None
+    assert plain_fields(None, ("kept",)) is None
