@@ -49,7 +49,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext
 
 from ._context import IDS_BY_NAME, current_span_context, ids_of
-from ._native import new_tuple, speedups
+from ._native import new_tuple, plain_fields, speedups
 from ._otlp_client import Attempt, RetryingClient, basic_auth, export_logger, redact
 from ._otlp_encode import Encoded, encode_log, encode_log_event, encode_logs, encode_spans
 from ._ratelimit import Throttle
@@ -367,6 +367,9 @@ class DirectLogs:
                 self._batch,
                 Encoded,
                 enqueue,
+                plain_fields(multi, ("_log_record_processors",)),
+                plain_fields(logger, ("_logger_config", "_resource", "_instrumentation_scope")),
+                plain_fields(self._batch, _QUEUE_READ),
             )
             if native is not None
             else self.emit_encoded
@@ -465,6 +468,15 @@ _QUEUE_FIELDS = (
     "_exporting",
 )
 """What :func:`enqueue` reads of the SDK's batch processor; without one, no direct path."""
+_QUEUE_READ = (
+    "_shutdown",
+    "_pid",
+    "_queue",
+    "_max_queue_size",
+    "_max_export_batch_size",
+    "_worker_awaken",
+)
+"""What ``_speedups.queue_item`` reads of it per item (from its ``__dict__`` when held)."""
 _queue_full = Throttle(30.0)
 """Items dropped from a full export queue, reported per signal every 30 s."""
 

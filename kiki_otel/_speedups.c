@@ -1080,6 +1080,23 @@ release(PyObject *lock, int status)
     return released < 0 ? -1 : status;
 }
 
+/* getattr(owner, name), from fields (the __dict__ of held, ``_native.plain_fields``'s)
+ * when owner is held and has it there: the same value, without the type's lookup. */
+static PyObject *
+held_attr(PyObject *owner, PyObject *held, PyObject *fields, PyObject *name)
+{
+    if (owner == held && fields != Py_None) {
+        PyObject *value = PyDict_GetItemWithError(fields, name);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    return PyObject_GetAttr(owner, name);
+}
+
 /* An instance's field (borrowed), NULL if missing (no error) or on error (set). */
 static PyObject *
 field(PyObject *fields, PyObject *name)
@@ -2352,11 +2369,12 @@ twin_new(PyTypeObject *type, size_t call_at, vectorcallfunc call, size_t first, 
 static PyObject *str_shutdown, *str_pid, *str_queue, *str_max_queue_size, *str_appendleft;
 static PyObject *str_max_export_batch_size, *str_worker_awaken, *str_is_set, *str_set;
 
-/* size >= getattr(target, name): 1 or 0, -1 on an error */
+/* size >= getattr(target, name) (through target's fields, see held_attr): 1 or 0, -1 on
+ * an error */
 static int
-reaches(PyObject *target, PyObject *name, Py_ssize_t size)
+reaches(PyObject *target, PyObject *fields, PyObject *name, Py_ssize_t size)
 {
-    PyObject *limit = PyObject_GetAttr(target, name);
+    PyObject *limit = held_attr(target, target, fields, name);
     PyObject *have = limit != NULL ? PyLong_FromSsize_t(size) : NULL;
     int at = have != NULL ? PyObject_RichCompareBool(have, limit, Py_GE) : -1;
     Py_XDECREF(limit);
@@ -2364,20 +2382,18 @@ reaches(PyObject *target, PyObject *name, Py_ssize_t size)
     return at;
 }
 
+/* queue_item's work, reading the batch's attributes through fields (its __dict__ held by
+ * the caller, ``_native.plain_fields``'s) or None. */
 static PyObject *
-queue_item(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+queue_into(PyObject *batch, PyObject *fields, PyObject *item)
 {
-    if (!check_nargs("queue_item", nargs, 2)) {
-        return NULL;
-    }
-    PyObject *batch = args[0], *item = args[1];
-    PyObject *shutdown = PyObject_GetAttr(batch, str_shutdown);
+    PyObject *shutdown = held_attr(batch, batch, fields, str_shutdown);
     int closed = shutdown != NULL ? PyObject_IsTrue(shutdown) : -1;
     Py_XDECREF(shutdown);
     if (closed != 0) {
         return closed < 0 ? NULL : Py_NewRef(Py_True);
     }
-    PyObject *pid = PyObject_GetAttr(batch, str_pid);
+    PyObject *pid = held_attr(batch, batch, fields, str_pid);
     if (pid == NULL) {
         return NULL;
     }
@@ -2389,13 +2405,13 @@ queue_item(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     if (owner != (long)getpid()) {
         Py_RETURN_FALSE;
     }
-    PyObject *queue = PyObject_GetAttr(batch, str_queue);
+    PyObject *queue = held_attr(batch, batch, fields, str_queue);
     if (queue == NULL) {
         return NULL;
     }
     PyObject *result = NULL;
     Py_ssize_t size = PyObject_Length(queue);
-    int full = size >= 0 ? reaches(batch, str_max_queue_size, size) : -1;
+    int full = size >= 0 ? reaches(batch, fields, str_max_queue_size, size) : -1;
     if (full != 0) {
         result = full < 0 ? NULL : Py_NewRef(Py_False);
         goto done;
@@ -2406,9 +2422,9 @@ queue_item(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     }
     Py_DECREF(added);
     size = PyObject_Length(queue);
-    int wake = size >= 0 ? reaches(batch, str_max_export_batch_size, size) : -1;
+    int wake = size >= 0 ? reaches(batch, fields, str_max_export_batch_size, size) : -1;
     if (wake > 0) {
-        PyObject *awaken = PyObject_GetAttr(batch, str_worker_awaken);
+        PyObject *awaken = held_attr(batch, batch, fields, str_worker_awaken);
         PyObject *set = awaken != NULL ? PyObject_CallMethodNoArgs(awaken, str_is_set) : NULL;
         int is_set = set != NULL ? PyObject_IsTrue(set) : -1;
         Py_XDECREF(set);
@@ -2426,19 +2442,32 @@ done:
     return result;
 }
 
+static PyObject *
+queue_item(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("queue_item", nargs, 2)) {
+        return NULL;
+    }
+    return queue_into(args[0], Py_None, args[1]);
+}
+
 /* ------------------------------------------------------------------ a log record's queueing
  *
- * ``logs_queue(twin, multi, processors, logger, limit, metrics, batch, encoded, enqueue)``
- * makes ``DirectLogs.queue``: ``DirectLogs.emit_encoded`` (its twin) as one C call, and
- * ``DirectLogs.usable``'s check for the C access line (``logs_usable``), each reading what
- * the methods read per call (the processors, the logger's config, its resource and scope)
- * and holding what they hold. */
+ * ``logs_queue(twin, multi, processors, logger, limit, metrics, batch, encoded, enqueue,
+ * multi_fields, logger_fields, batch_fields)`` makes ``DirectLogs.queue``:
+ * ``DirectLogs.emit_encoded`` (its twin) as one C call, and ``DirectLogs.usable``'s check
+ * for the C access line (``logs_usable``), each reading what the methods read per call
+ * (the processors, the logger's config, its resource and scope, the batch's state), from
+ * the __dict__s of multi, logger and batch where those are plain (``held_attr``), and
+ * holding what they hold. */
 
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     PyObject *twin, *multi, *processors, *logger, *limit, *metrics, *batch, *encoded;
     PyObject *enqueue;
+    /* the __dict__s of multi, logger and batch, or None each (_native.plain_fields) */
+    PyObject *multi_fields, *logger_fields, *batch_fields;
 } LogsQueue;
 
 static PyObject *str_log_processors, *str_logger_config, *str_emit_log, *str_log_resource;
@@ -2449,11 +2478,12 @@ static PyObject *str_is_enabled, *str_scope_field; /* (defined with the histogra
 static int
 logs_usable(LogsQueue *self, Py_ssize_t count)
 {
-    PyObject *now = PyObject_GetAttr(self->multi, str_log_processors);
+    PyObject *now = held_attr(self->multi, self->multi, self->multi_fields, str_log_processors);
     int usable = now != NULL ? now == self->processors : -1;
     Py_XDECREF(now);
     if (usable > 0) {
-        PyObject *config = PyObject_GetAttr(self->logger, str_logger_config);
+        PyObject *config = held_attr(self->logger, self->logger, self->logger_fields,
+                                     str_logger_config);
         PyObject *enabled = config != NULL ? PyObject_GetAttr(config, str_is_enabled) : NULL;
         Py_XDECREF(config);
         usable = enabled != NULL ? PyObject_IsTrue(enabled) : -1;
@@ -2481,8 +2511,9 @@ logs_queue_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kw
         }
         Py_DECREF(counted);
     }
-    PyObject *resource = PyObject_GetAttr(self->logger, str_log_resource);
-    PyObject *scope = resource != NULL ? PyObject_GetAttr(self->logger, str_scope_field) : NULL;
+    PyObject *logger = self->logger, *fields = self->logger_fields;
+    PyObject *resource = held_attr(logger, logger, fields, str_log_resource);
+    PyObject *scope = resource != NULL ? held_attr(logger, logger, fields, str_scope_field) : NULL;
     PyObject *item = NULL, *queued = NULL;
     if (scope != NULL) {
         PyObject *item_args[4] = {self->encoded, args[0], resource, scope};
@@ -2490,7 +2521,7 @@ logs_queue_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kw
     }
     if (item != NULL) {
         PyObject *queue_args[2] = {self->batch, item};
-        queued = queue_item(NULL, queue_args, 2);
+        queued = queue_into(self->batch, self->batch_fields, item);
         if (queued == Py_False) {
             Py_SETREF(queued, PyObject_Vectorcall(self->enqueue, queue_args, 2, NULL));
         }
@@ -2507,7 +2538,7 @@ logs_queue_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kw
 
 #define LOGS_QUEUE_FIELDS(X)                                                               \
     X(twin) X(multi) X(processors) X(logger) X(limit) X(metrics) X(batch) X(encoded)        \
-    X(enqueue)
+    X(enqueue) X(multi_fields) X(logger_fields) X(batch_fields)
 
 TWIN_TYPE(logs_queue, LogsQueue, LogsQueueType, LOGS_QUEUE_FIELDS,
           "A log record's queueing, made by logs_queue().")
@@ -2515,14 +2546,20 @@ TWIN_TYPE(logs_queue, LogsQueue, LogsQueueType, LOGS_QUEUE_FIELDS,
 static PyObject *
 logs_queue(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!check_nargs("logs_queue", nargs, 9)) {
+    if (!check_nargs("logs_queue", nargs, 12)) {
         return NULL;
     }
     if (!PyType_Check(args[7]) || !PyType_IsSubtype((PyTypeObject *)args[7], &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, "logs_queue: encoded must be a tuple class");
         return NULL;
     }
-    return TWIN_NEW(LogsQueue, LogsQueueType, logs_queue_call, enqueue, args, 9);
+    for (Py_ssize_t i = 9; i < 12; i++) {
+        if (args[i] != Py_None && !PyDict_CheckExact(args[i])) {
+            PyErr_SetString(PyExc_TypeError, "logs_queue: a held __dict__ is not a dict");
+            return NULL;
+        }
+    }
+    return TWIN_NEW(LogsQueue, LogsQueueType, logs_queue_call, batch_fields, args, 12);
 }
 
 /* ------------------------------------------------------------------ the access line
@@ -2975,23 +3012,6 @@ typedef struct {
     PyObject *sdk_config, *sdk_config_fields;
     Py_hash_t memo_hash[RECORD_MEMO]; /* their hashes */
 } HistogramRecord;
-
-/* getattr(owner, name), from fields (the __dict__ of held, ``_native.plain_fields``'s)
- * when owner is held and has it there: the same value, without the type's lookup. */
-static PyObject *
-held_attr(PyObject *owner, PyObject *held, PyObject *fields, PyObject *name)
-{
-    if (owner == held && fields != Py_None) {
-        PyObject *value = PyDict_GetItemWithError(fields, name);
-        if (value != NULL) {
-            return Py_NewRef(value);
-        }
-        if (PyErr_Occurred()) {
-            return NULL;
-        }
-    }
-    return PyObject_GetAttr(owner, name);
-}
 
 static PyObject *str_consumer, *str_cache, *str_histogram, *str_meter_config, *str_is_enabled;
 static PyObject *str_reader_storages, *str_storages, *str_sdk_config, *str_exemplar_filter;
@@ -5255,8 +5275,8 @@ static PyMethodDef speedups_methods[] = {
      "_logging._Output.write (twin) in C for a line of bytes and a stdout with a buffer;\n"
      "twin(...) for any other."},
     {"logs_queue", (PyCFunction)(void (*)(void))logs_queue, METH_FASTCALL,
-     "logs_queue(twin, multi, processors, logger, limit, metrics, batch, encoded, enqueue)\n"
-     "    -> LogsQueue\n\n"
+     "logs_queue(twin, multi, processors, logger, limit, metrics, batch, encoded, enqueue,\n"
+     "           multi_fields, logger_fields, batch_fields) -> LogsQueue\n\n"
      "_otlp_http.DirectLogs.emit_encoded (twin) in C."},
     {"request_close", (PyCFunction)(void (*)(void))request_close, METH_FASTCALL,
      "request_close(twin, telemetry, globals, get_loop, current_task, finish_request, end,\n"
