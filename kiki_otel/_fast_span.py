@@ -68,7 +68,7 @@ from ._context import (
     span_reader,
     span_reader_of,
 )
-from ._native import new_instance, new_tuple, speedups
+from ._native import new_instance, new_tuple, plain_fields, speedups
 from ._otlp_encode import NATIVE_SDK_SPAN, encode_span
 from ._otlp_http import FastSpanExporter, enqueue, has_queue, queue_item
 from ._probe import same_code
@@ -233,6 +233,12 @@ class DirectSpans:
                 self._multi,
                 self._processors,
                 self._limits,
+                plain_fields(
+                    tracer, ("sampler", "id_generator", "_tracer_metrics", "_tracer_config")
+                ),
+                plain_fields(random, ("getrandbits",)),
+                plain_fields(self._multi, ("_span_processors",)),
+                plain_fields(self._limits, ("max_span_attributes",)),
             )
             if native_open is not None
             else self.start_open

@@ -48,7 +48,7 @@ from ._fast_histogram import fast_histogram
 from ._fast_span import NO_ATTRIBUTES, DirectSpans
 from ._json import safe_repr
 from ._logging import OwnLogger
-from ._native import speedups
+from ._native import plain_fields, speedups
 from ._providers import DURATION_BUCKETS
 from ._ratelimit import RateLimitedLog
 from ._settings import Settings
@@ -437,6 +437,11 @@ class ServerTelemetry:
             and SPAN_KEY is not None
             else self._begin
         )
+        self._batch_max = http.finish_batch
+        self._batch: list[tuple[Context, tuple[Any, ...]]] | None = None
+        self._batch_task: object = None  # the task that ended the quiet loop's request
+        self._loop: AbstractEventLoop | None = None  # the loop the waiting requests ended on
+        self._grown = False  # a request joined them in this turn of the loop
         native_close = getattr(speedups, "request_close", None)
         # _close's common case in C (its twin, and what it calls for the rest), when built
         self._close_request: Any = (
@@ -452,6 +457,7 @@ class ServerTelemetry:
                 self._failed,
                 client_request_id,
                 otel_context.detach,
+                plain_fields(self, ("_batch", "_loop", "_batch_task", "_batch_max")),
             )
             if native_close is not None
             else self._close
@@ -471,11 +477,6 @@ class ServerTelemetry:
             if native_dispatch is not None
             else None
         )
-        self._batch_max = http.finish_batch
-        self._batch: list[tuple[Context, tuple[Any, ...]]] | None = None
-        self._batch_task: object = None  # the task that ended the quiet loop's request
-        self._loop: AbstractEventLoop | None = None  # the loop the waiting requests ended on
-        self._grown = False  # a request joined them in this turn of the loop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._dispatch(scope, receive, send)

@@ -3955,6 +3955,8 @@ typedef struct {
     PyObject *default_state, *no_metrics, *no_metrics_end, *non_recording, *new_attributes;
     PyObject *empty_attributes, *new_list, *list_fields, *empty_events, *empty_links;
     PyObject *span_class, *template, *threading, *multi, *processors, *limits;
+    /* the __dict__s of tracer, random, multi and limits, or None each (held_attr) */
+    PyObject *tracer_fields, *random_fields, *multi_fields, *limits_fields;
 } SpanOpen;
 
 static PyObject *str_sampler, *str_id_generator, *str_getrandbits, *str_tracer_metrics;
@@ -4028,12 +4030,16 @@ done:
 static int
 span_usable(SpanOpen *self, PyObject *count)
 {
-    PyObject *limit = PyObject_GetAttr(self->limits, str_max_span_attributes);
-    PyObject *now = limit != NULL ? PyObject_GetAttr(self->multi, str_span_processors) : NULL;
+    PyObject *limit = held_attr(self->limits, self->limits, self->limits_fields,
+                                str_max_span_attributes);
+    PyObject *now = limit != NULL ? held_attr(self->multi, self->multi, self->multi_fields,
+                                              str_span_processors)
+                                  : NULL;
     int usable = now != NULL ? now == self->processors : -1;
     Py_XDECREF(now);
     if (usable > 0) {
-        PyObject *config = PyObject_GetAttr(self->tracer, str_tracer_config);
+        PyObject *config = held_attr(self->tracer, self->tracer, self->tracer_fields,
+                                     str_tracer_config);
         PyObject *enabled = config != NULL ? PyObject_GetAttr(config, str_is_enabled) : NULL;
         Py_XDECREF(config);
         usable = enabled != NULL ? PyObject_IsTrue(enabled) : -1;
@@ -4078,7 +4084,7 @@ span_open_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwn
     PyObject *sampler = NULL, *parent = NULL, *generator = NULL, *draw = NULL;
     PyObject *trace_id = NULL, *span_id = NULL, *span_context = NULL, *metrics = NULL;
     PyObject *end = NULL, *result = NULL;
-    sampler = PyObject_GetAttr(self->tracer, str_sampler);
+    sampler = held_attr(self->tracer, self->tracer, self->tracer_fields, str_sampler);
     if (sampler == NULL) {
         goto done;
     }
@@ -4122,7 +4128,7 @@ span_open_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwn
             Py_CLEAR(parent);
         }
     }
-    generator = PyObject_GetAttr(self->tracer, str_id_generator);
+    generator = held_attr(self->tracer, self->tracer, self->tracer_fields, str_id_generator);
     if (generator == NULL) {
         goto done;
     }
@@ -4148,7 +4154,7 @@ span_open_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwn
     if (decision == Py_None) { /* the sampler's own call: the twin's */
         goto twin;
     }
-    draw = PyObject_GetAttr(self->random, str_getrandbits);
+    draw = held_attr(self->random, self->random, self->random_fields, str_getrandbits);
     if (draw == NULL) {
         goto done;
     }
@@ -4180,7 +4186,7 @@ span_open_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwn
     if (span_context == NULL) {
         goto done;
     }
-    metrics = PyObject_GetAttr(self->tracer, str_tracer_metrics);
+    metrics = held_attr(self->tracer, self->tracer, self->tracer_fields, str_tracer_metrics);
     if (metrics == NULL) {
         goto done;
     }
@@ -4223,7 +4229,8 @@ done:
     X(random) X(span_key) X(span_readers) X(span_context_class) X(trace_flags_class)       \
     X(default_state) X(no_metrics) X(no_metrics_end) X(non_recording) X(new_attributes)   \
     X(empty_attributes) X(new_list) X(list_fields) X(empty_events) X(empty_links)          \
-    X(span_class) X(template) X(threading) X(multi) X(processors) X(limits)
+    X(span_class) X(template) X(threading) X(multi) X(processors) X(limits)               \
+    X(tracer_fields) X(random_fields) X(multi_fields) X(limits_fields)
 
 TWIN_TYPE(span_open, SpanOpen, SpanOpenType, SPAN_OPEN_FIELDS,
           "A request span's start, made by span_open().")
@@ -4231,8 +4238,14 @@ TWIN_TYPE(span_open, SpanOpen, SpanOpenType, SPAN_OPEN_FIELDS,
 static PyObject *
 span_open(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!check_nargs("span_open", nargs, 29)) {
+    if (!check_nargs("span_open", nargs, 33)) {
         return NULL;
+    }
+    for (Py_ssize_t i = 29; i < 33; i++) {
+        if (args[i] != Py_None && !PyDict_CheckExact(args[i])) {
+            PyErr_SetString(PyExc_TypeError, "span_open: a held __dict__ is not a dict");
+            return NULL;
+        }
     }
     if (!PyTuple_CheckExact(args[3]) || PyTuple_GET_SIZE(args[3]) != 5
         || !PyTuple_CheckExact(args[6]) || PyTuple_GET_SIZE(args[6]) != 4
@@ -4248,8 +4261,8 @@ span_open(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
                         "classes types or None");
         return NULL;
     }
-    SpanOpen *self = (SpanOpen *)TWIN_NEW(SpanOpen, SpanOpenType, span_open_call, limits, args,
-                                          29);
+    SpanOpen *self = (SpanOpen *)TWIN_NEW(SpanOpen, SpanOpenType, span_open_call, limits_fields,
+                                          args, 33);
     if (self != NULL) { /* None: not the SDK's id generator, no tracer metrics class */
         Py_SETREF(self->random_ids, args[7] != Py_None ? Py_NewRef(args[7]) : NULL);
         Py_SETREF(self->no_metrics, args[14] != Py_None ? Py_NewRef(args[14]) : NULL);
@@ -4508,6 +4521,7 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyObject *twin, *telemetry, *globals, *get_loop, *current_task, *finish_request, *end;
     PyObject *finish_each, *failed, *client_var, *api_detach;
+    PyObject *telemetry_fields; /* its __dict__, or None (held_attr) */
 } RequestClose;
 
 static PyObject *str_batch_max, *str_batch_field, *str_loop_field, *str_batch_task;
@@ -4543,8 +4557,9 @@ close_end(RequestClose *self, PyObject *const *args)
         Py_SETREF(wrapper->sent_ns, now_ns);
     }
     loop = PyObject_CallNoArgs(self->get_loop);
-    batch = loop != NULL ? PyObject_GetAttr(self->telemetry, str_batch_field) : NULL;
-    field = batch != NULL ? PyObject_GetAttr(self->telemetry, str_loop_field) : NULL;
+    PyObject *telemetry = self->telemetry, *fields = self->telemetry_fields;
+    batch = loop != NULL ? held_attr(telemetry, telemetry, fields, str_batch_field) : NULL;
+    field = batch != NULL ? held_attr(telemetry, telemetry, fields, str_loop_field) : NULL;
     if (field == NULL) {
         goto done;
     }
@@ -4552,7 +4567,7 @@ close_end(RequestClose *self, PyObject *const *args)
         goto other;
     }
     task = PyObject_CallOneArg(self->current_task, loop);
-    Py_SETREF(field, task != NULL ? PyObject_GetAttr(self->telemetry, str_batch_task) : NULL);
+    Py_SETREF(field, task != NULL ? held_attr(telemetry, telemetry, fields, str_batch_task) : NULL);
     if (field == NULL) {
         goto done;
     }
@@ -4579,7 +4594,7 @@ close_end(RequestClose *self, PyObject *const *args)
         status = -1;
         goto done;
     }
-    Py_SETREF(field, PyObject_GetAttr(self->telemetry, str_batch_max));
+    Py_SETREF(field, held_attr(telemetry, telemetry, fields, str_batch_max));
     PyObject *size = field != NULL ? PyLong_FromSsize_t(PyList_GET_SIZE(batch)) : NULL;
     int full = size != NULL ? PyObject_RichCompareBool(size, field, Py_GE) : -1;
     Py_XDECREF(size);
@@ -4681,7 +4696,7 @@ request_close_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject 
 
 #define REQUEST_CLOSE_FIELDS(X)                                                            \
     X(twin) X(telemetry) X(globals) X(get_loop) X(current_task) X(finish_request) X(end)    \
-    X(finish_each) X(failed) X(client_var) X(api_detach)
+    X(finish_each) X(failed) X(client_var) X(api_detach) X(telemetry_fields)
 
 TWIN_TYPE(request_close, RequestClose, RequestCloseType, REQUEST_CLOSE_FIELDS,
           "A request's close, made by request_close().")
@@ -4689,15 +4704,18 @@ TWIN_TYPE(request_close, RequestClose, RequestCloseType, REQUEST_CLOSE_FIELDS,
 static PyObject *
 request_close(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!check_nargs("request_close", nargs, 11)) {
+    if (!check_nargs("request_close", nargs, 12)) {
         return NULL;
     }
-    if (!PyDict_CheckExact(args[2]) || !PyContextVar_CheckExact(args[9])) {
+    if (!PyDict_CheckExact(args[2]) || !PyContextVar_CheckExact(args[9])
+        || (args[11] != Py_None && !PyDict_CheckExact(args[11]))) {
         PyErr_SetString(PyExc_TypeError,
-                        "request_close: globals must be a dict, client_var a ContextVar");
+                        "request_close: globals must be a dict, client_var a ContextVar, "
+                        "telemetry_fields None or a dict");
         return NULL;
     }
-    return TWIN_NEW(RequestClose, RequestCloseType, request_close_call, api_detach, args, 11);
+    return TWIN_NEW(RequestClose, RequestCloseType, request_close_call, telemetry_fields, args,
+                    12);
 }
 
 /* ------------------------------------------------------------------ a request's start
