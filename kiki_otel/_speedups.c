@@ -1080,6 +1080,24 @@ release(PyObject *lock, int status)
     return released < 0 ? -1 : status;
 }
 
+/* getattr(module, name) for a module object: from its __dict__ when it is exactly a module
+ * and has name there (a module's attribute is its dict's entry: ModuleType has no data
+ * descriptor of such a name), without the type's lookup; else getattr. */
+static PyObject *
+module_attr(PyObject *module, PyObject *name)
+{
+    if (PyModule_CheckExact(module)) {
+        PyObject *value = PyDict_GetItemWithError(PyModule_GetDict(module), name);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    return PyObject_GetAttr(module, name);
+}
+
 /* getattr(owner, name), from fields (the __dict__ of held, ``_native.plain_fields``'s)
  * when owner is held and has it there: the same value, without the type's lookup. */
 static PyObject *
@@ -2822,7 +2840,7 @@ access_line_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
         goto done;
     }
     /* the line's timestamp and its record's; looked up as the twin does (a test's clock) */
-    PyObject *clock = PyObject_GetAttr(time_module, str_time_ns);
+    PyObject *clock = module_attr(time_module, str_time_ns);
     now = clock != NULL ? PyObject_CallNoArgs(clock) : NULL;
     Py_XDECREF(clock);
     PyObject *stamp_args[2] = {now, self->stamp_fallback};
@@ -3236,7 +3254,7 @@ histogram_record_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObje
         }
     }
     if (sample) { /* what a bucket's offer() stores: the caller's ids */
-        PyObject *clock = PyObject_GetAttr(time_module, str_time_ns);
+        PyObject *clock = module_attr(time_module, str_time_ns);
         now = clock != NULL ? PyObject_CallNoArgs(clock) : NULL;
         Py_XDECREF(clock);
         PyObject *trace_id = PyTuple_GET_ITEM(current, 1), *span_id = PyTuple_GET_ITEM(current, 2);
@@ -3266,7 +3284,7 @@ histogram_record_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObje
         }
         if (!done) { /* the rest the Python loop's, from this one on */
             if (now == NULL) {
-                PyObject *clock = PyObject_GetAttr(time_module, str_time_ns);
+                PyObject *clock = module_attr(time_module, str_time_ns);
                 now = clock != NULL ? PyObject_CallNoArgs(clock) : NULL;
                 Py_XDECREF(clock);
                 if (now == NULL) {
@@ -3508,7 +3526,7 @@ request_end_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
         goto done;
     }
     if (!truth) {
-        PyObject *clock = PyObject_GetAttr(time_module, str_perf_counter);
+        PyObject *clock = module_attr(time_module, str_perf_counter);
         Py_SETREF(sent, clock != NULL ? PyObject_CallNoArgs(clock) : NULL);
         Py_XDECREF(clock);
         if (sent == NULL) {
@@ -4000,7 +4018,7 @@ open_recording(SpanOpen *self, PyObject *name, PyObject *parent, PyObject *span_
         }
     }
     locks[3] = PyObject_CallNoArgs(lock_class);
-    PyObject *clock = locks[3] != NULL ? PyObject_GetAttr(time_module, str_time_ns) : NULL;
+    PyObject *clock = locks[3] != NULL ? module_attr(time_module, str_time_ns) : NULL;
     now = clock != NULL ? PyObject_CallNoArgs(clock) : NULL;
     Py_XDECREF(clock);
     if (now != NULL) {
@@ -4333,7 +4351,7 @@ close_locked(PyObject *span, PyObject *bounded, PyObject *values, PyObject *attr
     }
     PyObject *now = Py_NewRef(end_time);
     if (end_time == Py_None) {
-        PyObject *clock = PyObject_GetAttr(time_module, str_time_ns);
+        PyObject *clock = module_attr(time_module, str_time_ns);
         Py_SETREF(now, clock != NULL ? PyObject_CallNoArgs(clock) : NULL);
         Py_XDECREF(clock);
     }
@@ -4543,10 +4561,10 @@ close_end(RequestClose *self, PyObject *const *args)
         return -1;
     }
     if (!sent) { /* its duration and end time are now, whenever it is finished */
-        PyObject *clock = PyObject_GetAttr(time_module, str_perf_counter);
+        PyObject *clock = module_attr(time_module, str_perf_counter);
         PyObject *now = clock != NULL ? PyObject_CallNoArgs(clock) : NULL;
         Py_XDECREF(clock);
-        clock = now != NULL ? PyObject_GetAttr(time_module, str_time_ns) : NULL;
+        clock = now != NULL ? module_attr(time_module, str_time_ns) : NULL;
         PyObject *now_ns = clock != NULL ? PyObject_CallNoArgs(clock) : NULL;
         Py_XDECREF(clock);
         if (now_ns == NULL) {
@@ -4948,10 +4966,10 @@ request_begin_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject 
     PyObject *attributes = NULL, *span = NULL, *context = NULL, *made = NULL, *helper = NULL;
     PyObject *ctx = NULL, *outer = NULL, *token = NULL, *client_token = NULL, *active = NULL;
     PyObject *entry = NULL, *state = NULL, *current = NULL, *result = NULL;
-    PyObject *clock = PyObject_GetAttr(time_module, str_perf_counter);
+    PyObject *clock = module_attr(time_module, str_perf_counter);
     start = clock != NULL ? PyObject_CallNoArgs(clock) : NULL;
     Py_XDECREF(clock);
-    PyObject *get = start != NULL ? PyObject_GetAttr(self->propagate, str_get_global_textmap)
+    PyObject *get = start != NULL ? module_attr(self->propagate, str_get_global_textmap)
                                   : NULL;
     textmap = get != NULL ? PyObject_CallNoArgs(get) : NULL;
     Py_XDECREF(get);
