@@ -100,11 +100,16 @@ class FastHistogram:
         """
         consumer = self._consumer
         sdk_config = getattr(consumer, "_sdk_config", None)
+        config = getattr(self._histogram, "_meter_config", None)
+        enabled = vars(type(config)).get("is_enabled")
+        if not (isinstance(enabled, property) and same_code(enabled.fget, _proxy_is_enabled)):
+            config = None  # (its is_enabled read as it is)
         held: list[Any] = [vars(self)]
         for owner, names in (
             (self._histogram, ("_meter_config",)),
             (consumer, ("_reader_storages", "_sdk_config")),
             (sdk_config, ("exemplar_filter",)),
+            (config, ("_config",)),
         ):
             held += [owner, plain_fields(owner, names)]
         return tuple(held)
@@ -245,6 +250,13 @@ class FastHistogram:
                     (aggregation, _direct_reservoir(aggregation), _native_aggregate(aggregation))
                 )
         return storages, aggregations
+
+
+# The SDK's ``_ProxyMeterConfig.is_enabled`` property (1.45): while the SDK's compiles to
+# this, the C record reads its ``_config``'s ``is_enabled`` itself, without the property's
+# Python frame. No docstring: compared constants included (``_probe.same_code``).
+def _proxy_is_enabled(self: Any) -> bool:
+    return self._config.is_enabled  # type: ignore[no-any-return]
 
 
 _PLAIN_VALUES = frozenset((str, int))

@@ -3028,12 +3028,15 @@ typedef struct {
      * (object, its __dict__ or None) for the histogram, the consumer, its SDK config */
     PyObject *fast_fields, *histogram, *histogram_fields, *consumer, *consumer_fields;
     PyObject *sdk_config, *sdk_config_fields;
+    /* the histogram's meter config, a proxy whose is_enabled property only reads its
+     * _config's (FastHistogram._held checks its code), and the proxy's __dict__; or None */
+    PyObject *proxy, *proxy_fields;
     Py_hash_t memo_hash[RECORD_MEMO]; /* their hashes */
 } HistogramRecord;
 
 static PyObject *str_consumer, *str_cache, *str_histogram, *str_meter_config, *str_is_enabled;
 static PyObject *str_reader_storages, *str_storages, *str_sdk_config, *str_exemplar_filter;
-static PyObject *str_trace_based, *str_aggregate_each;
+static PyObject *str_trace_based, *str_aggregate_each, *str_config_field;
 
 /* The cache's key for attributes is ``tuple(attributes.items())``: a tuple of fresh pairs
  * to make, hash and compare item by item with the key the cache holds, ~2.5k instructions
@@ -3178,7 +3181,13 @@ record_aggregations(HistogramRecord *self, PyObject *attributes, PyObject *curre
         goto fail;
     }
     if (config != Py_None) {
-        PyObject *enabled = PyObject_GetAttr(config, str_is_enabled);
+        PyObject *inner = config == self->proxy && self->proxy_fields != Py_None
+                              ? PyDict_GetItemWithError(self->proxy_fields, str_config_field)
+                              : NULL; /* borrowed */
+        if (inner == NULL && PyErr_Occurred()) {
+            goto fail;
+        }
+        PyObject *enabled = PyObject_GetAttr(inner != NULL ? inner : config, str_is_enabled);
         int on = enabled != NULL ? PyObject_IsTrue(enabled) : -1;
         Py_XDECREF(enabled);
         if (on <= 0) {
@@ -3314,7 +3323,7 @@ done:
 
 #define HISTOGRAM_RECORD_FIELDS(X)                                                         \
     X(twin) X(fast) X(var) X(fields) X(memo) X(fast_fields) X(histogram) X(histogram_fields) \
-    X(consumer) X(consumer_fields) X(sdk_config) X(sdk_config_fields)
+    X(consumer) X(consumer_fields) X(sdk_config) X(sdk_config_fields) X(proxy) X(proxy_fields)
 
 TWIN_TYPE(histogram_record, HistogramRecord, HistogramRecordType, HISTOGRAM_RECORD_FIELDS,
           "A histogram's record, made by histogram_record().")
@@ -3327,14 +3336,14 @@ histogram_record(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     }
     PyObject *held = args[3];
     if (!PyContextVar_CheckExact(args[1]) || !PyTuple_CheckExact(args[2])
-        || !PyTuple_CheckExact(held) || PyTuple_GET_SIZE(held) != 7
+        || !PyTuple_CheckExact(held) || PyTuple_GET_SIZE(held) != 9
         || !PyDict_CheckExact(PyTuple_GET_ITEM(held, 0))) {
         PyErr_SetString(PyExc_TypeError,
                         "histogram_record: var must be a ContextVar, fields a tuple, held "
-                        "(fast's __dict__, then object and __dict__ or None, three times)");
+                        "(fast's __dict__, then object and __dict__ or None, four times)");
         return NULL;
     }
-    for (Py_ssize_t i = 2; i < 7; i += 2) {
+    for (Py_ssize_t i = 2; i < 9; i += 2) {
         PyObject *fields = PyTuple_GET_ITEM(held, i);
         if (fields != Py_None && !PyDict_CheckExact(fields)) {
             PyErr_SetString(PyExc_TypeError, "histogram_record: a held __dict__ is not a dict");
@@ -3355,10 +3364,10 @@ histogram_record(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     self->twin = twin;
     self->var = Py_NewRef(args[1]);
     self->fields = Py_NewRef(args[2]);
-    PyObject **slots[7] = {&self->fast_fields, &self->histogram, &self->histogram_fields,
+    PyObject **slots[9] = {&self->fast_fields, &self->histogram, &self->histogram_fields,
                            &self->consumer, &self->consumer_fields, &self->sdk_config,
-                           &self->sdk_config_fields};
-    for (Py_ssize_t i = 0; i < 7; i++) {
+                           &self->sdk_config_fields, &self->proxy, &self->proxy_fields};
+    for (Py_ssize_t i = 0; i < 9; i++) {
         *slots[i] = Py_NewRef(PyTuple_GET_ITEM(held, i));
     }
     self->memo = PyList_New(RECORD_MEMO);
@@ -3709,7 +3718,7 @@ output_write_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
     if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL || !PyBytes_CheckExact(args[0])) {
         return PyObject_Vectorcall(self->twin, args, nargsf, kwnames);
     }
-    PyObject *stream = PyObject_GetAttr(self->sys, str_stdout), *binary = NULL;
+    PyObject *stream = module_attr(self->sys, str_stdout), *binary = NULL;
 #if PY_VERSION_HEX >= 0x030D0000
     if (stream != NULL && PyObject_GetOptionalAttr(stream, str_buffer, &binary) < 0) {
 #else
@@ -5381,6 +5390,7 @@ intern_names(void)
     } names[] = {
         {&str_lock, "_lock"},
         {&str_name, "name"},
+        {&str_config_field, "_config"},
         {&str_locked, "locked"},
         {&str_structlog_prefix, "structlog_"},
         {&str_setdefault, "setdefault"},

@@ -213,10 +213,12 @@ def test_a_disabled_meter_records_nothing() -> None:
         meter.create_histogram("fast", unit="s", explicit_bucket_boundaries_advisory=BOUNDS)
     )
     assert fast is not None
-    _rec(fast, 0.01, dict(ATTRS[0]))
-    _rec(fast, 0.01, dict(ATTRS[0]))
-    provider._set_meter_configurator(meter_configurator=_disable_meter_configurator)
-    _rec(fast, 0.01, dict(ATTRS[0]))
+    span = NonRecordingSpan(SpanContext(0xAB, 0xCD, False, TraceFlags(0)))
+    with trace.use_span(span):  # (the C record's common case: a current span's ids)
+        _rec(fast, 0.01, dict(ATTRS[0]))
+        _rec(fast, 0.01, dict(ATTRS[0]))
+        provider._set_meter_configurator(meter_configurator=_disable_meter_configurator)
+        _rec(fast, 0.01, dict(ATTRS[0]))
     (point,) = metric_points(reader, "fast")
     assert point.count == 2
 
@@ -690,3 +692,20 @@ def test_plain_fields_only_for_attributes_no_descriptor_takes() -> None:
     assert plain_fields(owner, ("missing",)) is None
     assert plain_fields(Slotted(), ("value",)) is None
     assert plain_fields(None, ("kept",)) is None
+
+
+def test_the_meter_config_is_read_inline_only_while_its_property_is_the_sdks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.sdk.metrics._internal import _ProxyMeterConfig
+
+    def fresh() -> FastHistogram:
+        meter = MeterProvider(metric_readers=[InMemoryMetricReader()]).get_meter("t")
+        made = fast_histogram(meter.create_histogram("x"))
+        assert made is not None
+        return made
+
+    held = fresh()._held()
+    assert type(held[7]) is _ProxyMeterConfig and held[8] is vars(held[7])
+    monkeypatch.setattr(_ProxyMeterConfig, "is_enabled", property(lambda self: True))
+    assert fresh()._held()[7:] == (None, None)  # another property: read as it is
