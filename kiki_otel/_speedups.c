@@ -1122,11 +1122,15 @@ field(PyObject *fields, PyObject *name)
     return PyDict_GetItemWithError(fields, name);
 }
 
-/* The aggregation's part, its lock held: 1 done, 0 nothing changed (a field missing or
- * counts of another length), -1 error. */
+static int plain_number(PyObject *value);
+#define TAKE_LOCK 2
+
+/* The aggregation's part, its lock held, or (unlocked) with no thread holding it: 1 done,
+ * 0 nothing changed (a field missing or counts of another length), -1 error; unlocked,
+ * TAKE_LOCK when the part could run Python code (see lock_free) and nothing changed. */
 static int
 aggregate_locked(PyObject *fields, PyObject *value, Py_ssize_t index, Py_ssize_t buckets,
-                 int record_min_max)
+                 int record_min_max, int unlocked)
 {
     PyObject *counts = field(fields, str_value);
     PyObject *sum = counts != NULL ? field(fields, str_sum) : NULL;
@@ -1137,6 +1141,10 @@ aggregate_locked(PyObject *fields, PyObject *value, Py_ssize_t index, Py_ssize_t
     }
     if (counts != Py_None && (!PyList_CheckExact(counts) || PyList_GET_SIZE(counts) != buckets)) {
         return 0;
+    }
+    if (unlocked && (counts == Py_None || !plain_number(sum) || !plain_number(low)
+                     || !plain_number(high))) {
+        return TAKE_LOCK;
     }
     Py_INCREF(counts);
     Py_INCREF(sum);
@@ -1223,7 +1231,7 @@ store_exemplar(PyObject *lock, PyObject *storage, Py_ssize_t index, PyObject *na
  * no thread holds (``locked()`` false) and the part can run no Python code (so the GIL is
  * not let go of before it is done): counts already made (no list to make, which could
  * start the cyclic GC and its finalizers) and sum, min and max exact floats or ints (no
- * other type's addition or comparison). Then no thread is inside the aggregation's
+ * other type's addition or comparison; aggregate_locked checks these, unlocked). Then no thread is inside the aggregation's
  * ``with self._lock`` (a thread waiting in ``acquire`` may take the lock meanwhile, but
  * runs nothing under it before it has the GIL back, after the part), as if the part had
  * taken and let go of the lock first: without its ``acquire``'s argument parsing and
@@ -1239,19 +1247,13 @@ plain_number(PyObject *value)
 }
 
 static int
-lock_free(PyObject *fields, PyObject *lock, Py_ssize_t buckets)
+lock_free(PyObject *lock)
 {
 #ifdef Py_GIL_DISABLED
     return 0;
 #else
     if (lock_type == NULL || !Py_IS_TYPE(lock, lock_type)) {
         return 0;
-    }
-    PyObject *counts = field(fields, str_value);
-    if (counts == NULL || !PyList_CheckExact(counts) || PyList_GET_SIZE(counts) != buckets
-        || !plain_number(field(fields, str_sum)) || !plain_number(field(fields, str_min))
-        || !plain_number(field(fields, str_max))) {
-        return PyErr_Occurred() ? -1 : 0;
     }
     PyObject *held = PyObject_CallMethodNoArgs(lock, str_locked);
     if (held == NULL) {
@@ -1322,12 +1324,16 @@ histogram_aggregate(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize
     Py_XINCREF(exemplar_lock);
     Py_XINCREF(storage);
     Py_ssize_t buckets = PySequence_Fast_GET_SIZE(bounds) + 1;
-    int status = lock_free(fields, lock, buckets);
+    int status = lock_free(lock);
     if (status > 0) { /* (see lock_free) */
-        status = aggregate_locked(fields, value, index, buckets, flag == Py_True);
+        status = aggregate_locked(fields, value, index, buckets, flag == Py_True, 1);
     }
-    else if (status == 0 && (status = call_method(lock, str_acquire)) == 0) {
-        status = release(lock, aggregate_locked(fields, value, index, buckets, flag == Py_True));
+    else if (status == 0) {
+        status = TAKE_LOCK;
+    }
+    if (status == TAKE_LOCK && (status = call_method(lock, str_acquire)) == 0) {
+        status = release(lock,
+                         aggregate_locked(fields, value, index, buckets, flag == Py_True, 0));
     }
     if (status > 0 && mine != NULL) {
         status = store_exemplar(exemplar_lock, storage, exemplar_index, names, values);
