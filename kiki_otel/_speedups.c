@@ -1115,6 +1115,21 @@ held_attr(PyObject *owner, PyObject *held, PyObject *fields, PyObject *name)
     return PyObject_GetAttr(owner, name);
 }
 
+/* Whether items[first], items[first + step], ... before last are each a held __dict__ (a
+ * dict) or None; else a TypeError naming who. */
+static int
+held_fields_ok(const char *who, PyObject *const *items, Py_ssize_t first, Py_ssize_t last,
+               Py_ssize_t step)
+{
+    for (Py_ssize_t i = first; i < last; i += step) {
+        if (items[i] != Py_None && !PyDict_CheckExact(items[i])) {
+            PyErr_Format(PyExc_TypeError, "%s: a held __dict__ is not a dict", who);
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* An instance's field (borrowed), NULL if missing (no error) or on error (set). */
 static PyObject *
 field(PyObject *fields, PyObject *name)
@@ -2577,11 +2592,8 @@ logs_queue(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "logs_queue: encoded must be a tuple class");
         return NULL;
     }
-    for (Py_ssize_t i = 9; i < 12; i++) {
-        if (args[i] != Py_None && !PyDict_CheckExact(args[i])) {
-            PyErr_SetString(PyExc_TypeError, "logs_queue: a held __dict__ is not a dict");
-            return NULL;
-        }
+    if (!held_fields_ok("logs_queue", args, 9, 12, 1)) {
+        return NULL;
     }
     return TWIN_NEW(LogsQueue, LogsQueueType, logs_queue_call, batch_fields, args, 12);
 }
@@ -3349,12 +3361,8 @@ histogram_record(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
                         "(fast's __dict__, then object and __dict__ or None, four times)");
         return NULL;
     }
-    for (Py_ssize_t i = 2; i < 9; i += 2) {
-        PyObject *fields = PyTuple_GET_ITEM(held, i);
-        if (fields != Py_None && !PyDict_CheckExact(fields)) {
-            PyErr_SetString(PyExc_TypeError, "histogram_record: a held __dict__ is not a dict");
-            return NULL;
-        }
+    if (!held_fields_ok("histogram_record", &PyTuple_GET_ITEM(held, 0), 2, 9, 2)) {
+        return NULL;
     }
     PyObject *twin = PyObject_GetAttrString(args[0], "record");
     if (twin == NULL) {
@@ -4274,11 +4282,8 @@ span_open(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     if (!check_nargs("span_open", nargs, 33)) {
         return NULL;
     }
-    for (Py_ssize_t i = 29; i < 33; i++) {
-        if (args[i] != Py_None && !PyDict_CheckExact(args[i])) {
-            PyErr_SetString(PyExc_TypeError, "span_open: a held __dict__ is not a dict");
-            return NULL;
-        }
+    if (!held_fields_ok("span_open", args, 29, 33, 1)) {
+        return NULL;
     }
     if (!PyTuple_CheckExact(args[3]) || PyTuple_GET_SIZE(args[3]) != 5
         || !PyTuple_CheckExact(args[6]) || PyTuple_GET_SIZE(args[6]) != 4
@@ -4740,11 +4745,12 @@ request_close(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     if (!check_nargs("request_close", nargs, 12)) {
         return NULL;
     }
-    if (!PyDict_CheckExact(args[2]) || !PyContextVar_CheckExact(args[9])
-        || (args[11] != Py_None && !PyDict_CheckExact(args[11]))) {
+    if (!PyDict_CheckExact(args[2]) || !PyContextVar_CheckExact(args[9])) {
         PyErr_SetString(PyExc_TypeError,
-                        "request_close: globals must be a dict, client_var a ContextVar, "
-                        "telemetry_fields None or a dict");
+                        "request_close: globals must be a dict, client_var a ContextVar");
+        return NULL;
+    }
+    if (!held_fields_ok("request_close", args, 11, 12, 1)) {
         return NULL;
     }
     return TWIN_NEW(RequestClose, RequestCloseType, request_close_call, telemetry_fields, args,
