@@ -18,7 +18,7 @@ from asyncio.events import _get_running_loop
 from collections.abc import Awaitable, Iterable
 from contextvars import Context, copy_context
 from operator import itemgetter, methodcaller
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import unquote_plus
 
 from opentelemetry import context as otel_context
@@ -462,6 +462,19 @@ class ServerTelemetry:
             if native_close is not None
             else self._close
         )
+        native_traced = getattr(speedups, "request_traced", None)
+        # what a traced request runs: _run's awaitable in C when built (no coroutine, no
+        # frame), else its coroutine; the three fields it reads per request, held
+        self._traced: ASGIApp = (
+            native_traced(
+                self._run,
+                self,
+                plain_fields(self, ("_begin_request", "_app", "_close_request")),
+                self._raised,
+            )
+            if native_traced is not None
+            else self._run
+        )
         native_dispatch = getattr(speedups, "request_dispatch", None)
         # _dispatch in C when built: what the layer outside calls (_asgi.direct_call)
         self._native_dispatch: Any = (
@@ -688,33 +701,61 @@ class ServerTelemetry:
             start,
         )
 
-    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A traced request: begun, the app run with our send, closed, whatever happens.
+
+        ``_speedups.request_traced`` runs it as an awaitable of its own (this is its
+        twin): both hand an error to :meth:`_raised`.
+        """
         begun = self._begin_request(scope, send)
+        try:
+            await self._app(scope, receive, begun[0])
+        except BaseException as error:
+            await self._raised(scope, begun, error)
+        state, span, _, current, token, client_token, active_attrs, active_key, start = begun
+        self._close_request(
+            scope,
+            span,
+            current,
+            state,
+            None,
+            start,
+            active_attrs,
+            active_key,
+            client_token,
+            token,
+        )
+
+    async def _raised(self, scope: Scope, begun: tuple[Any, ...], error: BaseException) -> NoReturn:
+        """A traced request the app failed: 500 if nothing was sent, closed, raised on.
+
+        Raised first, and answered from its ``except`` block, as a failure while answering
+        is chained to it there; ``finally``: the request is closed even then.
+        """
         state, span, span_context, current, token, client_token, active_attrs, active_key, start = (
             begun
         )
-        error: BaseException | None = None
         try:
-            await self._app(scope, receive, state)
-        except BaseException as exc:
-            error = exc
-            mark_exception(exc, span_context)  # for the server's line about it, logged later
-            if not state.started and isinstance(exc, Exception):
-                await self._send_500(state)
+            raise error
+        except BaseException:
+            try:
+                mark_exception(error, span_context)  # for the server's line about it, later
+                if not state.started and isinstance(error, Exception):
+                    await self._send_500(state)
+            finally:
+                self._close_request(
+                    scope,
+                    span,
+                    current,
+                    state,
+                    error,
+                    start,
+                    active_attrs,
+                    active_key,
+                    client_token,
+                    token,
+                )
             raise
-        finally:
-            self._close_request(
-                scope,
-                span,
-                current,
-                state,
-                error,
-                start,
-                active_attrs,
-                active_key,
-                client_token,
-                token,
-            )
 
     def _close(
         self,

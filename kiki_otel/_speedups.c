@@ -3897,6 +3897,472 @@ request_dispatch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
                     7);
 }
 
+/* ------------------------------------------------------------------ a traced request
+ *
+ * ``request_traced(twin, owner, fields, raised)`` makes what ``ServerTelemetry`` calls for
+ * a request it traces in place of ``_traced`` (its ``twin``, called for anything but three
+ * positional arguments): an awaitable per request instead of a coroutine. Awaited, it does
+ * what the twin does, in its order: ``owner._begin_request(scope, send)``, whose nine
+ * items (``begun``) it keeps; steps the awaitable of ``owner._app(scope, receive,
+ * begun[0])``; when that returns, ``owner._close_request(...)`` with no error and returns
+ * None. An error the app raises (or that is thrown into it, or that closing it brings)
+ * goes to ``raised(scope, begun, error)``, the ``_raised`` coroutine, stepped in its turn:
+ * it answers 500 if nothing was sent, closes the request and raises the error. The three
+ * attributes are read from the owner's ``__dict__`` (``fields``; None: getattr) when a
+ * step needs them, as the twin reads them. Closed or collected while the app waits, the
+ * app's awaitable is closed and the request closed with the error, as a coroutine's
+ * ``close()`` does. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *twin, *owner, *fields, *raised;
+} RequestTraced;
+
+enum { TRACED_NEW, TRACED_APP, TRACED_RAISED, TRACED_DONE };
+
+typedef struct {
+    PyObject_HEAD
+    RequestTraced *maker;
+    PyObject *scope, *receive, *send; /* receive and send until it begins */
+    PyObject *begun;                  /* _begin_request's nine items, once begun */
+    PyObject *inner;                  /* the app's iterator, then _raised's */
+    char state;
+} TracedRun;
+
+static PyObject *str_begin_request, *str_close_request, *str_app_field, *str_throw, *str_close;
+
+/* getattr(maker.owner, name), through the owner's fields (new reference) */
+static PyObject *
+traced_attr(RequestTraced *maker, PyObject *name)
+{
+    return held_attr(maker->owner, maker->owner, maker->fields, name);
+}
+
+/* The request closed with error (None: none), as the twin's ``_close_request`` call. */
+static int
+traced_closed(TracedRun *self, PyObject *error)
+{
+    PyObject *close = traced_attr(self->maker, str_close_request);
+    if (close == NULL) {
+        return -1;
+    }
+    /* begun: state, span, span_context, current, token, client_token, active_attrs,
+     * active_key, start; the close takes scope, span, current, state, error, start,
+     * active_attrs, active_key, client_token, token */
+    PyObject **b = &PyTuple_GET_ITEM(self->begun, 0);
+    PyObject *args[10] = {self->scope, b[1], b[3], b[0], error, b[8], b[6], b[7], b[5], b[4]};
+    PyObject *done = PyObject_Vectorcall(close, args, 10, NULL);
+    Py_DECREF(close);
+    Py_XDECREF(done);
+    return done != NULL ? 0 : -1;
+}
+
+/* The error being raised handed to ``raised``, whose coroutine becomes the inner one: 0,
+ * or -1 (done, its own error set). */
+static int
+traced_failed(TracedRun *self)
+{
+    PyObject *type, *error, *traceback;
+    PyErr_Fetch(&type, &error, &traceback);
+    PyErr_NormalizeException(&type, &error, &traceback);
+    if (traceback != NULL && error != NULL) {
+        PyException_SetTraceback(error, traceback);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    Py_CLEAR(self->inner);
+    PyObject *args[3] = {self->scope, self->begun, error};
+    PyObject *tail = error != NULL ? PyObject_Vectorcall(self->maker->raised, args, 3, NULL) : NULL;
+    Py_XDECREF(error);
+    self->inner = tail != NULL ? awaitable_iter(tail) : NULL;
+    Py_XDECREF(tail);
+    if (self->inner == NULL) {
+        self->state = TRACED_DONE;
+        return -1;
+    }
+    self->state = TRACED_RAISED;
+    return 0;
+}
+
+/* The request begun and the app's awaitable made: 0, or -1 (the error set; state TRACED_NEW
+ * if begin failed, TRACED_APP with no inner if the app did). */
+static int
+traced_begin(TracedRun *self)
+{
+    PyObject *begin = traced_attr(self->maker, str_begin_request);
+    PyObject *args[3] = {self->scope, self->send, NULL};
+    PyObject *begun = begin != NULL ? PyObject_Vectorcall(begin, args, 2, NULL) : NULL;
+    Py_XDECREF(begin);
+    if (begun == NULL) {
+        return -1;
+    }
+    if (!PyTuple_CheckExact(begun) || PyTuple_GET_SIZE(begun) != 9) {
+        Py_DECREF(begun);
+        PyErr_SetString(PyExc_TypeError, "request_traced: the request's begin must give 9 items");
+        return -1;
+    }
+    self->begun = begun;
+    self->state = TRACED_APP;
+    Py_CLEAR(self->send);
+    PyObject *app = traced_attr(self->maker, str_app_field);
+    args[1] = self->receive;
+    args[2] = PyTuple_GET_ITEM(begun, 0);
+    PyObject *awaitable = app != NULL ? PyObject_Vectorcall(app, args, 3, NULL) : NULL;
+    Py_XDECREF(app);
+    Py_CLEAR(self->receive);
+    self->inner = awaitable != NULL ? awaitable_iter(awaitable) : NULL;
+    Py_XDECREF(awaitable);
+    return self->inner != NULL ? 0 : -1;
+}
+
+/* thrown raised by iter's throw() (or, if it has none, as if raised by it) */
+static PySendResult
+throw_into(PyObject *iter, PyObject *thrown, PyObject **result)
+{
+    PyObject *method;
+#if PY_VERSION_HEX >= 0x030D0000
+    int found = PyObject_GetOptionalAttr(iter, str_throw, &method);
+#else
+    int found = _PyObject_LookupAttr(iter, str_throw, &method);
+#endif
+    if (found <= 0) {
+        if (found == 0) {
+            PyErr_SetObject((PyObject *)Py_TYPE(thrown), thrown);
+        }
+        return PYGEN_ERROR;
+    }
+    *result = PyObject_CallOneArg(method, thrown);
+    Py_DECREF(method);
+    if (*result != NULL) {
+        return PYGEN_NEXT;
+    }
+    return (*result = stop_value()) != NULL ? PYGEN_RETURN : PYGEN_ERROR;
+}
+
+/* A step: arg sent in, or thrown (an exception, not NULL) thrown in. */
+static PySendResult
+traced_step(TracedRun *self, PyObject *arg, PyObject *thrown, PyObject **result)
+{
+    *result = NULL;
+    PySendResult status;
+    switch (self->state) {
+    case TRACED_NEW:
+        if (thrown != NULL || arg != Py_None) { /* a coroutine's errors before it runs */
+            if (thrown != NULL) {
+                self->state = TRACED_DONE;
+                PyErr_SetObject((PyObject *)Py_TYPE(thrown), thrown);
+            }
+            else {
+                PyErr_SetString(PyExc_TypeError,
+                                "can't send non-None value to a just-started coroutine");
+            }
+            return PYGEN_ERROR;
+        }
+        if (traced_begin(self) < 0) {
+            if (self->state == TRACED_NEW) { /* the begin's error: raised, nothing to close */
+                self->state = TRACED_DONE;
+                return PYGEN_ERROR;
+            }
+            if (traced_failed(self) < 0) {
+                return PYGEN_ERROR;
+            }
+            goto raised;
+        }
+        /* fall through: the app's first step */
+    case TRACED_APP:
+        status = thrown == NULL ? PyIter_Send(self->inner, arg, result)
+                                : throw_into(self->inner, thrown, result);
+        if (status == PYGEN_NEXT) {
+            return status;
+        }
+        if (status == PYGEN_RETURN) {
+            Py_CLEAR(*result); /* (the twin returns None, whatever the app's returned) */
+            self->state = TRACED_DONE;
+            Py_CLEAR(self->inner);
+            if (traced_closed(self, Py_None) < 0) {
+                return PYGEN_ERROR;
+            }
+            *result = Py_NewRef(Py_None);
+            return PYGEN_RETURN;
+        }
+        if (traced_failed(self) < 0) {
+            return PYGEN_ERROR;
+        }
+    raised:
+        arg = Py_None;
+        thrown = NULL;
+        /* fall through: _raised's first step */
+    case TRACED_RAISED:
+        status = thrown == NULL ? PyIter_Send(self->inner, arg, result)
+                                : throw_into(self->inner, thrown, result);
+        if (status != PYGEN_NEXT) {
+            self->state = TRACED_DONE;
+            Py_CLEAR(self->inner);
+        }
+        return status;
+    default:
+        if (thrown != NULL) {
+            PyErr_SetObject((PyObject *)Py_TYPE(thrown), thrown);
+        }
+        else {
+            PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        }
+        return PYGEN_ERROR;
+    }
+}
+
+static PySendResult
+traced_am_send(PyObject *op, PyObject *arg, PyObject **result)
+{
+    return traced_step((TracedRun *)op, arg, NULL, result);
+}
+
+static PyObject *
+traced_iternext(PyObject *op)
+{
+    PyObject *result;
+    PySendResult status = traced_step((TracedRun *)op, Py_None, NULL, &result);
+    return last_returned(status, result, 0);
+}
+
+static PyObject *
+traced_send(PyObject *op, PyObject *arg)
+{
+    PyObject *result;
+    PySendResult status = traced_step((TracedRun *)op, arg, NULL, &result);
+    return last_returned(status, result, 1);
+}
+
+/* throw()'s arguments, (type[, value[, traceback]]) or (exception,), as the exception */
+static PyObject *
+thrown_exception(PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "throw expected at most 3 arguments, got %zd", nargs);
+        return NULL;
+    }
+    PyObject *kind = args[0], *value = nargs > 1 ? args[1] : Py_None;
+    PyObject *traceback = nargs > 2 ? args[2] : Py_None;
+    if (traceback != Py_None && !PyTraceBack_Check(traceback)) {
+        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
+        return NULL;
+    }
+    PyObject *error;
+    if (PyExceptionInstance_Check(kind)) {
+        if (value != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
+            return NULL;
+        }
+        error = Py_NewRef(kind);
+    }
+    else if (PyExceptionClass_Check(kind)) {
+        PyObject *type, *traceback_now;
+        PyErr_SetObject(kind, value != Py_None ? value : NULL);
+        PyErr_Fetch(&type, &error, &traceback_now);
+        PyErr_NormalizeException(&type, &error, &traceback_now);
+        Py_XDECREF(type);
+        Py_XDECREF(traceback_now);
+        if (error == NULL) {
+            return NULL;
+        }
+    }
+    else {
+        PyErr_Format(PyExc_TypeError,
+                     "exceptions must be classes or instances deriving from BaseException, "
+                     "not %.100s",
+                     Py_TYPE(kind)->tp_name);
+        return NULL;
+    }
+    if (traceback != Py_None && PyException_SetTraceback(error, traceback) < 0) {
+        Py_DECREF(error);
+        return NULL;
+    }
+    return error;
+}
+
+static PyObject *
+traced_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *thrown = thrown_exception(args, nargs);
+    if (thrown == NULL) {
+        return NULL;
+    }
+    PyObject *result;
+    PySendResult status = traced_step((TracedRun *)op, NULL, thrown, &result);
+    Py_DECREF(thrown);
+    return last_returned(status, result, 1);
+}
+
+/* iter.close() if it has one: 0, or -1 (its error set) */
+static int
+close_iter(PyObject *iter)
+{
+    PyObject *method;
+#if PY_VERSION_HEX >= 0x030D0000
+    int found = PyObject_GetOptionalAttr(iter, str_close, &method);
+#else
+    int found = _PyObject_LookupAttr(iter, str_close, &method);
+#endif
+    if (found <= 0) {
+        return found;
+    }
+    PyObject *closed = PyObject_CallNoArgs(method);
+    Py_DECREF(method);
+    Py_XDECREF(closed);
+    return closed != NULL ? 0 : -1;
+}
+
+/* As a coroutine's close(): the app's awaitable closed, then GeneratorExit (or what closing
+ * it raised) raised where the twin waits for it, so _raised runs. */
+static PyObject *
+traced_close(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    TracedRun *self = (TracedRun *)op;
+    if (self->state == TRACED_RAISED) {
+        self->state = TRACED_DONE;
+        int closed = close_iter(self->inner);
+        Py_CLEAR(self->inner);
+        return closed == 0 ? Py_NewRef(Py_None) : NULL;
+    }
+    if (self->state != TRACED_APP) {
+        self->state = TRACED_DONE;
+        Py_RETURN_NONE;
+    }
+    if (close_iter(self->inner) == 0) {
+        PyErr_SetNone(PyExc_GeneratorExit);
+    }
+    if (traced_failed(self) < 0) {
+        return NULL;
+    }
+    PyObject *result;
+    PySendResult status = PyIter_Send(self->inner, Py_None, &result);
+    self->state = TRACED_DONE;
+    Py_CLEAR(self->inner);
+    if (status == PYGEN_NEXT) {
+        Py_DECREF(result);
+        PyErr_SetString(PyExc_RuntimeError, "coroutine ignored GeneratorExit");
+        return NULL;
+    }
+    if (status == PYGEN_RETURN || PyErr_ExceptionMatches(PyExc_GeneratorExit)) {
+        Py_XDECREF(result);
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return NULL;
+}
+
+static void
+traced_finalize(PyObject *op)
+{
+    TracedRun *self = (TracedRun *)op;
+    if (self->state != TRACED_APP && self->state != TRACED_RAISED) {
+        return;
+    }
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyObject *closed = traced_close(op, NULL);
+    if (closed == NULL) {
+        PyErr_WriteUnraisable(op);
+    }
+    Py_XDECREF(closed);
+    PyErr_Restore(type, value, traceback);
+}
+
+#define TRACED_RUN_FIELDS(X) X(maker) X(scope) X(receive) X(send) X(begun) X(inner)
+
+static int
+traced_run_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    TracedRun *self = (TracedRun *)op;
+    TRACED_RUN_FIELDS(FIELD_VISIT)
+    return 0;
+}
+
+static int
+traced_run_clear(PyObject *op)
+{
+    TracedRun *self = (TracedRun *)op;
+    TRACED_RUN_FIELDS(FIELD_CLEAR)
+    return 0;
+}
+
+static void
+traced_run_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    if (PyObject_CallFinalizerFromDealloc(op) < 0) {
+        return; /* resurrected */
+    }
+    traced_run_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+static PyAsyncMethods traced_async = {
+    .am_await = last_await,
+    .am_send = traced_am_send,
+};
+
+static PyMethodDef traced_methods[] = {
+    {"send", (PyCFunction)traced_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))traced_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)traced_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TracedRunType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kiki_otel._speedups.TracedRun",
+    .tp_basicsize = sizeof(TracedRun),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A traced request being run: awaited once, as _traced's coroutine.",
+    .tp_as_async = &traced_async,
+    .tp_iter = last_await,
+    .tp_iternext = traced_iternext,
+    .tp_methods = traced_methods,
+    .tp_traverse = traced_run_traverse,
+    .tp_clear = traced_run_clear,
+    .tp_dealloc = traced_run_dealloc,
+    .tp_finalize = traced_finalize,
+};
+
+static PyObject *
+request_traced_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    RequestTraced *maker = (RequestTraced *)op;
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL) {
+        return PyObject_Vectorcall(maker->twin, args, nargsf, kwnames);
+    }
+    TracedRun *self = PyObject_GC_New(TracedRun, &TracedRunType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->maker = (RequestTraced *)Py_NewRef(maker);
+    self->scope = Py_NewRef(args[0]);
+    self->receive = Py_NewRef(args[1]);
+    self->send = Py_NewRef(args[2]);
+    self->begun = NULL;
+    self->inner = NULL;
+    self->state = TRACED_NEW;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+#define REQUEST_TRACED_FIELDS(X) X(twin) X(owner) X(fields) X(raised)
+
+TWIN_TYPE(request_traced, RequestTraced, RequestTracedType, REQUEST_TRACED_FIELDS,
+          "A traced request's awaitable maker, made by request_traced().")
+
+static PyObject *
+request_traced(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("request_traced", nargs, 4)
+        || !held_fields_ok("request_traced", args, 2, 3, 1)) {
+        return NULL;
+    }
+    return TWIN_NEW(RequestTraced, RequestTracedType, request_traced_call, raised, args, 4);
+}
+
 /* ------------------------------------------------------------------ an outer layer's dispatch
  *
  * ``layer_dispatch(twin, app, key, taken, blank, fields, ready)`` makes what an outer kiki
@@ -5345,6 +5811,10 @@ static PyMethodDef speedups_methods[] = {
      "    -> RequestDispatch\n\n"
      "_http_server.ServerTelemetry._dispatch (twin) in C for a scope dict whose type is a\n"
      "str; twin(...) for any other."},
+    {"request_traced", (PyCFunction)(void (*)(void))request_traced, METH_FASTCALL,
+     "request_traced(twin, owner, fields, raised) -> RequestTraced\n\n"
+     "_http_server.ServerTelemetry._traced (twin) in C: an awaitable per request, not a\n"
+     "coroutine; twin(...) for a call not of three positional arguments."},
     {"span_open", (PyCFunction)(void (*)(void))span_open, METH_FASTCALL,
      "span_open(twin, tracer, sampler, fixed, drop, sample, flags, random_ids, random,\n"
      "          span_key, span_readers, span_context_class, trace_flags_class,\n"
@@ -5549,6 +6019,11 @@ intern_names(void)
         {&str_emit_log, "emit_log"},
         {&str_log_resource, "_resource"},
         {&str_queue_method, "queue"},
+        {&str_begin_request, "_begin_request"},
+        {&str_close_request, "_close_request"},
+        {&str_app_field, "_app"},
+        {&str_throw, "throw"},
+        {&str_close, "close"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL) {
@@ -5614,7 +6089,8 @@ PyInit__speedups(void)
         || PyType_Ready(&SpanOpenType) < 0 || PyType_Ready(&RequestDispatchType) < 0
         || PyType_Ready(&OutputWriteType) < 0 || PyType_Ready(&SpanCloseType) < 0
         || PyType_Ready(&RequestCloseType) < 0 || PyType_Ready(&LogsQueueType) < 0
-        || PyType_Ready(&LayerDispatchType) < 0) {
+        || PyType_Ready(&LayerDispatchType) < 0 || PyType_Ready(&RequestTracedType) < 0
+        || PyType_Ready(&TracedRunType) < 0) {
         return NULL;
     }
     if (lock_type == NULL) {

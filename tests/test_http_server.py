@@ -1264,7 +1264,9 @@ def _mounted_app() -> FastAPI:
     return outer
 
 
-def _telemetry(app: Any, tracer_provider: Any = None, meter_provider: Any = None) -> Any:
+def _telemetry(
+    app: Any, tracer_provider: Any = None, meter_provider: Any = None, settings: Any = None
+) -> Any:
     """kiki's server middleware around ``app`` alone, with its own SDK providers."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
@@ -1274,7 +1276,7 @@ def _telemetry(app: Any, tracer_provider: Any = None, meter_provider: Any = None
 
     return _http_server.ServerTelemetry(
         app,
-        settings=Settings(),
+        settings=settings or Settings(),
         tracer_provider=tracer_provider or TracerProvider(shutdown_on_exit=False),
         meter_provider=meter_provider or MeterProvider(shutdown_on_exit=False),
     )
@@ -1674,7 +1676,7 @@ def test_the_c_dispatch_routes_requests_as_its_twin() -> None:
     assert _asgi.direct_call(telemetry) is telemetry._native_dispatch
     called: list[str] = []
     telemetry._app = lambda *args: called.append("app")  # type: ignore[assignment]
-    telemetry._traced = lambda *args: called.append("traced")  # type: ignore[method-assign]
+    telemetry._traced = lambda *args: called.append("traced")
     native = _http_server.speedups.request_dispatch(
         telemetry._dispatch,
         telemetry._app,
@@ -1699,3 +1701,318 @@ def test_the_c_dispatch_routes_requests_as_its_twin() -> None:
             dispatch({"path": "/"}, None, None)
         with pytest.raises(KeyError, match="path"):
             dispatch({"type": "http"}, None, None)
+
+
+class _Traced:
+    """A ServerTelemetry whose traced request runs ``app``, recording what it begins, sends
+    and closes; ``ways`` are its C run (``_speedups.request_traced``) and the twin's."""
+
+    def __init__(self, app: Any, settings: Any = None) -> None:
+        from kiki_otel import _http_server
+
+        self.telemetry = telemetry = _telemetry(make_app(), settings=settings)
+        self.begun: list[Any] = []
+        self.closed: list[Any] = []  # the error each close was given
+        self.sent: list[Any] = []
+        begin, close = telemetry._begin_request, telemetry._close_request
+
+        def begin_counted(*args: Any) -> Any:
+            self.begun.append(args[0]["path"])
+            return begin(*args)
+
+        def close_counted(*args: Any) -> Any:
+            self.closed.append(args[4])
+            return close(*args)
+
+        # set after it was built: read per request, as the twin reads them
+        telemetry._begin_request, telemetry._close_request = begin_counted, close_counted
+        telemetry._app = app
+        self.ways = {"python": telemetry._run}
+        if getattr(_http_server.speedups, "request_traced", None) is not None:
+            assert type(telemetry._traced).__name__ == "RequestTraced"
+            self.ways["c"] = telemetry._traced
+
+    async def send(self, message: Any) -> None:
+        self.sent.append(message.get("status", message["type"]))
+
+    def run(self, way: str) -> Any:
+        """The awaitable (C's) or coroutine (the twin's) of one request, not started."""
+        return self.ways[way](asgi_scope("/items/1"), _no_body, self.send)
+
+    def reset(self) -> None:
+        self.begun.clear(), self.closed.clear(), self.sent.clear()
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+class _Awaitable:
+    """Not a coroutine: an object whose ``__await__`` is a generator (yields once)."""
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+
+    def __await__(self) -> Any:
+        yield None
+        return (yield from self._respond().__await__())
+
+    async def _respond(self) -> str:
+        await self._send({"type": "http.response.start", "status": 204, "headers": []})
+        await self._send({"type": "http.response.body", "body": b""})
+        return "ignored"
+
+
+async def _outcome(traced: _Traced, way: str) -> tuple[Any, ...]:
+    from kiki_otel._context import marked_span_context
+
+    raised: BaseException | None = None
+    try:
+        result = await traced.run(way)
+    except BaseException as error:  # (CancelledError too)
+        raised = error
+    if raised is None:
+        outcome: tuple[Any, ...] = ("returned", result)
+        closed = [repr(e) for e in traced.closed]
+    else:
+        marked = marked_span_context(raised) is not None
+        outcome = ("raised", type(raised).__name__, str(raised), marked)
+        closed = [type(e).__name__ for e in traced.closed]
+        assert traced.closed == [raised]  # the very error, closed with once
+    return (*outcome, traced.begun[:], closed, traced.sent[:])
+
+
+async def _answers(receive: Any, send: Any) -> str:
+    await asyncio.sleep(0)  # (a turn of the loop in between: the run steps more than once)
+    await send({"type": "http.response.start", "status": 201, "headers": []})
+    await asyncio.sleep(0)
+    await send({"type": "http.response.body", "body": b"x"})
+    return "ignored"  # (a traced request returns None whatever the app returns)
+
+
+_TRACED_APPS: dict[str, Any] = {
+    "answers": lambda scope, receive, send: _answers(receive, send),
+    "fails-first": lambda scope, receive, send: _fails(ValueError("first"), None, send),
+    "fails-later": lambda scope, receive, send: _fails(RuntimeError("later"), 200, send),
+    "cancelled": lambda scope, receive, send: _fails(asyncio.CancelledError(), None, send),
+    "not-awaitable": lambda scope, receive, send: 42,
+    "app-call-fails": lambda scope, receive, send: {}["missing"],
+    "awaitable": lambda scope, receive, send: _Awaitable(send),
+}
+
+
+async def _fails(error: BaseException, status: int | None, send: Any) -> None:
+    await asyncio.sleep(0)
+    if status is not None:
+        await send({"type": "http.response.start", "status": status, "headers": []})
+    raise error
+
+
+@pytest.mark.parametrize("app", sorted(_TRACED_APPS))
+async def test_the_c_traced_run_ends_requests_as_its_twin(app: str) -> None:
+    """``_speedups.request_traced`` against ``ServerTelemetry._run`` for an app that
+    answers, fails before or after its response started, is cancelled, is not awaitable,
+    fails being called, or is an awaitable of another kind: the same result or error (the
+    very error, marked with the request), begun and closed once with the same error, the
+    same messages sent (500 only for an Exception before the response started)."""
+    traced = _Traced(_TRACED_APPS[app])
+    if "c" not in traced.ways:
+        pytest.skip("the C module is not built here")
+    outcomes = []
+    for way in ("c", "python"):
+        traced.reset()
+        outcomes.append(await _outcome(traced, way))
+    assert outcomes[0] == outcomes[1]
+    kind, *_, begun, closed, sent = outcomes[0]
+    assert begun == ["/items/1"] and len(closed) == 1
+    want_sent = {"answers": [201, "http.response.body"], "awaitable": [204, "http.response.body"]}
+    want_sent |= {"fails-later": [200], "cancelled": []}
+    assert sent == want_sent.get(app, [500, "http.response.body"])
+    assert kind == ("returned" if app in ("answers", "awaitable") else "raised")
+
+
+async def test_a_cancelled_task_closes_its_traced_request_once() -> None:
+    """A server cancelling the request's task while the app waits: CancelledError out of
+    the app, the request closed with it, no 500, both ways."""
+    waiting = asyncio.Event()
+
+    async def waits(scope: Any, receive: Any, send: Any) -> None:
+        waiting.set()
+        await asyncio.Event().wait()
+
+    traced = _Traced(waits)
+    for way in traced.ways:
+        traced.reset()
+        waiting.clear()
+        task = asyncio.ensure_future(traced.run(way))
+        await waiting.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert [type(e) for e in traced.closed] == [asyncio.CancelledError], way
+        assert traced.sent == [], way
+
+
+class _Stepped:
+    """An app suspended at a future of ours, with what it saw (and whether the request was
+    closed by then: an app is closed before its request)."""
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[None] | None = None
+        self.ended: list[str] = []
+        self.closed: list[Any] = []  # (the _Traced's)
+        self.refuse_exit = False  # closed, it raises RuntimeError
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.future = asyncio.get_running_loop().create_future()
+        try:
+            await self.future
+        except BaseException as error:
+            self.ended.append(type(error).__name__ + (" after" if self.closed else ""))
+            if self.refuse_exit and isinstance(error, GeneratorExit):
+                raise RuntimeError("cleanup failed") from None
+            raise
+
+
+async def test_a_traced_run_thrown_into_closed_or_dropped_ends_its_request() -> None:
+    """Driven by hand: an error thrown in while the app waits goes through the app (500,
+    raised, closed with it); close() closes the app first, then the request with
+    GeneratorExit, or with what closing the app raised (a 500, and close() raises it);
+    dropped unfinished, the same as close(). Both ways alike."""
+    import gc
+
+    app = _Stepped()
+    traced = _Traced(app)
+    app.closed = traced.closed
+    seen: dict[str, list[Any]] = {}
+    for way in traced.ways:
+        results: list[Any] = []
+        traced.reset(), app.ended.clear()
+        run = traced.run(way)
+        run.send(None)  # (the app's future)
+        with pytest.raises(ValueError, match="thrown"):
+            run.throw(ValueError("thrown"))
+        results.append((app.ended[:], traced.sent[:], [type(e) for e in traced.closed]))
+        traced.reset(), app.ended.clear()
+        run = traced.run(way)
+        run.send(None)
+        assert run.close() is None
+        assert run.close() is None  # (again: nothing more)
+        results.append((app.ended[:], [type(e) for e in traced.closed]))
+        traced.reset(), app.ended.clear()
+        run = traced.run(way)
+        run.send(None)
+        del run
+        gc.collect()
+        results.append((app.ended[:], [type(e) for e in traced.closed]))
+        traced.reset(), app.ended.clear()
+        app.refuse_exit = True
+        run = traced.run(way)
+        run.send(None)
+        with pytest.raises(RuntimeError, match="cleanup failed"):
+            run.close()  # (what closing the app raised goes through the request: a 500)
+        app.refuse_exit = False
+        results.append((app.ended[:], traced.sent[:], [type(e) for e in traced.closed]))
+        seen[way] = results
+    assert seen["python"] == [
+        (["ValueError"], [500, "http.response.body"], [ValueError]),
+        (["GeneratorExit"], [GeneratorExit]),
+        (["GeneratorExit"], [GeneratorExit]),
+        (["GeneratorExit"], [500, "http.response.body"], [RuntimeError]),
+    ]
+    assert seen.get("c", seen["python"]) == seen["python"]
+
+
+async def test_a_traced_run_closed_while_answering_500_closes_its_request_once() -> None:
+    """The 500's send waits; close() then: the request closed once, with the app's error,
+    and nothing raised (both ways)."""
+    traced = _Traced(lambda scope, receive, send: _fails(KeyError("app"), None, send))
+    blocked: list[Any] = []
+
+    async def send(message: Any) -> None:
+        blocked.append(message["status"])
+        await asyncio.get_running_loop().create_future()  # never done
+
+    for way in traced.ways:
+        traced.reset(), blocked.clear()
+        run = traced.ways[way](asgi_scope("/items/1"), _no_body, send)
+        run.send(None)  # the app's sleep
+        run.send(None)  # its error: the 500 being sent
+        assert blocked == [500]
+        assert run.close() is None
+        assert [type(e) for e in traced.closed] == [KeyError], way
+
+
+async def test_a_traced_run_refuses_what_a_coroutine_refuses() -> None:
+    """Awaited twice, sent a value before it started, thrown into before it started (raised,
+    nothing begun), its begin failing (raised, nothing closed): as the twin's coroutine. And
+    throw()'s bad arguments are errors."""
+    traced = _Traced(_TRACED_APPS["answers"])
+    if "c" not in traced.ways:
+        pytest.skip("the C module is not built here")
+    for way in ("c", "python"):
+        traced.reset()
+        run = traced.run(way)
+        with pytest.raises(TypeError, match="non-None"):
+            run.send(1)
+        with pytest.raises(ZeroDivisionError):
+            run.throw(ZeroDivisionError("before"))
+        assert traced.begun == [] and traced.closed == []
+        run = traced.run(way)
+        await run
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited"):
+            await run
+    traced.reset()
+    run = traced.run("c")
+    with pytest.raises(TypeError, match="deriving from BaseException"):
+        run.throw("nope")
+    with pytest.raises(TypeError, match="traceback"):
+        run.throw(ValueError, None, "not a traceback")
+    with pytest.raises(TypeError, match="separate value"):
+        run.throw(ValueError("x"), 1)
+    with pytest.raises(KeyError, match="k"):
+        run.throw(KeyError, "k")
+    telemetry = traced.telemetry
+
+    def fails(*args: Any) -> Any:
+        raise OSError("begin")
+
+    telemetry._begin_request = fails
+    for way in ("c", "python"):
+        traced.reset()
+        with pytest.raises(OSError, match="begin"):
+            await traced.run(way)
+        assert traced.closed == []
+
+
+async def test_traced_runs_free_what_they_made() -> None:
+    """2,000 C runs (answered, failed) leave no objects behind. (No access lines: their
+    OTel records would wait in the log queue of a provider an earlier test set up.)"""
+    import gc
+    import tracemalloc
+
+    from kiki_otel._settings import Settings
+
+    quiet = Settings(http={"access_log": False})
+    answers = _Traced(_TRACED_APPS["answers"], quiet)
+    fails = _Traced(_TRACED_APPS["fails-first"], quiet)
+    if "c" not in answers.ways:
+        pytest.skip("the C module is not built here")
+
+    async def runs(n: int) -> None:
+        for _ in range(n):
+            await answers.run("c")
+            with pytest.raises(ValueError, match="first"):
+                await fails.run("c")
+            answers.reset(), fails.reset()
+
+    await runs(200)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    await runs(2000)
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = [s for s in after.compare_to(before, "lineno") if s.size_diff > 0]
+    assert sum(s.size_diff for s in grown) < 64_000, [str(s) for s in grown[:8]]
