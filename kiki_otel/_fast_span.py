@@ -239,6 +239,7 @@ class DirectSpans:
                 plain_fields(random, ("getrandbits",)),
                 plain_fields(self._multi, ("_span_processors",)),
                 plain_fields(self._limits, ("max_span_attributes",)),
+                _NON_RECORDING_INIT,
             )
             if native_open is not None
             else self.start_open
@@ -614,6 +615,21 @@ class _SdkSpanNew:
 
 
 _SKIPPED_NEW = Span.__new__ if same_code(Span.__new__, _SdkSpanNew.__new__) else None
+
+
+# NonRecordingSpan.__init__ as the C open makes a dropped span without calling it
+# (``object.__new__``, then ``_context`` set). Held only while the API's compiles to this
+# code, constants included (``_probe.same_code``: no docstring here).
+def _non_recording_init(self: Any, context: Any) -> None:
+    self._context = context
+
+
+_NON_RECORDING_INIT = (
+    NonRecordingSpan.__init__
+    if same_code(NonRecordingSpan.__init__, _non_recording_init)
+    and NonRecordingSpan.__new__ is object.__new__
+    else None
+)
 
 
 class _SdkRandomIds:

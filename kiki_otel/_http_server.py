@@ -26,6 +26,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 from opentelemetry.trace.span import Span
 
+from . import _context
 from ._access_log import AccessLog, access_log
 from ._asgi import ASGIApp, Message, Receive, Scope, Send, direct_call
 from ._context import (
@@ -49,6 +50,7 @@ from ._fast_span import NO_ATTRIBUTES, DirectSpans
 from ._json import safe_repr
 from ._logging import OwnLogger
 from ._native import plain_fields, speedups
+from ._probe import same_code
 from ._providers import DURATION_BUCKETS
 from ._ratelimit import RateLimitedLog
 from ._settings import Settings
@@ -89,6 +91,21 @@ _FASTAPI_NATIVE_KEY = "fastapi.telemetry"
 _TRACED_KEY = "kiki_otel.traced"
 """Set in the scope by the outermost kiki middleware: one kiki inside another (a mounted
 sub-app configured too) passes the request through, so there is one span and one id."""
+
+
+# The API's get_global_textmap, which the C begin calls per request: its global read from
+# the module's dict instead, while it compiles to this (``_probe.same_code``: code, names
+# and constants; no docstring here).
+def _get_global_textmap_as_inlined() -> Any:
+    return _HTTP_TEXT_FORMAT  # type: ignore[name-defined]  # noqa: F821
+
+
+_TEXTMAP_GET = (
+    propagate.get_global_textmap
+    if same_code(propagate.get_global_textmap, _get_global_textmap_as_inlined)
+    and "_HTTP_TEXT_FORMAT" in vars(propagate)
+    else None
+)
 
 
 def _redact_query(query: str) -> str:
@@ -430,6 +447,8 @@ class ServerTelemetry:
                 _hosts,
                 _parse_host,
                 _redact_query,
+                _TEXTMAP_GET,
+                vars(_context),  # (remember_ids sets its _last_hex; C sets it so)
             )
             if native_begin is not None
             and direct is not None

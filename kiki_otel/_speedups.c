@@ -4464,12 +4464,14 @@ typedef struct {
     PyObject *span_class, *template, *threading, *multi, *processors, *limits;
     /* the __dict__s of tracer, random, multi and limits, or None each (held_attr) */
     PyObject *tracer_fields, *random_fields, *multi_fields, *limits_fields;
+    PyObject *non_recording_init; /* see non_recording_span */
 } SpanOpen;
 
 static PyObject *str_sampler, *str_id_generator, *str_getrandbits, *str_tracer_metrics;
 static PyObject *str_start_span, *str_span_processors, *str_tracer_config;
 static PyObject *str_max_span_attributes, *int_128, *int_64, *int_one, *str_lock_class;
-static PyObject *str_resource, *str_copy, *kw_attributes, *kw_list, *kw_span;
+static PyObject *str_resource, *str_copy, *kw_attributes, *kw_list, *kw_span, *str_init;
+static PyObject *str_context_field; /* (defined with the span's end) */
 
 /* ``DirectSpans._recording``'s span for a decision taken inline (no sampler attributes):
  * its BoundedAttributes around the caller's dict, its event and link lists, each with a
@@ -4578,6 +4580,25 @@ draw_id(PyObject *draw, PyObject *bits)
         }
         Py_DECREF(id);
     }
+}
+
+/* ``NonRecordingSpan(span_context)``: made as its ``__init__`` makes it (``object.__new__``,
+ * then ``_context`` set), without the call into a Python frame, while the class's
+ * ``__new__`` is object's and its ``__init__`` the one held (``non_recording_init``: the
+ * API's, held while it compiles to exactly that, ``_fast_span``); else called. */
+static PyObject *
+non_recording_span(SpanOpen *self, PyObject *span_context)
+{
+    PyTypeObject *type = (PyTypeObject *)self->non_recording;
+    if (self->non_recording_init == Py_None || type->tp_new != PyBaseObject_Type.tp_new
+        || _PyType_Lookup(type, str_init) != self->non_recording_init) {
+        return PyObject_CallOneArg(self->non_recording, span_context);
+    }
+    PyObject *span = PyBaseObject_Type.tp_new(type, empty_tuple, NULL);
+    if (span != NULL && PyObject_SetAttr(span, str_context_field, span_context) < 0) {
+        Py_CLEAR(span);
+    }
+    return span;
 }
 
 static PyObject *
@@ -4709,7 +4730,7 @@ span_open_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwn
         }
     }
     if (decision == self->drop) {
-        result = PyObject_CallOneArg(self->non_recording, span_context);
+        result = non_recording_span(self, span_context);
     }
     else {
         result = open_recording(self, args[0], parent != NULL ? parent : Py_None, span_context,
@@ -4737,7 +4758,7 @@ done:
     X(default_state) X(no_metrics) X(no_metrics_end) X(non_recording) X(new_attributes)   \
     X(empty_attributes) X(new_list) X(list_fields) X(empty_events) X(empty_links)          \
     X(span_class) X(template) X(threading) X(multi) X(processors) X(limits)               \
-    X(tracer_fields) X(random_fields) X(multi_fields) X(limits_fields)
+    X(tracer_fields) X(random_fields) X(multi_fields) X(limits_fields) X(non_recording_init)
 
 TWIN_TYPE(span_open, SpanOpen, SpanOpenType, SPAN_OPEN_FIELDS,
           "A request span's start, made by span_open().")
@@ -4745,7 +4766,7 @@ TWIN_TYPE(span_open, SpanOpen, SpanOpenType, SPAN_OPEN_FIELDS,
 static PyObject *
 span_open(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!check_nargs("span_open", nargs, 33)) {
+    if (!check_nargs("span_open", nargs, 34)) {
         return NULL;
     }
     if (!held_fields_ok("span_open", args, 29, 33, 1)) {
@@ -4765,8 +4786,8 @@ span_open(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
                         "classes types or None");
         return NULL;
     }
-    SpanOpen *self = (SpanOpen *)TWIN_NEW(SpanOpen, SpanOpenType, span_open_call, limits_fields,
-                                          args, 33);
+    SpanOpen *self = (SpanOpen *)TWIN_NEW(SpanOpen, SpanOpenType, span_open_call,
+                                          non_recording_init, args, 34);
     if (self != NULL) { /* None: not the SDK's id generator, no tracer metrics class */
         Py_SETREF(self->random_ids, args[7] != Py_None ? Py_NewRef(args[7]) : NULL);
         Py_SETREF(self->no_metrics, args[14] != Py_None ? Py_NewRef(args[14]) : NULL);
@@ -5029,7 +5050,7 @@ typedef struct {
 } RequestClose;
 
 static PyObject *str_batch_max, *str_batch_field, *str_loop_field, *str_batch_task;
-static PyObject *str_grown, *str_detach;
+static PyObject *str_grown, *str_detach, *str_http_text_format, *str_last_hex;
 
 /* ``_end(...)``'s common cases (args: its seven), else ``_end`` itself: 0, or -1 */
 static int
@@ -5241,6 +5262,11 @@ typedef struct {
     PyObject *span_ids, *non_recording, *span_context_of, *span_context_class, *which, *remember_ids;
     PyObject *span_key, *current_var, *client_var, *active_counts, *active_add, *new_send;
     PyObject *send_slow, *hosts, *parse_host, *redact_query;
+    /* textmap_get: the API's get_global_textmap while it compiles to ``return
+     * _HTTP_TEXT_FORMAT`` (read from propagate's dict instead of called), else None;
+     * ids_globals: the dict remember_ids sets ``_last_hex`` in (set here instead of
+     * calling it), or None */
+    PyObject *textmap_get, *ids_globals;
 } RequestBegin;
 
 static PyObject *str_w3c_only, *str_get_global_textmap, *str_extract, *str_traceparent;
@@ -5458,7 +5484,9 @@ request_begin_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject 
     Py_XDECREF(clock);
     PyObject *get = start != NULL ? module_attr(self->propagate, str_get_global_textmap)
                                   : NULL;
-    textmap = get != NULL ? PyObject_CallNoArgs(get) : NULL;
+    textmap = get == NULL                  ? NULL
+              : get == self->textmap_get ? module_attr(self->propagate, str_http_text_format)
+                                         : PyObject_CallNoArgs(get);
     Py_XDECREF(get);
     if (textmap == NULL) {
         goto done;
@@ -5594,12 +5622,22 @@ request_begin_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject 
         hex_ids = PyTuple_GET_ITEM(helper, 5);
         response_headers = PyTuple_GET_ITEM(helper, 6);
     }
-    PyObject *remember_args[2] = {context, hex_ids};
-    PyObject *remembered = PyObject_Vectorcall(self->remember_ids, remember_args, 2, NULL);
-    if (remembered == NULL) {
-        goto done;
+    if (self->ids_globals != Py_None) { /* remember_ids(context, hex_ids), as it does */
+        PyObject *last = PyTuple_Pack(2, context, hex_ids);
+        int set = last != NULL ? PyDict_SetItem(self->ids_globals, str_last_hex, last) : -1;
+        Py_XDECREF(last);
+        if (set < 0) {
+            goto done;
+        }
     }
-    Py_DECREF(remembered);
+    else {
+        PyObject *remember_args[2] = {context, hex_ids};
+        PyObject *remembered = PyObject_Vectorcall(self->remember_ids, remember_args, 2, NULL);
+        if (remembered == NULL) {
+            goto done;
+        }
+        Py_DECREF(remembered);
+    }
     ctx = begin_context(self, parent, span);
     if (ctx == NULL) {
         goto done;
@@ -5693,7 +5731,7 @@ done:
     X(span_ids)                                                                            \
     X(non_recording) X(span_context_of) X(span_context_class) X(which) X(remember_ids)     \
     X(span_key) X(current_var) X(client_var) X(active_counts) X(active_add) X(new_send)    \
-    X(send_slow) X(hosts) X(parse_host) X(redact_query)
+    X(send_slow) X(hosts) X(parse_host) X(redact_query) X(textmap_get) X(ids_globals)
 
 TWIN_TYPE(request_begin, RequestBegin, RequestBeginType, REQUEST_BEGIN_FIELDS,
           "A request's start, made by request_begin().")
@@ -5701,24 +5739,24 @@ TWIN_TYPE(request_begin, RequestBegin, RequestBeginType, REQUEST_BEGIN_FIELDS,
 static PyObject *
 request_begin(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!check_nargs("request_begin", nargs, 28)) {
+    if (!check_nargs("request_begin", nargs, 30)) {
         return NULL;
     }
     if (!PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[3]) || !PyBytes_CheckExact(args[4])
         || !PyAnySet_Check(args[5]) || !PyType_Check(args[7]) || !PyType_Check(args[13])
         || !PyDict_CheckExact(args[14]) || (args[15] != Py_None && !PyType_Check(args[15]))
         || !PyContextVar_CheckExact(args[19]) || !PyContextVar_CheckExact(args[20])
-        || !PyDict_CheckExact(args[21]) || !PyDict_CheckExact(args[25])) {
+        || !PyDict_CheckExact(args[21]) || !PyDict_CheckExact(args[25])
+        || (args[29] != Py_None && !PyDict_CheckExact(args[29]))) {
         PyErr_SetString(PyExc_TypeError,
-                        "request_begin: globals, w3c_headers, span_context_of, active_counts "
-                        "and hosts "
-                        "must be dicts, "
+                        "request_begin: globals, w3c_headers, span_context_of, active_counts, "
+                        "hosts and ids_globals must be dicts, "
                         "id_header bytes, known_methods a set, the classes types, the variables "
                         "ContextVars");
         return NULL;
     }
     RequestBegin *self = (RequestBegin *)TWIN_NEW(RequestBegin, RequestBeginType,
-                                                  request_begin_call, redact_query, args, 28);
+                                                  request_begin_call, ids_globals, args, 30);
     if (self != NULL) { /* None: a span context not read by position */
         Py_SETREF(self->span_context_class, args[15] != Py_None ? Py_NewRef(args[15]) : NULL);
     }
@@ -5803,7 +5841,8 @@ static PyMethodDef speedups_methods[] = {
      "_otlp_http.DirectLogs.emit_encoded (twin) in C."},
     {"request_close", (PyCFunction)(void (*)(void))request_close, METH_FASTCALL,
      "request_close(twin, telemetry, globals, get_loop, current_task, finish_request, end,\n"
-     "              finish_each, failed, client_var, api_detach) -> RequestClose\n\n"
+     "              finish_each, failed, client_var, api_detach, telemetry_fields)\n"
+     "    -> RequestClose\n\n"
      "_http_server.ServerTelemetry._close (twin) in C for its common case; twin(...) for\n"
      "any other."},
     {"request_dispatch", (PyCFunction)(void (*)(void))request_dispatch, METH_FASTCALL,
@@ -5820,7 +5859,8 @@ static PyMethodDef speedups_methods[] = {
      "          span_key, span_readers, span_context_class, trace_flags_class,\n"
      "          default_state, no_metrics, no_metrics_end, non_recording, new_attributes,\n"
      "          empty_attributes, new_list, list_fields, empty_events, empty_links,\n"
-     "          span_class, template, threading, multi, processors, limits)\n"
+     "          span_class, template, threading, multi, processors, limits, tracer_fields,\n"
+     "          random_fields, multi_fields, limits_fields, non_recording_init)\n"
      "    -> SpanOpen\n\n"
      "_fast_span.DirectSpans.start_open (twin) in C for its common case; twin(...) for any\n"
      "other."},
@@ -5829,7 +5869,8 @@ static PyMethodDef speedups_methods[] = {
      "              client_id, context_class, usable, start_max, start_open, recorded,\n"
      "              span_ids, non_recording, span_context_of, span_context_class, which,\n"
      "              remember_ids, span_key, current_var, client_var, active_counts, active_add,\n"
-     "              new_send, send_slow, hosts, parse_host, redact_query)\n"
+     "              new_send, send_slow, hosts, parse_host, redact_query, textmap_get,\n"
+     "              ids_globals)\n"
      "    -> RequestBegin\n\n"
      "_http_server.ServerTelemetry._begin (twin) in C for its common case; twin(...) for\n"
      "any other."},
@@ -6024,6 +6065,9 @@ intern_names(void)
         {&str_app_field, "_app"},
         {&str_throw, "throw"},
         {&str_close, "close"},
+        {&str_init, "__init__"},
+        {&str_http_text_format, "_HTTP_TEXT_FORMAT"},
+        {&str_last_hex, "_last_hex"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL) {

@@ -84,6 +84,7 @@ def _compare(direct: Any, sdk: Any) -> None:
     """Same class and fields; ids differ, but the parent, flags and state are the same."""
     assert type(direct) is type(sdk)
     if not isinstance(sdk, _Span):
+        assert set(vars(direct)) == set(vars(sdk))
         d, s = direct.get_span_context(), sdk.get_span_context()
         assert (d.trace_flags, d.trace_state, d.is_remote) == (
             s.trace_flags,
@@ -280,6 +281,33 @@ def test_the_c_open_draws_and_decides_as_the_sdk(
     )
     if type(sampler) is TraceIdRatioBased:
         assert 0 < sampled < 16 * len(parents)  # both sides of the bound
+
+
+def test_a_dropped_span_is_made_as_its_class_makes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C open makes a dropped span without calling ``NonRecordingSpan.__init__`` (held
+    while it compiles to ``self._context = context``): the object the class makes. The
+    class's ``__init__`` patched, and it is called."""
+    from kiki_otel import _fast_span
+
+    if getattr(_fast_span.speedups, "span_open", None) is None:
+        pytest.skip("the C module is not built here")
+    assert _fast_span._NON_RECORDING_INIT is NonRecordingSpan.__init__
+    provider = TracerProvider(sampler=ALWAYS_OFF, shutdown_on_exit=False)
+    direct = DirectSpans.for_tracer(provider.get_tracer("t"))
+    assert direct is not None
+    got = direct.open("GET", otel_context.Context(), dict(ATTRIBUTES))
+    made = NonRecordingSpan(got.get_span_context())
+    assert type(got) is NonRecordingSpan and vars(got) == vars(made) and not got.is_recording()
+    calls: list[Any] = []
+    original = NonRecordingSpan.__init__
+
+    def counted(self: Any, context: Any) -> None:
+        calls.append(context)
+        original(self, context)
+
+    monkeypatch.setattr(NonRecordingSpan, "__init__", counted)
+    patched = direct.open("GET", otel_context.Context(), dict(ATTRIBUTES))
+    assert calls == [patched.get_span_context()]
 
 
 def test_a_patched_sampler_class_is_called(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1468,6 +1468,40 @@ async def _begun_by(
     return [results, finished], twin_calls
 
 
+async def test_a_patched_get_global_textmap_is_called_by_the_c_begin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The C begin reads the global propagator from the API's module while its
+    ``get_global_textmap`` is the API's own (``_TEXTMAP_GET``); patched, it is called."""
+    from opentelemetry import propagate
+
+    from kiki_otel import _http_server
+
+    if getattr(_http_server.speedups, "request_begin", None) is None:
+        pytest.skip("the C module is not built here")
+    assert _http_server._TEXTMAP_GET is propagate.get_global_textmap
+    calls: list[str] = []
+    twin_calls: list[str] = []
+    original, twin = propagate.get_global_textmap, _http_server.ServerTelemetry._begin
+
+    def counted() -> Any:
+        calls.append("get")
+        return original()
+
+    def counted_twin(self: Any, scope: Any, send: Any) -> Any:
+        twin_calls.append(scope["path"])
+        return twin(self, scope, send)
+
+    monkeypatch.setattr(propagate, "get_global_textmap", counted)
+    monkeypatch.setattr(_http_server.ServerTelemetry, "_begin", counted_twin)
+    telemetry = _telemetry(make_app())
+    transport = httpx.ASGITransport(app=telemetry)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        for _ in range(4):
+            assert (await c.get("/items/1")).status_code == 200
+    assert len(twin_calls) <= 1 and len(calls) == 4 + len(twin_calls)
+
+
 class _NamedPropagator:
     """A propagator outside the W3C pair (``x-vendor-trace``), which finds nothing here."""
 
@@ -1532,14 +1566,15 @@ async def test_the_c_begin_starts_requests_as_its_twin(
 
 
 def test_a_request_start_frees_what_it_made(memory: Memory) -> None:
-    """The C start gives back what its twin gives (same seed, same ids), and keeps no
-    reference to what it made or was given: 20k starts, each undone as ``_traced`` does."""
+    """The C start gives back what its twin gives (same seed, same ids, the same ids
+    remembered for the lines), and keeps no reference to what it made or was given: 20k
+    starts, each undone as ``_traced`` does."""
     import gc
     import random
     import sys
     import tracemalloc
 
-    from kiki_otel import _http_server
+    from kiki_otel import _context, _http_server
     from kiki_otel._context import CURRENT, SPAN_KEY
 
     if getattr(_http_server.speedups, "request_begin", None) is None:
@@ -1551,6 +1586,7 @@ def test_a_request_start_frees_what_it_made(memory: Memory) -> None:
         return None
 
     def once(start: Any) -> tuple[Any, ...]:
+        _context._last_hex = (None, None)
         state, span, span_context, current, token, client_token, active, entry, _ = start(
             scope, send
         )
@@ -1558,6 +1594,8 @@ def test_a_request_start_frees_what_it_made(memory: Memory) -> None:
         CURRENT.reset(token)  # type: ignore[union-attr]
         assert client_token is None and current[4] is span_context
         assert current[0][SPAN_KEY] is span
+        # the ids remembered for the request's lines (remember_ids; C sets them itself)
+        assert _context._last_hex == (span_context, current[5])
         return state.headers, state.outer, current[1:], list(current[0]), active, entry
 
     random.seed(5)
@@ -2014,5 +2052,8 @@ async def test_traced_runs_free_what_they_made() -> None:
     gc.collect()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
-    grown = [s for s in after.compare_to(before, "lineno") if s.size_diff > 0]
+    # what the runs' code kept (not other tests' threads, still receiving meanwhile)
+    mine = [tracemalloc.Filter(True, p) for p in (__file__, "*/kiki_otel/*")]
+    diff = after.filter_traces(mine).compare_to(before.filter_traces(mine), "lineno")
+    grown = [s for s in diff if s.size_diff > 0]
     assert sum(s.size_diff for s in grown) < 64_000, [str(s) for s in grown[:8]]
