@@ -1993,11 +1993,83 @@ stop_value(void)
     return result;
 }
 
-/* One step of the server's send in the outer context: send arg in, or (throw != NULL) throw
- * those arguments in. */
+static PyObject *str_throw;
+
+/* throw()'s arguments, (type[, value[, traceback]]) or (exception,), as the exception */
+static PyObject *
+thrown_exception(PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "throw expected at most 3 arguments, got %zd", nargs);
+        return NULL;
+    }
+    PyObject *kind = args[0], *value = nargs > 1 ? args[1] : Py_None;
+    PyObject *traceback = nargs > 2 ? args[2] : Py_None;
+    if (traceback != Py_None && !PyTraceBack_Check(traceback)) {
+        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
+        return NULL;
+    }
+    PyObject *error;
+    if (PyExceptionInstance_Check(kind)) {
+        if (value != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
+            return NULL;
+        }
+        error = Py_NewRef(kind);
+    }
+    else if (PyExceptionClass_Check(kind)) {
+        PyObject *type, *traceback_now;
+        PyErr_SetObject(kind, value != Py_None ? value : NULL);
+        PyErr_Fetch(&type, &error, &traceback_now);
+        PyErr_NormalizeException(&type, &error, &traceback_now);
+        Py_XDECREF(type);
+        Py_XDECREF(traceback_now);
+        if (error == NULL) {
+            return NULL;
+        }
+    }
+    else {
+        PyErr_Format(PyExc_TypeError,
+                     "exceptions must be classes or instances deriving from BaseException, "
+                     "not %.100s",
+                     Py_TYPE(kind)->tp_name);
+        return NULL;
+    }
+    if (traceback != Py_None && PyException_SetTraceback(error, traceback) < 0) {
+        Py_DECREF(error);
+        return NULL;
+    }
+    return error;
+}
+
+/* thrown raised by iter's throw() (or, if it has none, as if raised by it) */
 static PySendResult
-last_step(LastSend *self, PyObject *arg, PyObject *const *throw, Py_ssize_t nthrow,
-          PyObject **result)
+throw_into(PyObject *iter, PyObject *thrown, PyObject **result)
+{
+    PyObject *method;
+#if PY_VERSION_HEX >= 0x030D0000
+    int found = PyObject_GetOptionalAttr(iter, str_throw, &method);
+#else
+    int found = _PyObject_LookupAttr(iter, str_throw, &method);
+#endif
+    if (found <= 0) {
+        if (found == 0) {
+            PyErr_SetObject((PyObject *)Py_TYPE(thrown), thrown);
+        }
+        return PYGEN_ERROR;
+    }
+    *result = PyObject_CallOneArg(method, thrown);
+    Py_DECREF(method);
+    if (*result != NULL) {
+        return PYGEN_NEXT;
+    }
+    return (*result = stop_value()) != NULL ? PYGEN_RETURN : PYGEN_ERROR;
+}
+
+/* One step of the server's send in the outer context: send arg in, or thrown (an exception,
+ * not NULL) thrown in. */
+static PySendResult
+last_step(LastSend *self, PyObject *arg, PyObject *thrown, PyObject **result)
 {
     *result = NULL;
     if (self->done) {
@@ -2010,16 +2082,8 @@ last_step(LastSend *self, PyObject *arg, PyObject *const *throw, Py_ssize_t nthr
         return PYGEN_ERROR;
     }
     PySendResult status = PYGEN_ERROR;
-    if (self->inner == NULL && throw != NULL) { /* thrown in before it started: raised */
-        if (nthrow >= 1 && PyExceptionInstance_Check(throw[0])) {
-            PyErr_SetObject((PyObject *)Py_TYPE(throw[0]), throw[0]);
-        }
-        else if (nthrow >= 1 && PyExceptionClass_Check(throw[0])) {
-            PyErr_SetObject(throw[0], nthrow > 1 ? throw[1] : NULL);
-        }
-        else {
-            PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException");
-        }
+    if (self->inner == NULL && thrown != NULL) { /* thrown in before it started: raised */
+        PyErr_SetObject((PyObject *)Py_TYPE(thrown), thrown);
         goto reset;
     }
     if (self->inner == NULL) {
@@ -2036,22 +2100,8 @@ last_step(LastSend *self, PyObject *arg, PyObject *const *throw, Py_ssize_t nthr
             goto reset;
         }
     }
-    if (throw == NULL) {
-        status = PyIter_Send(self->inner, arg, result);
-    }
-    else {
-        PyObject *method = PyObject_GetAttrString(self->inner, "throw");
-        if (method != NULL) {
-            *result = PyObject_Vectorcall(method, throw, nthrow, NULL);
-            Py_DECREF(method);
-            if (*result != NULL) {
-                status = PYGEN_NEXT;
-            }
-            else if ((*result = stop_value()) != NULL) {
-                status = PYGEN_RETURN;
-            }
-        }
-    }
+    status = thrown == NULL ? PyIter_Send(self->inner, arg, result)
+                            : throw_into(self->inner, thrown, result);
 reset:;
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback); /* the step's error, kept across the reset */
@@ -2082,7 +2132,7 @@ reset:;
 static PySendResult
 last_am_send(PyObject *op, PyObject *arg, PyObject **result)
 {
-    return last_step((LastSend *)op, arg, NULL, 0, result);
+    return last_step((LastSend *)op, arg, NULL, result);
 }
 
 /* The result of a step as a call returns it: the value yielded, or NULL with StopIteration
@@ -2110,7 +2160,7 @@ static PyObject *
 last_iternext(PyObject *op)
 {
     PyObject *result;
-    PySendResult status = last_step((LastSend *)op, Py_None, NULL, 0, &result);
+    PySendResult status = last_step((LastSend *)op, Py_None, NULL, &result);
     return last_returned(status, result, 0);
 }
 
@@ -2118,15 +2168,20 @@ static PyObject *
 last_send(PyObject *op, PyObject *arg)
 {
     PyObject *result;
-    PySendResult status = last_step((LastSend *)op, arg, NULL, 0, &result);
+    PySendResult status = last_step((LastSend *)op, arg, NULL, &result);
     return last_returned(status, result, 1);
 }
 
 static PyObject *
 last_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
+    PyObject *thrown = thrown_exception(args, nargs);
+    if (thrown == NULL) {
+        return NULL;
+    }
     PyObject *result;
-    PySendResult status = last_step((LastSend *)op, NULL, args, nargs, &result);
+    PySendResult status = last_step((LastSend *)op, NULL, thrown, &result);
+    Py_DECREF(thrown);
     return last_returned(status, result, 1);
 }
 
@@ -2168,32 +2223,39 @@ last_await(PyObject *op)
 
 GC_FIELDS(last, LastSend, LAST_SEND_FIELDS)
 
-static PyAsyncMethods last_async = {
-    .am_await = last_await,
-    .am_send = last_am_send,
-};
+/* An awaitable type of ours, awaited once and its own iterator, as a coroutine is:
+ * ``prefix``'s am_send, iternext, send, throw and close step it (3.11's SEND calls am_send,
+ * 3.12's iternext or send; a coroutine awaiting it delegates throw and close), and its
+ * traverse, clear and dealloc keep it. */
+#define AWAITABLE_TYPE(prefix, Type, type_object, doc, finalize)                            \
+    static PyAsyncMethods prefix##_async = {                                                \
+        .am_await = last_await,                                                             \
+        .am_send = prefix##_am_send,                                                        \
+    };                                                                                      \
+    static PyMethodDef prefix##_methods[] = {                                               \
+        {"send", (PyCFunction)prefix##_send, METH_O, NULL},                                 \
+        {"throw", (PyCFunction)(void (*)(void))prefix##_throw, METH_FASTCALL, NULL},        \
+        {"close", (PyCFunction)prefix##_close, METH_NOARGS, NULL},                          \
+        {NULL, NULL, 0, NULL},                                                              \
+    };                                                                                      \
+    static PyTypeObject type_object = {                                                     \
+        PyVarObject_HEAD_INIT(NULL, 0)                                                      \
+        .tp_name = "kiki_otel._speedups." #Type,                                            \
+        .tp_basicsize = sizeof(Type),                                                       \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,                                \
+        .tp_doc = doc,                                                                      \
+        .tp_as_async = &prefix##_async,                                                     \
+        .tp_iter = last_await,                                                              \
+        .tp_iternext = prefix##_iternext,                                                   \
+        .tp_methods = prefix##_methods,                                                     \
+        .tp_traverse = prefix##_traverse,                                                   \
+        .tp_clear = prefix##_clear,                                                         \
+        .tp_dealloc = prefix##_dealloc,                                                     \
+        .tp_finalize = finalize,                                                            \
+    };
 
-static PyMethodDef last_methods[] = {
-    {"send", (PyCFunction)last_send, METH_O, NULL},
-    {"throw", (PyCFunction)(void (*)(void))last_throw, METH_FASTCALL, NULL},
-    {"close", (PyCFunction)last_close, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyTypeObject LastSendType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "kiki_otel._speedups.LastSend",
-    .tp_basicsize = sizeof(LastSend),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The response's last message being sent: awaited once.",
-    .tp_as_async = &last_async,
-    .tp_iter = last_await,
-    .tp_iternext = last_iternext,
-    .tp_methods = last_methods,
-    .tp_traverse = last_traverse,
-    .tp_clear = last_clear,
-    .tp_dealloc = last_dealloc,
-};
+AWAITABLE_TYPE(last, LastSend, LastSendType,
+               "The response's last message being sent: awaited once.", NULL)
 
 static PyObject *
 last_send_new(SendWrapper *wrapper, PyObject *message)
@@ -3930,7 +3992,7 @@ typedef struct {
     char state;
 } TracedRun;
 
-static PyObject *str_begin_request, *str_close_request, *str_app_field, *str_throw, *str_close;
+static PyObject *str_begin_request, *str_close_request, *str_app_field, *str_close;
 
 /* getattr(maker.owner, name), through the owner's fields (new reference) */
 static PyObject *
@@ -4014,30 +4076,6 @@ traced_begin(TracedRun *self)
     self->inner = awaitable != NULL ? awaitable_iter(awaitable) : NULL;
     Py_XDECREF(awaitable);
     return self->inner != NULL ? 0 : -1;
-}
-
-/* thrown raised by iter's throw() (or, if it has none, as if raised by it) */
-static PySendResult
-throw_into(PyObject *iter, PyObject *thrown, PyObject **result)
-{
-    PyObject *method;
-#if PY_VERSION_HEX >= 0x030D0000
-    int found = PyObject_GetOptionalAttr(iter, str_throw, &method);
-#else
-    int found = _PyObject_LookupAttr(iter, str_throw, &method);
-#endif
-    if (found <= 0) {
-        if (found == 0) {
-            PyErr_SetObject((PyObject *)Py_TYPE(thrown), thrown);
-        }
-        return PYGEN_ERROR;
-    }
-    *result = PyObject_CallOneArg(method, thrown);
-    Py_DECREF(method);
-    if (*result != NULL) {
-        return PYGEN_NEXT;
-    }
-    return (*result = stop_value()) != NULL ? PYGEN_RETURN : PYGEN_ERROR;
 }
 
 /* A step: arg sent in, or thrown (an exception, not NULL) thrown in. */
@@ -4134,53 +4172,6 @@ traced_send(PyObject *op, PyObject *arg)
     return last_returned(status, result, 1);
 }
 
-/* throw()'s arguments, (type[, value[, traceback]]) or (exception,), as the exception */
-static PyObject *
-thrown_exception(PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs < 1 || nargs > 3) {
-        PyErr_Format(PyExc_TypeError, "throw expected at most 3 arguments, got %zd", nargs);
-        return NULL;
-    }
-    PyObject *kind = args[0], *value = nargs > 1 ? args[1] : Py_None;
-    PyObject *traceback = nargs > 2 ? args[2] : Py_None;
-    if (traceback != Py_None && !PyTraceBack_Check(traceback)) {
-        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
-        return NULL;
-    }
-    PyObject *error;
-    if (PyExceptionInstance_Check(kind)) {
-        if (value != Py_None) {
-            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
-            return NULL;
-        }
-        error = Py_NewRef(kind);
-    }
-    else if (PyExceptionClass_Check(kind)) {
-        PyObject *type, *traceback_now;
-        PyErr_SetObject(kind, value != Py_None ? value : NULL);
-        PyErr_Fetch(&type, &error, &traceback_now);
-        PyErr_NormalizeException(&type, &error, &traceback_now);
-        Py_XDECREF(type);
-        Py_XDECREF(traceback_now);
-        if (error == NULL) {
-            return NULL;
-        }
-    }
-    else {
-        PyErr_Format(PyExc_TypeError,
-                     "exceptions must be classes or instances deriving from BaseException, "
-                     "not %.100s",
-                     Py_TYPE(kind)->tp_name);
-        return NULL;
-    }
-    if (traceback != Py_None && PyException_SetTraceback(error, traceback) < 0) {
-        Py_DECREF(error);
-        return NULL;
-    }
-    return error;
-}
-
 static PyObject *
 traced_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -4272,7 +4263,7 @@ traced_finalize(PyObject *op)
 #define TRACED_RUN_FIELDS(X) X(maker) X(scope) X(receive) X(send) X(begun) X(inner)
 
 static int
-traced_run_traverse(PyObject *op, visitproc visit, void *arg)
+traced_traverse(PyObject *op, visitproc visit, void *arg)
 {
     TracedRun *self = (TracedRun *)op;
     TRACED_RUN_FIELDS(FIELD_VISIT)
@@ -4280,7 +4271,7 @@ traced_run_traverse(PyObject *op, visitproc visit, void *arg)
 }
 
 static int
-traced_run_clear(PyObject *op)
+traced_clear(PyObject *op)
 {
     TracedRun *self = (TracedRun *)op;
     TRACED_RUN_FIELDS(FIELD_CLEAR)
@@ -4288,43 +4279,18 @@ traced_run_clear(PyObject *op)
 }
 
 static void
-traced_run_dealloc(PyObject *op)
+traced_dealloc(PyObject *op)
 {
     PyObject_GC_UnTrack(op);
     if (PyObject_CallFinalizerFromDealloc(op) < 0) {
         return; /* resurrected */
     }
-    traced_run_clear(op);
+    traced_clear(op);
     Py_TYPE(op)->tp_free(op);
 }
 
-static PyAsyncMethods traced_async = {
-    .am_await = last_await,
-    .am_send = traced_am_send,
-};
-
-static PyMethodDef traced_methods[] = {
-    {"send", (PyCFunction)traced_send, METH_O, NULL},
-    {"throw", (PyCFunction)(void (*)(void))traced_throw, METH_FASTCALL, NULL},
-    {"close", (PyCFunction)traced_close, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyTypeObject TracedRunType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "kiki_otel._speedups.TracedRun",
-    .tp_basicsize = sizeof(TracedRun),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "A traced request being run: awaited once, as _traced's coroutine.",
-    .tp_as_async = &traced_async,
-    .tp_iter = last_await,
-    .tp_iternext = traced_iternext,
-    .tp_methods = traced_methods,
-    .tp_traverse = traced_run_traverse,
-    .tp_clear = traced_run_clear,
-    .tp_dealloc = traced_run_dealloc,
-    .tp_finalize = traced_finalize,
-};
+AWAITABLE_TYPE(traced, TracedRun, TracedRunType,
+               "A traced request being run: awaited once, as _run's coroutine.", traced_finalize)
 
 static PyObject *
 request_traced_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)

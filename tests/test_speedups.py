@@ -1348,6 +1348,52 @@ async def test_the_last_send_takes_any_awaitable_and_refuses_what_is_not_one() -
     assert "can't be used in 'await' expression" in outcomes[0][2][0]
 
 
+def test_the_last_send_takes_throws_as_a_coroutine_does() -> None:
+    """throw() into the last send, C's against the twin's coroutine: before it started,
+    the error is raised and nothing sent (the (type, value) form too); into a server's
+    awaitable whose iterator has no throw() of its own, the error is raised where it
+    waits. Arguments that are no exception are a TypeError (C's)."""
+    from opentelemetry import context as otel_context
+
+    from kiki_otel._context import CURRENT
+    from kiki_otel._http_server import _send
+
+    class Plain:  # an awaitable whose iterator is a list's (no throw, no close)
+        def __await__(self) -> Any:
+            return iter([None])
+
+    outcomes = []
+    for make in _wrappers():
+        called: list[Any] = []
+
+        def server(message: Any, called: list[Any] = called) -> Any:
+            called.append(message["type"])
+            return Plain()
+
+        got = []
+        for thrown in ((KeyError("k"),), (KeyError, "k")):
+            wrapper = make(server, [], b"x", otel_context.Context(), _send, CURRENT)
+            awaitable = wrapper({"type": "http.response.body"})
+            with pytest.raises(KeyError) as raised:
+                awaitable.throw(*thrown)
+            got.append((repr(raised.value), called[:], wrapper.sent))
+        wrapper = make(server, [], b"x", otel_context.Context(), _send, CURRENT)
+        awaitable = wrapper({"type": "http.response.body"})
+        awaitable.send(None)  # (the list iterator's None)
+        with pytest.raises(ValueError, match="while waiting"):
+            awaitable.throw(ValueError("while waiting"))
+        got.append((called[:], wrapper.sent))
+        outcomes.append(got)
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][:2] == [("KeyError('k')", [], 0.0)] * 2
+    wrapper = speedups.send_wrapper(server, [], b"x", otel_context.Context(), _send, CURRENT)
+    awaitable = wrapper({"type": "http.response.body"})
+    with pytest.raises(TypeError, match="deriving from BaseException"):
+        awaitable.throw("nope")
+    with pytest.raises(TypeError, match="traceback"):
+        awaitable.throw(KeyError, None, "not a traceback")
+
+
 def test_the_last_send_closed_while_waiting_closes_the_servers_and_is_not_reused() -> None:
     """A coroutine closed while it waits in the last send (GeneratorExit): the server's send
     is closed too; the awaitable, once done, refuses another round (as a coroutine does)."""
