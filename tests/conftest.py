@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -140,3 +141,15 @@ def layer_of(entry: Any) -> Any:
     also through a C dispatch (whose ``twin`` that is); anything else is itself."""
     entry = getattr(entry, "twin", entry)
     return getattr(entry, "__self__", entry)
+
+
+def trace_memory() -> None:
+    """tracemalloc on, for a memory test's snapshots, and left on for the rest of the run.
+
+    Never stopped while the run goes on: ``tracemalloc.stop()`` races a thread that
+    allocates without holding the GIL (zlib, in an OTLP receiver's or an exporter's thread
+    here) and can crash CPython 3.11 (python/cpython#128679; fixed in 3.12 and 3.13 only).
+    A memory test compares two snapshots, which this leaves as they were.
+    """
+    if not tracemalloc.is_tracing():
+        tracemalloc.start()

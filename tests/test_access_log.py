@@ -26,7 +26,7 @@ import kiki_otel
 from kiki_otel import _access_log
 from kiki_otel._access_log import DirectAccessLog, StructlogAccessLog, access_log
 from kiki_otel._context import client_request_id
-from tests.conftest import Memory
+from tests.conftest import Memory, trace_memory
 
 NOW_NS = 1_790_000_000_123_456_789
 
@@ -389,14 +389,11 @@ def test_many_lines_keep_no_memory(
         for _ in range(2_000):  # warm: caches, the timestamp's second
             direct.call("GET", "/x", route, 200, 1.0, current)
         gc.collect()
-        tracemalloc.start()
-        try:
-            start = tracemalloc.take_snapshot()
-            for _ in range(20_000):
-                direct.call("GET", "/x", route, 200, 1.0, current)
-            end = tracemalloc.take_snapshot()
-        finally:
-            tracemalloc.stop()
+        trace_memory()
+        start = tracemalloc.take_snapshot()
+        for _ in range(20_000):
+            direct.call("GET", "/x", route, 200, 1.0, current)
+        end = tracemalloc.take_snapshot()
     # what the line's code kept (not other tests' threads, still exporting meanwhile)
     mine = [tracemalloc.Filter(True, p) for p in (__file__, "*/kiki_otel/*", "*/structlog/*")]
     diff = end.filter_traces(mine).compare_to(start.filter_traces(mine), "filename")

@@ -22,7 +22,7 @@ from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, SpanContext, Tra
 from kiki_otel import _fast_histogram
 from kiki_otel._context import SPAN_KEY
 from kiki_otel._fast_histogram import FastHistogram, fast_histogram
-from tests.conftest import metric_points
+from tests.conftest import metric_points, trace_memory
 
 BOUNDS = [0.005, 0.01, 0.05, 0.1, 0.2, 1.0]
 VALUES = [0.001, 0.007, 0.03, 0.03, 0.15, 0.5, 2.0, 0.0, 0.2, 0.1]
@@ -574,14 +574,11 @@ def test_many_c_records_keep_no_memory(record_path: str) -> None:
                 record(0.02, attrs, current)
             before = sys.getrefcount(attrs), sys.getrefcount(current)
             gc.collect()
-            tracemalloc.start()
-            try:
-                start = tracemalloc.take_snapshot()
-                for _ in range(20_000):
-                    record(0.02, attrs, current)
-                end = tracemalloc.take_snapshot()
-            finally:
-                tracemalloc.stop()
+            trace_memory()
+            start = tracemalloc.take_snapshot()
+            for _ in range(20_000):
+                record(0.02, attrs, current)
+            end = tracemalloc.take_snapshot()
         finally:
             otel_context.detach(token)
         mine = [

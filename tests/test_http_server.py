@@ -15,7 +15,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, StatusCode
 
 import kiki_otel
-from tests.conftest import HeaderSink, Memory, layer_of
+from tests.conftest import HeaderSink, Memory, layer_of, trace_memory
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
@@ -1606,14 +1606,11 @@ def test_a_request_start_frees_what_it_made(memory: Memory) -> None:
     for _ in range(2_000):
         once(telemetry._begin_request)
     gc.collect()
-    tracemalloc.start()
-    try:
-        first = tracemalloc.take_snapshot()
-        for _ in range(20_000):
-            once(telemetry._begin_request)
-        last = tracemalloc.take_snapshot()
-    finally:
-        tracemalloc.stop()
+    trace_memory()
+    first = tracemalloc.take_snapshot()
+    for _ in range(20_000):
+        once(telemetry._begin_request)
+    last = tracemalloc.take_snapshot()
     # what the start's code kept (not other tests' threads, still exporting meanwhile)
     mine = [
         tracemalloc.Filter(True, p)
@@ -2046,12 +2043,11 @@ async def test_traced_runs_free_what_they_made() -> None:
 
     await runs(200)
     gc.collect()
-    tracemalloc.start()
+    trace_memory()
     before = tracemalloc.take_snapshot()
     await runs(2000)
     gc.collect()
     after = tracemalloc.take_snapshot()
-    tracemalloc.stop()
     # what the runs' code kept (not other tests' threads, still receiving meanwhile)
     mine = [tracemalloc.Filter(True, p) for p in (__file__, "*/kiki_otel/*")]
     diff = after.filter_traces(mine).compare_to(before.filter_traces(mine), "lineno")
