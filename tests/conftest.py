@@ -144,12 +144,53 @@ def layer_of(entry: Any) -> Any:
 
 
 def trace_memory() -> None:
-    """tracemalloc on, for a memory test's snapshots, and left on for the rest of the run.
+    """tracemalloc on, for a memory test's snapshots: only in a test's own process.
 
-    Never stopped while the run goes on: ``tracemalloc.stop()`` races a thread that
-    allocates without holding the GIL (zlib, in an OTLP receiver's or an exporter's thread
-    here) and can crash CPython 3.11 (python/cpython#128679; fixed in 3.12 and 3.13 only).
-    A memory test compares two snapshots, which this leaves as they were.
+    A memory test runs in a process of its own (``@pytest.mark.own_process``), where no
+    other test's thread runs: tracing the whole run slows it twice over, and
+    ``tracemalloc.stop()`` mid-run races a thread that allocates without holding the GIL
+    (zlib, in an OTLP receiver's or an exporter's thread) and can crash CPython 3.11
+    (python/cpython#128679; fixed in 3.12 and 3.13 only). The child's exit ends the tracing.
     """
-    if not tracemalloc.is_tracing():
-        tracemalloc.start()
+    assert os.environ.get(_OWN_PROCESS), "mark the test @pytest.mark.own_process"
+    tracemalloc.start()
+
+
+# The environment the run began with: the child of an own_process test gets it, not the
+# test's (``_isolated`` has removed OTEL_*/KIKI_OTEL_* by then, KIKI_OTEL_NO_SPEEDUPS too).
+_ENVIRON = dict(os.environ)
+_OWN_PROCESS = "KIKI_TEST_OWN_PROCESS"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """An ``own_process`` test runs as ``python -m pytest NODEID`` in a fresh process;
+    its result (passed, skipped, failed with its output) is this test's."""
+    nodeid = pyfuncitem.nodeid
+    if pyfuncitem.get_closest_marker("own_process") is None:
+        return None
+    if os.environ.get(_OWN_PROCESS) == nodeid:
+        return None  # the child: run it here
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-X", "faulthandler", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    done = subprocess.run(
+        [*command, "-rs", nodeid],
+        env={**_ENVIRON, _OWN_PROCESS: nodeid},
+        cwd=pyfuncitem.config.rootpath,
+        capture_output=True,
+        text=True,
+        timeout=280,  # under the run's 300 s per test: the child is killed, not left behind
+    )
+    summary = done.stdout.strip().splitlines()[-1:] or [""]
+    if done.returncode == 0 and " passed" not in summary[0] and "skipped" in summary[0]:
+        reason = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]
+        pytest.skip(f"in its own process: {(reason or summary)[0]}")
+    if done.returncode != 0 or " passed" not in summary[0]:
+        pytest.fail(
+            f"in its own process (exit {done.returncode}):\n{done.stdout[-6000:]}"
+            f"\n{done.stderr[-3000:]}",
+            pytrace=False,
+        )
+    return True

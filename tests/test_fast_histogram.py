@@ -550,6 +550,7 @@ def test_an_aggregate_that_declines_leaves_the_rest_to_the_python_loop(
         assert _summary(reader, "fast") == _summary(reader, "sdk")
 
 
+@pytest.mark.own_process
 def test_many_c_records_keep_no_memory(record_path: str) -> None:
     """Every object a record makes is freed (the C record's references counted right)."""
     import gc

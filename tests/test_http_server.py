@@ -1565,6 +1565,7 @@ async def test_the_c_begin_starts_requests_as_its_twin(
     assert [line["event"] for line in lines].count("http.client_request_id.rejected") == 1
 
 
+@pytest.mark.own_process
 def test_a_request_start_frees_what_it_made(memory: Memory) -> None:
     """The C start gives back what its twin gives (same seed, same ids, the same ids
     remembered for the lines), and keeps no reference to what it made or was given: 20k
@@ -1611,7 +1612,7 @@ def test_a_request_start_frees_what_it_made(memory: Memory) -> None:
     for _ in range(20_000):
         once(telemetry._begin_request)
     last = tracemalloc.take_snapshot()
-    # what the start's code kept (not other tests' threads, still exporting meanwhile)
+    # what the start's code kept (not pytest's or the SDK's own bookkeeping)
     mine = [
         tracemalloc.Filter(True, p)
         for p in (__file__, "*/kiki_otel/_http_server.py", "*/kiki_otel/_fast_span.py")
@@ -2020,6 +2021,7 @@ async def test_a_traced_run_refuses_what_a_coroutine_refuses() -> None:
         assert traced.closed == []
 
 
+@pytest.mark.own_process
 async def test_traced_runs_free_what_they_made() -> None:
     """2,000 C runs (answered, failed) leave no objects behind. (No access lines: their
     OTel records would wait in the log queue of a provider an earlier test set up.)"""
@@ -2048,7 +2050,7 @@ async def test_traced_runs_free_what_they_made() -> None:
     await runs(2000)
     gc.collect()
     after = tracemalloc.take_snapshot()
-    # what the runs' code kept (not other tests' threads, still receiving meanwhile)
+    # what the runs' code kept (not pytest's or asyncio's own bookkeeping)
     mine = [tracemalloc.Filter(True, p) for p in (__file__, "*/kiki_otel/*")]
     diff = after.filter_traces(mine).compare_to(before.filter_traces(mine), "lineno")
     grown = [s for s in diff if s.size_diff > 0]
