@@ -10,7 +10,7 @@ from setuptools import Extension, setup
 
 # Optimised for size: a request runs each of its functions once, so what they cost is
 # mostly instruction-cache misses, and smaller code misses less (-O3 -> -Os: ~80 fewer L1
-# misses a request for ~0.5k more instructions; docs/performance.md, fourteenth round).
+# misses a request for ~0.5k more instructions; docs/performance-log.md, fourteenth round).
 SIZE = ["/O1"] if sys.platform == "win32" else ["-Os"]
 
 setup(

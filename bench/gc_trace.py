@@ -6,7 +6,7 @@ collection of generation 1 or 2 on stderr: generation, pause, objects collected,
 running count of young (gen0) collections. Young collections run when tracked objects
 *outlive* their allocation burst; objects alive at a gen1 collection are promoted, and
 promotions trigger full collections of the whole heap (30-60 ms in the benchmark service).
-That is how the two p99 causes in docs/performance.md (fourth round) were found.
+That is how the two p99 causes in docs/performance-log.md (fourth round) were found.
 """
 
 from __future__ import annotations

@@ -40,8 +40,11 @@ def build_app(redis_url: str, ttl: float) -> object:
     lifecycle = Lifecycle()
     lifecycle.mark_ready()
     registry = HealthRegistry(
-        settings=settings, service_name="bench", service_version=None,
-        meter_provider=NoOpMeterProvider(), lifecycle=lifecycle,
+        settings=settings,
+        service_name="bench",
+        service_version=None,
+        meter_provider=NoOpMeterProvider(),
+        lifecycle=lifecycle,
     )
     registry.add_redis("redis", redis_url)
 
@@ -54,8 +57,14 @@ def build_app(redis_url: str, ttl: float) -> object:
 def serve(port: int, redis_url: str, ttl: float) -> None:
     import uvicorn
 
-    uvicorn.run(build_app(redis_url, ttl), host="127.0.0.1", port=port, log_level="warning",
-                lifespan="off", access_log=False)
+    uvicorn.run(
+        build_app(redis_url, ttl),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+    )
 
 
 def pings(redis: RedisServer) -> int:
@@ -109,9 +118,7 @@ def scenario(
     name: str, path: str, ttl: float, redis: RedisServer, args: argparse.Namespace
 ) -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port), redis.url, str(ttl)]
-    )
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port), redis.url, str(ttl)])
     try:
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/health/live").status_code == 200)
         before = pings(redis)

@@ -21,12 +21,12 @@ and adds the L1 misses a request (instruction reads and data reads; the model be
 fitted on those). On this VM
 they explain what instructions alone do not: kiki's added instructions ran ~3x slower
 than bare's, and a model of ~0.09 ns an instruction plus ~3 ns an L1 miss fits bare,
-kiki, kiki's skeleton and a synthetic loop (docs/performance.md, "Tenth round"). Code
+kiki, kiki's skeleton and a synthetic loop (docs/performance-log.md, "Tenth round"). Code
 run once per request, spread over many functions, misses where a loop does not.
 
 A scenario may carry settings: ``kiki-10%+KIKI_OTEL_HTTP__ACCESS_LOG=false`` is
 ``kiki-10%`` without its access line, so a run with and without one part counts that part
-(docs/performance.md, "Seventeenth round").
+(docs/performance-log.md, "Seventeenth round").
 
 ``--functions SCENARIO`` shows where a scenario's request thread spends them instead:
 Python bytecodes executed per request, by function (``sys.settrace`` with opcode events,

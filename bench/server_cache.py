@@ -13,7 +13,7 @@ requests and then ``SMALL`` or ``SMALL + requests`` requests to 16 keep-alive cl
 fixed-count client in this process: under valgrind the server is the bottleneck, so 16
 requests stay in flight as under wrk), and is stopped with SIGINT. The difference of the
 two runs over ``requests`` is per request, start-up and shutdown cancelled out; every thread
-of the server is counted. The finding it was written for (docs/performance.md, "Twelfth
+of the server is counted. The finding it was written for (docs/performance-log.md, "Twelfth
 round"): the L2 misses kiki adds grow ~2.3x through a server, and they, not instructions or
 L1 misses, are what a request costs more there.
 

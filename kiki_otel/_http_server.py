@@ -826,7 +826,7 @@ class ServerTelemetry:
         The span's end, the metric, the access line and its record run cold at the end of
         a request on a busy server: between two requests the server's own work (parsing,
         the event loop, other connections) has taken the CPU caches. Run for several
-        requests in a row, the first warms them for the rest (docs/performance.md,
+        requests in a row, the first warms them for the rest (docs/performance-log.md,
         eleventh and sixteenth rounds). So a request that ends while the loop is quiet is
         finished at once, and so is each later one ended by the same task (a test's
         client); requests that other tasks end meanwhile (a server runs each request in a

@@ -100,13 +100,13 @@ EXPORT_BATCH = 64
 the export thread, holding the GIL ~50 us a span, on the core(s) the requests run on: 512
 at once is a ~25 ms burst every request in flight waits behind (the p99 tail). Smaller,
 more frequent batches spread it: through uvicorn, p99 49-54 -> 24-32 ms at the same CPU per
-request (docs/performance.md)."""
+request (docs/performance-log.md, cut 7 and the fourth round)."""
 
 
 FAST_EXPORT_BATCH = 128
 """Export batch size for kiki's own exporters, whose items the request thread encoded (a
 batch of 128 costs the export thread ~0.07 ms of joining bytes). Measured against 64 and
-512 (docs/performance.md, cut 25): 64 meant ~1 voluntary context switch a request (each
+512 (docs/performance-log.md, cut 25): 64 meant ~1 voluntary context switch a request (each
 stdout write hands the GIL to a runnable export thread) and ~25 us more CPU; 512 held the
 GIL long enough per batch to add ~1.5-2 ms to the p99 through plain uvicorn."""
 

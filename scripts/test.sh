@@ -14,6 +14,7 @@ KIKI_STACK_BIN=$(bash stack/build.sh | tail -1)
 export KIKI_STACK_BIN
 echo "== ruff" >&2
 .venv/bin/ruff check kiki_otel tests examples bench
+.venv/bin/ruff format --check kiki_otel tests examples bench
 echo "== mypy --strict" >&2
 .venv/bin/mypy --strict kiki_otel
 echo "== pytest" >&2

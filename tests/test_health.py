@@ -58,8 +58,11 @@ async def make(reader: InMemoryMetricReader) -> AsyncIterator[Factory]:
         lifecycle = Lifecycle()
         lifecycle.mark_ready()
         registry = HealthRegistry(
-            settings=HealthSettings(**settings), service_name="checkout", service_version="1.2.3",
-            meter_provider=meter_provider or provider, lifecycle=lifecycle,
+            settings=HealthSettings(**settings),
+            service_name="checkout",
+            service_version="1.2.3",
+            meter_provider=meter_provider or provider,
+            lifecycle=lifecycle,
         )
         made.append(registry)
         return registry
@@ -427,7 +430,9 @@ async def test_status_changes_are_logged_once_per_change(make: Factory) -> None:
         await registry.report()
     changes = [e for e in logs if e["event"] == "health.status_changed" and e["dependency"]]
     assert [(e["from"], e["to"]) for e in changes] == [
-        (None, "healthy"), ("healthy", "unhealthy"), ("unhealthy", "healthy")
+        (None, "healthy"),
+        ("healthy", "unhealthy"),
+        ("unhealthy", "healthy"),
     ]
     assert changes[1]["reason"] == "OSError"
     assert "hunter2" not in changes[1]["error"]
@@ -515,9 +520,12 @@ async def test_health_metrics_have_the_documented_names_and_values(
         for p in points(reader, "kiki.health.dependency.status")
     }
     assert deps == {
-        ("postgres", "true", "healthy"): 1, ("postgres", "true", "degraded"): 0,
-        ("postgres", "true", "unhealthy"): 0, ("cache", "false", "healthy"): 0,
-        ("cache", "false", "degraded"): 0, ("cache", "false", "unhealthy"): 1,
+        ("postgres", "true", "healthy"): 1,
+        ("postgres", "true", "degraded"): 0,
+        ("postgres", "true", "unhealthy"): 0,
+        ("cache", "false", "healthy"): 0,
+        ("cache", "false", "degraded"): 0,
+        ("cache", "false", "unhealthy"): 1,
     }
     overall = {p.attributes["state"]: p.value for p in points(reader, "kiki.health.status")}
     assert overall == {"healthy": 0, "degraded": 1, "unhealthy": 0}
@@ -563,8 +571,11 @@ def test_health_metrics_arrive_over_real_otlp() -> None:
         reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
         provider = MeterProvider(metric_readers=[reader])
         registry = HealthRegistry(
-            settings=HealthSettings(), service_name="checkout", service_version=None,
-            meter_provider=provider, lifecycle=Lifecycle(),
+            settings=HealthSettings(),
+            service_name="checkout",
+            service_version=None,
+            meter_provider=provider,
+            lifecycle=Lifecycle(),
         )
         registry.add_check("postgres", lambda: True)
         registry.add_check("cache", lambda: False, critical=False)

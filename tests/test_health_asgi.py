@@ -56,8 +56,11 @@ class Setup:
         self.settings = HealthSettings(**settings)
         self.lifecycle = Lifecycle()
         self.registry = HealthRegistry(
-            settings=self.settings, service_name="checkout", service_version="2.0.1",
-            meter_provider=NoOpMeterProvider(), lifecycle=self.lifecycle,
+            settings=self.settings,
+            service_name="checkout",
+            service_version="2.0.1",
+            meter_provider=NoOpMeterProvider(),
+            lifecycle=self.lifecycle,
         )
         self.critical, self.optional = Calls(), Calls()
         self.downstream = Downstream()
@@ -141,8 +144,15 @@ async def test_full_report_keeps_the_seed_format(setup: Setup) -> None:
         unhealthy = await client.get("/health")
     body = degraded.json()
     assert degraded.status_code == 200
-    assert {"service", "status", "version", "uptime_seconds", "timestamp", "dependencies",
-            "metrics"} <= body.keys()
+    assert {
+        "service",
+        "status",
+        "version",
+        "uptime_seconds",
+        "timestamp",
+        "dependencies",
+        "metrics",
+    } <= body.keys()
     assert (body["service"], body["status"], body["version"]) == ("checkout", "degraded", "2.0.1")
     assert body["timestamp"].endswith("Z")
     cache = next(d for d in body["dependencies"] if d["name"] == "cache")
@@ -203,8 +213,12 @@ async def test_everything_else_reaches_the_app(setup: Setup) -> None:
         sent.append(message)
 
     await setup.app({"type": "lifespan"}, queue.get, send)
-    assert setup.downstream.seen == [("GET", "/plans/1"), ("POST", "/health"),
-                                     ("GET", "/health/"), ("lifespan", "")]
+    assert setup.downstream.seen == [
+        ("GET", "/plans/1"),
+        ("POST", "/health"),
+        ("GET", "/health/"),
+        ("lifespan", ""),
+    ]
     assert sent == [{"type": "lifespan.startup.complete"}]
 
 

@@ -89,8 +89,21 @@ class RedisServer:
 
     def start(self) -> None:
         """Start (or restart) on the same port and wait until it answers PING."""
-        args = [self._binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", self._dir, "--daemonize", "no"]
+        args = [
+            self._binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._dir,
+            "--daemonize",
+            "no",
+        ]
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self._pings, what=f"redis on {self.port}")
 
@@ -145,16 +158,43 @@ class PostgresServer:
         if self._as:
             os.chown(pwfile, self._as["user"], self._as["group"])
         subprocess.run(
-            [_pg_bin("initdb"), "-D", str(self._data), "-U", PG_USER, "--auth=scram-sha-256",
-             f"--pwfile={pwfile}", "--no-sync", "-E", "UTF8"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **self._as,
+            [
+                _pg_bin("initdb"),
+                "-D",
+                str(self._data),
+                "-U",
+                PG_USER,
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            **self._as,
         )
 
     def start(self) -> None:
         """Start (or restart after :meth:`kill`) and wait until it accepts connections."""
-        args = [_pg_bin("postgres"), "-D", str(self._data), "-p", str(self.port),
-                "-k", str(self._dir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-                "-c", "max_connections=40", "-c", "shared_buffers=16MB"]
+        args = [
+            _pg_bin("postgres"),
+            "-D",
+            str(self._data),
+            "-p",
+            str(self.port),
+            "-k",
+            str(self._dir),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_connections=40",
+            "-c",
+            "shared_buffers=16MB",
+        ]
         log = open(self._dir / "server.log", "ab")  # noqa: SIM115 - handed to the child
         self._proc = subprocess.Popen(args, stdout=log, stderr=log, **self._as)
         log.close()
@@ -294,13 +334,19 @@ async def dependency_app(scope: dict[str, Any], receive: Any, send: Any) -> None
         _state.update(count=0, status=200)
     else:
         status = 404
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["http-dependency"]:
     import uvicorn
 
-    uvicorn.run(dependency_app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning",
-                lifespan="off")
+    uvicorn.run(
+        dependency_app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", lifespan="off"
+    )
