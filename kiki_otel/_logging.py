@@ -461,7 +461,9 @@ class StdlibBridge(logging.Handler):
         try:
             level = record.levelname.lower()
             event_dict: MutableMapping[str, Any] = {
-                "event": record.getMessage(),
+                # without the newline a text log ends its line with (uvicorn's "Exception in
+                # ASGI application\n"): one JSON line holds one event
+                "event": record.getMessage().rstrip("\r\n"),
                 "level": level,
                 "logger": record.name,
                 "timestamp": datetime.fromtimestamp(record.created, UTC).strftime(_ISO_UTC),

@@ -245,6 +245,25 @@ def test_uvicorn_color_message_is_dropped(
     assert "color_message" not in line and line["event"] == "Started x"
 
 
+def test_a_stdlib_message_loses_its_trailing_newline(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """uvicorn ends "Exception in ASGI application\\n" with a newline for its text log: the
+    JSON line's event and the OTel record's body end without it; other whitespace stays."""
+    kiki_otel.configure()
+    capsys.readouterr()
+    logging.getLogger("uvicorn.error").error("Exception in ASGI application\n")
+    logging.getLogger("app").info("  spaced  ")
+    logging.getLogger("app").info("two\nlines\r\n\n")
+    assert [line["event"] for line in lines(capsys)] == [
+        "Exception in ASGI application",
+        "  spaced  ",
+        "two\nlines",
+    ]
+    bodies = [record.body for record in memory.logs()]
+    assert bodies[-3:] == ["Exception in ASGI application", "  spaced  ", "two\nlines"]
+
+
 def test_logger_used_before_configure_follows_later_config(
     memory: Memory, capsys: pytest.CaptureFixture[str]
 ) -> None:
