@@ -139,12 +139,10 @@ def test_unhandled_error_is_a_500_with_id_error_span_and_log(receiver: OTLPRecei
         records = receiver.wait_for_logs(1, trace_id=request_id)
         access = [r for r in records if r.body == "http.request"]
         assert access and access[0].severity_text == "ERROR"
-        errors = [
-            l
-            for l in server.json_lines()
-            if l.get("logger", "").startswith("uvicorn") and l.get("level") == "error"
-        ]
-        assert errors and errors[-1]["exception"]["type"] == "RuntimeError"
+        errors = server.wait_for_json(  # (uvicorn logs it after the response)
+            lambda l: l.get("logger", "").startswith("uvicorn") and l.get("level") == "error"
+        )
+        assert errors[-1]["exception"]["type"] == "RuntimeError"
         assert errors[-1]["request_id"] == errors[-1]["trace_id"] == request_id
         traceback_records = [
             r for r in receiver.wait_for_logs(2, trace_id=request_id) if r.body != "http.request"

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -121,6 +121,20 @@ class ServerProcess:
                 except ValueError:
                     continue
         return parsed
+
+    def wait_for_json(
+        self, matches: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """The JSON lines ``matches`` accepts, once there is one: stdout is read on a thread,
+        so a line written just now may not be in ``lines`` yet. Fails with the output."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [line for line in self.json_lines() if matches(line)]
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        assert found, "no such line:\n" + self.output()
+        return found
 
     def signal(self, sig: signal.Signals = signal.SIGTERM) -> None:
         self._proc.send_signal(sig)
