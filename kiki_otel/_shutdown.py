@@ -8,7 +8,8 @@ exports still running for an abandoned provider are then aborted.
 
 Work leaves the event loop on plain daemon threads, never ``asyncio.to_thread``: the
 atexit fallback runs after the interpreter has closed the default executor, and a cleanup
-that hangs must not keep the process alive.
+that hangs must not keep the process alive. Where Python no longer starts threads (3.12+,
+at exit) the work goes to threads started ahead (:mod:`._spare_threads`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from . import _spare_threads
 from ._fork import after_fork_in_child, drop_inherited_connections, new_identity, reachable
 from ._lifecycle import Lifecycle
 from ._logging import OwnLogger
@@ -40,6 +42,9 @@ _FINAL_LOGS_SHARE = 0.1
 """Share of the deadline kept for flushing the shutdown's own log lines last..."""
 _FINAL_LOGS_MAX_S = 0.5
 """...but never more than this many seconds."""
+# Threads the sequence may hold at once besides the cleanups' (see _spare_threads): its own
+# loop, the flush, a flush per provider, the final logs, the abort and a waiting caller.
+_SEQUENCE_THREADS = 8
 
 
 @dataclass
@@ -127,20 +132,20 @@ async def _in_thread(fn: Callable[[], T], name: str) -> T:
         with contextlib.suppress(RuntimeError):  # loop closed: an abandoned cleanup ended late
             loop.call_soon_threadsafe(settle, result, error)
 
-    threading.Thread(target=run, name=f"kiki-otel-{name}", daemon=True).start()
+    _spare_threads.start(run, f"kiki-otel-{name}")
     return await future
 
 
-def _flush_in_thread(name: str, work: Callable[[], object]) -> threading.Thread:
+def _flush_in_thread(name: str, work: Callable[[], object]) -> threading.Event:
+    """Run ``work`` on a thread of its own; the event is set when it has ended."""
+
     def run() -> None:
         try:
             work()
         except Exception:
             log.exception("shutdown.flush_failed", provider=name)
 
-    thread = threading.Thread(target=run, name=f"kiki-otel-flush-{name}", daemon=True)
-    thread.start()
-    return thread
+    return _spare_threads.start(run, f"kiki-otel-flush-{name}")
 
 
 def _official_retry_events() -> dict[type, str]:
@@ -186,10 +191,11 @@ def _abort_exports(providers: list[Any]) -> None:
                 event.set()
 
 
-def _join_until(threads: dict[str, threading.Thread], deadline: float) -> list[str]:
-    for thread in threads.values():
-        thread.join(max(0.0, deadline - time.monotonic()))
-    return [name for name, thread in threads.items() if thread.is_alive()]
+def _join_until(flushes: dict[str, threading.Event], deadline: float) -> list[str]:
+    """Wait for the flushes until ``deadline``; the names of those still running."""
+    for ended in flushes.values():
+        ended.wait(max(0.0, deadline - time.monotonic()))
+    return [name for name, ended in flushes.items() if not ended.is_set()]
 
 
 def _cancelling() -> bool:
@@ -220,6 +226,7 @@ class ShutdownCoordinator:
         self._cleanups: list[Cleanup] = []
         self._before_flush: list[Callable[[], None]] = []
         self._init_state()
+        _spare_threads.keep(_SEQUENCE_THREADS)
         after_fork_in_child(self._after_fork)
 
     def _init_state(self) -> None:
@@ -237,11 +244,13 @@ class ShutdownCoordinator:
         with contextlib.suppress(Exception):
             new_identity(self._providers.values())
             drop_inherited_connections(self._providers.values())
+            _spare_threads.keep(_SEQUENCE_THREADS + len(self._cleanups))
 
     def on_shutdown(self, fn: Cleanup) -> Cleanup:
         """Register a cleanup (sync or async); they run in reverse order of registration."""
         require_callable(fn, "on_shutdown() cleanup")
         self._cleanups.append(fn)
+        _spare_threads.keep(_SEQUENCE_THREADS + len(self._cleanups))
         return fn
 
     def before_flush(self, fn: Callable[[], None]) -> None:
@@ -406,11 +415,8 @@ class ShutdownCoordinator:
             return self._report
         budget = self._budget(timeout)
         result: list[ShutdownReport] = []
-        thread = threading.Thread(
-            target=lambda: result.append(asyncio.run(self.run(timeout))),
-            name="kiki-otel-shutdown",
-            daemon=True,
+        ended = _spare_threads.start(
+            lambda: result.append(asyncio.run(self.run(timeout))), "kiki-otel-shutdown"
         )
-        thread.start()
-        thread.join(self._settings.drain_delay + budget + 1.0)
+        ended.wait(self._settings.drain_delay + budget + 1.0)
         return result[0] if result else (self._report or ShutdownReport(abandoned=["shutdown"]))
