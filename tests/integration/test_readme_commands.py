@@ -26,11 +26,13 @@ def readme_block(heading: str) -> str:
 
 
 def test_ci_runs_the_readme_test_command() -> None:
-    """.ci/run executes the command README.md gives under 'Test it'."""
+    """.ci/run executes the command README.md gives under 'Test it' (and stops on its
+    failure: before the other CPythons' run, under ``set -e``)."""
     command = readme_block("Test it")
     assert command == "./scripts/test.sh"
     ci = (REPO / ".ci" / "run").read_text()
-    assert re.search(r"^exec bash scripts/test\.sh\s*$", ci, re.M)
+    assert re.search(r"^(exec )?bash scripts/test\.sh\s*$", ci, re.M)
+    assert re.search(r"^set -euo pipefail$", ci, re.M)
 
 
 def test_readme_demo_command_serves_without_a_collector() -> None:
