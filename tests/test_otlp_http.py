@@ -662,6 +662,8 @@ def _put_by(path: str) -> Any:
     return put
 
 
+# (3.12+ warns of a fork in a multi-threaded process: the very case, a prefork master's)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 @pytest.mark.parametrize("path", ["c", "python"])
 def test_direct_items_wake_the_exporter_per_batch_and_after_a_fork(
     receiver: OTLPReceiver, path: str

@@ -406,6 +406,8 @@ async def test_a_sync_cleanup_that_blocks_does_not_hold_the_deadline() -> None:
     assert len(report.timed_out_cleanups) == 1
 
 
+# (3.12+ warns of a fork in a multi-threaded process: the very case, a prefork master's)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_gets_its_own_identity_and_connections() -> None:
     """After a fork, a child of a configured process has a new service.instance.id and its
