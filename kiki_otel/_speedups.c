@@ -2129,12 +2129,6 @@ reset:;
     return status;
 }
 
-static PySendResult
-last_am_send(PyObject *op, PyObject *arg, PyObject **result)
-{
-    return last_step((LastSend *)op, arg, NULL, result);
-}
-
 /* The result of a step as a call returns it: the value yielded, or NULL with StopIteration
  * (its value, if not None) or the error. */
 static PyObject *
@@ -2156,34 +2150,39 @@ last_returned(PySendResult status, PyObject *result, int raise_stop)
     return NULL;
 }
 
-static PyObject *
-last_iternext(PyObject *op)
-{
-    PyObject *result;
-    PySendResult status = last_step((LastSend *)op, Py_None, NULL, &result);
-    return last_returned(status, result, 0);
-}
-
-static PyObject *
-last_send(PyObject *op, PyObject *arg)
-{
-    PyObject *result;
-    PySendResult status = last_step((LastSend *)op, arg, NULL, &result);
-    return last_returned(status, result, 1);
-}
-
-static PyObject *
-last_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
-{
-    PyObject *thrown = thrown_exception(args, nargs);
-    if (thrown == NULL) {
-        return NULL;
+/* An awaitable's protocol over its ``prefix##_step(self, arg, thrown, &result)``: am_send
+ * (3.11's SEND), and iternext, send and throw as a coroutine's answer (3.12's SEND, and a
+ * coroutine awaiting it delegating throw). */
+#define AWAITABLE_STEPS(prefix, Type)                                                       \
+    static PySendResult prefix##_am_send(PyObject *op, PyObject *arg, PyObject **result)    \
+    {                                                                                       \
+        return prefix##_step((Type *)op, arg, NULL, result);                                \
+    }                                                                                       \
+    static PyObject *prefix##_iternext(PyObject *op)                                        \
+    {                                                                                       \
+        PyObject *result;                                                                   \
+        PySendResult status = prefix##_step((Type *)op, Py_None, NULL, &result);            \
+        return last_returned(status, result, 0);                                            \
+    }                                                                                       \
+    static PyObject *prefix##_send(PyObject *op, PyObject *arg)                             \
+    {                                                                                       \
+        PyObject *result;                                                                   \
+        PySendResult status = prefix##_step((Type *)op, arg, NULL, &result);                \
+        return last_returned(status, result, 1);                                            \
+    }                                                                                       \
+    static PyObject *prefix##_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)  \
+    {                                                                                       \
+        PyObject *thrown = thrown_exception(args, nargs);                                   \
+        if (thrown == NULL) {                                                               \
+            return NULL;                                                                    \
+        }                                                                                   \
+        PyObject *result;                                                                   \
+        PySendResult status = prefix##_step((Type *)op, NULL, thrown, &result);             \
+        Py_DECREF(thrown);                                                                  \
+        return last_returned(status, result, 1);                                            \
     }
-    PyObject *result;
-    PySendResult status = last_step((LastSend *)op, NULL, thrown, &result);
-    Py_DECREF(thrown);
-    return last_returned(status, result, 1);
-}
+
+AWAITABLE_STEPS(last, LastSend)
 
 static PyObject *
 last_close(PyObject *op, PyObject *Py_UNUSED(ignored))
@@ -4150,40 +4149,7 @@ traced_step(TracedRun *self, PyObject *arg, PyObject *thrown, PyObject **result)
     }
 }
 
-static PySendResult
-traced_am_send(PyObject *op, PyObject *arg, PyObject **result)
-{
-    return traced_step((TracedRun *)op, arg, NULL, result);
-}
-
-static PyObject *
-traced_iternext(PyObject *op)
-{
-    PyObject *result;
-    PySendResult status = traced_step((TracedRun *)op, Py_None, NULL, &result);
-    return last_returned(status, result, 0);
-}
-
-static PyObject *
-traced_send(PyObject *op, PyObject *arg)
-{
-    PyObject *result;
-    PySendResult status = traced_step((TracedRun *)op, arg, NULL, &result);
-    return last_returned(status, result, 1);
-}
-
-static PyObject *
-traced_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
-{
-    PyObject *thrown = thrown_exception(args, nargs);
-    if (thrown == NULL) {
-        return NULL;
-    }
-    PyObject *result;
-    PySendResult status = traced_step((TracedRun *)op, NULL, thrown, &result);
-    Py_DECREF(thrown);
-    return last_returned(status, result, 1);
-}
+AWAITABLE_STEPS(traced, TracedRun)
 
 /* iter.close() if it has one: 0, or -1 (its error set) */
 static int
