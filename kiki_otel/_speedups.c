@@ -40,6 +40,18 @@
 #define getpid _getpid
 #endif
 
+/* getattr(obj, name) without an AttributeError: 1 and a new reference in *value, 0 and
+ * NULL if there is none, -1 with another error set. (The C API renamed it in 3.13.) */
+static inline int
+optional_attr(PyObject *obj, PyObject *name, PyObject **value)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttr(obj, name, value);
+#else
+    return _PyObject_LookupAttr(obj, name, value);
+#endif
+}
+
 typedef struct {
     char *data;
     Py_ssize_t size;
@@ -2047,11 +2059,7 @@ static PySendResult
 throw_into(PyObject *iter, PyObject *thrown, PyObject **result)
 {
     PyObject *method;
-#if PY_VERSION_HEX >= 0x030D0000
-    int found = PyObject_GetOptionalAttr(iter, str_throw, &method);
-#else
-    int found = _PyObject_LookupAttr(iter, str_throw, &method);
-#endif
+    int found = optional_attr(iter, str_throw, &method);
     if (found <= 0) {
         if (found == 0) {
             PyErr_SetObject((PyObject *)Py_TYPE(thrown), thrown);
@@ -3493,15 +3501,9 @@ end_route(RequestEnd *self, PyObject *scope)
         return NULL;
     }
     PyObject *path = NULL; /* getattr(route, "path", None) */
-#if PY_VERSION_HEX >= 0x030D0000
-    if (route != NULL && PyObject_GetOptionalAttr(route, str_path, &path) < 0) {
+    if (route != NULL && optional_attr(route, str_path, &path) < 0) {
         return NULL;
     }
-#else
-    if (route != NULL && _PyObject_LookupAttr(route, str_path, &path) < 0) {
-        return NULL;
-    }
-#endif
     if (path == NULL || path == Py_None) {
         Py_XDECREF(path);
         Py_RETURN_NONE;
@@ -3794,11 +3796,7 @@ output_write_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
         return PyObject_Vectorcall(self->twin, args, nargsf, kwnames);
     }
     PyObject *stream = module_attr(self->sys, str_stdout), *binary = NULL;
-#if PY_VERSION_HEX >= 0x030D0000
-    if (stream != NULL && PyObject_GetOptionalAttr(stream, str_buffer, &binary) < 0) {
-#else
-    if (stream != NULL && _PyObject_LookupAttr(stream, str_buffer, &binary) < 0) {
-#endif
+    if (stream != NULL && optional_attr(stream, str_buffer, &binary) < 0) {
         Py_CLEAR(stream);
     }
     if (stream == NULL) {
@@ -4156,11 +4154,7 @@ static int
 close_iter(PyObject *iter)
 {
     PyObject *method;
-#if PY_VERSION_HEX >= 0x030D0000
-    int found = PyObject_GetOptionalAttr(iter, str_close, &method);
-#else
-    int found = _PyObject_LookupAttr(iter, str_close, &method);
-#endif
+    int found = optional_attr(iter, str_close, &method);
     if (found <= 0) {
         return found;
     }
