@@ -127,6 +127,11 @@ read_utf8(PyObject *text, const char **data, Py_ssize_t *size)
     if (!PyUnicode_CheckExact(text)) {
         return 0;
     }
+    if (PyUnicode_IS_COMPACT_ASCII(text)) { /* its UTF-8 is its data: what the call returns */
+        *data = (const char *)PyUnicode_DATA(text);
+        *size = PyUnicode_GET_LENGTH(text);
+        return 1;
+    }
     *data = PyUnicode_AsUTF8AndSize(text, size);
     if (*data != NULL) {
         return 1;
@@ -740,24 +745,33 @@ sdk_span(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
-/* encode_log_event(timestamp, head, event, skip, trace_id, span_id, trace_flags)
- *     -> bytes | None
- *
- * A log record emitted now, as _otlp_encode._emitted writes it: the time, the cached head
- * (severity, its text, the body), the event's plain fields but skip, the span context's
- * flags and ids, the time again as the observed time. */
-static PyObject *
-encode_log_event(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+/* count pairs' fields (keys and values): 1 written; 0 one is not plain; -1 error. */
+static int
+put_pairs(Buffer *buf, Tag tag, PyObject *const *keys, PyObject *const *values,
+          Py_ssize_t count)
 {
-    if (!check_nargs("encode_log_event", nargs, 7) || check_skip(args[3]) < 0) {
-        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int written = put_field(buf, tag, keys[i], values[i]);
+        if (written <= 0) {
+            return written;
+        }
     }
-    PyObject *timestamp = args[0], *head = args[1], *event = args[2];
-    PyObject *trace_id = args[4], *span_id = args[5];
-    if (!PyBytes_CheckExact(head) || !PyDict_CheckExact(event)) {
+    return 1;
+}
+
+/* A log record emitted now, as _otlp_encode._emitted writes it: the time, the cached head
+ * (severity, its text, the body), the attributes, the span context's flags and ids, the
+ * time again as the observed time. The attributes: event's plain fields but skip, or
+ * (event NULL) the count pairs of keys and values. bytes, None when not plain, or NULL. */
+static PyObject *
+log_record(PyObject *timestamp, PyObject *head, PyObject *event, PyObject *skip,
+           PyObject *const *keys, PyObject *const *values, Py_ssize_t count,
+           PyObject *trace_id, PyObject *span_id, PyObject *trace_flags)
+{
+    if (!PyBytes_CheckExact(head) || (event != NULL && !PyDict_CheckExact(event))) {
         Py_RETURN_NONE;
     }
-    long flags = PyLong_AsLong(args[6]);
+    long flags = PyLong_AsLong(trace_flags);
     if (flags == -1 && PyErr_Occurred()) {
         return NULL;
     }
@@ -775,7 +789,8 @@ encode_log_event(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
         STEP(put_fixed64(&buf, 0x09, timestamp));
     }
     STEP(put_bytes(&buf, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head)));
-    STEP(put_fields(&buf, (Tag){"\x32", 1}, event, args[3]));
+    STEP(event != NULL ? put_fields(&buf, (Tag){"\x32", 1}, event, skip)
+                       : put_pairs(&buf, (Tag){"\x32", 1}, keys, values, count));
     if (flags) {
         char field[5] = {0x45, (char)flags, 0, 0, 0};
         STEP(put_bytes(&buf, field, 5));
@@ -790,6 +805,23 @@ encode_log_event(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
         STEP(put_fixed64(&buf, 0x59, timestamp));
     }
     return finish(&buf, 1);
+}
+
+/* encode_log_event(timestamp, head, event, skip, trace_id, span_id, trace_flags)
+ *     -> bytes | None
+ *
+ * ``log_record`` of a dict's fields but skip. */
+static PyObject *
+encode_log_event(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("encode_log_event", nargs, 7) || check_skip(args[3]) < 0) {
+        return NULL;
+    }
+    if (!PyDict_CheckExact(args[2])) {
+        Py_RETURN_NONE;
+    }
+    return log_record(args[0], args[1], args[2], args[3], NULL, NULL, 0, args[4], args[5],
+                      args[6]);
 }
 
 /* ---------------------------------------------------------------- the JSON line */
@@ -994,6 +1026,22 @@ put_json_value(Buffer *buf, PyObject *value)
     return 0;
 }
 
+/* ``"key":value`` (a comma before it unless first): 1 written; 0 not plain; -1 error. */
+static int
+put_json_item(Buffer *buf, PyObject *key, PyObject *value, int first)
+{
+    const char *text;
+    Py_ssize_t size;
+    int read = read_utf8(key, &text, &size);
+    if (read <= 0) {
+        return read;
+    }
+    if (put_json_key(buf, text, size, first) < 0) {
+        return -1;
+    }
+    return put_json_value(buf, value);
+}
+
 /* json_line(mapping): orjson.dumps(mapping) for a dict of plain items, else None. */
 static PyObject *
 json_line(PyObject *Py_UNUSED(module), PyObject *mapping)
@@ -1006,17 +1054,7 @@ json_line(PyObject *Py_UNUSED(module), PyObject *mapping)
     Py_ssize_t position = 0;
     PyObject *key, *value;
     while (written > 0 && PyDict_Next(mapping, &position, &key, &value)) {
-        const char *text;
-        Py_ssize_t size;
-        written = read_utf8(key, &text, &size);
-        if (written <= 0) {
-            break;
-        }
-        if (put_json_key(&buf, text, size, buf.size == 1) < 0) {
-            written = -1;
-            break;
-        }
-        written = put_json_value(&buf, value);
+        written = put_json_item(&buf, key, value, buf.size == 1);
     }
     if (written > 0 && put_bytes(&buf, "}", 1) < 0) {
         written = -1;
@@ -2702,7 +2740,26 @@ typedef struct {
     PyObject *name;      /* the access logger's name */
     PyObject *dumps, *dumps_default, *write, *stamp_fallback;
     char levels[2];      /* info, error enabled */
+    char pairs;          /* the merge is merge_contextvars: the line without a dict (below) */
+    unsigned attributes; /* which of the line's keys (ACCESS_KEYS) its record has */
 } AccessLine;
+
+/* The line's keys in the order the event dict has them without context variables. */
+enum {
+    KEY_METHOD, KEY_PATH, KEY_ROUTE, KEY_STATUS, KEY_DURATION, KEY_EVENT, KEY_LOGGER,
+    KEY_LEVEL, KEY_TIMESTAMP, KEY_TRACE_ID, KEY_REQUEST_ID, KEY_SPAN_ID, KEY_CLIENT_ID,
+    KEY_SERVICE, ACCESS_KEYS
+};
+
+/* The line's fields in order, and those its record has as attributes (the keys not in
+ * the emitter's skip), each a borrowed key and value: the event dict's items without it. */
+typedef struct {
+    PyObject *keys[ACCESS_KEYS], *values[ACCESS_KEYS];
+    unsigned char index[ACCESS_KEYS]; /* each key's in access_keys */
+    Py_ssize_t count;
+    PyObject *attribute_keys[ACCESS_KEYS], *attribute_values[ACCESS_KEYS];
+    Py_ssize_t attributes;
+} Pairs;
 
 /* ------------------------------------------------------------------ context variables
  *
@@ -2737,18 +2794,16 @@ merge_one(PyObject *event, PyObject *name, PyObject *value)
     return kept != NULL ? 0 : -1;
 }
 
-static PyObject *
-merge_contextvars(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+/* The merge into event (a dict or mapping): 0, or -1 with an error set. With event NULL,
+ * nothing merged: 1 when a variable would be (the first one found), else 0. */
+static int
+structlog_merge(PyObject *event)
 {
-    if (!check_nargs("merge_contextvars", nargs, 3)) {
-        return NULL;
-    }
-    PyObject *event = args[2];
     PyObject *context = PyContext_CopyCurrent();
     PyObject *variables = context != NULL ? PyObject_GetIter(context) : NULL;
     if (variables == NULL) {
         Py_XDECREF(context);
-        return NULL;
+        return -1;
     }
     int status = 0;
     PyObject *variable;
@@ -2764,7 +2819,7 @@ merge_contextvars(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
                 status = -1;
             }
             else if (value != Py_Ellipsis) {
-                status = merge_one(event, name, value);
+                status = event != NULL ? merge_one(event, name, value) : 1;
             }
             Py_XDECREF(value);
         }
@@ -2776,10 +2831,16 @@ merge_contextvars(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
     }
     Py_DECREF(variables);
     Py_DECREF(context);
-    if (status < 0 || PyErr_Occurred()) {
+    return status < 0 || PyErr_Occurred() ? -1 : status;
+}
+
+static PyObject *
+merge_contextvars(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("merge_contextvars", nargs, 3)) {
         return NULL;
     }
-    return Py_NewRef(event);
+    return structlog_merge(args[2]) < 0 ? NULL : Py_NewRef(args[2]);
 }
 
 static PyObject *str_method, *str_path, *str_route, *str_duration_ms, *str_event, *str_logger;
@@ -2788,6 +2849,106 @@ static PyObject *str_client_request_id, *str_service, *str_exc_info, *str_info, 
 static PyObject *str_access_event, *str_time_ns, *str_state, *str_usable;
 static PyObject *int_500, *time_module;
 
+/* The line's event dict, sized for its common case's keys (the call's eight, the
+ * timestamp, three ids, a client's id, service): filled without growing twice on the way,
+ * each growth a new table and every key inserted again. The same dict either way; past
+ * the CPythons it is built and tested on (3.11-3.13: the sizing call is private API
+ * there), it is made as ``{}`` makes it. */
+static PyObject *
+new_event(void)
+{
+#if PY_VERSION_HEX < 0x030E0000
+    return _PyDict_NewPresized(16);
+#else
+    return PyDict_New();
+#endif
+}
+
+static PyObject **const access_keys[ACCESS_KEYS] = {
+    &str_method, &str_path, &str_route, &str_status, &str_duration_ms, &str_event,
+    &str_logger, &str_level, &str_timestamp, &str_trace_id, &str_request_id, &str_span_id,
+    &str_client_request_id, &str_service};
+
+/* Each key's JSON, ``"key":``, made once (access_keys_init): the keys are plain ASCII. */
+#define ACCESS_KEY_JSON 24
+static char access_key_json[ACCESS_KEYS][ACCESS_KEY_JSON];
+static unsigned char access_key_json_size[ACCESS_KEYS];
+
+static int
+access_keys_init(void)
+{
+    for (int key = 0; key < ACCESS_KEYS; key++) {
+        Py_ssize_t size;
+        const char *text = PyUnicode_AsUTF8AndSize(*access_keys[key], &size);
+        if (text == NULL) {
+            return -1;
+        }
+        if (size + 3 > ACCESS_KEY_JSON || memchr(text, '"', (size_t)size) != NULL
+            || memchr(text, '\\', (size_t)size) != NULL) {
+            PyErr_SetString(PyExc_SystemError, "_speedups: an access line key to escape");
+            return -1;
+        }
+        char *out = access_key_json[key];
+        out[0] = '"';
+        memcpy(out + 1, text, (size_t)size);
+        out[size + 1] = '"';
+        out[size + 2] = ':';
+        access_key_json_size[key] = (unsigned char)(size + 3);
+    }
+    return 0;
+}
+
+static void
+pairs_add(Pairs *pairs, unsigned attributes, int key, PyObject *value)
+{
+    pairs->index[pairs->count] = (unsigned char)key;
+    pairs->keys[pairs->count] = *access_keys[key];
+    pairs->values[pairs->count++] = value;
+    if (attributes & (1u << key)) {
+        pairs->attribute_keys[pairs->attributes] = *access_keys[key];
+        pairs->attribute_values[pairs->attributes++] = value;
+    }
+}
+
+/* json_line of the pairs' dict, their keys' JSON made once: bytes, None, or NULL. */
+static PyObject *
+pairs_json(const Pairs *pairs)
+{
+    BUFFER_INIT(buf);
+    int written = put_bytes(&buf, "{", 1) < 0 ? -1 : 1;
+    for (Py_ssize_t i = 0; written > 0 && i < pairs->count; i++) {
+        int key = pairs->index[i];
+        Py_ssize_t size = access_key_json_size[key];
+        if (buffer_reserve(&buf, size + 1) < 0) {
+            written = -1;
+            break;
+        }
+        if (i > 0) {
+            buf.data[buf.size++] = ',';
+        }
+        memcpy(buf.data + buf.size, access_key_json[key], (size_t)size);
+        buf.size += size;
+        written = put_json_value(&buf, pairs->values[i]);
+    }
+    if (written > 0 && put_bytes(&buf, "}", 1) < 0) {
+        written = -1;
+    }
+    return finish(&buf, written);
+}
+
+/* The event dict of the pairs: a new reference, or NULL with an error set. */
+static PyObject *
+pairs_event(const Pairs *pairs)
+{
+    PyObject *event = new_event();
+    for (Py_ssize_t i = 0; event != NULL && i < pairs->count; i++) {
+        if (PyDict_SetItem(event, pairs->keys[i], pairs->values[i]) < 0) {
+            Py_CLEAR(event);
+        }
+    }
+    return event;
+}
+
 /* ``_logging.OTelEmitter.emit_current``'s common case for the line's record: the access
  * logger's direct path known, this thread not emitting already, the record usable
  * (``direct.usable``, in C through ``direct.queue``) and its fields plain
@@ -2795,8 +2956,10 @@ static PyObject *int_500, *time_module;
  * ``logs_queue``). 1: done (or dropped by the trace-based filter, as the method drops it);
  * 0: the method's to do (it checks the same again); -1: an error, set. */
 static int
-access_emit(AccessLine *self, PyObject *event, PyObject *current, PyObject *now, PyObject *head)
+access_emit(AccessLine *self, PyObject *event, const Pairs *pairs, PyObject *current,
+            PyObject *now, PyObject *head)
 {
+    Py_ssize_t count = event != NULL ? PyDict_GET_SIZE(event) : pairs->count;
     PyObject *entry = PyDict_GetItemWithError(self->loggers, self->name); /* borrowed */
     if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2
         || PyTuple_GET_ITEM(entry, 1) == Py_None) {
@@ -2830,20 +2993,23 @@ access_emit(AccessLine *self, PyObject *event, PyObject *current, PyObject *now,
     }
     int done;
     if (Py_IS_TYPE(queue, &LogsQueueType)) {
-        done = logs_usable((LogsQueue *)queue, PyDict_GET_SIZE(event));
+        done = logs_usable((LogsQueue *)queue, count);
     }
     else {
-        PyObject *count = PyLong_FromSsize_t(PyDict_GET_SIZE(event));
-        PyObject *usable = count != NULL ? PyObject_CallMethodOneArg(direct, str_usable, count)
-                                         : NULL;
-        Py_XDECREF(count);
+        PyObject *size = PyLong_FromSsize_t(count);
+        PyObject *usable = size != NULL ? PyObject_CallMethodOneArg(direct, str_usable, size)
+                                        : NULL;
+        Py_XDECREF(size);
         done = usable != NULL ? PyObject_IsTrue(usable) : -1;
         Py_XDECREF(usable);
     }
     if (done > 0) {
-        PyObject *encode_args[7] = {now, head, event, self->skip, PyTuple_GET_ITEM(current, 1),
-                                    PyTuple_GET_ITEM(current, 2), flags};
-        PyObject *payload = encode_log_event(NULL, encode_args, 7);
+        PyObject *payload = log_record(now, head, event, self->skip,
+                                       pairs != NULL ? pairs->attribute_keys : NULL,
+                                       pairs != NULL ? pairs->attribute_values : NULL,
+                                       pairs != NULL ? pairs->attributes : 0,
+                                       PyTuple_GET_ITEM(current, 1), PyTuple_GET_ITEM(current, 2),
+                                       flags);
         if (payload == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
             PyErr_Clear(); /* the method's Python encoder reports it */
             done = 0;
@@ -2866,19 +3032,91 @@ access_emit(AccessLine *self, PyObject *event, PyObject *current, PyObject *now,
     return done;
 }
 
-/* The line's event dict, sized for its common case's keys (the call's eight, the
- * timestamp, three ids, a client's id, service): filled without growing twice on the way,
- * each growth a new table and every key inserted again. The same dict either way; past
- * the CPythons it is built and tested on (3.11-3.13: the sizing call is private API
- * there), it is made as ``{}`` makes it. */
+/* The line when no context variable of structlog's is bound and the merge is
+ * merge_contextvars: it would add nothing, so the event dict's items are known, in order,
+ * and the record and the JSON are written from them (``Pairs``); the dict is made only for
+ * a call that takes one (the emitter's method, the renderer's dumps), and then the rest
+ * reads that dict, as the dict path does. What is called, read and written is the dict
+ * path's, in its order: the same line and record (tested against the twin). */
 static PyObject *
-new_event(void)
+access_pairs(AccessLine *self, PyObject *const *args, PyObject *current, int failed)
 {
-#if PY_VERSION_HEX < 0x030E0000
-    return _PyDict_NewPresized(16);
-#else
-    return PyDict_New();
-#endif
+    PyObject *level = failed ? str_error : str_info;
+    PyObject *span_context = PyTuple_GET_ITEM(current, 4), *ids = PyTuple_GET_ITEM(current, 5);
+    PyObject *now = NULL, *stamp = NULL, *client = NULL, *event = NULL, *line = NULL;
+    PyObject *result = NULL;
+    unsigned attributes = self->attributes;
+    Pairs pairs = {.count = 0, .attributes = 0};
+    for (int key = KEY_METHOD; key <= KEY_DURATION; key++) { /* the call's, in its order */
+        pairs_add(&pairs, attributes, key, args[key]);
+    }
+    pairs_add(&pairs, attributes, KEY_EVENT, str_access_event);
+    pairs_add(&pairs, attributes, KEY_LOGGER, self->name);
+    pairs_add(&pairs, attributes, KEY_LEVEL, level);
+    PyObject *clock = module_attr(time_module, str_time_ns);
+    now = clock != NULL ? PyObject_CallNoArgs(clock) : NULL;
+    Py_XDECREF(clock);
+    PyObject *stamp_args[2] = {now, self->stamp_fallback};
+    stamp = now != NULL ? iso_timestamp(NULL, stamp_args, 2) : NULL;
+    if (stamp == NULL) {
+        goto done;
+    }
+    pairs_add(&pairs, attributes, KEY_TIMESTAMP, stamp);
+    if (ids != Py_None) {
+        if (!PyTuple_CheckExact(ids) || PyTuple_GET_SIZE(ids) != 2) {
+            PyErr_SetString(PyExc_TypeError, "access_line: the ids must be a pair");
+            goto done;
+        }
+        pairs_add(&pairs, attributes, KEY_TRACE_ID, PyTuple_GET_ITEM(ids, 0));
+        pairs_add(&pairs, attributes, KEY_REQUEST_ID, PyTuple_GET_ITEM(ids, 0));
+        pairs_add(&pairs, attributes, KEY_SPAN_ID, PyTuple_GET_ITEM(ids, 1));
+    }
+    if (PyContextVar_Get(self->client_var, Py_None, &client) < 0) {
+        goto done;
+    }
+    if (client != Py_None) {
+        pairs_add(&pairs, attributes, KEY_CLIENT_ID, client);
+    }
+    pairs_add(&pairs, attributes, KEY_SERVICE, self->service);
+    if (self->emit != NULL) {
+        PyObject *head = PyTuple_GET_ITEM(self->heads, failed);
+        int emitted = self->loggers != NULL ? access_emit(self, NULL, &pairs, current, now, head)
+                                            : 0;
+        if (emitted == 0) {
+            event = pairs_event(&pairs);
+            if (event == NULL) {
+                goto done;
+            }
+            PyObject *emit_args[6] = {level, event, span_context, self->name, now, head};
+            PyObject *called = PyObject_Vectorcall(self->emit, emit_args, 6, NULL);
+            emitted = called != NULL ? 1 : -1;
+            Py_XDECREF(called);
+        }
+        if (emitted < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                goto done;
+            }
+            PyErr_Clear();
+        }
+    }
+    line = event != NULL ? json_line(NULL, event) : pairs_json(&pairs);
+    if (line == Py_None) {
+        if (event == NULL && (event = pairs_event(&pairs)) == NULL) {
+            goto done;
+        }
+        PyObject *dumps_args[2] = {event, self->dumps_default};
+        Py_SETREF(line, PyObject_Vectorcall(self->dumps, dumps_args, 2, NULL));
+    }
+    if (line != NULL) {
+        result = PyObject_Vectorcall(self->write, &line, 1, NULL);
+    }
+done:
+    Py_XDECREF(now);
+    Py_XDECREF(stamp);
+    Py_XDECREF(client);
+    Py_XDECREF(event);
+    Py_XDECREF(line);
+    return result;
 }
 
 static PyObject *
@@ -2911,6 +3149,12 @@ access_line_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
     }
     if (!self->levels[failed]) {
         Py_RETURN_NONE;
+    }
+    if (self->pairs) {
+        int bound = structlog_merge(NULL);
+        if (bound <= 0) {
+            return bound < 0 ? NULL : access_pairs(self, args, current, failed);
+        }
     }
     PyObject *level = failed ? str_error : str_info;
     PyObject *span_context = PyTuple_GET_ITEM(current, 4), *ids = PyTuple_GET_ITEM(current, 5);
@@ -2980,7 +3224,8 @@ access_line_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
     if (self->emit != NULL) {
         /* As the method: an error is dropped (telemetry must never break logging). */
         PyObject *head = PyTuple_GET_ITEM(self->heads, failed);
-        int emitted = self->loggers != NULL ? access_emit(self, event, current, now, head) : 0;
+        int emitted =
+            self->loggers != NULL ? access_emit(self, event, NULL, current, now, head) : 0;
         if (emitted == 0) {
             PyObject *emit_args[6] = {level, event, span_context, self->name, now, head};
             PyObject *called = PyObject_Vectorcall(self->emit, emit_args, 6, NULL);
@@ -3056,6 +3301,23 @@ access_line(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     if (info < 0 || error < 0) {
         return NULL;
     }
+    /* Without a dict (access_pairs) when the merge is this module's, and the record's
+     * attributes are the keys not in a skip that cannot change (a frozenset), if any. */
+    PyObject *merge = args[4], *skip = fast != Py_None ? PyTuple_GET_ITEM(fast, 4) : NULL;
+    if (skip != NULL && check_skip(skip) < 0) {
+        return NULL;
+    }
+    int pairs = PyCFunction_Check(merge)
+                && PyCFunction_GET_FUNCTION(merge) == (PyCFunction)(void (*)(void))merge_contextvars
+                && (skip == NULL || PyFrozenSet_CheckExact(skip));
+    unsigned attributes = 0;
+    for (int key = 0; pairs && skip != NULL && key < ACCESS_KEYS; key++) {
+        int skipped = PySet_Contains(skip, *access_keys[key]);
+        if (skipped < 0) {
+            return NULL;
+        }
+        attributes |= skipped ? 0u : 1u << key;
+    }
     AccessLine *self = PyObject_GC_New(AccessLine, &AccessLineType);
     if (self == NULL) {
         return NULL;
@@ -3083,6 +3345,8 @@ access_line(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     self->stamp_fallback = Py_NewRef(args[15]);
     self->levels[0] = (char)info;
     self->levels[1] = (char)error;
+    self->pairs = (char)pairs;
+    self->attributes = attributes;
     PyObject_GC_Track(self);
     return (PyObject *)self;
 }
@@ -6009,7 +6273,7 @@ intern_names(void)
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (intern_names() < 0) {
+    if (intern_names() < 0 || access_keys_init() < 0) {
         return NULL;
     }
     if (empty_tuple == NULL && (empty_tuple = PyTuple_New(0)) == NULL) {

@@ -103,6 +103,10 @@ def in_a_request() -> Iterator[SpanContext]:
         yield span.get_span_context()
 
 
+class _Text(str):
+    """A str subclass: neither C writer takes it (its encoding is its own to say)."""
+
+
 CASES = [
     pytest.param(("GET", "/items/3", "/items/{item_id}", 200, 1.25), {}, id="info"),
     pytest.param(("POST", "/boom", "/boom", 500, 0.5), {}, id="error"),
@@ -123,6 +127,10 @@ CASES = [
         {"ratio": 1e20, "tags": ["a", "b"], "big": 1 << 70, "nan": float("nan"), "k\x7f": "é"},
         id="values-the-c-line-hands-back",
     ),
+    pytest.param(  # the same without context variables: the C line's dict-free path
+        ("GET", '/q"\u2028\x01', "/q", 200, 1e-05), {}, id="values-handed-back-unbound"
+    ),
+    pytest.param(("GET", _Text("/items/3"), "/items/{item_id}", 200, 1.25), {}, id="str-subclass"),
 ]
 
 
@@ -152,7 +160,8 @@ def test_direct_line_and_record_equal_the_chains(
             _log(chain, *args)
     finally:
         client_request_id.reset(token)
-    direct_line, chain_line = capsys.readouterr().out.splitlines()
+    # (split at "\n" only: U+2028 in a JSON string is a line break to str.splitlines)
+    direct_line, chain_line = capsys.readouterr().out.rstrip("\n").split("\n")
     assert direct_line == chain_line
     assert '"event":"http.request"' in direct_line
     direct_record, chain_record = (_record(r) for r in memory.logs()[-2:])
@@ -449,6 +458,39 @@ def test_the_record_goes_the_emitters_way_in_each_of_its_cases(
     exported = case not in ("trace-based-unsampled", "thread-busy")
     assert len(records) == (2 if exported else 0)
     assert records[:1] == records[1:]
+
+
+@pytest.mark.parametrize("bound", [{}, {"user": "u-1"}])
+def test_the_line_is_the_event_the_emitters_method_was_given(
+    memory: Memory,
+    frozen_clock: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    in_a_request: SpanContext,
+    bound: dict[str, Any],
+) -> None:
+    """When the record takes the emitter's method, the line renders the dict the method was
+    given, as the twin does (also where the C line made no dict until then)."""
+    from kiki_otel import _logging
+
+    _configure()
+    chain = _logging.installed_chain()
+    assert chain is not None and chain.emitter is not None
+    emitter = chain.emitter
+
+    def marking(level: str, event: dict[str, Any], *rest: Any) -> None:
+        event["seen_by"] = "emit_current"  # (kiki's own emitter changes nothing)
+
+    monkeypatch.setattr(emitter, "emit_current", marking)
+    monkeypatch.setattr(emitter._local, "state", _logging._BUSY)  # the method's case
+    direct = access_log()
+    assert isinstance(direct, DirectAccessLog)
+    capsys.readouterr()
+    with structlog.contextvars.bound_contextvars(**bound):
+        _log(direct, "GET", "/items/3", "/items/{item_id}", 200, 1.25)
+        direct.__call__("GET", "/items/3", "/items/{item_id}", 200, 1.25, _current())
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == second and first.endswith('"seen_by":"emit_current"}')
 
 
 @pytest.mark.parametrize("status", [200, 503])
