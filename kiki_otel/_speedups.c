@@ -4048,9 +4048,120 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     PyObject *twin, *output, *sys, *lock;
+    PyObject *binary; /* the last binary buffer seen (held), or NULL */
+    int fd;           /* its raw FileIO's descriptor, or -1: not written directly */
 } OutputWrite;
 
 static PyObject *str_stdout, *str_buffer, *str_flush, *str_write, *str_lost, *str_failing;
+static PyObject *str_raw, *str_fileno;
+static PyTypeObject *text_io_type, *buffered_writer_type, *file_io_type; /* io's */
+
+/* The descriptor a line can be written to directly when the text layer (exactly
+ * io.TextIOWrapper) has been flushed: that of a binary layer that is exactly an
+ * io.BufferedWriter over exactly an io.FileIO (sys.stdout as Python opens it), whose
+ * buffer the text layer's flush has emptied, or exactly an io.FileIO (as Python opens it
+ * unbuffered: ``-u``, PYTHONUNBUFFERED=1, as container images often set); else -1. Found
+ * once per binary layer: a buffer's raw stream is read-only and a FileIO's descriptor
+ * fixed. -2 on an error (set). */
+static int
+output_fd(OutputWrite *self, PyObject *stream, PyObject *binary)
+{
+#ifdef _WIN32
+    return -1;
+#else
+    int unbuffered = Py_IS_TYPE(binary, file_io_type);
+    if (!Py_IS_TYPE(stream, text_io_type)
+        || !(unbuffered || Py_IS_TYPE(binary, buffered_writer_type))) {
+        return -1;
+    }
+    if (binary == self->binary) {
+        return self->fd;
+    }
+    PyObject *raw = unbuffered ? Py_NewRef(binary) : PyObject_GetAttr(binary, str_raw);
+    if (raw == NULL) {
+        return -2;
+    }
+    long fd = -1;
+    if (Py_IS_TYPE(raw, file_io_type)) {
+        PyObject *number = PyObject_CallMethodNoArgs(raw, str_fileno);
+        fd = number != NULL ? PyLong_AsLong(number) : -1;
+        Py_XDECREF(number);
+        if (PyErr_Occurred()) {
+            Py_DECREF(raw);
+            return -2;
+        }
+    }
+    Py_DECREF(raw);
+    Py_XSETREF(self->binary, Py_NewRef(binary));
+    self->fd = fd >= 0 && fd <= INT_MAX ? (int)fd : -1;
+    return self->fd;
+#endif
+}
+
+#ifndef _WIN32
+#include <sys/uio.h>
+#include <errno.h>
+
+/* The line and a newline written to fd as FileIO writes (the GIL released; EINTR retried
+ * after the signal handlers ran; a short write continued): 0, or -1 with an error set. On
+ * EAGAIN (a non-blocking descriptor) what is left goes to the binary layer's write and
+ * flush: a buffer keeps what fits and raises BlockingIOError, as it would have; a FileIO
+ * writes what it can, as it would have. */
+static int
+write_line(int fd, PyObject *binary, const char *data, Py_ssize_t size)
+{
+    struct iovec parts[2] = {{(void *)data, (size_t)size}, {(void *)"\n", 1}};
+    struct iovec *part = parts;
+    int count = 2;
+    while (count > 0) {
+        ssize_t wrote;
+        int error;
+        Py_BEGIN_ALLOW_THREADS
+        wrote = writev(fd, part, count);
+        error = errno;
+        Py_END_ALLOW_THREADS
+        if (wrote < 0) {
+            if (error == EINTR) {
+                if (PyErr_CheckSignals() < 0) {
+                    return -1;
+                }
+                continue;
+            }
+            if (error != EAGAIN && error != EWOULDBLOCK) {
+                errno = error;
+                PyErr_SetFromErrno(PyExc_OSError);
+                return -1;
+            }
+            Py_ssize_t left = 0;
+            for (int i = 0; i < count; i++) {
+                left += (Py_ssize_t)part[i].iov_len;
+            }
+            PyObject *rest = PyBytes_FromStringAndSize(NULL, left);
+            char *at = rest != NULL ? PyBytes_AS_STRING(rest) : NULL;
+            for (int i = 0; at != NULL && i < count; at += part[i++].iov_len) {
+                memcpy(at, part[i].iov_base, part[i].iov_len);
+            }
+            PyObject *called = rest != NULL ? PyObject_CallMethodOneArg(binary, str_write, rest)
+                                            : NULL;
+            Py_XDECREF(rest);
+            Py_XDECREF(called);
+            called = called != NULL ? PyObject_CallMethodNoArgs(binary, str_flush) : NULL;
+            Py_XDECREF(called);
+            return called != NULL ? 0 : -1;
+        }
+        while (count > 0 && (size_t)wrote >= part->iov_len) {
+            wrote -= (ssize_t)part->iov_len;
+            part++;
+            count--;
+        }
+        if (count > 0) {
+            part->iov_base = (char *)part->iov_base + wrote;
+            part->iov_len -= (size_t)wrote;
+        }
+    }
+    return 0;
+}
+#endif
 
 static PyObject *
 output_write_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
@@ -4075,23 +4186,35 @@ output_write_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
     if (call_method(self->lock, str_acquire) < 0) {
         goto done;
     }
+    /* the text layer flushed first; then the line, directly or by the buffer's calls */
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
-    PyObject *line = NULL, *called = PyObject_CallMethodNoArgs(stream, str_flush);
-    if (called != NULL) {
-        Py_DECREF(called);
-        line = PyBytes_FromStringAndSize(NULL, size + 1); /* line + b"\n" */
+    PyObject *called = PyObject_CallMethodNoArgs(stream, str_flush);
+    int written = called != NULL ? 0 : -1;
+    Py_XDECREF(called);
+    int fd = written == 0 ? output_fd(self, stream, binary) : -1;
+    if (fd == -2) {
+        written = -1;
     }
-    if (line != NULL) {
-        memcpy(PyBytes_AS_STRING(line), PyBytes_AS_STRING(args[0]), (size_t)size);
-        PyBytes_AS_STRING(line)[size] = '\n';
-        called = PyObject_CallMethodOneArg(binary, str_write, line);
-        Py_DECREF(line);
+#ifndef _WIN32
+    else if (fd >= 0) {
+        written = write_line(fd, binary, PyBytes_AS_STRING(args[0]), size);
+    }
+#endif
+    else if (written == 0) {
+        PyObject *line = PyBytes_FromStringAndSize(NULL, size + 1); /* line + b"\n" */
+        if (line != NULL) {
+            memcpy(PyBytes_AS_STRING(line), PyBytes_AS_STRING(args[0]), (size_t)size);
+            PyBytes_AS_STRING(line)[size] = '\n';
+        }
+        called = line != NULL ? PyObject_CallMethodOneArg(binary, str_write, line) : NULL;
+        Py_XDECREF(line);
         Py_XDECREF(called);
         called = called != NULL ? PyObject_CallMethodNoArgs(binary, str_flush) : NULL;
+        written = called != NULL ? 0 : -1;
         Py_XDECREF(called);
     }
     int status;
-    if (called != NULL) {
+    if (written == 0) {
         status = PyObject_SetAttr(self->output, str_failing, Py_False);
     }
     else if (PyErr_ExceptionMatches(PyExc_OSError) || PyErr_ExceptionMatches(PyExc_ValueError)) {
@@ -4114,7 +4237,7 @@ done:
     return result;
 }
 
-#define OUTPUT_WRITE_FIELDS(X) X(twin) X(output) X(sys) X(lock)
+#define OUTPUT_WRITE_FIELDS(X) X(twin) X(output) X(sys) X(lock) X(binary)
 
 TWIN_TYPE(output_write, OutputWrite, OutputWriteType, OUTPUT_WRITE_FIELDS,
           "A log line's write to stdout, made by output_write().")
@@ -4125,7 +4248,12 @@ output_write(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     if (!check_nargs("output_write", nargs, 4)) {
         return NULL;
     }
-    return TWIN_NEW(OutputWrite, OutputWriteType, output_write_call, lock, args, 4);
+    OutputWrite *self =
+        (OutputWrite *)TWIN_NEW(OutputWrite, OutputWriteType, output_write_call, lock, args, 4);
+    if (self != NULL) {
+        self->fd = -1;
+    }
+    return (PyObject *)self;
 }
 
 /* ------------------------------------------------------------------ a request's dispatch
@@ -6210,6 +6338,8 @@ intern_names(void)
         {&str_write, "write"},
         {&str_lost, "_lost"},
         {&str_failing, "_failing"},
+        {&str_raw, "raw"},
+        {&str_fileno, "fileno"},
         {&str_attributes_field, "_attributes"},
         {&str_maxlen, "maxlen"},
         {&str_start_time, "_start_time"},
@@ -6326,6 +6456,26 @@ PyInit__speedups(void)
         || PyType_Ready(&LayerDispatchType) < 0 || PyType_Ready(&RequestTracedType) < 0
         || PyType_Ready(&TracedRunType) < 0) {
         return NULL;
+    }
+    if (text_io_type == NULL) { /* io's classes, as sys.stdout is made of them */
+        PyObject *io = PyImport_ImportModule("io");
+        PyObject *text = io != NULL ? PyObject_GetAttrString(io, "TextIOWrapper") : NULL;
+        PyObject *buffered = text != NULL ? PyObject_GetAttrString(io, "BufferedWriter") : NULL;
+        PyObject *file = buffered != NULL ? PyObject_GetAttrString(io, "FileIO") : NULL;
+        Py_XDECREF(io);
+        if (file == NULL || !PyType_Check(text) || !PyType_Check(buffered)
+            || !PyType_Check(file)) {
+            Py_XDECREF(text);
+            Py_XDECREF(buffered);
+            Py_XDECREF(file);
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "_speedups: io's classes are not classes");
+            }
+            return NULL;
+        }
+        text_io_type = (PyTypeObject *)text; /* held for good, as the module's */
+        buffered_writer_type = (PyTypeObject *)buffered;
+        file_io_type = (PyTypeObject *)file;
     }
     if (lock_type == NULL) {
         PyObject *thread = PyImport_ImportModule("_thread");

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -371,6 +372,116 @@ def test_a_line_follows_what_was_written_to_stdouts_text_layer(
     thread.start()
     thread.join()
     assert free == [True] and output.dropped == 0
+
+
+def _file_stdout(fd: int, layer: str = "buffered") -> io.TextIOWrapper:
+    """A stdout as Python opens one: a text layer over a buffer over a FileIO of fd, or
+    (unbuffered: ``-u``, PYTHONUNBUFFERED=1) a write-through text layer over the FileIO."""
+    raw = io.FileIO(fd, "w", closefd=False)
+    if layer == "unbuffered":
+        return io.TextIOWrapper(raw, write_through=True)
+    return io.TextIOWrapper(io.BufferedWriter(raw))
+
+
+def _drain(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return b"".join(chunks)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+@pytest.mark.parametrize("layer", ["buffered", "unbuffered"])
+@pytest.mark.parametrize("writer", ["c", "python"])
+def test_a_line_to_a_file_descriptor_is_the_buffers_write(
+    monkeypatch: pytest.MonkeyPatch, writer: str, layer: str
+) -> None:
+    """Over a FileIO the C write writes the line to the descriptor itself (no buffer calls):
+    the same bytes, in the same order with the text layer, as the buffer's write and flush;
+    a reader gone is a dropped line, reported, as before."""
+    from kiki_otel import _logging
+
+    if writer == "python":
+        monkeypatch.setattr(_logging, "speedups", None)
+    elif getattr(_logging.speedups, "output_write", None) is None:
+        pytest.skip("the C module is not built here")
+    output = _logging._Output()
+    read_end, write_end = os.pipe()
+    try:
+        os.set_blocking(read_end, False)
+        monkeypatch.setattr(sys, "stdout", _file_stdout(write_end, layer))
+        sys.stdout.write("print()ed, still buffered\n")
+        output.write(b'{"event":"one"}')
+        output.write(b'{"event":"two"}')
+        assert _drain(read_end) == b'print()ed, still buffered\n{"event":"one"}\n{"event":"two"}\n'
+        os.close(read_end)
+        read_end = -1
+        stderr = io.StringIO()
+        monkeypatch.setattr(sys, "__stderr__", stderr)
+        output.write(b'{"event":"lost"}')  # EPIPE (Python ignores SIGPIPE)
+        assert output.dropped == 1 and "BrokenPipeError" in stderr.getvalue()
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _full_pipe_writes(
+    monkeypatch: pytest.MonkeyPatch, output: Any, layer: str
+) -> tuple[bytes, int, str]:
+    """A line larger than the room left in a non-blocking stdout's full pipe, then a
+    line after the pipe is read: what arrives, and the lines counted as dropped."""
+    read_end, write_end = os.pipe()
+    try:
+        os.set_blocking(read_end, False)
+        os.set_blocking(write_end, False)
+        while True:  # fill the pipe
+            try:
+                os.write(write_end, b"f" * 4096)
+            except BlockingIOError:
+                break
+        received = os.read(read_end, 8192)  # two pages of the pipe's ring free
+        monkeypatch.setattr(sys, "stdout", _file_stdout(write_end, layer))
+        stderr = io.StringIO()
+        monkeypatch.setattr(sys, "__stderr__", stderr)
+        output.write(b'{"event":"' + b"x" * 12000 + b'"}')  # a short write, then EAGAIN
+        received += _drain(read_end)
+        output.write(b'{"event":"next"}')
+        received += _drain(read_end)
+        return received, output.dropped, stderr.getvalue()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("layer", ["buffered", "unbuffered"])
+def test_a_full_non_blocking_stdout_loses_what_the_buffers_write_loses(
+    monkeypatch: pytest.MonkeyPatch, layer: str
+) -> None:
+    """A non-blocking stdout whose pipe is full: the C write, after its short write, hands
+    what is left to the binary layer's write and flush, so what arrives, what is counted
+    dropped and what is reported are the Python write's, byte for byte."""
+    from kiki_otel import _logging
+
+    if getattr(_logging.speedups, "output_write", None) is None:
+        pytest.skip("the C module is not built here")
+    native = _logging._Output()
+    monkeypatch.setattr(_logging, "speedups", None)
+    python = _logging._Output()
+    assert type(native.write).__name__ == "OutputWrite" and native.write != python.write
+    received, dropped, report = _full_pipe_writes(monkeypatch, native, layer)
+    assert (received, dropped, report) == _full_pipe_writes(monkeypatch, python, layer)
+    assert received.endswith(b'{"event":"next"}\n')
+    if layer == "buffered":  # what was left of the line fit in the buffer, reported
+        big = b'{"event":"' + b"x" * 12000 + b'"}\n'
+        assert dropped == 1 and received.endswith(big + b'{"event":"next"}\n')
+        assert "BlockingIOError" in report
+    else:  # a FileIO drops what a non-blocking write could not take, unreported, as ever
+        assert dropped == 0 and report == "" and b"x" * 4000 in received
 
 
 def test_values_orjson_refuses_are_logged_not_raised(
