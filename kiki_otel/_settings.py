@@ -22,6 +22,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -167,6 +168,21 @@ class HttpSettings(BaseModel):
             return tuple(p.strip() for p in value.split(",") if p.strip())
         return value
 
+    @field_validator("excluded_paths")
+    @classmethod
+    def _check_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for path in value:
+            _check_path(path)
+        return value
+
+
+def _check_path(path: str) -> str:
+    """A request path starts with "/": without it, it matches no request (a health
+    endpoint answering 404 to its probes, an exclusion excluding nothing)."""
+    if not path.startswith("/"):
+        raise ValueError(f"{path!r} is no request path: it must start with '/'")
+    return path
+
 
 class HealthSettings(BaseModel):
     """Health endpoints and checks (``KIKI_OTEL_HEALTH__*``)."""
@@ -188,6 +204,21 @@ class HealthSettings(BaseModel):
     to twice the longest interval."""
     sync_workers: int = Field(default=4, ge=1, le=64)
     """Threads for synchronous checks (bounded, so a hung check cannot eat the pool)."""
+
+    @field_validator("path", "live_path", "ready_path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        return _check_path(value)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> HealthSettings:
+        """Two endpoints on one path: one of them would never be reached."""
+        if len({self.path, self.live_path, self.ready_path}) < 3:
+            raise ValueError(
+                "path, live_path and ready_path must differ "
+                f"(got {self.path!r}, {self.live_path!r}, {self.ready_path!r})"
+            )
+        return self
 
 
 class ShutdownSettings(BaseModel):

@@ -85,6 +85,10 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ("OTEL_METRIC_EXPORT_INTERVAL", "86400001", "OTEL_METRIC_EXPORT_INTERVAL"),
         ("KIKI_OTEL_HEALTH__MAX_STALENESS", "inf", "KIKI_OTEL_HEALTH__MAX_STALENESS"),
         ("KIKI_OTEL_HEALTH__MAX_STALENESS", "172801", "KIKI_OTEL_HEALTH__MAX_STALENESS"),
+        ("KIKI_OTEL_HEALTH__PATH", "health", "KIKI_OTEL_HEALTH__PATH"),  # a probe's 404
+        ("KIKI_OTEL_HEALTH__LIVE_PATH", "health/live", "must start with '/'"),
+        ("KIKI_OTEL_HEALTH__READY_PATH", "/health", "must differ"),  # /health's own
+        ("KIKI_OTEL_HTTP__EXCLUDED_PATHS", "/favicon.ico,metrics", "KIKI_OTEL_HTTP__EXCLUDED"),
     ],
 )
 def test_invalid_value_names_the_variable(
