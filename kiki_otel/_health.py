@@ -18,9 +18,10 @@ import enum
 import inspect
 import math
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -177,7 +178,7 @@ class HealthRegistry:
         self.lifecycle = lifecycle
         self._checks: dict[str, _Check] = {}
         self._started = time.monotonic()
-        self._executor: ThreadPoolExecutor | None = None
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._background: asyncio.Task[None] | None = None
         self._pending_close: list[Callable[[], Awaitable[None]]] = []
         self._last_overall: HealthStatus | None = None
@@ -442,16 +443,22 @@ class HealthRegistry:
         return await value if inspect.isawaitable(value) else value
 
     async def _in_thread(self, check: _Check) -> object:
+        """The synchronous check on a daemon thread of its own, in a free slot.
+
+        At most ``sync_workers`` run at once; a slot is given back when the call returns
+        or its caller stops waiting (its timeout): a hung call keeps its thread, not a
+        slot, so hung checks cannot starve the others, and a daemon does not hold up the
+        process's exit (a pool's threads are joined at exit).
+        """
         if check.thread is not None and not check.thread.done():
             raise TimeoutError("the previous call is still running")
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                max_workers=self._settings.sync_workers, thread_name_prefix="kiki-health"
-            )
-        context = otel_context.get_current()
-        fn: Callable[[], object] = check.built.probe
-        check.thread = self._executor.submit(_call_in_context, context, fn)
-        return await asyncio.wrap_future(check.thread)
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots[0] is not loop:  # a semaphore serves one loop
+            self._slots = (loop, asyncio.Semaphore(self._settings.sync_workers))
+        async with self._slots[1]:
+            context = otel_context.get_current()
+            check.thread = _start_daemon(check.name, _call_in_context, context, check.built.probe)
+            return await asyncio.wrap_future(check.thread)
 
     # -- changes ------------------------------------------------------------------------
 
@@ -509,9 +516,25 @@ class HealthRegistry:
         for close in closers:
             with contextlib.suppress(Exception):  # closing must not stop the other closes
                 await asyncio.wait_for(close(), timeout=self._settings.timeout * 4)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
         self._metrics.detach(self)
+
+
+def _start_daemon(name: str, fn: Callable[..., object], *args: object) -> Future[object]:
+    """``fn(*args)`` on a new daemon thread named for the check; its future."""
+    future: Future[object] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = fn(*args)
+        except BaseException as error:  # the future carries it to the caller
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    threading.Thread(target=run, name=f"kiki-health:{name}", daemon=True).start()
+    return future
 
 
 def _call_in_context(context: otel_context.Context, fn: Callable[[], object]) -> object:

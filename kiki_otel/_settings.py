@@ -177,8 +177,11 @@ class HttpSettings(BaseModel):
 
 
 def _check_path(path: str) -> str:
-    """A request path starts with "/": without it, it matches no request (a health
-    endpoint answering 404 to its probes, an exclusion excluding nothing)."""
+    """A request path starts with "/".
+
+    Without it, it matches no request: a health endpoint answering 404 to its probes, an
+    exclusion excluding nothing.
+    """
     if not path.startswith("/"):
         raise ValueError(f"{path!r} is no request path: it must start with '/'")
     return path
@@ -203,7 +206,8 @@ class HealthSettings(BaseModel):
     Must exceed ``background_interval + timeout`` (checked by :class:`Settings`), hence up
     to twice the longest interval."""
     sync_workers: int = Field(default=4, ge=1, le=64)
-    """Threads for synchronous checks (bounded, so a hung check cannot eat the pool)."""
+    """Synchronous checks run at once, at most (each on a daemon thread). A call past its
+    timeout stops counting: hung checks cannot starve the others."""
 
     @field_validator("path", "live_path", "ready_path")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -262,6 +263,79 @@ async def test_sync_checks_run_on_the_bounded_pool_and_never_pile_up(make: Facto
     assert all(name.startswith("kiki-health") for name in names)
     assert hung_calls == 1
     stuck.set()
+
+
+async def test_hung_sync_checks_cannot_starve_the_others(make: Factory) -> None:
+    """More hung synchronous checks than slots: each keeps its thread but gives its slot
+    back at its timeout and takes none while it is still running, so once each has
+    started (a round starts as many as there are slots) a healthy synchronous check runs
+    and passes (before, the pool's workers stayed taken and it timed out in every round:
+    /health/ready 503 for good)."""
+    registry = make(cache_ttl=0, timeout=0.1, sync_workers=2)
+    stuck = threading.Event()
+    for i in range(4):
+        registry.add_check(f"hung{i}", lambda: stuck.wait(30), critical=False)
+    registry.add_check("fast_sync", lambda: True)
+    for _ in range(5):  # until every hung call has started (each holds a slot till timeout)
+        if by_name(await registry.report())["fast_sync"].status is HealthStatus.HEALTHY:
+            break
+    for _ in range(3):
+        deps = by_name(await registry.report())
+        assert deps["fast_sync"].status is HealthStatus.HEALTHY
+        assert {deps[f"hung{i}"].reason for i in range(4)} == {"timeout"}
+    assert sum(t.name.startswith("kiki-health:hung") for t in threading.enumerate()) == 4
+    stuck.set()
+
+
+async def test_at_most_sync_workers_checks_run_at_once(make: Factory) -> None:
+    """The slots bound how many synchronous checks run at once (each on its own thread)."""
+    registry = make(cache_ttl=0, timeout=5, sync_workers=2)
+    lock = threading.Lock()
+    running, most = 0, 0
+
+    def slow() -> bool:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        threading.Event().wait(0.05)
+        with lock:
+            running -= 1
+        return True
+
+    for i in range(6):
+        registry.add_check(f"slow{i}", slow)
+    report = await registry.report()
+    assert report.status is HealthStatus.HEALTHY and most == 2
+
+
+def test_a_hung_sync_check_does_not_hold_up_the_exit(tmp_path: Any) -> None:
+    """A script whose synchronous check hangs still exits when it ends: the check's thread is
+    a daemon (a pool's worker was joined at exit, and the process hung there)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "hangs.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, threading
+            import kiki_otel
+
+            telemetry = kiki_otel.configure()
+            telemetry.health.add_check("hangs", lambda: threading.Event().wait(3600))
+            report = asyncio.run(telemetry.health.report())
+            print(report.status.value, flush=True)
+            """
+        )
+    )
+    env = {**os.environ, "OTEL_SDK_DISABLED": "true", "KIKI_OTEL_HEALTH__TIMEOUT": "0.2"}
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "unhealthy" in done.stdout.splitlines()
 
 
 async def test_checks_can_be_added_replaced_and_removed_at_runtime(make: Factory) -> None:
