@@ -248,26 +248,34 @@ def _seconds(retry_after: str | None) -> float | None:
 
 
 class _Exporter:
-    def __init__(self, client: RetryingClient, encode: Callable[[Sequence[Any]], bytes]) -> None:
+    def __init__(
+        self, client: RetryingClient, encode: Callable[[Sequence[Any]], bytes], signal: str
+    ) -> None:
         self._client = client
         self._encode = encode
+        self._signal = signal  # what lost_items() counts its items under
 
     def _export(self, batch: Sequence[Any]) -> bool:
         if not batch:
             return True
+        sent: Sequence[Any] = batch
         try:
             body = self._encode(batch)
         except Exception:  # one bad item must not cost the others: find it, drop only it
-            good = [item for item in batch if self._encodes(item)]
+            sent = [item for item in batch if self._encodes(item)]
             _logger.error(
                 "OTLP encoding failed for %d of %d items, dropped",
-                len(batch) - len(good),
+                len(batch) - len(sent),
                 len(batch),
             )
-            if not good:
+            _count(_lost, self._signal, len(batch) - len(sent))
+            if not sent:
                 return False
-            body = self._encode(good)
-        return self._client.post(body)
+            body = self._encode(sent)
+        delivered = self._client.post(body)
+        if not delivered:
+            _count(_lost, self._signal, len(sent))
+        return delivered
 
     def _encodes(self, item: Any) -> bool:
         try:
@@ -288,7 +296,7 @@ class FastSpanExporter(_Exporter, SpanExporter):
     """Spans over OTLP (HTTP or gRPC, by the client) with the direct wire encoder."""
 
     def __init__(self, client: RetryingClient) -> None:
-        super().__init__(client, encode_spans)
+        super().__init__(client, encode_spans, "Span")
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Encode and send one batch (called by the batch processor's worker thread)."""
@@ -299,7 +307,7 @@ class FastLogExporter(_Exporter, LogRecordExporter):
     """Log records over OTLP (HTTP or gRPC, by the client) with the direct wire encoder."""
 
     def __init__(self, client: RetryingClient) -> None:
-        super().__init__(client, encode_logs)
+        super().__init__(client, encode_logs, "Log")
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         """Encode and send one batch (called by the batch processor's worker thread)."""
@@ -529,7 +537,16 @@ when it did nothing (or without the C module), and :func:`enqueue` runs."""
 
 _dropped: dict[str, int] = {}
 """Items the direct paths dropped from a full export queue, per signal, in this process."""
+_lost: dict[str, int] = {}
+"""Items kiki's exporters could not deliver (the collector unreachable, refusing or too
+slow for the export timeout; an item that would not encode), per signal, in this process."""
 _dropped_lock = threading.Lock()
+
+
+def _count(counts: dict[str, int], signal: str, items: int) -> int:
+    with _dropped_lock:  # only on a drop or a failed export, never for an item that goes out
+        total = counts[signal] = counts.get(signal, 0) + items
+    return total
 
 
 def dropped_items() -> dict[str, int]:
@@ -538,9 +555,14 @@ def dropped_items() -> dict[str, int]:
         return dict(_dropped)
 
 
+def lost_items() -> dict[str, int]:
+    """How many items kiki's exporters failed to deliver so far, per signal ("Span", "Log")."""
+    with _dropped_lock:
+        return dict(_lost)
+
+
 def _report_full(signal: str) -> None:
-    with _dropped_lock:  # only on the drop path, never for an item that fits
-        total = _dropped[signal] = _dropped.get(signal, 0) + 1
+    total = _count(_dropped, signal, 1)
     if _queue_full.due(signal) is not None:
         _logger.warning(
             "OTLP export queue full: dropping %s items, %d so far "

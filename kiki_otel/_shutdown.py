@@ -29,7 +29,7 @@ from ._fork import after_fork_in_child, drop_inherited_connections, new_identity
 from ._lifecycle import Lifecycle
 from ._logging import OwnLogger
 from ._otlp_client import RetryingClient
-from ._otlp_http import dropped_items
+from ._otlp_http import dropped_items, lost_items
 from ._settings import ShutdownSettings
 
 __all__ = ["Cleanup", "ShutdownCoordinator", "ShutdownReport", "require_callable"]
@@ -60,11 +60,26 @@ class ShutdownReport:
     """Signals whose provider was still flushing at the deadline: what they held may be lost."""
     dropped: dict[str, int] = field(default_factory=dict)
     """Items dropped from a full export queue while the app ran ("Span", "Log": count)."""
+    lost: dict[str, int] = field(default_factory=dict)
+    """Items kiki's exporters failed to deliver while the app ran, the final flush's
+    included ("Span", "Log": count): a collector down, refusing, or slower than the export
+    timeout. (Metrics go through the SDK's exporter, which logs its own failures.)"""
 
     @property
     def clean(self) -> bool:
-        """True if nothing failed, timed out or was abandoned."""
-        return not (self.failed_cleanups or self.timed_out_cleanups or self.abandoned)
+        """True if nothing failed, timed out or was abandoned, dropped or lost."""
+        return not (
+            self.failed_cleanups
+            or self.timed_out_cleanups
+            or self.abandoned
+            or self.dropped
+            or self.lost
+        )
+
+
+def _since(before: dict[str, int], now: dict[str, int]) -> dict[str, int]:
+    """The counts that grew since ``before``, by how much."""
+    return {k: n - before.get(k, 0) for k, n in now.items() if n > before.get(k, 0)}
 
 
 def require_callable(fn: object, what: str) -> None:
@@ -222,7 +237,8 @@ class ShutdownCoordinator:
         self._settings = settings
         self._lifecycle = lifecycle
         self._providers = providers  # {"traces": TracerProvider, ...}: only the ones we own
-        self._dropped_before = dropped_items()  # the report counts this instance's drops
+        # the report counts this instance's drops and losses
+        self._dropped_before, self._lost_before = dropped_items(), lost_items()
         self._cleanups: list[Cleanup] = []
         self._before_flush: list[Callable[[], None]] = []
         self._init_state()
@@ -374,13 +390,9 @@ class ShutdownCoordinator:
             first["logs"] = _flush_in_thread("logs", flush_logs)
         report.abandoned = _join_until(first, first_deadline)
         report.flush_s = time.monotonic() - flush_start
-        before = self._dropped_before
-        report.dropped = {
-            signal: count - before.get(signal, 0)
-            for signal, count in dropped_items().items()
-            if count > before.get(signal, 0)
-        }
-        event = log.info if report.clean and not report.dropped else log.warning
+        report.dropped = _since(self._dropped_before, dropped_items())
+        report.lost = _since(self._lost_before, lost_items())
+        event = log.info if report.clean else log.warning
         event(
             "shutdown.completed",
             drain_s=round(report.drain_s, 3),
@@ -390,6 +402,7 @@ class ShutdownCoordinator:
             timed_out_cleanups=report.timed_out_cleanups,
             abandoned=report.abandoned,
             dropped=report.dropped,
+            lost=report.lost,
         )
         if logs is not None and "logs" in report.abandoned:
             # Its flush ran out of time: not waited for, but still shut down, so its worker

@@ -22,11 +22,16 @@ pytest_plugins = ["tests.support.services"]
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """Each test starts with a clean environment and cwd, and ends with kiki-otel reset."""
+    """Each test starts with a clean environment and cwd, and ends with kiki-otel reset;
+    the process's counts of dropped and lost export items start at zero."""
+    from kiki_otel import _otlp_http
+
     for name in list(os.environ):
         if name.startswith(("OTEL_", "KIKI_OTEL_", "DEMO_")):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(_otlp_http, "_dropped", {})
+    monkeypatch.setattr(_otlp_http, "_lost", {})
     yield
     testing.reset(timeout=1.0)
 

@@ -539,7 +539,31 @@ async def test_the_report_counts_what_full_export_queues_dropped() -> None:
         _otlp_http._report_full("Log")
     report = await shutdown.run()
     assert report.dropped == {"Log": 5}
-    assert report.clean  # cleanups and flush: nothing failed, nothing abandoned
+    assert not report.clean  # cleanups and flush went well, but telemetry was lost
+
+
+def test_the_report_counts_what_a_dead_collector_lost(capsys: pytest.CaptureFixture[str]) -> None:
+    """Exporters that give up before the deadline (a refused port, a short export timeout)
+    lose what they held: the report says so (``lost``, not clean, a warning), where it
+    said clean=True before."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    telemetry = kiki_otel.configure(
+        exporter_otlp_endpoint=dead, exporter_otlp_timeout=200, shutdown={"timeout": 20.0}
+    )
+    with telemetry.tracer("t").start_as_current_span("lost"):
+        for _ in range(3):
+            kiki_otel.get_logger().info("will not arrive")
+    report = telemetry.shutdown()
+    assert not report.abandoned  # given up before the deadline, not cut off by it
+    assert report.lost.get("Span") == 1 and report.lost.get("Log", 0) >= 3
+    assert not report.clean
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    done = [line for line in lines if line["event"] == "shutdown.completed"]
+    assert done[0]["level"] == "warning" and done[0]["lost"] == report.lost
 
 
 async def test_a_server_without_lifespan_is_ready_once_it_serves(memory: Memory) -> None:
