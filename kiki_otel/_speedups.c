@@ -4053,7 +4053,7 @@ typedef struct {
 } OutputWrite;
 
 static PyObject *str_stdout, *str_buffer, *str_flush, *str_write, *str_lost, *str_failing;
-static PyObject *str_raw, *str_fileno;
+static PyObject *str_raw, *str_fileno, *str_write_through, *str_closed;
 static PyTypeObject *text_io_type, *buffered_writer_type, *file_io_type; /* io's */
 
 /* The descriptor a line can be written to directly when the text layer (exactly
@@ -4096,6 +4096,32 @@ output_fd(OutputWrite *self, PyObject *stream, PyObject *binary)
     self->fd = fd >= 0 && fd <= INT_MAX ? (int)fd : -1;
     return self->fd;
 #endif
+}
+
+/* 1 when the text layer's flush would do nothing: a write-through io.TextIOWrapper (each
+ * write hands its text to the binary layer before it returns) over an open io.FileIO
+ * (which holds nothing: Python's stdout unbuffered, PYTHONUNBUFFERED=1 or -u); 0 when it
+ * must run; -1 on an error (set). A closed one's flush raises, as before. */
+static int
+text_flushed(PyObject *stream, PyObject *binary)
+{
+    if (!Py_IS_TYPE(stream, text_io_type) || !Py_IS_TYPE(binary, file_io_type)) {
+        return 0;
+    }
+    PyObject *through = PyObject_GetAttr(stream, str_write_through);
+    if (through == NULL) {
+        return -1;
+    }
+    Py_DECREF(through); /* only compared */
+    if (through != Py_True) {
+        return 0;
+    }
+    PyObject *closed = PyObject_GetAttr(binary, str_closed);
+    if (closed == NULL) {
+        return -1;
+    }
+    Py_DECREF(closed);
+    return closed == Py_False;
 }
 
 #ifndef _WIN32
@@ -4188,9 +4214,15 @@ output_write_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
     }
     /* the text layer flushed first; then the line, directly or by the buffer's calls */
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
-    PyObject *called = PyObject_CallMethodNoArgs(stream, str_flush);
-    int written = called != NULL ? 0 : -1;
-    Py_XDECREF(called);
+    int written = text_flushed(stream, binary);
+    if (written == 0) {
+        PyObject *called = PyObject_CallMethodNoArgs(stream, str_flush);
+        written = called != NULL ? 0 : -1;
+        Py_XDECREF(called);
+    }
+    else if (written > 0) {
+        written = 0;
+    }
     int fd = written == 0 ? output_fd(self, stream, binary) : -1;
     if (fd == -2) {
         written = -1;
@@ -4206,7 +4238,8 @@ output_write_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
             memcpy(PyBytes_AS_STRING(line), PyBytes_AS_STRING(args[0]), (size_t)size);
             PyBytes_AS_STRING(line)[size] = '\n';
         }
-        called = line != NULL ? PyObject_CallMethodOneArg(binary, str_write, line) : NULL;
+        PyObject *called =
+            line != NULL ? PyObject_CallMethodOneArg(binary, str_write, line) : NULL;
         Py_XDECREF(line);
         Py_XDECREF(called);
         called = called != NULL ? PyObject_CallMethodNoArgs(binary, str_flush) : NULL;
@@ -6339,6 +6372,8 @@ intern_names(void)
         {&str_lost, "_lost"},
         {&str_failing, "_failing"},
         {&str_raw, "raw"},
+        {&str_write_through, "write_through"},
+        {&str_closed, "closed"},
         {&str_fileno, "fileno"},
         {&str_attributes_field, "_attributes"},
         {&str_maxlen, "maxlen"},

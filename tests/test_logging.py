@@ -380,6 +380,8 @@ def _file_stdout(fd: int, layer: str = "buffered") -> io.TextIOWrapper:
     raw = io.FileIO(fd, "w", closefd=False)
     if layer == "unbuffered":
         return io.TextIOWrapper(raw, write_through=True)
+    if layer == "text-buffered":  # unbuffered below, but text held until a flush
+        return io.TextIOWrapper(raw, write_through=False)
     return io.TextIOWrapper(io.BufferedWriter(raw))
 
 
@@ -395,7 +397,7 @@ def _drain(fd: int) -> bytes:
         chunks.append(chunk)
 
 
-@pytest.mark.parametrize("layer", ["buffered", "unbuffered"])
+@pytest.mark.parametrize("layer", ["buffered", "unbuffered", "text-buffered"])
 @pytest.mark.parametrize("writer", ["c", "python"])
 def test_a_line_to_a_file_descriptor_is_the_buffers_write(
     monkeypatch: pytest.MonkeyPatch, writer: str, layer: str
@@ -453,6 +455,37 @@ def _full_pipe_writes(
         output.write(b'{"event":"next"}')
         received += _drain(read_end)
         return received, output.dropped, stderr.getvalue()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("layer", ["buffered", "unbuffered"])
+@pytest.mark.parametrize("writer", ["c", "python"])
+def test_a_closed_stdout_drops_the_line(
+    monkeypatch: pytest.MonkeyPatch, writer: str, layer: str
+) -> None:
+    """A stdout whose file was closed (after a line went out: the C write knows its
+    descriptor) drops the line with the text layer's ValueError, and writes nothing to
+    the descriptor, which may be another file's by then."""
+    from kiki_otel import _logging
+
+    if writer == "python":
+        monkeypatch.setattr(_logging, "speedups", None)
+    elif getattr(_logging.speedups, "output_write", None) is None:
+        pytest.skip("the C module is not built here")
+    output = _logging._Output()
+    read_end, write_end = os.pipe()
+    try:
+        os.set_blocking(read_end, False)
+        stdout = _file_stdout(write_end, layer)
+        monkeypatch.setattr(sys, "stdout", stdout)
+        monkeypatch.setattr(sys, "__stderr__", io.StringIO())
+        output.write(b'{"event":"one"}')
+        stdout.close()  # (closefd=False: the pipe stays open)
+        output.write(b'{"event":"two"}')
+        assert output.dropped == 1 and "ValueError" in sys.__stderr__.getvalue()
+        assert _drain(read_end) == b'{"event":"one"}\n'
     finally:
         os.close(read_end)
         os.close(write_end)
