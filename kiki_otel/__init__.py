@@ -7,16 +7,20 @@ every exporter within a deadline.
 
 from ._configure import configure
 from ._context import get_request_id
-from ._health import HealthStatus
+from ._health import CheckFailed, HealthRegistry, HealthStatus
 from ._logging import get_logger
 from ._settings import ConfigurationError, ServiceSettings, Settings
+from ._shutdown import ShutdownReport
 from ._telemetry import Telemetry
 
 __all__ = [
+    "CheckFailed",
     "ConfigurationError",
+    "HealthRegistry",
     "HealthStatus",
     "ServiceSettings",
     "Settings",
+    "ShutdownReport",
     "Telemetry",
     "configure",
     "get_logger",

@@ -25,10 +25,13 @@ def json_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
 def test_public_api_is_pinned() -> None:
     """The public surface only grows on purpose."""
     assert sorted(kiki_otel.__all__) == [
+        "CheckFailed",
         "ConfigurationError",
+        "HealthRegistry",
         "HealthStatus",
         "ServiceSettings",
         "Settings",
+        "ShutdownReport",
         "Telemetry",
         "configure",
         "get_logger",
