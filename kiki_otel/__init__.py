@@ -4,12 +4,17 @@
 correlated with it, health endpoints exported as metrics, and a graceful shutdown that flushes
 every exporter within a deadline.
 """
+# ruff: noqa: E402 - OTEL_PROPAGATORS is checked before any module that imports OpenTelemetry's
+
+from ._errors import ConfigurationError, check_propagators
+
+check_propagators()  # the SDK reads it at import and would raise a bare ValueError
 
 from ._configure import configure
 from ._context import get_request_id
 from ._health import CheckFailed, HealthRegistry, HealthStatus
 from ._logging import get_logger
-from ._settings import ConfigurationError, ServiceSettings, Settings
+from ._settings import ServiceSettings, Settings
 from ._shutdown import ShutdownReport
 from ._telemetry import Telemetry
 

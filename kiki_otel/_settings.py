@@ -26,6 +26,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ._errors import ConfigurationError
+
 __all__ = [
     "ConfigurationError",
     "HealthSettings",
@@ -48,10 +50,6 @@ SamplerName = Literal[
     "parentbased_traceidratio",
 ]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-
-
-class ConfigurationError(ValueError):
-    """A setting has a value we cannot use; the message names the variable to fix."""
 
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")

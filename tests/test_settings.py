@@ -371,3 +371,22 @@ def test_finish_batch_out_of_range_is_a_clear_error(
     for good in ("1", "64"):
         monkeypatch.setenv("KIKI_OTEL_HTTP__FINISH_BATCH", good)
         assert load_settings(Settings, {}).http.finish_batch == int(good)
+
+
+@pytest.mark.parametrize("value", ["bogus", "tracecontext,b3"])
+def test_an_unknown_propagator_fails_the_import_naming_the_variable(value: str) -> None:
+    """The SDK reads OTEL_PROPAGATORS as it is imported and raised a bare ValueError from
+    deep inside ``import kiki_otel``; now it is a ConfigurationError naming the variable."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OTEL_PROPAGATORS": value}
+    code = "import kiki_otel"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1
+    assert last.startswith("kiki_otel._errors.ConfigurationError: invalid OTEL_PROPAGATORS:")
+    assert "not found" in last
+    env["OTEL_PROPAGATORS"] = "tracecontext,none"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
