@@ -568,8 +568,9 @@ class ServerTelemetry:
             and _CLIENT_ID.fullmatch(raw.decode("latin-1"))
         ):
             return raw.decode("ascii")
-        # Escaped and truncated: a hostile header must not forge log lines or flood them.
-        shown = repr(b"".join(values[:2])[:64])
+        # Escaped and truncated: a hostile header must not forge log lines or flood them
+        # (printable ASCII as it came, anything else as a \x.. escape).
+        shown = b"".join(values[:2])[:64].decode("latin-1").encode("unicode_escape").decode()
         self._warn.warning(
             "http.client_request_id.rejected", value=shown, count=len(values), length=len(raw)
         )

@@ -456,6 +456,29 @@ async def test_rejection_warnings_are_rate_limited(
     assert len(warnings) == 1
 
 
+@pytest.mark.parametrize(
+    ("header", "shown"),
+    [("abc 123", "abc 123"), ("a\x7fb\xe9", "a\\x7fb\\xe9"), ("x" * 69 + " ", "x" * 64)],
+)
+async def test_a_rejected_client_id_is_shown_as_text(
+    app: FastAPI,
+    memory: Memory,
+    capsys: pytest.CaptureFixture[str],
+    header: str,
+    shown: str,
+) -> None:
+    """The warning shows the rejected id as it came where it is printable ASCII, anything
+    else escaped, cut to 64 bytes (it was a bytes repr: "b'abc 123'")."""
+    async with client(app) as c:
+        await c.get("/items/1", headers=[("X-Request-ID", header.encode("latin-1"))])
+    (warning,) = [
+        line
+        for line in log_lines(capsys.readouterr().out)
+        if line["event"] == "http.client_request_id.rejected"
+    ]
+    assert warning["value"] == shown
+
+
 async def test_duplicate_client_request_ids_are_rejected(app: FastAPI, memory: Memory) -> None:
     """Two X-Request-ID headers are ambiguous: neither is recorded."""
     async with client(app) as c:
