@@ -11,7 +11,7 @@ import difflib
 import math
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, Self, TypeVar, get_args
 from urllib.parse import unquote, urlsplit
 
 from pydantic import (
@@ -443,7 +443,7 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
     @classmethod
-    def load(cls, **overrides: Any) -> Any:
+    def load(cls, **overrides: Any) -> Self:
         """Build the settings, turning validation errors into a :class:`ConfigurationError`.
 
         A keyword that names no field is one too (``databse_url=``), with the closest name.

@@ -35,6 +35,8 @@ from ._settings import ShutdownSettings
 __all__ = ["Cleanup", "ShutdownCoordinator", "ShutdownReport", "require_callable"]
 
 Cleanup = Callable[[], Awaitable[object]] | Callable[[], object]
+CleanupT = TypeVar("CleanupT", bound=Callable[[], object])
+"""A cleanup's own type, which registering it keeps (``on_shutdown`` as a decorator)."""
 T = TypeVar("T")
 log = OwnLogger("kiki_otel.shutdown")
 
@@ -262,7 +264,7 @@ class ShutdownCoordinator:
             drop_inherited_connections(self._providers.values())
             _spare_threads.keep(_SEQUENCE_THREADS + len(self._cleanups))
 
-    def on_shutdown(self, fn: Cleanup) -> Cleanup:
+    def on_shutdown(self, fn: CleanupT) -> CleanupT:
         """Register a cleanup (sync or async); they run in reverse order of registration."""
         require_callable(fn, "on_shutdown() cleanup")
         self._cleanups.append(fn)

@@ -15,7 +15,7 @@ from ._lifespan import LifespanHooks
 from ._logging import OwnLogger
 from ._providers import Providers
 from ._settings import Settings
-from ._shutdown import Cleanup, ShutdownCoordinator, ShutdownReport
+from ._shutdown import CleanupT, ShutdownCoordinator, ShutdownReport
 
 if TYPE_CHECKING:
     from ._health import HealthRegistry
@@ -51,7 +51,7 @@ class Telemetry:
         """A meter from this telemetry's provider."""
         return self.providers.meter_provider.get_meter(name, version)
 
-    def on_shutdown(self, fn: Cleanup) -> Cleanup:
+    def on_shutdown(self, fn: CleanupT) -> CleanupT:
         """Run ``fn`` (sync or async) on graceful shutdown, before exporters flush.
 
         Cleanups run in reverse registration order, each bounded by
