@@ -145,8 +145,10 @@ class HttpSettings(BaseModel):
     while the event loop is busy, at most (1: each at once). Run back to back they find
     the CPU caches warm: ~10-25 us less CPU a request through uvicorn. A request waits at
     most until this many wait or a turn of the loop ends no request."""
-    excluded_paths: Annotated[tuple[str, ...], NoDecode] = ("/metrics", "/favicon.ico")
-    """Paths (exact) that produce no span, metric or access-log line; health paths are added."""
+    excluded_paths: Annotated[tuple[str, ...], NoDecode] = ("/metrics", "/metrics/", "/favicon.ico")
+    """Paths (exact) that produce no span, metric or access-log line; health paths are added.
+    ``/metrics/`` too: prometheus-client's ASGI app mounted at ``/metrics`` answers there
+    (Starlette redirects ``/metrics`` to it)."""
     instrument_httpx: bool = True
 
     @field_validator("request_id_header")

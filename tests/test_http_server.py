@@ -499,6 +499,31 @@ async def test_excluded_paths_produce_no_telemetry(
     assert not [l for l in log_lines(capsys.readouterr().out) if l["event"] == "http.request"]
 
 
+async def test_a_metrics_app_mounted_at_metrics_is_excluded(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """prometheus-client's ASGI app mounted as its docs show (``app.mount("/metrics",
+    make_asgi_app())``): Starlette redirects /metrics to /metrics/, where it answers; by
+    default neither makes telemetry (every scrape made a span, a histogram point and an
+    access line with no route)."""
+
+    async def scrape(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"# metrics\n"})
+
+    app = FastAPI()
+    app.mount("/metrics", scrape)
+    kiki_otel.configure(app, service_name="svc-test", metrics_exporter="none")
+    async with client(app) as c:
+        response = await c.get("/metrics", follow_redirects=True)
+    assert response.status_code == 200 and response.text == "# metrics\n"
+    assert [r.url.path for r in response.history] == ["/metrics"]  # the redirect
+    assert "x-request-id" not in response.headers
+    assert memory.spans() == []
+    assert memory.metric_points("http.server.request.duration") == []
+    assert not [l for l in log_lines(capsys.readouterr().out) if l["event"] == "http.request"]
+
+
 async def test_stable_http_metrics(app: FastAPI, memory: Memory) -> None:
     """http.server.request.duration (s) with semconv attributes; active requests back to 0."""
     async with client(app) as c:
