@@ -19,9 +19,10 @@ import random
 import threading
 import time
 from collections.abc import Mapping
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from ._fork import after_fork_in_child
+from ._settings import redact
 
 __all__ = ["Attempt", "RetryingClient", "basic_auth", "export_logger", "redact"]
 
@@ -38,17 +39,6 @@ collector answering ``Retry-After: 0`` would otherwise get all 64 attempts in mi
 
 _CLOSE_WAIT = 1.0
 """How long ``close()`` waits for an aborted attempt to let go of the connection."""
-
-
-def redact(url: str) -> str:
-    """``url`` with its password (or a lone user, maybe a token) as ``***``, for logs."""
-    parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if not at:
-        return url
-    user, colon, _ = userinfo.partition(":")
-    shown = f"{user}:***" if colon else "***"
-    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
 
 
 def basic_auth(url: str, headers: Mapping[str, str]) -> str | None:

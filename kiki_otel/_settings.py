@@ -10,9 +10,9 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal, Self, TypeVar, get_args
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import (
     AliasChoices,
@@ -236,6 +236,17 @@ class ShutdownSettings(BaseModel):
     """Bound for each ``on_shutdown`` callback (also bounded by the overall deadline)."""
 
 
+def redact(url: str) -> str:
+    """``url`` with its password (or a lone user, maybe a token) as ``***``, for logs."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
+
+
 class Settings(BaseSettings):
     """kiki-otel's settings.
 
@@ -431,6 +442,13 @@ class Settings(BaseSettings):
         if self.health.enabled:
             paths.update((self.health.path, self.health.live_path, self.health.ready_path))
         return frozenset(paths)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """The fields as pydantic shows them, the endpoint's password hidden (as headers are)."""
+        for name, value in super().__repr_args__():
+            if name == "exporter_otlp_endpoint" and isinstance(value, str):
+                value = redact(value)
+            yield name, value
 
 
 class ServiceSettings(BaseSettings):

@@ -120,6 +120,21 @@ def test_headers_are_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "s3cr3t" not in str(info.value)
 
 
+def test_the_endpoints_password_is_not_in_reprs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials in the OTLP endpoint's URL (a collector behind basic auth) stay out of
+    the settings' and the handle's reprs, as the headers do; the value itself is kept."""
+    import kiki_otel
+
+    endpoint = "http://collector-user:pw-s3cr3t@127.0.0.1:4318"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    settings = Settings()
+    assert settings.exporter_otlp_endpoint == endpoint
+    for shown in (repr(settings), str(settings)):
+        assert "pw-s3cr3t" not in shown and "collector-user:***@127.0.0.1:4318" in shown
+    telemetry = kiki_otel.configure(metrics_exporter="none")
+    assert "pw-s3cr3t" not in repr(telemetry)
+
+
 def test_valid_endpoints_are_kept() -> None:
     """Stricter endpoint checks still accept every usable URL: IPv6, default port, a path."""
     for endpoint, expected in [
