@@ -3,6 +3,7 @@ with the same fields, correlation by span-context validity, no recursion from ex
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -413,9 +414,10 @@ def test_a_line_to_a_file_descriptor_is_the_buffers_write(
         pytest.skip("the C module is not built here")
     output = _logging._Output()
     read_end, write_end = os.pipe()
+    stdout = _file_stdout(write_end, layer)
     try:
         os.set_blocking(read_end, False)
-        monkeypatch.setattr(sys, "stdout", _file_stdout(write_end, layer))
+        monkeypatch.setattr(sys, "stdout", stdout)
         sys.stdout.write("print()ed, still buffered\n")
         output.write(b'{"event":"one"}')
         output.write(b'{"event":"two"}')
@@ -427,6 +429,10 @@ def test_a_line_to_a_file_descriptor_is_the_buffers_write(
         output.write(b'{"event":"lost"}')  # EPIPE (Python ignores SIGPIPE)
         assert output.dropped == 1 and "BrokenPipeError" in stderr.getvalue()
     finally:
+        # closed now: a buffer still holding the lost line (the Python write's) would be
+        # flushed at collection, to a closed descriptor (an error at teardown on 3.13)
+        with contextlib.suppress(OSError):
+            stdout.close()
         for fd in (read_end, write_end):
             if fd >= 0:
                 os.close(fd)
