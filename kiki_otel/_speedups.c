@@ -3032,6 +3032,55 @@ access_emit(AccessLine *self, PyObject *event, const Pairs *pairs, PyObject *cur
     return done;
 }
 
+/* The line's end, the dict path's and access_pairs': the record (access_emit, else the
+ * emitter's method, given the event dict, made from the pairs if there is none yet; as the
+ * method, an error is dropped: telemetry must never break logging), the JSON (of the dict
+ * if one was made, else of the pairs; the renderer's dumps for anything not plain), and
+ * the write. event (borrowed) or pairs: one of them is NULL. */
+static PyObject *
+access_finish(AccessLine *self, int failed, PyObject *current, PyObject *now, PyObject *event,
+              const Pairs *pairs)
+{
+    PyObject *level = failed ? str_error : str_info, *line = NULL, *result = NULL;
+    Py_XINCREF(event);
+    if (self->emit != NULL) {
+        PyObject *head = PyTuple_GET_ITEM(self->heads, failed);
+        int emitted =
+            self->loggers != NULL ? access_emit(self, event, pairs, current, now, head) : 0;
+        if (emitted == 0) {
+            if (event == NULL && (event = pairs_event(pairs)) == NULL) {
+                goto done;
+            }
+            PyObject *emit_args[6] = {level, event, PyTuple_GET_ITEM(current, 4), self->name,
+                                      now, head};
+            PyObject *called = PyObject_Vectorcall(self->emit, emit_args, 6, NULL);
+            emitted = called != NULL ? 1 : -1;
+            Py_XDECREF(called);
+        }
+        if (emitted < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                goto done;
+            }
+            PyErr_Clear();
+        }
+    }
+    line = event != NULL ? json_line(NULL, event) : pairs_json(pairs);
+    if (line == Py_None) {
+        if (event == NULL && (event = pairs_event(pairs)) == NULL) {
+            goto done;
+        }
+        PyObject *dumps_args[2] = {event, self->dumps_default};
+        Py_SETREF(line, PyObject_Vectorcall(self->dumps, dumps_args, 2, NULL));
+    }
+    if (line != NULL) {
+        result = PyObject_Vectorcall(self->write, &line, 1, NULL);
+    }
+done:
+    Py_XDECREF(event);
+    Py_XDECREF(line);
+    return result;
+}
+
 /* The line when no context variable of structlog's is bound and the merge is
  * merge_contextvars: it would add nothing, so the event dict's items are known, in order,
  * and the record and the JSON are written from them (``Pairs``); the dict is made only for
@@ -3042,9 +3091,8 @@ static PyObject *
 access_pairs(AccessLine *self, PyObject *const *args, PyObject *current, int failed)
 {
     PyObject *level = failed ? str_error : str_info;
-    PyObject *span_context = PyTuple_GET_ITEM(current, 4), *ids = PyTuple_GET_ITEM(current, 5);
-    PyObject *now = NULL, *stamp = NULL, *client = NULL, *event = NULL, *line = NULL;
-    PyObject *result = NULL;
+    PyObject *ids = PyTuple_GET_ITEM(current, 5);
+    PyObject *now = NULL, *stamp = NULL, *client = NULL, *result = NULL;
     unsigned attributes = self->attributes;
     Pairs pairs = {.count = 0, .attributes = 0};
     for (int key = KEY_METHOD; key <= KEY_DURATION; key++) { /* the call's, in its order */
@@ -3078,44 +3126,11 @@ access_pairs(AccessLine *self, PyObject *const *args, PyObject *current, int fai
         pairs_add(&pairs, attributes, KEY_CLIENT_ID, client);
     }
     pairs_add(&pairs, attributes, KEY_SERVICE, self->service);
-    if (self->emit != NULL) {
-        PyObject *head = PyTuple_GET_ITEM(self->heads, failed);
-        int emitted = self->loggers != NULL ? access_emit(self, NULL, &pairs, current, now, head)
-                                            : 0;
-        if (emitted == 0) {
-            event = pairs_event(&pairs);
-            if (event == NULL) {
-                goto done;
-            }
-            PyObject *emit_args[6] = {level, event, span_context, self->name, now, head};
-            PyObject *called = PyObject_Vectorcall(self->emit, emit_args, 6, NULL);
-            emitted = called != NULL ? 1 : -1;
-            Py_XDECREF(called);
-        }
-        if (emitted < 0) {
-            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
-                goto done;
-            }
-            PyErr_Clear();
-        }
-    }
-    line = event != NULL ? json_line(NULL, event) : pairs_json(&pairs);
-    if (line == Py_None) {
-        if (event == NULL && (event = pairs_event(&pairs)) == NULL) {
-            goto done;
-        }
-        PyObject *dumps_args[2] = {event, self->dumps_default};
-        Py_SETREF(line, PyObject_Vectorcall(self->dumps, dumps_args, 2, NULL));
-    }
-    if (line != NULL) {
-        result = PyObject_Vectorcall(self->write, &line, 1, NULL);
-    }
+    result = access_finish(self, failed, current, now, NULL, &pairs);
 done:
     Py_XDECREF(now);
     Py_XDECREF(stamp);
     Py_XDECREF(client);
-    Py_XDECREF(event);
-    Py_XDECREF(line);
     return result;
 }
 
@@ -3157,9 +3172,8 @@ access_line_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
         }
     }
     PyObject *level = failed ? str_error : str_info;
-    PyObject *span_context = PyTuple_GET_ITEM(current, 4), *ids = PyTuple_GET_ITEM(current, 5);
-    PyObject *event = new_event(), *now = NULL, *stamp = NULL, *client = NULL, *line = NULL;
-    PyObject *result = NULL;
+    PyObject *ids = PyTuple_GET_ITEM(current, 5);
+    PyObject *event = new_event(), *now = NULL, *stamp = NULL, *client = NULL, *result = NULL;
     if (event == NULL || PyDict_SetItem(event, str_method, args[0]) < 0
         || PyDict_SetItem(event, str_path, args[1]) < 0
         || PyDict_SetItem(event, str_route, args[2]) < 0
@@ -3221,38 +3235,12 @@ access_line_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
         }
         Py_DECREF(structured);
     }
-    if (self->emit != NULL) {
-        /* As the method: an error is dropped (telemetry must never break logging). */
-        PyObject *head = PyTuple_GET_ITEM(self->heads, failed);
-        int emitted =
-            self->loggers != NULL ? access_emit(self, event, NULL, current, now, head) : 0;
-        if (emitted == 0) {
-            PyObject *emit_args[6] = {level, event, span_context, self->name, now, head};
-            PyObject *called = PyObject_Vectorcall(self->emit, emit_args, 6, NULL);
-            emitted = called != NULL ? 1 : -1;
-            Py_XDECREF(called);
-        }
-        if (emitted < 0) {
-            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
-                goto done;
-            }
-            PyErr_Clear();
-        }
-    }
-    line = json_line(NULL, event);
-    if (line == Py_None) {
-        PyObject *dumps_args[2] = {event, self->dumps_default};
-        Py_SETREF(line, PyObject_Vectorcall(self->dumps, dumps_args, 2, NULL));
-    }
-    if (line != NULL) {
-        result = PyObject_Vectorcall(self->write, &line, 1, NULL);
-    }
+    result = access_finish(self, failed, current, now, event, NULL);
 done:
     Py_XDECREF(event);
     Py_XDECREF(now);
     Py_XDECREF(stamp);
     Py_XDECREF(client);
-    Py_XDECREF(line);
     return result;
 }
 

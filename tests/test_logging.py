@@ -386,6 +386,18 @@ def _file_stdout(fd: int, layer: str = "buffered") -> io.TextIOWrapper:
     return io.TextIOWrapper(io.BufferedWriter(raw))
 
 
+def _output(monkeypatch: pytest.MonkeyPatch, writer: str) -> Any:
+    """kiki's stdout output with the C write ("c", skipped without the C module) or the
+    Python one ("python")."""
+    from kiki_otel import _logging
+
+    if writer == "python":
+        monkeypatch.setattr(_logging, "speedups", None)
+    elif getattr(_logging.speedups, "output_write", None) is None:
+        pytest.skip("the C module is not built here")
+    return _logging._Output()
+
+
 def _drain(fd: int) -> bytes:
     chunks = []
     while True:
@@ -406,13 +418,7 @@ def test_a_line_to_a_file_descriptor_is_the_buffers_write(
     """Over a FileIO the C write writes the line to the descriptor itself (no buffer calls):
     the same bytes, in the same order with the text layer, as the buffer's write and flush;
     a reader gone is a dropped line, reported, as before."""
-    from kiki_otel import _logging
-
-    if writer == "python":
-        monkeypatch.setattr(_logging, "speedups", None)
-    elif getattr(_logging.speedups, "output_write", None) is None:
-        pytest.skip("the C module is not built here")
-    output = _logging._Output()
+    output = _output(monkeypatch, writer)
     read_end, write_end = os.pipe()
     stdout = _file_stdout(write_end, layer)
     try:
@@ -474,13 +480,7 @@ def test_a_closed_stdout_drops_the_line(
     """A stdout whose file was closed (after a line went out: the C write knows its
     descriptor) drops the line with the text layer's ValueError, and writes nothing to
     the descriptor, which may be another file's by then."""
-    from kiki_otel import _logging
-
-    if writer == "python":
-        monkeypatch.setattr(_logging, "speedups", None)
-    elif getattr(_logging.speedups, "output_write", None) is None:
-        pytest.skip("the C module is not built here")
-    output = _logging._Output()
+    output = _output(monkeypatch, writer)
     read_end, write_end = os.pipe()
     try:
         os.set_blocking(read_end, False)
