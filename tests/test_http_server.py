@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, WebSocket
 from fastapi.responses import JSONResponse
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, StatusCode
@@ -522,6 +522,30 @@ async def test_a_metrics_app_mounted_at_metrics_is_excluded(
     assert memory.spans() == []
     assert memory.metric_points("http.server.request.duration") == []
     assert not [l for l in log_lines(capsys.readouterr().out) if l["event"] == "http.request"]
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")  # its test client
+def test_a_websocket_passes_through_untouched(memory: Memory) -> None:
+    """As the README says: a WebSocket connection makes no span and no access line, and its
+    handler sees no request id; it works as without kiki."""
+    from starlette.testclient import TestClient
+
+    app = FastAPI()
+    seen: list[str | None] = []
+
+    @app.websocket("/ws")
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        seen.append(kiki_otel.get_request_id())
+        await websocket.send_text(await websocket.receive_text())
+        await websocket.receive()  # the client's close
+
+    kiki_otel.configure(app, service_name="svc-test", metrics_exporter="none")
+    with TestClient(app) as test_client, test_client.websocket_connect("/ws") as websocket:
+        websocket.send_text("ping")
+        assert websocket.receive_text() == "ping"
+    assert seen == [None]
+    assert memory.spans() == []
 
 
 async def test_stable_http_metrics(app: FastAPI, memory: Memory) -> None:
