@@ -503,28 +503,42 @@ def _enter_marked_request(error: BaseException | None) -> Token[Context] | None:
 
 
 class ExporterNoiseFilter(logging.Filter):
-    """At most one record per ``interval`` seconds per OTel library logger, cut to 512 chars.
+    """Few records per OTel library logger while it keeps warning, each cut to 512 chars.
 
-    A dead collector makes every exporter warn on every retry of every batch; one line per
-    half minute per signal says the same, with the count of what was held back.
+    A dead collector makes every exporter warn on every retry of every batch, and the SDK's
+    metrics exporter on every export (each minute). One record per ``interval`` seconds per
+    logger at first; while the logger keeps warning (a record within one current interval of
+    the last allowed time) the interval doubles, up to ``longest``: a collector down for a day
+    costs a few dozen lines, not one a minute. A logger quiet for longer than its interval
+    starts again from ``interval``. Each record says how many were held back before it.
     """
 
-    def __init__(self, interval: float = 30.0) -> None:
+    def __init__(
+        self,
+        interval: float = 30.0,
+        longest: float = 1800.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self._interval = interval
-        self._next: dict[str, float] = {}
+        self._longest = longest
+        self._clock = clock
+        self._next: dict[str, tuple[float, float]] = {}  # name -> (allowed from, interval)
         self._held: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(_NOISY_PREFIXES):
             return True
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
-            if now < self._next.get(record.name, 0.0):
+            allowed, interval = self._next.get(record.name, (0.0, 0.0))
+            if now < allowed:
                 self._held[record.name] = self._held.get(record.name, 0) + 1
                 return False
-            self._next[record.name] = now + self._interval
+            again = interval > 0 and now - allowed <= interval  # the same outage: back off
+            interval = min(interval * 2, self._longest) if again else self._interval
+            self._next[record.name] = (now + interval, interval)
             record.suppressed = self._held.pop(record.name, 0)
         message = record.getMessage()
         if len(message) > _NOISY_MESSAGE_MAX:

@@ -236,6 +236,35 @@ def test_exporter_retry_warnings_are_rate_limited(
     assert len([l for l in out if l["logger"] == "app"]) == 50
 
 
+def test_a_logger_that_keeps_warning_is_heard_less_and_less() -> None:
+    """The SDK's metrics exporter warns on every export (each minute) while the collector is
+    down: one line per minute for as long as that lasts. Kept warning, a logger's interval
+    doubles up to the longest; quiet for longer than its interval, it starts over."""
+    from kiki_otel._logging import ExporterNoiseFilter
+
+    now = [0.0]
+    noise = ExporterNoiseFilter(interval=30.0, longest=600.0, clock=lambda: now[0])
+
+    def record(name: str = "opentelemetry.exporter.otlp.proto.http.metric_exporter") -> Any:
+        return logging.LogRecord(name, logging.WARNING, __file__, 1, "Transient error", None, None)
+
+    heard = []
+    for minute in range(60):  # an hour of a warning a minute
+        now[0] = minute * 60.0
+        if noise.filter(record()):
+            heard.append(minute)
+    assert heard == [0, 1, 2, 4, 8, 16, 26, 36, 46, 56]  # 30, 60, 120, ... s, then 600 s
+    assert noise.filter(record("app")) and noise.filter(record("app"))  # others: never held
+    now[0] = 56 * 60.0 + 600 + 601  # quiet for longer than its 600 s past its allowed time
+    again = record()
+    assert noise.filter(again) and again.suppressed == 3  # minutes 57-59, held back
+    now[0] += 29
+    assert not noise.filter(record())  # from 30 s again, not 600
+    now[0] += 1
+    last = record()
+    assert noise.filter(last) and last.suppressed == 1
+
+
 def test_uvicorn_color_message_is_dropped(
     memory: Memory, capsys: pytest.CaptureFixture[str]
 ) -> None:
