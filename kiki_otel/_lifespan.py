@@ -15,7 +15,7 @@ from typing import Any
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send, direct_call, native_dispatch
 from ._lifecycle import Lifecycle
-from ._logging import OwnLogger
+from ._logging import OwnLogger, reclaim_server_loggers
 from ._shutdown import ShutdownCoordinator
 
 __all__ = ["LifespanHooks", "foreign_signal_handlers"]
@@ -89,6 +89,7 @@ class LifespanHooks:
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._lifespan_seen = True
+        reclaim_server_loggers()  # a server's logging set up after configure(), see there
         if self._lifecycle.shutting_down and not self._warned_restart:
             self._warn_restart()
 

@@ -594,16 +594,21 @@ def _route_stdlib(bridge: StdlibBridge, settings: Settings) -> None:
     root.setLevel(settings.log_level)
     # uvicorn/gunicorn install their own handlers before importing the app: send their
     # records through the root chain instead, and drop their access logs (ours replaces them).
-    _reclaim_server_loggers()
+    reclaim_server_loggers()
     if not _reclaim_registered and hasattr(os, "register_at_fork"):
         # gunicorn --preload: configure() ran in the master, and the worker object, built
         # there before each fork, gives uvicorn's loggers gunicorn's handlers again.
-        os.register_at_fork(after_in_child=_reclaim_server_loggers)
+        os.register_at_fork(after_in_child=reclaim_server_loggers)
         _reclaim_registered = True
 
 
-def _reclaim_server_loggers() -> None:
+def reclaim_server_loggers() -> None:
     """Route the servers' loggers through the root chain (while kiki's logging is installed).
+
+    Run by configure(), in every forked child, and when the lifespan starts: a server
+    started from the app's own code (``uvicorn.run(app)`` without ``log_config=None``)
+    configures its logging after configure() ran, which gave uvicorn's loggers their text
+    handlers back (and a second access line per request).
 
     A server's access logger stays off when kiki's access line replaces it, and when the
     server's own is off: no handlers and no propagation, as ``uvicorn --no-access-log``

@@ -6,10 +6,18 @@ means no access lines, and without that flag uvicorn's line goes through the JSO
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import httpx
 import pytest
 
-from tests.support.server_process import ServerProcess
+from tests.support.server_process import ServerProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -45,3 +53,72 @@ def test_access_lines_are_the_ones_asked_for(
             and "/plans/" in str(line.get("path", line.get("event", "")))
         ]
         assert access == expected * 4, server.output()
+
+
+RUN_IN_CODE = """
+import sys
+
+import uvicorn
+from fastapi import FastAPI
+
+import kiki_otel
+
+app = FastAPI()
+
+
+@app.get("/plans/{plan_id}")
+async def plan(plan_id: int) -> dict[str, int]:
+    return {"plan_id": plan_id}
+
+
+kiki_otel.configure(app)
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]))  # uvicorn's logging config: default
+"""
+
+
+def test_uvicorn_run_in_code_keeps_the_json_chain(tmp_path: Path) -> None:
+    """``uvicorn.run(app)`` without ``log_config=None`` (the migration guide says to pass it;
+    not everyone will): uvicorn sets up its text logging after configure() ran. From the
+    lifespan's start its loggers go through the JSON chain again: one access line a request
+    (kiki's), no text lines but the two uvicorn writes before it starts the app."""
+    script = tmp_path / "run_in_code.py"
+    script.write_text(RUN_IN_CODE)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KIKI_OTEL_"))} | {
+        **NO_EXPORT,
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1).status_code:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and proc.poll() is None, "not serving"
+                time.sleep(0.05)
+        for _ in range(3):
+            assert httpx.get(f"http://127.0.0.1:{port}/plans/7").status_code == 200
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    lines = out.splitlines()
+    text = [line for line in lines if not line.startswith("{")]
+    assert text == [
+        f"INFO:     Started server process [{proc.pid}]",
+        "INFO:     Waiting for application startup.",
+    ], out
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    access = [r["logger"] for r in records if "/plans/" in str(r.get("path", r.get("event")))]
+    assert access == ["kiki_otel.access"] * 3, out
+    assert any(r.get("logger") == "uvicorn.error" for r in records), out  # JSON now
