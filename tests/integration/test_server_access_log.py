@@ -6,18 +6,13 @@ means no access lines, and without that flag uvicorn's line goes through the JSO
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.server_process import ServerProcess, free_port
+from tests.support.server_process import ServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -83,42 +78,19 @@ def test_uvicorn_run_in_code_keeps_the_json_chain(tmp_path: Path) -> None:
     (kiki's), no text lines but the two uvicorn writes before it starts the app."""
     script = tmp_path / "run_in_code.py"
     script.write_text(RUN_IN_CODE)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KIKI_OTEL_"))} | {
-        **NO_EXPORT,
-        "PYTHONUNBUFFERED": "1",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1).status_code:
-                    break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline and proc.poll() is None, "not serving"
-                time.sleep(0.05)
+    with ServerProcess(str(script), server="script", env=NO_EXPORT) as server:
+        server.wait_ready()
         for _ in range(3):
-            assert httpx.get(f"http://127.0.0.1:{port}/plans/7").status_code == 200
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    lines = out.splitlines()
-    text = [line for line in lines if not line.startswith("{")]
+            assert httpx.get(server.url + "/plans/7").status_code == 200
+        server.signal(signal.SIGINT)
+        server.wait()
+    out = "\n".join(server.lines)
+    text = [line for line in server.lines if not line.startswith("{")]
     assert text == [
-        f"INFO:     Started server process [{proc.pid}]",
+        f"INFO:     Started server process [{server.pid}]",
         "INFO:     Waiting for application startup.",
     ], out
-    records = [json.loads(line) for line in lines if line.startswith("{")]
+    records = server.json_lines()
     access = [r["logger"] for r in records if "/plans/" in str(r.get("path", r.get("event")))]
     assert access == ["kiki_otel.access"] * 3, out
     assert any(r.get("logger") == "uvicorn.error" for r in records), out  # JSON now

@@ -48,7 +48,9 @@ class ServerProcess:
         }
         full_env.update({"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)})
         full_env.update(env or {})
-        if server == "uvicorn":
+        if server == "script":  # app is a script that starts its server on argv[1]'s port
+            cmd = [sys.executable, app, str(self.port)]
+        elif server == "uvicorn":
             cmd = [
                 sys.executable,
                 "-m",
