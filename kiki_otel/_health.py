@@ -91,16 +91,38 @@ def _interpret(value: object) -> tuple[HealthStatus, str | None, str | None]:
     if isinstance(value, str | bool) or value is None:
         named = _named(value)
         return named, _reported(named), None
-    if isinstance(value, Mapping):
-        status = value.get("status", _MISSING)
-    else:
-        try:
-            status = getattr(value, "status", _MISSING)
-        except Exception:  # a property that raises: the object says nothing usable
-            status = _MISSING
+    status = _field(value, "status")
     if status is _MISSING:
         return HealthStatus.HEALTHY, None, None
-    return _status_field(status)
+    named, reason, detail = _status_field(status)
+    if named is not HealthStatus.HEALTHY:
+        detail = _said(value) or detail
+    return named, reason, detail
+
+
+def _field(value: object, name: str) -> object:
+    """A mapping's item or an object's attribute; ``_MISSING`` when it has none (or its
+    property raises: the object says nothing usable)."""
+    if isinstance(value, Mapping):
+        return value.get(name, _MISSING)
+    try:
+        return getattr(value, name, _MISSING)
+    except Exception:
+        return _MISSING
+
+
+_SAID_FIELDS = ("error", "error_message", "message", "output")
+"""Where a returned object says what is wrong: the seed kit's ``error``, health+json's
+``output``, common ``message`` spellings."""
+
+
+def _said(value: object) -> str | None:
+    """What an unhealthy returned object says is wrong, for the status-change log line."""
+    for name in _SAID_FIELDS:
+        text = _field(value, name)
+        if isinstance(text, str) and text.strip():
+            return scrub(text.strip())[:300]
+    return None
 
 
 def _named(value: object) -> HealthStatus:

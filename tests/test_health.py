@@ -199,6 +199,40 @@ async def test_a_returned_status_is_honoured(
     assert (dep.status, dep.reason) == (status, reason)
 
 
+@pytest.mark.parametrize(
+    ("returned", "error"),
+    [
+        (
+            {"status": "unhealthy", "error": "connect to redis://:s3cret@cache:6379 refused"},
+            "connect to redis://***@cache:6379 refused",
+        ),
+        ({"status": "fail", "output": "disk full "}, "disk full"),
+        ({"status": 503, "message": ""}, "the check returned status 503"),
+        ({"status": 503, "message": "maintenance"}, "maintenance"),
+    ],
+)
+async def test_what_an_unhealthy_returned_object_says_is_logged(
+    make: Factory, returned: dict[str, object], error: str
+) -> None:
+    """The seed kit's checks return their failure as ``error`` on the object; it is the
+    ``error`` of the status-change log line (scrubbed), as a raised exception's text is."""
+    registry = make()
+    registry.add_check("dep", Counting(returned))
+    with structlog.testing.capture_logs() as logs:
+        await registry.report()
+    [change] = [e for e in logs if e["event"] == "health.status_changed" and e["dependency"]]
+    assert (change["to"], change["error"]) == ("unhealthy", error)
+
+
+async def test_a_healthy_returned_object_logs_no_error(make: Factory) -> None:
+    registry = make()
+    registry.add_check("dep", Counting({"status": "ok", "message": "all good"}))
+    with structlog.testing.capture_logs() as logs:
+        await registry.report()
+    [change] = [e for e in logs if e["event"] == "health.status_changed" and e["dependency"]]
+    assert change["to"] == "healthy" and "error" not in change
+
+
 async def test_expired_ttl_runs_the_check_again(make: Factory) -> None:
     """After the TTL has passed the next probe runs the check again (a zero TTL still
     coalesces concurrent probes onto the run in flight)."""
