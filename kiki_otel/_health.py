@@ -101,8 +101,10 @@ def _interpret(value: object) -> tuple[HealthStatus, str | None, str | None]:
 
 
 def _field(value: object, name: str) -> object:
-    """A mapping's item or an object's attribute; ``_MISSING`` when it has none (or its
-    property raises: the object says nothing usable)."""
+    """A mapping's item or an object's attribute, ``_MISSING`` when it has none.
+
+    A property that raises is none: the object says nothing usable.
+    """
     if isinstance(value, Mapping):
         return value.get(name, _MISSING)
     try:
