@@ -13,9 +13,10 @@ import re
 import time
 import traceback
 import weakref
-from asyncio import AbstractEventLoop, current_task
+from asyncio import AbstractEventLoop, CancelledError, current_task
 from asyncio.events import _get_running_loop
 from collections.abc import Awaitable, Iterable
+from contextlib import suppress
 from contextvars import Context, copy_context
 from operator import itemgetter, methodcaller
 from typing import Any, NoReturn
@@ -762,6 +763,12 @@ class ServerTelemetry:
                 mark_exception(error, span_context)  # for the server's line about it, later
                 if not state.started and isinstance(error, Exception):
                     await self._send_500(state)
+                elif not state.started and isinstance(error, CancelledError):
+                    # The server cancelled it (uvicorn at --timeout-graceful-shutdown) and
+                    # answers 500 itself, without the id: the answer is ours, the
+                    # cancellation goes on whether or not it can still be sent.
+                    with suppress(Exception):
+                        await self._send_500(state)
             finally:
                 self._close_request(
                     scope,

@@ -262,6 +262,34 @@ def test_sigint_while_uvicorn_still_drains_is_its_force_quit(receiver: OTLPRecei
     assert events(server, "shutdown.completed") == []
 
 
+def test_requests_cut_at_the_graceful_timeout_are_answered_with_their_request_id(
+    receiver: OTLPReceiver,
+) -> None:
+    """uvicorn ``--timeout-graceful-shutdown`` cancels what is still running when it ends.
+    kiki answers such a request 500 itself, so it carries its X-Request-ID, the id of the
+    request's (error) span and access line, as every other answer does (uvicorn's own 500
+    has none)."""
+    env = otlp_env(receiver.http_endpoint, "graceful-cut")
+    args = ["--timeout-graceful-shutdown", "1"]
+    with ServerProcess(env=env, extra_args=args) as server:
+        server.wait_ready()
+        socks = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in "ab"]
+        for sock in socks:
+            sock.sendall(b"GET /slow?seconds=30 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        time.sleep(0.3)
+        server.signal(signal.SIGTERM)
+        replies = [_read_reply(sock) for sock in socks]
+        assert server.wait(DEADLINE_S + 10) == -signal.SIGTERM
+    assert all(isinstance(r, SlowReply) and r.status == 500 for r in replies), replies
+    ids = {r.request_id for r in replies if isinstance(r, SlowReply)}
+    rx = receiver
+    rx.wait_for(lambda: {s.trace_id for s in rx.spans() if s.kind == "SERVER"} >= ids, timeout=10)
+    spans = [s for s in rx.spans() if s.kind == "SERVER" and s.trace_id in ids]
+    assert sorted(s.status_code for s in spans) == ["ERROR", "ERROR"]
+    lines = [line for line in events(server, "http.request") if line.get("trace_id") in ids]
+    assert sorted(line["status"] for line in lines) == [500, 500]
+
+
 # --------------------------------------------------------------------------- dead collectors
 
 
