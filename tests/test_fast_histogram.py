@@ -643,6 +643,26 @@ def test_many_attribute_sets_land_where_the_sdk_puts_them() -> None:
     assert len(typed("fast")) == len(sets)
 
 
+def test_records_leave_the_cache_as_they_found_it() -> None:
+    """The C record gives the cache back an entry it found with the memo's own key (so
+    later lookups match by identity): the same keys, the very same aggregations."""
+    reader = InMemoryMetricReader()
+    sdk, fast = _pair(reader)
+    sets = _many_sets()
+    span = NonRecordingSpan(SpanContext(0xAB, 0xCD, False, TraceFlags(0)))
+    with trace.use_span(span):
+        for attrs in sets:
+            sdk.record(0.5, dict(attrs))
+            _rec(fast, 0.5, dict(attrs))  # (learned: the cache's entry made)
+        learned = list(fast._cache.items())
+        for _ in range(3):
+            for attrs in sets:
+                _rec(fast, 0.5, dict(attrs))
+    assert sorted(fast._cache, key=repr) == sorted((k for k, _ in learned), key=repr)
+    assert all(fast._cache[key] is aggregations for key, aggregations in learned)
+    assert [p.count for p in metric_points(reader, "fast")] == [4] * len(sets)
+
+
 def test_the_c_aggregate_waits_while_another_thread_holds_the_lock(aggregate_path: str) -> None:
     """The C aggregate skips taking the aggregation's lock only when no thread holds it;
     held (as ``collect`` holds it on the export thread), the record waits for it."""
