@@ -409,6 +409,21 @@ def test_traces_to_metrics_filters_on_labels_that_exist_with_a_namespace() -> No
     assert set(tags) <= set(promoted)
 
 
+def test_traces_to_logs_finds_records_by_their_trace_id_metadata() -> None:
+    """Loki's OTLP ingestion keeps a record's trace id as structured metadata `trace_id` and
+    its body (kiki-otel's: the event name) as the line. Grafana's built-in trace filter
+    searches the line's text (`|= "<id>"`) and would find nothing: the link must be a custom
+    query filtering the metadata, within the span's service stream."""
+    jaeger = next(ds for ds in load_yaml(DATASOURCES)["datasources"] if ds["uid"] == "jaeger")
+    logs = jaeger["jsonData"]["tracesToLogsV2"]
+    assert logs["datasourceUid"] == "loki" and logs["customQuery"] is True
+    assert not logs["filterByTraceID"]  # (ignored with a custom query; false says so)
+    # Grafana expands $VAR in provisioning files, $$ is a literal $
+    query = logs["query"].replace("$$", "$")
+    assert query == '{${__tags}} | trace_id="${__trace.traceId}"'
+    assert {t["key"]: t["value"] for t in logs["tags"]} == {"service.name": "service_name"}
+
+
 # One job per case: the health state of each of its instances, and the state the dashboard must show
 # for the job (the worst). The old `max(healthy)*2 + max(degraded)` showed 3 (unmapped), 2 (healthy)
 # and 1.
