@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextvars
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -167,6 +168,31 @@ def test_direct_line_and_record_equal_the_chains(
     direct_record, chain_record = (_record(r) for r in memory.logs()[-2:])
     assert direct_record == chain_record
     assert direct_record[3] == "http.request"
+
+
+def test_the_c_line_reads_a_clock_changed_after_it_read_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], in_a_request: SpanContext
+) -> None:
+    """The C line reads ``time.time_ns`` through a table of lookups that a change to the
+    module's dict invalidates: a clock patched after lines were written, and one restored,
+    are each the next line's."""
+    _configure()
+    direct = access_log()
+    assert isinstance(direct, DirectAccessLog)
+
+    def stamps() -> list[str]:
+        capsys.readouterr()
+        for _ in range(3):
+            _log(direct, "GET", "/items/3", "/items/{item_id}", 200, 1.25)
+        return [json.loads(line)["timestamp"] for line in capsys.readouterr().out.splitlines()]
+
+    real = stamps()
+    monkeypatch.setattr(time, "time_ns", lambda: NOW_NS)
+    frozen = stamps()
+    monkeypatch.undo()
+    again = stamps()
+    assert len(set(frozen)) == 1 and frozen[0].startswith("20") and frozen[0] not in real + again
+    assert real[0] <= again[0]
 
 
 @pytest.mark.parametrize(
