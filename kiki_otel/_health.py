@@ -204,6 +204,7 @@ class HealthRegistry:
         self._started = time.monotonic()
         self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._background: asyncio.Task[None] | None = None
+        self._refreshing: asyncio.Future[None] | None = None  # non-critical, for readiness
         self._pending_close: list[Callable[[], Awaitable[None]]] = []
         self._last_overall: HealthStatus | None = None
         self._closed = False
@@ -347,6 +348,8 @@ class HealthRegistry:
         if self._closed:
             return self.snapshot(critical_only=critical_only)
         self._ensure_background()
+        if critical_only:
+            self._refresh_others()
         results = [self._usable(c) for c in checks]
         stale = [i for i, result in enumerate(results) if result is None]
         if stale:  # only expired checks cost a task; a fully cached probe never awaits
@@ -355,6 +358,26 @@ class HealthRegistry:
                 results[i] = result
             self._note_overall()
         return self._build([r for r in results if r is not None])
+
+    def _refresh_others(self) -> None:
+        """Run the expired non-critical checks without waiting for them.
+
+        Readiness answers from the critical checks only; under Kubernetes it is often the
+        only probe that ever comes. Without this the non-critical checks would run only when
+        someone asks ``/health``: their ``kiki.health.*`` points would repeat a result of
+        any age (an alert on a dependency down that never clears), or never exist. Started
+        by the probe, bounded by each check's TTL and single flight, as ``/health`` is.
+        """
+        if self._refreshing is not None and not self._refreshing.done():
+            return
+        others = [c for c in self._selected(False) if not c.critical and self._usable(c) is None]
+        if others:
+            self._refreshing = asyncio.ensure_future(self._refresh(others))
+
+    async def _refresh(self, checks: list[_Check]) -> None:
+        # return_exceptions: one broken run must not leave the others' results unrecorded
+        await asyncio.gather(*(self._shared_run(c) for c in checks), return_exceptions=True)
+        self._note_overall()
 
     def snapshot(self, *, critical_only: bool = False) -> HealthReport:
         """Report the last known results without running anything (metrics, fast paths)."""
@@ -531,7 +554,8 @@ class HealthRegistry:
     async def aclose(self) -> None:
         """Stop background work and close clients/pools/threads we created (not the user's)."""
         self._closed = True
-        tasks = [t for t in (self._background, *(c.inflight for c in self._checks.values())) if t]
+        running = (self._background, self._refreshing, *(c.inflight for c in self._checks.values()))
+        tasks = [t for t in running if t]
         for task in tasks:
             task.cancel()
         closers = [*self._pending_close]

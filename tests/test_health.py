@@ -233,6 +233,34 @@ async def test_a_healthy_returned_object_logs_no_error(make: Factory) -> None:
     assert change["to"] == "healthy" and "error" not in change
 
 
+async def test_readiness_keeps_the_other_checks_metrics_current(
+    make: Factory, reader: InMemoryMetricReader
+) -> None:
+    """Under Kubernetes readiness is often the only probe: it starts the expired
+    non-critical checks (not waiting for them), so their points follow the dependency
+    instead of repeating the result of the last ``/health``, or never existing."""
+    registry = make(cache_ttl=0)
+    cache = Counting(ConnectionError("down"))
+    registry.add_check("db", Counting())
+    registry.add_check("cache", cache, critical=False)
+
+    async def states() -> dict[str, int]:
+        await registry.report(critical_only=True)
+        await asyncio.sleep(0.05)  # (the other checks' run, started by the probe)
+        return {
+            p.attributes["state"]: p.value
+            for p in points(reader, "kiki.health.dependency.status")
+            if p.attributes["dependency"] == "cache"
+        }
+
+    assert (await states())["unhealthy"] == 1  # never asked by /health: there all the same
+    cache.result = None  # recovered
+    assert (await states())["unhealthy"] == 0
+    assert cache.calls == 2
+    overall = {p.attributes["state"]: p.value for p in points(reader, "kiki.health.status")}
+    assert overall["healthy"] == 1
+
+
 async def test_expired_ttl_runs_the_check_again(make: Factory) -> None:
     """After the TTL has passed the next probe runs the check again (a zero TTL still
     coalesces concurrent probes onto the run in flight)."""
