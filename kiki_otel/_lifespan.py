@@ -93,14 +93,19 @@ class LifespanHooks:
         if self._lifecycle.shutting_down and not self._warned_restart:
             self._warn_restart()
 
+        received: list[str] = []  # the events the app took, and answered
+        answered: list[str] = []
+
         async def receive_hooked() -> Message:
             message = await receive()
+            received.append(message["type"])
             if message["type"] == "lifespan.shutdown":
                 await self._shutdown.begin()
             return message
 
         async def send_hooked(message: Message) -> None:
             kind = message["type"]
+            answered.append(kind)
             if kind == "lifespan.startup.complete":
                 if self._on_started is not None:
                     await self._on_started()
@@ -116,7 +121,43 @@ class LifespanHooks:
                 await self._shutdown.run()
             await send(message)
 
-        await self._app(scope, receive_hooked, send_hooked)
+        try:
+            await self._app(scope, receive_hooked, send_hooked)
+        except Exception as error:
+            if answered:  # a lifespan the app speaks: its failure is the server's to see
+                raise
+            await self._speak_lifespan(received, receive_hooked, send_hooked, error)
+            return
+        if not answered:  # returned without a word (an app that ignores lifespan scopes)
+            await self._speak_lifespan(received, receive_hooked, send_hooked, None)
+
+    async def _speak_lifespan(
+        self,
+        received: list[str],
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+        error: Exception | None,
+    ) -> None:
+        """The lifespan of an app that has none (a bare ASGI app, Django's handler), ours.
+
+        The ASGI spec has the server carry on without lifespan events when the app raises
+        on the lifespan scope, and uvicorn does the same when it returns: then nothing
+        calls the shutdown on SIGTERM, and uvicorn re-raises the signal past the atexit
+        flush, so the last spans and log records were lost. Spoken here instead, the
+        server's shutdown event runs the shutdown as for any app.
+        """
+        log.info(
+            "lifecycle.lifespan_for_the_app",
+            error=None if error is None else f"{type(error).__name__}: {error}"[:200],
+            hint="the app does not take ASGI lifespan events: kiki-otel answers them, so "
+            "shutdown still flushes",
+        )
+        if "lifespan.startup" not in received:
+            await receive()  # the startup event (kept in received)
+        await send({"type": "lifespan.startup.complete"})
+        while (await receive())["type"] != "lifespan.shutdown":
+            pass  # (no other lifespan event exists; a server's own would be ignored)
+        await send({"type": "lifespan.shutdown.complete"})
 
     def _warn_restart(self) -> None:
         """Say, once, that a lifespan after shutdown runs without telemetry.

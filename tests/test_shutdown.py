@@ -290,6 +290,53 @@ async def run_lifespan(app: Any) -> list[str]:
     return sent
 
 
+async def _django_like(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":  # as Django's ASGIHandler: no lifespan
+        raise ValueError("Django can only handle ASGI/HTTP connections, not lifespan.")
+
+
+async def _ignores_lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def _receives_then_fails(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await receive()
+    raise RuntimeError("no lifespan here")
+
+
+@pytest.mark.parametrize("inner", [_django_like, _ignores_lifespan, _receives_then_fails])
+async def test_an_app_without_lifespan_gets_kikis_and_its_shutdown(
+    memory: Memory, capsys: pytest.CaptureFixture[str], inner: Any
+) -> None:
+    """An app that raises on the lifespan scope, or returns without a word: the server
+    would carry on without lifespan events, and nothing would run the shutdown (uvicorn
+    re-raises SIGTERM past the atexit flush). kiki answers the events itself: ready at
+    startup, flushed at shutdown."""
+    telemetry = kiki_otel.configure()
+    app = telemetry.wrap(inner)
+    assert await run_lifespan(app) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert telemetry.lifecycle.state == "stopped"
+    events = [json.loads(line)["event"] for line in capsys.readouterr().out.splitlines()]
+    assert "lifecycle.lifespan_for_the_app" in events and "shutdown.completed" in events
+
+
+async def test_a_failing_startup_the_app_reported_stays_the_apps(memory: Memory) -> None:
+    """An app that speaks lifespan and fails its startup (``lifespan.startup.failed``, then
+    raises, as Starlette does): its failure reaches the server, kiki does not take over."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> Any:
+        raise ConnectionError("database unreachable")
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+    kiki_otel.configure(app)
+    with pytest.raises(ConnectionError):
+        await run_lifespan(app)
+
+
 async def test_a_lifespan_after_shutdown_warns_once(
     memory: Memory, capsys: pytest.CaptureFixture[str]
 ) -> None:

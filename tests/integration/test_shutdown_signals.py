@@ -389,6 +389,43 @@ def test_app_that_takes_sigterm_gets_a_warning_and_loses_the_drain(
     assert len(events(server, "shutdown.completed")) == 1
 
 
+def test_a_bare_asgi_app_without_lifespan_flushes_on_sigterm(
+    receiver: OTLPReceiver, tmp_path: Path
+) -> None:
+    """A bare ASGI app that refuses the lifespan scope (as Django's handler does), wrapped
+    with ``configure().wrap()``: kiki answers uvicorn's lifespan events for it, so SIGTERM
+    still runs the shutdown, and the request's span and line arrive (they were lost: no
+    lifespan, and uvicorn re-raises SIGTERM past the atexit flush)."""
+    path = _write_app(
+        tmp_path,
+        "bare",
+        """
+        import kiki_otel
+
+        async def raw(scope, receive, send):
+            if scope["type"] != "http":
+                raise ValueError("only HTTP here, not " + scope["type"])
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        app = kiki_otel.configure().wrap(raw)
+        """,
+    )
+    env = otlp_env(receiver.http_endpoint, "bare-asgi", **path)
+    with ServerProcess("bare:app", env=env) as server:
+        server.wait_ready()
+        request_id = httpx.get(server.url + "/x").headers["x-request-id"]
+        server.signal(signal.SIGTERM)
+        assert server.wait(DEADLINE_S + 5) == -signal.SIGTERM
+    (report,) = events(server, "shutdown.completed")
+    assert report["level"] == "info"
+    receiver.wait_for(lambda: any(s.trace_id == request_id for s in receiver.spans()), timeout=10)
+    receiver.wait_for(
+        lambda: any(r.trace_id == request_id and r.body == "http.request" for r in receiver.logs()),
+        timeout=10,
+    )
+
+
 def test_the_demo_under_uvicorn_has_no_handler_warning(receiver: OTLPReceiver) -> None:
     """With uvicorn's own handlers in place, no displacement warning is logged."""
     with ServerProcess(env=otlp_env(receiver.http_endpoint, "no-warning")) as server:
