@@ -21,7 +21,7 @@ from ._http_client import instrument_httpx
 from ._lifecycle import Lifecycle
 from ._logging import OwnLogger, configure_logging
 from ._providers import Providers, build_providers
-from ._resource import build_resource, service_name_of
+from ._resource import build_resource, explicit_instance_id, service_name_of
 from ._settings import Settings, check_override_keys, check_sdk_environment, load_settings
 from ._shutdown import ShutdownCoordinator
 from ._telemetry import Telemetry
@@ -87,6 +87,7 @@ def _build(settings: Settings) -> Telemetry:
         settings.shutdown,
         lifecycle,
         {name: provider for name, provider in owned.items() if provider in providers.owned},
+        explicit_instance_id(settings),
     )
     shutdown.on_shutdown(health.aclose)  # registered first, so it runs after user cleanups
     return Telemetry(settings, resource, providers, lifecycle, health, shutdown)

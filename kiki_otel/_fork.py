@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import http.client
 import os
-import uuid
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
+
+from ._resource import instance_id
 
 __all__ = ["after_fork_in_child", "drop_inherited_connections", "new_identity", "reachable"]
 
@@ -48,9 +49,14 @@ def after_fork_in_child(method: Callable[[], object]) -> None:
     os.register_at_fork(after_in_child=in_child)
 
 
-def new_identity(providers: Iterable[Any]) -> Resource:
-    """Merge a new ``service.instance.id`` and this ``process.pid`` into each provider."""
-    identity = Resource({"service.instance.id": str(uuid.uuid4()), "process.pid": os.getpid()})
+def new_identity(providers: Iterable[Any], explicit: str | None = None) -> Resource:
+    """Merge this child's ``service.instance.id`` and ``process.pid`` into each provider.
+
+    The id is ``<explicit>-<pid>`` when one was set (``_resource.instance_id``), else a new UUID.
+    """
+    identity = Resource(
+        {"service.instance.id": instance_id(explicit, True), "process.pid": os.getpid()}
+    )
     for provider in providers:
         update = getattr(provider, "_update_resource", None)
         if update is not None:

@@ -16,7 +16,13 @@ from opentelemetry.sdk.resources import Resource
 
 from ._settings import Settings
 
-__all__ = ["build_resource", "service_name_of"]
+__all__ = [
+    "build_resource",
+    "explicit_instance_id",
+    "instance_id",
+    "service_name_of",
+    "worker",
+]
 
 _DEFAULT_SERVICE_NAME = "unknown_service"
 
@@ -54,10 +60,42 @@ def build_resource(settings: Settings) -> Resource:
         "deployment.environment.name": settings.environment,
     }
     attributes.update({key: value for key, value in optional.items() if value})
-    # An explicit one (OTEL_RESOURCE_ATTRIBUTES, a pod name, say) wins; forked workers still
-    # get their own (kiki_otel._fork): each is a distinct instance.
-    attributes.setdefault("service.instance.id", str(uuid.uuid4()))
+    attributes["service.instance.id"] = instance_id(explicit_instance_id(settings), worker())
     return Resource.create(attributes)
+
+
+def explicit_instance_id(settings: Settings) -> str | None:
+    """The ``service.instance.id`` set in OTEL_RESOURCE_ATTRIBUTES (a pod's name, say)."""
+    explicit = settings.resource_attributes.get("service.instance.id")
+    return str(explicit) if explicit is not None and str(explicit).strip() else None
+
+
+def instance_id(explicit: str | None, in_worker: bool) -> str:
+    """Return the process's ``service.instance.id``.
+
+    The explicit one, made this process's own in a server's worker; else a fresh UUID. The
+    semconv asks one id per instance, and each worker of a prefork server is one: its
+    metrics are cumulative sums of its own. Workers sharing a pod's name interleave their
+    sums in one series (Prometheus takes each drop for a counter reset: rates several times
+    too high, silently). So a worker's id is ``<explicit>-<pid>``: the pod's name still
+    leads, and each worker's series stay apart.
+    """
+    if explicit is None:
+        return str(uuid.uuid4())
+    return f"{explicit}-{os.getpid()}" if in_worker else explicit
+
+
+def worker() -> bool:
+    """Whether this process is one of a server's workers (or another process's child).
+
+    gunicorn's workers are forked from its arbiter (loaded before the fork, so its module
+    is here); ``uvicorn --workers`` and multiprocessing pools start theirs through
+    ``multiprocessing``. A child forked after ``configure()`` is told by
+    :mod:`kiki_otel._fork` instead.
+    """
+    process = sys.modules.get("multiprocessing.process")  # (a multiprocessing child has it)
+    in_child = process is not None and process.parent_process() is not None
+    return "gunicorn.arbiter" in sys.modules or in_child
 
 
 def service_name_of(resource: Resource) -> str:

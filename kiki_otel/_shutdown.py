@@ -234,9 +234,14 @@ class ShutdownCoordinator:
     """
 
     def __init__(
-        self, settings: ShutdownSettings, lifecycle: Lifecycle, providers: dict[str, Any]
+        self,
+        settings: ShutdownSettings,
+        lifecycle: Lifecycle,
+        providers: dict[str, Any],
+        instance: str | None = None,
     ) -> None:
         self._settings = settings
+        self._instance = instance  # the explicit service.instance.id, a forked child's base
         self._lifecycle = lifecycle
         self._providers = providers  # {"traces": TracerProvider, ...}: only the ones we own
         # the report counts this instance's drops and losses
@@ -260,7 +265,7 @@ class ShutdownCoordinator:
         # Never break the child: at worst it exports as the parent would. No logging here,
         # the fork may have happened while another thread held the output's lock.
         with contextlib.suppress(Exception):
-            new_identity(self._providers.values())
+            new_identity(self._providers.values(), self._instance)
             drop_inherited_connections(self._providers.values())
             _spare_threads.keep(_SEQUENCE_THREADS + len(self._cleanups))
 

@@ -4,6 +4,7 @@ the resource, and coexistence with other server instrumentations."""
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import httpx
@@ -95,6 +96,28 @@ def test_an_explicit_instance_id_is_kept(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=checkout-7d9f-x2")
     telemetry = kiki_otel.configure(metrics_exporter="none")
     assert telemetry.resource.attributes["service.instance.id"] == "checkout-7d9f-x2"
+
+
+def _instance_in_a_child(queue: Any) -> None:  # (a spawned child: module level, picklable)
+    telemetry = kiki_otel.configure(metrics_exporter="none", traces_exporter="none")
+    queue.put((os.getpid(), telemetry.resource.attributes["service.instance.id"]))
+    telemetry.shutdown()
+
+
+def test_an_explicit_instance_id_is_made_each_workers_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a process started by another through multiprocessing (``uvicorn --workers``) an
+    explicit id is ``<id>-<pid>``: workers sharing it would mix their metrics' series."""
+    import multiprocessing
+
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=checkout-7d9f-x2")
+    monkeypatch.setenv("OTEL_LOGS_EXPORTER", "none")
+    spawn = multiprocessing.get_context("spawn")
+    queue = spawn.Queue()
+    child = spawn.Process(target=_instance_in_a_child, args=(queue,))
+    child.start()
+    pid, instance = queue.get(timeout=60)
+    child.join(60)
+    assert (child.exitcode, instance) == (0, f"checkout-7d9f-x2-{pid}")
 
 
 def test_sdk_disabled_still_logs_and_gives_request_ids(capsys: pytest.CaptureFixture[str]) -> None:

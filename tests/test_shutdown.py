@@ -456,10 +456,12 @@ async def test_a_sync_cleanup_that_blocks_does_not_hold_the_deadline() -> None:
 # (3.12+ warns of a fork in a multi-threaded process: the very case, a prefork master's)
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_forked_child_gets_its_own_identity_and_connections() -> None:
-    """After a fork, a child of a configured process has a new service.instance.id and its
-    own process.pid on every provider, and its HTTP connection to the collector is closed
-    (in the child only), so it never writes into the parent's stream."""
+@pytest.mark.parametrize("explicit", [None, "plans-7d9f-x2"])
+def test_forked_child_gets_its_own_identity_and_connections(explicit: str | None) -> None:
+    """After a fork, a child of a configured process has a new service.instance.id (the
+    explicit one's ``<id>-<pid>`` when one was set) and its own process.pid on every
+    provider, and its HTTP connection to the collector is closed (in the child only), so it
+    never writes into the parent's stream."""
     import http.client
     import socket
 
@@ -480,7 +482,7 @@ def test_forked_child_gets_its_own_identity_and_connections() -> None:
         traces, logs = TracerProvider(resource=resource), LoggerProvider(resource=resource)
         traces._kiki_holder = Holder(conn)  # type: ignore[attr-defined]
         shutdown = ShutdownCoordinator(
-            ShutdownSettings(), Lifecycle("ready"), {"traces": traces, "logs": logs}
+            ShutdownSettings(), Lifecycle("ready"), {"traces": traces, "logs": logs}, explicit
         )
         read, write = os.pipe()
         pid = os.fork()
@@ -498,6 +500,8 @@ def test_forked_child_gets_its_own_identity_and_connections() -> None:
         with os.fdopen(read) as pipe:
             child = json.loads(pipe.read())
         assert child["ids"][0] == child["ids"][1] != "parent"
+        if explicit is not None:
+            assert child["ids"][0] == f"{explicit}-{child['pid']}"
         assert child["pids"] == [child["pid"], child["pid"]] != [os.getpid()] * 2
         assert child["closed"] and conn.sock is not None  # the parent's stays open
         assert traces.resource.attributes["service.instance.id"] == "parent"

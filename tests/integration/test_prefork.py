@@ -47,6 +47,36 @@ def worker_pids(server: ServerProcess) -> set[int]:
     } - {server.pid}
 
 
+@pytest.mark.parametrize("kind", sorted(SERVERS))
+def test_workers_sharing_an_explicit_instance_id_each_get_their_own(kind: str) -> None:
+    """``service.instance.id`` set for the pod (OTEL_RESOURCE_ATTRIBUTES, as Kubernetes'
+    downward API gives it) is ``<id>-<pid>`` in each worker: workers sharing one id would
+    interleave their cumulative metrics in one series (read as counter resets). Without
+    ``--preload`` each worker runs configure() itself; with it, each is forked after it."""
+    server_name, args = SERVERS[kind]
+    with OTLPReceiver() as rx:
+        env = otlp_env(rx.http_endpoint, kind, "http/protobuf")
+        env["OTEL_RESOURCE_ATTRIBUTES"] = "service.instance.id=plans-7d9f-x2"
+        with ServerProcess(server=server_name, env=env, extra_args=args) as server:
+            server.wait_ready()
+            ids = {
+                httpx.get(f"{server.url}/plans/{i}", headers={"connection": "close"}).headers[
+                    "x-request-id"
+                ]
+                for i in range(40)
+            }
+            server.signal(signal.SIGTERM)
+            server.wait(DEADLINE_S + 10)
+        rx.wait_for(lambda: {s.trace_id for s in rx.spans() if s.kind == "SERVER"} >= ids)
+        seen = {
+            (span.resource["process.pid"], span.resource["service.instance.id"])
+            for span in rx.spans()
+            if span.trace_id in ids
+        }
+    workers = worker_pids(server)
+    assert seen and seen <= {(pid, f"plans-7d9f-x2-{pid}") for pid in workers}, (seen, workers)
+
+
 @pytest.mark.parametrize(
     ("kind", "protocol"),
     [
