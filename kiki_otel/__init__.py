@@ -4,19 +4,20 @@
 correlated with it, health endpoints exported as metrics, and a graceful shutdown that flushes
 every exporter within a deadline.
 """
-# ruff: noqa: E402 - OTEL_PROPAGATORS is checked before any module that imports OpenTelemetry's
+# OTEL_PROPAGATORS is checked before any module that imports OpenTelemetry's is imported.
 
-from ._errors import ConfigurationError, check_propagators
+from ._errors import ConfigurationError, check_propagators, quiet_resource_warnings
 
 check_propagators()  # the SDK reads it at import and would raise a bare ValueError
 
-from ._configure import configure
-from ._context import get_request_id
-from ._health import CheckFailed, HealthRegistry, HealthStatus
-from ._logging import get_logger
-from ._settings import ServiceSettings, Settings
-from ._shutdown import ShutdownReport
-from ._telemetry import Telemetry
+with quiet_resource_warnings():  # a bad OTEL_RESOURCE_ATTRIBUTES: configure() says it once
+    from ._configure import configure
+    from ._context import get_request_id
+    from ._health import CheckFailed, HealthRegistry, HealthStatus
+    from ._logging import get_logger
+    from ._settings import ServiceSettings, Settings
+    from ._shutdown import ShutdownReport
+    from ._telemetry import Telemetry
 
 __all__ = [
     "CheckFailed",

@@ -14,6 +14,7 @@ from typing import Any
 
 from opentelemetry import _logs, metrics, trace
 
+from ._errors import reload_propagators
 from ._exporters import check_signal_endpoints
 from ._health import HealthRegistry
 from ._health_checks import scrub
@@ -22,7 +23,13 @@ from ._lifecycle import Lifecycle
 from ._logging import OwnLogger, configure_logging
 from ._providers import Providers, build_providers
 from ._resource import build_resource, explicit_instance_id, service_name_of
-from ._settings import Settings, check_override_keys, check_sdk_environment, load_settings
+from ._settings import (
+    Settings,
+    check_override_keys,
+    check_sdk_environment,
+    dotenv_sdk_variables,
+    load_settings,
+)
 from ._shutdown import ShutdownCoordinator
 from ._telemetry import Telemetry
 
@@ -57,7 +64,21 @@ def _noop_providers() -> Providers:
     )
 
 
+def _apply_dotenv_sdk_variables() -> None:
+    """Copy ``.env``'s ``OTEL_*`` that only the SDK reads into the environment, never over it.
+
+    Without this, ``.env`` applied kiki's settings but silently not the per-signal endpoints,
+    ``OTEL_BSP_*``, ``OTEL_PROPAGATORS``... that the SDK and its exporters read from
+    ``os.environ``. Done before anything checks or reads them, so they are validated too.
+    """
+    found = dotenv_sdk_variables()
+    os.environ.update(found)
+    if "OTEL_PROPAGATORS" in found:  # read at import, before .env was: apply it now
+        reload_propagators()
+
+
 def _build(settings: Settings) -> Telemetry:
+    _apply_dotenv_sdk_variables()
     if not settings.sdk_disabled:
         check_signal_endpoints(settings)  # before any provider is installed globally
         check_sdk_environment(os.environ)

@@ -3,7 +3,8 @@
 Values come from :class:`Settings` (so keyword overrides and ``.env`` work), except where a
 per-signal standard variable such as ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set: the spec
 gives it precedence. Those are read from the process environment, as the official exporters
-do, and checked by :func:`check_signal_endpoints` before anything is built.
+do (``configure()`` copies ``.env``'s there first), and checked by
+:func:`check_signal_endpoints` before anything is built.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal, Self, TypeVar, get_args
@@ -24,7 +25,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from ._errors import ConfigurationError
 
@@ -36,6 +43,7 @@ __all__ = [
     "Settings",
     "ShutdownSettings",
     "check_override_keys",
+    "dotenv_sdk_variables",
     "load_settings",
 ]
 
@@ -69,11 +77,31 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
-def parse_key_values(raw: str, *, variable: str) -> dict[str, str]:
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+"""A ``%`` not followed by two hex digits: no valid percent-encoding."""
+
+
+def _strict_unquote(text: str, *, variable: str) -> str:
+    """Percent-decode ``text``, refusing what :func:`unquote` would silently keep or mangle."""
+    if not _BAD_PERCENT.search(text):
+        try:
+            return unquote(text, errors="strict")
+        except UnicodeDecodeError:  # %XX escapes that are no UTF-8
+            pass
+    raise ValueError(
+        f"{variable}: invalid percent-encoding (a '%' must start %XX escapes of UTF-8 "
+        "bytes; write a literal '%' as %25)"
+    )
+
+
+def parse_key_values(raw: str, *, variable: str, strict: bool = False) -> dict[str, str]:
     """Parse the W3C-baggage-like ``k1=v1,k2=v2`` list used by OTEL_RESOURCE_ATTRIBUTES/HEADERS.
 
     Values are percent-decoded as the spec says. A malformed entry is an error rather than
     being skipped, because a silently missing auth header or resource attribute is worse.
+    ``strict`` also refuses bad percent-encoding (``%ZZ``, non-UTF-8 bytes), which the spec
+    says discards the whole OTEL_RESOURCE_ATTRIBUTES value; headers stay lenient, as the
+    SDK's are, so a token with a literal ``%`` that works today keeps working.
     """
     result: dict[str, str] = {}
     for item in raw.split(","):
@@ -83,7 +111,12 @@ def parse_key_values(raw: str, *, variable: str) -> dict[str, str]:
         key = key.strip()
         if not sep or not key:
             raise ValueError(f"{variable}: expected key=value pairs separated by commas")
-        result[unquote(key)] = unquote(value.strip())
+        if strict:
+            result[_strict_unquote(key, variable=variable)] = _strict_unquote(
+                value.strip(), variable=variable
+            )
+        else:
+            result[unquote(key)] = unquote(value.strip())
     return result
 
 
@@ -274,14 +307,13 @@ class Settings(BaseSettings):
     )
     service_version: str | None = None
     service_namespace: str | None = None
-    environment: str | None = Field(
-        default=None, validation_alias=_env("KIKI_OTEL_ENVIRONMENT", "DEPLOYMENT_ENVIRONMENT")
-    )
+    environment: str | None = None
     resource_attributes: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict, validation_alias=_env("OTEL_RESOURCE_ATTRIBUTES")
     )
 
     sdk_disabled: bool = Field(default=False, validation_alias=_env("OTEL_SDK_DISABLED"))
+    """Only ``true``/``false`` (any case): the spec's booleans, not pydantic's yes/on/1."""
     exporter_otlp_endpoint: str | None = Field(
         default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_ENDPOINT")
     )
@@ -348,11 +380,52 @@ class Settings(BaseSettings):
     health: HealthSettings = Field(default_factory=HealthSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Treat a blank variable, in the environment or ``.env``, as unset.
+
+        The OpenTelemetry spec says an empty value MUST count as unset, and Helm/compose
+        templates (``X: ${X:-}``) produce them: refused, they kept a pod from starting.
+        pydantic-settings' ``env_ignore_empty`` skips ``""`` only, not whitespace. Dropping
+        them from the sources' variables covers every alias and nested ``__`` name, and
+        lets ``.env`` fill in; keyword arguments are left as given.
+        """
+        for source in (env_settings, dotenv_settings):
+            if isinstance(source, EnvSettingsSource):
+                source.env_vars = {
+                    name: value
+                    for name, value in source.env_vars.items()
+                    if value is None or value.strip()
+                }
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
+
     @field_validator("resource_attributes", mode="before")
     @classmethod
     def _parse_resource_attributes(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return parse_key_values(value, variable="OTEL_RESOURCE_ATTRIBUTES")
+            return parse_key_values(value, variable="OTEL_RESOURCE_ATTRIBUTES", strict=True)
+        return value
+
+    @field_validator("sdk_disabled", mode="before")
+    @classmethod
+    def _spec_boolean(cls, value: Any) -> Any:
+        """``true`` or ``false``, any case: the spec lets nothing else mean true.
+
+        pydantic would also take ``yes``/``on``/``1``, which the SDK's own check and other
+        languages' SDKs read as false; any such value is refused rather than guessed.
+        """
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in ("true", "false"):
+                raise ValueError("must be 'true' or 'false' (case-insensitive)")
+            return value == "true"
         return value
 
     @field_validator("exporter_otlp_headers")
@@ -403,10 +476,12 @@ class Settings(BaseSettings):
         "traces_sampler",
         "exporter_otlp_compression",
         "exporter",
+        "log_format",
         mode="before",
     )
     @classmethod
     def _lower(cls, value: Any) -> Any:
+        """Choices in any case (``JSON``, ``GRPC``), as the spec says of enum values."""
         return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("exporter_otlp_endpoint")
@@ -582,6 +657,36 @@ def check_sdk_environment(environ: Mapping[str, str]) -> None:
             f"invalid OpenTelemetry SDK variables ({len(problems)} error(s)):\n"
             + "\n".join(problems)
         )
+
+
+def dotenv_sdk_variables() -> dict[str, str]:
+    """The ``OTEL_*`` lines of ``.env`` that the SDK reads itself, unless the environment sets them.
+
+    :class:`Settings` reads its own variables from ``.env``; the SDK and its exporters read
+    the others (per-signal endpoints, ``OTEL_BSP_*``, ``OTEL_PROPAGATORS``...) from the
+    process environment only, so in ``.env`` they were silently ignored. ``configure()``
+    copies these into the environment. Blank values count as unset, on either side.
+    """
+    from dotenv import dotenv_values  # pydantic-settings' own .env reader
+
+    env_file = Settings.model_config.get("env_file")
+    if not isinstance(env_file, str) or not os.path.isfile(env_file):
+        return {}
+    own = {
+        str(name)
+        for field in Settings.model_fields.values()
+        if isinstance(field.validation_alias, AliasChoices)
+        for name in field.validation_alias.choices
+    }
+    return {
+        name: value
+        for name, value in dotenv_values(env_file).items()
+        if name.startswith("OTEL_")
+        and name not in own
+        and value
+        and value.strip()
+        and not os.environ.get(name, "").strip()
+    }
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -389,3 +391,99 @@ def test_a_blank_service_name_is_the_documented_default(
         monkeypatch.setenv(name, value)
     telemetry = kiki_otel.configure(metrics_exporter="none")
     assert telemetry.resource.attributes["service.name"] == expected
+
+
+@pytest.fixture
+def sdk_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """configure() copies ``.env``'s SDK variables into ``os.environ`` and may replace the
+    global propagator: both are put back after the test."""
+    from opentelemetry import propagate
+
+    from kiki_otel import _errors
+
+    saved, textmap = dict(os.environ), propagate.get_global_textmap()
+    monkeypatch.setattr(_errors, "_imported", getattr(_errors, "_imported", None), raising=False)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+    propagate.set_global_textmap(textmap)
+
+
+@pytest.mark.usefixtures("sdk_env")
+def test_sdk_variables_in_dotenv_apply_without_overriding_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """README: keyword > environment > ``.env`` > default, for every variable it lists. The
+    ones the SDK reads itself (per-signal endpoints, OTEL_BSP_*...) were silently ignored in
+    ``.env`` while OTEL_EXPORTER_OTLP_ENDPOINT there applied: spans went elsewhere."""
+    from kiki_otel._exporters import log_exporter, span_exporter
+
+    (tmp_path / ".env").write_text(
+        "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:9\n"
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://127.0.0.1:9/from-dotenv/t\n"
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT=http://127.0.0.1:9/from-dotenv/l\n"
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE=100\n"
+        "OTEL_BLRP_SCHEDULE_DELAY=\n"
+    )
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://127.0.0.1:9/from-env/l")
+    telemetry = kiki_otel.configure(metrics_exporter="none", exporter_otlp_timeout=100)
+    settings = telemetry.settings
+    assert span_exporter(settings)._client.url == "http://127.0.0.1:9/from-dotenv/t"  # type: ignore[attr-defined]
+    assert log_exporter(settings)._client.url == "http://127.0.0.1:9/from-env/l"  # type: ignore[attr-defined]
+    assert os.environ["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] == "100"  # the SDK's processor reads it
+    assert "OTEL_BLRP_SCHEDULE_DELAY" not in os.environ  # blank: unset
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in os.environ  # kiki's setting, read by kiki
+
+
+@pytest.mark.usefixtures("sdk_env")
+def test_a_bad_sdk_variable_in_dotenv_fails_configure(tmp_path: Path) -> None:
+    """The startup check of the SDK's variables saw only the environment, not ``.env``."""
+    (tmp_path / ".env").write_text("OTEL_BSP_MAX_QUEUE_SIZE=abc\n")
+    with pytest.raises(ConfigurationError, match="OTEL_BSP_MAX_QUEUE_SIZE: must be a positive"):
+        kiki_otel.configure(metrics_exporter="none")
+
+
+@pytest.mark.usefixtures("sdk_env")
+def test_otel_propagators_in_dotenv_apply_at_configure(tmp_path: Path) -> None:
+    """The SDK reads OTEL_PROPAGATORS when imported, before ``.env`` is: configure() applies
+    the ``.env`` value then (an unknown name is refused, naming the variable)."""
+    from opentelemetry import propagate
+
+    (tmp_path / ".env").write_text("OTEL_PROPAGATORS=baggage\n")
+    telemetry = kiki_otel.configure(metrics_exporter="none")
+    carrier: dict[str, str] = {}
+    with telemetry.tracer("t").start_as_current_span("s"):
+        propagate.inject(carrier)
+    assert "traceparent" not in carrier
+
+
+@pytest.mark.usefixtures("sdk_env")
+def test_a_bad_or_overridden_otel_propagators_in_dotenv(tmp_path: Path) -> None:
+    """An unknown propagator in ``.env`` fails configure() as it fails the import from the
+    environment; a propagator the app installed itself wins, as it does over the environment."""
+    from opentelemetry import propagate
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+
+    (tmp_path / ".env").write_text("OTEL_PROPAGATORS=b3\n")
+    with pytest.raises(ConfigurationError, match="invalid OTEL_PROPAGATORS: Propagator b3"):
+        kiki_otel.configure(metrics_exporter="none")
+    (tmp_path / ".env").write_text("OTEL_PROPAGATORS=tracecontext\n")
+    own = W3CBaggagePropagator()
+    propagate.set_global_textmap(own)
+    kiki_otel.configure(metrics_exporter="none")
+    assert propagate.get_global_textmap() is own
+
+
+def test_a_bad_resource_attributes_value_is_reported_once() -> None:
+    """``OTEL_RESOURCE_ATTRIBUTES=foo``: the SDK's own warning came three times (throwaway
+    resources built while kiki is imported) before kiki's error naming the variable."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OTEL_RESOURCE_ATTRIBUTES": "foo"}
+    code = "import kiki_otel; kiki_otel.configure()"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "Invalid key value resource attribute pair" not in done.stdout + done.stderr
+    assert "ConfigurationError: invalid Settings" in done.stderr
+    assert "OTEL_RESOURCE_ATTRIBUTES: expected key=value pairs" in done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -207,14 +208,17 @@ def test_otlp_headers_edge_cases_stay_valid() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["X-\u0417\u0430\u043f\u0440\u043e\u0441", "", "X Request", "X-Request-ID:", "X-Req\r\nX-Evil"],
+    ["X-\u0417\u0430\u043f\u0440\u043e\u0441", "X Request", "X-Request-ID:", "X-Req\r\nX-Evil"],
 )
 def test_request_id_header_must_be_a_token(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """A name that is not an RFC 9110 token makes every response fail (UnicodeEncodeError, or
-    h11 refusing it), so it is rejected at configure() time, naming the variable."""
+    h11 refusing it), so it is rejected at configure() time, naming the variable. (A blank
+    variable is unset, the default; a blank keyword is refused.)"""
     monkeypatch.setenv("KIKI_OTEL_HTTP__REQUEST_ID_HEADER", name)
     with pytest.raises(ConfigurationError, match="KIKI_OTEL_HTTP__REQUEST_ID_HEADER"):
         load_settings(Settings, {})
+    with pytest.raises(ConfigurationError, match="KIKI_OTEL_HTTP__REQUEST_ID_HEADER"):
+        load_settings(Settings, {"http": {"request_id_header": ""}})
 
 
 def test_custom_request_id_header_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -405,3 +409,105 @@ def test_an_unknown_propagator_fails_the_import_naming_the_variable(value: str) 
     assert "not found" in last
     env["OTEL_PROPAGATORS"] = "tracecontext,none"
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
+
+
+_DEFAULTS = Settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "read"),
+    [
+        ("OTEL_TRACES_SAMPLER_ARG", lambda s: s.traces_sampler_arg),
+        ("OTEL_TRACES_SAMPLER", lambda s: s.traces_sampler),
+        ("OTEL_LOGS_EXPORTER", lambda s: s.logs_exporter),
+        ("OTEL_SDK_DISABLED", lambda s: s.sdk_disabled),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", lambda s: s.exporter_otlp_protocol),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", lambda s: s.exporter_otlp_timeout),
+        ("OTEL_RESOURCE_ATTRIBUTES", lambda s: s.resource_attributes),
+        ("KIKI_OTEL_LOG_FORMAT", lambda s: s.log_format),
+        ("KIKI_OTEL_HTTP__ACCESS_LOG", lambda s: s.http.access_log),
+        ("KIKI_OTEL_HEALTH__BACKGROUND_INTERVAL", lambda s: s.health.background_interval),
+    ],
+)
+@pytest.mark.parametrize("blank", ["", "  ", "\t"])
+def test_a_blank_variable_is_unset(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, read: Any, blank: str
+) -> None:
+    """The spec: an empty value MUST be treated as unset. ``X: ${X:-}`` in a Helm or compose
+    template gives one, and it used to stop the service ("Input should be a valid number
+    (got '')"). In the environment or in ``.env``; a blank variable also lets ``.env`` apply."""
+    monkeypatch.setenv(variable, blank)
+    assert read(load_settings(Settings, {})) == read(_DEFAULTS)
+    monkeypatch.delenv(variable)
+    (tmp_path / ".env").write_text(f"{variable}={blank!r}\n".replace("'", '"'))
+    assert read(load_settings(Settings, {})) == read(_DEFAULTS)
+
+
+def test_a_blank_variable_lets_dotenv_apply(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Blank in the environment means unset, so the ``.env`` value is used (nested too)."""
+    (tmp_path / ".env").write_text(
+        "OTEL_TRACES_SAMPLER_ARG=0.5\nKIKI_OTEL_HEALTH__BACKGROUND_INTERVAL=7\n"
+    )
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "")
+    monkeypatch.setenv("KIKI_OTEL_HEALTH__BACKGROUND_INTERVAL", " ")
+    settings = load_settings(Settings, {})
+    assert settings.traces_sampler_arg == 0.5 and settings.health.background_interval == 7
+
+
+def test_a_blank_keyword_is_still_refused() -> None:
+    """Keywords are code, not the environment: an explicit empty one stays an error."""
+    with pytest.raises(ConfigurationError, match="OTEL_TRACES_SAMPLER_ARG"):
+        load_settings(Settings, {"traces_sampler_arg": ""})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("true", True), ("TRUE", True), (" True ", True), ("false", False), ("FALSE", False)],
+)
+def test_otel_sdk_disabled_takes_the_spec_booleans(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: bool
+) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", raw)
+    assert load_settings(Settings, {}).sdk_disabled is expected
+
+
+@pytest.mark.parametrize("raw", ["yes", "on", "1", "0", "no", "off", "disabled"])
+def test_otel_sdk_disabled_refuses_other_values(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    """The spec lets only ``true`` (any case) mean true; pydantic took yes/on/1 and turned
+    the SDK off where the SDK itself and other languages would not. Anything but true or
+    false is refused, naming the variable, as kiki refuses other bad values."""
+    monkeypatch.setenv("OTEL_SDK_DISABLED", raw)
+    with pytest.raises(ConfigurationError, match=r"OTEL_SDK_DISABLED.*'true' or 'false'"):
+        load_settings(Settings, {})
+
+
+def test_log_format_accepts_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like every other choice (OTEL_* exporters, KIKI_OTEL_EXPORTER, the log level)."""
+    monkeypatch.setenv("KIKI_OTEL_LOG_FORMAT", " JSON ")
+    assert load_settings(Settings, {}).log_format == "json"
+    monkeypatch.setenv("KIKI_OTEL_LOG_FORMAT", "Console")
+    assert load_settings(Settings, {}).log_format == "console"
+
+
+def test_unprefixed_deployment_environment_is_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An undocumented alias read any ``DEPLOYMENT_ENVIRONMENT`` (a deploy tool's own, say)
+    into ``deployment.environment.name``; only ``KIKI_OTEL_ENVIRONMENT`` is."""
+    monkeypatch.setenv("DEPLOYMENT_ENVIRONMENT", "prod")
+    assert load_settings(Settings, {}).environment is None
+    monkeypatch.setenv("KIKI_OTEL_ENVIRONMENT", "staging")
+    assert load_settings(Settings, {}).environment == "staging"
+
+
+@pytest.mark.parametrize("raw", ["a=%ZZ", "b=%E2%82", "a=1,b=50%", "%zz=1", "a=%2"])
+def test_bad_percent_encoding_in_resource_attributes_is_refused(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    """The spec: on a decoding failure the whole value is discarded and reported. It used to
+    be kept as typed (``%ZZ``) or mangled (a U+FFFD in place of a cut UTF-8 sequence)."""
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", raw)
+    with pytest.raises(ConfigurationError, match=r"OTEL_RESOURCE_ATTRIBUTES.*percent-encoding"):
+        load_settings(Settings, {})
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "a=50%25,b=%E2%82%AC,c%3Dd=%2C")
+    assert load_settings(Settings, {}).resource_attributes == {"a": "50%", "b": "€", "c=d": ","}
