@@ -129,7 +129,8 @@ def configure(app: Any = None, *, settings: Settings | None = None, **overrides:
             _telemetry = _build(_resolve(settings, overrides))
             log.info(
                 "kiki_otel.configured",
-                service=service_name_of(_telemetry.resource),
+                # the exporting resource's (a joined provider's may differ from the line's)
+                service_name=service_name_of(_telemetry.resource),
                 endpoint=scrub(_telemetry.settings.otlp_endpoint()),  # no user:pass@ in logs
                 protocol=_telemetry.settings.exporter_otlp_protocol,
                 sdk_disabled=_telemetry.settings.sdk_disabled,

@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Callable, MutableMapping
 from contextvars import Token
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any, cast
 
 import structlog
@@ -79,11 +80,51 @@ _NOISY_MESSAGE_MAX = 512
 _NO_EXPORT_PREFIXES = ("opentelemetry", "grpc", "urllib3", "kiki_otel._export")
 
 
+_OWN_FIELDS = frozenset(
+    {
+        "level",
+        "timestamp",
+        "logger",
+        "service",
+        "trace_id",
+        "span_id",
+        "request_id",
+        "client_request_id",
+    }
+)
+"""The line's fields that are kiki's: a call's field of such a name is moved aside."""
+_STDLIB_OWN_FIELDS = _OWN_FIELDS | {"event"}
+"""And a stdlib record's ``extra`` may name the message's field too (structlog's may not)."""
+CLASH_PREFIX = "extra_"
+"""What a call's clashing field is renamed with: ``extra_level``, ``extra_timestamp``..."""
+
+
+def aside(key: str, fields: Any) -> str:
+    """The name a call's field ``key`` that clashes with kiki's own is kept under.
+
+    ``extra_<key>`` (``extra_extra_<key>`` if the call has that one too, and so on): a
+    business field named ``level`` or ``timestamp`` is neither lost nor allowed to change
+    the line's level (and its OTel severity) or its time.
+    """
+    renamed = CLASH_PREFIX + key
+    while renamed in fields:
+        renamed = CLASH_PREFIX + renamed
+    return renamed
+
+
 def add_logger_name(logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-    """``logger``: the name given to ``get_logger(name)`` (stdlib records bring their own)."""
+    """``logger``: the name given to ``get_logger(name)`` (stdlib records bring their own).
+
+    The chain's first processor, so also where the call's own fields (keywords, bound
+    context) that clash with the line's are moved aside, before kiki's are set: one
+    set test per line when none clashes.
+    """
+    if not _OWN_FIELDS.isdisjoint(event_dict):
+        for key in [key for key in event_dict if key in _OWN_FIELDS]:
+            event_dict[aside(key, event_dict)] = event_dict.pop(key)
     name = getattr(logger, "name", None)
     if name is not None:
-        event_dict.setdefault("logger", name)
+        event_dict["logger"] = name
     return event_dict
 
 
@@ -312,8 +353,8 @@ class OTelEmitter:
             span_context = current_span_context()
             if span_context.is_valid and not span_context.trace_flags.sampled:
                 return
-        level = str(event_dict.get("level", method))
-        severity, text = _SEVERITY.get(level, (SeverityNumber.INFO, "INFO"))
+        # the call's level (a field named "level" is the line's own, never the severity)
+        severity, text = _SEVERITY.get(method, (SeverityNumber.INFO, "INFO"))
         name = name or "kiki_otel"
         entry = self._loggers.get(name)
         if entry is None:
@@ -460,6 +501,8 @@ class StdlibBridge(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             level = record.levelname.lower()
+            # the severity's name: a custom level's (TRACE, "Level 25") is its standard band
+            method = _LEVEL_METHODS.get(record.levelno) or _band(record.levelno)
             event_dict: MutableMapping[str, Any] = {
                 # without the newline a text log ends its line with (uvicorn's "Exception in
                 # ASGI application\n"): one JSON line holds one event
@@ -471,6 +514,8 @@ class StdlibBridge(logging.Handler):
             for key, value in vars(record).items():
                 name = key if type(key) is str else str(key)  # extra={1: ...} is allowed
                 if name not in _STDLIB_ATTRS and not name.startswith("_"):
+                    if name in _STDLIB_OWN_FIELDS:  # extra={"level": ...}: kept, as extra_level
+                        name = aside(name, event_dict.keys() | vars(record).keys())
                     event_dict[name] = value
             token = None
             if record.exc_info and record.exc_info[0] is not None:
@@ -479,13 +524,30 @@ class StdlibBridge(logging.Handler):
             try:
                 result: Any = event_dict
                 for processor in self._processors:
-                    result = processor(None, level, result)
+                    result = processor(None, method, result)
             finally:
                 if token is not None:
                     otel_context.detach(token)
             self._output.write(result)
         except Exception:
             self.handleError(record)
+
+
+_LEVEL_METHODS = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
+
+
+def _band(levelno: int) -> str:
+    """The standard level a custom stdlib level falls in (the highest not above it)."""
+    for number in sorted(_LEVEL_METHODS, reverse=True):
+        if levelno >= number:
+            return _LEVEL_METHODS[number]
+    return "debug"
 
 
 def _enter_marked_request(error: BaseException | None) -> Token[Context] | None:
@@ -585,30 +647,43 @@ _replaces_server_access = False
 
 
 def _route_stdlib(bridge: StdlibBridge, settings: Settings) -> None:
-    global _reclaim_registered, _replaces_server_access
+    global _reclaim_registered, _replaces_server_access, _bridge, _disabled_before
     _replaces_server_access = settings.http.access_log
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)  # one output: basicConfig/uvicorn handlers would duplicate
     root.addHandler(bridge)
     root.setLevel(settings.log_level)
+    _bridge = bridge
+    _disabled_before = frozenset(_disabled_loggers())  # a config's before configure(): its own
+    _warned.clear()
     # uvicorn/gunicorn install their own handlers before importing the app: send their
     # records through the root chain instead, and drop their access logs (ours replaces them).
-    reclaim_server_loggers()
+    _route_server_loggers()
     if not _reclaim_registered and hasattr(os, "register_at_fork"):
         # gunicorn --preload: configure() ran in the master, and the worker object, built
         # there before each fork, gives uvicorn's loggers gunicorn's handlers again.
-        os.register_at_fork(after_in_child=reclaim_server_loggers)
+        os.register_at_fork(after_in_child=_route_server_loggers)
         _reclaim_registered = True
 
 
 def reclaim_server_loggers() -> None:
+    """When the lifespan starts: :func:`check_logging`, then :func:`_route_server_loggers`.
+
+    A server started from the app's own code (``uvicorn.run(app)`` without
+    ``log_config=None``) configures its logging after configure() ran, which gave uvicorn's
+    loggers their text handlers back (and a second access line per request); and by then
+    the app's own imports (an Alembic ``env.py``, a team's logging module) have run.
+    """
+    check_logging()
+    _route_server_loggers()
+
+
+def _route_server_loggers() -> None:
     """Route the servers' loggers through the root chain (while kiki's logging is installed).
 
-    Run by configure(), in every forked child, and when the lifespan starts: a server
-    started from the app's own code (``uvicorn.run(app)`` without ``log_config=None``)
-    configures its logging after configure() ran, which gave uvicorn's loggers their text
-    handlers back (and a second access line per request).
+    Run by configure(), in every forked child, and when the lifespan starts (see
+    :func:`reclaim_server_loggers`).
 
     A server's access logger stays off when kiki's access line replaces it, and when the
     server's own is off: no handlers and no propagation, as ``uvicorn --no-access-log``
@@ -666,6 +741,7 @@ def configure_logging(
     emitter = shared[-2] if isinstance(shared[-2], OTelEmitter) else None
     _installed = Chain(structlog.get_config(), output, emitter, renderer, service, min_level)
     _route_stdlib(StdlibBridge(shared, output), settings)
+    _install_excepthooks()
 
 
 class Chain:
@@ -708,6 +784,143 @@ class Chain:
 
 
 _installed: Chain | None = None
+_bridge: StdlibBridge | None = None
+_disabled_before: frozenset[str] = frozenset()
+_warned: set[str] = set()
+"""What :func:`check_logging` has warned about since :func:`configure_logging`."""
+
+_REPLACED_HINTS = {
+    "structlog.configure()": (
+        "a structlog.configure() after kiki_otel.configure() replaced its processors: "
+        "structlog lines lose trace_id/request_id/service and are not exported; remove it "
+        "(kiki_otel.configure() sets structlog up: KIKI_OTEL_LOG_LEVEL, KIKI_OTEL_LOG_FORMAT)"
+    ),
+    "root handler": (
+        "a logging config (dictConfig, fileConfig as in Alembic's env.py, basicConfig("
+        "force=True)) after kiki_otel.configure() replaced the root logger's handler: stdlib "
+        "lines are no JSON, uncorrelated and not exported; leave the root logger out of it, "
+        "or run it before kiki_otel.configure()"
+    ),
+    "disabled loggers": (
+        "a logging config after kiki_otel.configure() disabled loggers (uvicorn's too): "
+        "their lines are lost; pass disable_existing_loggers=False"
+    ),
+}
+
+
+def _disabled_loggers() -> list[str]:
+    """The stdlib loggers a config disabled (the servers' access loggers are kiki's to turn off)."""
+    return sorted(
+        name
+        for name, logger in list(logging.root.manager.loggerDict.items())
+        if isinstance(logger, logging.Logger)
+        and logger.disabled
+        and name not in _SERVER_ACCESS_LOGGERS
+    )
+
+
+def check_logging() -> None:
+    """Warn once when structlog's or stdlib's configuration replaced kiki's after configure().
+
+    A team's own ``structlog.configure()``, or a ``dictConfig``/``fileConfig`` (Alembic's
+    ``env.py``), run after configure() silently turns off the JSON, correlation and OTel
+    export it promises. Called when the lifespan starts and when shutdown begins (at the
+    latest); each kind is named once, with what to do. Never re-installed over it: that
+    configuration was the user's explicit choice. The line goes through kiki's own chain
+    (the bridge), so it reaches stdout as JSON and the collector whatever was replaced.
+    """
+    chain, bridge = _installed, _bridge
+    if chain is None or bridge is None:
+        return
+    try:
+        disabled = [name for name in _disabled_loggers() if name not in _disabled_before]
+        found = {
+            "structlog.configure()": structlog.get_config()["processors"] is not chain.processors,
+            "root handler": bridge not in logging.getLogger().handlers,
+            "disabled loggers": bool(disabled),
+        }
+        new = [kind for kind, replaced in found.items() if replaced and kind not in _warned]
+        if not new:
+            return
+        _warned.update(new)
+        fields: dict[str, Any] = {
+            "replaced": new,
+            "hint": "; ".join(_REPLACED_HINTS[kind] for kind in new),
+        }
+        if "disabled loggers" in new:  # the servers' first: their lines are the ones missed
+            disabled.sort(key=lambda name: name not in _SERVER_LOGGERS)
+            fields["disabled_loggers"] = disabled[:20]
+            fields["disabled_count"] = len(disabled)
+        emit_own(logging.WARNING, "kiki_otel.logging_replaced", fields)
+    except Exception:  # noqa: S110 - a check must never break a startup or a shutdown
+        pass
+
+
+def emit_own(
+    levelno: int, event: str, fields: dict[str, Any], exc_info: Any = None, name: str = "kiki_otel"
+) -> None:
+    """Log one of kiki's lines through kiki's chain itself (the stdlib bridge), never raising.
+
+    For what must reach stdout as JSON and the collector even when the user's structlog or
+    root-logger configuration replaced kiki's: the warning about it, an uncaught exception.
+    """
+    bridge = _bridge
+    if bridge is None:
+        return
+    record = logging.LogRecord(name, levelno, "", 0, event, None, exc_info)
+    record.__dict__.update(fields)
+    with contextlib.suppress(Exception):
+        bridge.handle(record)
+
+
+_previous_hooks: tuple[Any, Any] | None = None
+"""``(sys.excepthook, threading.excepthook)`` as :func:`_install_excepthooks` found them."""
+
+
+def _install_excepthooks() -> None:
+    """Log uncaught exceptions (main thread and threads) as JSON lines and OTel records.
+
+    A script or worker that dies of an exception otherwise leaves only Python's plain-text
+    traceback on stderr: no line in the log store and no record at the collector says why.
+    The hooks run before the atexit flush, so the record is exported. The previous hooks
+    still run after (Python's prints the traceback, a tool's own hook does its part).
+    """
+    global _previous_hooks
+    if _previous_hooks is None:
+        _previous_hooks = (sys.excepthook, threading.excepthook)
+        sys.excepthook = _uncaught
+        threading.excepthook = _uncaught_in_thread
+
+
+def _restore_excepthooks() -> None:
+    """Put back the hooks :func:`_install_excepthooks` replaced, unless replaced since."""
+    global _previous_hooks
+    if _previous_hooks is not None:
+        if sys.excepthook is _uncaught:
+            sys.excepthook = _previous_hooks[0]
+        if threading.excepthook is _uncaught_in_thread:
+            threading.excepthook = _previous_hooks[1]
+        _previous_hooks = None
+
+
+def _uncaught(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+    """``sys.excepthook``: the error line, then the previous hook; Ctrl-C stays Python's."""
+    if not issubclass(kind, KeyboardInterrupt):
+        emit_own(logging.ERROR, "uncaught_exception", {}, (kind, error, tb))
+    (_previous_hooks or (sys.__excepthook__,))[0](kind, error, tb)
+
+
+def _uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook``: as :func:`_uncaught`, with the thread's name.
+
+    ``SystemExit`` ends a thread quietly (as Python's own hook leaves it).
+    """
+    if not issubclass(args.exc_type, SystemExit | KeyboardInterrupt):
+        exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+        thread = args.thread.name if args.thread is not None else None
+        emit_own(logging.ERROR, "uncaught_exception", {"thread.name": thread}, exc_info)
+    previous = _previous_hooks[1] if _previous_hooks is not None else threading.__excepthook__
+    previous(args)
 
 
 def installed_chain() -> Chain | None:
@@ -717,8 +930,9 @@ def installed_chain() -> Chain | None:
 
 def reset_logging() -> None:
     """Undo :func:`configure_logging` (for tests): structlog defaults, no bridge on root."""
-    global _installed
-    _installed = None
+    global _installed, _bridge
+    _installed = _bridge = None
+    _restore_excepthooks()
     structlog.reset_defaults()
     root = logging.getLogger()
     for handler in list(root.handlers):

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from . import _spare_threads
 from ._fork import after_fork_in_child, drop_inherited_connections, new_identity, reachable
 from ._lifecycle import Lifecycle
-from ._logging import OwnLogger
+from ._logging import OwnLogger, check_logging
 from ._otlp_client import RetryingClient
 from ._otlp_http import dropped_items, lost_items
 from ._settings import ShutdownSettings
@@ -296,6 +296,7 @@ class ShutdownCoordinator:
         started = time.monotonic()
         try:
             self._lifecycle.begin_shutdown()
+            check_logging()  # a script has no lifespan start: a replaced config, named here
             log.info("shutdown.started", drain_delay_s=self._settings.drain_delay)
             if self._settings.drain_delay:
                 await asyncio.sleep(self._settings.drain_delay)

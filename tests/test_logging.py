@@ -919,3 +919,276 @@ def test_iso_timestamp_is_datetimes_isoformat() -> None:
         assert iso_timestamp_py(stamp) == expected, stamp
     if iso_timestamp is not iso_timestamp_py:  # in C: beyond its range, the fallback's text
         assert iso_timestamp(1 << 64, lambda t: f"fallback {t}") == f"fallback {1 << 64}"
+
+
+# ------------------------------------------- a call's fields that clash with the line's own
+
+
+def test_stdlib_extra_never_rewrites_the_lines_own_fields(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``extra`` named like the line's own fields (level, timestamp, logger, service, event)
+    is kept under ``extra_<name>``: the level and OTel severity stay the call's (an error
+    is no DEBUG), the time and names stay kiki's."""
+    from datetime import datetime
+
+    kiki_otel.configure(service_name="svc-own")
+    capsys.readouterr()
+    orders = logging.getLogger("orders")
+    orders.error("order failed", extra={"level": "debug", "timestamp": datetime(2019, 5, 1)})
+    orders.info("x", extra={"logger": "fake", "service": "mine", "event": "e", "span_id": 7})
+    first, second = lines(capsys)
+    assert first["level"] == "error" and first["extra_level"] == "debug"
+    assert first["timestamp"].startswith("20") and not first["timestamp"].startswith("2019")
+    assert first["extra_timestamp"] == "2019-05-01T00:00:00"
+    assert (second["logger"], second["service"], second["event"]) == ("orders", "svc-own", "x")
+    assert (second["extra_logger"], second["extra_service"], second["extra_event"]) == (
+        "fake",
+        "mine",
+        "e",
+    )
+    assert second["extra_span_id"] == 7 and "span_id" not in second
+    failed, other = [r for r in memory.logs() if r.body in ("order failed", "x")]
+    assert failed.severity_text == "ERROR" and failed.attributes["extra_level"] == "debug"
+    assert other.attributes["logger"] == "orders" and other.attributes["extra_logger"] == "fake"
+
+
+def test_structlog_fields_named_like_the_lines_own_are_kept_aside(
+    memory: Memory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """structlog keywords and bound fields of those names are kept the same way, not
+    silently dropped (timestamp, level, trace ids) nor allowed to win (logger, service);
+    a field already named ``extra_<name>`` pushes the moved one one prefix further."""
+    kiki_otel.configure(service_name="svc-own")
+    capsys.readouterr()
+    log = kiki_otel.get_logger("orders").bind(service="mine")
+    with trace.get_tracer("t").start_as_current_span("work") as span:
+        log.warning("order.late", timestamp="2019-05-01", level="L2", request_id="legacy-1")
+    log.info("again", logger="fake", level="a", extra_level="b")
+    late, again = lines(capsys)
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    assert (late["level"], late["logger"], late["service"]) == ("warning", "orders", "svc-own")
+    assert late["request_id"] == trace_id and late["extra_request_id"] == "legacy-1"
+    assert (late["extra_timestamp"], late["extra_level"], late["extra_service"]) == (
+        "2019-05-01",
+        "L2",
+        "mine",
+    )
+    assert late["timestamp"] != "2019-05-01"
+    assert (again["logger"], again["extra_logger"], again["level"]) == ("orders", "fake", "info")
+    assert (again["extra_level"], again["extra_extra_level"]) == ("b", "a")
+    (record,) = [r for r in memory.logs() if r.body == "order.late"]
+    assert record.severity_text == "WARN" and record.attributes["extra_level"] == "L2"
+
+
+def test_a_custom_stdlib_levels_severity_is_its_standard_band(memory: Memory) -> None:
+    """A level between the standard ones is exported with the severity of the band it falls
+    in (the level number decides, not its name)."""
+    kiki_otel.configure()
+    logging.getLogger("custom").log(45, "worse than an error")
+    logging.getLogger("custom").log(35, "worse than a warning")
+    severities = {r.body: r.severity_text for r in memory.logs() if r.body.startswith("worse")}
+    assert severities == {"worse than an error": "ERROR", "worse than a warning": "WARN"}
+
+
+# ------------------------------------------- a logging configuration made after configure()
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """Undo what a test's own logging config does to the process's loggers."""
+    import structlog
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    loggers = dict(logging.root.manager.loggerDict)
+    disabled = {n: l.disabled for n, l in loggers.items() if isinstance(l, logging.Logger)}
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, was in disabled.items():
+            logging.getLogger(name).disabled = was
+        for name in set(logging.root.manager.loggerDict) - set(loggers):
+            logging.getLogger(name).disabled = False
+        structlog.reset_defaults()
+
+
+def _replaced_warnings(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    return [l for l in lines(capsys) if l["event"] == "kiki_otel.logging_replaced"]
+
+
+async def _lifespan(app: Any, *, shutdown: bool) -> None:
+    """Run the app's lifespan startup (and shutdown), as a server does."""
+    import asyncio
+
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await queue.put({"type": "lifespan.startup"})
+    started = asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "lifespan.startup.complete":
+            started.set()
+            if shutdown:
+                await queue.put({"type": "lifespan.shutdown"})
+
+    task = asyncio.ensure_future(app({"type": "lifespan", "state": {}}, queue.get, send))
+    await started.wait()
+    if shutdown:
+        await task
+    else:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
+async def test_a_structlog_configure_after_configure_is_named_once_at_startup(
+    memory: Memory, capsys: pytest.CaptureFixture[str], restored_logging: None
+) -> None:
+    """A team's own structlog.configure() run after configure() replaces kiki's chain: the
+    lifespan's start says so once (as JSON and an OTel record, through kiki's own chain),
+    with what to do; it is not re-installed over, and shutdown does not repeat it."""
+    import structlog
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    kiki_otel.configure(app)
+    structlog.configure(processors=[structlog.processors.JSONRenderer()])
+    capsys.readouterr()
+    await _lifespan(app, shutdown=True)
+    (warning,) = _replaced_warnings(capsys)
+    assert warning["level"] == "warning" and warning["replaced"] == ["structlog.configure()"]
+    assert "remove it" in warning["hint"] and "trace_id" in warning["hint"]
+    assert structlog.get_config()["processors"][0].__class__.__name__ == "JSONRenderer"
+    (record,) = [r for r in memory.logs() if r.body == "kiki_otel.logging_replaced"]
+    assert record.severity_text == "WARN"
+
+
+async def test_a_dict_config_after_configure_is_named_once(
+    memory: Memory, capsys: pytest.CaptureFixture[str], restored_logging: None
+) -> None:
+    """dictConfig (Alembic's fileConfig) after configure() replaces the root handler and
+    disables the loggers that exist: one warning names both, the disabled loggers and the
+    hint; the user's handler stays."""
+    import logging.config
+
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    for name in ("app.module", "uvicorn.error"):  # existing when the config runs
+        logging.getLogger(name)
+    kiki_otel.configure(app)
+    handler = {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
+    config = {"version": 1, "handlers": {"h": handler}, "root": {"handlers": ["h"]}}
+    logging.config.dictConfig(config)
+    capsys.readouterr()
+    await _lifespan(app, shutdown=True)
+    (warning,) = _replaced_warnings(capsys)
+    assert warning["replaced"] == ["root handler", "disabled loggers"]
+    assert "app.module" in warning["disabled_loggers"]
+    assert "uvicorn.error" in warning["disabled_loggers"]
+    assert "disable_existing_loggers=False" in warning["hint"]
+    assert "before kiki_otel.configure()" in warning["hint"]
+    assert type(logging.getLogger().handlers[0]) is logging.StreamHandler
+    assert [r for r in memory.logs() if r.body == "kiki_otel.logging_replaced"]
+
+
+def test_a_script_hears_of_a_replaced_config_at_shutdown(
+    memory: Memory, capsys: pytest.CaptureFixture[str], restored_logging: None
+) -> None:
+    """Without a lifespan (a script, a worker), shutdown names it before its report."""
+    logging.getLogger().handlers.clear()
+    telemetry = kiki_otel.configure()
+    logging.basicConfig(force=True)
+    capsys.readouterr()
+    telemetry.shutdown()
+    events = [l["event"] for l in lines(capsys)]
+    assert events[:2] == ["kiki_otel.logging_replaced", "shutdown.started"]
+
+
+async def test_configs_that_keep_kikis_chain_warn_nothing(
+    memory: Memory, capsys: pytest.CaptureFixture[str], restored_logging: None
+) -> None:
+    """What leaves the chain working is no replacement: uvicorn's own dictConfig (from
+    ``uvicorn.run(app)``), structlog's capture_logs(), a config's loggers disabled before
+    configure(), a structlog.configure() of the level alone."""
+    import logging.config
+
+    import structlog
+    import uvicorn.config
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    logging.getLogger("old.quiet").disabled = True
+    kiki_otel.configure(app)
+    logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    capsys.readouterr()
+    with structlog.testing.capture_logs():
+        await _lifespan(app, shutdown=False)
+    await _lifespan(app, shutdown=True)
+    assert _replaced_warnings(capsys) == []
+
+
+# ------------------------------------------------------------------ uncaught exceptions
+
+
+def test_an_uncaught_exception_is_logged_then_the_previous_hook_runs(
+    memory: Memory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sys.excepthook: an error line with the traceback (JSON and OTel record), then the
+    hook installed before configure(); Ctrl-C keeps Python's behaviour (no line); reset()
+    puts the previous hook back."""
+    seen: list[type[BaseException]] = []
+    previous = lambda kind, error, tb: seen.append(kind)  # noqa: E731
+    monkeypatch.setattr(sys, "excepthook", previous)
+    kiki_otel.configure()
+    capsys.readouterr()
+    try:
+        raise RuntimeError("worker crashed: db gone")
+    except RuntimeError as error:
+        sys.excepthook(RuntimeError, error, error.__traceback__)
+    sys.excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)
+    (line,) = lines(capsys)
+    assert line["event"] == "uncaught_exception" and line["level"] == "error"
+    assert line["exception"]["message"] == "worker crashed: db gone"
+    assert "Traceback" in line["exception"]["stacktrace"]
+    assert seen == [RuntimeError, KeyboardInterrupt]
+    (record,) = [r for r in memory.logs() if r.body == "uncaught_exception"]
+    assert record.severity_text == "ERROR" and record.attributes["exception.type"] == "RuntimeError"
+    from kiki_otel import testing
+
+    testing.reset()
+    assert sys.excepthook is previous
+
+
+def test_an_exception_that_ends_a_thread_is_logged_with_the_threads_name(
+    memory: Memory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """threading.excepthook likewise (the previous one still runs); SystemExit ends a
+    thread quietly, as it does without kiki."""
+    seen: list[Any] = []
+    previous = seen.append
+    monkeypatch.setattr(threading, "excepthook", previous)
+    kiki_otel.configure()
+    capsys.readouterr()
+
+    def fails() -> None:
+        raise ValueError("bad job")
+
+    def exits() -> None:
+        raise SystemExit(3)
+
+    for target, name in ((fails, "job-runner"), (exits, "exiter")):
+        thread = threading.Thread(target=target, name=name)
+        thread.start()
+        thread.join()
+    (line,) = lines(capsys)
+    assert line["event"] == "uncaught_exception" and line["thread.name"] == "job-runner"
+    assert line["exception"]["type"] == "ValueError"
+    assert [args.exc_type for args in seen] == [ValueError, SystemExit]
+    from kiki_otel import testing
+
+    testing.reset()
+    assert threading.excepthook is previous
