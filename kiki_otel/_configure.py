@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import _logs, metrics, trace
+from pydantic import BaseModel
 
 from ._errors import reload_propagators
 from ._exporters import check_signal_endpoints
@@ -114,6 +115,27 @@ def _build(settings: Settings) -> Telemetry:
     return Telemetry(settings, resource, providers, lifecycle, health, shutdown)
 
 
+def _differing(wanted: Settings, current: Settings) -> list[str]:
+    """Name the settings a later ``configure()`` asked to change, nested as ``health.ttl``.
+
+    Names only, never values: headers and endpoints may carry secrets.
+    """
+    names: list[str] = []
+    for name in type(current).model_fields:
+        new, old = getattr(wanted, name), getattr(current, name)
+        if new == old:
+            continue
+        if isinstance(old, BaseModel) and type(new) is type(old):
+            names += [f"{name}.{inner}" for inner in _differing_fields(new, old)]
+        else:
+            names.append(name)
+    return names
+
+
+def _differing_fields(wanted: BaseModel, current: BaseModel) -> list[str]:
+    return [n for n in type(current).model_fields if getattr(wanted, n) != getattr(current, n)]
+
+
 def configure(app: Any = None, *, settings: Settings | None = None, **overrides: Any) -> Telemetry:
     """Set up traces, metrics and logs over OTLP, JSON logging, health and graceful shutdown.
 
@@ -141,6 +163,7 @@ def configure(app: Any = None, *, settings: Settings | None = None, **overrides:
             if wanted != _telemetry.settings:
                 log.warning(
                     "kiki_otel.reconfigure_ignored",
+                    settings=_differing(wanted, _telemetry.settings),  # names only: secrets
                     hint="providers are set once per process; restart to apply",
                 )
         telemetry = _telemetry

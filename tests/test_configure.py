@@ -56,11 +56,20 @@ def test_configure_without_app_sets_global_providers() -> None:
 def test_second_configure_returns_same_handle_and_reports_ignored_changes(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """configure() twice: same handle; changed settings are logged as not applied."""
+    """configure() twice: same handle; the changed settings are named (not their values,
+    which may be secrets) as not applied."""
     first = kiki_otel.configure(service_name="one", metrics_exporter="none")
-    second = kiki_otel.configure(service_name="two")
+    second = kiki_otel.configure(
+        service_name="two",
+        metrics_exporter="none",
+        exporter_otlp_headers="authorization=Bearer s3cret",
+        health={"cache_ttl": 9.0},
+    )
     assert first is second and second.settings.service_name == "one"
-    assert "kiki_otel.reconfigure_ignored" in [l["event"] for l in json_lines(capsys)]
+    lines = json_lines(capsys)
+    (ignored,) = [l for l in lines if l["event"] == "kiki_otel.reconfigure_ignored"]
+    assert ignored["settings"] == ["service_name", "exporter_otlp_headers", "health.cache_ttl"]
+    assert "s3cret" not in json.dumps(lines)
 
 
 def test_joins_an_existing_sdk_setup(memory: Memory, capsys: pytest.CaptureFixture[str]) -> None:
