@@ -14,6 +14,7 @@ import uuid
 
 from opentelemetry.sdk.resources import Resource
 
+from ._errors import quiet_resource_warnings
 from ._settings import Settings
 
 __all__ = [
@@ -61,7 +62,10 @@ def build_resource(settings: Settings) -> Resource:
     }
     attributes.update({key: value for key, value in optional.items() if value})
     attributes["service.instance.id"] = instance_id(explicit_instance_id(settings), worker())
-    return Resource.create(attributes)
+    # The SDK parses OTEL_RESOURCE_ATTRIBUTES again here and warns of what kiki's stricter
+    # parse already took (a trailing comma); a value kiki refuses never gets this far.
+    with quiet_resource_warnings():
+        return Resource.create(attributes)
 
 
 def explicit_instance_id(settings: Settings) -> str | None:

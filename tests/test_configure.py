@@ -483,6 +483,22 @@ def test_a_bad_or_overridden_otel_propagators_in_dotenv(tmp_path: Path) -> None:
     assert propagate.get_global_textmap() is own
 
 
+def test_a_trailing_comma_in_resource_attributes_is_taken_quietly() -> None:
+    """``OTEL_RESOURCE_ATTRIBUTES=a=1,``: kiki takes it; the SDK's parse of the same
+    variable in ``Resource.create`` warned of the empty pair after it."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OTEL_RESOURCE_ATTRIBUTES": "a=1,"}
+    code = (
+        "import kiki_otel; t = kiki_otel.configure(metrics_exporter='none', "
+        "traces_exporter='none', logs_exporter='none'); print('a=' + t.resource.attributes['a'])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and "a=1" in done.stdout
+    assert "Invalid key value resource attribute pair" not in done.stdout + done.stderr
+
+
 def test_a_bad_resource_attributes_value_is_reported_once() -> None:
     """``OTEL_RESOURCE_ATTRIBUTES=foo``: the SDK's own warning came three times (throwaway
     resources built while kiki is imported) before kiki's error naming the variable."""
