@@ -19,7 +19,7 @@ from ._errors import reload_propagators
 from ._exporters import check_signal_endpoints
 from ._health import HealthRegistry
 from ._health_checks import scrub
-from ._http_client import instrument_httpx
+from ._http_client import instrument_httpx, quiet_httpx_logs
 from ._lifecycle import Lifecycle
 from ._logging import OwnLogger, configure_logging
 from ._providers import Providers, build_providers
@@ -90,6 +90,7 @@ def _build(settings: Settings) -> Telemetry:
         log.info("kiki_otel.joined_existing_providers", signals=providers.joined)
     if not settings.sdk_disabled:
         instrument_httpx(settings)
+    quiet_httpx_logs()  # its log lines: URLs redacted, none for health checks' calls
     lifecycle = Lifecycle()
     health = HealthRegistry(
         settings=settings.health,

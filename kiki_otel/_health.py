@@ -32,6 +32,7 @@ from opentelemetry.metrics import MeterProvider
 from ._health_checks import BuiltCheck, CheckFailed, http_check, redis_check, scrub, sql_check
 from ._health_metrics import HealthMetrics
 from ._health_model import CheckResult, HealthReport, HealthStatus, overall_status
+from ._http_client import HEALTH_PROBE
 from ._json import safe_repr
 from ._lifecycle import Lifecycle
 from ._logging import OwnLogger
@@ -460,7 +461,9 @@ class HealthRegistry:
 
     async def _call(self, check: _Check) -> tuple[HealthStatus, str | None, str | None]:
         """Run the check within its timeout; map every outcome to (status, reason, detail)."""
-        token = otel_context.attach(otel_context.set_value(_SUPPRESS, True))
+        # no spans of the check's calls, and none of httpx's log lines (_http_client)
+        probe = otel_context.set_value(HEALTH_PROBE, True)
+        token = otel_context.attach(otel_context.set_value(_SUPPRESS, True, probe))
         try:
             inner = asyncio.ensure_future(self._invoke(check))
         finally:

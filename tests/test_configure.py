@@ -276,6 +276,65 @@ async def test_request_id_header_propagates_when_enabled(
     ]
 
 
+async def test_an_x_request_id_the_app_set_on_a_call_is_kept(
+    memory: Memory, header_sink: HeaderSink
+) -> None:
+    """With propagation on, a call the app gave its own X-Request-ID (a caller's legacy id it
+    forwards) keeps it; calls without one get the request's."""
+    app = FastAPI()
+
+    @app.get("/call")
+    async def call() -> dict[str, str]:
+        async with httpx.AsyncClient() as out:
+            await out.get(header_sink.url, headers={"X-Request-ID": "my-own-id"})
+            await out.get(header_sink.url)
+        return {}
+
+    kiki_otel.configure(app, metrics_exporter="none", http={"propagate_request_id": True})
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/call")
+    assert [r.get("x-request-id") for r in header_sink.requests] == [
+        "my-own-id",
+        response.headers["x-request-id"],
+    ]
+
+
+async def test_outgoing_url_secrets_stay_out_of_logs_and_spans(
+    memory: Memory, header_sink: HeaderSink, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """httpx logs each call's URL at INFO and contrib's client span keeps the query in
+    ``url.full``: credentials and sensitive query values (the server span's list) are
+    replaced in both; a health check's calls log no line at all."""
+    app = FastAPI()
+    secret_url = header_sink.url.replace("http://", "http://admin:hunter2@")
+    secret_url += "?token=sekrit&X-Amz-Signature=abcsig&page=2"
+
+    @app.get("/call")
+    async def call() -> dict[str, str]:
+        async with httpx.AsyncClient() as out:
+            await out.get(secret_url)
+        return {}
+
+    telemetry = kiki_otel.configure(app, metrics_exporter="none")
+    telemetry.health.add_http("peer", secret_url)
+    capsys.readouterr()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/call")).status_code == 200
+        assert (await client.get("/health")).json()["status"] == "healthy"
+    assert len(header_sink.requests) == 2  # the call and the check's
+    out = capsys.readouterr().out
+    assert not any(word in out for word in ("hunter2", "sekrit", "abcsig"))
+    # (the test's own client logs its calls to http://t too)
+    (line,) = [json.loads(l) for l in out.splitlines() if '"logger":"httpx"' in l and "127" in l]
+    assert "token=REDACTED&X-Amz-Signature=REDACTED&page=2" in line["event"]
+    assert "REDACTED:REDACTED@127.0.0.1" in line["event"]
+    (client_span,) = [s for s in memory.spans() if s.kind is SpanKind.CLIENT]
+    full = str((client_span.attributes or {})["url.full"])
+    assert "token=REDACTED&X-Amz-Signature=REDACTED&page=2" in full and "hunter2" not in full
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "protocol"),
     [
