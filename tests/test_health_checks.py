@@ -152,6 +152,28 @@ async def test_postgres_stopped_then_restarted(
     assert await after_ttl(registry, "postgres") == (HealthStatus.HEALTHY, None)
 
 
+async def test_closing_beside_a_hung_database_is_bounded_and_concurrent(
+    make: Factory, postgres_server: PostgresServer
+) -> None:
+    """At shutdown the checks' own clients close together under one budget: beside a hung
+    (SIGSTOPped) database they were closed one after another, each given up to four check
+    timeouts, which took the shutdown's whole cleanup timeout (an error line and an unclean
+    report) for a cleanup the user never registered, and the later closes never ran."""
+    registry = make(cache_ttl=TTL)
+    registry.add_sql("orders", postgres_server.dsn())
+    registry.add_sql("billing", postgres_server.dsn())
+    assert await status_of(registry, "orders") == (HealthStatus.HEALTHY, None)
+    assert await status_of(registry, "billing") == (HealthStatus.HEALTHY, None)
+    postgres_server.pause()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await asyncio.wait_for(registry.aclose(), 30)
+    finally:
+        postgres_server.resume()
+    (abandoned,) = [e for e in logs if e["event"] == "health.close_abandoned"]
+    assert abandoned["count"] == 2  # both were closing when the budget ran out
+
+
 async def test_failures_never_leak_passwords_hosts_or_driver_messages(
     make: Factory, postgres_server: PostgresServer
 ) -> None:

@@ -210,6 +210,27 @@ class PostgresServer:
         """Immediate shutdown (SIGQUIT): no checkpoint, crash recovery on the next start."""
         _stop(self._proc, signal.SIGQUIT)
 
+    def pause(self, sig: int = signal.SIGSTOP) -> None:
+        """Freeze the server and its backends (a hung database: connections open, no
+        answers); :meth:`resume` thaws them."""
+        assert self._proc is not None
+        parent = self._proc.pid
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # (a process gone meanwhile)
+                continue
+            if int(fields[1]) == parent:
+                children.append(int(stat.parent.name))
+        for pid in (parent, *children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`."""
+        self.pause(signal.SIGCONT)
+
     def stop(self) -> None:
         """Fast shutdown and remove the cluster."""
         _stop(self._proc, signal.SIGINT)
