@@ -562,7 +562,7 @@ class ServerTelemetry:
     def _client_id(self, values: list[bytes]) -> str | None:
         if not values or not self._accept_client_id:
             return None
-        raw = values[0]
+        raw = values[0].strip(b" \t")  # RFC 9110 5.5: surrounding whitespace is no part of it
         if (
             len(values) == 1
             and 0 < len(raw) <= self._client_id_max

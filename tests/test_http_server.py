@@ -339,6 +339,27 @@ async def test_valid_client_request_id_is_recorded_not_used(
     assert line["client_request_id"] == "legacy-abc.123:x"
 
 
+async def test_a_client_request_id_loses_its_surrounding_whitespace(
+    app: FastAPI, memory: Memory
+) -> None:
+    """uvicorn's default parser (httptools) keeps a header value's trailing spaces, h11
+    strips them; RFC 9110 says surrounding whitespace is no part of the value: the id is
+    taken without it under either (it was rejected under httptools)."""
+    scope = asgi_scope("/items/1", headers=[(b"host", b"t"), (b"x-request-id", b" pad1 \t ")])
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    await app(scope, receive, send)
+    assert messages[0]["status"] == 200
+    (span,) = server_spans(memory)
+    assert span.attributes["http.request.header.x-request-id"] == ("pad1",)
+
+
 @pytest.mark.usefixtures("close_path")
 async def test_a_context_reset_that_fails_falls_back_to_the_apis_detach(
     app: FastAPI, memory: Memory, monkeypatch: pytest.MonkeyPatch
