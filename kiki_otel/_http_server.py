@@ -83,7 +83,6 @@ _INTERNAL_ERROR = b"Internal Server Error"
 _START_ATTRIBUTES_MAX = 11
 """The most attributes :meth:`ServerTelemetry._start_span` gives a span (a span limit below
 it sends every span the SDK's way)."""
-_SAMPLED = TraceFlags.SAMPLED  # a class attribute: a generic lookup per request on 3.11
 _LAST_MESSAGE = frozenset({"http.response.body", "http.response.pathsend"})
 """Message types that end a response unless ``more_body`` (pathsend never has more)."""
 _NAME, _LOWER = itemgetter(0), methodcaller("lower")
@@ -252,7 +251,7 @@ _scan_headers: Any = getattr(speedups, "scan_headers", None) or _scan_headers_py
 
 
 def _request_ids_py(
-    trace_id: int, span_id: int, sampled: int, which: tuple[bytes, bool, bool]
+    trace_id: int, span_id: int, flags: int, which: tuple[bytes, bool, bool]
 ) -> tuple[tuple[str, str], list[tuple[bytes, bytes]]]:
     """The request span's ids in lowercase hex, and the response headers that carry them.
 
@@ -265,7 +264,7 @@ def _request_ids_py(
     ids = (trace_id.to_bytes(16, "big").hex(), span_id.to_bytes(8, "big").hex())
     headers = [(id_header, ids[0].encode())]
     if traceresponse or server_timing:
-        value = f"00-{ids[0]}-{ids[1]}-{'01' if sampled else '00'}"
+        value = f"00-{ids[0]}-{ids[1]}-{flags & 0xFF:02x}"  # sampled, Level 2's random bit
         if traceresponse:
             headers.append((b"traceresponse", value.encode()))
         if server_timing:
@@ -323,9 +322,11 @@ async def _send(wrapper: _SendWrapper, message: Message) -> Any:
         wrapper.status = message["status"]
         wrapper.started = True
         headers = [*message.get("headers", ())]
-        id_header = wrapper.id_header
-        if id_header in map(_LOWER, map(_NAME, headers)):  # the app's own: ours wins
-            headers = [h for h in headers if h[0].lower() != id_header]
+        # the app's own id header goes (ours wins), and its traceresponse when we send one
+        # (a response has one); Server-Timing entries add up
+        ours = {wrapper.id_header} | {n for n, _ in wrapper.headers if n == b"traceresponse"}
+        if not ours.isdisjoint(map(_LOWER, map(_NAME, headers))):
+            headers = [h for h in headers if h[0].lower() not in ours]
         headers.extend(wrapper.headers)
         message["headers"] = headers
     elif message["type"] in _LAST_MESSAGE and not message.get("more_body"):
@@ -671,9 +672,9 @@ class ServerTelemetry:
             span_context = _random_span_context()
             span = NonRecordingSpan(span_context)
             trace_id, span_id, flags, valid = IDS_BY_NAME(span_context)
-        sampled, which = flags & _SAMPLED, self._id_headers
-        made = _request_ids(trace_id, span_id, sampled, which)  # None: for the Python twin
-        hex_ids, headers = made or _request_ids_py(trace_id, span_id, sampled, which)
+        which = self._id_headers
+        made = _request_ids(trace_id, span_id, flags, which)  # None: for the Python twin
+        hex_ids, headers = made or _request_ids_py(trace_id, span_id, flags, which)
         return span, span_context, trace_id, span_id, flags, hex_ids, headers
 
     def _begin(self, scope: Scope, send: Send) -> _Begun:

@@ -1673,7 +1673,7 @@ error:
 
 /* ---- the request's ids in its response headers -------------------------------------------
  *
- * ``request_ids(trace_id, span_id, sampled, which)``: ``_http_server._request_ids_py``, the
+ * ``request_ids(trace_id, span_id, flags, which)``: ``_http_server._request_ids_py``, the
  * request span's ids in lowercase hex and the response headers that carry them (``which``:
  * the id header's name, whether traceresponse and Server-Timing are on), in one call where
  * Python made them in six calls and ~75 bytecodes.
@@ -1726,10 +1726,11 @@ request_ids(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     PyObject *id_header = PyTuple_GET_ITEM(which, 0);
     int traceresponse = PyObject_IsTrue(PyTuple_GET_ITEM(which, 1));
     int server_timing = PyObject_IsTrue(PyTuple_GET_ITEM(which, 2));
-    int sampled = PyObject_IsTrue(args[2]);
-    if (traceresponse < 0 || server_timing < 0 || sampled < 0) {
+    long flags = PyLong_AsLong(args[2]); /* the trace flags (a bool is 0 or 1) */
+    if (traceresponse < 0 || server_timing < 0 || (flags == -1 && PyErr_Occurred())) {
         return NULL;
     }
+    unsigned char flag_byte = (unsigned char)(flags & 0xff);
     unsigned char trace_bytes[16], span_bytes[8];
     int read = read_id(args[0], trace_bytes, 16);
     if (read > 0) {
@@ -1747,7 +1748,8 @@ request_ids(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     put_hex(traceparent + 3, trace_bytes, 16);
     traceparent[35] = '-';
     put_hex(traceparent + 36, span_bytes, 8);
-    memcpy(traceparent + 52, sampled ? "-01" : "-00", 3);
+    traceparent[52] = '-';
+    put_hex(traceparent + 53, &flag_byte, 1); /* sampled, and Level 2's random-id bit */
     PyObject *trace_hex = PyUnicode_New(32, 127), *span_hex = PyUnicode_New(16, 127);
     PyObject *trace_value = PyBytes_FromStringAndSize(traceparent + 3, 32);
     PyObject *headers = PyList_New(0), *ids = NULL, *pair = NULL, *result = NULL;
@@ -1983,8 +1985,29 @@ is_id_header(PyObject *name, PyObject *id_header)
     return 1;
 }
 
-/* The response start's new headers: the app's but its id header, then ours. NULL without
- * an error when they are not in the plain shape (the slow path's). */
+/* 1 if the app's header name is one of ours that replaces it: the id header, and
+ * ``traceresponse`` when we send one (a response has one); ``Server-Timing`` entries add up */
+static int
+replaced_by_ours(SendWrapper *self, PyObject *name)
+{
+    if (is_id_header(name, self->id_header)) {
+        return 1;
+    }
+    Py_ssize_t ours = PyList_GET_SIZE(self->headers);
+    for (Py_ssize_t j = 0; j < ours; j++) {
+        PyObject *mine = PyList_GET_ITEM(self->headers, j);
+        if (PyTuple_CheckExact(mine) && PyTuple_GET_SIZE(mine) == 2
+            && PyBytes_CheckExact(PyTuple_GET_ITEM(mine, 0))
+            && is_id_header(PyTuple_GET_ITEM(mine, 0), bytes_traceresponse)
+            && is_id_header(name, bytes_traceresponse)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The response start's new headers: the app's but those ours replace, then ours. NULL
+ * without an error when they are not in the plain shape (the slow path's). */
 static PyObject *
 start_headers(SendWrapper *self, PyObject *given)
 {
@@ -2010,7 +2033,7 @@ start_headers(SendWrapper *self, PyObject *given)
     }
     for (Py_ssize_t i = 0; i < size + ours; i++) {
         PyObject *item = i < size ? items[i] : PyList_GET_ITEM(self->headers, i - size);
-        if (i < size && is_id_header(PyTuple_GET_ITEM(item, 0), self->id_header)) {
+        if (i < size && replaced_by_ours(self, PyTuple_GET_ITEM(item, 0))) {
             continue;
         }
         if (PyList_Append(result, item) < 0) {
@@ -5737,7 +5760,7 @@ begin_ids(RequestBegin *self, PyObject *span, PyObject **context, PyObject **mad
         return -1;
     }
     PyObject *ids_args[4] = {PyTuple_GET_ITEM(read, 0), PyTuple_GET_ITEM(read, 1),
-                             (flags & 1) ? Py_True : Py_False, self->which};
+                             PyTuple_GET_ITEM(read, 3), self->which};
     PyObject *ids = request_ids(NULL, ids_args, 4);
     if (ids == NULL || ids == Py_None) {
         Py_DECREF(read);
@@ -6192,7 +6215,7 @@ static PyMethodDef speedups_methods[] = {
      "new_tuple(cls, *items) -> tuple\n\n"
      "tuple.__new__(cls, items) for a subclass cls of tuple, without the items' tuple."},
     {"request_ids", (PyCFunction)(void (*)(void))request_ids, METH_FASTCALL,
-     "request_ids(trace_id, span_id, sampled, which)\n"
+     "request_ids(trace_id, span_id, flags, which)\n"
      "    -> ((trace_hex, span_hex), headers) | None\n\n"
      "_http_server._request_ids_py for ids in range; None for any other (the Python twin's)."},
     {"send_wrapper", (PyCFunction)(void (*)(void))send_wrapper, METH_FASTCALL,

@@ -123,7 +123,9 @@ async def test_request_id_is_the_trace_id_everywhere(app: FastAPI, memory: Memor
         seen["endpoint"] == seen["dependency"] == seen["thread"] == seen["background"] == request_id
     )
     traceresponse = response.headers["traceresponse"]
-    assert traceresponse == f"00-{request_id}-{span.context.span_id:016x}-01"
+    # the span's flags: sampled, and W3C Level 2's random trace id bit the SDK sets
+    assert traceresponse == f"00-{request_id}-{span.context.span_id:016x}-03"
+    assert span.context.trace_flags == 0x03
 
 
 async def test_exactly_one_server_span_named_by_route(app: FastAPI, memory: Memory) -> None:
@@ -479,7 +481,7 @@ async def test_rejection_warnings_are_rate_limited(
 
 @pytest.mark.parametrize(
     ("header", "shown"),
-    [("abc 123", "abc 123"), ("a\x7fb\xe9", "a\\x7fb\\xe9"), ("x" * 69 + " ", "x" * 64)],
+    [("abc 123", "abc 123"), ("a\x7fb\xe9", "a\\x7fb\\xe9"), ("x" * 69 + " y", "x" * 64)],
 )
 async def test_a_rejected_client_id_is_shown_as_text(
     app: FastAPI,
@@ -1125,6 +1127,35 @@ async def test_an_apps_own_request_id_header_gives_way_to_ours(memory: Memory, n
     assert response.headers.get_list("x-request-id") == [format(span.context.trace_id, "032x")]
     names = [k.lower() for k, _ in response.headers.raw]
     assert names.index(b"x-kept") < names.index(b"x-after") < names.index(b"x-request-id")
+
+
+@pytest.mark.parametrize("traceresponse", [True, False])
+async def test_an_apps_own_traceresponse_gives_way_to_ours(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch, traceresponse: bool
+) -> None:
+    """A response has one ``traceresponse``: an app's (or a downstream's it copied) gives way
+    to ours, as its X-Request-ID does; with ours off, the app's stays. Server-Timing
+    entries add up: the app's is kept beside ours."""
+    from fastapi import Response
+
+    app = FastAPI()
+
+    @app.get("/own")
+    async def own() -> Response:
+        response = Response(b"ok")
+        response.raw_headers.append((b"TraceResponse", b"00-app-set"))
+        response.raw_headers.append((b"server-timing", b"db;dur=53"))
+        return response
+
+    monkeypatch.setenv("KIKI_OTEL_HTTP__TRACERESPONSE", str(traceresponse).lower())
+    monkeypatch.setenv("KIKI_OTEL_HTTP__SERVER_TIMING", "true")
+    kiki_otel.configure(app, service_name="svc-test", metrics_exporter="none")
+    async with client(app) as c:
+        response = await c.get("/own")
+    (span,) = server_spans(memory)
+    ids = f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-03"
+    assert response.headers.get_list("traceresponse") == [ids if traceresponse else "00-app-set"]
+    assert response.headers.get_list("server-timing") == ["db;dur=53", f'traceparent;desc="{ids}"']
 
 
 class _Without:

@@ -1016,7 +1016,8 @@ def test_frame_items_leaves_other_items_to_python() -> None:
 @pytest.mark.parametrize("seed", range(3))
 def test_request_ids_are_the_python_twins(seed: int) -> None:
     """The hex ids and the response headers equal ``_request_ids_py``'s, for ids of every
-    size (the range's ends too), either flag, each header switched on or off."""
+    size (the range's ends too), every flags byte (sampled, Level 2's random bit; a bool),
+    each header switched on or off."""
     from kiki_otel._http_server import _request_ids_py
 
     rng = random.Random(seed)
@@ -1030,7 +1031,7 @@ def test_request_ids_are_the_python_twins(seed: int) -> None:
                 rng.getrandbits(rng.randrange(1, 65)),
             )
         )
-        sampled = rng.choice([0, 1, True, False])
+        sampled = rng.choice([0, 1, 2, 3, 0xFF, True, False, TraceFlags(3)])
         which = (
             rng.choice([b"x-request-id", b"x-correlation-id"]),
             *rng.choices([True, False], k=2),
