@@ -18,6 +18,7 @@ from asyncio.events import _get_running_loop
 from collections.abc import Awaitable, Iterable
 from contextlib import suppress
 from contextvars import Context, copy_context
+from functools import cache
 from operator import itemgetter, methodcaller
 from typing import Any, NoReturn
 from urllib.parse import unquote_plus
@@ -166,20 +167,108 @@ def _is_w3c_only(propagator: object) -> bool:
 
 
 def _route_of(scope: Scope) -> str | None:
-    """The matched route template (``/sub/plans/{plan_id}``), which Starlette leaves in the scope.
+    """The matched route template (``/items/{i}``), which Starlette leaves in the scope.
 
-    Inside a mount the route is relative to it; the mount prefix is what the mount added to
-    ``root_path`` beyond the server's own (``app_root_path``, e.g. uvicorn ``--root-path``).
+    Per request, so the common case is a few lookups: a request that passed no ``Mount``
+    (only a Mount sets ``app_root_path``; uvicorn's ``--root-path`` sets ``root_path``). No
+    route (a 404) returns before ``getattr(None, ...)``, which costs an exception. Below a
+    mount the route is relative to it: :func:`_mounted_route_of` adds the mounts' templates.
+    """
+    if "app_root_path" in scope:
+        return _mounted_route_of(scope)
+    route = scope.get("route")
+    if route is None:
+        return None
+    path = getattr(route, "path", None)
+    return None if path is None else str(path)
+
+
+def _mounted_route_of(scope: Scope) -> str | None:
+    """The route below mounts: their templates (``/tenants/{tenant}``), then the route's.
+
+    Starlette keeps only the concrete prefix (``root_path`` ``/tenants/acme`` after the
+    server's ``app_root_path``), and an id in ``http.route`` makes a metric series per
+    tenant: :func:`_mounts_template` finds the templates, remembered per prefix. A Mount
+    left as the route (a Starlette ``Router`` records one, to ``StaticFiles``) is its
+    template (``/static``). No route stays None: the C end returns None for it without
+    asking, and both ends must agree (so FastAPI's router, which records no Mount, leaves a
+    mounted ``StaticFiles`` none). Mounts not found (in an included ``APIRouter``, below a
+    ``Host``) keep the concrete prefix only if all path parameters are the route's.
     """
     route = scope.get("route")
     path = getattr(route, "path", None)
     if path is None:
         return None
+    mounted_app = isinstance(route, _mount_type())  # its path is the mounts' last template
+    leaf = "" if mounted_app else str(path)
+    router = scope.get("router")
     root_path: str = scope.get("root_path", "")
-    app_root_path: str = scope.get("app_root_path", root_path)
-    if root_path != app_root_path and root_path.startswith(app_root_path):
-        return root_path[len(app_root_path) :] + str(path)
-    return str(path)
+    app_root_path: str = scope["app_root_path"]
+    key = (id(router), app_root_path, root_path)
+    known = _mount_templates.get(key)
+    if known is not None and known[0]() is router:
+        template = known[1]
+    elif router is None:
+        template = None
+    else:
+        template = _mounts_template(router, scope, app_root_path, root_path)
+        if len(_mount_templates) >= _MOUNT_TEMPLATES_MAX:
+            _mount_templates.clear()
+        _mount_templates[key] = (weakref.ref(router), template)
+    if template is not None:
+        return template + leaf
+    own = () if mounted_app else getattr(route, "param_convertors", ())
+    if root_path.startswith(app_root_path) and all(
+        name in own for name in scope.get("path_params", ())
+    ):
+        return root_path[len(app_root_path) :] + leaf
+    return None
+
+
+def _mounts_template(router: Any, scope: Scope, app_root_path: str, root_path: str) -> str | None:
+    """The templates of the mounts that took ``root_path`` from ``app_root_path``, or None.
+
+    The outermost router's mounts are matched again as it routed (the first that matches
+    is the one it took: a route before it did not), then the chosen mount's, until the
+    prefix is ``root_path``: ~10 us a level here, so :func:`_mounted_route_of` keeps it.
+    """
+    mount_type = _mount_type()
+    probe = {"type": scope["type"], "path": scope["path"], "root_path": app_root_path}
+    routes: Iterable[Any] = getattr(router, "routes", ())
+    template = ""
+    while probe["root_path"] != root_path:
+        for mount in routes:
+            if isinstance(mount, mount_type):
+                below = mount.matches(probe)[1].get("root_path")
+                if below is not None:
+                    break
+        else:
+            return None
+        if not root_path.startswith(below):
+            return None
+        template += mount.path
+        probe["root_path"] = below
+        routes = mount.routes
+    return template
+
+
+@cache
+def _mount_type() -> Any:
+    """Starlette's ``Mount``, imported once (Starlette is optional; an import costs ~2 us).
+
+    On the first mounted request: only a Starlette ``Mount`` sets ``app_root_path``.
+    """
+    from starlette.routing import Mount
+
+    return Mount
+
+
+_mount_templates: dict[tuple[int, str, str], tuple[weakref.ref[Any], str | None]] = {}
+"""(id of the outermost router, ``app_root_path``, ``root_path``) -> (a weak reference to
+that router, what :func:`_mounts_template` found): a prefix's mounts are matched once, not
+per request. The reference tells a router from a later one given a dead one's id."""
+_MOUNT_TEMPLATES_MAX = 256
+"""Past this many prefixes (a value per tenant, a scan) the memo starts over."""
 
 
 _hosts: dict[str, tuple[str, int | None]] = {}

@@ -683,6 +683,128 @@ async def test_mounted_sub_app_route_keeps_the_mount_prefix(memory: Memory) -> N
     assert span.attributes["http.route"] == "/sub/items/{i}"
 
 
+def _tenant_app() -> FastAPI:
+    """``/tenants/{tenant}`` mounted, a route in it and a mount with a parameter below that."""
+    app, tenant, deep = FastAPI(), FastAPI(), FastAPI()
+
+    @tenant.get("/things/{x}")
+    async def things(x: str) -> dict[str, str]:
+        return {"x": x}
+
+    @deep.get("/leaf/{y}")
+    async def leaf(y: str) -> dict[str, str]:
+        return {"y": y}
+
+    tenant.mount("/deep/{z}", deep)
+    app.mount("/tenants/{tenant}", tenant)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("paths", "route"),
+    [
+        (["/tenants/acme/things/1", "/tenants/globex/things/2"], "/tenants/{tenant}/things/{x}"),
+        (
+            ["/tenants/acme/deep/9/leaf/1", "/tenants/globex/deep/8/leaf/2"],
+            "/tenants/{tenant}/deep/{z}/leaf/{y}",
+        ),
+    ],
+)
+@pytest.mark.parametrize("root_path", ["", "/api"])
+async def test_a_mount_with_a_parameter_reports_its_template(
+    memory: Memory,
+    capsys: pytest.CaptureFixture[str],
+    paths: list[str],
+    route: str,
+    root_path: str,
+) -> None:
+    """``app.mount("/tenants/{tenant}", sub)`` (nested too, behind ``--root-path`` too):
+    ``http.route`` is the template, not the tenant (Starlette's ``root_path`` holds the
+    value), in the span, its name, the metric (one series for all tenants) and the access
+    line. The server's root path stays out of it, as for a route of the app itself."""
+    app = _tenant_app()
+    kiki_otel.configure(app, metrics_exporter="none")
+    capsys.readouterr()
+    transport = httpx.ASGITransport(app=app, root_path=root_path)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        for path in paths:
+            assert (await c.get(root_path + path)).status_code == 200, path
+    assert [(s.name, s.attributes["http.route"]) for s in server_spans(memory)] == [
+        (f"GET {route}", route)
+    ] * 2
+    (point,) = memory.metric_points("http.server.request.duration")
+    assert point.attributes["http.route"] == route and point.count == 2
+    access = [l for l in log_lines(capsys.readouterr().out) if l["event"] == "http.request"]
+    assert [l["route"] for l in access] == [route] * 2
+
+
+async def test_each_app_matches_its_own_mounts(memory: Memory) -> None:
+    """The same concrete prefix below two apps' mounts (``/t/{tenant}`` and ``/t/acme``)
+    gets each app's template: what a prefix's mounts were is remembered per app."""
+    apps = []
+    for mount in ("/t/{tenant}", "/t/acme"):
+        app, sub = FastAPI(), FastAPI()
+        sub.get("/things/{x}")(lambda x: x)
+        app.mount(mount, sub)
+        kiki_otel.configure(app, metrics_exporter="none")
+        apps.append(app)
+    for app in apps * 2:
+        async with client(app) as c:
+            assert (await c.get("/t/acme/things/1")).status_code == 200
+    assert [s.attributes["http.route"] for s in server_spans(memory)] == [
+        "/t/{tenant}/things/{x}",
+        "/t/acme/things/{x}",
+    ] * 2
+
+
+async def test_a_mount_in_an_included_router_keeps_no_parameter_value(memory: Memory) -> None:
+    """A mount not matched again from the app's routes (one in an included ``APIRouter``):
+    its concrete prefix is the route only when no mount had a parameter, else no route."""
+    from fastapi import APIRouter
+
+    app, sub = FastAPI(), FastAPI()
+
+    @sub.get("/p/{q}")
+    async def p(q: str) -> dict[str, str]:
+        return {"q": q}
+
+    for prefix in ("/fixed", "/org/{org}"):
+        router = APIRouter()
+        router.mount("/sub", sub)
+        app.include_router(router, prefix=prefix)
+    kiki_otel.configure(app, metrics_exporter="none")
+    async with client(app) as c:
+        assert (await c.get("/fixed/sub/p/1")).status_code == 200
+        assert (await c.get("/org/acme/sub/p/1")).status_code == 200
+    assert [s.attributes.get("http.route") for s in server_spans(memory)] == [
+        "/fixed/sub/p/{q}",
+        None,
+    ]
+
+
+async def test_static_files_report_their_mount_where_the_router_records_it(
+    memory: Memory, tmp_path: Any
+) -> None:
+    """``StaticFiles`` has no routes: below a Starlette ``Router`` (which records the Mount
+    as the route) a file's ``http.route`` is the mount's template, never the mount twice.
+    FastAPI's router records no Mount, so a file it serves has none, as an unmatched path
+    (the C end returns None for no route before asking ``_route_of``)."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.staticfiles import StaticFiles
+
+    (tmp_path / "a.txt").write_text("a")
+    app = FastAPI()
+    app.mount("/static", StaticFiles(directory=tmp_path))
+    app.mount("/site/{lang}", Starlette(routes=[Mount("/assets", StaticFiles(directory=tmp_path))]))
+    kiki_otel.configure(app, metrics_exporter="none")
+    async with client(app) as c:
+        assert (await c.get("/site/en/assets/a.txt")).status_code == 200
+        assert (await c.get("/static/a.txt")).status_code == 200
+    spans = [(s.name, s.attributes.get("http.route")) for s in server_spans(memory)]
+    assert spans == [("GET /site/{lang}/assets", "/site/{lang}/assets"), ("GET", None)]
+
+
 async def test_server_end_of_response_work_runs_outside_the_request_trace(
     memory: Memory,
 ) -> None:
@@ -1376,7 +1498,8 @@ async def test_the_shutdown_finishes_waiting_requests_before_its_flush(
 
 
 def _mounted_app() -> FastAPI:
-    """make_app() with a sub-application mounted at /sub (a route below a root path)."""
+    """make_app() with a sub-application mounted at /sub (a route below a root path), and
+    at /t/{tenant} (a mount's template, not its value)."""
     outer = make_app()
     sub = FastAPI()
 
@@ -1385,6 +1508,7 @@ def _mounted_app() -> FastAPI:
         return {"plan": plan_id}
 
     outer.mount("/sub", sub)
+    outer.mount("/t/{tenant}", sub)
     return outer
 
 
@@ -1434,6 +1558,7 @@ async def _finished_by(end: str, sampler: Any, monkeypatch: pytest.MonkeyPatch) 
             await c.get(path)
         await c.request("BREW", "/items/3")
         await c.get("/sub/plans/7", headers={"user-agent": "t"})
+        await c.get("/t/acme/plans/8")
     monkeypatch.undo()
     points = sorted(
         (sorted(p.attributes.items()), p.count)
@@ -1480,9 +1605,10 @@ async def test_the_c_end_finishes_requests_as_its_twin(
         results.append((points, finished, lines))
     assert results[0] == results[1]
     points, finished, lines = results[0]
-    assert len(lines) == 8 and len(finished) == (8 if sampled else 0)
-    assert {"route": "/sub/plans/{plan_id}", "status": 200}.items() <= lines[-1].items()
-    assert [line["status"] for line in lines] == [200, 404, 422, 418, 403, 500, 405, 200]
+    assert len(lines) == 9 and len(finished) == (9 if sampled else 0)
+    assert {"route": "/sub/plans/{plan_id}", "status": 200}.items() <= lines[-2].items()
+    assert {"route": "/t/{tenant}/plans/{plan_id}", "status": 200}.items() <= lines[-1].items()
+    assert [line["status"] for line in lines] == [200, 404, 422, 418, 403, 500, 405, 200, 200]
 
 
 class _GoneStorages:
